@@ -1,0 +1,1248 @@
+//! One task per call: the back-to-back user agent that owns both legs' dialogs and
+//! transactions and the call's media relay (RFC 3261 §§12–17, RFC 3264 offer/answer).
+//!
+//! The caller leg (A) is the UAS side of the trunk's INVITE; the agent leg (B) is the UAC side of
+//! the INVITE screenpop sends to the agent's phone. Media is anchored: each leg gets screenpop's
+//! own SDP, and the relay joins them. Other parts of the system talk to the task over its
+//! bounded channel only; later the web layer will send it commands (hang up, hold, transfer)
+//! the same way.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use super::dialog::{target_peer, Dialog, LocalContact};
+use crate::config::Profile;
+use crate::media::g711::G711;
+use crate::media::ports::PortPool;
+use crate::media::recorder::{FinishedRecording, RecorderHandle};
+use crate::media::relay::{
+    spawn_relay, DtmfDigit, LegId, MediaHandle, MediaReport, RelayStats, RemoteMedia,
+};
+use crate::sip::caller_id::CallerId;
+use crate::sip::headers::{HeaderName, NameAddr};
+use crate::sip::message::{Message, Method, Request, Response};
+use crate::sip::sdp::{self, Codec, Direction, LocalMedia, SessionDescription};
+use crate::sip::transaction::{
+    ClientTransaction, ServerKey, ServerTransaction, TimerConfig, TxOutput,
+};
+use crate::sip::Uri;
+use crate::transport::{Inbound, Peer, SipSocket};
+
+/// Methods screenpop accepts in a call.
+pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, REGISTER";
+
+/// What every call shares.
+pub struct CallEnv {
+    pub sip: SipSocket,
+    pub me: LocalContact,
+    /// Address for RTP sockets and SDP.
+    pub media_ip: IpAddr,
+    pub profile: Arc<Profile>,
+    pub codecs: Vec<Codec>,
+    pub ports: Arc<PortPool>,
+    pub recorder: Arc<RecorderHandle>,
+    pub recordings: PathBuf,
+    pub timers: TimerConfig,
+    pub ended: mpsc::UnboundedSender<CallEnded>,
+}
+
+/// Where the agent leg goes.
+#[derive(Debug, Clone)]
+pub struct AgentTarget {
+    pub uri: Uri,
+    /// The registered phone's signalling address, when it registered with us.
+    pub peer: Option<Peer>,
+}
+
+/// A new inbound call handed over by the dispatcher.
+pub struct NewCall {
+    pub invite: Request,
+    pub peer: Peer,
+    pub caller: CallerId,
+    pub trunk: String,
+    pub agent: Option<AgentTarget>,
+}
+
+/// The call-ids a call answers to, so the dispatcher can route to it.
+pub struct CallHandle {
+    pub id: String,
+    pub call_ids: Vec<String>,
+    pub tx: mpsc::Sender<Inbound>,
+}
+
+/// Sent when a call task exits.
+#[derive(Debug)]
+pub struct CallEnded {
+    pub call_ids: Vec<String>,
+}
+
+/// How the call ended, for the contact log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Disposition {
+    Answered,
+    /// The agent did not answer in time, or the agent leg failed.
+    Missed,
+    /// The caller hung up before an answer.
+    Abandoned,
+    /// The agent's phone declined or was busy.
+    Rejected,
+    /// screenpop could not take the call (no codec, no ports, no agent target).
+    Failed,
+}
+
+/// The call's record, written next to its recording as `<id>.json` until the store lands.
+#[derive(Debug, serde::Serialize)]
+pub struct CallRecord {
+    pub id: String,
+    pub call_id: String,
+    pub agent_call_id: String,
+    pub trunk: String,
+    pub caller: CallerId,
+    pub dialed: String,
+    pub agent: Option<String>,
+    pub disposition: Disposition,
+    pub final_status: u16,
+    pub offered_at_ms: u64,
+    pub answered_at_ms: Option<u64>,
+    pub ended_at_ms: u64,
+    pub duration_ms: u64,
+    pub ended_by: Option<LegId>,
+    pub path: Option<String>,
+    pub sha256: Option<String>,
+    pub recording_duration_ms: Option<u64>,
+    pub size_bytes: Option<u64>,
+    pub dtmf: Vec<DtmfDigit>,
+    pub media: Option<RelayStats>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Agent leg INVITE sent, caller hears ringback.
+    Ringing,
+    /// Both legs answered.
+    Up,
+    /// Over: only retransmissions are absorbed until the transactions end.
+    Ended,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    AgentInvite,
+    ReInvite,
+    Bye,
+    Cancel,
+}
+
+struct Client {
+    tx: ClientTransaction,
+    peer: Peer,
+    leg: LegId,
+    purpose: Purpose,
+}
+
+struct Server {
+    tx: ServerTransaction,
+    peer: Peer,
+    leg: LegId,
+}
+
+/// A leg's media negotiation state.
+struct LegMedia {
+    local: LocalMedia,
+    /// The last offer we sent on this leg and await an answer to.
+    pending_offer: Option<SessionDescription>,
+    dtmf_pt: Option<u8>,
+    /// Our last answer or accepted offer body, repeated on retransmitted 2xx.
+    last_sdp: Option<Vec<u8>>,
+}
+
+struct Call {
+    env: Arc<CallEnv>,
+    id: String,
+    phase: Phase,
+    a: Dialog,
+    b: Dialog,
+    invite: Request,
+    invite_key: ServerKey,
+    caller: CallerId,
+    trunk: String,
+    agent_uri: Option<Uri>,
+    codec: Codec,
+    a_media: LegMedia,
+    b_media: LegMedia,
+    media: Option<MediaHandle>,
+    servers: Vec<Server>,
+    clients: Vec<Client>,
+    b_provisional: bool,
+    b_answered: bool,
+    cancel_b_when_provisional: bool,
+    b_ack: Option<Vec<u8>>,
+    ring_deadline: Option<Instant>,
+    linger_until: Option<Instant>,
+    offered_at: SystemTime,
+    answered_at: Option<(Instant, SystemTime)>,
+    ended_at: Option<(Instant, SystemTime)>,
+    ended_by: Option<LegId>,
+    disposition: Option<Disposition>,
+    final_status: u16,
+    dialed: String,
+}
+
+fn epoch_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn new_tag() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+fn new_call_id(host: &str) -> String {
+    format!("{:032x}@{host}", rand::random::<u128>())
+}
+
+/// Starts a call task; returns `None` after answering the caller itself when the call cannot be
+/// taken (the INVITE has already been answered in that case).
+pub fn spawn(env: Arc<CallEnv>, new: NewCall) -> Option<CallHandle> {
+    let id = format!(
+        "{}-{:08x}",
+        epoch_ms(SystemTime::now()),
+        rand::random::<u32>()
+    );
+    let a_call_id = new.invite.call_id().unwrap_or_default().to_string();
+    let span = info_span!("call", call_id = %a_call_id, id = %id);
+    let _enter = span.enter();
+    let now = Instant::now();
+    let key = ServerKey::of(&new.invite)?;
+    let reliable = new.peer.transport.reliable();
+    let mut server = ServerTransaction::new(new.invite.clone(), key.clone(), reliable, env.timers);
+    let local_tag = new_tag();
+    let mut reject = |status: u16, why: &str| {
+        info!(status, why, "call refused");
+        let mut r = new.invite.response(status, Some(&local_tag));
+        if status == 488 || status == 415 {
+            r.headers.push(HeaderName::Accept, "application/sdp");
+        }
+        server.respond(now, &r);
+        while let Some(o) = server.poll_output() {
+            if let TxOutput::Transmit(b) = o {
+                env.sip.send(new.peer, b);
+            }
+        }
+        // The transaction is dropped: an ACK or retransmission finds no call and is answered
+        // statelessly again by the dispatcher.
+        None
+    };
+    let (Some(from), Some(to)) = (new.invite.from(), new.invite.to()) else {
+        return reject(400, "missing From/To");
+    };
+    let Some(agent) = new.agent.clone() else {
+        return reject(480, "no agent target for this trunk");
+    };
+    let offer = if new.invite.body.is_empty() {
+        None
+    } else {
+        match SessionDescription::parse(&new.invite.body) {
+            Ok(o) => Some(o),
+            Err(e) => {
+                debug!(error = %e, "bad SDP");
+                return reject(400, "malformed SDP");
+            }
+        }
+    };
+    let Some(offer) = offer else {
+        // Delayed offer (INVITE without SDP) is not supported on trunks yet.
+        return reject(488, "INVITE without SDP offer");
+    };
+    let Some(a_sock) = env.ports.bind(env.media_ip) else {
+        return reject(503, "RTP port pool exhausted");
+    };
+    let Some(b_sock) = env.ports.bind(env.media_ip) else {
+        return reject(503, "RTP port pool exhausted");
+    };
+    let mut a_local = LocalMedia {
+        addr: env.media_ip,
+        port: a_sock.port(),
+        session_id: rand::random::<u32>() as u64,
+        session_version: 1,
+        username: "screenpop".into(),
+    };
+    let negotiated = match sdp::answer(&offer, &a_local, &env.codecs) {
+        Ok(n) => n,
+        Err(e) => {
+            debug!(error = %e, "no common codec");
+            return reject(488, "no common codec");
+        }
+    };
+    a_local.session_version = 1;
+    let media = spawn_relay(a_sock, b_sock, &a_call_id);
+    let codec = negotiated.codec;
+    let g711 = g711_of(codec);
+
+    let mut local_to = to.clone();
+    local_to.set_param("tag", Some(&local_tag));
+    let a = Dialog {
+        call_id: a_call_id.clone(),
+        local: local_to,
+        remote: from.clone(),
+        remote_target: new
+            .invite
+            .contact()
+            .map(|c| c.uri)
+            .unwrap_or_else(|| from.uri.clone()),
+        route_set: new
+            .invite
+            .headers
+            .get_all(&HeaderName::RecordRoute)
+            .map(str::to_string)
+            .collect(),
+        local_cseq: rand::random::<u16>() as u32,
+        remote_cseq: new.invite.cseq().map(|c| c.seq),
+        peer: new.peer,
+    };
+    let b_peer = agent
+        .peer
+        .unwrap_or_else(|| target_peer(&agent.uri, new.peer));
+    let b_call_id = new_call_id(&env.me.host);
+    let user = new
+        .caller
+        .number
+        .clone()
+        .unwrap_or_else(|| "anonymous".to_string());
+    let mut b_from = NameAddr::new(Uri::sip(Some(&user), &env.me.host, None));
+    b_from.display = new.caller.name.clone();
+    b_from.set_param("tag", Some(&new_tag()));
+    let b = Dialog {
+        call_id: b_call_id.clone(),
+        local: b_from,
+        remote: NameAddr::new(agent.uri.clone()),
+        remote_target: agent.uri.clone(),
+        route_set: Vec::new(),
+        local_cseq: 0,
+        remote_cseq: None,
+        peer: b_peer,
+    };
+    let b_local = LocalMedia {
+        addr: env.media_ip,
+        port: media.agent_port,
+        session_id: rand::random::<u32>() as u64,
+        session_version: 1,
+        username: "screenpop".into(),
+    };
+    let dialed = new.invite.uri.user_unescaped().unwrap_or_default();
+    let call = Call {
+        env: env.clone(),
+        id: id.clone(),
+        phase: Phase::Ringing,
+        a,
+        b,
+        invite: new.invite.clone(),
+        invite_key: key,
+        caller: new.caller,
+        trunk: new.trunk,
+        agent_uri: Some(agent.uri),
+        codec,
+        a_media: LegMedia {
+            local: a_local,
+            pending_offer: None,
+            dtmf_pt: negotiated.dtmf_pt,
+            last_sdp: Some(negotiated.answer.to_string().into_bytes()),
+        },
+        b_media: LegMedia {
+            local: b_local,
+            pending_offer: None,
+            dtmf_pt: negotiated.dtmf_pt.map(|_| 101),
+            last_sdp: None,
+        },
+        media: Some(media.clone()),
+        servers: vec![Server {
+            tx: server,
+            peer: new.peer,
+            leg: LegId::Caller,
+        }],
+        clients: Vec::new(),
+        b_provisional: false,
+        b_answered: false,
+        cancel_b_when_provisional: false,
+        b_ack: None,
+        ring_deadline: Some(now + Duration::from_secs(env.profile.ring_timeout_secs)),
+        linger_until: None,
+        offered_at: SystemTime::now(),
+        answered_at: None,
+        ended_at: None,
+        ended_by: None,
+        disposition: None,
+        final_status: 0,
+        dialed,
+    };
+    let (tx, rx) = mpsc::channel(64);
+    let remote_a = RemoteMedia {
+        rtp: negotiated.remote_rtp,
+        codec: g711,
+        dtmf_pt: negotiated.dtmf_pt,
+    };
+    drop(_enter);
+    tokio::spawn(
+        async move {
+            media.set_remote(LegId::Caller, remote_a).await;
+            call.run(rx).await
+        }
+        .instrument(span),
+    );
+    Some(CallHandle {
+        id,
+        call_ids: vec![a_call_id, b_call_id],
+        tx,
+    })
+}
+
+fn g711_of(c: Codec) -> G711 {
+    match c {
+        Codec::Pcmu => G711::Pcmu,
+        Codec::Pcma => G711::Pcma,
+    }
+}
+
+impl Call {
+    async fn run(mut self, mut rx: mpsc::Receiver<Inbound>) {
+        let now = Instant::now();
+        // 100 Trying at once (RFC 3261 §8.2.6.1), then the agent leg.
+        let trying = self.invite.response(100, None);
+        self.respond_a_invite(now, trying);
+        self.start_agent_leg(now);
+        self.pump(now).await;
+        loop {
+            let deadline = self.next_deadline();
+            let input = match deadline {
+                Some(d) => {
+                    tokio::select! {
+                        m = rx.recv() => m,
+                        _ = tokio::time::sleep_until(d.into()) => {
+                            let now = Instant::now();
+                            self.on_timer(now).await;
+                            self.pump(now).await;
+                            if self.done(now) { break; }
+                            continue;
+                        }
+                    }
+                }
+                None => rx.recv().await,
+            };
+            let Some(input) = input else { break };
+            let now = Instant::now();
+            self.on_message(now, input).await;
+            self.pump(now).await;
+            if self.done(now) {
+                break;
+            }
+        }
+        // Make sure a call that ended without a hang-up (channel closed) is finalized too.
+        let now = Instant::now();
+        self.end(now, None).await;
+        let _ = self.env.ended.send(CallEnded {
+            call_ids: vec![self.a.call_id.clone(), self.b.call_id.clone()],
+        });
+    }
+
+    fn done(&self, now: Instant) -> bool {
+        self.phase == Phase::Ended
+            && ((self.servers.is_empty() && self.clients.is_empty())
+                || self.linger_until.is_some_and(|l| now >= l))
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let txs = self
+            .servers
+            .iter()
+            .filter_map(|s| s.tx.poll_timeout())
+            .chain(self.clients.iter().filter_map(|c| c.tx.poll_timeout()));
+        txs.chain(self.ring_deadline).chain(self.linger_until).min()
+    }
+
+    fn dialog(&mut self, leg: LegId) -> &mut Dialog {
+        match leg {
+            LegId::Caller => &mut self.a,
+            LegId::Agent => &mut self.b,
+        }
+    }
+
+    fn leg_media(&mut self, leg: LegId) -> &mut LegMedia {
+        match leg {
+            LegId::Caller => &mut self.a_media,
+            LegId::Agent => &mut self.b_media,
+        }
+    }
+
+    fn start_agent_leg(&mut self, now: Instant) {
+        let me = self.env.me.clone();
+        let mut inv = self.b.request(Method::Invite, &me, None);
+        let offer = sdp::offer(
+            &self.b_media.local,
+            &[self.codec],
+            self.b_media.dtmf_pt,
+            Direction::SendRecv,
+        );
+        inv.headers.push(HeaderName::Allow, ALLOW);
+        if let Some(n) = &self.caller.number {
+            inv.headers.push(
+                HeaderName::PAssertedIdentity,
+                format!("<sip:{n}@{}>", me.host),
+            );
+        }
+        inv.headers.push(
+            HeaderName::Other("X-Screenpop-Call".into()),
+            self.id.clone(),
+        );
+        inv.headers.push(HeaderName::ContentType, "application/sdp");
+        inv.body = offer.to_string().into_bytes();
+        self.b_media.pending_offer = Some(offer);
+        info!(agent = %inv.uri, peer = %self.b.peer.addr, "ringing agent");
+        self.send_client(now, inv, LegId::Agent, Purpose::AgentInvite);
+    }
+
+    fn send_client(&mut self, now: Instant, req: Request, leg: LegId, purpose: Purpose) {
+        let peer = match leg {
+            LegId::Caller => target_peer(&req.uri, self.a.peer),
+            LegId::Agent => self.b.peer,
+        };
+        let tx = ClientTransaction::new(now, req, peer.transport.reliable(), self.env.timers);
+        self.clients.push(Client {
+            tx,
+            peer,
+            leg,
+            purpose,
+        });
+    }
+
+    fn respond_a_invite(&mut self, now: Instant, resp: Response) {
+        if let Some(s) = self
+            .servers
+            .iter_mut()
+            .find(|s| s.tx.key == self.invite_key)
+        {
+            s.tx.respond(now, &resp);
+        }
+    }
+
+    fn a_invite_pending(&self) -> bool {
+        self.servers.iter().any(|s| {
+            s.tx.key == self.invite_key
+                && matches!(
+                    s.tx.state(),
+                    crate::sip::transaction::ServerState::Proceeding
+                )
+        })
+    }
+
+    /// Moves transaction outputs to the network and to the call logic until nothing is left.
+    async fn pump(&mut self, now: Instant) {
+        loop {
+            let mut progressed = false;
+            let mut events: Vec<(usize, TxOutput)> = Vec::new();
+            for (i, c) in self.clients.iter_mut().enumerate() {
+                while let Some(o) = c.tx.poll_output() {
+                    match o {
+                        TxOutput::Transmit(b) => self.env.sip.send(c.peer, b),
+                        other => events.push((i, other)),
+                    }
+                }
+            }
+            let mut server_events: Vec<(usize, TxOutput)> = Vec::new();
+            for (i, s) in self.servers.iter_mut().enumerate() {
+                while let Some(o) = s.tx.poll_output() {
+                    match o {
+                        TxOutput::Transmit(b) => self.env.sip.send(s.peer, b),
+                        other => server_events.push((i, other)),
+                    }
+                }
+            }
+            for (i, ev) in events {
+                progressed = true;
+                let (leg, purpose) = (self.clients[i].leg, self.clients[i].purpose);
+                match ev {
+                    TxOutput::Response(r) => self.on_client_response(now, leg, purpose, r).await,
+                    TxOutput::Timeout => self.on_client_timeout(now, leg, purpose).await,
+                    _ => {}
+                }
+            }
+            for (i, ev) in server_events {
+                progressed = true;
+                let leg = self.servers[i].leg;
+                match ev {
+                    TxOutput::Request(ack) => self.on_ack(leg, ack).await,
+                    TxOutput::Timeout => {
+                        let invite = self.servers[i].tx.request.method == Method::Invite;
+                        if invite && self.phase != Phase::Ended {
+                            warn!(?leg, "no ACK for our final response");
+                            self.hang_up(now, None).await;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let before = self.clients.len() + self.servers.len();
+            self.clients
+                .retain(|c| c.tx.state() != crate::sip::transaction::ClientState::Terminated);
+            self.servers
+                .retain(|s| s.tx.state() != crate::sip::transaction::ServerState::Terminated);
+            if !progressed && before == self.clients.len() + self.servers.len() {
+                break;
+            }
+        }
+    }
+
+    async fn on_timer(&mut self, now: Instant) {
+        for c in &mut self.clients {
+            c.tx.handle_timeout(now);
+        }
+        for s in &mut self.servers {
+            s.tx.handle_timeout(now);
+        }
+        if self.ring_deadline.is_some_and(|d| now >= d) {
+            self.ring_deadline = None;
+            if self.phase == Phase::Ringing {
+                info!("agent did not answer in time");
+                self.disposition = Some(Disposition::Missed);
+                self.cancel_agent(now);
+                self.fail_caller(now, 480);
+                self.end(now, None).await;
+            }
+        }
+    }
+
+    async fn on_message(&mut self, now: Instant, input: Inbound) {
+        let leg = if input.msg.headers().get(&HeaderName::CallId) == Some(self.b.call_id.as_str()) {
+            LegId::Agent
+        } else {
+            LegId::Caller
+        };
+        match input.msg {
+            Message::Response(resp) => {
+                if let Some(c) = self.clients.iter_mut().find(|c| c.tx.matches(&resp)) {
+                    c.tx.handle_response(now, resp);
+                } else if leg == LegId::Agent
+                    && resp.status / 100 == 2
+                    && resp.cseq().is_some_and(|c| c.method == Method::Invite)
+                {
+                    // A 2xx retransmitted after the transaction ended: ACK it again.
+                    if let Some(ack) = &self.b_ack {
+                        self.env.sip.send(self.b.peer, ack.clone());
+                    }
+                }
+            }
+            Message::Request(req) => self.on_request(now, leg, req, input.peer).await,
+        }
+    }
+
+    async fn on_request(&mut self, now: Instant, leg: LegId, req: Request, peer: Peer) {
+        let Some(key) = ServerKey::of(&req) else {
+            return;
+        };
+        // Retransmissions and ACKs belong to an existing transaction.
+        if let Some(s) = self.servers.iter_mut().find(|s| s.tx.key == key) {
+            s.tx.handle_request(now, req);
+            return;
+        }
+        if req.method == Method::Ack {
+            // ACK for a 2xx whose transaction already ended: carries nothing we need.
+            return;
+        }
+        let peer = crate::server::response_peer(&req, peer);
+        let reliable = peer.transport.reliable();
+        self.servers.push(Server {
+            tx: ServerTransaction::new(req.clone(), key, reliable, self.env.timers),
+            peer,
+            leg,
+        });
+        let tag = self.dialog(leg).local_tag().to_string();
+        if req.method == Method::Cancel {
+            let target = ServerKey::cancelled_invite(&req);
+            let ok = req.response(200, Some(&tag));
+            if target.as_ref() == Some(&self.invite_key) && self.a_invite_pending() {
+                self.respond_last(now, ok);
+                info!("caller cancelled");
+                let resp = self.invite.response(487, Some(&tag));
+                self.respond_a_invite(now, resp);
+                self.final_status = 487;
+                self.disposition = Some(Disposition::Abandoned);
+                self.cancel_agent(now);
+                self.end(now, Some(LegId::Caller)).await;
+            } else {
+                let resp = req.response(481, Some(&tag));
+                self.respond_last(now, resp);
+            }
+            return;
+        }
+        // In-dialog request: the CSeq must advance (RFC 3261 §12.2.2).
+        let seq = req.cseq().map(|c| c.seq).unwrap_or(0);
+        if !self.dialog(leg).accept_remote_cseq(seq) {
+            let resp = req.response(500, Some(&tag));
+            self.respond_last(now, resp);
+            return;
+        }
+        match req.method {
+            Method::Bye => {
+                let resp = req.response(200, Some(&tag));
+                self.respond_last(now, resp);
+                info!(?leg, "hang-up");
+                self.hang_up(now, Some(leg)).await;
+            }
+            Method::Invite => self.on_reinvite(now, leg, req).await,
+            Method::Options | Method::Info => {
+                let mut resp = req.response(200, Some(&tag));
+                resp.headers.push(HeaderName::Allow, ALLOW);
+                self.respond_last(now, resp);
+            }
+            Method::Extension(_) => {
+                let resp = req.response(501, Some(&tag));
+                self.respond_last(now, resp);
+            }
+            _ => {
+                let mut resp = req.response(405, Some(&tag));
+                resp.headers.push(HeaderName::Allow, ALLOW);
+                self.respond_last(now, resp);
+            }
+        }
+    }
+
+    /// Responds on the most recently created server transaction.
+    fn respond_last(&mut self, now: Instant, resp: Response) {
+        if let Some(s) = self.servers.last_mut() {
+            s.tx.respond(now, &resp);
+        }
+    }
+
+    async fn on_reinvite(&mut self, now: Instant, leg: LegId, req: Request) {
+        let tag = self.dialog(leg).local_tag().to_string();
+        if self.phase != Phase::Up || self.clients.iter().any(|c| c.purpose == Purpose::ReInvite) {
+            // Glare or not yet established (RFC 3261 §14.2).
+            let resp = req.response(491, Some(&tag));
+            self.respond_last(now, resp);
+            return;
+        }
+        if let Some(c) = req.contact() {
+            self.dialog(leg).remote_target = c.uri;
+        }
+        let codec = self.codec;
+        let me = self.env.me.clone();
+        if req.body.is_empty() {
+            // Offer in our 2xx, answer in the ACK (RFC 3264 §4).
+            let lm = self.leg_media(leg);
+            lm.local.bump_version();
+            let offer = sdp::offer(&lm.local, &[codec], lm.dtmf_pt, Direction::SendRecv);
+            lm.pending_offer = Some(offer.clone());
+            let mut resp = req.response(200, Some(&tag));
+            resp.headers
+                .push(HeaderName::Contact, me.contact(&self.dialog(leg).peer));
+            let resp = resp.with_body("application/sdp", offer.to_string().into_bytes());
+            self.respond_last(now, resp);
+            return;
+        }
+        let offer = match SessionDescription::parse(&req.body) {
+            Ok(o) => o,
+            Err(_) => {
+                let resp = req.response(400, Some(&tag));
+                self.respond_last(now, resp);
+                return;
+            }
+        };
+        let lm = self.leg_media(leg);
+        lm.local.bump_version();
+        let neg = match sdp::answer(&offer, &lm.local, &[codec]) {
+            Ok(n) => n,
+            Err(_) => {
+                let resp = req.response(488, Some(&tag));
+                self.respond_last(now, resp);
+                return;
+            }
+        };
+        lm.dtmf_pt = neg.dtmf_pt;
+        let body = neg.answer.to_string().into_bytes();
+        lm.last_sdp = Some(body.clone());
+        let offered_dir = neg.direction.reversed();
+        info!(?leg, direction = offered_dir.as_str(), "re-INVITE");
+        if let Some(m) = &self.media {
+            m.set_remote(
+                leg,
+                RemoteMedia {
+                    rtp: neg.remote_rtp,
+                    codec: g711_of(neg.codec),
+                    dtmf_pt: neg.dtmf_pt,
+                },
+            )
+            .await;
+        }
+        let mut resp = req.response(200, Some(&tag));
+        resp.headers
+            .push(HeaderName::Contact, me.contact(&self.dialog(leg).peer));
+        resp.headers.push(HeaderName::Allow, ALLOW);
+        let resp = resp.with_body("application/sdp", body);
+        self.respond_last(now, resp);
+        // Mirror the hold or resume to the other leg.
+        let other = match leg {
+            LegId::Caller => LegId::Agent,
+            LegId::Agent => LegId::Caller,
+        };
+        let om = self.leg_media(other);
+        om.local.bump_version();
+        let o = sdp::offer(&om.local, &[codec], om.dtmf_pt, offered_dir);
+        om.pending_offer = Some(o.clone());
+        let mut reinvite = self.dialog(other).request(Method::Invite, &me, None);
+        reinvite
+            .headers
+            .push(HeaderName::ContentType, "application/sdp");
+        reinvite.body = o.to_string().into_bytes();
+        self.send_client(now, reinvite, other, Purpose::ReInvite);
+    }
+
+    async fn on_ack(&mut self, leg: LegId, ack: Request) {
+        if ack.body.is_empty() {
+            return;
+        }
+        let lm = self.leg_media(leg);
+        let (Some(offer), Ok(answer)) = (
+            lm.pending_offer.take(),
+            SessionDescription::parse(&ack.body),
+        ) else {
+            return;
+        };
+        if let Ok(acc) = sdp::accept_answer(&offer, &answer) {
+            if let Some(m) = &self.media {
+                m.set_remote(
+                    leg,
+                    RemoteMedia {
+                        rtp: acc.remote_rtp,
+                        codec: g711_of(acc.codec),
+                        dtmf_pt: acc.dtmf_pt,
+                    },
+                )
+                .await;
+            }
+        }
+    }
+
+    async fn on_client_response(
+        &mut self,
+        now: Instant,
+        leg: LegId,
+        purpose: Purpose,
+        r: Response,
+    ) {
+        match purpose {
+            Purpose::AgentInvite => self.on_agent_invite_response(now, r).await,
+            Purpose::ReInvite => {
+                if r.status / 100 == 2 {
+                    self.ack_2xx(leg, &r);
+                    let lm = self.leg_media(leg);
+                    if let (Some(offer), Ok(answer)) =
+                        (lm.pending_offer.take(), SessionDescription::parse(&r.body))
+                    {
+                        if let Ok(acc) = sdp::accept_answer(&offer, &answer) {
+                            if let Some(m) = &self.media {
+                                m.set_remote(
+                                    leg,
+                                    RemoteMedia {
+                                        rtp: acc.remote_rtp,
+                                        codec: g711_of(acc.codec),
+                                        dtmf_pt: acc.dtmf_pt,
+                                    },
+                                )
+                                .await;
+                            }
+                        }
+                    }
+                } else if r.status >= 300 {
+                    debug!(?leg, status = r.status, "re-INVITE refused");
+                    self.leg_media(leg).pending_offer = None;
+                }
+            }
+            Purpose::Bye | Purpose::Cancel => {}
+        }
+    }
+
+    /// ACKs a 2xx to an INVITE we sent on `leg` (RFC 3261 §13.2.2.4): a new transaction-less
+    /// request to the remote target, with the INVITE's CSeq number.
+    fn ack_2xx(&mut self, leg: LegId, r: &Response) {
+        let me = self.env.me.clone();
+        let seq = r.cseq().map(|c| c.seq).unwrap_or(1);
+        let d = self.dialog(leg);
+        let ack = d.request(Method::Ack, &me, Some(seq));
+        let peer = match leg {
+            LegId::Agent => d.peer,
+            LegId::Caller => target_peer(&d.remote_target, d.peer),
+        };
+        let bytes = Message::Request(ack).to_bytes();
+        self.env.sip.send(peer, bytes.clone());
+        if leg == LegId::Agent {
+            self.b_ack = Some(bytes);
+        }
+    }
+
+    async fn on_agent_invite_response(&mut self, now: Instant, r: Response) {
+        let status = r.status;
+        if status == 100 {
+            return;
+        }
+        if (101..200).contains(&status) {
+            self.b_provisional = true;
+            if let Some(to) = r.to() {
+                if to.tag().is_some() {
+                    self.b.remote = to;
+                }
+            }
+            if self.cancel_b_when_provisional {
+                self.cancel_b_when_provisional = false;
+                self.cancel_agent(now);
+                return;
+            }
+            if self.phase == Phase::Ringing && self.a_invite_pending() {
+                let tag = self.a.local_tag().to_string();
+                let mut resp = self
+                    .invite
+                    .response(if status == 183 { 183 } else { 180 }, Some(&tag));
+                resp.headers
+                    .push(HeaderName::Contact, self.env.me.contact(&self.a.peer));
+                if status == 183 && !r.body.is_empty() {
+                    // Early media: relay the agent side's audio (ringback, announcements).
+                    self.accept_agent_sdp(&r.body).await;
+                    if let Some(body) = self.a_media.last_sdp.clone() {
+                        resp = resp.with_body("application/sdp", body);
+                    }
+                }
+                self.respond_a_invite(now, resp);
+            }
+            return;
+        }
+        if status / 100 == 2 {
+            if let Some(to) = r.to() {
+                self.b.remote = to;
+            }
+            if let Some(c) = r.contact() {
+                self.b.remote_target = c.uri;
+            }
+            self.b.route_set = r
+                .headers
+                .get_all(&HeaderName::RecordRoute)
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            self.ack_2xx(LegId::Agent, &r);
+            if self.b_answered {
+                return; // retransmitted 2xx, re-ACKed above
+            }
+            self.b_answered = true;
+            if self.phase != Phase::Ringing || !self.a_invite_pending() {
+                // The caller is gone (CANCEL or timeout crossed the answer): release the agent.
+                let me = self.env.me.clone();
+                let bye = self.b.request(Method::Bye, &me, None);
+                self.send_client(now, bye, LegId::Agent, Purpose::Bye);
+                return;
+            }
+            if !self.accept_agent_sdp(&r.body).await {
+                warn!("agent answered without a usable SDP answer");
+                let me = self.env.me.clone();
+                let bye = self.b.request(Method::Bye, &me, None);
+                self.send_client(now, bye, LegId::Agent, Purpose::Bye);
+                self.disposition = Some(Disposition::Failed);
+                self.fail_caller(now, 488);
+                self.end(now, None).await;
+                return;
+            }
+            self.answer_caller(now).await;
+            return;
+        }
+        // Agent leg failed.
+        let mapped = match status {
+            486 | 600 => 486,
+            603 | 403 => 603,
+            488 | 606 => 488,
+            _ => 480,
+        };
+        info!(status, mapped, "agent leg failed");
+        if self.phase == Phase::Ringing {
+            self.disposition = Some(if mapped == 486 || mapped == 603 {
+                Disposition::Rejected
+            } else {
+                Disposition::Missed
+            });
+            self.fail_caller(now, mapped);
+            self.end(now, None).await;
+        }
+    }
+
+    /// Reads the agent's SDP answer into the relay. Returns false when it is unusable.
+    async fn accept_agent_sdp(&mut self, body: &[u8]) -> bool {
+        let Some(offer) = self.b_media.pending_offer.clone() else {
+            return true; // already accepted (183 then 200 with the same answer)
+        };
+        let Ok(answer) = SessionDescription::parse(body) else {
+            return false;
+        };
+        let Ok(acc) = sdp::accept_answer(&offer, &answer) else {
+            return false;
+        };
+        self.b_media.pending_offer = None;
+        self.b_media.dtmf_pt = acc.dtmf_pt;
+        if let Some(m) = &self.media {
+            m.set_remote(
+                LegId::Agent,
+                RemoteMedia {
+                    rtp: acc.remote_rtp,
+                    codec: g711_of(acc.codec),
+                    dtmf_pt: acc.dtmf_pt,
+                },
+            )
+            .await;
+        }
+        true
+    }
+
+    async fn answer_caller(&mut self, now: Instant) {
+        let tag = self.a.local_tag().to_string();
+        let mut resp = self.invite.response(200, Some(&tag));
+        resp.headers
+            .push(HeaderName::Contact, self.env.me.contact(&self.a.peer));
+        resp.headers.push(HeaderName::Allow, ALLOW);
+        if let Some(body) = self.a_media.last_sdp.clone() {
+            resp = resp.with_body("application/sdp", body);
+        }
+        self.respond_a_invite(now, resp);
+        self.phase = Phase::Up;
+        self.ring_deadline = None;
+        self.final_status = 200;
+        self.disposition = Some(Disposition::Answered);
+        let wall = SystemTime::now();
+        self.answered_at = Some((now, wall));
+        info!("answered");
+        if let Some(m) = &self.media {
+            match self.env.recorder.start(&self.id, civil_date(wall)) {
+                Ok(rec) => m.start_recording(rec, now).await,
+                Err(e) => warn!(error = %e, "recording could not start"),
+            }
+        }
+    }
+
+    fn fail_caller(&mut self, now: Instant, status: u16) {
+        if self.a_invite_pending() {
+            let tag = self.a.local_tag().to_string();
+            let resp = self.invite.response(status, Some(&tag));
+            self.respond_a_invite(now, resp);
+            self.final_status = status;
+        }
+    }
+
+    /// CANCELs the agent leg if it is still ringing (RFC 3261 §9.1: only after a provisional).
+    fn cancel_agent(&mut self, now: Instant) {
+        if self.b_answered {
+            return;
+        }
+        let Some(inv) = self
+            .clients
+            .iter()
+            .find(|c| c.purpose == Purpose::AgentInvite)
+            .map(|c| c.tx.request.clone())
+        else {
+            return;
+        };
+        if !self.b_provisional {
+            self.cancel_b_when_provisional = true;
+            return;
+        }
+        let mut cancel = Request::new(Method::Cancel, inv.uri.clone());
+        if let Some(v) = inv.headers.get(&HeaderName::Via) {
+            cancel.headers.push(HeaderName::Via, v);
+        }
+        for r in inv.headers.get_all(&HeaderName::Route) {
+            cancel.headers.push(HeaderName::Route, r);
+        }
+        cancel.headers.push(HeaderName::MaxForwards, "70");
+        for name in [HeaderName::From, HeaderName::To, HeaderName::CallId] {
+            if let Some(v) = inv.headers.get(&name) {
+                cancel.headers.push(name, v);
+            }
+        }
+        let seq = inv.cseq().map(|c| c.seq).unwrap_or(1);
+        cancel
+            .headers
+            .push(HeaderName::CSeq, format!("{seq} CANCEL"));
+        self.send_client(now, cancel, LegId::Agent, Purpose::Cancel);
+    }
+
+    async fn on_client_timeout(&mut self, now: Instant, leg: LegId, purpose: Purpose) {
+        match purpose {
+            Purpose::AgentInvite if self.phase == Phase::Ringing => {
+                info!("agent phone unreachable");
+                self.disposition = Some(Disposition::Missed);
+                self.fail_caller(now, 480);
+                self.end(now, None).await;
+            }
+            Purpose::ReInvite => {
+                warn!(?leg, "re-INVITE timed out; ending call");
+                self.hang_up(now, None).await;
+            }
+            _ => {}
+        }
+    }
+
+    /// Ends an established call: BYE to every leg other than `by` (which sent its own BYE).
+    async fn hang_up(&mut self, now: Instant, by: Option<LegId>) {
+        if self.phase == Phase::Ended {
+            return;
+        }
+        let me = self.env.me.clone();
+        if by != Some(LegId::Caller) && self.phase == Phase::Up {
+            let bye = self.a.request(Method::Bye, &me, None);
+            self.send_client(now, bye, LegId::Caller, Purpose::Bye);
+        }
+        if by != Some(LegId::Agent) && self.b_answered {
+            let bye = self.b.request(Method::Bye, &me, None);
+            self.send_client(now, bye, LegId::Agent, Purpose::Bye);
+        }
+        self.end(now, by).await;
+    }
+
+    async fn end(&mut self, now: Instant, by: Option<LegId>) {
+        if self.phase == Phase::Ended {
+            return;
+        }
+        self.phase = Phase::Ended;
+        self.ended_by = by;
+        let wall = SystemTime::now();
+        self.ended_at = Some((now, wall));
+        self.ring_deadline = None;
+        // Keep absorbing retransmissions for a while, but never forever.
+        self.linger_until = Some(now + Duration::from_secs(40));
+        // Media stops and the contact log is written at hang-up, not when the last
+        // transaction ends.
+        let report = match self.media.take() {
+            Some(m) => m.stop(now).await,
+            None => None,
+        };
+        let record = CallRecord {
+            id: self.id.clone(),
+            call_id: self.a.call_id.clone(),
+            agent_call_id: self.b.call_id.clone(),
+            trunk: self.trunk.clone(),
+            caller: self.caller.clone(),
+            dialed: self.dialed.clone(),
+            agent: self.agent_uri.as_ref().map(|u| u.to_string()),
+            disposition: self.disposition.unwrap_or(Disposition::Failed),
+            final_status: self.final_status,
+            offered_at_ms: epoch_ms(self.offered_at),
+            answered_at_ms: self.answered_at.map(|a| epoch_ms(a.1)),
+            ended_at_ms: epoch_ms(wall),
+            duration_ms: self
+                .answered_at
+                .map(|a| now.saturating_duration_since(a.0).as_millis() as u64)
+                .unwrap_or(0),
+            ended_by: by,
+            path: None,
+            sha256: None,
+            recording_duration_ms: None,
+            size_bytes: None,
+            dtmf: Vec::new(),
+            media: None,
+        };
+        tokio::spawn(finalize(record, report).in_current_span());
+    }
+}
+
+/// Finishes the recording and writes the call record next to it.
+async fn finalize(mut record: CallRecord, report: Option<MediaReport>) {
+    let recording = report.and_then(|r| {
+        record.media = Some(r.stats);
+        record.dtmf = r.dtmf;
+        r.recording
+    });
+    let finished: Option<FinishedRecording> = match recording {
+        Some(rec) => {
+            let rx = rec.finish();
+            match tokio::task::spawn_blocking(move || rx.recv()).await {
+                Ok(Ok(Ok(f))) => Some(f),
+                Ok(Ok(Err(e))) => {
+                    warn!(error = %e, "recording failed");
+                    None
+                }
+                _ => None,
+            }
+        }
+        None => None,
+    };
+    if let Some(f) = &finished {
+        record.path = Some(f.path.display().to_string());
+        record.sha256 = Some(f.sha256.clone());
+        record.recording_duration_ms = Some(f.duration_ms);
+        record.size_bytes = Some(f.size_bytes);
+    }
+    info!(
+        disposition = ?record.disposition,
+        duration_ms = record.duration_ms,
+        sha256 = record.sha256.as_deref().unwrap_or("-"),
+        "call ended"
+    );
+    if let Some(f) = &finished {
+        let json = f.path.with_extension("json");
+        match serde_json::to_vec_pretty(&record) {
+            Ok(text) => {
+                if let Err(e) = tokio::fs::write(&json, text).await {
+                    warn!(error = %e, "call record not written");
+                }
+            }
+            Err(e) => warn!(error = %e, "call record not serialized"),
+        }
+    }
+}
+
+/// (year, month, day) in UTC for the recording's directory.
+pub fn civil_date(t: SystemTime) -> (i32, u32, u32) {
+    let days = (epoch_ms(t) / 86_400_000) as i64;
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    ((if m <= 2 { y + 1 } else { y }) as i32, m, d)
+}
+
+/// Unused-address guard for SDP when bound to a wildcard.
+pub fn advertised_ip(bound: SocketAddr, public: Option<IpAddr>) -> IpAddr {
+    match public {
+        Some(ip) => ip,
+        None if bound.ip().is_unspecified() => {
+            if bound.is_ipv6() {
+                IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+            } else {
+                IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+            }
+        }
+        None => bound.ip(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_000_000); // 2026-11-18 06:26 UTC
+        assert_eq!(civil_date(t), (2026, 11, 18));
+        assert_eq!(civil_date(UNIX_EPOCH), (1970, 1, 1));
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(civil_date(leap), (2000, 2, 29));
+    }
+}

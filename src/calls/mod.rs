@@ -1,0 +1,5 @@
+//! Calls: one task per call glues SIP, media and (later) ACD and CRM together. This is the only
+//! place that knows a whole call.
+
+pub mod b2bua;
+pub mod dialog;

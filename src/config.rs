@@ -1,0 +1,265 @@
+//! SIP profiles (`sip-profiles/*.toml`) and the command-line/environment settings.
+//!
+//! A profile describes one kind of PBX or gateway: which peers are trusted (by address or by
+//! digest), how caller ID is read, which codecs and RTP ports to use, where calls go until the
+//! ACD lands, which phones may register with us and which trunks we register to.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::sip::sdp::Codec;
+
+/// Errors loading a profile: each names the file and the offending field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("profile {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("profile {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("profile {path}: field `{field}`: {why}")]
+    Field {
+        path: PathBuf,
+        field: &'static str,
+        why: String,
+    },
+    #[error("--rtp-ports {0:?}: expected LOW-HIGH with LOW < HIGH, both even-aligned ports")]
+    RtpPorts(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub name: String,
+    /// Digest realm for the registrar and for trunks that authenticate.
+    #[serde(default = "default_realm")]
+    pub realm: String,
+    /// ISO 3166 region used to read national numbers (e.g. "US", "GB", "CN").
+    #[serde(default = "default_region")]
+    pub default_region: String,
+    /// Headers that carry the caller's number, in order of preference.
+    #[serde(default = "default_caller_id_headers")]
+    pub caller_id_headers: Vec<String>,
+    /// Codec preference, best first: "PCMU", "PCMA".
+    #[serde(default = "default_codecs")]
+    pub codecs: Vec<String>,
+    /// RTP port range "LOW-HIGH" (overridden by --rtp-ports).
+    #[serde(default = "default_rtp_ports")]
+    pub rtp_ports: String,
+    /// Seconds an agent phone may ring before the call is withdrawn.
+    #[serde(default = "default_ring_timeout")]
+    pub ring_timeout_secs: u64,
+    /// Address written into SDP and Contact when the SIP socket is bound to a wildcard.
+    #[serde(default)]
+    pub public_addr: Option<IpAddr>,
+    #[serde(default)]
+    pub trust: Trust,
+    #[serde(default)]
+    pub trunks: Vec<Trunk>,
+    #[serde(default)]
+    pub users: Vec<User>,
+    #[serde(default)]
+    pub registrations: Vec<Registration>,
+}
+
+/// Peers whose requests are accepted without authentication.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Trust {
+    #[serde(default)]
+    pub cidrs: Vec<IpNet>,
+}
+
+/// A trunk: where calls come from and, until the ACD lands, which agent they go to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Trunk {
+    pub name: String,
+    /// Source addresses of this trunk.
+    #[serde(default)]
+    pub cidrs: Vec<IpNet>,
+    /// Digest credentials a trunk that is not trusted by address must present (407 challenge).
+    #[serde(default)]
+    pub digest: Option<Credentials>,
+    /// Agent target: a SIP URI (`sip:2001@pbx.local`) or `user:NAME` for a phone registered
+    /// with screenpop's registrar.
+    #[serde(default)]
+    pub agent: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+/// A phone that may register with screenpop.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub username: String,
+    pub password: String,
+}
+
+/// Registration to an upstream registrar (a trunk that needs it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    /// Registrar URI, e.g. `sip:sip.carrier.example:5060`.
+    pub registrar: String,
+    /// Address-of-record user.
+    pub user: String,
+    /// Authentication user when it differs from `user`.
+    #[serde(default)]
+    pub auth_user: Option<String>,
+    pub password: String,
+    #[serde(default = "default_expiry")]
+    pub expires: u32,
+}
+
+fn default_realm() -> String {
+    "screenpop".into()
+}
+fn default_region() -> String {
+    "US".into()
+}
+fn default_caller_id_headers() -> Vec<String> {
+    vec![
+        "P-Asserted-Identity".into(),
+        "Remote-Party-ID".into(),
+        "From".into(),
+    ]
+}
+fn default_codecs() -> Vec<String> {
+    vec!["PCMU".into(), "PCMA".into()]
+}
+fn default_rtp_ports() -> String {
+    "20000-29999".into()
+}
+fn default_ring_timeout() -> u64 {
+    30
+}
+fn default_expiry() -> u32 {
+    3600
+}
+
+impl Profile {
+    /// Loads a profile by name (`sip-profiles/NAME.toml`) or by path.
+    pub fn load(name_or_path: &str) -> Result<Profile, ConfigError> {
+        let path = if name_or_path.ends_with(".toml") || name_or_path.contains('/') {
+            PathBuf::from(name_or_path)
+        } else {
+            Path::new("sip-profiles").join(format!("{name_or_path}.toml"))
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let profile: Profile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        profile.codec_prefs().map_err(|why| ConfigError::Field {
+            path: path.clone(),
+            field: "codecs",
+            why,
+        })?;
+        parse_port_range(&profile.rtp_ports).map_err(|_| ConfigError::Field {
+            path: path.clone(),
+            field: "rtp_ports",
+            why: format!("{:?} is not LOW-HIGH", profile.rtp_ports),
+        })?;
+        for t in &profile.trunks {
+            if let Some(a) = &t.agent {
+                if !a.starts_with("user:") && crate::sip::Uri::parse(a).is_err() {
+                    return Err(ConfigError::Field {
+                        path,
+                        field: "trunks.agent",
+                        why: format!("{a:?} is neither a SIP URI nor user:NAME"),
+                    });
+                }
+            }
+        }
+        Ok(profile)
+    }
+
+    /// Codec preference list, validated.
+    pub fn codec_prefs(&self) -> Result<Vec<Codec>, String> {
+        self.codecs
+            .iter()
+            .map(|c| match c.to_ascii_uppercase().as_str() {
+                "PCMU" => Ok(Codec::Pcmu),
+                "PCMA" => Ok(Codec::Pcma),
+                other => Err(format!("unknown codec {other:?} (PCMU, PCMA)")),
+            })
+            .collect()
+    }
+
+    /// True when requests from `ip` are trusted without authentication.
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        self.trust.cidrs.iter().any(|n| n.contains(&ip))
+            || self
+                .trunks
+                .iter()
+                .any(|t| t.cidrs.iter().any(|n| n.contains(&ip)))
+    }
+
+    /// The trunk a request from `ip` belongs to (first match wins).
+    pub fn trunk_for(&self, ip: IpAddr) -> Option<&Trunk> {
+        self.trunks
+            .iter()
+            .find(|t| t.cidrs.iter().any(|n| n.contains(&ip)))
+            .or_else(|| self.trunks.iter().find(|t| t.cidrs.is_empty()))
+    }
+
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.users.iter().find(|u| u.username == name)
+    }
+}
+
+/// Parses "LOW-HIGH".
+pub fn parse_port_range(s: &str) -> Result<(u16, u16), ConfigError> {
+    let err = || ConfigError::RtpPorts(s.to_string());
+    let (a, b) = s.split_once('-').ok_or_else(err)?;
+    let lo: u16 = a.trim().parse().map_err(|_| err())?;
+    let hi: u16 = b.trim().parse().map_err(|_| err())?;
+    if lo == 0 || lo >= hi {
+        return Err(err());
+    }
+    Ok((lo, hi))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_profiles_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("sip-profiles");
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                Profile::load(p.to_str().unwrap()).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(
+            n >= 4,
+            "default, asterisk, freeswitch, generic-gateway, dev"
+        );
+    }
+
+    #[test]
+    fn port_range() {
+        assert_eq!(parse_port_range("20000-20100").unwrap(), (20000, 20100));
+        assert!(parse_port_range("5-5").is_err());
+        assert!(parse_port_range("x").is_err());
+    }
+}

@@ -1,0 +1,8 @@
+//! Media: G.711, RTP relay with latching, RFC 4733 events, the recorder and the RTP port pool.
+//! The packet path allocates nothing and takes no lock.
+
+pub mod dtmf;
+pub mod g711;
+pub mod ports;
+pub mod recorder;
+pub mod relay;

@@ -1,0 +1,1864 @@
+//! Call recording: every bridged call becomes
+//! `recordings/YYYY/MM/DD/<id>.wav`, 16-bit 8 kHz stereo PCM with the trunk
+//! caller on the left channel and the agent on the right.
+//!
+//! # Why it is split in two
+//!
+//! The media relay handles every RTP packet of every call, so the recording
+//! path it touches ([`StereoTimeline::push`]) is pure arithmetic on a buffer
+//! allocated once per call: no locks, no allocation, no system calls, no clock
+//! reads. Once a second the call's media task drains the timeline into a
+//! reusable `Vec` and hands it to a single recorder thread
+//! ([`Recorder::spawn`]); that thread owns every open file, so disk stalls
+//! delay only the recorder, never the relay.
+//!
+//! # Placement by timestamp (RFC 3550 §5.1, §6.4.1)
+//!
+//! Audio is placed where its RTP timestamp says, not where it happened to
+//! arrive, so jitter, reordering and duplicates do not smear the recording
+//! and an hour-long call stays in sync with the wall clock. Each channel keeps
+//! an anchor (SSRC, timestamp, position); a packet's position is the anchor
+//! position plus the wrapping 32-bit timestamp difference, read as a signed
+//! `i32` (RFC 3550 §5.1: timestamps wrap and their difference is what counts).
+//! The anchor rolls forward with in-sync packets, so calls longer than the
+//! 2³¹-tick (74 h at 8 kHz) horizon of a signed difference still work.
+//!
+//! A channel re-anchors at the packet's arrival position when:
+//! - its SSRC changes (RFC 3550 §8.2: a new source, e.g. a re-INVITE to a
+//!   different media server, has an unrelated random timestamp base);
+//! - the predicted position is more than the threshold (500 ms) *ahead* of
+//!   arrival: the network cannot deliver a packet before it was sent, so the
+//!   sender's timestamp jumped;
+//! - the predicted position stays more than the threshold *behind* arrival
+//!   for 60 ms of arrival time. A single late burst after a network stall is
+//!   placed by its timestamps (it is real audio from the past); only a
+//!   persistent offset (sender restarted with a lower timestamp, or a clock
+//!   that drifted) moves the anchor.
+//!
+//! Gaps are silence, so the file length is exactly the call length.
+//!
+//! # Always playable (kill -9 included)
+//!
+//! hound only writes the RIFF and `data` sizes on `flush()`/`finalize()`. The
+//! recorder thread flushes every open file once a second, writing audio before
+//! the header, so a crash leaves a file whose header describes at most one
+//! second less than it holds. Files are written as `<id>.wav.part` and
+//! renamed only after `finalize` + `fsync`, so a `.wav` is always complete;
+//! [`repair_partials`] rewrites the sizes of leftover `.part` files from their
+//! length at start-up. The SHA-256 of the final file is computed by reading it
+//! back so the hash covers exactly the bytes on disk (evidence for disputes).
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+/// Sample rate of recordings; equal to the G.711 RTP clock, so one timestamp
+/// tick is one sample.
+pub const SAMPLE_RATE: u32 = 8000;
+/// Stereo: caller left, agent right.
+pub const CHANNELS: u16 = 2;
+/// Bytes per interleaved stereo frame.
+const FRAME_BYTES: u64 = 4;
+/// Default timeline window: 4 s of frames. Must cover the drain lag (jitter
+/// allowance + drain period) plus the 500 ms re-anchor tolerance ahead.
+pub const DEFAULT_WINDOW_FRAMES: usize = 4 * SAMPLE_RATE as usize;
+/// Default distance between timestamp-predicted and arrival position that
+/// counts as a timestamp discontinuity: 500 ms.
+pub const DEFAULT_REANCHOR_THRESHOLD: u64 = SAMPLE_RATE as u64 / 2;
+/// How long (arrival time, in samples) a backward stray must persist before
+/// it is treated as a discontinuity rather than a late burst: 60 ms.
+const BACKWARD_CONFIRM: u64 = 480;
+/// Maximum time between header updates of an open recording.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// Largest `data` chunk a RIFF file can describe: the RIFF size field
+/// (data + 36 for hound's 44-byte header) must fit in a u32.
+const MAX_DATA_BYTES: u64 = (u32::MAX as u64 - 36) / FRAME_BYTES * FRAME_BYTES;
+/// Size of the BufWriter in front of each recording (two seconds of audio).
+const WRITE_BUFFER: usize = 64 * 1024;
+
+/// Errors of the recording subsystem.
+#[derive(Debug, thiserror::Error)]
+pub enum RecorderError {
+    #[error("I/O error on {}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("WAV error on {}: {source}", .path.display())]
+    Wav {
+        path: PathBuf,
+        #[source]
+        source: hound::Error,
+    },
+    #[error("invalid recording id {0:?}: use 1-128 of [A-Za-z0-9._@+-], not starting with '.'")]
+    InvalidId(String),
+    #[error("invalid recording date {0:04}-{1:02}-{2:02}")]
+    InvalidDate(i32, u32, u32),
+    #[error("recording already exists: {}", .0.display())]
+    AlreadyExists(PathBuf),
+    #[error("interleaved stereo chunk has an odd number of samples ({0})")]
+    OddSampleCount(usize),
+    #[error("recording {} would exceed the 4 GiB RIFF limit", .0.display())]
+    TooLong(PathBuf),
+    #[error("{} is not a repairable WAV file: {reason}", .path.display())]
+    NotRepairable { path: PathBuf, reason: &'static str },
+    #[error("the recorder thread has stopped")]
+    Stopped,
+    #[error("the recorder thread panicked")]
+    ThreadPanicked,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RecorderError + '_ {
+    move |source| RecorderError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn wav_err(path: &Path) -> impl FnOnce(hound::Error) -> RecorderError + '_ {
+    move |source| RecorderError::Wav {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Timeline
+// ---------------------------------------------------------------------------
+
+/// Which side of the bridge a packet came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Channel {
+    /// The trunk caller: left channel (index 0).
+    Caller,
+    /// The agent phone: right channel (index 1).
+    Agent,
+}
+
+impl Channel {
+    /// Interleave offset of this channel within a frame.
+    pub const fn index(self) -> usize {
+        match self {
+            Channel::Caller => 0,
+            Channel::Agent => 1,
+        }
+    }
+}
+
+/// Per-channel counters, for call quality records and alarms.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelStats {
+    /// Packets pushed.
+    pub packets: u64,
+    /// Samples stored in the window.
+    pub placed_samples: u64,
+    /// Samples that arrived for positions already drained (too late for the
+    /// jitter allowance, or pushed after `finish`).
+    pub late_samples: u64,
+    /// Samples beyond the window (the drain fell behind); dropped.
+    pub overflow_samples: u64,
+    /// Re-anchors after the first packet (SSRC change, timestamp jump).
+    pub reanchors: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Anchor {
+    ssrc: u32,
+    ts: u32,
+    pos: i64,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Lane {
+    anchor: Option<Anchor>,
+    /// Arrival position of the first packet of an ongoing backward stray.
+    straying_since: Option<u64>,
+    stats: ChannelStats,
+}
+
+/// Places both directions of a call on one sample-accurate stereo timeline.
+///
+/// Pure logic: time is an input, counted in samples (8 kHz) since answer, so
+/// the whole behaviour is testable without clocks or sleeps.
+#[derive(Debug)]
+pub struct StereoTimeline {
+    /// Interleaved frames; frame at position `p` lives at slot `p % window`.
+    ring: Vec<i16>,
+    window: u64,
+    /// Everything before this position has been handed out by `drain`.
+    drained: u64,
+    lanes: [Lane; 2],
+    threshold: i64,
+    finished: bool,
+}
+
+impl Default for StereoTimeline {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StereoTimeline {
+    /// Timeline with a 4 s window and a 500 ms re-anchor threshold.
+    pub fn new() -> Self {
+        Self::with_params(DEFAULT_WINDOW_FRAMES, DEFAULT_REANCHOR_THRESHOLD)
+    }
+
+    /// `window_frames` bounds how far ahead of the drain position audio can
+    /// be stored; it is allocated here, once. `reanchor_threshold` is in
+    /// samples.
+    pub fn with_params(window_frames: usize, reanchor_threshold: u64) -> Self {
+        let window = window_frames.max(1);
+        StereoTimeline {
+            ring: vec![0; window * usize::from(CHANNELS)],
+            window: window as u64,
+            drained: 0,
+            lanes: [Lane::default(); 2],
+            threshold: i64::try_from(reanchor_threshold).unwrap_or(i64::MAX),
+            finished: false,
+        }
+    }
+
+    /// Places one packet's decoded samples.
+    ///
+    /// `arrival` is when the packet was received, in samples since answer.
+    /// Never allocates, never blocks.
+    pub fn push(&mut self, ch: Channel, ssrc: u32, rtp_ts: u32, arrival: u64, pcm: &[i16]) {
+        let threshold = self.threshold;
+        let arrival_pos = i64::try_from(arrival).unwrap_or(i64::MAX);
+        let lane = &mut self.lanes[ch.index()];
+        lane.stats.packets += 1;
+
+        let reanchor = |lane: &mut Lane| {
+            lane.anchor = Some(Anchor {
+                ssrc,
+                ts: rtp_ts,
+                pos: arrival_pos,
+            });
+            lane.straying_since = None;
+            arrival_pos
+        };
+
+        let pos = match lane.anchor {
+            None => reanchor(lane),
+            Some(a) if a.ssrc != ssrc => {
+                lane.stats.reanchors += 1;
+                reanchor(lane)
+            }
+            Some(a) => {
+                let delta = i64::from(rtp_ts.wrapping_sub(a.ts) as i32);
+                let predicted = a.pos.saturating_add(delta);
+                let stray = predicted.saturating_sub(arrival_pos);
+                if stray > threshold {
+                    lane.stats.reanchors += 1;
+                    reanchor(lane)
+                } else if stray < -threshold {
+                    match lane.straying_since {
+                        Some(since) if arrival.saturating_sub(since) >= BACKWARD_CONFIRM => {
+                            lane.stats.reanchors += 1;
+                            reanchor(lane)
+                        }
+                        Some(_) => predicted,
+                        None => {
+                            lane.straying_since = Some(arrival);
+                            predicted
+                        }
+                    }
+                } else {
+                    lane.straying_since = None;
+                    if delta > 0 {
+                        lane.anchor = Some(Anchor {
+                            ssrc,
+                            ts: rtp_ts,
+                            pos: predicted,
+                        });
+                    }
+                    predicted
+                }
+            }
+        };
+        self.place(ch, pos, pcm);
+    }
+
+    fn place(&mut self, ch: Channel, pos: i64, pcm: &[i16]) {
+        let n = i64::try_from(pcm.len()).unwrap_or(i64::MAX);
+        let drained = i64::try_from(self.drained).unwrap_or(i64::MAX);
+        let window = i64::try_from(self.window).unwrap_or(i64::MAX);
+        let lane = &mut self.lanes[ch.index()].stats;
+        if self.finished {
+            lane.late_samples += pcm.len() as u64;
+            return;
+        }
+        // [skip, stop) are the packet-relative indices that fall inside the
+        // window [drained, drained + window).
+        let skip = drained.saturating_sub(pos).clamp(0, n);
+        let stop = drained
+            .saturating_add(window)
+            .saturating_sub(pos)
+            .clamp(skip, n);
+        lane.late_samples += skip as u64;
+        lane.overflow_samples += (n - stop) as u64;
+        lane.placed_samples += (stop - skip) as u64;
+        if stop <= skip {
+            return;
+        }
+        let Some(samples) = pcm.get(skip as usize..stop as usize) else {
+            return;
+        };
+        let first = pos + skip;
+        let mut slot = (first.rem_euclid(window) as usize) * 2 + ch.index();
+        let ring_len = self.ring.len();
+        for &s in samples {
+            if let Some(dst) = self.ring.get_mut(slot) {
+                *dst = s;
+            }
+            slot += 2;
+            if slot >= ring_len {
+                slot -= ring_len;
+            }
+        }
+    }
+
+    /// Appends interleaved frames for positions `[drained, upto)` to `out`
+    /// (silence where nothing was pushed) and advances. Returns the number of
+    /// frames appended. Positions never drain twice, so anything pushed for
+    /// them later counts as late.
+    pub fn drain(&mut self, upto: u64, out: &mut Vec<i16>) -> u64 {
+        if upto <= self.drained {
+            return 0;
+        }
+        let frames = upto - self.drained;
+        out.reserve(usize::try_from(frames.saturating_mul(2)).unwrap_or(0));
+        let mut from_ring = frames.min(self.window);
+        let mut slot = (self.drained % self.window) as usize;
+        let window = self.window as usize;
+        while from_ring > 0 {
+            let run = (from_ring as usize).min(window - slot);
+            if let Some(src) = self.ring.get_mut(slot * 2..(slot + run) * 2) {
+                out.extend_from_slice(src);
+                src.fill(0);
+            }
+            from_ring -= run as u64;
+            slot = (slot + run) % window;
+        }
+        // Positions more than a window past the old drain point could never
+        // be stored: pure silence.
+        let beyond = frames.saturating_sub(self.window);
+        if beyond > 0 {
+            let len = out
+                .len()
+                .saturating_add(usize::try_from(beyond.saturating_mul(2)).unwrap_or(0));
+            out.resize(len, 0);
+        }
+        self.drained = upto;
+        frames
+    }
+
+    /// Drains up to `end` (the hang-up position) exactly, so the recording is
+    /// as long as the call, and rejects further pushes as late. Returns the
+    /// frames appended.
+    pub fn finish(&mut self, end: u64, out: &mut Vec<i16>) -> u64 {
+        if end < self.drained {
+            tracing::warn!(
+                end,
+                drained = self.drained,
+                "timeline drained past the end of the call"
+            );
+        }
+        let n = self.drain(end, out);
+        self.finished = true;
+        n
+    }
+
+    /// Position up to which frames have been drained.
+    pub fn drained(&self) -> u64 {
+        self.drained
+    }
+
+    /// Window size in frames.
+    pub fn window_frames(&self) -> u64 {
+        self.window
+    }
+
+    /// Counters of one channel.
+    pub fn stats(&self, ch: Channel) -> ChannelStats {
+        self.lanes[ch.index()].stats
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Files
+// ---------------------------------------------------------------------------
+
+/// A finished, renamed, fsynced recording.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinishedRecording {
+    pub path: PathBuf,
+    pub frames: u64,
+    pub duration_ms: u64,
+    pub size_bytes: u64,
+    /// Lower-case hex SHA-256 of the whole file as stored.
+    pub sha256: String,
+}
+
+fn wav_spec() -> hound::WavSpec {
+    hound::WavSpec {
+        channels: CHANNELS,
+        sample_rate: SAMPLE_RATE,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    }
+}
+
+/// Ids become file names: reject anything that could escape the dated
+/// directory or confuse the `.part` naming.
+fn validate_id(id: &str) -> Result<(), RecorderError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@' | b'+'));
+    if ok {
+        Ok(())
+    } else {
+        Err(RecorderError::InvalidId(id.to_owned()))
+    }
+}
+
+fn validate_date((y, m, d): (i32, u32, u32)) -> Result<(), RecorderError> {
+    if (1..=9999).contains(&y) && (1..=12).contains(&m) && (1..=31).contains(&d) {
+        Ok(())
+    } else {
+        Err(RecorderError::InvalidDate(y, m, d))
+    }
+}
+
+/// The I/O half of a recording; lives on the recorder thread.
+pub struct RecordingFile {
+    writer: hound::WavWriter<BufWriter<File>>,
+    part_path: PathBuf,
+    final_path: PathBuf,
+    frames: u64,
+}
+
+impl std::fmt::Debug for RecordingFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordingFile")
+            .field("part_path", &self.part_path)
+            .field("frames", &self.frames)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RecordingFile {
+    /// Creates `root/YYYY/MM/DD/<id>.wav.part` with a valid, empty WAV header
+    /// already on disk. Refuses to overwrite an existing `.part` or `.wav`.
+    pub fn create(root: &Path, id: &str, date: (i32, u32, u32)) -> Result<Self, RecorderError> {
+        validate_id(id)?;
+        validate_date(date)?;
+        let (y, m, d) = date;
+        let dir = root
+            .join(format!("{y:04}"))
+            .join(format!("{m:02}"))
+            .join(format!("{d:02}"));
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let final_path = dir.join(format!("{id}.wav"));
+        let part_path = dir.join(format!("{id}.wav.part"));
+        if final_path.exists() {
+            return Err(RecorderError::AlreadyExists(final_path));
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&part_path)
+            .map_err(|e| {
+                if e.kind() == io::ErrorKind::AlreadyExists {
+                    RecorderError::AlreadyExists(part_path.clone())
+                } else {
+                    io_err(&part_path)(e)
+                }
+            })?;
+        let writer =
+            hound::WavWriter::new(BufWriter::with_capacity(WRITE_BUFFER, file), wav_spec())
+                .map_err(wav_err(&part_path))?;
+        let mut rec = RecordingFile {
+            writer,
+            part_path,
+            final_path,
+            frames: 0,
+        };
+        rec.flush()?;
+        Ok(rec)
+    }
+
+    /// Appends interleaved stereo samples (caller, agent, caller, ...).
+    pub fn append(&mut self, interleaved: &[i16]) -> Result<(), RecorderError> {
+        if interleaved.len() % 2 != 0 {
+            return Err(RecorderError::OddSampleCount(interleaved.len()));
+        }
+        if interleaved.is_empty() {
+            return Ok(());
+        }
+        let new_frames = (interleaved.len() / 2) as u64;
+        if (self.frames + new_frames) * FRAME_BYTES > MAX_DATA_BYTES {
+            return Err(RecorderError::TooLong(self.part_path.clone()));
+        }
+        // Bounded by MAX_DATA_BYTES above, so it fits in u32.
+        let count = u32::try_from(interleaved.len())
+            .map_err(|_| RecorderError::TooLong(self.part_path.clone()))?;
+        let mut w = self.writer.get_i16_writer(count);
+        for &s in interleaved {
+            w.write_sample(s);
+        }
+        w.flush().map_err(wav_err(&self.part_path))?;
+        self.frames += new_frames;
+        Ok(())
+    }
+
+    /// Writes buffered audio, then the header sizes, so the `.part` file is a
+    /// valid WAV of everything appended so far.
+    pub fn flush(&mut self) -> Result<(), RecorderError> {
+        self.writer.flush().map_err(wav_err(&self.part_path))
+    }
+
+    /// Frames appended so far.
+    pub fn frames(&self) -> u64 {
+        self.frames
+    }
+
+    /// Where the file is being written.
+    pub fn part_path(&self) -> &Path {
+        &self.part_path
+    }
+
+    /// Where it will be after [`finish`](Self::finish).
+    pub fn final_path(&self) -> &Path {
+        &self.final_path
+    }
+
+    /// Finalizes the header, fsyncs, renames `.wav.part` → `.wav`, fsyncs the
+    /// directory and hashes the result.
+    pub fn finish(self) -> Result<FinishedRecording, RecorderError> {
+        let RecordingFile {
+            writer,
+            part_path,
+            final_path,
+            frames,
+        } = self;
+        writer.finalize().map_err(wav_err(&part_path))?;
+        // hound drops the File inside finalize; fsync acts on the inode, so a
+        // fresh descriptor is as good.
+        File::open(&part_path)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err(&part_path))?;
+        fs::rename(&part_path, &final_path).map_err(io_err(&final_path))?;
+        sync_parent_dir(&final_path);
+        let (size_bytes, sha256) = hash_file(&final_path)?;
+        Ok(FinishedRecording {
+            path: final_path,
+            frames,
+            duration_ms: frames_to_ms(frames, SAMPLE_RATE),
+            size_bytes,
+            sha256,
+        })
+    }
+}
+
+fn frames_to_ms(frames: u64, rate: u32) -> u64 {
+    frames.saturating_mul(1000) / u64::from(rate.max(1))
+}
+
+/// Makes a rename durable. Best effort: some filesystems refuse to fsync
+/// directories, and the data itself is already safe.
+fn sync_parent_dir(path: &Path) {
+    if let Some(dir) = path.parent() {
+        if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+            tracing::debug!(dir = %dir.display(), error = %e, "directory fsync failed");
+        }
+    }
+}
+
+fn hash_file(path: &Path) -> Result<(u64, String), RecorderError> {
+    let mut file = File::open(path).map_err(io_err(path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_err(path)(e)),
+        };
+        hasher.update(buf.get(..n).unwrap_or_default());
+        size += n as u64;
+    }
+    Ok((size, hex::encode(hasher.finalize())))
+}
+
+// ---------------------------------------------------------------------------
+// Crash repair
+// ---------------------------------------------------------------------------
+
+/// What [`repair_partials`] did with one `.wav.part` file.
+#[derive(Debug)]
+pub enum RepairedRecording {
+    /// Header sizes rewritten from the file length and renamed to `.wav`.
+    Recovered {
+        path: PathBuf,
+        frames: u64,
+        duration_ms: u64,
+        size_bytes: u64,
+        sha256: String,
+        /// Bytes of a trailing partial frame cut off.
+        truncated_bytes: u64,
+    },
+    /// Not repairable (e.g. killed before the header was written, or the
+    /// final name is taken): renamed aside, never deleted.
+    MovedAside {
+        from: PathBuf,
+        to: PathBuf,
+        reason: String,
+    },
+    /// An I/O error prevented both repair and moving aside; left in place.
+    Failed { path: PathBuf, error: RecorderError },
+}
+
+/// Layout of a WAV header as found on disk.
+struct WavLayout {
+    data_size_offset: u64,
+    data_start: u64,
+    block_align: u64,
+    sample_rate: u32,
+}
+
+/// Walks the RIFF chunks up to `data`. Only the `fmt ` fields needed to cut
+/// whole frames are trusted; hound always writes a 44-byte canonical header,
+/// but parsing the chunks keeps repair correct for any writer.
+fn parse_layout(file: &mut File, len: u64) -> Result<WavLayout, &'static str> {
+    let mut head = [0u8; 12];
+    if len < 12 || file.read_exact(&mut head).is_err() {
+        return Err("shorter than a RIFF header");
+    }
+    if head.get(0..4) != Some(b"RIFF".as_slice()) || head.get(8..12) != Some(b"WAVE".as_slice()) {
+        return Err("not a RIFF/WAVE file");
+    }
+    let mut offset = 12u64;
+    let mut fmt: Option<(u64, u32)> = None;
+    // hound writes "data" at 36 (or 60 for WAVEFORMATEXTENSIBLE); allow other
+    // writers' extra chunks but do not scan megabytes of garbage.
+    while offset + 8 <= len && offset < 64 * 1024 {
+        let mut chunk = [0u8; 8];
+        file.seek(SeekFrom::Start(offset))
+            .and_then(|_| file.read_exact(&mut chunk))
+            .map_err(|_| "truncated chunk header")?;
+        let (id, size_bytes) = chunk.split_at(4);
+        let size = u64::from(u32::from_le_bytes(
+            size_bytes.try_into().map_err(|_| "bad chunk size")?,
+        ));
+        if id == b"data" {
+            let (block_align, sample_rate) = fmt.ok_or("data chunk before fmt chunk")?;
+            return Ok(WavLayout {
+                data_size_offset: offset + 4,
+                data_start: offset + 8,
+                block_align,
+                sample_rate,
+            });
+        }
+        if id == b"fmt " {
+            let mut body = [0u8; 16];
+            if size < 16 || offset + 8 + 16 > len {
+                return Err("truncated fmt chunk");
+            }
+            file.read_exact(&mut body)
+                .map_err(|_| "truncated fmt chunk")?;
+            let rate = u32::from_le_bytes([body[4], body[5], body[6], body[7]]);
+            let align = u64::from(u16::from_le_bytes([body[12], body[13]]));
+            if align == 0 || rate == 0 {
+                return Err("fmt chunk has zero block align or rate");
+            }
+            fmt = Some((align, rate));
+        }
+        offset += 8 + size + (size & 1);
+    }
+    Err("no data chunk header")
+}
+
+/// Finds a name for a file moved aside that does not clobber anything.
+fn broken_path(part: &Path) -> Option<PathBuf> {
+    let name = part.file_name()?.to_str()?;
+    let stem = name.strip_suffix(".part")?;
+    let base = part.with_file_name(format!("{stem}.broken"));
+    if !base.exists() {
+        return Some(base);
+    }
+    (1..1000)
+        .map(|i| part.with_file_name(format!("{stem}.broken.{i}")))
+        .find(|p| !p.exists())
+}
+
+fn move_aside(part: &Path, reason: String) -> RepairedRecording {
+    let Some(to) = broken_path(part) else {
+        return RepairedRecording::Failed {
+            path: part.to_path_buf(),
+            error: RecorderError::NotRepairable {
+                path: part.to_path_buf(),
+                reason: "no free .broken name",
+            },
+        };
+    };
+    match fs::rename(part, &to) {
+        Ok(()) => {
+            sync_parent_dir(&to);
+            RepairedRecording::MovedAside {
+                from: part.to_path_buf(),
+                to,
+                reason,
+            }
+        }
+        Err(e) => RepairedRecording::Failed {
+            path: part.to_path_buf(),
+            error: io_err(part)(e),
+        },
+    }
+}
+
+/// Repairs one `<id>.wav.part` left by a crash.
+pub fn repair_partial(part: &Path) -> RepairedRecording {
+    let final_path = match part.to_str().and_then(|s| s.strip_suffix(".part")) {
+        Some(p) => PathBuf::from(p),
+        None => {
+            return RepairedRecording::Failed {
+                path: part.to_path_buf(),
+                error: RecorderError::NotRepairable {
+                    path: part.to_path_buf(),
+                    reason: "name does not end in .part",
+                },
+            }
+        }
+    };
+    if final_path.exists() {
+        return move_aside(part, format!("{} already exists", final_path.display()));
+    }
+    match rewrite_header(part) {
+        Ok(Ok(fix)) => {
+            if let Err(e) = fs::rename(part, &final_path) {
+                return RepairedRecording::Failed {
+                    path: part.to_path_buf(),
+                    error: io_err(&final_path)(e),
+                };
+            }
+            sync_parent_dir(&final_path);
+            match hash_file(&final_path) {
+                Ok((size_bytes, sha256)) => RepairedRecording::Recovered {
+                    path: final_path,
+                    frames: fix.frames,
+                    duration_ms: frames_to_ms(fix.frames, fix.sample_rate),
+                    size_bytes,
+                    sha256,
+                    truncated_bytes: fix.truncated_bytes,
+                },
+                Err(error) => RepairedRecording::Failed {
+                    path: final_path,
+                    error,
+                },
+            }
+        }
+        Ok(Err(reason)) => move_aside(part, reason.to_owned()),
+        Err(error) => RepairedRecording::Failed {
+            path: part.to_path_buf(),
+            error,
+        },
+    }
+}
+
+/// What [`rewrite_header`] found and fixed.
+struct HeaderFix {
+    frames: u64,
+    sample_rate: u32,
+    truncated_bytes: u64,
+}
+
+/// Rewrites RIFF and data sizes from the file length. The outer `Result` is
+/// an I/O failure; the inner one says why the file is not a WAV we can fix.
+fn rewrite_header(part: &Path) -> Result<Result<HeaderFix, &'static str>, RecorderError> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(part)
+        .map_err(io_err(part))?;
+    let len = file.metadata().map_err(io_err(part))?.len();
+    let layout = match parse_layout(&mut file, len) {
+        Ok(l) => l,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    let available = len.saturating_sub(layout.data_start);
+    let max_data =
+        (u64::from(u32::MAX) - (layout.data_start - 8)) / layout.block_align * layout.block_align;
+    let data_len = (available / layout.block_align * layout.block_align).min(max_data);
+    let new_len = layout.data_start + data_len;
+    let truncated = len - new_len;
+    if truncated > 0 {
+        file.set_len(new_len).map_err(io_err(part))?;
+    }
+    let riff_size = u32::try_from(new_len - 8).unwrap_or(u32::MAX);
+    let data_size = u32::try_from(data_len).unwrap_or(u32::MAX);
+    file.seek(SeekFrom::Start(4))
+        .and_then(|_| file.write_all(&riff_size.to_le_bytes()))
+        .and_then(|_| file.seek(SeekFrom::Start(layout.data_size_offset)))
+        .and_then(|_| file.write_all(&data_size.to_le_bytes()))
+        .and_then(|_| file.sync_all())
+        .map_err(io_err(part))?;
+    Ok(Ok(HeaderFix {
+        frames: data_len / layout.block_align,
+        sample_rate: layout.sample_rate,
+        truncated_bytes: truncated,
+    }))
+}
+
+/// Repairs every `*.wav.part` under `root` (recursively, not following
+/// symlinks). Must run before any new recording starts under `root`, or it
+/// would "repair" live files: [`Recorder::spawn`] does it first thing on its
+/// thread. A missing root is not an error.
+pub fn repair_partials(root: &Path) -> Result<Vec<RepairedRecording>, RecorderError> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && dir == root => return Ok(out),
+            Err(e) if dir == root => return Err(io_err(&dir)(e)),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot scan recordings directory");
+                continue;
+            }
+        };
+        for entry in entries {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot read directory entry");
+                    continue;
+                }
+            };
+            let path = entry.path();
+            let Ok(ft) = entry.file_type() else { continue };
+            if ft.is_dir() {
+                dirs.push(path);
+            } else if ft.is_file() && path.to_str().is_some_and(|s| s.ends_with(".wav.part")) {
+                let outcome = repair_partial(&path);
+                log_repair(&outcome);
+                out.push(outcome);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn log_repair(outcome: &RepairedRecording) {
+    match outcome {
+        RepairedRecording::Recovered {
+            path,
+            duration_ms,
+            sha256,
+            truncated_bytes,
+            ..
+        } => tracing::warn!(
+            path = %path.display(),
+            duration_ms,
+            sha256 = %sha256,
+            truncated_bytes,
+            "recovered recording interrupted by a crash"
+        ),
+        RepairedRecording::MovedAside { from, to, reason } => tracing::error!(
+            from = %from.display(),
+            to = %to.display(),
+            reason = %reason,
+            "unrepairable partial recording moved aside"
+        ),
+        RepairedRecording::Failed { path, error } => tracing::error!(
+            path = %path.display(),
+            error = %error,
+            "could not repair partial recording"
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Recorder thread
+// ---------------------------------------------------------------------------
+
+type Completion = Box<dyn FnOnce(Result<FinishedRecording, RecorderError>) + Send>;
+
+enum Command {
+    Start {
+        call: u64,
+        id: String,
+        date: (i32, u32, u32),
+        recycle: SyncSender<Vec<i16>>,
+    },
+    Chunk {
+        call: u64,
+        samples: Vec<i16>,
+    },
+    Finish {
+        call: u64,
+        done: Option<Completion>,
+    },
+    Shutdown,
+}
+
+enum CallFile {
+    Open {
+        file: RecordingFile,
+        dirty: bool,
+    },
+    /// Creating or writing failed; chunks are discarded and the error is
+    /// reported at finish. Any `.part` left is salvaged at next start-up.
+    Failed(RecorderError),
+}
+
+struct CallState {
+    id: String,
+    file: CallFile,
+    recycle: SyncSender<Vec<i16>>,
+}
+
+/// The recorder thread's state: one thread owns every open recording.
+pub struct Recorder {
+    root: PathBuf,
+    rx: Receiver<Command>,
+    calls: HashMap<u64, CallState>,
+}
+
+impl Recorder {
+    /// Starts the recorder thread for `root` (the `recordings` directory).
+    /// The thread first repairs `.part` files left by a previous crash, then
+    /// serves calls; calls started meanwhile queue.
+    pub fn spawn(root: impl Into<PathBuf>) -> Result<RecorderHandle, RecorderError> {
+        let root = root.into();
+        let (tx, rx) = mpsc::channel();
+        let recorder = Recorder {
+            root: root.clone(),
+            rx,
+            calls: HashMap::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("recorder".into())
+            .spawn(move || recorder.run())
+            .map_err(io_err(&root))?;
+        Ok(RecorderHandle {
+            tx,
+            next_call: AtomicU64::new(1),
+            root,
+            thread: Some(thread),
+        })
+    }
+
+    fn run(mut self) {
+        match repair_partials(&self.root) {
+            Ok(repaired) if !repaired.is_empty() => {
+                tracing::warn!(count = repaired.len(), "repaired partial recordings");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "recording repair scan failed"),
+        }
+        let mut next_flush = Instant::now() + FLUSH_INTERVAL;
+        loop {
+            let timeout = next_flush.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(timeout) {
+                Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
+                Ok(cmd) => self.handle(cmd),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            let now = Instant::now();
+            if now >= next_flush {
+                self.flush_all();
+                next_flush = now + FLUSH_INTERVAL;
+            }
+        }
+        let open: Vec<u64> = self.calls.keys().copied().collect();
+        for call in open {
+            self.finish_call(call, None);
+        }
+        tracing::debug!("recorder thread stopped");
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Start {
+                call,
+                id,
+                date,
+                recycle,
+            } => {
+                let file = match RecordingFile::create(&self.root, &id, date) {
+                    Ok(file) => CallFile::Open { file, dirty: false },
+                    Err(e) => {
+                        tracing::error!(id = %id, error = %e, "cannot start recording");
+                        CallFile::Failed(e)
+                    }
+                };
+                self.calls.insert(call, CallState { id, file, recycle });
+            }
+            Command::Chunk { call, mut samples } => {
+                let Some(state) = self.calls.get_mut(&call) else {
+                    return;
+                };
+                if let CallFile::Open { file, dirty } = &mut state.file {
+                    match file.append(&samples) {
+                        Ok(()) => *dirty = true,
+                        Err(e) => {
+                            tracing::error!(id = %state.id, error = %e, "recording write failed");
+                            state.file = CallFile::Failed(e);
+                        }
+                    }
+                }
+                samples.clear();
+                // Full or disconnected: let the buffer go.
+                let _ = state.recycle.try_send(samples);
+            }
+            Command::Finish { call, done } => self.finish_call(call, done),
+            Command::Shutdown => {}
+        }
+    }
+
+    fn flush_all(&mut self) {
+        for state in self.calls.values_mut() {
+            if let CallFile::Open { file, dirty } = &mut state.file {
+                if !*dirty {
+                    continue;
+                }
+                match file.flush() {
+                    Ok(()) => *dirty = false,
+                    Err(e) => {
+                        tracing::error!(id = %state.id, error = %e, "recording flush failed");
+                        state.file = CallFile::Failed(e);
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish_call(&mut self, call: u64, done: Option<Completion>) {
+        let Some(state) = self.calls.remove(&call) else {
+            if let Some(done) = done {
+                done(Err(RecorderError::Stopped));
+            }
+            return;
+        };
+        let result = match state.file {
+            CallFile::Open { file, .. } => file.finish(),
+            CallFile::Failed(e) => Err(e),
+        };
+        match &result {
+            Ok(rec) => tracing::info!(
+                id = %state.id,
+                path = %rec.path.display(),
+                duration_ms = rec.duration_ms,
+                sha256 = %rec.sha256,
+                "recording finished"
+            ),
+            Err(e) => tracing::error!(id = %state.id, error = %e, "recording failed"),
+        }
+        if done.is_none() && result.is_ok() {
+            tracing::warn!(id = %state.id, "recording closed without an explicit finish");
+        }
+        if let Some(done) = done {
+            done(result);
+        }
+    }
+}
+
+/// Cheap to share (`Arc<RecorderHandle>`): starting a call only sends a
+/// message. Dropping it asks the thread to finish every open recording and
+/// stop, without waiting.
+pub struct RecorderHandle {
+    tx: Sender<Command>,
+    next_call: AtomicU64,
+    root: PathBuf,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RecorderHandle {
+    /// Opens a recording sink for one call. `id` and `date` are checked here;
+    /// file-system errors surface from [`CallRecording::finish`] (and are
+    /// logged when they happen).
+    pub fn start(&self, id: &str, date: (i32, u32, u32)) -> Result<CallRecording, RecorderError> {
+        validate_id(id)?;
+        validate_date(date)?;
+        let call = self.next_call.fetch_add(1, Ordering::Relaxed);
+        // Two spare buffers per call are enough for one-second chunks.
+        let (recycle, recycled) = mpsc::sync_channel(2);
+        self.tx
+            .send(Command::Start {
+                call,
+                id: id.to_owned(),
+                date,
+                recycle,
+            })
+            .map_err(|_| RecorderError::Stopped)?;
+        Ok(CallRecording {
+            call,
+            id: id.to_owned(),
+            tx: self.tx.clone(),
+            recycled,
+            finished: false,
+        })
+    }
+
+    /// The recordings root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Finishes every open recording (their completions get the result as
+    /// usual; sinks still alive get [`RecorderError::Stopped`] afterwards)
+    /// and waits for the thread.
+    pub fn shutdown(mut self) -> Result<(), RecorderError> {
+        let _ = self.tx.send(Command::Shutdown);
+        match self.thread.take() {
+            Some(t) => t.join().map_err(|_| RecorderError::ThreadPanicked),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RecorderHandle {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            let _ = self.tx.send(Command::Shutdown);
+        }
+    }
+}
+
+/// One call's connection to the recorder thread.
+///
+/// Dropping it without [`finish`](Self::finish) still finalizes the file, so
+/// an aborted call task never leaves a `.part` behind.
+pub struct CallRecording {
+    call: u64,
+    id: String,
+    tx: Sender<Command>,
+    recycled: Receiver<Vec<i16>>,
+    finished: bool,
+}
+
+impl std::fmt::Debug for CallRecording {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallRecording")
+            .field("call", &self.call)
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CallRecording {
+    /// The recording id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Hands a drained chunk of interleaved frames to the recorder thread and
+    /// returns an empty buffer to drain into next, recycled from an earlier
+    /// chunk when one has come back (otherwise `Vec::new()`, which does not
+    /// allocate). Never blocks.
+    pub fn submit(&mut self, chunk: Vec<i16>) -> Result<Vec<i16>, RecorderError> {
+        if chunk.len() % 2 != 0 {
+            return Err(RecorderError::OddSampleCount(chunk.len()));
+        }
+        if chunk.is_empty() {
+            return Ok(chunk);
+        }
+        self.tx
+            .send(Command::Chunk {
+                call: self.call,
+                samples: chunk,
+            })
+            .map_err(|_| RecorderError::Stopped)?;
+        Ok(self.recycled.try_recv().unwrap_or_default())
+    }
+
+    /// Finishes the recording; the result arrives on the returned receiver
+    /// (poll it with `recv_timeout`, or `recv` from a blocking task).
+    pub fn finish(self) -> Receiver<Result<FinishedRecording, RecorderError>> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.finish_with(move |result| {
+            let _ = tx.send(result);
+        });
+        rx
+    }
+
+    /// Finishes the recording and calls `done` with the result on the
+    /// recorder thread (keep it short: it delays every other call's writes).
+    pub fn finish_with<F>(mut self, done: F)
+    where
+        F: FnOnce(Result<FinishedRecording, RecorderError>) + Send + 'static,
+    {
+        self.finished = true;
+        let cmd = Command::Finish {
+            call: self.call,
+            done: Some(Box::new(done)),
+        };
+        if let Err(mpsc::SendError(Command::Finish {
+            done: Some(done), ..
+        })) = self.tx.send(cmd)
+        {
+            done(Err(RecorderError::Stopped));
+        }
+    }
+}
+
+impl Drop for CallRecording {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self.tx.send(Command::Finish {
+                call: self.call,
+                done: None,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PKT: usize = 160; // 20 ms
+
+    /// Self-deleting scratch directory (the crate has no `tempfile`
+    /// dev-dependency).
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn tempdir() -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!(
+            "screenpop-recorder-test-{}-{}-{nanos}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn ramp(start: i16, n: usize) -> Vec<i16> {
+        (0..n).map(|i| start.wrapping_add(i as i16)).collect()
+    }
+
+    fn left(frames: &[i16]) -> Vec<i16> {
+        frames.iter().step_by(2).copied().collect()
+    }
+
+    fn right(frames: &[i16]) -> Vec<i16> {
+        frames.iter().skip(1).step_by(2).copied().collect()
+    }
+
+    #[test]
+    fn reordered_packets_land_by_timestamp() {
+        let mut tl = StereoTimeline::new();
+        let ts0 = 1_000u32;
+        let pkts: Vec<Vec<i16>> = (0..5).map(|k| vec![(k + 1) as i16; PKT]).collect();
+        // Arrival order 0, 2, 1, 4, 3 with jitter.
+        for &(k, arrival) in &[(0u32, 0u64), (2, 330), (1, 335), (4, 650), (3, 655)] {
+            tl.push(
+                Channel::Caller,
+                7,
+                ts0 + k * PKT as u32,
+                arrival,
+                &pkts[k as usize],
+            );
+        }
+        let mut out = Vec::new();
+        tl.finish(5 * PKT as u64, &mut out);
+        let l = left(&out);
+        assert_eq!(l.len(), 5 * PKT);
+        for k in 0..5 {
+            assert!(l[k * PKT..(k + 1) * PKT]
+                .iter()
+                .all(|&s| s == (k + 1) as i16));
+        }
+        let st = tl.stats(Channel::Caller);
+        assert_eq!(st.reanchors, 0);
+        assert_eq!(st.late_samples, 0);
+        assert_eq!(st.placed_samples, 5 * PKT as u64);
+    }
+
+    #[test]
+    fn loss_is_silence_and_duplicates_overwrite() {
+        let mut tl = StereoTimeline::new();
+        tl.push(Channel::Agent, 1, 0, 0, &[5; PKT]);
+        // Packet 1 lost; packet 2 arrives twice.
+        tl.push(Channel::Agent, 1, 2 * PKT as u32, 320, &[9; PKT]);
+        tl.push(Channel::Agent, 1, 2 * PKT as u32, 321, &[9; PKT]);
+        let mut out = Vec::new();
+        tl.finish(3 * PKT as u64, &mut out);
+        let r = right(&out);
+        assert!(r[..PKT].iter().all(|&s| s == 5));
+        assert!(r[PKT..2 * PKT].iter().all(|&s| s == 0));
+        assert!(r[2 * PKT..].iter().all(|&s| s == 9));
+        assert!(left(&out).iter().all(|&s| s == 0));
+    }
+
+    #[test]
+    fn timestamp_wrap_is_continuous() {
+        let mut tl = StereoTimeline::new();
+        let ts0 = u32::MAX - 200; // wraps inside the second packet
+        for k in 0..4u32 {
+            tl.push(
+                Channel::Caller,
+                3,
+                ts0.wrapping_add(k * PKT as u32),
+                u64::from(k) * PKT as u64 + u64::from(k % 2) * 10,
+                &ramp((k * PKT as u32) as i16, PKT),
+            );
+        }
+        let mut out = Vec::new();
+        tl.finish(4 * PKT as u64, &mut out);
+        assert_eq!(left(&out), ramp(0, 4 * PKT));
+        assert_eq!(tl.stats(Channel::Caller).reanchors, 0);
+    }
+
+    #[test]
+    fn ssrc_change_reanchors_at_arrival() {
+        let mut tl = StereoTimeline::new();
+        tl.push(Channel::Caller, 1, 50_000, 0, &[1; PKT]);
+        // New source with an unrelated timestamp base, 1 s later.
+        tl.push(Channel::Caller, 2, 7, 8000, &[2; PKT]);
+        tl.push(
+            Channel::Caller,
+            2,
+            7 + PKT as u32,
+            8000 + PKT as u64,
+            &[3; PKT],
+        );
+        let mut out = Vec::new();
+        tl.finish(8000 + 2 * PKT as u64, &mut out);
+        let l = left(&out);
+        assert!(l[..PKT].iter().all(|&s| s == 1));
+        assert!(l[PKT..8000].iter().all(|&s| s == 0));
+        assert!(l[8000..8000 + PKT].iter().all(|&s| s == 2));
+        assert!(l[8000 + PKT..].iter().all(|&s| s == 3));
+        assert_eq!(tl.stats(Channel::Caller).reanchors, 1);
+    }
+
+    #[test]
+    fn forward_timestamp_jump_reanchors_immediately() {
+        let mut tl = StereoTimeline::new();
+        tl.push(Channel::Caller, 1, 0, 0, &[1; PKT]);
+        // Same SSRC, timestamp jumps 10 s ahead of real time.
+        tl.push(
+            Channel::Caller,
+            1,
+            80_000 + PKT as u32,
+            PKT as u64,
+            &[2; PKT],
+        );
+        let mut out = Vec::new();
+        tl.finish(2 * PKT as u64, &mut out);
+        assert!(left(&out)[PKT..].iter().all(|&s| s == 2));
+        assert_eq!(tl.stats(Channel::Caller).reanchors, 1);
+    }
+
+    #[test]
+    fn late_burst_is_placed_but_backward_jump_reanchors() {
+        // A 600 ms stall: the burst is placed by timestamp, no re-anchor.
+        let mut tl = StereoTimeline::new();
+        for k in 0..40u64 {
+            let arrival = if (5..35).contains(&k) {
+                35 * PKT as u64 + k
+            } else {
+                k * PKT as u64
+            };
+            tl.push(
+                Channel::Caller,
+                1,
+                (k * PKT as u64) as u32,
+                arrival,
+                &[k as i16 + 1; PKT],
+            );
+        }
+        let mut out = Vec::new();
+        tl.finish(40 * PKT as u64, &mut out);
+        let l = left(&out);
+        for k in 0..40 {
+            assert!(l[k * PKT..(k + 1) * PKT].iter().all(|&s| s == k as i16 + 1));
+        }
+        assert_eq!(tl.stats(Channel::Caller).reanchors, 0);
+
+        // Sender restarts with a lower timestamp: persistent stray → re-anchor
+        // within 60 ms.
+        let mut tl = StereoTimeline::new();
+        for k in 0..10u64 {
+            tl.push(
+                Channel::Agent,
+                1,
+                100_000 + (k * PKT as u64) as u32,
+                k * PKT as u64,
+                &[1; PKT],
+            );
+        }
+        for k in 10..20u64 {
+            tl.push(
+                Channel::Agent,
+                1,
+                ((k - 10) * PKT as u64) as u32,
+                k * PKT as u64,
+                &[2; PKT],
+            );
+        }
+        assert_eq!(tl.stats(Channel::Agent).reanchors, 1);
+        let mut out = Vec::new();
+        tl.finish(20 * PKT as u64, &mut out);
+        let r = right(&out);
+        assert!(r[..10 * PKT].iter().all(|&s| s == 1));
+        // At most the 60 ms confirmation window is lost.
+        let restored = r[10 * PKT..].iter().filter(|&&s| s == 2).count();
+        assert!(restored >= 10 * PKT - 4 * PKT, "restored {restored}");
+    }
+
+    #[test]
+    fn channels_never_leak() {
+        let mut tl = StereoTimeline::new();
+        for k in 0..100u64 {
+            let ts = (k * PKT as u64) as u32;
+            tl.push(Channel::Caller, 11, ts, k * PKT as u64, &[1000; PKT]);
+            tl.push(
+                Channel::Agent,
+                22,
+                ts.wrapping_add(12345),
+                k * PKT as u64 + (k % 3),
+                &[-1000; PKT],
+            );
+        }
+        let mut out = Vec::new();
+        tl.finish(100 * PKT as u64, &mut out);
+        assert!(left(&out).iter().all(|&s| s == 1000));
+        assert!(right(&out).iter().all(|&s| s == -1000));
+    }
+
+    #[test]
+    fn late_and_overflow_samples_are_counted() {
+        let mut tl = StereoTimeline::with_params(1000, DEFAULT_REANCHOR_THRESHOLD);
+        tl.push(Channel::Caller, 1, 0, 0, &[1; PKT]);
+        let mut out = Vec::new();
+        tl.drain(100, &mut out);
+        // Duplicate of the first packet: 100 samples are already drained.
+        tl.push(Channel::Caller, 1, 0, 200, &[1; PKT]);
+        assert_eq!(tl.stats(Channel::Caller).late_samples, 100);
+        // Beyond the 1000-frame window (drained = 100 → limit 1100).
+        tl.push(Channel::Caller, 1, 1000, 1000, &[2; PKT]);
+        assert_eq!(tl.stats(Channel::Caller).overflow_samples, 60);
+        tl.finish(1200, &mut out);
+        assert_eq!(out.len(), 2400);
+        let l = left(&out);
+        assert!(l[1000..1100].iter().all(|&s| s == 2));
+        assert!(l[1100..].iter().all(|&s| s == 0));
+        // After finish, everything is late.
+        tl.push(Channel::Caller, 1, 1200, 1200, &[3; PKT]);
+        assert_eq!(tl.stats(Channel::Caller).late_samples, 100 + PKT as u64);
+    }
+
+    #[test]
+    fn drain_far_beyond_window_is_silence() {
+        let mut tl = StereoTimeline::with_params(100, DEFAULT_REANCHOR_THRESHOLD);
+        tl.push(Channel::Caller, 1, 0, 0, &[4; 50]);
+        let mut out = Vec::new();
+        assert_eq!(tl.drain(1000, &mut out), 1000);
+        assert_eq!(out.len(), 2000);
+        assert!(left(&out)[..50].iter().all(|&s| s == 4));
+        assert!(out[100..].iter().all(|&s| s == 0));
+        // The ring was cleared: nothing old reappears.
+        out.clear();
+        tl.drain(1100, &mut out);
+        assert!(out.iter().all(|&s| s == 0));
+    }
+
+    #[test]
+    fn length_equals_end_exactly() {
+        for end in [0u64, 1, 159, 160, 8000, 12_345] {
+            let mut tl = StereoTimeline::new();
+            let mut total = 0usize;
+            let mut out = Vec::new();
+            let mut k = 0u64;
+            while k * (PKT as u64) < end {
+                tl.push(
+                    Channel::Caller,
+                    1,
+                    (k * PKT as u64) as u32,
+                    k * PKT as u64,
+                    &[1; PKT],
+                );
+                if k % 50 == 49 {
+                    tl.drain((k * PKT as u64).saturating_sub(1600), &mut out);
+                    total += out.len();
+                    out.clear();
+                }
+                k += 1;
+            }
+            tl.finish(end, &mut out);
+            total += out.len();
+            assert_eq!(total as u64, end * 2, "end {end}");
+        }
+    }
+
+    #[test]
+    fn an_hour_of_packets_has_no_drift() {
+        const HOUR: u64 = 3600 * SAMPLE_RATE as u64;
+        let mut tl = StereoTimeline::new();
+        let mut out = Vec::with_capacity(2 * SAMPLE_RATE as usize * 2);
+        let mut caller = [0i16; PKT];
+        let mut agent = [0i16; PKT];
+        let mut frames = 0u64;
+        let mut next_drain = SAMPLE_RATE as u64;
+        let caller_ts0 = 0xFFF0_0000u32; // wraps during the call
+        let agent_ts0 = 12_345u32;
+        let check = |out: &[i16], first: u64| {
+            for (i, f) in out.chunks_exact(2).enumerate() {
+                let p = first + i as u64;
+                assert_eq!(f[0], (p % 30_000) as i16, "caller at {p}");
+                assert_eq!(f[1], -((p % 20_000) as i16), "agent at {p}");
+            }
+        };
+        for k in 0..HOUR / PKT as u64 {
+            let pos = k * PKT as u64;
+            for (i, (c, a)) in caller.iter_mut().zip(agent.iter_mut()).enumerate() {
+                let p = pos + i as u64;
+                *c = (p % 30_000) as i16;
+                *a = -((p % 20_000) as i16);
+            }
+            // Deterministic jitter of 0-70 ms (none on the first packet, which
+            // anchors position 0); the sender's timestamp clock is exact.
+            let jitter = (k * 7919) % 560;
+            tl.push(
+                Channel::Caller,
+                0xCA11,
+                caller_ts0.wrapping_add(pos as u32),
+                pos + jitter,
+                &caller,
+            );
+            tl.push(
+                Channel::Agent,
+                0xA6E7,
+                agent_ts0.wrapping_add(pos as u32),
+                pos + (jitter * 3) % 560,
+                &agent,
+            );
+            let now = pos + PKT as u64;
+            if now >= next_drain {
+                let first = tl.drained();
+                frames += tl.drain(now - 1600, &mut out);
+                check(&out, first);
+                out.clear();
+                next_drain += SAMPLE_RATE as u64;
+            }
+        }
+        let first = tl.drained();
+        frames += tl.finish(HOUR, &mut out);
+        check(&out, first);
+        assert_eq!(frames, 28_800_000);
+        for ch in [Channel::Caller, Channel::Agent] {
+            let st = tl.stats(ch);
+            assert_eq!(st.reanchors, 0);
+            assert_eq!(st.late_samples, 0);
+            assert_eq!(st.overflow_samples, 0);
+            assert_eq!(st.placed_samples, HOUR);
+        }
+    }
+
+    // --- files ---
+
+    fn read_wav(path: &Path) -> (hound::WavSpec, Vec<i16>) {
+        let mut r = hound::WavReader::open(path).unwrap();
+        let spec = r.spec();
+        let samples = r.samples::<i16>().map(|s| s.unwrap()).collect();
+        (spec, samples)
+    }
+
+    #[test]
+    fn file_is_readable_mid_call() {
+        let dir = tempdir();
+        let mut f = RecordingFile::create(dir.path(), "call-1", (2024, 3, 7)).unwrap();
+        assert_eq!(
+            f.part_path(),
+            dir.path().join("2024/03/07/call-1.wav.part").as_path()
+        );
+        // Valid (empty) WAV from the first moment.
+        let (spec, samples) = read_wav(f.part_path());
+        assert_eq!(spec, wav_spec());
+        assert!(samples.is_empty());
+
+        let chunk = ramp(0, 2 * 8000);
+        f.append(&chunk).unwrap();
+        f.flush().unwrap();
+        let (spec, samples) = read_wav(f.part_path());
+        assert_eq!(spec.channels, 2);
+        assert_eq!(spec.sample_rate, 8000);
+        assert_eq!(spec.bits_per_sample, 16);
+        assert_eq!(samples, chunk);
+
+        f.append(&chunk).unwrap();
+        let done = f.finish().unwrap();
+        assert_eq!(done.path, dir.path().join("2024/03/07/call-1.wav"));
+        assert!(!dir.path().join("2024/03/07/call-1.wav.part").exists());
+        assert_eq!(done.frames, 16_000);
+        assert_eq!(done.duration_ms, 2000);
+        assert_eq!(done.size_bytes, 44 + 64_000);
+        let bytes = fs::read(&done.path).unwrap();
+        assert_eq!(done.sha256, hex::encode(Sha256::digest(&bytes)));
+        assert_eq!(bytes.len() as u64, done.size_bytes);
+        let (_, samples) = read_wav(&done.path);
+        assert_eq!(samples.len(), 32_000);
+    }
+
+    #[test]
+    fn create_refuses_bad_ids_and_existing_files() {
+        let dir = tempdir();
+        for bad in ["", "../x", "a/b", ".hidden", "a\0b", &"x".repeat(129)] {
+            assert!(matches!(
+                RecordingFile::create(dir.path(), bad, (2024, 1, 1)),
+                Err(RecorderError::InvalidId(_))
+            ));
+        }
+        assert!(matches!(
+            RecordingFile::create(dir.path(), "ok", (2024, 13, 1)),
+            Err(RecorderError::InvalidDate(2024, 13, 1))
+        ));
+        let f = RecordingFile::create(dir.path(), "dup", (2024, 1, 1)).unwrap();
+        assert!(matches!(
+            RecordingFile::create(dir.path(), "dup", (2024, 1, 1)),
+            Err(RecorderError::AlreadyExists(_))
+        ));
+        f.finish().unwrap();
+        assert!(matches!(
+            RecordingFile::create(dir.path(), "dup", (2024, 1, 1)),
+            Err(RecorderError::AlreadyExists(_))
+        ));
+        let mut f = RecordingFile::create(dir.path(), "odd", (2024, 1, 1)).unwrap();
+        assert!(matches!(
+            f.append(&[1, 2, 3]),
+            Err(RecorderError::OddSampleCount(3))
+        ));
+    }
+
+    #[test]
+    fn kill_dash_nine_is_repaired() {
+        let dir = tempdir();
+        let mut f = RecordingFile::create(dir.path(), "crash", (2024, 12, 31)).unwrap();
+        let part = f.part_path().to_path_buf();
+        let first = ramp(100, 2 * 8000);
+        f.append(&first).unwrap();
+        f.flush().unwrap();
+        // Three more seconds, larger than the write buffer, so they reach the
+        // file without a header update.
+        let more = ramp(-5000, 6 * 8000);
+        f.append(&more).unwrap();
+        // kill -9: no Drop, no finalize, no BufWriter flush.
+        std::mem::forget(f);
+        // The header still describes only the first second...
+        let (_, samples) = read_wav(&part);
+        assert_eq!(samples, first);
+        // ...and the kernel was mid-write: a torn trailing frame.
+        OpenOptions::new()
+            .append(true)
+            .open(&part)
+            .unwrap()
+            .write_all(&[0xAB, 0xCD, 0xEF])
+            .unwrap();
+        let len = fs::metadata(&part).unwrap().len();
+        let expect_frames = (len - 44) / 4;
+        assert!(expect_frames > 8000);
+
+        let repaired = repair_partials(dir.path()).unwrap();
+        assert_eq!(repaired.len(), 1);
+        let RepairedRecording::Recovered {
+            path,
+            frames,
+            duration_ms,
+            size_bytes,
+            sha256,
+            truncated_bytes,
+        } = &repaired[0]
+        else {
+            panic!("not recovered: {repaired:?}");
+        };
+        assert_eq!(path, &dir.path().join("2024/12/31/crash.wav"));
+        assert!(!part.exists());
+        assert_eq!(*truncated_bytes, 3);
+        assert_eq!(*frames, expect_frames);
+        assert_eq!(*duration_ms, expect_frames * 1000 / 8000);
+        assert_eq!(*size_bytes, 44 + expect_frames * 4);
+        let bytes = fs::read(path).unwrap();
+        assert_eq!(*sha256, hex::encode(Sha256::digest(&bytes)));
+        let (spec, samples) = read_wav(path);
+        assert_eq!(spec, wav_spec());
+        assert_eq!(samples.len() as u64, expect_frames * 2);
+        assert_eq!(&samples[..first.len()], &first[..]);
+        assert_eq!(
+            &samples[first.len()..],
+            &more[..samples.len() - first.len()]
+        );
+        // Idempotent.
+        assert!(repair_partials(dir.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn headerless_part_is_moved_aside() {
+        let dir = tempdir();
+        let day = dir.path().join("2025/01/02");
+        fs::create_dir_all(&day).unwrap();
+        fs::write(day.join("empty.wav.part"), b"").unwrap();
+        fs::write(day.join("short.wav.part"), b"RIFF\0\0\0\0WAVEfmt ").unwrap();
+        fs::write(day.join("other.txt.part"), b"ignored").unwrap();
+        let mut repaired = repair_partials(dir.path()).unwrap();
+        repaired.sort_by_key(|r| format!("{r:?}"));
+        assert_eq!(repaired.len(), 2);
+        for r in &repaired {
+            let RepairedRecording::MovedAside { from, to, .. } = r else {
+                panic!("{r:?}");
+            };
+            assert!(!from.exists());
+            assert!(to.exists());
+            assert!(to.to_str().unwrap().ends_with(".wav.broken"));
+        }
+        assert!(day.join("other.txt.part").exists());
+        // Missing root is fine.
+        assert!(repair_partials(&dir.path().join("nope"))
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn recorder_thread_end_to_end() {
+        let dir = tempdir();
+        // A leftover from a "previous run" gets repaired at spawn.
+        let mut old = RecordingFile::create(dir.path(), "old", (2024, 1, 1)).unwrap();
+        old.append(&[1, 2, 3, 4]).unwrap();
+        old.flush().unwrap();
+        std::mem::forget(old);
+
+        let handle = Recorder::spawn(dir.path()).unwrap();
+        let mut a = handle.start("call-a", (2024, 1, 2)).unwrap();
+        let b = handle.start("call-b", (2024, 1, 2)).unwrap();
+        assert!(matches!(
+            handle.start("../evil", (2024, 1, 2)),
+            Err(RecorderError::InvalidId(_))
+        ));
+        let mut tl = StereoTimeline::new();
+        let mut buf = Vec::new();
+        let mut recycled = 0;
+        for sec in 0..5u64 {
+            for k in 0..50u64 {
+                let pos = sec * 8000 + k * PKT as u64;
+                tl.push(Channel::Caller, 1, pos as u32, pos, &[7; PKT]);
+                tl.push(Channel::Agent, 2, pos as u32, pos, &[-7; PKT]);
+            }
+            tl.drain((sec + 1) * 8000 - 1600, &mut buf);
+            buf = a.submit(buf).unwrap();
+            assert!(buf.is_empty());
+            if buf.capacity() > 0 {
+                recycled += 1;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(recycled > 0, "buffers are recycled");
+        tl.finish(5 * 8000, &mut buf);
+        a.submit(buf).unwrap();
+        let done = a
+            .finish()
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap()
+            .unwrap();
+        assert_eq!(done.frames, 40_000);
+        let (_, samples) = read_wav(&done.path);
+        assert!(left(&samples).iter().all(|&s| s == 7));
+        assert!(right(&samples).iter().all(|&s| s == -7));
+        let bytes = fs::read(&done.path).unwrap();
+        assert_eq!(done.sha256, hex::encode(Sha256::digest(&bytes)));
+
+        // Dropping a sink without finish still produces a .wav.
+        drop(b);
+        handle.shutdown().unwrap();
+        assert!(dir.path().join("2024/01/02/call-b.wav").exists());
+        assert!(dir.path().join("2024/01/01/old.wav").exists());
+        assert!(!dir.path().join("2024/01/01/old.wav.part").exists());
+    }
+
+    #[test]
+    fn recorder_flushes_open_files_every_second() {
+        let dir = tempdir();
+        let handle = Recorder::spawn(dir.path()).unwrap();
+        let mut rec = handle.start("live", (2024, 5, 6)).unwrap();
+        rec.submit(vec![3; 8000 * 2]).unwrap();
+        let part = dir.path().join("2024/05/06/live.wav.part");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if part.exists() {
+                if let Ok(r) = hound::WavReader::open(&part) {
+                    if r.duration() == 8000 {
+                        break;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "header never updated");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let rx = rec.finish();
+        handle.shutdown().unwrap();
+        let done = rx.recv_timeout(Duration::from_secs(5)).unwrap().unwrap();
+        assert_eq!(done.frames, 8000);
+    }
+
+    #[test]
+    fn stopped_recorder_reports_errors() {
+        let dir = tempdir();
+        let handle = Recorder::spawn(dir.path()).unwrap();
+        let mut rec = handle.start("x", (2024, 5, 6)).unwrap();
+        assert!(matches!(
+            rec.submit(vec![1]),
+            Err(RecorderError::OddSampleCount(1))
+        ));
+        handle.shutdown().unwrap();
+        assert!(matches!(
+            rec.submit(vec![1, 2]),
+            Err(RecorderError::Stopped)
+        ));
+        let res = rec.finish().recv_timeout(Duration::from_secs(1)).unwrap();
+        assert!(matches!(res, Err(RecorderError::Stopped)));
+        // The shutdown finalized it.
+        assert!(dir.path().join("2024/05/06/x.wav").exists());
+    }
+
+    #[test]
+    fn handles_are_thread_safe() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        fn assert_send<T: Send>() {}
+        assert_send_sync::<RecorderHandle>();
+        assert_send::<CallRecording>();
+        assert_send::<StereoTimeline>();
+    }
+}

@@ -1,0 +1,295 @@
+//! The SIP dispatcher: receives every parsed message, answers what needs no call (OPTIONS,
+//! REGISTER, stray requests, policy refusals) and routes the rest to call tasks by Call-ID.
+//!
+//! Requests outside a call are answered statelessly: OPTIONS, REGISTER and the refusals are
+//! idempotent, so a retransmission simply gets the same answer again (RFC 3261 §8.2.7 permits a
+//! stateless UAS for them). Everything inside a call is transaction-stateful in its call task.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::calls::b2bua::{self, AgentTarget, CallEnv, NewCall, ALLOW};
+use crate::calls::dialog::LocalContact;
+use crate::config::Profile;
+use crate::media::ports::PortPool;
+use crate::media::recorder::Recorder;
+use crate::sip::headers::HeaderName;
+use crate::sip::message::{check_request, Message, Method, Request, RequestProblem};
+use crate::sip::registrar::Registrar;
+use crate::sip::transaction::TimerConfig;
+use crate::sip::{caller_id, Uri};
+use crate::transport::{Inbound, Peer, SipSocket, Transport};
+
+/// Settings `serve` runs with.
+pub struct ServeConfig {
+    pub sip: SocketAddr,
+    pub recordings: PathBuf,
+    pub profile: Profile,
+    pub rtp_ports: (u16, u16),
+}
+
+/// Option tags screenpop implements (none yet beyond the base spec).
+const SUPPORTED: &[&str] = &[];
+
+pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.recordings)?;
+    // Repairs leftover `.part` files from a crash before any call starts.
+    let recorder = Arc::new(Recorder::spawn(cfg.recordings.clone())?);
+    let (sock, mut inbound) = SipSocket::bind(cfg.sip).await?;
+    let local = sock.local_addr();
+    let ip = b2bua::advertised_ip(local, cfg.profile.public_addr);
+    let host = match ip {
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        v4 => v4.to_string(),
+    };
+    let codecs = cfg
+        .profile
+        .codec_prefs()
+        .map_err(|e| anyhow::anyhow!("profile codecs: {e}"))?;
+    let (ended_tx, mut ended_rx) = mpsc::unbounded_channel();
+    let ports = PortPool::new(cfg.rtp_ports.0, cfg.rtp_ports.1);
+    info!(
+        profile = %cfg.profile.name,
+        rtp = ?cfg.rtp_ports,
+        recordings = %cfg.recordings.display(),
+        "screenpop ready"
+    );
+    let profile = Arc::new(cfg.profile);
+    let env = Arc::new(CallEnv {
+        sip: sock.clone(),
+        me: LocalContact {
+            host,
+            port: local.port(),
+        },
+        media_ip: ip,
+        profile: profile.clone(),
+        codecs,
+        ports,
+        recorder,
+        recordings: cfg.recordings,
+        timers: TimerConfig::default(),
+        ended: ended_tx,
+    });
+    let mut d = Dispatcher {
+        registrar: Registrar::new(
+            &profile.realm,
+            profile
+                .users
+                .iter()
+                .map(|u| (u.username.clone(), u.password.clone())),
+        ),
+        env,
+        calls: HashMap::new(),
+    };
+    let mut expiry = tokio::time::interval(std::time::Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            m = inbound.recv() => match m {
+                Some(m) => d.on_inbound(m),
+                None => break,
+            },
+            Some(ended) = ended_rx.recv() => {
+                for id in ended.call_ids {
+                    d.calls.remove(&id);
+                }
+            }
+            _ = expiry.tick() => d.registrar.expire(Instant::now()),
+            _ = tokio::signal::ctrl_c() => {
+                info!("shutting down");
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+struct Dispatcher {
+    registrar: Registrar,
+    env: Arc<CallEnv>,
+    calls: HashMap<String, mpsc::Sender<Inbound>>,
+}
+
+/// Where a response to `req` goes (RFC 3261 §18.2.2, RFC 3581 §4): over a stream, back on the
+/// connection; over UDP, to the source address when `rport` was asked for, otherwise to the
+/// source IP (`received`) and the Via's port.
+pub fn response_peer(req: &Request, source: Peer) -> Peer {
+    if source.transport == Transport::Tcp {
+        return source;
+    }
+    match req.top_via() {
+        Some(v) if v.param("rport").is_none() => Peer {
+            addr: SocketAddr::new(source.addr.ip(), v.port.unwrap_or(5060)),
+            transport: source.transport,
+        },
+        _ => source,
+    }
+}
+
+impl Dispatcher {
+    fn on_inbound(&mut self, inb: Inbound) {
+        let call_id = inb
+            .msg
+            .headers()
+            .get(&HeaderName::CallId)
+            .unwrap_or("")
+            .to_string();
+        if let Some(tx) = self.calls.get(&call_id) {
+            match tx.try_send(inb) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    warn!(%call_id, "call task backlogged; message dropped (peer retransmits)");
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(inb)) => {
+                    self.calls.remove(&call_id);
+                    return self.on_inbound(inb);
+                }
+            }
+        }
+        match inb.msg {
+            // A response for no call of ours (e.g. RFC 4475 §3.3.10's broadcast Via): dropped.
+            Message::Response(r) => debug!(status = r.status, %call_id, "stray response dropped"),
+            Message::Request(req) => self.on_request(req, inb.peer),
+        }
+    }
+
+    fn reply(&self, req: &Request, source: Peer, mut resp: crate::sip::Response) {
+        if resp.status == 405 || resp.status == 200 && req.method == Method::Options {
+            resp.headers.push(HeaderName::Allow, ALLOW);
+        }
+        let dest = response_peer(req, source);
+        self.env.sip.send(dest, Message::Response(resp).to_bytes());
+    }
+
+    fn on_request(&mut self, req: Request, peer: Peer) {
+        let tag = format!("{:08x}", rand::random::<u32>());
+        if req.method == Method::Ack {
+            return; // ACKs are never answered
+        }
+        if let Err(p) = check_request(&req) {
+            let mut r = req.response(400, Some(&tag));
+            r.reason = match p {
+                RequestProblem::Missing(h) => format!("Missing {h}"),
+                RequestProblem::Duplicate(h) => format!("Multiple {h}"),
+            };
+            return self.reply(&req, peer, r);
+        }
+        if !req.uri.is_sip() {
+            // RFC 3261 §8.2.2.1; RFC 4475 §3.3.2.
+            let mut r = req.response(416, Some(&tag));
+            r.reason = "Unsupported URI Scheme".into();
+            return self.reply(&req, peer, r);
+        }
+        if req.method != Method::Cancel {
+            let unsupported: Vec<&str> = req
+                .headers
+                .get_all(&HeaderName::Require)
+                .filter(|t| !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(t)))
+                .collect();
+            if !unsupported.is_empty() {
+                // RFC 3261 §8.2.2.3; RFC 4475 §3.3.5.
+                let mut r = req.response(420, Some(&tag));
+                r.headers
+                    .push(HeaderName::Unsupported, unsupported.join(", "));
+                return self.reply(&req, peer, r);
+            }
+        }
+        match req.method {
+            Method::Options => {
+                let mut r = req.response(200, Some(&tag));
+                r.headers.push(HeaderName::Accept, "application/sdp");
+                return self.reply(&req, peer, r);
+            }
+            Method::Register => {
+                let now_secs = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let r = self.registrar.handle(Instant::now(), now_secs, &req, peer);
+                info!(status = r.status, user = ?req.to().and_then(|t| t.uri.user), "register");
+                return self.reply(&req, peer, r);
+            }
+            _ => {}
+        }
+        let ip = peer.addr.ip();
+        if !self.env.profile.trusts(ip) {
+            info!(%ip, method = %req.method, "request from an untrusted peer refused");
+            return self.reply(&req, peer, req.response(403, Some(&tag)));
+        }
+        match req.method {
+            Method::Invite => self.on_invite(req, peer, tag),
+            Method::Cancel | Method::Bye | Method::Info | Method::Update | Method::Prack => {
+                self.reply(&req, peer, req.response(481, Some(&tag)))
+            }
+            Method::Extension(_) => self.reply(&req, peer, req.response(501, Some(&tag))),
+            _ => self.reply(&req, peer, req.response(405, Some(&tag))),
+        }
+    }
+
+    fn on_invite(&mut self, req: Request, peer: Peer, tag: String) {
+        if req.to().and_then(|t| t.tag().map(str::to_string)).is_some() {
+            // A re-INVITE for a dialog we do not have.
+            return self.reply(&req, peer, req.response(481, Some(&tag)));
+        }
+        // We can only produce SDP answers (RFC 3261 §21.4.7; RFC 4475 §3.3.15).
+        let accept: Vec<&str> = req.headers.get_all(&HeaderName::Accept).collect();
+        if !accept.is_empty()
+            && !accept.iter().any(|a| {
+                let t = a.split(';').next().unwrap_or("").trim();
+                ["application/sdp", "application/*", "*/*"]
+                    .iter()
+                    .any(|ok| t.eq_ignore_ascii_case(ok))
+            })
+        {
+            let mut r = req.response(406, Some(&tag));
+            r.headers.push(HeaderName::Accept, "application/sdp");
+            return self.reply(&req, peer, r);
+        }
+        if !req.body.is_empty() {
+            let ct = req.headers.get(&HeaderName::ContentType).unwrap_or("");
+            let ct = ct.split(';').next().unwrap_or("").trim();
+            if !ct.eq_ignore_ascii_case("application/sdp") {
+                // RFC 3261 §21.4.13; RFC 4475 §3.3.6.
+                let mut r = req.response(415, Some(&tag));
+                r.headers.push(HeaderName::Accept, "application/sdp");
+                return self.reply(&req, peer, r);
+            }
+        }
+        let profile = &self.env.profile;
+        let trunk = profile.trunk_for(peer.addr.ip());
+        let caller = caller_id::extract(&req, &profile.caller_id_headers);
+        let agent =
+            trunk
+                .and_then(|t| t.agent.as_deref())
+                .and_then(|a| match a.strip_prefix("user:") {
+                    Some(user) => {
+                        let b = self.registrar.contacts(user, Instant::now());
+                        b.first().map(|b| AgentTarget {
+                            uri: b.contact.uri.clone(),
+                            peer: Some(b.source),
+                        })
+                    }
+                    None => Uri::parse(a)
+                        .ok()
+                        .map(|uri| AgentTarget { uri, peer: None }),
+                });
+        let new = NewCall {
+            peer: response_peer(&req, peer),
+            invite: req,
+            caller,
+            trunk: trunk.map(|t| t.name.clone()).unwrap_or_default(),
+            agent,
+        };
+        if let Some(h) = b2bua::spawn(self.env.clone(), new) {
+            for id in h.call_ids {
+                self.calls.insert(id, h.tx.clone());
+            }
+        }
+    }
+}
