@@ -231,6 +231,9 @@ impl SipSocket {
                     }
                 }
             }
+            // Responses to what was read may still be on their way through the dispatcher:
+            // keep the writer registered a little longer, then let it close the connection.
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
             if let Ok(mut m) = self.conns.lock() {
                 if m.get(&addr).is_some_and(|s| s.same_channel(&tx)) {
                     m.remove(&addr);

@@ -564,7 +564,12 @@ impl MediaDescription {
         };
         let rtp = self.is_rtp();
         match (name.to_ascii_lowercase().as_str(), value) {
-            ("rtpmap", Some(v)) if rtp => self.rtpmaps.push(RtpMap::parse(line, v)?),
+            // A malformed rtpmap (RFC 4475's `a=rtpmap:31 LPC` has no clock rate) makes only
+            // that payload type unusable, not the whole description: keep it as an attribute.
+            ("rtpmap", Some(v)) if rtp => match RtpMap::parse(line, v) {
+                Ok(map) => self.rtpmaps.push(map),
+                Err(_) => self.attributes.push(Attribute::parse(text)),
+            },
             ("fmtp", Some(v)) if rtp => {
                 let bad = || SdpError::BadFmtp {
                     line,
@@ -2233,18 +2238,23 @@ a=X-nat:0
             Some(SdpError::NoFormats { .. })
         ));
         let m = "m=audio 5000 RTP/AVP 0\r\n";
-        assert!(matches!(
-            e(&format!("{m}a=rtpmap:0 PCMU\r\n")),
-            Some(SdpError::BadRtpmap { .. })
-        ));
-        assert!(matches!(
-            e(&format!("{m}a=rtpmap:x PCMU/8000\r\n")),
-            Some(SdpError::BadRtpmap { .. })
-        ));
-        assert!(matches!(
-            e(&format!("{m}a=rtpmap:0 PCMU/8000/1/2\r\n")),
-            Some(SdpError::BadRtpmap { .. })
-        ));
+        for bad in [
+            "a=rtpmap:0 PCMU",
+            "a=rtpmap:x PCMU/8000",
+            "a=rtpmap:0 PCMU/8000/1/2",
+        ] {
+            assert_eq!(e(&format!("{m}{bad}\r\n")), None, "{bad} is tolerated");
+            let sd = SessionDescription::parse(format!("{head}{m}{bad}\r\n").as_bytes()).unwrap();
+            assert!(
+                sd.media[0].rtpmaps.is_empty(),
+                "{bad} is not a usable rtpmap"
+            );
+            assert_eq!(
+                sd.media[0].attributes.len(),
+                1,
+                "{bad} is kept as an attribute"
+            );
+        }
         assert!(matches!(
             e(&format!("{m}a=fmtp:abc 0-16\r\n")),
             Some(SdpError::BadFmtp { .. })
