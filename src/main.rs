@@ -37,6 +37,32 @@ enum Cmd {
         #[arg(long, env = "SCREENPOP_RTP_PORTS")]
         rtp_ports: Option<String>,
     },
+    /// Place one call (a real UAC on the same stack), for demos and tests.
+    Dial {
+        /// Target URI, e.g. sip:100@127.0.0.1:5060 (an IP address; add ;transport=tcp for TCP).
+        #[arg(long)]
+        to: String,
+        /// Caller number presented in From.
+        #[arg(long, default_value = "anonymous")]
+        from: String,
+        /// WAV to play (8 kHz, 16-bit; the left channel of stereo).
+        #[arg(long)]
+        play: Option<PathBuf>,
+        /// Hang up after this long (10s, 500ms, 2m).
+        #[arg(long, default_value = "10s", value_parser = screenpop::calls::dial::parse_duration)]
+        hangup_after: std::time::Duration,
+        /// Digits to send as RFC 4733 events one second after answer.
+        #[arg(long, default_value = "")]
+        dtmf: String,
+        /// Local SIP address to send from.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        bind: SocketAddr,
+        /// Credentials for 401/407 challenges.
+        #[arg(long)]
+        username: Option<String>,
+        #[arg(long, env = "SCREENPOP_DIAL_PASSWORD")]
+        password: Option<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -69,6 +95,41 @@ fn main() -> anyhow::Result<()> {
                 profile,
                 rtp_ports,
             }))
+        }
+        Cmd::Dial {
+            to,
+            from,
+            play,
+            hangup_after,
+            dtmf,
+            bind,
+            username,
+            password,
+        } => {
+            let to =
+                screenpop::sip::Uri::parse(&to).map_err(|e| anyhow::anyhow!("--to {to:?}: {e}"))?;
+            let transport = match to.param("transport").flatten() {
+                Some(t) if t.eq_ignore_ascii_case("tcp") => screenpop::transport::Transport::Tcp,
+                _ => screenpop::transport::Transport::Udp,
+            };
+            let summary = rt.block_on(screenpop::calls::dial::dial(
+                screenpop::calls::dial::DialOptions {
+                    to,
+                    from,
+                    play,
+                    hangup_after,
+                    dtmf,
+                    bind,
+                    transport,
+                    username,
+                    password,
+                },
+            ))?;
+            println!("{}", serde_json::to_string(&summary)?);
+            if !summary.answered {
+                std::process::exit(1);
+            }
+            Ok(())
         }
     }
 }

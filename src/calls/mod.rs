@@ -2,4 +2,5 @@
 //! place that knows a whole call.
 
 pub mod b2bua;
+pub mod dial;
 pub mod dialog;
