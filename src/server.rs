@@ -12,16 +12,18 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::calls::b2bua::{self, AgentTarget, CallEnv, NewCall, ALLOW};
 use crate::calls::dialog::LocalContact;
 use crate::config::Profile;
 use crate::media::ports::PortPool;
 use crate::media::recorder::Recorder;
+use crate::sip::digest::{self, NonceKey};
 use crate::sip::headers::HeaderName;
 use crate::sip::message::{check_request, Message, Method, Request, RequestProblem};
 use crate::sip::registrar::Registrar;
+use crate::sip::registration::{RegConfig, RegEvent, RegistrationClient};
 use crate::sip::transaction::TimerConfig;
 use crate::sip::{caller_id, Uri};
 use crate::transport::{Inbound, Peer, SipSocket, Transport};
@@ -77,6 +79,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         ended: ended_tx,
     });
     let mut d = Dispatcher {
+        trunk_nonces: NonceKey::generate(),
         registrar: Registrar::new(
             &profile.realm,
             profile
@@ -87,6 +90,14 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         env,
         calls: HashMap::new(),
     };
+    for r in &profile.registrations {
+        match start_registration(&d.env, r).await {
+            Ok((call_id, tx)) => {
+                d.calls.insert(call_id, tx);
+            }
+            Err(e) => warn!(registrar = %r.registrar, error = %e, "registration not started"),
+        }
+    }
     let mut expiry = tokio::time::interval(std::time::Duration::from_secs(30));
     loop {
         tokio::select! {
@@ -110,6 +121,8 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
 }
 
 struct Dispatcher {
+    /// Nonces for the 407 challenges sent to trunks that authenticate by digest.
+    trunk_nonces: NonceKey,
     registrar: Registrar,
     env: Arc<CallEnv>,
     calls: HashMap<String, mpsc::Sender<Inbound>>,
@@ -218,12 +231,21 @@ impl Dispatcher {
             _ => {}
         }
         let ip = peer.addr.ip();
+        let mut digest_trunk = None;
         if !self.env.profile.trusts(ip) {
-            info!(%ip, method = %req.method, "request from an untrusted peer refused");
-            return self.reply(&req, peer, req.response(403, Some(&tag)));
+            let may_authenticate = req.method == Method::Invite
+                && self.env.profile.trunks.iter().any(|t| t.digest.is_some());
+            if !may_authenticate {
+                info!(%ip, method = %req.method, "request from an untrusted peer refused");
+                return self.reply(&req, peer, req.response(403, Some(&tag)));
+            }
+            match self.authenticate_trunk(&req, ip) {
+                Ok(name) => digest_trunk = Some(name),
+                Err(resp) => return self.reply(&req, peer, *resp),
+            }
         }
         match req.method {
-            Method::Invite => self.on_invite(req, peer, tag),
+            Method::Invite => self.on_invite(req, peer, tag, digest_trunk),
             Method::Cancel | Method::Bye | Method::Info | Method::Update | Method::Prack => {
                 self.reply(&req, peer, req.response(481, Some(&tag)))
             }
@@ -232,7 +254,77 @@ impl Dispatcher {
         }
     }
 
-    fn on_invite(&mut self, req: Request, peer: Peer, tag: String) {
+    /// Checks a trunk's digest credentials on an INVITE from an address no profile trusts
+    /// (RFC 3261 §22.3: 407 with Proxy-Authenticate). Returns the trunk's name, or the
+    /// response to send.
+    fn authenticate_trunk(
+        &self,
+        req: &Request,
+        ip: std::net::IpAddr,
+    ) -> Result<String, Box<crate::sip::Response>> {
+        let profile = &self.env.profile;
+        let now_secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let challenge = |stale: bool| {
+            let mut r = req.response(407, None);
+            for v in digest::challenge(
+                &profile.realm,
+                &[digest::Algorithm::Sha256, digest::Algorithm::Md5],
+                &self.trunk_nonces,
+                now_secs,
+                ip,
+                stale,
+            ) {
+                r.headers.push(HeaderName::ProxyAuthenticate, v);
+            }
+            Box::new(r)
+        };
+        let creds = req
+            .headers
+            .get_all(&HeaderName::ProxyAuthorization)
+            .filter_map(|v| digest::parse_authorization(v).ok())
+            .find(|c| c.realm == profile.realm);
+        let Some(creds) = creds else {
+            return Err(challenge(false));
+        };
+        let trunk = profile.trunks.iter().find(|t| {
+            t.digest
+                .as_ref()
+                .is_some_and(|d| d.username == creds.username)
+        });
+        let verdict = match trunk.and_then(|t| t.digest.as_ref()) {
+            Some(d) => digest::verify(
+                &creds,
+                "INVITE",
+                &digest::Secret::Password(d.password.clone()),
+                &profile.realm,
+                &self.trunk_nonces,
+                now_secs,
+                ip,
+            ),
+            None => digest::verify_unknown_user(
+                &creds,
+                "INVITE",
+                digest::SecretKind::Password,
+                &profile.realm,
+                &self.trunk_nonces,
+                now_secs,
+                ip,
+            ),
+        };
+        match (verdict, trunk) {
+            (digest::Verdict::Ok, Some(t)) => Ok(t.name.clone()),
+            (digest::Verdict::Stale, _) => Err(challenge(true)),
+            _ => {
+                info!(%ip, user = %creds.username, "trunk authentication failed");
+                Err(challenge(false))
+            }
+        }
+    }
+
+    fn on_invite(&mut self, req: Request, peer: Peer, tag: String, digest_trunk: Option<String>) {
         if req.to().and_then(|t| t.tag().map(str::to_string)).is_some() {
             // A re-INVITE for a dialog we do not have.
             return self.reply(&req, peer, req.response(481, Some(&tag)));
@@ -262,7 +354,10 @@ impl Dispatcher {
             }
         }
         let profile = &self.env.profile;
-        let trunk = profile.trunk_for(peer.addr.ip());
+        let trunk = match &digest_trunk {
+            Some(name) => profile.trunks.iter().find(|t| &t.name == name),
+            None => profile.trunk_for(peer.addr.ip()),
+        };
         let caller = caller_id::extract(&req, &profile.caller_id_headers);
         let agent =
             trunk
@@ -292,4 +387,70 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// Runs one outbound registration (a trunk that wants us registered) as its own task; its
+/// responses reach it through the dispatcher by Call-ID like a call's.
+async fn start_registration(
+    env: &Arc<CallEnv>,
+    r: &crate::config::Registration,
+) -> anyhow::Result<(String, mpsc::Sender<Inbound>)> {
+    let registrar = Uri::parse(&r.registrar).map_err(|e| anyhow::anyhow!("registrar URI: {e}"))?;
+    let (host, port) = registrar.host_port();
+    let addr = tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
+        .await?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("registrar {host} does not resolve"))?;
+    let transport = match registrar.param("transport").flatten() {
+        Some(t) if t.eq_ignore_ascii_case("tcp") => Transport::Tcp,
+        _ => Transport::Udp,
+    };
+    let peer = Peer { addr, transport };
+    let me = &env.me;
+    let cfg = RegConfig {
+        registrar,
+        user: r.user.clone(),
+        auth_user: r.auth_user.clone().unwrap_or_else(|| r.user.clone()),
+        password: r.password.clone(),
+        expires: r.expires,
+        sent_by: format!("{}:{}", me.host, me.port),
+        transport: transport.as_str(),
+        contact: format!("<sip:{}@{}:{}>", r.user, me.host, me.port),
+        reliable: transport.reliable(),
+    };
+    let call_id = format!("reg-{:016x}@{}", rand::random::<u64>(), me.host);
+    let mut client = RegistrationClient::new(Instant::now(), cfg, call_id.clone(), env.timers);
+    let (tx, mut rx) = mpsc::channel::<Inbound>(16);
+    let sip = env.sip.clone();
+    let span = tracing::info_span!("registration", registrar = %r.registrar, user = %r.user);
+    tokio::spawn(
+        async move {
+            loop {
+                while let Some(b) = client.poll_transmit() {
+                    sip.send(peer, b);
+                }
+                while let Some(ev) = client.poll_event() {
+                    match ev {
+                        RegEvent::Registered { expires } => info!(expires, "registered"),
+                        RegEvent::Failed { status } => warn!(?status, "registration failed"),
+                    }
+                }
+                let wake = client
+                    .poll_timeout()
+                    .unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(60));
+                tokio::select! {
+                    m = rx.recv() => match m {
+                        Some(Inbound { msg: Message::Response(resp), .. }) => {
+                            client.handle_response(Instant::now(), resp)
+                        }
+                        Some(_) => {}
+                        None => break,
+                    },
+                    _ = tokio::time::sleep_until(wake.into()) => client.handle_timeout(Instant::now()),
+                }
+            }
+        }
+        .instrument(span),
+    );
+    Ok((call_id, tx))
 }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod headers;
 pub mod message;
 pub mod registrar;
+pub mod registration;
 pub mod sdp;
 pub mod transaction;
 pub mod uri;
