@@ -3,11 +3,18 @@
 //! network namespace with only loopback (`tests/run.sh` does that); it refuses to run
 //! otherwise, so a wrong reply can never leave the machine.
 
+mod support;
+
 use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use support::{status_of, TestServer};
+
+fn options(call_id: &str) -> Vec<u8> {
+    support::options(call_id, 0)
+}
 
 fn vectors() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/rfc4475")
@@ -25,68 +32,14 @@ fn loopback_only() -> bool {
     }
 }
 
-struct Server(Child);
+const PROFILE: &str =
+    "name = \"torture\"\nring_timeout_secs = 1\n[trust]\ncidrs = [\"127.0.0.0/8\"]\n\
+     [[trunks]]\nname = \"t\"\ncidrs = [\"127.0.0.0/8\"]\nagent = \"sip:agent@127.0.0.1:5999\"\n";
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_server(sip_port: u16, rtp: &str, tag: &str) -> Server {
-    let dir = std::env::temp_dir().join(format!("screenpop-4475-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let profile = dir.join("p.toml");
-    // The agent target is a port nobody listens on: valid INVITEs get 100 Trying and then a
-    // 480 when the ring timeout ends.
-    std::fs::write(
-        &profile,
-        "name = \"torture\"\nring_timeout_secs = 1\n[trust]\ncidrs = [\"127.0.0.0/8\"]\n\
-         [[trunks]]\nname = \"t\"\ncidrs = [\"127.0.0.0/8\"]\nagent = \"sip:agent@127.0.0.1:5999\"\n",
-    )
-    .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_screenpop"))
-        .args(["serve", "--sip", &format!("127.0.0.1:{sip_port}")])
-        .arg("--recordings")
-        .arg(dir.join("rec"))
-        .arg("--profile")
-        .arg(&profile)
-        .args(["--rtp-ports", rtp])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start screenpop");
-    let server = Server(child);
-    // Ready when it answers an OPTIONS.
-    let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
-    probe
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        let _ = probe.send_to(&options("probe"), ("127.0.0.1", sip_port));
-        let mut buf = [0u8; 2048];
-        if probe.recv_from(&mut buf).is_ok() {
-            return server;
-        }
-    }
-    panic!("server did not come up");
-}
-
-fn options(call_id: &str) -> Vec<u8> {
-    format!(
-        "OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK{call_id};rport\r\n\
-         From: <sip:t@127.0.0.1>;tag=1\r\nTo: <sip:x@127.0.0.1>\r\nCall-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\n\
-         Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-    )
-    .into_bytes()
-}
-
-fn status_of(resp: &[u8]) -> Option<u16> {
-    let s = std::str::from_utf8(resp).ok()?;
-    s.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok()
+/// The agent target is a port nobody listens on: valid INVITEs get 100 Trying and then a 480
+/// when the ring timeout ends.
+fn start_server(sip_port: u16, rtp: &str, tag: &str) -> TestServer {
+    TestServer::start(&format!("4475-{tag}"), sip_port, rtp, PROFILE)
 }
 
 /// What the element must answer to each message (`None`: no answer at all).

@@ -1,0 +1,127 @@
+//! Trust, trunk digest authentication and outbound registration against running servers,
+//! with `screenpop dial` and a second screenpop as the peers.
+
+mod support;
+
+use std::net::UdpSocket;
+use std::time::Duration;
+
+use support::{dial, options, status_of, TestServer};
+
+const DIGEST_TRUNK: &str = r#"
+name = "digest"
+ring_timeout_secs = 1
+[trust]
+cidrs = []
+[[trunks]]
+name = "fs"
+digest = { username = "fs", password = "trunkpw" }
+agent = "sip:agent@127.0.0.1:5999"
+[[users]]
+username = "1001"
+password = "pw1001"
+"#;
+
+#[test]
+fn untrusted_peer_gets_403_but_options_and_register_work() {
+    let s = TestServer::start(
+        "untrusted",
+        5180,
+        "42000-42100",
+        "name = \"x\"\n[trust]\ncidrs = []\n",
+    );
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    sock.send_to(&options("opt-untrusted", 0), ("127.0.0.1", s.port))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let (n, _) = sock.recv_from(&mut buf).unwrap();
+    assert_eq!(status_of(&buf[..n]), Some(200));
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.contains("Allow: INVITE"), "{text}");
+    // An INVITE from a peer no profile trusts (and no digest trunk to try) is refused.
+    let (ok, summary) = dial(&[
+        "--to",
+        &format!("sip:1@127.0.0.1:{}", s.port),
+        "--hangup-after",
+        "1s",
+    ]);
+    assert!(!ok);
+    assert!(summary.contains("\"final_status\":403"), "{summary}");
+}
+
+#[test]
+fn digest_trunk_is_challenged_with_407() {
+    let s = TestServer::start("digest", 5181, "42100-42200", DIGEST_TRUNK);
+    let to = format!("sip:100@127.0.0.1:{}", s.port);
+    // Right credentials: accepted, then 480 because the agent never answers.
+    let (ok, summary) = dial(&[
+        "--to",
+        &to,
+        "--hangup-after",
+        "1s",
+        "--username",
+        "fs",
+        "--password",
+        "trunkpw",
+    ]);
+    assert!(!ok);
+    assert!(summary.contains("\"final_status\":480"), "{summary}");
+    // Wrong password: challenged again and refused.
+    let (ok, summary) = dial(&[
+        "--to",
+        &to,
+        "--hangup-after",
+        "1s",
+        "--username",
+        "fs",
+        "--password",
+        "nope",
+    ]);
+    assert!(!ok);
+    assert!(summary.contains("\"final_status\":407"), "{summary}");
+    // Unknown user gets exactly the same.
+    let (_, summary2) = dial(&[
+        "--to",
+        &to,
+        "--hangup-after",
+        "1s",
+        "--username",
+        "who",
+        "--password",
+        "nope",
+    ]);
+    assert_eq!(summary, summary2);
+}
+
+#[test]
+fn registration_client_registers_through_a_challenge() {
+    let registrar = TestServer::start("registrar", 5182, "42200-42300", DIGEST_TRUNK);
+    let client_profile = format!(
+        "name = \"client\"\n[trust]\ncidrs = [\"127.0.0.0/8\"]\n[[registrations]]\nregistrar = \"sip:127.0.0.1:{}\"\nuser = \"1001\"\npassword = \"pw1001\"\nexpires = 60\n",
+        registrar.port
+    );
+    let client = TestServer::start("registrant", 5183, "42300-42400", &client_profile);
+    assert!(
+        client.wait_log("registered", Duration::from_secs(5)),
+        "client log:\n{}\nregistrar log:\n{}",
+        client.log(),
+        registrar.log()
+    );
+    let log = registrar.log();
+    assert!(log.contains("status=401"), "challenged first:\n{log}");
+    assert!(log.contains("status=200"), "then accepted:\n{log}");
+    // A wrong password never registers and backs off.
+    let bad = TestServer::start(
+        "registrant-bad",
+        5184,
+        "42400-42500",
+        &client_profile.replace("pw1001", "wrong"),
+    );
+    assert!(
+        bad.wait_log("registration failed", Duration::from_secs(5)),
+        "{}",
+        bad.log()
+    );
+    assert!(!bad.log().contains("registered expires"));
+}

@@ -1,0 +1,108 @@
+//! A running `screenpop serve` for tests that need only the server: a temp dir with the
+//! profile and recordings, killed on drop, ready once it answers an OPTIONS.
+
+#![allow(dead_code)]
+
+use std::net::UdpSocket;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct TestServer {
+    child: Child,
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl TestServer {
+    /// Starts a server on `127.0.0.1:port` with the given profile text.
+    pub fn start(tag: &str, port: u16, rtp: &str, profile: &str) -> TestServer {
+        let dir = std::env::temp_dir().join(format!("screenpop-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(dir.join("profile.toml"), profile).expect("profile");
+        let log = std::fs::File::create(dir.join("server.log")).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_screenpop"))
+            .args(["serve", "--sip", &format!("127.0.0.1:{port}")])
+            .arg("--recordings")
+            .arg(dir.join("rec"))
+            .arg("--profile")
+            .arg(dir.join("profile.toml"))
+            .args(["--rtp-ports", rtp])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start screenpop");
+        let server = TestServer { child, dir, port };
+        let probe = UdpSocket::bind("127.0.0.1:0").expect("probe socket");
+        probe
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let _ = probe.send_to(&options("ready-probe", 0), ("127.0.0.1", port));
+            let mut buf = [0u8; 2048];
+            if probe.recv_from(&mut buf).is_ok() {
+                return server;
+            }
+        }
+        panic!("server did not come up:\n{}", server.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+/// An OPTIONS request; `via_port` 0 asks for rport.
+pub fn options(call_id: &str, via_port: u16) -> Vec<u8> {
+    let via = if via_port == 0 {
+        format!("SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK{call_id};rport")
+    } else {
+        format!("SIP/2.0/UDP 127.0.0.1:{via_port};branch=z9hG4bK{call_id}")
+    };
+    format!(
+        "OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nVia: {via}\r\nFrom: <sip:t@127.0.0.1>;tag=1\r\n\
+         To: <sip:x@127.0.0.1>\r\nCall-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+pub fn status_of(resp: &[u8]) -> Option<u16> {
+    let s = std::str::from_utf8(resp).ok()?;
+    s.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok()
+}
+
+/// Runs `screenpop dial` and returns (exit success, JSON summary line).
+pub fn dial(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_screenpop"))
+        .arg("dial")
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run dial");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    )
+}
