@@ -19,6 +19,7 @@ use crate::calls::dialog::LocalContact;
 use crate::config::Profile;
 use crate::media::ports::PortPool;
 use crate::media::recorder::Recorder;
+use crate::media::relay::MediaEngine;
 use crate::sip::digest::{self, NonceKey};
 use crate::sip::headers::HeaderName;
 use crate::sip::message::{check_request, Message, Method, Request, RequestProblem};
@@ -73,6 +74,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         profile: profile.clone(),
         codecs,
         ports,
+        media: MediaEngine::spawn()?,
         recorder,
         recordings: cfg.recordings,
         timers: TimerConfig::default(),

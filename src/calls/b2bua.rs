@@ -21,7 +21,7 @@ use crate::media::g711::G711;
 use crate::media::ports::PortPool;
 use crate::media::recorder::{FinishedRecording, RecorderHandle};
 use crate::media::relay::{
-    spawn_relay, DtmfDigit, LegId, MediaHandle, MediaReport, RelayStats, RemoteMedia,
+    DtmfDigit, LegId, MediaEngine, MediaHandle, MediaReport, RelayStats, RemoteMedia,
 };
 use crate::sip::caller_id::CallerId;
 use crate::sip::headers::{HeaderName, NameAddr};
@@ -45,6 +45,7 @@ pub struct CallEnv {
     pub profile: Arc<Profile>,
     pub codecs: Vec<Codec>,
     pub ports: Arc<PortPool>,
+    pub media: MediaEngine,
     pub recorder: Arc<RecorderHandle>,
     pub recordings: PathBuf,
     pub timers: TimerConfig,
@@ -282,7 +283,7 @@ pub fn spawn(env: Arc<CallEnv>, new: NewCall) -> Option<CallHandle> {
         }
     };
     a_local.session_version = 1;
-    let media = spawn_relay(a_sock, b_sock, &a_call_id);
+    let media = env.media.add_call(a_sock, b_sock);
     let codec = negotiated.codec;
     let g711 = g711_of(codec);
 

@@ -2,6 +2,7 @@
 //! The packet path allocates nothing and takes no lock.
 
 pub mod dtmf;
+pub mod epoll;
 pub mod g711;
 pub mod ports;
 pub mod recorder;

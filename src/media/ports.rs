@@ -6,8 +6,6 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
-use tokio::net::UdpSocket;
-
 /// A shared pool of even RTP ports.
 #[derive(Debug)]
 pub struct PortPool {
@@ -48,7 +46,7 @@ impl PortPool {
                         pool: self.clone(),
                         port,
                     };
-                    match (to_tokio(rtp), to_tokio(rtcp)) {
+                    match (prepare(rtp), prepare(rtcp)) {
                         (Ok(rtp), Ok(rtcp)) => return Some(LegSockets { rtp, rtcp, lease }),
                         _ => continue, // lease drops and returns the port
                     }
@@ -65,11 +63,12 @@ impl PortPool {
     }
 }
 
-fn to_tokio(s: std::net::UdpSocket) -> std::io::Result<UdpSocket> {
+/// Non-blocking, with room for a burst: the media engine polls these with epoll.
+fn prepare(s: std::net::UdpSocket) -> std::io::Result<std::net::UdpSocket> {
     s.set_nonblocking(true)?;
     let sock = socket2::SockRef::from(&s);
     let _ = sock.set_recv_buffer_size(256 << 10);
-    UdpSocket::from_std(s)
+    Ok(s)
 }
 
 /// Holds a port pair; returns it to the pool on drop.
@@ -96,8 +95,8 @@ impl Drop for PortLease {
 /// The sockets of one call leg.
 #[derive(Debug)]
 pub struct LegSockets {
-    pub rtp: UdpSocket,
-    pub rtcp: UdpSocket,
+    pub rtp: std::net::UdpSocket,
+    pub rtcp: std::net::UdpSocket,
     pub lease: PortLease,
 }
 
@@ -111,8 +110,8 @@ impl LegSockets {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn leases_return_ports() {
+    #[test]
+    fn leases_return_ports() {
         let pool = PortPool::new(41000, 41006);
         assert_eq!(pool.total(), 3);
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
