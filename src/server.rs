@@ -42,7 +42,9 @@ const SUPPORTED: &[&str] = &[];
 
 pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.recordings)?;
-    // Repairs leftover `.part` files from a crash before any call starts.
+    // Repair recordings a crash left as `.part` and complete their calls' records before any
+    // call starts.
+    recover_crashed_calls(&cfg.recordings);
     let recorder = Arc::new(Recorder::spawn(cfg.recordings.clone())?);
     let (sock, mut inbound) = SipSocket::bind(cfg.sip).await?;
     let local = sock.local_addr();
@@ -455,4 +457,62 @@ async fn start_registration(
         .instrument(span),
     );
     Ok((call_id, tx))
+}
+
+/// Repairs `.wav.part` files left by a crash and completes the provisional call record beside
+/// each (written at answer) from the repaired file: duration, size, SHA-256, ended by `crash`.
+fn recover_crashed_calls(root: &std::path::Path) {
+    use crate::media::recorder::{repair_partials, RepairedRecording};
+    let repaired = match repair_partials(root) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "recordings not checked for crash leftovers");
+            return;
+        }
+    };
+    for r in repaired {
+        match r {
+            RepairedRecording::Recovered {
+                path,
+                duration_ms,
+                size_bytes,
+                sha256,
+                ..
+            } => {
+                let json = path.with_extension("json");
+                let mut record = std::fs::read(&json)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                    .unwrap_or_else(|| serde_json::json!({}));
+                if let Some(obj) = record.as_object_mut() {
+                    let answered = obj.get("answered_at_ms").and_then(|v| v.as_u64());
+                    obj.insert("complete".into(), true.into());
+                    obj.insert("ended_by".into(), "crash".into());
+                    obj.insert("path".into(), path.display().to_string().into());
+                    obj.insert("sha256".into(), sha256.into());
+                    obj.insert("recording_duration_ms".into(), duration_ms.into());
+                    obj.insert("duration_ms".into(), duration_ms.into());
+                    obj.insert("size_bytes".into(), size_bytes.into());
+                    if let Some(a) = answered {
+                        obj.insert("ended_at_ms".into(), (a + duration_ms).into());
+                    }
+                }
+                match serde_json::to_vec_pretty(&record) {
+                    Ok(text) => {
+                        if let Err(e) = std::fs::write(&json, text) {
+                            warn!(error = %e, "recovered call record not written");
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "recovered call record not serialized"),
+                }
+                info!(path = %path.display(), duration_ms, "recording recovered after a crash");
+            }
+            RepairedRecording::MovedAside { from, to, reason } => {
+                warn!(from = %from.display(), to = %to.display(), reason, "unrepairable recording moved aside")
+            }
+            RepairedRecording::Failed { path, error } => {
+                warn!(path = %path.display(), error = %error, "recording repair failed")
+            }
+        }
+    }
 }

@@ -120,6 +120,9 @@ pub struct CallRecord {
     pub size_bytes: Option<u64>,
     pub dtmf: Vec<DtmfDigit>,
     pub media: Option<RelayStats>,
+    /// False in the provisional record written at answer; a restart after a crash completes
+    /// it from the repaired recording.
+    pub complete: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1025,10 +1028,49 @@ impl Call {
         self.answered_at = Some((now, wall));
         info!("answered");
         if let Some(m) = &self.media {
-            match self.env.recorder.start(&self.id, civil_date(wall)) {
-                Ok(rec) => m.start_recording(rec, now).await,
+            let date = civil_date(wall);
+            match self.env.recorder.start(&self.id, date) {
+                Ok(rec) => {
+                    m.start_recording(rec, now).await;
+                    // A provisional record beside the recording: if screenpop dies mid-call,
+                    // the restart repairs the WAV and completes this record from it.
+                    let mut record = self.record(now, wall, false);
+                    let path = recording_path(&self.env.recordings, &self.id, date);
+                    record.path = Some(path.display().to_string());
+                    tokio::spawn(write_record(path.with_extension("json"), record));
+                }
                 Err(e) => warn!(error = %e, "recording could not start"),
             }
+        }
+    }
+
+    /// The call's record as of `now`.
+    fn record(&self, now: Instant, wall: SystemTime, complete: bool) -> CallRecord {
+        CallRecord {
+            id: self.id.clone(),
+            call_id: self.a.call_id.clone(),
+            agent_call_id: self.b.call_id.clone(),
+            trunk: self.trunk.clone(),
+            caller: self.caller.clone(),
+            dialed: self.dialed.clone(),
+            agent: self.agent_uri.as_ref().map(|u| u.to_string()),
+            disposition: self.disposition.unwrap_or(Disposition::Failed),
+            final_status: self.final_status,
+            offered_at_ms: epoch_ms(self.offered_at),
+            answered_at_ms: self.answered_at.map(|a| epoch_ms(a.1)),
+            ended_at_ms: epoch_ms(wall),
+            duration_ms: self
+                .answered_at
+                .map(|a| now.saturating_duration_since(a.0).as_millis() as u64)
+                .unwrap_or(0),
+            ended_by: self.ended_by,
+            path: None,
+            sha256: None,
+            recording_duration_ms: None,
+            size_bytes: None,
+            dtmf: Vec::new(),
+            media: None,
+            complete,
         }
     }
 
@@ -1128,31 +1170,7 @@ impl Call {
             Some(m) => m.stop(now).await,
             None => None,
         };
-        let record = CallRecord {
-            id: self.id.clone(),
-            call_id: self.a.call_id.clone(),
-            agent_call_id: self.b.call_id.clone(),
-            trunk: self.trunk.clone(),
-            caller: self.caller.clone(),
-            dialed: self.dialed.clone(),
-            agent: self.agent_uri.as_ref().map(|u| u.to_string()),
-            disposition: self.disposition.unwrap_or(Disposition::Failed),
-            final_status: self.final_status,
-            offered_at_ms: epoch_ms(self.offered_at),
-            answered_at_ms: self.answered_at.map(|a| epoch_ms(a.1)),
-            ended_at_ms: epoch_ms(wall),
-            duration_ms: self
-                .answered_at
-                .map(|a| now.saturating_duration_since(a.0).as_millis() as u64)
-                .unwrap_or(0),
-            ended_by: by,
-            path: None,
-            sha256: None,
-            recording_duration_ms: None,
-            size_bytes: None,
-            dtmf: Vec::new(),
-            media: None,
-        };
+        let record = self.record(now, wall, true);
         tokio::spawn(finalize(record, report).in_current_span());
     }
 }
@@ -1191,15 +1209,29 @@ async fn finalize(mut record: CallRecord, report: Option<MediaReport>) {
         "call ended"
     );
     if let Some(f) = &finished {
-        let json = f.path.with_extension("json");
-        match serde_json::to_vec_pretty(&record) {
-            Ok(text) => {
-                if let Err(e) = tokio::fs::write(&json, text).await {
-                    warn!(error = %e, "call record not written");
-                }
+        write_record(f.path.with_extension("json"), record).await;
+    }
+}
+
+/// Where the recorder puts a call's WAV (`<root>/YYYY/MM/DD/<id>.wav`).
+pub fn recording_path(root: &std::path::Path, id: &str, (y, m, d): (i32, u32, u32)) -> PathBuf {
+    root.join(format!("{y:04}"))
+        .join(format!("{m:02}"))
+        .join(format!("{d:02}"))
+        .join(format!("{id}.wav"))
+}
+
+async fn write_record(path: PathBuf, record: CallRecord) {
+    match serde_json::to_vec_pretty(&record) {
+        Ok(text) => {
+            if let Some(dir) = path.parent() {
+                let _ = tokio::fs::create_dir_all(dir).await;
             }
-            Err(e) => warn!(error = %e, "call record not serialized"),
+            if let Err(e) = tokio::fs::write(&path, text).await {
+                warn!(error = %e, path = %path.display(), "call record not written");
+            }
         }
+        Err(e) => warn!(error = %e, "call record not serialized"),
     }
 }
 
