@@ -125,3 +125,24 @@ fn registration_client_registers_through_a_challenge() {
     );
     assert!(!bad.log().contains("registered expires"));
 }
+
+#[test]
+fn rtp_port_pool_exhaustion_gives_503_and_ports_come_back() {
+    let profile = "name = \"ports\"\nring_timeout_secs = 2\n[trust]\ncidrs = [\"127.0.0.0/8\"]\n\
+                   [[trunks]]\nname = \"t\"\ncidrs = [\"127.0.0.0/8\"]\nagent = \"sip:agent@127.0.0.1:5998\"\n";
+    // Two RTP/RTCP pairs: exactly one call (two legs).
+    let s = TestServer::start("ports", 5185, "42500-42504", profile);
+    let to = format!("sip:100@127.0.0.1:{}", s.port);
+    let first = {
+        let to = to.clone();
+        std::thread::spawn(move || dial(&["--to", &to, "--hangup-after", "1s"]))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, busy) = dial(&["--to", &to, "--hangup-after", "1s"]);
+    assert!(busy.contains("\"final_status\":503"), "{busy}");
+    let (_, first) = first.join().unwrap();
+    assert!(first.contains("\"final_status\":480"), "{first}");
+    // The first call's ports were returned when it ended.
+    let (_, again) = dial(&["--to", &to, "--hangup-after", "1s"]);
+    assert!(again.contains("\"final_status\":480"), "{again}");
+}

@@ -538,3 +538,129 @@ fn slot_of<'a>(
 
 /// How long the engine lets packets gather between polls while calls are up.
 const BATCH: Duration = Duration::from_millis(2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rtp(pt: u8, seq: u16, ts: u32, ssrc: u32, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x80, pt, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        p[2..4].copy_from_slice(&seq.to_be_bytes());
+        p[4..8].copy_from_slice(&ts.to_be_bytes());
+        p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+        p.extend_from_slice(payload);
+        p
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn remote(rtp: &str, dtmf: Option<u8>) -> RemoteMedia {
+        RemoteMedia {
+            rtp: Some(addr(rtp)),
+            codec: G711::Pcmu,
+            dtmf_pt: dtmf,
+        }
+    }
+
+    #[test]
+    fn latches_first_source_and_drops_others() {
+        let mut r = new_relay();
+        r.legs[0].remote = Some(remote("10.0.0.1:4000", None));
+        r.legs[1].remote = Some(remote("10.0.0.2:5000", None));
+        let now = Instant::now();
+        // The caller's media actually comes from a NATed address: it is latched.
+        let mut p = rtp(0, 1, 160, 7, &[0xff; 160]);
+        let dest = r.on_rtp(now, LegId::Caller, addr("192.0.2.9:7000"), &mut p);
+        assert_eq!(dest, Some(addr("10.0.0.2:5000")));
+        // Another source on the caller leg is dropped.
+        let mut q = rtp(0, 2, 320, 7, &[0xff; 160]);
+        assert_eq!(
+            r.on_rtp(now, LegId::Caller, addr("192.0.2.66:7000"), &mut q),
+            None
+        );
+        assert_eq!(r.stats.foreign_source[0], 1);
+        // The agent's packets go to the latched caller address, not the SDP one.
+        let mut a = rtp(0, 1, 160, 9, &[0xff; 160]);
+        let back = r.on_rtp(now, LegId::Agent, addr("10.0.0.2:5000"), &mut a);
+        assert_eq!(back, Some(addr("192.0.2.9:7000")));
+    }
+
+    #[test]
+    fn non_rtp_is_dropped_and_counted() {
+        let mut r = new_relay();
+        let mut junk = vec![0u8; 5];
+        assert_eq!(
+            r.on_rtp(Instant::now(), LegId::Caller, addr("10.0.0.1:1"), &mut junk),
+            None
+        );
+        assert_eq!(r.stats.malformed[0], 1);
+    }
+
+    #[test]
+    fn telephone_event_payload_type_is_rewritten_and_digits_kept() {
+        let mut r = new_relay();
+        r.legs[0].remote = Some(remote("10.0.0.1:4000", Some(96)));
+        r.legs[1].remote = Some(remote("10.0.0.2:5000", Some(101)));
+        let now = Instant::now();
+        let mut seq = 0;
+        for (k, end) in [(0, false), (1, false), (2, true), (3, true), (4, true)] {
+            let ev = TelephoneEvent {
+                event: 5,
+                end,
+                volume: 10,
+                duration: 160 * (k + 1),
+            };
+            let mut p = rtp(
+                if k == 0 { 0x80 | 96 } else { 96 },
+                seq,
+                8000,
+                1,
+                &ev.to_bytes().unwrap(),
+            );
+            seq += 1;
+            r.on_rtp(now, LegId::Caller, addr("10.0.0.1:4000"), &mut p);
+            assert_eq!(p[1] & 0x7f, 101, "agent leg numbers the event 101");
+        }
+        assert_eq!(r.digits.len(), 1);
+        assert_eq!(r.digits[0].digit, '5');
+        assert_eq!(r.digits[0].leg, LegId::Caller);
+    }
+
+    #[test]
+    fn recording_places_each_leg_on_its_channel() {
+        let dir = std::env::temp_dir().join(format!("screenpop-relay-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let recorder = super::super::recorder::Recorder::spawn(&dir).unwrap();
+        let mut r = new_relay();
+        r.legs[0].remote = Some(remote("10.0.0.1:4000", None));
+        r.legs[1].remote = Some(remote("10.0.0.2:5000", None));
+        let t0 = Instant::now();
+        r.recording = Some((recorder.start("relaytest", (2026, 1, 2)).unwrap(), t0));
+        // One second of packets: caller sends loud μ-law (0x80 ≈ +32124), agent silence (0xff).
+        for i in 0..50u32 {
+            let now = t0 + Duration::from_millis(20 * i as u64);
+            let mut c = rtp(0, i as u16, i * 160, 1, &[0x80; 160]);
+            r.on_rtp(now, LegId::Caller, addr("10.0.0.1:4000"), &mut c);
+            let mut a = rtp(0, i as u16, 5000 + i * 160, 2, &[0xff; 160]);
+            r.on_rtp(now, LegId::Agent, addr("10.0.0.2:5000"), &mut a);
+        }
+        let report = r.stop(t0 + Duration::from_secs(1));
+        assert_eq!(report.recorded_frames, 8000);
+        let finished = report.recording.unwrap().finish().recv().unwrap().unwrap();
+        let mut wav = hound::WavReader::open(&finished.path).unwrap();
+        let s: Vec<i16> = wav.samples::<i16>().map(|x| x.unwrap()).collect();
+        assert_eq!(s.len(), 16000);
+        assert!(
+            s.iter().step_by(2).all(|v| *v == 32124),
+            "caller on the left"
+        );
+        assert!(
+            s.iter().skip(1).step_by(2).all(|v| *v == 0),
+            "agent on the right"
+        );
+        drop(recorder);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
