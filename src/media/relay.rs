@@ -604,7 +604,6 @@ mod tests {
         r.legs[0].remote = Some(remote("10.0.0.1:4000", Some(96)));
         r.legs[1].remote = Some(remote("10.0.0.2:5000", Some(101)));
         let now = Instant::now();
-        let mut seq = 0;
         for (k, end) in [(0, false), (1, false), (2, true), (3, true), (4, true)] {
             let ev = TelephoneEvent {
                 event: 5,
