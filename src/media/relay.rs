@@ -613,12 +613,11 @@ mod tests {
             };
             let mut p = rtp(
                 if k == 0 { 0x80 | 96 } else { 96 },
-                seq,
+                k,
                 8000,
                 1,
                 &ev.to_bytes().unwrap(),
             );
-            seq += 1;
             r.on_rtp(now, LegId::Caller, addr("10.0.0.1:4000"), &mut p);
             assert_eq!(p[1] & 0x7f, 101, "agent leg numbers the event 101");
         }
