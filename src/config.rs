@@ -54,6 +54,10 @@ pub struct Profile {
     /// Seconds an agent phone may ring before the call is withdrawn.
     #[serde(default = "default_ring_timeout")]
     pub ring_timeout_secs: u64,
+    /// SIP timer T1 in milliseconds (RFC 3261 §17.1.1.1: 500; lower it only on networks whose
+    /// round trip is known to be short). Every transaction timer scales with it.
+    #[serde(default = "default_t1_ms")]
+    pub sip_t1_ms: u64,
     /// Address written into SDP and Contact when the SIP socket is bound to a wildcard.
     #[serde(default)]
     pub public_addr: Option<IpAddr>,
@@ -145,6 +149,9 @@ fn default_rtp_ports() -> String {
 fn default_ring_timeout() -> u64 {
     30
 }
+fn default_t1_ms() -> u64 {
+    500
+}
 fn default_expiry() -> u32 {
     3600
 }
@@ -170,6 +177,13 @@ impl Profile {
             field: "codecs",
             why,
         })?;
+        if !(10..=5000).contains(&profile.sip_t1_ms) {
+            return Err(ConfigError::Field {
+                path,
+                field: "sip_t1_ms",
+                why: format!("{} is outside 10..=5000", profile.sip_t1_ms),
+            });
+        }
         parse_port_range(&profile.rtp_ports).map_err(|_| ConfigError::Field {
             path: path.clone(),
             field: "rtp_ports",

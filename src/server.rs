@@ -79,7 +79,10 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         media: MediaEngine::spawn()?,
         recorder,
         recordings: cfg.recordings,
-        timers: TimerConfig::default(),
+        timers: TimerConfig {
+            t1: std::time::Duration::from_millis(profile.sip_t1_ms),
+            ..TimerConfig::default()
+        },
         ended: ended_tx,
     });
     let mut d = Dispatcher {

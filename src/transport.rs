@@ -50,6 +50,9 @@ pub struct Inbound {
     pub peer: Peer,
 }
 
+/// How long a TCP connection may stay silent before it is closed.
+const TCP_IDLE: std::time::Duration = std::time::Duration::from_secs(600);
+
 type ConnMap = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>;
 
 /// The sending half of the SIP sockets; cheap to clone into every call task.
@@ -93,15 +96,10 @@ impl SipSocket {
     pub fn send(&self, peer: Peer, bytes: Vec<u8>) {
         match peer.transport {
             Transport::Udp => {
+                // A full socket buffer drops the message: the transaction layer retransmits,
+                // and an unbounded queue of send tasks would be worse.
                 if let Err(e) = self.udp.try_send_to(&bytes, peer.addr) {
-                    if e.kind() == std::io::ErrorKind::WouldBlock {
-                        let udp = self.udp.clone();
-                        tokio::spawn(async move {
-                            let _ = udp.send_to(&bytes, peer.addr).await;
-                        });
-                    } else {
-                        debug!(peer = %peer.addr, error = %e, "udp send failed");
-                    }
+                    debug!(peer = %peer.addr, error = %e, "udp send failed");
                 }
             }
             Transport::Tcp => {
@@ -201,9 +199,11 @@ impl SipSocket {
             let mut buf: Vec<u8> = Vec::with_capacity(8192);
             let mut chunk = vec![0u8; 16384];
             'conn: loop {
-                let n = match rd.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
+                // A connection silent for longer than any registration or call keep-alive is
+                // gone (rebooted phone, lost NAT mapping) or idle on purpose: close it.
+                let n = match tokio::time::timeout(TCP_IDLE, rd.read(&mut chunk)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                    Ok(Ok(n)) => n,
                 };
                 buf.extend_from_slice(&chunk[..n]);
                 loop {
@@ -265,7 +265,7 @@ pub fn error_response(data: &[u8], status: u16) -> Option<Vec<u8>> {
     let head = String::from_utf8_lossy(&data[..head_end]);
     let mut lines = head.split("\r\n");
     let start = lines.next()?;
-    if start.len() >= 4 && start[..4].eq_ignore_ascii_case("SIP/") {
+    if crate::sip::message::starts_with_sip(start) {
         return None;
     }
     let mut vias = Vec::new();

@@ -28,7 +28,7 @@ use crate::sip::headers::{HeaderName, NameAddr};
 use crate::sip::message::{Message, Method, Request, Response};
 use crate::sip::sdp::{self, Codec, Direction, LocalMedia, SessionDescription};
 use crate::sip::transaction::{
-    ClientTransaction, ServerKey, ServerTransaction, TimerConfig, TxOutput,
+    ClientState, ClientTransaction, ServerKey, ServerTransaction, TimerConfig, TxOutput,
 };
 use crate::sip::Uri;
 use crate::transport::{Inbound, Peer, SipSocket};
@@ -655,7 +655,20 @@ impl Call {
             return;
         }
         if req.method == Method::Ack {
-            // ACK for a 2xx whose transaction already ended: carries nothing we need.
+            // The ACK for a 2xx is its own transaction with a new branch (RFC 3261 §17.1.1.3):
+            // match it to our INVITE server transaction by dialog and CSeq number.
+            let seq = req.cseq().map(|c| c.seq);
+            let ours = self.dialog(leg).local_tag().to_string();
+            let in_dialog = req.to().is_some_and(|t| t.tag() == Some(ours.as_str()));
+            if let Some(s) = self.servers.iter_mut().find(|s| {
+                s.leg == leg
+                    && s.tx.request.method == Method::Invite
+                    && s.tx.request.cseq().map(|c| c.seq) == seq
+            }) {
+                if in_dialog {
+                    s.tx.handle_request(now, req);
+                }
+            }
             return;
         }
         let peer = crate::server::response_peer(&req, peer);
@@ -671,6 +684,8 @@ impl Call {
             let ok = req.response(200, Some(&tag));
             if target.as_ref() == Some(&self.invite_key) && self.a_invite_pending() {
                 self.respond_last(now, ok);
+                // The 200 to the CANCEL goes out before the INVITE's 487 (RFC 3261 §9.2).
+                self.flush_last();
                 info!("caller cancelled");
                 let resp = self.invite.response(487, Some(&tag));
                 self.respond_a_invite(now, resp);
@@ -692,6 +707,18 @@ impl Call {
             return;
         }
         match req.method {
+            Method::Bye if leg == LegId::Caller && self.phase == Phase::Ringing => {
+                // Only possible after an early dialog (183): end it like a CANCEL.
+                let resp = req.response(200, Some(&tag));
+                self.respond_last(now, resp);
+                self.flush_last();
+                let resp = self.invite.response(487, Some(&tag));
+                self.respond_a_invite(now, resp);
+                self.final_status = 487;
+                self.disposition = Some(Disposition::Abandoned);
+                self.cancel_agent(now);
+                self.end(now, Some(LegId::Caller)).await;
+            }
             Method::Bye => {
                 let resp = req.response(200, Some(&tag));
                 self.respond_last(now, resp);
@@ -716,6 +743,20 @@ impl Call {
         }
     }
 
+    /// Sends what the most recent server transaction has queued, ahead of everything else.
+    fn flush_last(&mut self) {
+        if let Some(s) = self.servers.last_mut() {
+            let mut rest = Vec::new();
+            while let Some(o) = s.tx.poll_output() {
+                match o {
+                    TxOutput::Transmit(b) => self.env.sip.send(s.peer, b),
+                    other => rest.push(other),
+                }
+            }
+            debug_assert!(rest.is_empty(), "a response produces only transmissions");
+        }
+    }
+
     /// Responds on the most recently created server transaction.
     fn respond_last(&mut self, now: Instant, resp: Response) {
         if let Some(s) = self.servers.last_mut() {
@@ -725,7 +766,11 @@ impl Call {
 
     async fn on_reinvite(&mut self, now: Instant, leg: LegId, req: Request) {
         let tag = self.dialog(leg).local_tag().to_string();
-        if self.phase != Phase::Up || self.clients.iter().any(|c| c.purpose == Purpose::ReInvite) {
+        let pending = self.clients.iter().any(|c| {
+            c.purpose == Purpose::ReInvite
+                && matches!(c.tx.state(), ClientState::Calling | ClientState::Proceeding)
+        });
+        if self.phase != Phase::Up || pending {
             // Glare or not yet established (RFC 3261 §14.2).
             let resp = req.response(491, Some(&tag));
             self.respond_last(now, resp);
@@ -892,6 +937,12 @@ impl Call {
     async fn on_agent_invite_response(&mut self, now: Instant, r: Response) {
         let status = r.status;
         if status == 100 {
+            // Any provisional allows a CANCEL (RFC 3261 §9.1).
+            self.b_provisional = true;
+            if self.cancel_b_when_provisional {
+                self.cancel_b_when_provisional = false;
+                self.cancel_agent(now);
+            }
             return;
         }
         if (101..200).contains(&status) {
@@ -1029,16 +1080,15 @@ impl Call {
         info!("answered");
         if let Some(m) = &self.media {
             let date = civil_date(wall);
+            // A provisional record beside the recording, written before it starts (so the
+            // final record always lands after it): if screenpop dies mid-call, the restart
+            // repairs the WAV and completes this record from it.
+            let mut record = self.record(now, wall, false);
+            let path = recording_path(&self.env.recordings, &self.id, date);
+            record.path = Some(path.display().to_string());
+            write_record(path.with_extension("json"), record).await;
             match self.env.recorder.start(&self.id, date) {
-                Ok(rec) => {
-                    m.start_recording(rec, now).await;
-                    // A provisional record beside the recording: if screenpop dies mid-call,
-                    // the restart repairs the WAV and completes this record from it.
-                    let mut record = self.record(now, wall, false);
-                    let path = recording_path(&self.env.recordings, &self.id, date);
-                    record.path = Some(path.display().to_string());
-                    tokio::spawn(write_record(path.with_extension("json"), record));
-                }
+                Ok(rec) => m.start_recording(rec, now).await,
                 Err(e) => warn!(error = %e, "recording could not start"),
             }
         }

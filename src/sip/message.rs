@@ -355,13 +355,20 @@ enum StartLine {
     Response(u16, String),
 }
 
+/// `SIP/` at the start, compared on bytes: slicing a `str` at 4 could split a UTF-8 character.
+pub fn starts_with_sip(s: &str) -> bool {
+    s.as_bytes()
+        .get(..4)
+        .is_some_and(|b| b.eq_ignore_ascii_case(b"SIP/"))
+}
+
 fn check_version(v: &str) -> Result<(), ParseError> {
     if v.eq_ignore_ascii_case("SIP/2.0") {
         return Ok(());
     }
     let looks_like = v.len() > 4
-        && v[..4].eq_ignore_ascii_case("SIP/")
-        && v[4..].bytes().all(|b| b.is_ascii_digit() || b == b'.');
+        && starts_with_sip(v)
+        && v.bytes().skip(4).all(|b| b.is_ascii_digit() || b == b'.');
     if looks_like {
         Err(ParseError::BadVersion(v.to_string()))
     } else {
@@ -370,7 +377,7 @@ fn check_version(v: &str) -> Result<(), ParseError> {
 }
 
 fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
-    if line.len() >= 4 && line[..4].eq_ignore_ascii_case("SIP/") {
+    if starts_with_sip(line) {
         // Status-Line = SIP-Version SP Status-Code SP Reason-Phrase
         let mut parts = line.splitn(3, ' ');
         let version = parts.next().unwrap_or("");
@@ -685,6 +692,20 @@ Content-Length: 4\r\n\r\nbodyEXTRA";
         assert_eq!(r.headers.get(&HeaderName::Subject), Some("folded line"));
         assert_eq!(r.body, b"body");
         assert_eq!(r.cseq().unwrap().seq, 314159);
+    }
+
+    #[test]
+    fn non_ascii_start_lines_are_errors_not_panics() {
+        for raw in [
+            &b"abc\xc3\xa9\r\n\r\n"[..],
+            b"OPTIONS sip:a@b SIP\xc3\xa9\r\n\r\n",
+            b"SIP\xc3\xa9 200 OK\r\n\r\n",
+            b"\xc3\xa9\xc3\xa9\r\n\r\n",
+        ] {
+            assert!(Message::parse(raw).is_err());
+            let _ = crate::transport::error_response(raw, 400);
+        }
+        assert!(crate::transport::error_response(b"abc\xff\r\n\r\n", 400).is_none());
     }
 
     #[test]
