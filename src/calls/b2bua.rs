@@ -365,7 +365,7 @@ pub fn spawn(env: Arc<CallEnv>, new: NewCall) -> Option<CallHandle> {
             dtmf_pt: negotiated.dtmf_pt.map(|_| 101),
             last_sdp: None,
         },
-        media: Some(media.clone()),
+        media: None,
         servers: vec![Server {
             tx: server,
             peer: new.peer,
@@ -392,14 +392,13 @@ pub fn spawn(env: Arc<CallEnv>, new: NewCall) -> Option<CallHandle> {
         codec: g711,
         dtmf_pt: negotiated.dtmf_pt,
     };
+    media.set_remote(LegId::Caller, remote_a);
+    media.set_signalling_ip(LegId::Caller, call.a.peer.addr.ip());
+    media.set_signalling_ip(LegId::Agent, call.b.peer.addr.ip());
+    let mut call = call;
+    call.media = Some(media);
     drop(_enter);
-    tokio::spawn(
-        async move {
-            media.set_remote(LegId::Caller, remote_a).await;
-            call.run(rx).await
-        }
-        .instrument(span),
-    );
+    tokio::spawn(call.run(rx).instrument(span));
     Some(CallHandle {
         id,
         call_ids: vec![a_call_id, b_call_id],
@@ -825,8 +824,7 @@ impl Call {
                     codec: g711_of(neg.codec),
                     dtmf_pt: neg.dtmf_pt,
                 },
-            )
-            .await;
+            );
         }
         let mut resp = req.response(200, Some(&tag));
         resp.headers
@@ -871,8 +869,7 @@ impl Call {
                         codec: g711_of(acc.codec),
                         dtmf_pt: acc.dtmf_pt,
                     },
-                )
-                .await;
+                );
             }
         }
     }
@@ -902,8 +899,7 @@ impl Call {
                                         codec: g711_of(acc.codec),
                                         dtmf_pt: acc.dtmf_pt,
                                     },
-                                )
-                                .await;
+                                );
                             }
                         }
                     }
@@ -1055,8 +1051,7 @@ impl Call {
                     codec: g711_of(acc.codec),
                     dtmf_pt: acc.dtmf_pt,
                 },
-            )
-            .await;
+            );
         }
         true
     }
@@ -1088,7 +1083,7 @@ impl Call {
             record.path = Some(path.display().to_string());
             write_record(path.with_extension("json"), record).await;
             match self.env.recorder.start(&self.id, date) {
-                Ok(rec) => m.start_recording(rec, now).await,
+                Ok(rec) => m.start_recording(rec, now),
                 Err(e) => warn!(error = %e, "recording could not start"),
             }
         }

@@ -97,6 +97,7 @@ pub struct MediaReport {
 enum Command {
     Add(Box<NewCall>),
     SetRemote(u64, LegId, RemoteMedia),
+    SignallingIp(u64, LegId, std::net::IpAddr),
     StartRecording(u64, CallRecording, Instant),
     Stop(u64, Instant, oneshot::Sender<MediaReport>),
 }
@@ -154,6 +155,7 @@ impl MediaEngine {
         let handle = MediaHandle {
             shared: self.shared.clone(),
             id,
+            stopped: false,
             caller_port: caller.port(),
             agent_port: agent.port(),
         };
@@ -163,11 +165,12 @@ impl MediaEngine {
     }
 }
 
-/// Controls one call's relay.
-#[derive(Clone)]
+/// Controls one call's relay. Not `Clone`: dropping it (a call task that ends in any way,
+/// panics included) stops the relay and returns the call's ports.
 pub struct MediaHandle {
     shared: Arc<Shared>,
     id: u64,
+    stopped: bool,
     pub caller_port: u16,
     pub agent_port: u16,
 }
@@ -180,26 +183,52 @@ impl std::fmt::Debug for MediaHandle {
 
 impl MediaHandle {
     /// Points a leg at its peer's address after (re)negotiation and re-opens latching.
-    pub async fn set_remote(&self, leg: LegId, remote: RemoteMedia) {
+    pub fn set_remote(&self, leg: LegId, remote: RemoteMedia) {
         self.shared.send(Command::SetRemote(self.id, leg, remote));
     }
 
+    /// The address a leg's signalling comes from: media from that IP may be latched too.
+    pub fn set_signalling_ip(&self, leg: LegId, ip: std::net::IpAddr) {
+        self.shared.send(Command::SignallingIp(self.id, leg, ip));
+    }
+
     /// Starts recording with `answered` as sample 0.
-    pub async fn start_recording(&self, rec: CallRecording, answered: Instant) {
+    pub fn start_recording(&self, rec: CallRecording, answered: Instant) {
         self.shared
             .send(Command::StartRecording(self.id, rec, answered));
     }
 
     /// Stops the relay and releases the call's ports; the recording ends exactly at `ended`.
-    pub async fn stop(&self, ended: Instant) -> Option<MediaReport> {
+    pub async fn stop(mut self, ended: Instant) -> Option<MediaReport> {
         let (tx, rx) = oneshot::channel();
+        self.stopped = true;
         self.shared.send(Command::Stop(self.id, ended, tx));
         rx.await.ok()
     }
 }
 
+impl Drop for MediaHandle {
+    fn drop(&mut self) {
+        if !self.stopped {
+            let (tx, _) = oneshot::channel();
+            self.shared.send(Command::Stop(self.id, Instant::now(), tx));
+        }
+    }
+}
+
+impl LegState {
+    fn may_latch(&self, src: SocketAddr) -> bool {
+        self.remote
+            .and_then(|r| r.rtp)
+            .is_some_and(|a| a.ip() == src.ip())
+            || self.signalling_ip == Some(src.ip())
+    }
+}
+
 #[derive(Default)]
 struct LegState {
+    /// Where the leg's SIP comes from; media may come from there too (NAT).
+    signalling_ip: Option<std::net::IpAddr>,
     remote: Option<RemoteMedia>,
     latched: Option<SocketAddr>,
     rtcp_latched: Option<SocketAddr>,
@@ -236,18 +265,20 @@ impl Relay {
     ) -> Option<SocketAddr> {
         let i = from.index();
         self.stats.received[i] += 1;
-        match self.legs[i].latched {
-            None => self.legs[i].latched = Some(src),
-            Some(l) if l != src => {
-                self.stats.foreign_source[i] += 1;
-                return None;
-            }
-            Some(_) => {}
-        }
         let Ok(rtp) = rtp_rs::RtpReader::new(pkt) else {
             self.stats.malformed[i] += 1;
             return None;
         };
+        // Latch only a valid RTP packet from the address the peer negotiated or signalled
+        // from (NAT keeps the IP, not the port): a stray packet cannot capture the stream.
+        match self.legs[i].latched {
+            None if self.legs[i].may_latch(src) => self.legs[i].latched = Some(src),
+            Some(l) if l == src => {}
+            _ => {
+                self.stats.foreign_source[i] += 1;
+                return None;
+            }
+        }
         let pt = rtp.payload_type();
         let (ssrc, ts) = (rtp.ssrc(), rtp.timestamp());
         let mine = self.legs[i].remote;
@@ -294,7 +325,14 @@ impl Relay {
     fn rtcp_dest(&mut self, from: LegId, src: SocketAddr) -> Option<SocketAddr> {
         let i = from.index();
         self.stats.rtcp[i] += 1;
-        self.legs[i].rtcp_latched.get_or_insert(src);
+        let leg = &mut self.legs[i];
+        match leg.rtcp_latched {
+            None if leg.may_latch(src) || leg.latched.is_some_and(|l| l.ip() == src.ip()) => {
+                leg.rtcp_latched = Some(src)
+            }
+            Some(l) if l == src => {}
+            _ => return None,
+        }
         let other = &self.legs[1 - i];
         other.rtcp_latched.or_else(|| {
             other
@@ -418,12 +456,6 @@ fn run(poll: Epoll, rx: mpsc::Receiver<Command>, shared: Arc<Shared>) {
             }
             next_flush = now + Duration::from_secs(1);
         }
-        // Let packets gather for a moment before the next poll: one wake-up then serves many
-        // calls instead of one packet each. A 20 ms packet interval makes 2 ms of added delay
-        // harmless.
-        if !by_id.is_empty() {
-            std::thread::sleep(BATCH);
-        }
     }
 }
 
@@ -502,6 +534,11 @@ fn handle_command(
                 st.remote = Some(remote);
             }
         }
+        Command::SignallingIp(id, leg, ip) => {
+            if let Some(slot) = slot_of(slots, by_id, id) {
+                slot.relay.legs[leg.index()].signalling_ip = Some(ip);
+            }
+        }
         Command::StartRecording(id, rec, answered) => {
             if let Some(slot) = slot_of(slots, by_id, id) {
                 slot.relay.recording = Some((rec, answered));
@@ -536,9 +573,6 @@ fn slot_of<'a>(
         .and_then(|s| s.as_mut())
 }
 
-/// How long the engine lets packets gather between polls while calls are up.
-const BATCH: Duration = Duration::from_millis(2);
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -568,9 +602,17 @@ mod tests {
     fn latches_first_source_and_drops_others() {
         let mut r = new_relay();
         r.legs[0].remote = Some(remote("10.0.0.1:4000", None));
+        r.legs[0].signalling_ip = Some("192.0.2.9".parse().unwrap());
         r.legs[1].remote = Some(remote("10.0.0.2:5000", None));
         let now = Instant::now();
-        // The caller's media actually comes from a NATed address: it is latched.
+        // A stray packet from elsewhere cannot capture the stream.
+        let mut stray = rtp(0, 1, 160, 66, &[0xff; 160]);
+        assert_eq!(
+            r.on_rtp(now, LegId::Caller, addr("203.0.113.5:9"), &mut stray),
+            None
+        );
+        assert!(r.legs[0].latched.is_none());
+        // The caller's media comes from its NATed signalling address, another port: latched.
         let mut p = rtp(0, 1, 160, 7, &[0xff; 160]);
         let dest = r.on_rtp(now, LegId::Caller, addr("192.0.2.9:7000"), &mut p);
         assert_eq!(dest, Some(addr("10.0.0.2:5000")));
@@ -580,7 +622,10 @@ mod tests {
             r.on_rtp(now, LegId::Caller, addr("192.0.2.66:7000"), &mut q),
             None
         );
-        assert_eq!(r.stats.foreign_source[0], 1);
+        assert_eq!(
+            r.stats.foreign_source[0], 2,
+            "the stray and the second source"
+        );
         // The agent's packets go to the latched caller address, not the SDP one.
         let mut a = rtp(0, 1, 160, 9, &[0xff; 160]);
         let back = r.on_rtp(now, LegId::Agent, addr("10.0.0.2:5000"), &mut a);
