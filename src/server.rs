@@ -100,7 +100,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     for r in &profile.registrations {
         match start_registration(&d.env, r).await {
             Ok((call_id, tx)) => {
-                d.calls.insert(call_id, tx);
+                d.calls.insert(call_id.clone(), (call_id, tx));
             }
             Err(e) => warn!(registrar = %r.registrar, error = %e, "registration not started"),
         }
@@ -113,8 +113,11 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                 None => break,
             },
             Some(ended) = ended_rx.recv() => {
-                for id in ended.call_ids {
-                    d.calls.remove(&id);
+                for call_id in ended.call_ids {
+                    // A new call may have taken the Call-ID over meanwhile: keep its route.
+                    if d.calls.get(&call_id).is_some_and(|(owner, _)| *owner == ended.id) {
+                        d.calls.remove(&call_id);
+                    }
                 }
             }
             _ = expiry.tick() => d.registrar.expire(Instant::now()),
@@ -132,7 +135,8 @@ struct Dispatcher {
     trunk_nonces: NonceKey,
     registrar: Registrar,
     env: Arc<CallEnv>,
-    calls: HashMap<String, mpsc::Sender<Inbound>>,
+    /// Call-ID → (owning call's id, its task's channel).
+    calls: HashMap<String, (String, mpsc::Sender<Inbound>)>,
 }
 
 /// Where a response to `req` goes (RFC 3261 §18.2.2, RFC 3581 §4): over a stream, back on the
@@ -159,7 +163,7 @@ impl Dispatcher {
             .get(&HeaderName::CallId)
             .unwrap_or("")
             .to_string();
-        if let Some(tx) = self.calls.get(&call_id) {
+        if let Some((_, tx)) = self.calls.get(&call_id) {
             match tx.try_send(inb) {
                 Ok(()) => return,
                 Err(mpsc::error::TrySendError::Full(_)) => {
@@ -175,7 +179,12 @@ impl Dispatcher {
         match inb.msg {
             // A response for no call of ours (e.g. RFC 4475 §3.3.10's broadcast Via): dropped.
             Message::Response(r) => debug!(status = r.status, %call_id, "stray response dropped"),
-            Message::Request(req) => self.on_request(req, inb.peer),
+            Message::Request(mut req) => {
+                if inb.peer.transport == Transport::Udp {
+                    req.stamp_source(inb.peer.addr);
+                }
+                self.on_request(req, inb.peer)
+            }
         }
     }
 
@@ -389,8 +398,8 @@ impl Dispatcher {
             agent,
         };
         if let Some(h) = b2bua::spawn(self.env.clone(), new) {
-            for id in h.call_ids {
-                self.calls.insert(id, h.tx.clone());
+            for call_id in h.call_ids {
+                self.calls.insert(call_id, (h.id.clone(), h.tx.clone()));
             }
         }
     }

@@ -150,13 +150,17 @@ impl SipSocket {
                 addr: src,
                 transport: Transport::Udp,
             };
-            match Message::parse(data) {
-                Ok(msg) => {
+            // The parser is fuzzed and panic-free by design; should a bug slip through anyway,
+            // it costs one datagram, not the receive loop of every call.
+            let parsed = std::panic::catch_unwind(|| Message::parse(data));
+            match parsed {
+                Ok(Ok(msg)) => {
                     if self.inbound.send(Inbound { msg, peer }).await.is_err() {
                         return;
                     }
                 }
-                Err(e) => self.reject(peer, data, &e),
+                Ok(Err(e)) => self.reject(peer, data, &e),
+                Err(_) => warn!(peer = %peer.addr, "parser panicked; datagram dropped"),
             }
         }
     }

@@ -72,6 +72,13 @@ proptest! {
     }
 
     #[test]
+    fn sip_arbitrary_unicode_lines(head in "\\PC{0,40}", rest in "\\PC{0,200}") {
+        let msg = format!("{head}\r\n{rest}\r\n\r\n");
+        round_trip(msg.as_bytes());
+        let _ = screenpop::transport::error_response(msg.as_bytes(), 400);
+    }
+
+    #[test]
     fn sdp_arbitrary(bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
         let _ = SessionDescription::parse(&bytes);
     }

@@ -79,6 +79,8 @@ pub struct CallHandle {
 /// Sent when a call task exits.
 #[derive(Debug)]
 pub struct CallEnded {
+    /// The call's own id: routes are removed only if they still point at this call.
+    pub id: String,
     pub call_ids: Vec<String>,
 }
 
@@ -450,6 +452,7 @@ impl Call {
         let now = Instant::now();
         self.end(now, None).await;
         let _ = self.env.ended.send(CallEnded {
+            id: self.id.clone(),
             call_ids: vec![self.a.call_id.clone(), self.b.call_id.clone()],
         });
     }
@@ -640,7 +643,12 @@ impl Call {
                     }
                 }
             }
-            Message::Request(req) => self.on_request(now, leg, req, input.peer).await,
+            Message::Request(mut req) => {
+                if input.peer.transport == crate::transport::Transport::Udp {
+                    req.stamp_source(input.peer.addr);
+                }
+                self.on_request(now, leg, req, input.peer).await
+            }
         }
     }
 

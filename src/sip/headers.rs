@@ -154,6 +154,13 @@ impl Headers {
         self.entries.retain(|(n, _)| n != name);
     }
 
+    /// Replaces the first value of `name`, keeping its position.
+    pub fn replace_first(&mut self, name: &HeaderName, value: String) {
+        if let Some(slot) = self.entries.iter_mut().find(|(n, _)| n == name) {
+            slot.1 = value;
+        }
+    }
+
     /// Removes the first value of `name` (the top Via of a response being forwarded).
     pub fn remove_first(&mut self, name: &HeaderName) -> Option<String> {
         let pos = self.entries.iter().position(|(n, _)| n == name)?;

@@ -544,6 +544,18 @@ impl Request {
         name_addr_of(&self.headers, HeaderName::Contact)
     }
 
+    /// Records where the request really came from in its top Via: `received` when the
+    /// sent-by differs and the `rport` value when asked for (RFC 3261 §18.2.1, RFC 3581 §4).
+    /// Responses copy the Via, so the peer learns its public address.
+    pub fn stamp_source(&mut self, source: std::net::SocketAddr) {
+        let Some(mut via) = self.top_via() else {
+            return;
+        };
+        via.stamp_source(source.ip(), source.port());
+        self.headers
+            .replace_first(&HeaderName::Via, via.to_string());
+    }
+
     /// Builds a response per RFC 3261 §8.2.6.2: Via, From, To, Call-ID and CSeq copied; a To
     /// tag is added when `to_tag` is given and the request had none.
     pub fn response(&self, status: u16, to_tag: Option<&str>) -> Response {

@@ -170,24 +170,33 @@ impl RegistrationClient {
             200..=299 => {
                 self.challenges_in_a_row = 0;
                 self.failures_in_a_row = 0;
-                // The registrar may grant less than we asked for (RFC 3261 §10.2.4).
+                // The registrar may grant less than we asked for (RFC 3261 §10.2.4): read the
+                // expiry of our own Contact, else the Expires header.
+                let ours = NameAddr::parse(&self.cfg.contact, "Contact").ok();
                 let granted = r
                     .headers
                     .get_all(&HeaderName::Contact)
                     .filter_map(|c| NameAddr::parse(c, "Contact").ok())
-                    .filter_map(|c| c.param("expires").flatten().and_then(|e| e.parse().ok()))
-                    .next()
+                    .find(|c| {
+                        ours.as_ref().is_some_and(|o| {
+                            o.uri.user == c.uri.user
+                                && o.uri.host == c.uri.host
+                                && o.uri.port == c.uri.port
+                        })
+                    })
+                    .and_then(|c| c.param("expires").flatten().and_then(|e| e.parse().ok()))
                     .or_else(|| {
                         r.headers
                             .get(&HeaderName::Expires)
                             .and_then(|e| e.trim().parse().ok())
                     })
-                    .unwrap_or(self.cfg.expires)
-                    .max(1);
+                    .unwrap_or(self.cfg.expires);
                 let until = now + Duration::from_secs(granted as u64);
-                // Refresh when most of the interval has passed, well before expiry.
+                // Refresh when most of the interval has passed, well before expiry, but never
+                // sooner than 5 s from now: a tiny grant must not become a REGISTER storm.
                 let lead = (granted as u64 / 4).clamp(1, 60);
-                let refresh_at = until - Duration::from_secs(lead);
+                let refresh_in = (granted as u64).saturating_sub(lead).max(5);
+                let refresh_at = now + Duration::from_secs(refresh_in);
                 self.state = RegState::Registered { until, refresh_at };
                 self.events.push(RegEvent::Registered { expires: granted });
             }
