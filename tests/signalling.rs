@@ -146,3 +146,31 @@ fn rtp_port_pool_exhaustion_gives_503_and_ports_come_back() {
     let (_, again) = dial(&["--to", &to, "--hangup-after", "1s"]);
     assert!(again.contains("\"final_status\":480"), "{again}");
 }
+
+/// An offer with no codec screenpop speaks (G.729 only) gets 488 with an Accept header.
+#[test]
+fn no_common_codec_gives_488() {
+    let profile = "name = \"codec\"\n[trust]\ncidrs = [\"127.0.0.0/8\"]\n\
+                   [[trunks]]\nname = \"t\"\ncidrs = [\"127.0.0.0/8\"]\nagent = \"sip:agent@127.0.0.1:5997\"\n";
+    let s = TestServer::start("codec", 5186, "42600-42700", profile);
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let me = sock.local_addr().unwrap();
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+               m=audio 40000 RTP/AVP 18\r\na=rtpmap:18 G729/8000\r\n";
+    let invite = format!(
+        "INVITE sip:100@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKg729;rport\r\n\
+         From: <sip:+15550001@127.0.0.1>;tag=g\r\nTo: <sip:100@127.0.0.1>\r\nCall-ID: g729-only\r\n\
+         CSeq: 1 INVITE\r\nContact: <sip:c@{me}>\r\nMax-Forwards: 70\r\nContent-Type: application/sdp\r\n\
+         Content-Length: {len}\r\n\r\n{sdp}",
+        port = s.port,
+        len = sdp.len()
+    );
+    sock.send_to(invite.as_bytes(), ("127.0.0.1", s.port))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let (n, _) = sock.recv_from(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert_eq!(status_of(&buf[..n]), Some(488), "{text}");
+    assert!(text.contains("Accept: application/sdp"), "{text}");
+}

@@ -643,3 +643,78 @@ fn harness_self_check() {
     let (c, a) = l.window(1.0, 2.0);
     assert!(c > 0.99 && a < 0.01);
 }
+
+/// `screenpop dial` as the trunk against a SIPp agent phone: RFC 4733 digits sent by the
+/// caller are relayed to the agent and kept with the call; the caller's WAV (a 600 Hz tone)
+/// lands on the left channel.
+#[test]
+fn dial_sends_dtmf_that_is_relayed_and_kept() {
+    let Some(env) = Env::with_sipp("dial_dtmf") else {
+        return;
+    };
+    let _server = env.start_server();
+    let mut agent = env.agent("uas_answer.xml", &[]);
+    let wav = env.dir.join("caller.wav");
+    {
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 8000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(&wav, spec).unwrap();
+        for s in tone(CALLER_HZ, 4.0, TONE_AMPLITUDE) {
+            w.write_sample(s).unwrap();
+        }
+        w.finalize().unwrap();
+    }
+    let out = std::process::Command::new(server_binary())
+        .args([
+            "dial",
+            "--to",
+            &format!("sip:{DIALED}@{}", env.server_addr()),
+        ])
+        .args([
+            "--from",
+            CALLER_NUMBER,
+            "--hangup-after",
+            "3s",
+            "--dtmf",
+            "42#",
+        ])
+        .arg("--play")
+        .arg(&wav)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run dial");
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "dial failed: {summary}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(summary.contains("\"dtmf_sent\":\"42#\""), "{summary}");
+    agent.expect_success(Duration::from_secs(10));
+    let recs = env.wait_for_recordings(1, RECORDING_TIMEOUT);
+    let json = std::fs::read_to_string(&recs[0].json).unwrap();
+    let record: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let digits: String = record["dtmf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["leg"] == "caller")
+        .map(|d| d["digit"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(digits, "42#", "{json}");
+    let rec = read_wav(&recs[0].wav).unwrap();
+    let left = analyse_channel(&rec.left);
+    let right = analyse_channel(&rec.right);
+    assert!(
+        left.caller_power > 100.0 * left.agent_power,
+        "the caller's tone is on the left: {left:?}"
+    );
+    assert!(
+        right.agent_power > 100.0 * right.caller_power,
+        "the agent's tone is on the right: {right:?}"
+    );
+}
