@@ -46,7 +46,7 @@ sipp -sf uas_answer.xml -i 127.0.0.1 -p $AGENT -mi 127.0.0.1 -mp 44000 -m "$N" \
   -max_socket 65000 -trace_err -nostdin > uas.out 2>&1 &
 UAS=$!
 sleep 0.3
-sipp 127.0.0.1:$SIP -sf uac_call.xml -i 127.0.0.1 -p $TRUNK -mi 127.0.0.1 -mp 48000 \
+sipp 127.0.0.1:$SIP -sf uac_call.xml -i 127.0.0.1 -p $TRUNK -mi 127.0.0.1 -mp 52000 \
   -m "$N" -l "$N" -r "$RATE" -d $((HOLD * 1000)) -max_socket 65000 -trace_err -trace_stat \
   -nostdin > uac.out 2>&1 &
 UAC=$!
