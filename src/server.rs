@@ -76,7 +76,11 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         profile: profile.clone(),
         codecs,
         ports,
-        media: MediaEngine::spawn()?,
+        media: MediaEngine::spawn(
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        )?,
         recorder,
         recordings: cfg.recordings,
         timers: TimerConfig {
@@ -284,7 +288,7 @@ impl Dispatcher {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let challenge = |stale: bool| {
-            let mut r = req.response(407, None);
+            let mut r = req.response(407, Some(&format!("{:08x}", rand::random::<u32>())));
             for v in digest::challenge(
                 &profile.realm,
                 &[digest::Algorithm::Sha256, digest::Algorithm::Md5],

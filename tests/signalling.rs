@@ -174,3 +174,65 @@ fn no_common_codec_gives_488() {
     assert_eq!(status_of(&buf[..n]), Some(488), "{text}");
     assert!(text.contains("Accept: application/sdp"), "{text}");
 }
+
+/// An agent target given by host name is resolved (here `localhost`), and an INVITE that has
+/// run out of hops (Max-Forwards: 0) is not forwarded to the agent: 483.
+#[test]
+fn agent_host_name_is_resolved_and_max_forwards_zero_gets_483() {
+    let agent = UdpSocket::bind("127.0.0.1:5996").unwrap();
+    agent
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let profile = "name = \"dns\"\nring_timeout_secs = 1\n[trust]\ncidrs = [\"127.0.0.0/8\"]\n\
+                   [[trunks]]\nname = \"t\"\ncidrs = [\"127.0.0.0/8\"]\nagent = \"sip:agent@localhost:5996\"\n";
+    let s = TestServer::start("dns", 5187, "42700-42800", profile);
+    let to = format!("sip:100@127.0.0.1:{}", s.port);
+    let caller = std::thread::spawn(move || dial(&["--to", &to, "--hangup-after", "1s"]));
+    let mut buf = [0u8; 4096];
+    let (n, _) = agent
+        .recv_from(&mut buf)
+        .expect("the agent leg INVITE reaches localhost");
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(
+        text.starts_with("INVITE sip:agent@localhost:5996 SIP/2.0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Max-Forwards: 69"),
+        "one hop less than the trunk's 70: {text}"
+    );
+    let (_, summary) = caller.join().unwrap();
+    assert!(summary.contains("\"final_status\":480"), "{summary}");
+
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let me = sock.local_addr().unwrap();
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+               m=audio 40000 RTP/AVP 0\r\n";
+    let invite = format!(
+        "INVITE sip:100@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKmf0;rport\r\n\
+         From: <sip:+15550001@127.0.0.1>;tag=m\r\nTo: <sip:100@127.0.0.1>\r\nCall-ID: mf0\r\n\
+         CSeq: 1 INVITE\r\nContact: <sip:c@{me}>\r\nMax-Forwards: 0\r\nContent-Type: application/sdp\r\n\
+         Content-Length: {len}\r\n\r\n{sdp}",
+        port = s.port,
+        len = sdp.len()
+    );
+    sock.send_to(invite.as_bytes(), ("127.0.0.1", s.port))
+        .unwrap();
+    let mut last = None;
+    while let Ok((n, _)) = sock.recv_from(&mut buf) {
+        last = status_of(&buf[..n]);
+        if last.is_some_and(|s| s >= 200) {
+            break;
+        }
+    }
+    assert_eq!(last, Some(483));
+    // Nothing was sent towards the agent for it.
+    agent
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    while let Ok((n, _)) = agent.recv_from(&mut buf) {
+        let t = String::from_utf8_lossy(&buf[..n]);
+        assert!(!t.contains("Max-Forwards: 0") && !t.contains("mf0"), "{t}");
+    }
+}

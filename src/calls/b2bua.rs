@@ -198,6 +198,10 @@ struct Call {
     disposition: Option<Disposition>,
     final_status: u16,
     dialed: String,
+    agent_needs_dns: bool,
+    /// The trunk INVITE's Max-Forwards; the agent leg gets one less, so a target that
+    /// points back at screenpop ends instead of looping.
+    max_forwards: u32,
 }
 
 fn epoch_ms(t: SystemTime) -> u64 {
@@ -313,9 +317,18 @@ pub fn spawn(env: Arc<CallEnv>, new: NewCall) -> Option<CallHandle> {
         remote_cseq: new.invite.cseq().map(|c| c.seq),
         peer: new.peer,
     };
+    // A host name is resolved in the call task before the INVITE goes out; until then the
+    // peer is a placeholder that is never used.
     let b_peer = agent
         .peer
         .unwrap_or_else(|| target_peer(&agent.uri, new.peer));
+    let agent_needs_dns = agent.peer.is_none()
+        && agent
+            .uri
+            .host
+            .trim_matches(['[', ']'])
+            .parse::<IpAddr>()
+            .is_err();
     let b_call_id = new_call_id(&env.me.host);
     let user = new
         .caller
@@ -387,6 +400,13 @@ pub fn spawn(env: Arc<CallEnv>, new: NewCall) -> Option<CallHandle> {
         disposition: None,
         final_status: 0,
         dialed,
+        agent_needs_dns,
+        max_forwards: new
+            .invite
+            .headers
+            .get(&HeaderName::MaxForwards)
+            .and_then(|m| m.trim().parse::<u32>().ok())
+            .unwrap_or(70),
     };
     let (tx, rx) = mpsc::channel(64);
     let remote_a = RemoteMedia {
@@ -421,7 +441,19 @@ impl Call {
         // 100 Trying at once (RFC 3261 §8.2.6.1), then the agent leg.
         let trying = self.invite.response(100, None);
         self.respond_a_invite(now, trying);
-        self.start_agent_leg(now);
+        self.pump(now).await;
+        if self.agent_needs_dns && !self.resolve_agent().await {
+            self.disposition = Some(Disposition::Failed);
+            self.fail_caller(Instant::now(), 480);
+            self.end(Instant::now(), None).await;
+        } else if self.max_forwards == 0 {
+            self.disposition = Some(Disposition::Failed);
+            self.fail_caller(now, 483);
+            self.end(now, None).await;
+        } else {
+            self.start_agent_leg(now);
+        }
+        let now = Instant::now();
         self.pump(now).await;
         loop {
             let deadline = self.next_deadline();
@@ -486,9 +518,35 @@ impl Call {
         }
     }
 
+    /// Resolves a host-named agent target (A/AAAA; SRV/NAPTR are not used).
+    async fn resolve_agent(&mut self) -> bool {
+        let (host, port) = self.b.remote_target.host_port();
+        let host = host.trim_matches(['[', ']']).to_string();
+        // Our SIP socket speaks one address family: take an address of that family.
+        let v4 = self.env.media_ip.is_ipv4();
+        let resolved = tokio::net::lookup_host(format!("{host}:{port}"))
+            .await
+            .map(|mut addrs| addrs.find(|a| a.is_ipv4() == v4));
+        match resolved {
+            Ok(Some(addr)) => {
+                self.b.peer.addr = addr;
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                warn!(%host, error = %e, "agent host does not resolve");
+                false
+            }
+        }
+    }
+
     fn start_agent_leg(&mut self, now: Instant) {
         let me = self.env.me.clone();
         let mut inv = self.b.request(Method::Invite, &me, None);
+        inv.headers.set(
+            HeaderName::MaxForwards,
+            self.max_forwards.saturating_sub(1).min(70).to_string(),
+        );
         let offer = sdp::offer(
             &self.b_media.local,
             &[self.codec],
@@ -700,6 +758,10 @@ impl Call {
                 self.disposition = Some(Disposition::Abandoned);
                 self.cancel_agent(now);
                 self.end(now, Some(LegId::Caller)).await;
+            } else if target.as_ref() == Some(&self.invite_key) {
+                // Too late: the INVITE already has its final response (RFC 3261 §9.2).
+                let resp = req.response(200, Some(&tag));
+                self.respond_last(now, resp);
             } else {
                 let resp = req.response(481, Some(&tag));
                 self.respond_last(now, resp);

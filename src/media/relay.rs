@@ -2,7 +2,7 @@
 //! latching as common SBC practice), RTCP forwarded, RFC 4733 events relayed and collected, and
 //! both directions fed to the recorder's timeline.
 //!
-//! One thread polls every call's sockets with one level-triggered epoll set. Per packet it does
+//! One thread per core polls its calls' sockets with one level-triggered epoll set. Per packet it does
 //! one `recv_from`, one header read (rtp-rs, zero-copy), at most one table decode into a reused
 //! buffer and one `send_to`: no allocation, no lock, no channel hop, no task wake-up. Call tasks
 //! talk to the engine through a command queue and a waker; file I/O happens on the recorder
@@ -111,7 +111,6 @@ struct NewCall {
 struct Shared {
     tx: mpsc::Sender<Command>,
     waker: EventFd,
-    next_id: AtomicU64,
 }
 
 impl Shared {
@@ -124,43 +123,48 @@ impl Shared {
     }
 }
 
-/// The media engine's handle: starts calls on it.
+/// The media engine's handle: starts calls on it. Calls are spread over one poll thread per
+/// core; a call's four sockets always live on one thread, so no packet crosses threads.
 #[derive(Clone)]
 pub struct MediaEngine {
-    shared: Arc<Shared>,
+    shards: Arc<Vec<Arc<Shared>>>,
+    next_id: Arc<AtomicU64>,
 }
 
 impl MediaEngine {
-    /// Starts the engine thread.
-    pub fn spawn() -> std::io::Result<MediaEngine> {
-        let poll = Epoll::new()?;
-        let waker = EventFd::new()?;
-        poll.add(waker.raw(), WAKER)?;
-        let (tx, rx) = mpsc::channel();
-        let shared = Arc::new(Shared {
-            tx,
-            waker,
-            next_id: AtomicU64::new(1),
-        });
-        let engine_shared = shared.clone();
-        std::thread::Builder::new()
-            .name("media".into())
-            .spawn(move || run(poll, rx, engine_shared))?;
-        Ok(MediaEngine { shared })
+    /// Starts `threads` engine threads (at least one).
+    pub fn spawn(threads: usize) -> std::io::Result<MediaEngine> {
+        let mut shards = Vec::new();
+        for n in 0..threads.max(1) {
+            let poll = Epoll::new()?;
+            let waker = EventFd::new()?;
+            poll.add(waker.raw(), WAKER)?;
+            let (tx, rx) = mpsc::channel();
+            let shared = Arc::new(Shared { tx, waker });
+            let engine_shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("media-{n}"))
+                .spawn(move || run(poll, rx, engine_shared))?;
+            shards.push(shared);
+        }
+        Ok(MediaEngine {
+            shards: Arc::new(shards),
+            next_id: Arc::new(AtomicU64::new(1)),
+        })
     }
 
     /// Starts relaying a call's two legs.
     pub fn add_call(&self, caller: LegSockets, agent: LegSockets) -> MediaHandle {
-        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let shard = self.shards[(id as usize) % self.shards.len()].clone();
         let handle = MediaHandle {
-            shared: self.shared.clone(),
+            shared: shard.clone(),
             id,
             stopped: false,
             caller_port: caller.port(),
             agent_port: agent.port(),
         };
-        self.shared
-            .send(Command::Add(Box::new(NewCall { id, caller, agent })));
+        shard.send(Command::Add(Box::new(NewCall { id, caller, agent })));
         handle
     }
 }
