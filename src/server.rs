@@ -35,6 +35,8 @@ pub struct ServeConfig {
     pub recordings: PathBuf,
     pub profile: Profile,
     pub rtp_ports: (u16, u16),
+    /// Media engine threads (each polls its share of the calls).
+    pub media_threads: usize,
 }
 
 /// Option tags screenpop implements (none yet beyond the base spec).
@@ -76,11 +78,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         profile: profile.clone(),
         codecs,
         ports,
-        media: MediaEngine::spawn(
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
-        )?,
+        media: MediaEngine::spawn(cfg.media_threads)?,
         recorder,
         recordings: cfg.recordings,
         timers: TimerConfig {
