@@ -2,11 +2,11 @@
 //! latching as common SBC practice), RTCP forwarded, RFC 4733 events relayed and collected, and
 //! both directions fed to the recorder's timeline.
 //!
-//! One thread per core polls its calls' sockets with one level-triggered epoll set. Per packet it does
-//! one `recv_from`, one header read (rtp-rs, zero-copy), at most one table decode into a reused
-//! buffer and one `send_to`: no allocation, no lock, no channel hop, no task wake-up. Call tasks
-//! talk to the engine through a command queue and a waker; file I/O happens on the recorder
-//! thread, which gets a chunk per call about once a second.
+//! Each engine thread polls its calls' sockets with one level-triggered epoll set. Per packet
+//! it does one `recv_from`, one header read (rtp-rs, zero-copy), at most one table decode into
+//! a reused buffer and one `send_to`: no allocation, no lock, no channel hop, no task wake-up.
+//! Call tasks talk to the engine through a command queue and a waker; file I/O happens on the
+//! recorder thread, which gets a chunk per call about once a second.
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
@@ -123,8 +123,8 @@ impl Shared {
     }
 }
 
-/// The media engine's handle: starts calls on it. Calls are spread over one poll thread per
-/// core; a call's four sockets always live on one thread, so no packet crosses threads.
+/// The media engine's handle: starts calls on it. Calls are spread over the engine's poll
+/// threads; a call's four sockets always live on one thread, so no packet crosses threads.
 #[derive(Clone)]
 pub struct MediaEngine {
     shards: Arc<Vec<Arc<Shared>>>,
