@@ -572,10 +572,7 @@ impl Call {
     }
 
     fn send_client(&mut self, now: Instant, req: Request, leg: LegId, purpose: Purpose) {
-        let peer = match leg {
-            LegId::Caller => target_peer(&req.uri, self.a.peer),
-            LegId::Agent => self.b.peer,
-        };
+        let peer = self.leg_peer(leg);
         let tx = ClientTransaction::new(now, req, peer.transport.reliable(), self.env.timers);
         self.clients.push(Client {
             tx,
@@ -583,6 +580,19 @@ impl Call {
             leg,
             purpose,
         });
+    }
+
+    /// Where a leg's in-dialog requests go: the first hop of its route set, else its remote
+    /// target (caller leg) or the agent phone's known address (agent leg).
+    fn leg_peer(&self, leg: LegId) -> Peer {
+        let d = match leg {
+            LegId::Caller => &self.a,
+            LegId::Agent => &self.b,
+        };
+        if leg == LegId::Agent && d.route_set.is_empty() {
+            return d.peer;
+        }
+        target_peer(&d.next_hop(), d.peer)
     }
 
     fn respond_a_invite(&mut self, now: Instant, resp: Response) {
@@ -987,12 +997,8 @@ impl Call {
     fn ack_2xx(&mut self, leg: LegId, r: &Response) {
         let me = self.env.me.clone();
         let seq = r.cseq().map(|c| c.seq).unwrap_or(1);
-        let d = self.dialog(leg);
-        let ack = d.request(Method::Ack, &me, Some(seq));
-        let peer = match leg {
-            LegId::Agent => d.peer,
-            LegId::Caller => target_peer(&d.remote_target, d.peer),
-        };
+        let ack = self.dialog(leg).request(Method::Ack, &me, Some(seq));
+        let peer = self.leg_peer(leg);
         let bytes = Message::Request(ack).to_bytes();
         self.env.sip.send(peer, bytes.clone());
         if leg == LegId::Agent {
@@ -1042,6 +1048,20 @@ impl Call {
             return;
         }
         if status / 100 == 2 {
+            if self.b_answered {
+                let tag = r.to().and_then(|t| t.tag().map(str::to_string));
+                if tag.as_deref() == self.b.remote_tag() {
+                    // A retransmitted 2xx: our ACK was lost.
+                    if let Some(ack) = &self.b_ack {
+                        self.env.sip.send(self.b.peer, ack.clone());
+                    }
+                } else {
+                    // A second fork answered (RFC 3261 §13.2.2.4): ACK it and release it,
+                    // leaving the bridged dialog alone.
+                    self.release_fork(now, &r);
+                }
+                return;
+            }
             if let Some(to) = r.to() {
                 self.b.remote = to;
             }
@@ -1057,9 +1077,6 @@ impl Call {
                 .rev()
                 .collect();
             self.ack_2xx(LegId::Agent, &r);
-            if self.b_answered {
-                return; // retransmitted 2xx, re-ACKed above
-            }
             self.b_answered = true;
             if self.phase != Phase::Ringing || !self.a_invite_pending() {
                 // The caller is gone (CANCEL or timeout crossed the answer): release the agent.
@@ -1098,6 +1115,43 @@ impl Call {
             self.fail_caller(now, mapped);
             self.end(now, None).await;
         }
+    }
+
+    /// ACKs and BYEs an extra 2xx from another fork of the agent INVITE.
+    fn release_fork(&mut self, now: Instant, r: &Response) {
+        let me = self.env.me.clone();
+        let mut fork = self.b.clone();
+        if let Some(to) = r.to() {
+            fork.remote = to;
+        }
+        if let Some(c) = r.contact() {
+            fork.remote_target = c.uri;
+        }
+        fork.route_set = r
+            .headers
+            .get_all(&HeaderName::RecordRoute)
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let seq = r.cseq().map(|c| c.seq).unwrap_or(1);
+        let peer = if fork.route_set.is_empty() {
+            fork.peer
+        } else {
+            target_peer(&fork.next_hop(), fork.peer)
+        };
+        let ack = fork.request(Method::Ack, &me, Some(seq));
+        self.env.sip.send(peer, Message::Request(ack).to_bytes());
+        let bye = fork.request(Method::Bye, &me, None);
+        let tx = ClientTransaction::new(now, bye, peer.transport.reliable(), self.env.timers);
+        self.clients.push(Client {
+            tx,
+            peer,
+            leg: LegId::Agent,
+            purpose: Purpose::Bye,
+        });
+        info!("extra fork answered and released");
     }
 
     /// Reads the agent's SDP answer into the relay. Returns false when it is unusable.

@@ -73,12 +73,30 @@ impl Dialog {
                 self.local_cseq
             }
         };
-        let mut r = Request::new(method.clone(), self.remote_target.clone());
+        // RFC 3261 §12.2.1.1: with a loose router first (`;lr`) the Request-URI is the remote
+        // target and the route set goes in Route; with a strict router first, its URI becomes
+        // the Request-URI and the remote target goes last in Route.
+        let first = self
+            .route_set
+            .first()
+            .and_then(|r| NameAddr::parse(r, "Route").ok());
+        let strict = first.as_ref().is_some_and(|f| f.uri.param("lr").is_none());
+        let (ruri, routes): (Uri, Vec<String>) = match first {
+            Some(f) if strict => {
+                let mut rest: Vec<String> = self.route_set[1..].to_vec();
+                rest.push(format!("<{}>", self.remote_target));
+                let mut u = f.uri;
+                u.headers.clear();
+                (u, rest)
+            }
+            _ => (self.remote_target.clone(), self.route_set.clone()),
+        };
+        let mut r = Request::new(method.clone(), ruri);
         r.headers
             .push(HeaderName::Via, me.via(&self.peer, &new_branch()));
         r.headers.push(HeaderName::MaxForwards, "70");
-        for route in &self.route_set {
-            r.headers.push(HeaderName::Route, route.clone());
+        for route in routes {
+            r.headers.push(HeaderName::Route, route);
         }
         r.headers.push(HeaderName::From, self.local.to_string());
         r.headers.push(HeaderName::To, self.remote.to_string());
@@ -88,6 +106,16 @@ impl Dialog {
             r.headers.push(HeaderName::Contact, me.contact(&self.peer));
         }
         r
+    }
+
+    /// The URI the dialog's next request is sent to: the first Route when there is a route
+    /// set, otherwise the remote target.
+    pub fn next_hop(&self) -> Uri {
+        self.route_set
+            .first()
+            .and_then(|r| NameAddr::parse(r, "Route").ok())
+            .map(|r| r.uri)
+            .unwrap_or_else(|| self.remote_target.clone())
     }
 
     /// Accepts a request's CSeq if it is newer than the last (RFC 3261 §12.2.2); an old one
@@ -120,5 +148,62 @@ pub fn target_peer(uri: &Uri, fallback: Peer) -> Peer {
             }
         }
         Err(_) => fallback,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::Transport;
+
+    fn dialog(route_set: Vec<&str>) -> Dialog {
+        Dialog {
+            call_id: "c".into(),
+            local: NameAddr::parse("<sip:a@10.0.0.1>;tag=l", "From").unwrap(),
+            remote: NameAddr::parse("<sip:b@10.0.0.2>;tag=r", "To").unwrap(),
+            remote_target: Uri::parse("sip:b@10.0.0.2:5070").unwrap(),
+            route_set: route_set.into_iter().map(str::to_string).collect(),
+            local_cseq: 7,
+            remote_cseq: None,
+            peer: Peer {
+                addr: "10.0.0.2:5070".parse().unwrap(),
+                transport: Transport::Udp,
+            },
+        }
+    }
+
+    fn me() -> LocalContact {
+        LocalContact {
+            host: "10.0.0.9".into(),
+            port: 5060,
+        }
+    }
+
+    #[test]
+    fn loose_routing_keeps_the_remote_target() {
+        let mut d = dialog(vec!["<sip:sbc1@10.0.0.5;lr>", "<sip:sbc2@10.0.0.6;lr>"]);
+        let bye = d.request(Method::Bye, &me(), None);
+        assert_eq!(bye.uri.to_string(), "sip:b@10.0.0.2:5070");
+        let routes: Vec<&str> = bye.headers.get_all(&HeaderName::Route).collect();
+        assert_eq!(routes, ["<sip:sbc1@10.0.0.5;lr>", "<sip:sbc2@10.0.0.6;lr>"]);
+        assert_eq!(d.next_hop().host, "10.0.0.5");
+        assert_eq!(bye.cseq().unwrap().seq, 8);
+        let ack = d.request(Method::Ack, &me(), Some(3));
+        assert_eq!(ack.cseq().unwrap().seq, 3, "ACK reuses the INVITE's number");
+    }
+
+    #[test]
+    fn strict_router_becomes_the_request_uri() {
+        let mut d = dialog(vec!["<sip:old@10.0.0.5>", "<sip:next@10.0.0.6;lr>"]);
+        let bye = d.request(Method::Bye, &me(), None);
+        assert_eq!(bye.uri.to_string(), "sip:old@10.0.0.5");
+        let routes: Vec<&str> = bye.headers.get_all(&HeaderName::Route).collect();
+        assert_eq!(routes, ["<sip:next@10.0.0.6;lr>", "<sip:b@10.0.0.2:5070>"]);
+    }
+
+    #[test]
+    fn no_route_set_goes_to_the_remote_target() {
+        let d = dialog(vec![]);
+        assert_eq!(d.next_hop().to_string(), "sip:b@10.0.0.2:5070");
     }
 }
