@@ -54,6 +54,10 @@ pub struct Profile {
     /// Seconds an agent phone may ring before the call is withdrawn.
     #[serde(default = "default_ring_timeout")]
     pub ring_timeout_secs: u64,
+    /// Hang up a call whose caller or agent leg sends no RTP for this many seconds while it
+    /// is up and not on hold (a gateway or phone that died without a BYE); 0 turns it off.
+    #[serde(default = "default_rtp_timeout")]
+    pub rtp_timeout_secs: u64,
     /// SIP timer T1 in milliseconds (RFC 3261 §17.1.1.1: 500; lower it only on networks whose
     /// round trip is known to be short). Every transaction timer scales with it.
     #[serde(default = "default_t1_ms")]
@@ -148,6 +152,9 @@ fn default_rtp_ports() -> String {
 }
 fn default_ring_timeout() -> u64 {
     30
+}
+fn default_rtp_timeout() -> u64 {
+    60
 }
 fn default_t1_ms() -> u64 {
     500

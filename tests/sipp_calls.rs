@@ -718,3 +718,80 @@ fn dial_sends_dtmf_that_is_relayed_and_kept() {
         "the agent's tone is on the right: {right:?}"
     );
 }
+
+/// A trunk that answers but never sends RTP (a gateway that died without a BYE) is hung up
+/// after `rtp_timeout_secs`: BYE to both legs, and the record says why.
+#[test]
+fn silent_caller_is_hung_up_after_the_rtp_timeout() {
+    let Some(env) = Env::with_sipp("rtp_timeout") else {
+        return;
+    };
+    let profile = std::fs::read_to_string(&env.profile).unwrap();
+    std::fs::write(&env.profile, format!("rtp_timeout_secs = 2\n{profile}")).unwrap();
+    let _server = env.start_server();
+    let mut agent = env.agent("uas_answer.xml", &[]);
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+    let me = sock.local_addr().unwrap();
+    let server = env.server_addr();
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+               m=audio 49170 RTP/AVP 0\r\n";
+    let head = |method: &str, cseq: u32, to_tag: &str, branch: &str| {
+        format!(
+            "{method} sip:{DIALED}@{server} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{branch};rport\r\n\
+             From: <sip:{CALLER_NUMBER}@127.0.0.1>;tag=silent\r\nTo: <sip:{DIALED}@{server}>{to_tag}\r\n\
+             Call-ID: silent-caller\r\nCSeq: {cseq} {method}\r\nContact: <sip:c@{me}>\r\nMax-Forwards: 70\r\n"
+        )
+    };
+    let invite = format!(
+        "{}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        head("INVITE", 1, "", "inv"),
+        sdp.len()
+    );
+    sock.send_to(invite.as_bytes(), server).unwrap();
+    let mut buf = [0u8; 4096];
+    let to_tag = loop {
+        let (n, _) = sock.recv_from(&mut buf).expect("answer from screenpop");
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        if text.starts_with("SIP/2.0 200") {
+            let to = text.lines().find(|l| l.starts_with("To:")).unwrap();
+            break to[to.find(";tag=").unwrap()..].to_string();
+        }
+    };
+    let ack = format!(
+        "{}Content-Length: 0\r\n\r\n",
+        head("ACK", 1, &to_tag, "ack")
+    );
+    sock.send_to(ack.as_bytes(), server).unwrap();
+    let answered = Instant::now();
+    // No RTP from us: within the 2 s timeout (checked once a second) screenpop sends BYE.
+    let bye = loop {
+        let (n, from) = sock
+            .recv_from(&mut buf)
+            .expect("a BYE after the RTP timeout");
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        if text.starts_with("BYE ") {
+            break (text, from);
+        }
+    };
+    let waited = answered.elapsed().as_secs_f64();
+    assert!((2.0..4.5).contains(&waited), "BYE after {waited:.1} s");
+    let mut ok = String::from("SIP/2.0 200 OK\r\n");
+    for l in bye.0.lines() {
+        if ["Via:", "From:", "To:", "Call-ID:", "CSeq:"]
+            .iter()
+            .any(|h| l.starts_with(h))
+        {
+            ok.push_str(l);
+            ok.push_str("\r\n");
+        }
+    }
+    ok.push_str("Content-Length: 0\r\n\r\n");
+    sock.send_to(ok.as_bytes(), bye.1).unwrap();
+    agent.expect_success(Duration::from_secs(10));
+    let recs = env.wait_for_recordings(1, RECORDING_TIMEOUT);
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&recs[0].json).unwrap()).unwrap();
+    assert_eq!(record["rtp_timeout"], true, "{record}");
+    assert_eq!(record["disposition"], "answered", "{record}");
+}

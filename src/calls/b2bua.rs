@@ -21,7 +21,7 @@ use crate::media::g711::G711;
 use crate::media::ports::PortPool;
 use crate::media::recorder::{FinishedRecording, RecorderHandle};
 use crate::media::relay::{
-    DtmfDigit, LegId, MediaEngine, MediaHandle, MediaReport, RelayStats, RemoteMedia,
+    DtmfDigit, LegId, MediaEngine, MediaEvent, MediaHandle, MediaReport, RelayStats, RemoteMedia,
 };
 use crate::sip::caller_id::CallerId;
 use crate::sip::headers::{HeaderName, NameAddr};
@@ -122,6 +122,8 @@ pub struct CallRecord {
     pub size_bytes: Option<u64>,
     pub dtmf: Vec<DtmfDigit>,
     pub media: Option<RelayStats>,
+    /// Ended by screenpop because a leg stopped sending RTP (see `rtp_timeout_secs`).
+    pub rtp_timeout: bool,
     /// False in the provisional record written at answer; a restart after a crash completes
     /// it from the repaired recording.
     pub complete: bool,
@@ -199,6 +201,10 @@ struct Call {
     final_status: u16,
     dialed: String,
     agent_needs_dns: bool,
+    /// A leg offered sendonly/recvonly/inactive: silence is expected.
+    on_hold: bool,
+    /// The call was ended because a leg stopped sending RTP.
+    rtp_timeout: bool,
     /// The trunk INVITE's Max-Forwards; the agent leg gets one less, so a target that
     /// points back at screenpop ends instead of looping.
     max_forwards: u32,
@@ -292,7 +298,7 @@ pub fn spawn(env: Arc<CallEnv>, new: NewCall) -> Option<CallHandle> {
         }
     };
     a_local.session_version = 1;
-    let media = env.media.add_call(a_sock, b_sock);
+    let (media, media_events) = env.media.add_call(a_sock, b_sock);
     let codec = negotiated.codec;
     let g711 = g711_of(codec);
 
@@ -401,6 +407,8 @@ pub fn spawn(env: Arc<CallEnv>, new: NewCall) -> Option<CallHandle> {
         final_status: 0,
         dialed,
         agent_needs_dns,
+        on_hold: false,
+        rtp_timeout: false,
         max_forwards: new
             .invite
             .headers
@@ -420,7 +428,7 @@ pub fn spawn(env: Arc<CallEnv>, new: NewCall) -> Option<CallHandle> {
     let mut call = call;
     call.media = Some(media);
     drop(_enter);
-    tokio::spawn(call.run(rx).instrument(span));
+    tokio::spawn(call.run(rx, media_events).instrument(span));
     Some(CallHandle {
         id,
         call_ids: vec![a_call_id, b_call_id],
@@ -436,7 +444,11 @@ fn g711_of(c: Codec) -> G711 {
 }
 
 impl Call {
-    async fn run(mut self, mut rx: mpsc::Receiver<Inbound>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Inbound>,
+        mut media_events: mpsc::UnboundedReceiver<MediaEvent>,
+    ) {
         let now = Instant::now();
         // 100 Trying at once (RFC 3261 §8.2.6.1), then the agent leg.
         let trying = self.invite.response(100, None);
@@ -456,21 +468,25 @@ impl Call {
         let now = Instant::now();
         self.pump(now).await;
         loop {
-            let deadline = self.next_deadline();
-            let input = match deadline {
-                Some(d) => {
-                    tokio::select! {
-                        m = rx.recv() => m,
-                        _ = tokio::time::sleep_until(d.into()) => {
-                            let now = Instant::now();
-                            self.on_timer(now).await;
-                            self.pump(now).await;
-                            if self.done(now) { break; }
-                            continue;
-                        }
-                    }
+            let deadline = self
+                .next_deadline()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let input = tokio::select! {
+                m = rx.recv() => m,
+                Some(ev) = media_events.recv() => {
+                    let now = Instant::now();
+                    self.on_media_event(now, ev).await;
+                    self.pump(now).await;
+                    if self.done(now) { break; }
+                    continue;
                 }
-                None => rx.recv().await,
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    let now = Instant::now();
+                    self.on_timer(now).await;
+                    self.pump(now).await;
+                    if self.done(now) { break; }
+                    continue;
+                }
             };
             let Some(input) = input else { break };
             let now = Instant::now();
@@ -670,6 +686,23 @@ impl Call {
                 break;
             }
         }
+    }
+
+    async fn on_media_event(&mut self, now: Instant, ev: MediaEvent) {
+        match ev {
+            MediaEvent::Silent { leg } if self.phase == Phase::Up => {
+                warn!(?leg, "no RTP within the timeout; hanging up");
+                self.rtp_timeout = true;
+                self.hang_up(now, None).await;
+            }
+            MediaEvent::Silent { .. } => {}
+        }
+    }
+
+    /// The silence timeout to watch with, unless a leg is on hold.
+    fn media_watch(&self) -> Option<Duration> {
+        let secs = self.env.profile.rtp_timeout_secs;
+        (secs > 0 && !self.on_hold).then(|| Duration::from_secs(secs))
     }
 
     async fn on_timer(&mut self, now: Instant) {
@@ -896,6 +929,10 @@ impl Call {
         lm.last_sdp = Some(body.clone());
         let offered_dir = neg.direction.reversed();
         info!(?leg, direction = offered_dir.as_str(), "re-INVITE");
+        self.on_hold = offered_dir != Direction::SendRecv;
+        if let Some(m) = &self.media {
+            m.watch(self.media_watch());
+        }
         if let Some(m) = &self.media {
             m.set_remote(
                 leg,
@@ -1198,6 +1235,7 @@ impl Call {
         self.answered_at = Some((now, wall));
         info!("answered");
         if let Some(m) = &self.media {
+            m.watch(self.media_watch());
             let date = civil_date(wall);
             // A provisional record beside the recording, written before it starts (so the
             // final record always lands after it): if screenpop dies mid-call, the restart
@@ -1239,6 +1277,7 @@ impl Call {
             size_bytes: None,
             dtmf: Vec::new(),
             media: None,
+            rtp_timeout: self.rtp_timeout,
             complete,
         }
     }

@@ -58,6 +58,13 @@ pub struct RemoteMedia {
     pub dtmf_pt: Option<u8>,
 }
 
+/// What the engine tells a call task on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaEvent {
+    /// No RTP from `leg` for the watch timeout while the call was up and not on hold.
+    Silent { leg: LegId },
+}
+
 /// A DTMF digit seen on a leg, in milliseconds since the relay started.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DtmfDigit {
@@ -98,6 +105,7 @@ enum Command {
     Add(Box<NewCall>),
     SetRemote(u64, LegId, RemoteMedia),
     SignallingIp(u64, LegId, std::net::IpAddr),
+    Watch(u64, Option<Duration>, Instant),
     StartRecording(u64, CallRecording, Instant),
     Stop(u64, Instant, oneshot::Sender<MediaReport>),
 }
@@ -106,6 +114,7 @@ struct NewCall {
     id: u64,
     caller: LegSockets,
     agent: LegSockets,
+    events: tokio::sync::mpsc::UnboundedSender<MediaEvent>,
 }
 
 struct Shared {
@@ -153,8 +162,16 @@ impl MediaEngine {
         })
     }
 
-    /// Starts relaying a call's two legs.
-    pub fn add_call(&self, caller: LegSockets, agent: LegSockets) -> MediaHandle {
+    /// Starts relaying a call's two legs; the receiver gets the call's [`MediaEvent`]s.
+    pub fn add_call(
+        &self,
+        caller: LegSockets,
+        agent: LegSockets,
+    ) -> (
+        MediaHandle,
+        tokio::sync::mpsc::UnboundedReceiver<MediaEvent>,
+    ) {
+        let (events, events_rx) = tokio::sync::mpsc::unbounded_channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let shard = self.shards[(id as usize) % self.shards.len()].clone();
         let handle = MediaHandle {
@@ -164,8 +181,13 @@ impl MediaEngine {
             caller_port: caller.port(),
             agent_port: agent.port(),
         };
-        shard.send(Command::Add(Box::new(NewCall { id, caller, agent })));
-        handle
+        shard.send(Command::Add(Box::new(NewCall {
+            id,
+            caller,
+            agent,
+            events,
+        })));
+        (handle, events_rx)
     }
 }
 
@@ -194,6 +216,13 @@ impl MediaHandle {
     /// The address a leg's signalling comes from: media from that IP may be latched too.
     pub fn set_signalling_ip(&self, leg: LegId, ip: std::net::IpAddr) {
         self.shared.send(Command::SignallingIp(self.id, leg, ip));
+    }
+
+    /// Reports [`MediaEvent::Silent`] when a leg sends no RTP for `timeout`; `None` stops
+    /// watching (on hold a leg may rightly be silent).
+    pub fn watch(&self, timeout: Option<Duration>) {
+        self.shared
+            .send(Command::Watch(self.id, timeout, Instant::now()));
     }
 
     /// Starts recording with `answered` as sample 0.
@@ -233,6 +262,8 @@ impl LegState {
 struct LegState {
     /// Where the leg's SIP comes from; media may come from there too (NAT).
     signalling_ip: Option<std::net::IpAddr>,
+    /// When the last accepted RTP packet arrived.
+    last_rx: Option<Instant>,
     remote: Option<RemoteMedia>,
     latched: Option<SocketAddr>,
     rtcp_latched: Option<SocketAddr>,
@@ -283,6 +314,7 @@ impl Relay {
                 return None;
             }
         }
+        self.legs[i].last_rx = Some(now);
         let pt = rtp.payload_type();
         let (ssrc, ts) = (rtp.ssrc(), rtp.timestamp());
         let mine = self.legs[i].remote;
@@ -395,6 +427,28 @@ struct Slot {
     /// Held so the ports return to the pool when the slot is dropped.
     _leases: (super::ports::PortLease, super::ports::PortLease),
     relay: Relay,
+    events: tokio::sync::mpsc::UnboundedSender<MediaEvent>,
+    /// Silence timeout and when watching began; `None` when not watching.
+    watch: Option<(Duration, Instant)>,
+}
+
+impl Slot {
+    /// Reports a leg that has been silent longer than the watch timeout, once.
+    fn check_silence(&mut self, now: Instant) {
+        let Some((timeout, since)) = self.watch else {
+            return;
+        };
+        for leg in [LegId::Caller, LegId::Agent] {
+            let last = self.relay.legs[leg.index()]
+                .last_rx
+                .map_or(since, |t| t.max(since));
+            if now.saturating_duration_since(last) > timeout {
+                let _ = self.events.send(MediaEvent::Silent { leg });
+                self.watch = None;
+                return;
+            }
+        }
+    }
 }
 
 fn new_relay() -> Relay {
@@ -457,6 +511,7 @@ fn run(poll: Epoll, rx: mpsc::Receiver<Command>, shared: Arc<Shared>) {
         if now >= next_flush {
             for slot in slots.iter_mut().flatten() {
                 slot.relay.flush_recording(now);
+                slot.check_silence(now);
             }
             next_flush = now + Duration::from_secs(1);
         }
@@ -506,7 +561,12 @@ fn handle_command(
 ) {
     match cmd {
         Command::Add(new) => {
-            let NewCall { id, caller, agent } = *new;
+            let NewCall {
+                id,
+                caller,
+                agent,
+                events,
+            } = *new;
             let index = free.pop().unwrap_or_else(|| {
                 slots.push(None);
                 slots.len() - 1
@@ -523,6 +583,8 @@ fn handle_command(
                     sockets,
                     _leases: (caller.lease, agent.lease),
                     relay: new_relay(),
+                    events,
+                    watch: None,
                 });
                 by_id.insert(id, index);
             }
@@ -541,6 +603,11 @@ fn handle_command(
         Command::SignallingIp(id, leg, ip) => {
             if let Some(slot) = slot_of(slots, by_id, id) {
                 slot.relay.legs[leg.index()].signalling_ip = Some(ip);
+            }
+        }
+        Command::Watch(id, timeout, since) => {
+            if let Some(slot) = slot_of(slots, by_id, id) {
+                slot.watch = timeout.map(|t| (t, since));
             }
         }
         Command::StartRecording(id, rec, answered) => {
