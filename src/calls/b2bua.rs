@@ -300,7 +300,6 @@ pub fn spawn(env: Arc<CallEnv>, new: NewCall) -> Option<CallHandle> {
     a_local.session_version = 1;
     let (media, media_events) = env.media.add_call(a_sock, b_sock);
     let codec = negotiated.codec;
-    let g711 = g711_of(codec);
 
     let mut local_to = to.clone();
     local_to.set_param("tag", Some(&local_tag));
@@ -417,11 +416,7 @@ pub fn spawn(env: Arc<CallEnv>, new: NewCall) -> Option<CallHandle> {
             .unwrap_or(70),
     };
     let (tx, rx) = mpsc::channel(64);
-    let remote_a = RemoteMedia {
-        rtp: negotiated.remote_rtp,
-        codec: g711,
-        dtmf_pt: negotiated.dtmf_pt,
-    };
+    let remote_a = remote_media(negotiated.remote_rtp, codec, negotiated.dtmf_pt);
     media.set_remote(LegId::Caller, remote_a);
     media.set_signalling_ip(LegId::Caller, call.a.peer.addr.ip());
     media.set_signalling_ip(LegId::Agent, call.b.peer.addr.ip());
@@ -434,6 +429,14 @@ pub fn spawn(env: Arc<CallEnv>, new: NewCall) -> Option<CallHandle> {
         call_ids: vec![a_call_id, b_call_id],
         tx,
     })
+}
+
+fn remote_media(rtp: Option<SocketAddr>, codec: Codec, dtmf_pt: Option<u8>) -> RemoteMedia {
+    RemoteMedia {
+        rtp,
+        codec: g711_of(codec),
+        dtmf_pt,
+    }
 }
 
 fn g711_of(c: Codec) -> G711 {
@@ -934,14 +937,7 @@ impl Call {
             m.watch(self.media_watch());
         }
         if let Some(m) = &self.media {
-            m.set_remote(
-                leg,
-                RemoteMedia {
-                    rtp: neg.remote_rtp,
-                    codec: g711_of(neg.codec),
-                    dtmf_pt: neg.dtmf_pt,
-                },
-            );
+            m.set_remote(leg, remote_media(neg.remote_rtp, neg.codec, neg.dtmf_pt));
         }
         let mut resp = req.response(200, Some(&tag));
         resp.headers
@@ -970,25 +966,25 @@ impl Call {
         if ack.body.is_empty() {
             return;
         }
+        self.apply_answer(leg, &ack.body);
+    }
+
+    /// Takes the peer's answer to our pending offer on `leg` into the relay. False when there
+    /// was no offer pending or the answer is unusable.
+    fn apply_answer(&mut self, leg: LegId, body: &[u8]) -> bool {
         let lm = self.leg_media(leg);
-        let (Some(offer), Ok(answer)) = (
-            lm.pending_offer.take(),
-            SessionDescription::parse(&ack.body),
-        ) else {
-            return;
+        let (Some(offer), Ok(answer)) = (lm.pending_offer.take(), SessionDescription::parse(body))
+        else {
+            return false;
         };
-        if let Ok(acc) = sdp::accept_answer(&offer, &answer) {
-            if let Some(m) = &self.media {
-                m.set_remote(
-                    leg,
-                    RemoteMedia {
-                        rtp: acc.remote_rtp,
-                        codec: g711_of(acc.codec),
-                        dtmf_pt: acc.dtmf_pt,
-                    },
-                );
-            }
+        let Ok(acc) = sdp::accept_answer(&offer, &answer) else {
+            return false;
+        };
+        lm.dtmf_pt = acc.dtmf_pt;
+        if let Some(m) = &self.media {
+            m.set_remote(leg, remote_media(acc.remote_rtp, acc.codec, acc.dtmf_pt));
         }
+        true
     }
 
     async fn on_client_response(
@@ -1003,23 +999,7 @@ impl Call {
             Purpose::ReInvite => {
                 if r.status / 100 == 2 {
                     self.ack_2xx(leg, &r);
-                    let lm = self.leg_media(leg);
-                    if let (Some(offer), Ok(answer)) =
-                        (lm.pending_offer.take(), SessionDescription::parse(&r.body))
-                    {
-                        if let Ok(acc) = sdp::accept_answer(&offer, &answer) {
-                            if let Some(m) = &self.media {
-                                m.set_remote(
-                                    leg,
-                                    RemoteMedia {
-                                        rtp: acc.remote_rtp,
-                                        codec: g711_of(acc.codec),
-                                        dtmf_pt: acc.dtmf_pt,
-                                    },
-                                );
-                            }
-                        }
-                    }
+                    self.apply_answer(leg, &r.body);
                 } else if r.status >= 300 {
                     debug!(?leg, status = r.status, "re-INVITE refused");
                     self.leg_media(leg).pending_offer = None;
@@ -1099,20 +1079,7 @@ impl Call {
                 }
                 return;
             }
-            if let Some(to) = r.to() {
-                self.b.remote = to;
-            }
-            if let Some(c) = r.contact() {
-                self.b.remote_target = c.uri;
-            }
-            self.b.route_set = r
-                .headers
-                .get_all(&HeaderName::RecordRoute)
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
+            self.b.establish_from(&r);
             self.ack_2xx(LegId::Agent, &r);
             self.b_answered = true;
             if self.phase != Phase::Ringing || !self.a_invite_pending() {
@@ -1158,20 +1125,7 @@ impl Call {
     fn release_fork(&mut self, now: Instant, r: &Response) {
         let me = self.env.me.clone();
         let mut fork = self.b.clone();
-        if let Some(to) = r.to() {
-            fork.remote = to;
-        }
-        if let Some(c) = r.contact() {
-            fork.remote_target = c.uri;
-        }
-        fork.route_set = r
-            .headers
-            .get_all(&HeaderName::RecordRoute)
-            .map(str::to_string)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
+        fork.establish_from(r);
         let seq = r.cseq().map(|c| c.seq).unwrap_or(1);
         let peer = if fork.route_set.is_empty() {
             fork.peer
@@ -1193,28 +1147,10 @@ impl Call {
 
     /// Reads the agent's SDP answer into the relay. Returns false when it is unusable.
     async fn accept_agent_sdp(&mut self, body: &[u8]) -> bool {
-        let Some(offer) = self.b_media.pending_offer.clone() else {
+        if self.b_media.pending_offer.is_none() {
             return true; // already accepted (183 then 200 with the same answer)
-        };
-        let Ok(answer) = SessionDescription::parse(body) else {
-            return false;
-        };
-        let Ok(acc) = sdp::accept_answer(&offer, &answer) else {
-            return false;
-        };
-        self.b_media.pending_offer = None;
-        self.b_media.dtmf_pt = acc.dtmf_pt;
-        if let Some(m) = &self.media {
-            m.set_remote(
-                LegId::Agent,
-                RemoteMedia {
-                    rtp: acc.remote_rtp,
-                    codec: g711_of(acc.codec),
-                    dtmf_pt: acc.dtmf_pt,
-                },
-            );
         }
-        true
+        self.apply_answer(LegId::Agent, body)
     }
 
     async fn answer_caller(&mut self, now: Instant) {

@@ -193,20 +193,7 @@ pub async fn dial(opts: DialOptions) -> anyhow::Result<DialSummary> {
         break (resp, inv);
     };
     // Dialog established (RFC 3261 §12.1.2).
-    if let Some(to) = ok.to() {
-        dialog.remote = to;
-    }
-    if let Some(c) = ok.contact() {
-        dialog.remote_target = c.uri;
-    }
-    dialog.route_set = ok
-        .headers
-        .get_all(&HeaderName::RecordRoute)
-        .map(str::to_string)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
+    dialog.establish_from(&ok);
     let seq = invite.cseq().map(|c| c.seq).unwrap_or(1);
     let ack = dialog.request(Method::Ack, &me, Some(seq));
     let ack_bytes = Message::Request(ack).to_bytes();

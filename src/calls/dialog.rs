@@ -2,7 +2,7 @@
 //! target and route set, and the local CSeq, with builders for the requests sent inside it.
 
 use crate::sip::headers::{HeaderName, NameAddr};
-use crate::sip::message::{Method, Request};
+use crate::sip::message::{Method, Request, Response};
 use crate::sip::transaction::new_branch;
 use crate::sip::Uri;
 use crate::transport::Peer;
@@ -106,6 +106,24 @@ impl Dialog {
             r.headers.push(HeaderName::Contact, me.contact(&self.peer));
         }
         r
+    }
+
+    /// Takes the dialog state a 2xx to our INVITE establishes (RFC 3261 §12.1.2): the peer's
+    /// tag, its Contact as remote target and the Record-Route set in reverse.
+    pub fn establish_from(&mut self, resp: &Response) {
+        if let Some(to) = resp.to() {
+            self.remote = to;
+        }
+        if let Some(c) = resp.contact() {
+            self.remote_target = c.uri;
+        }
+        let mut routes: Vec<String> = resp
+            .headers
+            .get_all(&HeaderName::RecordRoute)
+            .map(str::to_string)
+            .collect();
+        routes.reverse();
+        self.route_set = routes;
     }
 
     /// The URI the dialog's next request is sent to: the first Route when there is a route

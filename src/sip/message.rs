@@ -523,27 +523,6 @@ impl Request {
         }
     }
 
-    pub fn top_via(&self) -> Option<Via> {
-        self.headers
-            .get(&HeaderName::Via)
-            .and_then(|v| Via::parse(v).ok())
-    }
-    pub fn cseq(&self) -> Option<CSeq> {
-        cseq_of(&self.headers)
-    }
-    pub fn call_id(&self) -> Option<&str> {
-        self.headers.get(&HeaderName::CallId)
-    }
-    pub fn from(&self) -> Option<NameAddr> {
-        name_addr_of(&self.headers, HeaderName::From)
-    }
-    pub fn to(&self) -> Option<NameAddr> {
-        name_addr_of(&self.headers, HeaderName::To)
-    }
-    pub fn contact(&self) -> Option<NameAddr> {
-        name_addr_of(&self.headers, HeaderName::Contact)
-    }
-
     /// Records where the request really came from in its top Via: `received` when the
     /// sent-by differs and the `rport` value when asked for (RFC 3261 §18.2.1, RFC 3581 §4).
     /// Responses copy the Via, so the peer learns its public address.
@@ -592,26 +571,6 @@ impl Request {
 }
 
 impl Response {
-    pub fn top_via(&self) -> Option<Via> {
-        self.headers
-            .get(&HeaderName::Via)
-            .and_then(|v| Via::parse(v).ok())
-    }
-    pub fn cseq(&self) -> Option<CSeq> {
-        cseq_of(&self.headers)
-    }
-    pub fn call_id(&self) -> Option<&str> {
-        self.headers.get(&HeaderName::CallId)
-    }
-    pub fn from(&self) -> Option<NameAddr> {
-        name_addr_of(&self.headers, HeaderName::From)
-    }
-    pub fn to(&self) -> Option<NameAddr> {
-        name_addr_of(&self.headers, HeaderName::To)
-    }
-    pub fn contact(&self) -> Option<NameAddr> {
-        name_addr_of(&self.headers, HeaderName::Contact)
-    }
     pub fn with_body(mut self, content_type: &str, body: Vec<u8>) -> Self {
         self.headers.set(HeaderName::ContentType, content_type);
         self.body = body;
@@ -622,9 +581,38 @@ impl Response {
     }
 }
 
-fn cseq_of(h: &Headers) -> Option<CSeq> {
-    h.get(&HeaderName::CSeq).and_then(|v| CSeq::parse(v).ok())
+/// Typed views of the headers every request and response carries, parsed on demand.
+macro_rules! header_accessors {
+    ($t:ty) => {
+        impl $t {
+            pub fn top_via(&self) -> Option<Via> {
+                self.headers
+                    .get(&HeaderName::Via)
+                    .and_then(|v| Via::parse(v).ok())
+            }
+            pub fn cseq(&self) -> Option<CSeq> {
+                self.headers
+                    .get(&HeaderName::CSeq)
+                    .and_then(|v| CSeq::parse(v).ok())
+            }
+            pub fn call_id(&self) -> Option<&str> {
+                self.headers.get(&HeaderName::CallId)
+            }
+            pub fn from(&self) -> Option<NameAddr> {
+                name_addr_of(&self.headers, HeaderName::From)
+            }
+            pub fn to(&self) -> Option<NameAddr> {
+                name_addr_of(&self.headers, HeaderName::To)
+            }
+            pub fn contact(&self) -> Option<NameAddr> {
+                name_addr_of(&self.headers, HeaderName::Contact)
+            }
+        }
+    };
 }
+
+header_accessors!(Request);
+header_accessors!(Response);
 
 fn name_addr_of(h: &Headers, name: HeaderName) -> Option<NameAddr> {
     let label = match name {
