@@ -50,48 +50,34 @@ fn untrusted_peer_gets_403_but_options_and_register_work() {
     assert!(summary.contains("\"final_status\":403"), "{summary}");
 }
 
+/// Dials `to` answering challenges as `user`/`password`; returns the JSON summary.
+fn dial_as(to: &str, user: &str, password: &str) -> String {
+    let (ok, summary) = dial(&[
+        "--to",
+        to,
+        "--hangup-after",
+        "1s",
+        "--username",
+        user,
+        "--password",
+        password,
+    ]);
+    assert!(!ok, "no agent answers in these tests: {summary}");
+    summary
+}
+
 #[test]
 fn digest_trunk_is_challenged_with_407() {
     let s = TestServer::start("digest", 5181, "42100-42200", DIGEST_TRUNK);
     let to = format!("sip:100@127.0.0.1:{}", s.port);
     // Right credentials: accepted, then 480 because the agent never answers.
-    let (ok, summary) = dial(&[
-        "--to",
-        &to,
-        "--hangup-after",
-        "1s",
-        "--username",
-        "fs",
-        "--password",
-        "trunkpw",
-    ]);
-    assert!(!ok);
+    let summary = dial_as(&to, "fs", "trunkpw");
     assert!(summary.contains("\"final_status\":480"), "{summary}");
     // Wrong password: challenged again and refused.
-    let (ok, summary) = dial(&[
-        "--to",
-        &to,
-        "--hangup-after",
-        "1s",
-        "--username",
-        "fs",
-        "--password",
-        "nope",
-    ]);
-    assert!(!ok);
+    let summary = dial_as(&to, "fs", "nope");
     assert!(summary.contains("\"final_status\":407"), "{summary}");
     // Unknown user gets exactly the same.
-    let (_, summary2) = dial(&[
-        "--to",
-        &to,
-        "--hangup-after",
-        "1s",
-        "--username",
-        "who",
-        "--password",
-        "nope",
-    ]);
-    assert_eq!(summary, summary2);
+    assert_eq!(summary, dial_as(&to, "who", "nope"));
 }
 
 #[test]

@@ -123,32 +123,29 @@ fn agent_hangs_up_and_caller_gets_bye() {
     );
 }
 
-#[test]
-fn caller_cancels_while_agent_rings() {
-    let Some(env) = Env::with_sipp("cancel_while_ringing") else {
+/// Runs an unanswered call between the two scenarios: both must succeed (each checks its own
+/// side of the flow) and no audio may be recorded.
+fn unanswered_call(name: &str, agent_scenario: &str, trunk_scenario: &str) {
+    let Some(env) = Env::with_sipp(name) else {
         return;
     };
     let _server = env.start_server();
-    let mut agent = env.agent("uas_ring.xml", &[]);
-    let mut trunk = env.trunk("uac_cancel.xml", &[]);
-    // trunk: 180 relayed, CANCEL -> 200, 487 -> ACK
+    let mut agent = env.agent(agent_scenario, &[]);
+    let mut trunk = env.trunk(trunk_scenario, &[]);
     trunk.expect_success(SIPP_TIMEOUT);
-    // agent: got screenpop's CANCEL, answered 200 + 487, got the ACK
     agent.expect_success(Duration::from_secs(10));
     env.assert_no_audio_recorded(Duration::from_millis(1000));
 }
 
+/// trunk: 180 relayed, CANCEL -> 200, 487 -> ACK; agent: screenpop's CANCEL, 200 + 487, ACK.
+#[test]
+fn caller_cancels_while_agent_rings() {
+    unanswered_call("cancel_while_ringing", "uas_ring.xml", "uac_cancel.xml");
+}
+
 #[test]
 fn agent_busy_gives_caller_486() {
-    let Some(env) = Env::with_sipp("agent_busy") else {
-        return;
-    };
-    let _server = env.start_server();
-    let mut agent = env.agent("uas_busy.xml", &[]);
-    let mut trunk = env.trunk("uac_busy.xml", &[]);
-    trunk.expect_success(SIPP_TIMEOUT);
-    agent.expect_success(Duration::from_secs(10));
-    env.assert_no_audio_recorded(Duration::from_millis(1000));
+    unanswered_call("agent_busy", "uas_busy.xml", "uac_busy.xml");
 }
 
 #[test]
