@@ -777,4 +777,40 @@ mod tests {
         drop(recorder);
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    proptest::proptest! {
+        /// Arbitrary datagrams on either leg, with and without recording and events
+        /// configured, never panic and never leave the relay inconsistent.
+        #[test]
+        fn arbitrary_packets_never_panic(
+            pkts in proptest::collection::vec(
+                (proptest::bool::ANY, proptest::collection::vec(proptest::num::u8::ANY, 0..300)),
+                0..64,
+            ),
+            dtmf in proptest::option::of(96u8..128),
+        ) {
+            let dir = std::env::temp_dir().join(format!("screenpop-relay-prop-{}", std::process::id()));
+            let recorder = super::super::recorder::Recorder::spawn(&dir).unwrap();
+            let mut r = new_relay();
+            r.legs[0].remote = Some(remote("10.0.0.1:4000", dtmf));
+            r.legs[1].remote = Some(remote("10.0.0.2:5000", Some(101)));
+            let t0 = Instant::now();
+            r.recording = Some((recorder.start("prop", (2026, 1, 1)).unwrap(), t0));
+            for (k, (caller, mut bytes)) in pkts.into_iter().enumerate() {
+                let now = t0 + Duration::from_millis(20 * k as u64);
+                let (leg, src) = if caller {
+                    (LegId::Caller, addr("10.0.0.1:4000"))
+                } else {
+                    (LegId::Agent, addr("10.0.0.2:5000"))
+                };
+                let _ = r.on_rtp(now, leg, src, &mut bytes);
+                let _ = r.rtcp_dest(leg, src);
+            }
+            let report = r.stop(t0 + Duration::from_secs(2));
+            proptest::prop_assert_eq!(report.recorded_frames, 16000);
+            drop(report);
+            drop(recorder);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
 }
