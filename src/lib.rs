@@ -3,7 +3,9 @@
 
 pub mod calls;
 pub mod config;
+pub mod crm;
 pub mod media;
 pub mod server;
 pub mod sip;
+pub mod store;
 pub mod transport;

@@ -27,6 +27,13 @@ enum Cmd {
         /// SIP address (UDP and TCP).
         #[arg(long, env = "SCREENPOP_SIP", default_value = "0.0.0.0:5060")]
         sip: SocketAddr,
+        /// Database: sqlite://FILE (created when missing) or postgres://…
+        #[arg(
+            long,
+            env = "SCREENPOP_DATABASE",
+            default_value = "sqlite://screenpop.db"
+        )]
+        database: String,
         /// Where recordings are written.
         #[arg(long, env = "SCREENPOP_RECORDINGS", default_value = "recordings")]
         recordings: PathBuf,
@@ -40,6 +47,15 @@ enum Cmd {
         /// measured cheaper per call than one per core while one thread keeps up.
         #[arg(long, env = "SCREENPOP_MEDIA_THREADS")]
         media_threads: Option<usize>,
+    },
+    /// Apply the database migrations and exit (serve also applies them at start-up).
+    Migrate {
+        #[arg(
+            long,
+            env = "SCREENPOP_DATABASE",
+            default_value = "sqlite://screenpop.db"
+        )]
+        database: String,
     },
     /// Place one call (a real UAC on the same stack), for demos and tests.
     Dial {
@@ -82,8 +98,15 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.cmd {
+        Cmd::Migrate { database } => rt.block_on(async {
+            let store = screenpop::store::Store::connect(&database).await?;
+            store.migrate().await?;
+            eprintln!("migrations applied to {database}");
+            Ok(())
+        }),
         Cmd::Serve {
             sip,
+            database,
             recordings,
             profile,
             rtp_ports,
@@ -97,6 +120,7 @@ fn main() -> anyhow::Result<()> {
             let rtp_ports = parse_port_range(&range)?;
             rt.block_on(serve(ServeConfig {
                 sip,
+                database,
                 recordings,
                 profile,
                 rtp_ports,

@@ -32,6 +32,8 @@ use crate::transport::{Inbound, Peer, SipSocket, Transport};
 /// Settings `serve` runs with.
 pub struct ServeConfig {
     pub sip: SocketAddr,
+    /// sqlite://FILE or postgres://…; migrated at start-up.
+    pub database: String,
     pub recordings: PathBuf,
     pub profile: Profile,
     pub rtp_ports: (u16, u16),
@@ -44,6 +46,9 @@ const SUPPORTED: &[&str] = &[];
 
 pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.recordings)?;
+    let store = crate::store::Store::connect(&cfg.database).await?;
+    store.migrate().await?;
+    info!(database = %redact(&cfg.database), "store ready");
     // Repair recordings a crash left as `.part` and complete their calls' records before any
     // call starts.
     recover_crashed_calls(&cfg.recordings);
@@ -528,5 +533,19 @@ fn recover_crashed_calls(root: &std::path::Path) {
                 warn!(path = %path.display(), error = %error, "recording repair failed")
             }
         }
+    }
+}
+
+/// A database URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
     }
 }

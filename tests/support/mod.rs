@@ -33,6 +33,8 @@ impl TestServer {
             .args(["serve", "--sip", &format!("127.0.0.1:{port}")])
             .arg("--recordings")
             .arg(dir.join("rec"))
+            .arg("--database")
+            .arg(format!("sqlite://{}", dir.join("screenpop.db").display()))
             .arg("--profile")
             .arg(dir.join("profile.toml"))
             .args(["--rtp-ports", rtp])

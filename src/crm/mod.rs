@@ -1,0 +1,4 @@
+//! The small CRM under the call center: customers and their phones, caller-ID matching,
+//! contact logs and work orders. Plain domain logic over the store.
+
+pub mod phone;

@@ -1,0 +1,354 @@
+//! Customers and their phones, and caller-ID matching: the exact E.164 number first, then the
+//! national significant number (which ignores trunk and international prefixes). Numbers are
+//! normalized when stored, never at lookup time.
+
+use phonenumber::country::Id;
+use sqlx::any::AnyRow;
+use sqlx::{AssertSqlSafe, Row};
+
+use super::{now_ms, Store, StoreError};
+use crate::crm::phone::{normalize, NormalizedPhone};
+
+/// Customer tier; VIP callers go first in queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    Vip,
+    Key,
+    Regular,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Vip => "vip",
+            Tier::Key => "key",
+            Tier::Regular => "regular",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Tier> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "vip" => Some(Tier::Vip),
+            "key" => Some(Tier::Key),
+            "regular" | "" => Some(Tier::Regular),
+            _ => None,
+        }
+    }
+}
+
+/// How a customer record came to exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CreatedVia {
+    Manual,
+    Call,
+    Import,
+    Api,
+}
+
+impl CreatedVia {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CreatedVia::Manual => "manual",
+            CreatedVia::Call => "call",
+            CreatedVia::Import => "import",
+            CreatedVia::Api => "api",
+        }
+    }
+    fn parse(s: &str) -> CreatedVia {
+        match s {
+            "call" => CreatedVia::Call,
+            "import" => CreatedVia::Import,
+            "api" => CreatedVia::Api,
+            _ => CreatedVia::Manual,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NewPhone {
+    pub number: String,
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+/// A customer to create.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct NewCustomer {
+    #[serde(default)]
+    pub code: Option<String>,
+    pub name: String,
+    #[serde(default)]
+    pub company: Option<String>,
+    #[serde(default = "regular")]
+    pub tier: Tier,
+    #[serde(default)]
+    pub birthday: Option<String>,
+    #[serde(default)]
+    pub anniversary: Option<String>,
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub notes: Option<String>,
+    #[serde(default)]
+    pub assigned_agent_id: Option<i64>,
+    #[serde(default)]
+    pub phones: Vec<NewPhone>,
+}
+
+fn regular() -> Tier {
+    Tier::Regular
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Phone {
+    pub number: String,
+    pub e164: Option<String>,
+    pub national: String,
+    pub label: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Customer {
+    pub id: i64,
+    pub code: String,
+    pub name: String,
+    pub company: Option<String>,
+    pub tier: Tier,
+    pub birthday: Option<String>,
+    pub anniversary: Option<String>,
+    pub address: Option<String>,
+    pub notes: Option<String>,
+    pub assigned_agent_id: Option<i64>,
+    pub opt_out_sms: bool,
+    pub opt_out_voice: bool,
+    pub created_via: CreatedVia,
+    pub created_at: i64,
+    pub phones: Vec<Phone>,
+}
+
+/// The outcome of matching a caller's number.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CallerMatch {
+    /// The best guess: the only match, or among several the one contacted most recently
+    /// (`None` when several match and none was ever contacted).
+    pub customer: Option<Customer>,
+    /// Every customer on that number.
+    pub candidates: Vec<Customer>,
+}
+
+/// YYYY-MM-DD, as stored for birthdays and anniversaries.
+fn check_date(field: &'static str, v: &Option<String>) -> Result<(), StoreError> {
+    if let Some(d) = v {
+        let ok = d.len() == 10
+            && d.as_bytes()[4] == b'-'
+            && d.as_bytes()[7] == b'-'
+            && d[..4].parse::<u16>().is_ok()
+            && d[5..7].parse::<u8>().is_ok_and(|m| (1..=12).contains(&m))
+            && d[8..].parse::<u8>().is_ok_and(|m| (1..=31).contains(&m));
+        if !ok {
+            return Err(StoreError::Invalid {
+                field,
+                why: format!("{d:?} is not a YYYY-MM-DD date"),
+            });
+        }
+    }
+    Ok(())
+}
+
+const CUSTOMER_COLUMNS: &str = "id, code, name, company, tier, birthday, anniversary, address, \
+     notes, assigned_agent_id, opt_out_sms, opt_out_voice, created_via, created_at";
+
+fn customer_of(row: &AnyRow) -> Result<Customer, sqlx::Error> {
+    let tier: String = row.try_get("tier")?;
+    let via: String = row.try_get("created_via")?;
+    Ok(Customer {
+        id: row.try_get("id")?,
+        code: row.try_get("code")?,
+        name: row.try_get("name")?,
+        company: row.try_get("company")?,
+        tier: Tier::parse(&tier).unwrap_or(Tier::Regular),
+        birthday: row.try_get("birthday")?,
+        anniversary: row.try_get("anniversary")?,
+        address: row.try_get("address")?,
+        notes: row.try_get("notes")?,
+        assigned_agent_id: row.try_get("assigned_agent_id")?,
+        opt_out_sms: row.try_get::<i64, _>("opt_out_sms")? != 0,
+        opt_out_voice: row.try_get::<i64, _>("opt_out_voice")? != 0,
+        created_via: CreatedVia::parse(&via),
+        created_at: row.try_get("created_at")?,
+        phones: Vec::new(),
+    })
+}
+
+impl Store {
+    /// Creates a customer and its phones in one transaction. Every phone must contain digits;
+    /// a missing code gets `C<id>`.
+    pub async fn create_customer(
+        &self,
+        c: &NewCustomer,
+        via: CreatedVia,
+        region: Id,
+    ) -> Result<Customer, StoreError> {
+        if c.name.trim().is_empty() {
+            return Err(StoreError::Invalid {
+                field: "name",
+                why: "must not be empty".into(),
+            });
+        }
+        check_date("birthday", &c.birthday)?;
+        check_date("anniversary", &c.anniversary)?;
+        let mut phones = Vec::with_capacity(c.phones.len());
+        for (i, p) in c.phones.iter().enumerate() {
+            let n = normalize(&p.number, region).map_err(|e| StoreError::Invalid {
+                field: "phones",
+                why: format!("phones[{i}]: {e}"),
+            })?;
+            phones.push((p, n));
+        }
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        // A unique placeholder code until the id is known.
+        let temp_code = format!("tmp-{:016x}", rand::random::<u64>());
+        let row = sqlx::query(
+            "INSERT INTO customers (code, name, company, tier, birthday, anniversary, address, \
+             notes, assigned_agent_id, created_via, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+        )
+        .bind(c.code.clone().unwrap_or(temp_code))
+        .bind(c.name.trim().to_string())
+        .bind(c.company.clone())
+        .bind(c.tier.as_str())
+        .bind(c.birthday.clone())
+        .bind(c.anniversary.clone())
+        .bind(c.address.clone())
+        .bind(c.notes.clone())
+        .bind(c.assigned_agent_id)
+        .bind(via.as_str())
+        .bind(now)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| unique_violation(e, "code"))?;
+        let id: i64 = row.try_get("id")?;
+        if c.code.is_none() {
+            sqlx::query("UPDATE customers SET code = $1 WHERE id = $2")
+                .bind(format!("C{id:06}"))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (p, n) in &phones {
+            sqlx::query(
+                "INSERT INTO customer_phones (customer_id, raw, e164, national, label) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(id)
+            .bind(p.number.clone())
+            .bind(n.e164.clone())
+            .bind(n.national.clone())
+            .bind(p.label.clone())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        self.customer(id)
+            .await?
+            .ok_or(StoreError::NotFound("customer"))
+    }
+
+    pub async fn customer(&self, id: i64) -> Result<Option<Customer>, StoreError> {
+        // Built from constants only.
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {CUSTOMER_COLUMNS} FROM customers WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let mut c = customer_of(&row)?;
+        c.phones = self.phones_of(id).await?;
+        Ok(Some(c))
+    }
+
+    async fn phones_of(&self, id: i64) -> Result<Vec<Phone>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT raw, e164, national, label FROM customer_phones \
+             WHERE customer_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Phone {
+                    number: r.try_get("raw")?,
+                    e164: r.try_get("e164")?,
+                    national: r.try_get("national")?,
+                    label: r.try_get("label")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Finds the customers on a caller's number: by E.164 when it has one and it matches,
+    /// otherwise by national significant number.
+    pub async fn match_caller(&self, n: &NormalizedPhone) -> Result<CallerMatch, StoreError> {
+        let select = |key: &str| {
+            format!(
+                "SELECT {CUSTOMER_COLUMNS}, \
+                 (SELECT MAX(offered_at) FROM calls WHERE calls.customer_id = customers.id) \
+                 AS last_contact \
+                 FROM customers WHERE id IN \
+                 (SELECT customer_id FROM customer_phones WHERE {key} = $1) \
+                 ORDER BY id"
+            )
+        };
+        let mut rows = Vec::new();
+        if let Some(e164) = &n.e164 {
+            rows = sqlx::query(AssertSqlSafe(select("e164")))
+                .bind(e164.clone())
+                .fetch_all(&self.pool)
+                .await?;
+        }
+        if rows.is_empty() && !n.national.is_empty() {
+            rows = sqlx::query(AssertSqlSafe(select("national")))
+                .bind(n.national.clone())
+                .fetch_all(&self.pool)
+                .await?;
+        }
+        let mut candidates = Vec::with_capacity(rows.len());
+        let mut latest: Option<(i64, usize)> = None;
+        for (i, row) in rows.iter().enumerate() {
+            let mut c = customer_of(row)?;
+            c.phones = self.phones_of(c.id).await?;
+            let last: Option<i64> = row.try_get("last_contact")?;
+            if let Some(t) = last {
+                if latest.is_none_or(|(best, _)| t > best) {
+                    latest = Some((t, i));
+                }
+            }
+            candidates.push(c);
+        }
+        let customer = match candidates.len() {
+            1 => candidates.first().cloned(),
+            _ => latest.and_then(|(_, i)| candidates.get(i).cloned()),
+        };
+        Ok(CallerMatch {
+            customer,
+            candidates,
+        })
+    }
+}
+
+/// Maps a unique-constraint failure to a field error.
+fn unique_violation(e: sqlx::Error, field: &'static str) -> StoreError {
+    match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Invalid {
+            field,
+            why: "already in use".into(),
+        },
+        _ => StoreError::Db(e),
+    }
+}
