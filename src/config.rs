@@ -58,6 +58,10 @@ pub struct Profile {
     /// is up and not on hold (a gateway or phone that died without a BYE); 0 turns it off.
     #[serde(default = "default_rtp_timeout")]
     pub rtp_timeout_secs: u64,
+    /// Create a customer record for a caller whose number matches none (never for withheld
+    /// numbers).
+    #[serde(default = "yes")]
+    pub create_customers_from_calls: bool,
     /// SIP timer T1 in milliseconds (RFC 3261 §17.1.1.1: 500; lower it only on networks whose
     /// round trip is known to be short). Every transaction timer scales with it.
     #[serde(default = "default_t1_ms")]
@@ -153,6 +157,9 @@ fn default_rtp_ports() -> String {
 fn default_ring_timeout() -> u64 {
     30
 }
+fn yes() -> bool {
+    true
+}
 fn default_rtp_timeout() -> u64 {
     60
 }
@@ -183,6 +190,11 @@ impl Profile {
             path: path.clone(),
             field: "codecs",
             why,
+        })?;
+        crate::crm::phone::region(&profile.default_region).map_err(|e| ConfigError::Field {
+            path: path.clone(),
+            field: "default_region",
+            why: e.to_string(),
         })?;
         if !(10..=5000).contains(&profile.sip_t1_ms) {
             return Err(ConfigError::Field {

@@ -51,7 +51,9 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     info!(database = %redact(&cfg.database), "store ready");
     // Repair recordings a crash left as `.part` and complete their calls' records before any
     // call starts.
-    recover_crashed_calls(&cfg.recordings);
+    for record in recover_crashed_calls(&cfg.recordings) {
+        complete_crashed_log(&store, &record).await;
+    }
     let recorder = Arc::new(Recorder::spawn(cfg.recordings.clone())?);
     let (sock, mut inbound) = SipSocket::bind(cfg.sip).await?;
     let local = sock.local_addr();
@@ -86,6 +88,8 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         media: MediaEngine::spawn(cfg.media_threads)?,
         recorder,
         recordings: cfg.recordings,
+        store: store.clone(),
+        region: crate::crm::phone::region(&profile.default_region)?,
         timers: TimerConfig {
             t1: std::time::Duration::from_millis(profile.sip_t1_ms),
             ..TimerConfig::default()
@@ -480,13 +484,14 @@ async fn start_registration(
 
 /// Repairs `.wav.part` files left by a crash and completes the provisional call record beside
 /// each (written at answer) from the repaired file: duration, size, SHA-256, ended by `crash`.
-fn recover_crashed_calls(root: &std::path::Path) {
+fn recover_crashed_calls(root: &std::path::Path) -> Vec<serde_json::Value> {
     use crate::media::recorder::{repair_partials, RepairedRecording};
+    let mut completed = Vec::new();
     let repaired = match repair_partials(root) {
         Ok(r) => r,
         Err(e) => {
             warn!(error = %e, "recordings not checked for crash leftovers");
-            return;
+            return completed;
         }
     };
     for r in repaired {
@@ -525,6 +530,7 @@ fn recover_crashed_calls(root: &std::path::Path) {
                     Err(e) => warn!(error = %e, "recovered call record not serialized"),
                 }
                 info!(path = %path.display(), duration_ms, "recording recovered after a crash");
+                completed.push(record);
             }
             RepairedRecording::MovedAside { from, to, reason } => {
                 warn!(from = %from.display(), to = %to.display(), reason, "unrepairable recording moved aside")
@@ -534,6 +540,7 @@ fn recover_crashed_calls(root: &std::path::Path) {
             }
         }
     }
+    completed
 }
 
 /// A database URL without its password, for logs.
@@ -547,5 +554,38 @@ fn redact(url: &str) -> String {
             }
         }
         _ => url.to_string(),
+    }
+}
+
+/// Completes the contact log of a call a crash interrupted, from its repaired record.
+async fn complete_crashed_log(store: &crate::store::Store, record: &serde_json::Value) {
+    use crate::store::calls::{CallDisposition, EndedCall, NewRecording};
+    let Some(log_id) = record.get("log_id").and_then(|v| v.as_i64()) else {
+        return;
+    };
+    let text = |k: &str| record.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let int = |k: &str| record.get(k).and_then(|v| v.as_i64());
+    let recording_id = match (text("path"), text("sha256")) {
+        (Some(path), Some(sha256)) => store
+            .insert_recording(&NewRecording {
+                path,
+                duration_ms: int("recording_duration_ms").unwrap_or(0),
+                size_bytes: int("size_bytes").unwrap_or(0),
+                sha256,
+            })
+            .await
+            .map_err(|e| warn!(error = %e, "recovered recording not stored"))
+            .ok(),
+        _ => None,
+    };
+    let ended = EndedCall {
+        answered_at: int("answered_at_ms"),
+        ended_at: int("ended_at_ms").unwrap_or_else(crate::store::now_ms),
+        disposition: CallDisposition::Answered,
+        recording_id,
+    };
+    match store.finish_call(log_id, &ended).await {
+        Ok(()) => info!(log_id, "contact log completed after a crash"),
+        Err(e) => warn!(error = %e, log_id, "contact log not completed after a crash"),
     }
 }

@@ -792,3 +792,108 @@ fn silent_caller_is_hung_up_after_the_rtp_timeout() {
     assert_eq!(record["rtp_timeout"], true, "{record}");
     assert_eq!(record["disposition"], "answered", "{record}");
 }
+
+/// The contact log: a known caller (stored in national format) is matched, the row is
+/// complete at hang-up and links the recording; an unknown caller gets a customer created from
+/// the call; a withheld caller gets none.
+#[test]
+fn contact_logs_match_create_and_link_recordings() {
+    let Some(env) = Env::with_sipp("contact_logs") else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let db = format!("sqlite://{}", env.dir.join("screenpop.db").display());
+    let known = rt.block_on(async {
+        let store = screenpop::store::Store::connect(&db).await.unwrap();
+        store.migrate().await.unwrap();
+        let us = screenpop::crm::phone::region("US").unwrap();
+        let c = screenpop::store::customers::NewCustomer {
+            code: Some("K1".into()),
+            name: "Known Caller".into(),
+            company: None,
+            tier: screenpop::store::customers::Tier::Vip,
+            birthday: None,
+            anniversary: None,
+            address: None,
+            notes: None,
+            assigned_agent_id: None,
+            phones: vec![screenpop::store::customers::NewPhone {
+                number: "(555) 123-0001".into(),
+                label: None,
+            }],
+        };
+        store
+            .create_customer(&c, screenpop::store::customers::CreatedVia::Api, us)
+            .await
+            .unwrap()
+    });
+    let _server = env.start_server();
+    let mut agent = env.agent("uas_answer.xml", &["-m", "3"]);
+    let mut trunk = env.trunk("uac_call.xml", &["-d", "2000"]);
+    trunk.expect_success(SIPP_TIMEOUT);
+    let recs = env.wait_for_recordings(1, RECORDING_TIMEOUT);
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&recs[0].json).unwrap()).unwrap();
+    let sip_call_id = record["call_id"].as_str().unwrap().to_string();
+    // Two more calls with `dial`: an unknown number, then a withheld one.
+    for from in ["+14155550123", "anonymous"] {
+        let out = std::process::Command::new(server_binary())
+            .args([
+                "dial",
+                "--to",
+                &format!("sip:{DIALED}@{}", env.server_addr()),
+            ])
+            .args(["--from", from, "--hangup-after", "1s"])
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let _ = agent.wait(Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    rt.block_on(async {
+        let store = screenpop::store::Store::connect(&db).await.unwrap();
+        let row = store
+            .call_by_sip_id(&sip_call_id)
+            .await
+            .unwrap()
+            .expect("contact log");
+        assert_eq!(
+            row.customer_id,
+            Some(known.id),
+            "matched by national number"
+        );
+        assert_eq!(row.disposition.as_deref(), Some("answered"));
+        assert!(row.answered_at.is_some() && row.ended_at.is_some());
+        assert_eq!(row.recording_path.as_deref(), record["path"].as_str());
+        assert_eq!(row.recording_sha256.as_deref(), record["sha256"].as_str());
+        let n = |sql: &'static str| {
+            let pool = store.pool().clone();
+            async move {
+                sqlx::Row::get::<i64, _>(&sqlx::query(sql).fetch_one(&pool).await.unwrap(), "n")
+            }
+        };
+        assert_eq!(n("SELECT COUNT(*) AS n FROM calls").await, 3);
+        assert_eq!(
+            n("SELECT COUNT(*) AS n FROM customers WHERE created_via = 'call'").await,
+            1,
+            "the unknown caller became a customer, the withheld one did not"
+        );
+        assert_eq!(
+            n("SELECT COUNT(*) AS n FROM customer_phones WHERE e164 = '+14155550123'").await,
+            1
+        );
+        assert_eq!(
+            n("SELECT COUNT(*) AS n FROM calls WHERE customer_id IS NULL").await,
+            1,
+            "only the withheld call has no customer"
+        );
+    });
+}

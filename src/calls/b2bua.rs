@@ -17,6 +17,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::dialog::{target_peer, Dialog, LocalContact};
 use crate::config::Profile;
+use crate::crm::phone::normalize;
 use crate::media::g711::G711;
 use crate::media::ports::PortPool;
 use crate::media::recorder::{FinishedRecording, RecorderHandle};
@@ -31,6 +32,9 @@ use crate::sip::transaction::{
     ClientState, ClientTransaction, ServerKey, ServerTransaction, TimerConfig, TxOutput,
 };
 use crate::sip::Uri;
+use crate::store::calls::{CallDisposition, EndedCall, NewRecording, OfferedCall};
+use crate::store::customers::{CreatedVia, NewCustomer, NewPhone, Tier};
+use crate::store::Store;
 use crate::transport::{Inbound, Peer, SipSocket};
 
 /// Methods screenpop accepts in a call.
@@ -50,6 +54,10 @@ pub struct CallEnv {
     pub recordings: PathBuf,
     pub timers: TimerConfig,
     pub ended: mpsc::UnboundedSender<CallEnded>,
+    /// Customers and contact logs.
+    pub store: Store,
+    /// Region for reading national caller numbers (the profile's `default_region`).
+    pub region: phonenumber::country::Id,
 }
 
 /// Where the agent leg goes.
@@ -124,6 +132,14 @@ pub struct CallRecord {
     pub media: Option<RelayStats>,
     /// Ended by screenpop because a leg stopped sending RTP (see `rtp_timeout_secs`).
     pub rtp_timeout: bool,
+    /// The caller's number in E.164, when it parses.
+    pub caller_e164: Option<String>,
+    /// The matched (or created) customer.
+    pub customer_id: Option<i64>,
+    /// Every customer on the caller's number.
+    pub candidates: Vec<i64>,
+    /// The contact log row in the store.
+    pub log_id: Option<i64>,
     /// False in the provisional record written at answer; a restart after a crash completes
     /// it from the repaired recording.
     pub complete: bool,
@@ -205,6 +221,10 @@ struct Call {
     on_hold: bool,
     /// The call was ended because a leg stopped sending RTP.
     rtp_timeout: bool,
+    caller_e164: Option<String>,
+    customer_id: Option<i64>,
+    candidates: Vec<i64>,
+    log_id: Option<i64>,
     /// The trunk INVITE's Max-Forwards; the agent leg gets one less, so a target that
     /// points back at screenpop ends instead of looping.
     max_forwards: u32,
@@ -408,6 +428,10 @@ pub fn spawn(env: Arc<CallEnv>, new: NewCall) -> Option<CallHandle> {
         agent_needs_dns,
         on_hold: false,
         rtp_timeout: false,
+        caller_e164: None,
+        customer_id: None,
+        candidates: Vec::new(),
+        log_id: None,
         max_forwards: new
             .invite
             .headers
@@ -457,6 +481,7 @@ impl Call {
         let trying = self.invite.response(100, None);
         self.respond_a_invite(now, trying);
         self.pump(now).await;
+        self.log_offered().await;
         if self.agent_needs_dns && !self.resolve_agent().await {
             self.disposition = Some(Disposition::Failed);
             self.fail_caller(Instant::now(), 480);
@@ -534,6 +559,70 @@ impl Call {
         match leg {
             LegId::Caller => &mut self.a_media,
             LegId::Agent => &mut self.b_media,
+        }
+    }
+
+    /// Matches the caller to customers (creating one for an unknown number when the profile
+    /// says so; never for withheld numbers) and writes the contact log row. A store failure is
+    /// logged and the call goes on: a database outage must not drop calls.
+    async fn log_offered(&mut self) {
+        let store = self.env.store.clone();
+        let normalized = self
+            .caller
+            .number
+            .as_deref()
+            .filter(|_| !self.caller.withheld)
+            .and_then(|n| normalize(n, self.env.region).ok());
+        if let Some(n) = &normalized {
+            self.caller_e164 = n.e164.clone();
+            match store.match_caller(n).await {
+                Ok(m) => {
+                    self.candidates = m.candidates.iter().map(|c| c.id).collect();
+                    self.customer_id = m.customer.map(|c| c.id);
+                    if m.candidates.is_empty() && self.env.profile.create_customers_from_calls {
+                        let number = self.caller.number.clone().unwrap_or_default();
+                        let new = NewCustomer {
+                            code: None,
+                            name: self.caller.name.clone().unwrap_or_else(|| number.clone()),
+                            company: None,
+                            tier: Tier::Regular,
+                            birthday: None,
+                            anniversary: None,
+                            address: None,
+                            notes: None,
+                            assigned_agent_id: None,
+                            phones: vec![NewPhone {
+                                number,
+                                label: None,
+                            }],
+                        };
+                        match store
+                            .create_customer(&new, CreatedVia::Call, self.env.region)
+                            .await
+                        {
+                            Ok(c) => {
+                                info!(customer = c.id, "new customer from an unknown caller");
+                                self.customer_id = Some(c.id);
+                                self.candidates = vec![c.id];
+                            }
+                            Err(e) => warn!(error = %e, "customer not created"),
+                        }
+                    }
+                }
+                Err(e) => warn!(error = %e, "caller not matched"),
+            }
+        }
+        let offered = OfferedCall {
+            sip_call_id: self.a.call_id.clone(),
+            caller_raw: self.caller.raw.clone(),
+            caller_e164: self.caller_e164.clone(),
+            dialed: self.dialed.clone(),
+            customer_id: self.customer_id,
+            offered_at: epoch_ms(self.offered_at) as i64,
+        };
+        match store.insert_offered_call(&offered).await {
+            Ok(id) => self.log_id = Some(id),
+            Err(e) => warn!(error = %e, "contact log not written"),
         }
     }
 
@@ -1214,6 +1303,10 @@ impl Call {
             dtmf: Vec::new(),
             media: None,
             rtp_timeout: self.rtp_timeout,
+            caller_e164: self.caller_e164.clone(),
+            customer_id: self.customer_id,
+            candidates: self.candidates.clone(),
+            log_id: self.log_id,
             complete,
         }
     }
@@ -1315,12 +1408,12 @@ impl Call {
             None => None,
         };
         let record = self.record(now, wall, true);
-        tokio::spawn(finalize(record, report).in_current_span());
+        tokio::spawn(finalize(self.env.store.clone(), record, report).in_current_span());
     }
 }
 
 /// Finishes the recording and writes the call record next to it.
-async fn finalize(mut record: CallRecord, report: Option<MediaReport>) {
+async fn finalize(store: Store, mut record: CallRecord, report: Option<MediaReport>) {
     let recording = report.and_then(|r| {
         record.media = Some(r.stats);
         record.dtmf = r.dtmf;
@@ -1352,6 +1445,35 @@ async fn finalize(mut record: CallRecord, report: Option<MediaReport>) {
         sha256 = record.sha256.as_deref().unwrap_or("-"),
         "call ended"
     );
+    if let Some(log_id) = record.log_id {
+        let recording_id = match &finished {
+            Some(f) => store
+                .insert_recording(&NewRecording {
+                    path: f.path.display().to_string(),
+                    duration_ms: f.duration_ms as i64,
+                    size_bytes: f.size_bytes as i64,
+                    sha256: f.sha256.clone(),
+                })
+                .await
+                .map_err(|e| warn!(error = %e, "recording not stored"))
+                .ok(),
+            None => None,
+        };
+        let ended = EndedCall {
+            answered_at: record.answered_at_ms.map(|a| a as i64),
+            ended_at: record.ended_at_ms as i64,
+            disposition: match record.disposition {
+                Disposition::Answered => CallDisposition::Answered,
+                Disposition::Abandoned => CallDisposition::Abandoned,
+                Disposition::Rejected => CallDisposition::Rejected,
+                Disposition::Missed | Disposition::Failed => CallDisposition::Missed,
+            },
+            recording_id,
+        };
+        if let Err(e) = store.finish_call(log_id, &ended).await {
+            warn!(error = %e, "contact log not completed");
+        }
+    }
     if let Some(f) = &finished {
         write_record(f.path.with_extension("json"), record).await;
     }

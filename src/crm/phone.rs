@@ -53,21 +53,29 @@ pub fn normalize(raw: &str, default_region: Id) -> Result<NormalizedPhone, Phone
             .filter(|r| r.len() >= 8)
             .map(|rest| format!("+{rest}"))
     };
-    let parsed = international
+    let international_parse = international
         .as_deref()
-        .and_then(|i| phonenumber::parse(None, i).ok())
+        .and_then(|i| phonenumber::parse(None, i).ok());
+    let valid = international_parse
+        .clone()
         .filter(phonenumber::is_valid)
         .or_else(|| {
             phonenumber::parse(Some(default_region), trimmed)
                 .ok()
                 .filter(phonenumber::is_valid)
         });
-    Ok(match parsed {
-        Some(n) => NormalizedPhone {
+    Ok(match (valid, international_parse) {
+        (Some(n), _) => NormalizedPhone {
             e164: Some(n.format().mode(Mode::E164).to_string()),
             national: n.national().to_string(),
         },
-        None => NormalizedPhone {
+        // Not an assigned number, but written with its country code: the digits after it.
+        (None, Some(n)) => NormalizedPhone {
+            e164: None,
+            national: n.national().to_string(),
+        },
+        // Neither: the digits as dialled, without trunk or international prefixes.
+        (None, None) => NormalizedPhone {
             e164: None,
             national: strip_prefixes(&digits).to_string(),
         },
@@ -123,6 +131,16 @@ mod tests {
         // A foreign number in international form from a US trunk.
         let n = normalize("+86 138 0013 8000", us()).unwrap();
         assert_eq!(n.e164.as_deref(), Some("+8613800138000"));
+    }
+
+    #[test]
+    fn unassigned_numbers_still_match_nationally() {
+        // 555-123-xxxx is not an assigned US number: no E.164 key, same national key either way.
+        let a = normalize("+1 555 123 0001", us()).unwrap();
+        let b = normalize("(555) 123-0001", us()).unwrap();
+        assert_eq!(a.e164, None);
+        assert_eq!(a.national, "5551230001");
+        assert_eq!(a, b);
     }
 
     #[test]
