@@ -495,6 +495,30 @@ fn sigkill_mid_call_leaves_readable_part_that_restart_repairs() {
             );
         }
     }
+    // The contact log written at offer is completed by the restart and links the recording.
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("call record")).unwrap();
+    assert_eq!(record["ended_by"], "crash", "{record}");
+    let sip_call_id = record["call_id"].as_str().unwrap().to_string();
+    let db = format!("sqlite://{}", env.dir.join("screenpop.db").display());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let row = rt.block_on(async {
+        let store = screenpop::store::Store::connect(&db).await.unwrap();
+        store.call_by_sip_id(&sip_call_id).await.unwrap()
+    });
+    let row = row.expect("contact log row");
+    assert_eq!(row.disposition.as_deref(), Some("answered"), "{row:?}");
+    assert!(row.ended_at.is_some(), "{row:?}");
+    let wav_path = wav.display().to_string();
+    assert_eq!(
+        row.recording_path.as_deref(),
+        Some(wav_path.as_str()),
+        "{row:?}"
+    );
+    assert_eq!(row.recording_sha256.as_deref(), record["sha256"].as_str());
 }
 
 // ---------------------------------------------------------------------------
