@@ -1,6 +1,7 @@
 //! screenpop: a call-center CTI service. A SIP B2BUA takes trunk calls, bridges them to the
 //! agent's phone with anchored media, and records every call. See README.md for the design.
 
+pub mod acd;
 pub mod calls;
 pub mod config;
 pub mod crm;
