@@ -883,16 +883,8 @@ impl Call {
             let target = ServerKey::cancelled_invite(&req);
             let ok = req.response(200, Some(&tag));
             if target.as_ref() == Some(&self.invite_key) && self.a_invite_pending() {
-                self.respond_last(now, ok);
-                // The 200 to the CANCEL goes out before the INVITE's 487 (RFC 3261 §9.2).
-                self.flush_last();
                 info!("caller cancelled");
-                let resp = self.invite.response(487, Some(&tag));
-                self.respond_a_invite(now, resp);
-                self.final_status = 487;
-                self.disposition = Some(Disposition::Abandoned);
-                self.cancel_agent(now);
-                self.end(now, Some(LegId::Caller)).await;
+                self.caller_gave_up(now, ok).await;
             } else if target.as_ref() == Some(&self.invite_key) {
                 // Too late: the INVITE already has its final response (RFC 3261 §9.2).
                 let resp = req.response(200, Some(&tag));
@@ -913,15 +905,9 @@ impl Call {
         match req.method {
             Method::Bye if leg == LegId::Caller && self.phase == Phase::Ringing => {
                 // Only possible after an early dialog (183): end it like a CANCEL.
-                let resp = req.response(200, Some(&tag));
-                self.respond_last(now, resp);
-                self.flush_last();
-                let resp = self.invite.response(487, Some(&tag));
-                self.respond_a_invite(now, resp);
-                self.final_status = 487;
-                self.disposition = Some(Disposition::Abandoned);
-                self.cancel_agent(now);
-                self.end(now, Some(LegId::Caller)).await;
+                info!("caller hung up while ringing");
+                self.caller_gave_up(now, req.response(200, Some(&tag)))
+                    .await;
             }
             Method::Bye => {
                 let resp = req.response(200, Some(&tag));
@@ -945,6 +931,20 @@ impl Call {
                 self.respond_last(now, resp);
             }
         }
+    }
+
+    /// The caller left before an answer (CANCEL, or BYE on an early dialog): `ok` answers that
+    /// request first, then the INVITE gets 487 (RFC 3261 §9.2) and the agent leg is cancelled.
+    async fn caller_gave_up(&mut self, now: Instant, ok: Response) {
+        self.respond_last(now, ok);
+        self.flush_last();
+        let tag = self.a.local_tag().to_string();
+        let resp = self.invite.response(487, Some(&tag));
+        self.respond_a_invite(now, resp);
+        self.final_status = 487;
+        self.disposition = Some(Disposition::Abandoned);
+        self.cancel_agent(now);
+        self.end(now, Some(LegId::Caller)).await;
     }
 
     /// Sends what the most recent server transaction has queued, ahead of everything else.
