@@ -125,7 +125,7 @@ fn agent_hangs_up_and_caller_gets_bye() {
 
 /// Runs an unanswered call between the two scenarios: both must succeed (each checks its own
 /// side of the flow) and no audio may be recorded.
-fn unanswered_call(name: &str, agent_scenario: &str, trunk_scenario: &str) {
+fn unanswered_call(name: &str, agent_scenario: &str, trunk_scenario: &str, disposition: &str) {
     let Some(env) = Env::with_sipp(name) else {
         return;
     };
@@ -135,17 +135,58 @@ fn unanswered_call(name: &str, agent_scenario: &str, trunk_scenario: &str) {
     trunk.expect_success(SIPP_TIMEOUT);
     agent.expect_success(Duration::from_secs(10));
     env.assert_no_audio_recorded(Duration::from_millis(1000));
+    assert_one_callback(&env, &trunk, disposition);
+}
+
+/// The unanswered call's contact log has its disposition and exactly one open callback work
+/// order linked to it.
+fn assert_one_callback(env: &Env, trunk: &Sipp, disposition: &str) {
+    let sip_call_id = trunk.call_id.clone().expect("the trunk's Call-ID");
+    let db = format!("sqlite://{}", env.dir.join("screenpop.db").display());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = screenpop::store::Store::connect(&db).await.unwrap();
+        let mut row = None;
+        for _ in 0..50 {
+            row = store.call_by_sip_id(&sip_call_id).await.unwrap();
+            if row.as_ref().is_some_and(|r| r.disposition.is_some()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let row = row.expect("contact log");
+        assert_eq!(row.disposition.as_deref(), Some(disposition), "{row:?}");
+        let wo = sqlx::query(
+            "SELECT COUNT(*) AS n, MIN(kind) AS kind, MIN(status) AS status FROM work_orders              WHERE call_id = $1",
+        )
+        .bind(row.id)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        use sqlx::Row;
+        assert_eq!(wo.get::<i64, _>("n"), 1, "exactly one work order for the call");
+        assert_eq!(wo.get::<String, _>("kind"), "callback");
+        assert_eq!(wo.get::<String, _>("status"), "open");
+    });
 }
 
 /// trunk: 180 relayed, CANCEL -> 200, 487 -> ACK; agent: screenpop's CANCEL, 200 + 487, ACK.
 #[test]
 fn caller_cancels_while_agent_rings() {
-    unanswered_call("cancel_while_ringing", "uas_ring.xml", "uac_cancel.xml");
+    unanswered_call(
+        "cancel_while_ringing",
+        "uas_ring.xml",
+        "uac_cancel.xml",
+        "abandoned",
+    );
 }
 
 #[test]
 fn agent_busy_gives_caller_486() {
-    unanswered_call("agent_busy", "uas_busy.xml", "uac_busy.xml");
+    unanswered_call("agent_busy", "uas_busy.xml", "uac_busy.xml", "rejected");
 }
 
 #[test]
@@ -179,6 +220,7 @@ fn agent_never_answers_caller_gets_480_after_ring_timeout() {
         "the caller got {code} after {secs:.2} s; ring_timeout_secs is {ring}"
     );
     env.assert_no_audio_recorded(Duration::from_millis(1000));
+    assert_one_callback(&env, &trunk, "missed");
 }
 
 #[test]

@@ -250,3 +250,47 @@ on_both!(invalid_input_names_the_field, |store: Store| async move {
     );
     assert_eq!(n, 1);
 });
+
+on_both!(one_callback_per_call, |store: Store| async move {
+    use screenpop::store::calls::OfferedCall;
+    let us = region("US").unwrap();
+    let c = store
+        .create_customer(
+            &customer("Cal", Tier::Regular, &["+1 415 555 2671"]),
+            CreatedVia::Api,
+            us,
+        )
+        .await
+        .unwrap();
+    let call = store
+        .insert_offered_call(&OfferedCall {
+            sip_call_id: "missed-1".into(),
+            caller_raw: "<sip:+14155552671@gw>".into(),
+            caller_e164: Some("+14155552671".into()),
+            dialed: "100".into(),
+            customer_id: Some(c.id),
+            offered_at: 1_700_000_000_000,
+        })
+        .await
+        .unwrap();
+    let first = store
+        .create_callback(call, Some(c.id), "Call back")
+        .await
+        .unwrap();
+    assert!(first.is_some());
+    assert_eq!(
+        store
+            .create_callback(call, Some(c.id), "again")
+            .await
+            .unwrap(),
+        None
+    );
+    let n: i64 = sqlx::Row::get(
+        &sqlx::query("SELECT COUNT(*) AS n FROM work_order_history")
+            .fetch_one(store.pool())
+            .await
+            .unwrap(),
+        "n",
+    );
+    assert_eq!(n, 1, "one history row: open");
+});

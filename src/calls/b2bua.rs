@@ -1473,6 +1473,23 @@ async fn finalize(store: Store, mut record: CallRecord, report: Option<MediaRepo
         if let Err(e) = store.finish_call(log_id, &ended).await {
             warn!(error = %e, "contact log not completed");
         }
+        // Nobody answered: the caller gets called back.
+        if ended.disposition != CallDisposition::Answered {
+            let who = record
+                .caller
+                .number
+                .clone()
+                .unwrap_or_else(|| "a withheld number".into());
+            let title = format!("Call back {who} ({} call)", ended.disposition.as_str());
+            match store
+                .create_callback(log_id, record.customer_id, &title)
+                .await
+            {
+                Ok(Some(id)) => info!(work_order = id, "callback work order created"),
+                Ok(None) => {}
+                Err(e) => warn!(error = %e, "callback work order not created"),
+            }
+        }
     }
     if let Some(f) = &finished {
         write_record(f.path.with_extension("json"), record).await;

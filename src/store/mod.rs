@@ -6,6 +6,7 @@
 
 pub mod calls;
 pub mod customers;
+pub mod work_orders;
 
 use std::str::FromStr;
 
