@@ -250,10 +250,6 @@ impl Profile {
             .find(|t| t.cidrs.iter().any(|n| n.contains(&ip)))
             .or_else(|| self.trunks.iter().find(|t| t.cidrs.is_empty()))
     }
-
-    pub fn user(&self, name: &str) -> Option<&User> {
-        self.users.iter().find(|u| u.username == name)
-    }
 }
 
 /// Parses "LOW-HIGH".

@@ -6,7 +6,7 @@ mod support;
 use std::net::UdpSocket;
 use std::time::Duration;
 
-use support::{dial, options, status_of, TestServer};
+use support::{dial, invite, options, status_of, TestServer};
 
 const DIGEST_TRUNK: &str = r#"
 name = "digest"
@@ -142,18 +142,8 @@ fn no_common_codec_gives_488() {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let me = sock.local_addr().unwrap();
-    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
-               m=audio 40000 RTP/AVP 18\r\na=rtpmap:18 G729/8000\r\n";
-    let invite = format!(
-        "INVITE sip:100@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKg729;rport\r\n\
-         From: <sip:+15550001@127.0.0.1>;tag=g\r\nTo: <sip:100@127.0.0.1>\r\nCall-ID: g729-only\r\n\
-         CSeq: 1 INVITE\r\nContact: <sip:c@{me}>\r\nMax-Forwards: 70\r\nContent-Type: application/sdp\r\n\
-         Content-Length: {len}\r\n\r\n{sdp}",
-        port = s.port,
-        len = sdp.len()
-    );
-    sock.send_to(invite.as_bytes(), ("127.0.0.1", s.port))
-        .unwrap();
+    let invite = invite(me, s.port, "g729-only", 70, "18\r\na=rtpmap:18 G729/8000");
+    sock.send_to(&invite, ("127.0.0.1", s.port)).unwrap();
     let mut buf = [0u8; 4096];
     let (n, _) = sock.recv_from(&mut buf).unwrap();
     let text = String::from_utf8_lossy(&buf[..n]);
@@ -193,18 +183,8 @@ fn agent_host_name_is_resolved_and_max_forwards_zero_gets_483() {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let me = sock.local_addr().unwrap();
-    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
-               m=audio 40000 RTP/AVP 0\r\n";
-    let invite = format!(
-        "INVITE sip:100@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKmf0;rport\r\n\
-         From: <sip:+15550001@127.0.0.1>;tag=m\r\nTo: <sip:100@127.0.0.1>\r\nCall-ID: mf0\r\n\
-         CSeq: 1 INVITE\r\nContact: <sip:c@{me}>\r\nMax-Forwards: 0\r\nContent-Type: application/sdp\r\n\
-         Content-Length: {len}\r\n\r\n{sdp}",
-        port = s.port,
-        len = sdp.len()
-    );
-    sock.send_to(invite.as_bytes(), ("127.0.0.1", s.port))
-        .unwrap();
+    let invite = invite(me, s.port, "mf0", 0, "0");
+    sock.send_to(&invite, ("127.0.0.1", s.port)).unwrap();
     let mut last = None;
     while let Ok((n, _)) = sock.recv_from(&mut buf) {
         last = status_of(&buf[..n]);

@@ -1534,7 +1534,8 @@ pub fn civil_date(t: SystemTime) -> (i32, u32, u32) {
     ((if m <= 2 { y + 1 } else { y }) as i32, m, d)
 }
 
-/// Unused-address guard for SDP when bound to a wildcard.
+/// The address written into SDP and Contact: the profile's `public_addr`, else the bound
+/// address, else loopback when bound to a wildcard (nothing better is known).
 pub fn advertised_ip(bound: SocketAddr, public: Option<IpAddr>) -> IpAddr {
     match public {
         Some(ip) => ip,

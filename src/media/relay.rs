@@ -178,7 +178,6 @@ impl MediaEngine {
             shared: shard.clone(),
             id,
             stopped: false,
-            caller_port: caller.port(),
             agent_port: agent.port(),
         };
         shard.send(Command::Add(Box::new(NewCall {
@@ -197,7 +196,6 @@ pub struct MediaHandle {
     shared: Arc<Shared>,
     id: u64,
     stopped: bool,
-    pub caller_port: u16,
     pub agent_port: u16,
 }
 

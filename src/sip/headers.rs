@@ -134,16 +134,6 @@ impl Headers {
         self.entries.push((name, value.into()));
     }
 
-    /// Inserts a value before all others of the same name (a new top Via).
-    pub fn push_front(&mut self, name: HeaderName, value: impl Into<String>) {
-        let pos = self
-            .entries
-            .iter()
-            .position(|(n, _)| *n == name)
-            .unwrap_or(0);
-        self.entries.insert(pos, (name, value.into()));
-    }
-
     /// Replaces every value of `name` with one value.
     pub fn set(&mut self, name: HeaderName, value: impl Into<String>) {
         self.remove(&name);
@@ -159,12 +149,6 @@ impl Headers {
         if let Some(slot) = self.entries.iter_mut().find(|(n, _)| n == name) {
             slot.1 = value;
         }
-    }
-
-    /// Removes the first value of `name` (the top Via of a response being forwarded).
-    pub fn remove_first(&mut self, name: &HeaderName) -> Option<String> {
-        let pos = self.entries.iter().position(|(n, _)| n == name)?;
-        Some(self.entries.remove(pos).1)
     }
 
     pub fn get(&self, name: &HeaderName) -> Option<&str> {

@@ -576,9 +576,6 @@ impl Response {
         self.body = body;
         self
     }
-    pub fn is_provisional(&self) -> bool {
-        self.status < 200
-    }
 }
 
 /// Typed views of the headers every request and response carries, parsed on demand.

@@ -77,10 +77,6 @@ impl RegistrationClient {
         }
     }
 
-    pub fn call_id(&self) -> &str {
-        &self.call_id
-    }
-
     pub fn state(&self) -> RegState {
         self.state
     }

@@ -90,6 +90,29 @@ pub fn options(call_id: &str, via_port: u16) -> Vec<u8> {
     .into_bytes()
 }
 
+/// An INVITE from `me` to the server on `port` offering one audio stream with `formats`
+/// (e.g. `"0"` or `"18\r\na=rtpmap:18 G729/8000"`).
+pub fn invite(
+    me: std::net::SocketAddr,
+    port: u16,
+    call_id: &str,
+    max_forwards: u32,
+    formats: &str,
+) -> Vec<u8> {
+    let sdp = format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio 40000 RTP/AVP {formats}\r\n"
+    );
+    format!(
+        "INVITE sip:100@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{call_id};rport\r\n\
+         From: <sip:+15550001@127.0.0.1>;tag=t\r\nTo: <sip:100@127.0.0.1>\r\nCall-ID: {call_id}\r\n\
+         CSeq: 1 INVITE\r\nContact: <sip:c@{me}>\r\nMax-Forwards: {max_forwards}\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {len}\r\n\r\n{sdp}",
+        len = sdp.len()
+    )
+    .into_bytes()
+}
+
 pub fn status_of(resp: &[u8]) -> Option<u16> {
     let s = std::str::from_utf8(resp).ok()?;
     s.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok()
