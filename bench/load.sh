@@ -35,7 +35,7 @@ cidrs = ["127.0.0.0/8"]
 agent = "sip:agent@127.0.0.1:$AGENT"
 TOML
 ulimit -n 65536 2>/dev/null || true
-"$BIN" serve --sip 127.0.0.1:$SIP --recordings rec --profile bench.toml --rtp-ports 20000-39999 2> server.log &
+"$BIN" serve --sip 127.0.0.1:$SIP --http off --recordings rec --profile bench.toml --rtp-ports 20000-39999 2> server.log &
 SRV=$!
 cleanup() { kill $SRV 2>/dev/null || true; pkill -P $$ sipp 2>/dev/null || true; }
 trap cleanup EXIT

@@ -27,6 +27,9 @@ enum Cmd {
         /// SIP address (UDP and TCP).
         #[arg(long, env = "SCREENPOP_SIP", default_value = "0.0.0.0:5060")]
         sip: SocketAddr,
+        /// HTTP API, WebSocket and pages; `off` disables them.
+        #[arg(long, env = "SCREENPOP_HTTP", default_value = "127.0.0.1:8080")]
+        http: String,
         /// Database: sqlite://FILE (created when missing) or postgres://…
         #[arg(
             long,
@@ -47,6 +50,16 @@ enum Cmd {
         /// measured cheaper per call than one per core while one thread keeps up.
         #[arg(long, env = "SCREENPOP_MEDIA_THREADS")]
         media_threads: Option<usize>,
+    },
+    /// Accounts: `admin create --username U --password-stdin`.
+    Admin {
+        #[command(subcommand)]
+        cmd: AdminCmd,
+    },
+    /// Customers as CSV: `customers import FILE.csv`, `customers export [--output FILE]`.
+    Customers {
+        #[command(subcommand)]
+        cmd: CustomersCmd,
     },
     /// Apply the database migrations and exit (serve also applies them at start-up).
     Migrate {
@@ -85,6 +98,59 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// Create an admin account (the password is read from standard input).
+    Create {
+        #[arg(long)]
+        username: String,
+        #[arg(long)]
+        password_stdin: bool,
+        #[arg(long, default_value = "Administrator")]
+        display_name: String,
+        #[arg(
+            long,
+            env = "SCREENPOP_DATABASE",
+            default_value = "sqlite://screenpop.db"
+        )]
+        database: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CustomersCmd {
+    /// Import customers; nothing is written unless every row is good.
+    Import {
+        file: PathBuf,
+        #[arg(
+            long,
+            env = "SCREENPOP_DATABASE",
+            default_value = "sqlite://screenpop.db"
+        )]
+        database: String,
+        /// Profile whose `default_region` reads national numbers.
+        #[arg(long, env = "SCREENPOP_PROFILE", default_value = "default")]
+        profile: String,
+    },
+    /// Export every customer (to standard output unless --output).
+    Export {
+        #[arg(long)]
+        output: Option<PathBuf>,
+        #[arg(
+            long,
+            env = "SCREENPOP_DATABASE",
+            default_value = "sqlite://screenpop.db"
+        )]
+        database: String,
+    },
+}
+
+async fn open_store(database: &str) -> anyhow::Result<screenpop::store::Store> {
+    let store = screenpop::store::Store::connect(database).await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -104,8 +170,79 @@ fn main() -> anyhow::Result<()> {
             eprintln!("migrations applied to {database}");
             Ok(())
         }),
+        Cmd::Admin {
+            cmd:
+                AdminCmd::Create {
+                    username,
+                    password_stdin,
+                    display_name,
+                    database,
+                },
+        } => {
+            if !password_stdin {
+                anyhow::bail!("give --password-stdin and the password on standard input");
+            }
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password)?;
+            let password = password.trim_end_matches(['\r', '\n']).to_string();
+            rt.block_on(async {
+                let store = open_store(&database).await?;
+                let a =
+                    screenpop::server::create_admin(&store, &username, &display_name, &password)
+                        .await?;
+                eprintln!("admin {} created (id {})", a.username, a.id);
+                Ok(())
+            })
+        }
+        Cmd::Customers {
+            cmd:
+                CustomersCmd::Import {
+                    file,
+                    database,
+                    profile,
+                },
+        } => {
+            let profile = Profile::load(&profile)?;
+            let region = screenpop::crm::phone::region(&profile.default_region)?;
+            let data =
+                std::fs::read(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            rt.block_on(async {
+                let store = open_store(&database).await?;
+                let report = screenpop::crm::csv::import(&store, &data, region).await?;
+                for r in &report.rejected {
+                    eprintln!(
+                        "line {}: {}{}",
+                        r.line,
+                        r.field
+                            .as_deref()
+                            .map(|f| format!("{f}: "))
+                            .unwrap_or_default(),
+                        r.reason
+                    );
+                }
+                if report.rejected.is_empty() {
+                    eprintln!("{} customers imported", report.imported);
+                    Ok(())
+                } else {
+                    anyhow::bail!("{} rows rejected; nothing imported", report.rejected.len())
+                }
+            })
+        }
+        Cmd::Customers {
+            cmd: CustomersCmd::Export { output, database },
+        } => rt.block_on(async {
+            let store = open_store(&database).await?;
+            let mut out = Vec::new();
+            screenpop::crm::csv::export(&store, &mut out).await?;
+            match output {
+                Some(p) => std::fs::write(&p, out)?,
+                None => std::io::Write::write_all(&mut std::io::stdout(), &out)?,
+            }
+            Ok(())
+        }),
         Cmd::Serve {
             sip,
+            http,
             database,
             recordings,
             profile,
@@ -118,8 +255,16 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or(&profile.rtp_ports)
                 .to_string();
             let rtp_ports = parse_port_range(&range)?;
+            let http = match http.as_str() {
+                "off" | "none" | "" => None,
+                a => Some(
+                    a.parse::<SocketAddr>()
+                        .map_err(|e| anyhow::anyhow!("--http {a:?}: {e}"))?,
+                ),
+            };
             rt.block_on(serve(ServeConfig {
                 sip,
+                http,
                 database,
                 recordings,
                 profile,

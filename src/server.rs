@@ -17,6 +17,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::calls::b2bua::{self, AgentTarget, CallEnv, NewCall, ALLOW};
 use crate::calls::dialog::LocalContact;
 use crate::config::Profile;
+use crate::events::{EventBus, LocalBus};
 use crate::media::ports::PortPool;
 use crate::media::recorder::Recorder;
 use crate::media::relay::MediaEngine;
@@ -39,6 +40,8 @@ pub struct ServeConfig {
     pub rtp_ports: (u16, u16),
     /// Media engine threads (each polls its share of the calls).
     pub media_threads: usize,
+    /// HTTP API, WebSocket and pages; `None` runs SIP only.
+    pub http: Option<SocketAddr>,
 }
 
 /// Option tags screenpop implements (none yet beyond the base spec).
@@ -49,6 +52,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let store = crate::store::Store::connect(&cfg.database).await?;
     store.migrate().await?;
     info!(database = %redact(&cfg.database), "store ready");
+    first_admin(&store).await?;
     // Repair recordings a crash left as `.part` and complete their calls' records before any
     // call starts.
     for record in recover_crashed_calls(&cfg.recordings) {
@@ -67,6 +71,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         .codec_prefs()
         .map_err(|e| anyhow::anyhow!("profile codecs: {e}"))?;
     let (ended_tx, mut ended_rx) = mpsc::unbounded_channel();
+    let (routes_tx, mut routes_rx) = mpsc::unbounded_channel::<b2bua::Route>();
     let ports = PortPool::new(cfg.rtp_ports.0, cfg.rtp_ports.1);
     info!(
         profile = %cfg.profile.name,
@@ -75,6 +80,33 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         "screenpop ready"
     );
     let profile = Arc::new(cfg.profile);
+    let registrar = Arc::new(std::sync::Mutex::new(Registrar::new(
+        &profile.realm,
+        profile
+            .users
+            .iter()
+            .map(|u| (u.username.clone(), u.password.clone())),
+    )));
+    let bus: Arc<dyn EventBus> = Arc::new(LocalBus::new(4096));
+    let acd = crate::acd::runtime::spawn(
+        store.clone(),
+        bus.clone(),
+        registrar.clone(),
+        profile.realm.clone(),
+    )
+    .await;
+    let region = crate::crm::phone::region(&profile.default_region)?;
+    if let Some(addr) = cfg.http {
+        let state = crate::web::AppState {
+            store: store.clone(),
+            bus: bus.clone(),
+            acd: acd.clone(),
+            realm: profile.realm.clone(),
+            region,
+            recordings: cfg.recordings.clone(),
+        };
+        crate::web::spawn(addr, state).await?;
+    }
     let env = Arc::new(CallEnv {
         sip: sock.clone(),
         me: LocalContact {
@@ -89,7 +121,10 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         recorder,
         recordings: cfg.recordings,
         store: store.clone(),
-        region: crate::crm::phone::region(&profile.default_region)?,
+        region,
+        bus,
+        acd,
+        routes: routes_tx,
         timers: TimerConfig {
             t1: std::time::Duration::from_millis(profile.sip_t1_ms),
             ..TimerConfig::default()
@@ -98,15 +133,10 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     });
     let mut d = Dispatcher {
         trunk_nonces: NonceKey::generate(),
-        registrar: Registrar::new(
-            &profile.realm,
-            profile
-                .users
-                .iter()
-                .map(|u| (u.username.clone(), u.password.clone())),
-        ),
+        registrar,
         env,
         calls: HashMap::new(),
+        received: Instant::now(),
     };
     for r in &profile.registrations {
         match start_registration(&d.env, r).await {
@@ -119,10 +149,13 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let mut expiry = tokio::time::interval(std::time::Duration::from_secs(30));
     loop {
         tokio::select! {
-            m = inbound.recv() => match m {
-                Some(m) => d.on_inbound(m),
-                None => break,
-            },
+            // A call registers an agent-leg Call-ID before sending the INVITE: taking routes
+            // first means the phone's responses always find their call. The rare housekeeping
+            // branches come before the busy SIP socket so a flood cannot starve them.
+            biased;
+            Some(r) = routes_rx.recv() => {
+                d.calls.insert(r.call_id, (r.owner, r.tx));
+            }
             Some(ended) = ended_rx.recv() => {
                 for call_id in ended.call_ids {
                     // A new call may have taken the Call-ID over meanwhile: keep its route.
@@ -131,11 +164,20 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                     }
                 }
             }
-            _ = expiry.tick() => d.registrar.expire(Instant::now()),
+            _ = expiry.tick() => {
+                let gone = d.registrar().expire(Instant::now());
+                for user in gone {
+                    d.env.acd.registered(&user, false);
+                }
+            }
             _ = tokio::signal::ctrl_c() => {
                 info!("shutting down");
                 break;
             }
+            m = inbound.recv() => match m {
+                Some(m) => d.on_inbound(m),
+                None => break,
+            },
         }
     }
     Ok(())
@@ -144,10 +186,13 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
 struct Dispatcher {
     /// Nonces for the 407 challenges sent to trunks that authenticate by digest.
     trunk_nonces: NonceKey,
-    registrar: Registrar,
+    /// Shared with the ACD, which rings agents at their registered contacts.
+    registrar: Arc<std::sync::Mutex<Registrar>>,
     env: Arc<CallEnv>,
     /// Call-ID → (owning call's id, its task's channel).
     calls: HashMap<String, (String, mpsc::Sender<Inbound>)>,
+    /// When the request being handled came off the socket.
+    received: Instant,
 }
 
 /// Where a response to `req` goes (RFC 3261 §18.2.2, RFC 3581 §4): over a stream, back on the
@@ -167,6 +212,11 @@ pub fn response_peer(req: &Request, source: Peer) -> Peer {
 }
 
 impl Dispatcher {
+    fn registrar(&self) -> std::sync::MutexGuard<'_, Registrar> {
+        // A panic while holding the lock leaves bindings that are still valid data.
+        self.registrar.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn on_inbound(&mut self, inb: Inbound) {
         let call_id = inb
             .msg
@@ -194,6 +244,7 @@ impl Dispatcher {
                 if inb.peer.transport == Transport::Udp {
                     req.stamp_source(inb.peer.addr);
                 }
+                self.received = inb.at;
                 self.on_request(req, inb.peer)
             }
         }
@@ -251,8 +302,18 @@ impl Dispatcher {
                     .duration_since(UNIX_EPOCH)
                     .map(|d| d.as_secs())
                     .unwrap_or(0);
-                let r = self.registrar.handle(Instant::now(), now_secs, &req, peer);
-                info!(status = r.status, user = ?req.to().and_then(|t| t.uri.user), "register");
+                let now = Instant::now();
+                let user = req.to().and_then(|t| t.uri.user);
+                let (r, reachable) = {
+                    let mut reg = self.registrar();
+                    let r = reg.handle(now, now_secs, &req, peer);
+                    let reachable = user.as_deref().map(|u| !reg.contacts(u, now).is_empty());
+                    (r, reachable)
+                };
+                info!(status = r.status, user = ?user, "register");
+                if let (Some(u), Some(reachable), 200) = (&user, reachable, r.status) {
+                    self.env.acd.registered(u, reachable);
+                }
                 return self.reply(&req, peer, r);
             }
             _ => {}
@@ -391,7 +452,8 @@ impl Dispatcher {
                 .and_then(|t| t.agent.as_deref())
                 .and_then(|a| match a.strip_prefix("user:") {
                     Some(user) => {
-                        let b = self.registrar.contacts(user, Instant::now());
+                        let reg = self.registrar();
+                        let b = reg.contacts(user, Instant::now());
                         b.first().map(|b| AgentTarget {
                             uri: b.contact.uri.clone(),
                             peer: Some(b.source),
@@ -402,6 +464,7 @@ impl Dispatcher {
                         .map(|uri| AgentTarget { uri, peer: None }),
                 });
         let new = NewCall {
+            received: self.received,
             peer: response_peer(&req, peer),
             invite: req,
             caller,
@@ -579,6 +642,8 @@ async fn complete_crashed_log(store: &crate::store::Store, record: &serde_json::
         _ => None,
     };
     let ended = EndedCall {
+        agent_id: int("agent_id"),
+        queue_id: int("queue_id"),
         answered_at: int("answered_at_ms"),
         ended_at: int("ended_at_ms").unwrap_or_else(crate::store::now_ms),
         disposition: CallDisposition::Answered,
@@ -588,4 +653,53 @@ async fn complete_crashed_log(store: &crate::store::Store, record: &serde_json::
         Ok(()) => info!(log_id, "contact log completed after a crash"),
         Err(e) => warn!(error = %e, log_id, "contact log not completed after a crash"),
     }
+}
+
+/// Creates an admin account (argon2id password hash).
+pub async fn create_admin(
+    store: &crate::store::Store,
+    username: &str,
+    display_name: &str,
+    password: &str,
+) -> anyhow::Result<crate::store::agents::Agent> {
+    use crate::store::agents::{NewAgent, Role, SipTarget};
+    if password.chars().count() < 8 {
+        anyhow::bail!("the password needs at least 8 characters");
+    }
+    let hash = crate::web::auth::hash_password(password).map_err(|e| anyhow::anyhow!(e.message))?;
+    let a = store
+        .create_agent(&NewAgent {
+            username: username.to_string(),
+            display_name: display_name.to_string(),
+            role: Role::Admin,
+            password_hash: hash,
+            sip: SipTarget::None,
+            skills: Default::default(),
+            queues: Default::default(),
+        })
+        .await?;
+    store
+        .audit(
+            "screenpop",
+            "agent.create",
+            &format!("agent:{}", a.id),
+            Some("first admin"),
+        )
+        .await?;
+    Ok(a)
+}
+
+/// On a store with no accounts, `SCREENPOP_ADMIN_PASSWORD` creates the first admin
+/// (`SCREENPOP_ADMIN_USERNAME`, default `admin`).
+async fn first_admin(store: &crate::store::Store) -> anyhow::Result<()> {
+    let Ok(password) = std::env::var("SCREENPOP_ADMIN_PASSWORD") else {
+        return Ok(());
+    };
+    if store.agent_count().await? > 0 {
+        return Ok(());
+    }
+    let username = std::env::var("SCREENPOP_ADMIN_USERNAME").unwrap_or_else(|_| "admin".into());
+    let a = create_admin(store, &username, "Administrator", &password).await?;
+    info!(username = %a.username, "first admin created from SCREENPOP_ADMIN_PASSWORD");
+    Ok(())
 }

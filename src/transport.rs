@@ -48,6 +48,8 @@ pub struct Peer {
 pub struct Inbound {
     pub msg: Message,
     pub peer: Peer,
+    /// When the message came off the socket (the screen-pop latency starts here).
+    pub at: std::time::Instant,
 }
 
 /// How long a TCP connection may stay silent before it is closed.
@@ -155,7 +157,16 @@ impl SipSocket {
             let parsed = std::panic::catch_unwind(|| Message::parse(data));
             match parsed {
                 Ok(Ok(msg)) => {
-                    if self.inbound.send(Inbound { msg, peer }).await.is_err() {
+                    if self
+                        .inbound
+                        .send(Inbound {
+                            msg,
+                            peer,
+                            at: std::time::Instant::now(),
+                        })
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -214,7 +225,16 @@ impl SipSocket {
                     match Message::parse_stream(&buf) {
                         Ok((msg, used)) => {
                             buf.drain(..used);
-                            if self.inbound.send(Inbound { msg, peer }).await.is_err() {
+                            if self
+                                .inbound
+                                .send(Inbound {
+                                    msg,
+                                    peer,
+                                    at: std::time::Instant::now(),
+                                })
+                                .await
+                                .is_err()
+                            {
                                 break 'conn;
                             }
                         }

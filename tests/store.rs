@@ -274,13 +274,13 @@ on_both!(one_callback_per_call, |store: Store| async move {
         .await
         .unwrap();
     let first = store
-        .create_callback(call, Some(c.id), "Call back")
+        .create_callback(call, Some(c.id), None, "Call back")
         .await
         .unwrap();
     assert!(first.is_some());
     assert_eq!(
         store
-            .create_callback(call, Some(c.id), "again")
+            .create_callback(call, Some(c.id), None, "again")
             .await
             .unwrap(),
         None
@@ -294,3 +294,372 @@ on_both!(one_callback_per_call, |store: Store| async move {
     );
     assert_eq!(n, 1, "one history row: open");
 });
+
+fn agent(
+    username: &str,
+    sip: screenpop::store::agents::SipTarget,
+) -> screenpop::store::agents::NewAgent {
+    screenpop::store::agents::NewAgent {
+        username: username.into(),
+        display_name: username.to_uppercase(),
+        role: screenpop::store::agents::Role::Agent,
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        sip,
+        skills: ["billing".to_string()].into_iter().collect(),
+        queues: Default::default(),
+    }
+}
+
+on_both!(agents_queues_and_sessions, |store: Store| async move {
+    use screenpop::store::agents::{NewQueue, SipTarget};
+    let q = store
+        .create_queue(&NewQueue {
+            name: "support".into(),
+            dialed_numbers: vec!["8005550100".into()],
+            ring_timeout_secs: 15,
+            max_wait_secs: 60,
+            wrap_up_secs: 5,
+            required_skills: vec!["billing".into()],
+            is_default: true,
+        })
+        .await
+        .unwrap();
+    assert!(q.is_default);
+    let mut a = agent("alice", SipTarget::Uri("sip:alice@10.0.0.5".into()));
+    a.queues.insert(q.id);
+    let alice = store.create_agent(&a).await.unwrap();
+    assert_eq!(alice.queues.iter().copied().collect::<Vec<_>>(), [q.id]);
+    assert_eq!(alice.sip, SipTarget::Uri("sip:alice@10.0.0.5".into()));
+    let phone = SipTarget::Registered {
+        username: "1002".into(),
+        ha1_md5: "m".into(),
+        ha1_sha256: "s".into(),
+    };
+    let bob = store
+        .create_agent(&agent("bob", phone.clone()))
+        .await
+        .unwrap();
+    assert_eq!(bob.sip, phone);
+    // Usernames and SIP usernames are unique, named in the error.
+    match store.create_agent(&agent("alice", SipTarget::None)).await {
+        Err(StoreError::Invalid { field, .. }) => assert_eq!(field, "username"),
+        other => panic!("{other:?}"),
+    }
+    match store.create_agent(&agent("carol", phone)).await {
+        Err(StoreError::Invalid { field, .. }) => assert_eq!(field, "sip_username"),
+        other => panic!("{other:?}"),
+    }
+    let mut bad = agent("dave", SipTarget::None);
+    bad.queues.insert(q.id + 99);
+    match store.create_agent(&bad).await {
+        Err(StoreError::Invalid { field, .. }) => assert_eq!(field, "queues"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.agents().await.unwrap().len(), 2);
+    // A second default queue takes the flag.
+    let q2 = store
+        .create_queue(&NewQueue {
+            name: "sales".into(),
+            dialed_numbers: vec![],
+            ring_timeout_secs: 20,
+            max_wait_secs: 120,
+            wrap_up_secs: 0,
+            required_skills: vec![],
+            is_default: true,
+        })
+        .await
+        .unwrap();
+    let queues = store.queues().await.unwrap();
+    assert_eq!(
+        queues
+            .iter()
+            .filter(|q| q.is_default)
+            .map(|q| q.id)
+            .collect::<Vec<_>>(),
+        [q2.id]
+    );
+    // Sessions: found while live, never after expiry.
+    store
+        .create_session("live", alice.id, 60_000)
+        .await
+        .unwrap();
+    store.create_session("dead", alice.id, -1).await.unwrap();
+    assert_eq!(
+        store.session_agent("live").await.unwrap().map(|a| a.id),
+        Some(alice.id)
+    );
+    assert!(store.session_agent("dead").await.unwrap().is_none());
+    assert!(store.session_agent("nope").await.unwrap().is_none());
+});
+
+on_both!(
+    work_orders_move_through_their_workflow_with_history,
+    |store: Store| async move {
+        use screenpop::store::work_orders::*;
+        let us = region("US").unwrap();
+        let c = store
+            .create_customer(
+                &customer("Wu", Tier::Key, &["+14155550111"]),
+                CreatedVia::Api,
+                us,
+            )
+            .await
+            .unwrap();
+        let wo = store
+            .create_work_order(
+                &NewWorkOrder {
+                    kind: WorkOrderKind::Complaint,
+                    priority: 2,
+                    title: "Noisy line".into(),
+                    description: None,
+                    assignee_agent_id: None,
+                    due_at: None,
+                    call_id: None,
+                    customer_id: Some(c.id),
+                },
+                "alice",
+            )
+            .await
+            .unwrap();
+        assert_eq!(wo.status, WorkOrderStatus::Open);
+        let step = |s: WorkOrderStatus| WorkOrderPatch {
+            status: Some(s),
+            ..WorkOrderPatch::default()
+        };
+        match store
+            .update_work_order(wo.id, &step(WorkOrderStatus::Resolved), "alice")
+            .await
+        {
+            Err(StoreError::Invalid { field, .. }) => assert_eq!(field, "status"),
+            other => panic!("{other:?}"),
+        }
+        for s in [
+            WorkOrderStatus::InProgress,
+            WorkOrderStatus::Resolved,
+            WorkOrderStatus::Closed,
+        ] {
+            assert_eq!(
+                store
+                    .update_work_order(wo.id, &step(s), "alice")
+                    .await
+                    .unwrap()
+                    .status,
+                s
+            );
+        }
+        let p = WorkOrderPatch {
+            priority: Some(1),
+            description: Some("caller says it is worse".into()),
+            ..WorkOrderPatch::default()
+        };
+        store.update_work_order(wo.id, &p, "bob").await.unwrap();
+        let bad = WorkOrderPatch {
+            priority: Some(9),
+            ..WorkOrderPatch::default()
+        };
+        assert!(store.update_work_order(wo.id, &bad, "bob").await.is_err());
+        let h = store.work_order_history(wo.id).await.unwrap();
+        let seen: Vec<(&str, Option<&str>)> = h
+            .iter()
+            .map(|c| (c.field.as_str(), c.new_value.as_deref()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("status", Some("open")),
+                ("status", Some("in_progress")),
+                ("status", Some("resolved")),
+                ("status", Some("closed")),
+                ("priority", Some("1")),
+                ("description", Some("caller says it is worse")),
+            ]
+        );
+        assert_eq!(h[4].actor, "bob");
+        // Closed orders are not "open" on the pop; filters work.
+        assert!(store.open_work_orders(c.id).await.unwrap().is_empty());
+        let f = WorkOrderFilter {
+            status: Some(WorkOrderStatus::Closed),
+            customer: Some(c.id),
+            limit: 10,
+            ..WorkOrderFilter::default()
+        };
+        assert_eq!(store.work_orders(&f).await.unwrap().len(), 1);
+    }
+);
+
+on_both!(
+    contact_logs_filter_by_date_agent_number_and_disposition,
+    |store: Store| async move {
+        use screenpop::store::calls::*;
+        let mut ids = Vec::new();
+        for (i, (num, disp)) in [
+            ("+14155550001", CallDisposition::Answered),
+            ("+14155550002", CallDisposition::Missed),
+            ("+14155550001", CallDisposition::Abandoned),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let id = store
+                .insert_offered_call(&OfferedCall {
+                    sip_call_id: format!("filter-{i}"),
+                    caller_raw: num.trim_start_matches("+1").to_string(),
+                    caller_e164: Some(num.to_string()),
+                    dialed: "8005550100".into(),
+                    customer_id: None,
+                    offered_at: 1_000_000 + i as i64 * 1000,
+                })
+                .await
+                .unwrap();
+            store
+                .finish_call(
+                    id,
+                    &EndedCall {
+                        agent_id: None,
+                        queue_id: None,
+                        answered_at: None,
+                        ended_at: 1_000_500 + i as i64 * 1000,
+                        disposition: *disp,
+                        recording_id: None,
+                    },
+                )
+                .await
+                .unwrap();
+            ids.push(id);
+        }
+        let q = |f: CallFilter| {
+            let store = store.clone();
+            async move {
+                store
+                    .contact_logs(&CallFilter { limit: 50, ..f })
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|c| c.id)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(q(CallFilter::default()).await, [ids[2], ids[1], ids[0]]);
+        assert_eq!(
+            q(CallFilter {
+                number: Some("+14155550001".into()),
+                ..Default::default()
+            })
+            .await,
+            [ids[2], ids[0]]
+        );
+        assert_eq!(
+            q(CallFilter {
+                disposition: Some("missed".into()),
+                ..Default::default()
+            })
+            .await,
+            [ids[1]]
+        );
+        assert_eq!(
+            q(CallFilter {
+                from_ms: Some(1_001_000),
+                to_ms: Some(1_002_000),
+                ..Default::default()
+            })
+            .await,
+            [ids[1]]
+        );
+        assert_eq!(
+            q(CallFilter {
+                before: Some(ids[1]),
+                ..Default::default()
+            })
+            .await,
+            [ids[0]]
+        );
+        let annotated = store
+            .annotate_call(ids[0], Some("备注"), Some("sale"))
+            .await
+            .unwrap();
+        assert_eq!(annotated.notes.as_deref(), Some("备注"));
+        assert_eq!(annotated.agent_disposition.as_deref(), Some("sale"));
+    }
+);
+
+on_both!(
+    csv_import_is_all_or_nothing_and_round_trips,
+    |store: Store| async move {
+        use screenpop::crm::csv::{export, import};
+        let us = region("US").unwrap();
+        // Two bad rows: every reason reported, nothing written.
+        let bad = "name,code,tier,phones,birthday\n\
+               王芳,K1,vip,mobile:+1 (415) 555-0100,1990-01-31\n\
+               ,K2,regular,4155550101,\n\
+               李雷,K3,gold,4155550102,\n\
+               Ann,K1,key,415.555.0103,\n";
+        let r = import(&store, bad.as_bytes(), us).await.unwrap();
+        assert_eq!(r.imported, 0);
+        let lines: Vec<(u64, Option<&str>)> = r
+            .rejected
+            .iter()
+            .map(|x| (x.line, x.field.as_deref()))
+            .collect();
+        assert_eq!(
+            lines,
+            [(3, Some("name")), (4, Some("tier")), (5, Some("code"))],
+            "{:?}",
+            r.rejected
+        );
+        assert!(store.customers_after(0, 10).await.unwrap().is_empty());
+        // Not UTF-8: rejected with its line.
+        let latin1 = b"name,phones\nJos\xe9,4155550100\n";
+        let r = import(&store, latin1, us).await.unwrap();
+        assert_eq!(r.rejected.len(), 1, "{:?}", r.rejected);
+        assert!(r.rejected[0].reason.contains("UTF-8"));
+        // A good file, with a BOM, Chinese names and several number formats.
+        let good = "\u{feff}Name,Code,Company,Tier,Phone,Mobile,Birthday\n\
+                王芳,K1,华为,vip,+1 (415) 555-0100,415.555.0199,1990-01-31\n\
+                \"Smith, John\",K2,,key,00 1 212 555 0100,,\n\
+                李雷,,,,(212) 555-0177,,\n";
+        let r = import(&store, good.as_bytes(), us).await.unwrap();
+        assert!(r.rejected.is_empty(), "{:?}", r.rejected);
+        assert_eq!(r.imported, 3);
+        let all = store.customers_after(0, 10).await.unwrap();
+        assert_eq!(all[0].name, "王芳");
+        assert_eq!(all[0].created_via, CreatedVia::Import);
+        assert_eq!(all[0].phones.len(), 2);
+        assert_eq!(all[0].phones[0].e164.as_deref(), Some("+14155550100"));
+        assert_eq!(all[0].phones[1].label.as_deref(), Some("mobile"));
+        assert_eq!(all[1].name, "Smith, John");
+        assert_eq!(all[1].phones[0].e164.as_deref(), Some("+12125550100"));
+        // Codes already in the store are refused on the next import.
+        let r = import(&store, "name,code\nX,K2\n".as_bytes(), us)
+            .await
+            .unwrap();
+        assert_eq!(
+            r.rejected.first().and_then(|x| x.field.as_deref()),
+            Some("code")
+        );
+        // Export then import into an empty store gives the same customers.
+        let mut out = Vec::new();
+        export(&store, &mut out).await.unwrap();
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(
+            text.contains("王芳") && text.contains("\"Smith, John\""),
+            "{text}"
+        );
+        let other = sqlite_store(&format!("csv_copy_{:08x}", rand::random::<u32>())).await;
+        let r = import(&other, &out, us).await.unwrap();
+        assert!(r.rejected.is_empty(), "{:?}", r.rejected);
+        let copy = other.customers_after(0, 10).await.unwrap();
+        let key = |c: &screenpop::store::customers::Customer| {
+            (
+                c.code.clone(),
+                c.name.clone(),
+                c.tier,
+                c.birthday.clone(),
+                c.phones.iter().map(|p| p.e164.clone()).collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(
+            copy.iter().map(key).collect::<Vec<_>>(),
+            all.iter().map(key).collect::<Vec<_>>()
+        );
+    }
+);

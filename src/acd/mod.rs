@@ -1,7 +1,7 @@
 //! Automatic call distribution: agent states, queues and the routing policy, as one sans-IO
 //! state machine. It is fed inputs and `now`, says what to do through [`Acd::poll_output`]
 //! and when to wake through [`Acd::poll_timeout`]; the call tasks and the web layer turn
-//! outputs into INVITEs, CANCELs and events.
+//! outputs into INVITEs, CANCELs and events ([`runtime`] is that edge).
 //!
 //! Policy, in order: the customer's assigned agent when available; VIP callers ahead of
 //! others, then first come first served; the queue's required skills; then the agent idle the
@@ -12,6 +12,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
+
+pub mod runtime;
 
 pub type AgentId = i64;
 pub type QueueId = i64;
@@ -33,10 +35,21 @@ pub enum PauseReason {
 pub enum AgentState {
     Offline,
     Available,
-    Ringing { call: CallKey, until: Instant },
-    OnCall { call: CallKey },
-    WrapUp { until: Instant },
-    Paused { reason: PauseReason },
+    Ringing {
+        call: CallKey,
+        until: Instant,
+    },
+    /// Bridged; `wrap_up` is the call's queue's wrap-up time, applied when it ends.
+    OnCall {
+        call: CallKey,
+        wrap_up: Duration,
+    },
+    WrapUp {
+        until: Instant,
+    },
+    Paused {
+        reason: PauseReason,
+    },
 }
 
 impl AgentState {
@@ -260,7 +273,11 @@ impl Acd {
                 if let Some(i) = self.waiting.iter().position(|w| w.call == call) {
                     let w = self.waiting.remove(i);
                     if let Some(agent) = w.offered_to {
-                        self.set_state(agent, AgentState::OnCall { call }, now);
+                        let wrap_up = self
+                            .queues
+                            .get(&w.queue)
+                            .map_or(Duration::ZERO, |q| q.wrap_up);
+                        self.set_state(agent, AgentState::OnCall { call, wrap_up }, now);
                     }
                 }
             }
@@ -274,15 +291,10 @@ impl Acd {
             }
             Input::Ended { call } => {
                 let agent = self.agents.values().find_map(|a| match &a.state {
-                    AgentState::OnCall { call: c } if *c == call => Some(a.id),
+                    AgentState::OnCall { call: c, wrap_up } if *c == call => Some((a.id, *wrap_up)),
                     _ => None,
                 });
-                if let Some(agent) = agent {
-                    let wrap = self
-                        .agents
-                        .get(&agent)
-                        .and_then(|a| a.queues.iter().find_map(|q| self.queues.get(q)))
-                        .map_or(Duration::ZERO, |q| q.wrap_up);
+                if let Some((agent, wrap)) = agent {
                     self.set_state(agent, AgentState::WrapUp { until: now + wrap }, now);
                 }
             }

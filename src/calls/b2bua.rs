@@ -16,8 +16,12 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::dialog::{target_peer, Dialog, LocalContact};
+use super::pop::{self, PopCard};
+use crate::acd::runtime::{AcdHandle, Decision, RouteRequest};
+use crate::acd::Input as AcdInput;
 use crate::config::Profile;
 use crate::crm::phone::normalize;
+use crate::events::{Event, EventBus};
 use crate::media::g711::G711;
 use crate::media::ports::PortPool;
 use crate::media::recorder::{FinishedRecording, RecorderHandle};
@@ -36,6 +40,7 @@ use crate::store::calls::{CallDisposition, EndedCall, NewRecording, OfferedCall}
 use crate::store::customers::{CreatedVia, NewCustomer, NewPhone, Tier};
 use crate::store::Store;
 use crate::transport::{Inbound, Peer, SipSocket};
+use serde_json::json;
 
 /// Methods screenpop accepts in a call.
 pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, REGISTER";
@@ -58,6 +63,19 @@ pub struct CallEnv {
     pub store: Store,
     /// Region for reading national caller numbers (the profile's `default_region`).
     pub region: phonenumber::country::Id,
+    /// Events for the desktops.
+    pub bus: Arc<dyn EventBus>,
+    /// Queues and agents: calls without a fixed agent target are routed here.
+    pub acd: AcdHandle,
+    /// New Call-IDs a call answers to (each agent it rings gets a fresh agent-leg Call-ID).
+    pub routes: mpsc::UnboundedSender<Route>,
+}
+
+/// Tells the dispatcher to send a Call-ID's messages to a call task.
+pub struct Route {
+    pub call_id: String,
+    pub owner: String,
+    pub tx: mpsc::Sender<Inbound>,
 }
 
 /// Where the agent leg goes.
@@ -72,8 +90,11 @@ pub struct AgentTarget {
 pub struct NewCall {
     pub invite: Request,
     pub peer: Peer,
+    /// When the INVITE came off the socket.
+    pub received: Instant,
     pub caller: CallerId,
     pub trunk: String,
+    /// A fixed agent target (the trunk's `agent` setting); `None` routes through the ACD.
     pub agent: Option<AgentTarget>,
 }
 
@@ -117,6 +138,9 @@ pub struct CallRecord {
     pub caller: CallerId,
     pub dialed: String,
     pub agent: Option<String>,
+    /// The agent (from the store) who answered or last rang, and the queue.
+    pub agent_id: Option<i64>,
+    pub queue_id: Option<i64>,
     pub disposition: Disposition,
     pub final_status: u16,
     pub offered_at_ms: u64,
@@ -168,6 +192,12 @@ struct Client {
     peer: Peer,
     leg: LegId,
     purpose: Purpose,
+    /// Which agent-leg attempt this belongs to (each agent rung is a new attempt).
+    attempt: u32,
+    /// A provisional response arrived (a CANCEL may be sent, RFC 3261 §9.1).
+    provisional: bool,
+    /// Cancel as soon as a provisional response arrives.
+    cancel_pending: bool,
 }
 
 struct Server {
@@ -203,10 +233,25 @@ struct Call {
     media: Option<MediaHandle>,
     servers: Vec<Server>,
     clients: Vec<Client>,
-    b_provisional: bool,
     b_answered: bool,
-    cancel_b_when_provisional: bool,
     b_ack: Option<Vec<u8>>,
+    /// The current agent-leg attempt; earlier attempts' dialogs are kept to release a late 2xx.
+    attempt: u32,
+    old_b: Vec<(u32, Dialog)>,
+    /// Every agent-leg Call-ID this call used.
+    b_call_ids: Vec<String>,
+    /// Routed by the ACD (no fixed agent target).
+    acd_mode: bool,
+    /// Our own inbox, to register new agent-leg Call-IDs with the dispatcher.
+    inbox: mpsc::Sender<Inbound>,
+    /// The agent (store id) ringing or bridged, and the queue the call waits in.
+    agent_id: Option<i64>,
+    queue: Option<(i64, String)>,
+    card: PopCard,
+    vip: bool,
+    assigned_agent: Option<i64>,
+    /// When the INVITE came off the socket.
+    received: Instant,
     ring_deadline: Option<Instant>,
     linger_until: Option<Instant>,
     offered_at: SystemTime,
@@ -279,9 +324,6 @@ pub fn spawn(env: Arc<CallEnv>, new: NewCall) -> Option<CallHandle> {
     let (Some(from), Some(to)) = (new.invite.from(), new.invite.to()) else {
         return reject(400, "missing From/To");
     };
-    let Some(agent) = new.agent.clone() else {
-        return reject(480, "no agent target for this trunk");
-    };
     let offer = if new.invite.body.is_empty() {
         None
     } else {
@@ -342,37 +384,15 @@ pub fn spawn(env: Arc<CallEnv>, new: NewCall) -> Option<CallHandle> {
         remote_cseq: new.invite.cseq().map(|c| c.seq),
         peer: new.peer,
     };
-    // A host name is resolved in the call task before the INVITE goes out; until then the
-    // peer is a placeholder that is never used.
-    let b_peer = agent
-        .peer
-        .unwrap_or_else(|| target_peer(&agent.uri, new.peer));
-    let agent_needs_dns = agent.peer.is_none()
-        && agent
-            .uri
-            .host
-            .trim_matches(['[', ']'])
-            .parse::<IpAddr>()
-            .is_err();
-    let b_call_id = new_call_id(&env.me.host);
-    let user = new
-        .caller
-        .number
-        .clone()
-        .unwrap_or_else(|| "anonymous".to_string());
-    let mut b_from = NameAddr::new(Uri::sip(Some(&user), &env.me.host, None));
-    b_from.display = new.caller.name.clone();
-    b_from.set_param("tag", Some(&new_tag()));
-    let b = Dialog {
-        call_id: b_call_id.clone(),
-        local: b_from,
-        remote: NameAddr::new(agent.uri.clone()),
-        remote_target: agent.uri.clone(),
-        route_set: Vec::new(),
-        local_cseq: 0,
-        remote_cseq: None,
-        peer: b_peer,
-    };
+    // With the ACD the agent leg is set up when an agent is offered the call; until then it
+    // is a placeholder aimed at ourselves that is never used.
+    let acd_mode = new.agent.is_none();
+    let agent = new.agent.clone().unwrap_or_else(|| AgentTarget {
+        uri: Uri::sip(None, &env.me.host, Some(env.me.port)),
+        peer: Some(new.peer),
+    });
+    let (b, agent_needs_dns) = agent_dialog(&env, &new.caller, &agent, new.peer);
+    let b_call_id = b.call_id.clone();
     let b_local = LocalMedia {
         addr: env.media_ip,
         port: media.agent_port,
@@ -381,6 +401,7 @@ pub fn spawn(env: Arc<CallEnv>, new: NewCall) -> Option<CallHandle> {
         username: "screenpop".into(),
     };
     let dialed = new.invite.uri.user_unescaped().unwrap_or_default();
+    let (tx, rx) = mpsc::channel(64);
     let call = Call {
         env: env.clone(),
         id: id.clone(),
@@ -391,7 +412,7 @@ pub fn spawn(env: Arc<CallEnv>, new: NewCall) -> Option<CallHandle> {
         invite_key: key,
         caller: new.caller,
         trunk: new.trunk,
-        agent_uri: Some(agent.uri),
+        agent_uri: (!acd_mode).then_some(agent.uri),
         codec,
         a_media: LegMedia {
             local: a_local,
@@ -412,11 +433,26 @@ pub fn spawn(env: Arc<CallEnv>, new: NewCall) -> Option<CallHandle> {
             leg: LegId::Caller,
         }],
         clients: Vec::new(),
-        b_provisional: false,
         b_answered: false,
-        cancel_b_when_provisional: false,
         b_ack: None,
-        ring_deadline: Some(now + Duration::from_secs(env.profile.ring_timeout_secs)),
+        attempt: 0,
+        old_b: Vec::new(),
+        b_call_ids: if acd_mode {
+            Vec::new()
+        } else {
+            vec![b_call_id.clone()]
+        },
+        acd_mode,
+        inbox: tx.clone(),
+        agent_id: None,
+        queue: None,
+        card: PopCard::default(),
+        vip: false,
+        assigned_agent: None,
+        received: new.received,
+        // With the ACD the queue's ring timeout applies instead.
+        ring_deadline: (!acd_mode)
+            .then(|| now + Duration::from_secs(env.profile.ring_timeout_secs)),
         linger_until: None,
         offered_at: SystemTime::now(),
         answered_at: None,
@@ -439,7 +475,6 @@ pub fn spawn(env: Arc<CallEnv>, new: NewCall) -> Option<CallHandle> {
             .and_then(|m| m.trim().parse::<u32>().ok())
             .unwrap_or(70),
     };
-    let (tx, rx) = mpsc::channel(64);
     let remote_a = remote_media(negotiated.remote_rtp, codec, negotiated.dtmf_pt);
     media.set_remote(LegId::Caller, remote_a);
     media.set_signalling_ip(LegId::Caller, call.a.peer.addr.ip());
@@ -448,11 +483,56 @@ pub fn spawn(env: Arc<CallEnv>, new: NewCall) -> Option<CallHandle> {
     call.media = Some(media);
     drop(_enter);
     tokio::spawn(call.run(rx, media_events).instrument(span));
-    Some(CallHandle {
-        id,
-        call_ids: vec![a_call_id, b_call_id],
-        tx,
-    })
+    let mut call_ids = vec![a_call_id];
+    if !acd_mode {
+        call_ids.push(b_call_id);
+    }
+    Some(CallHandle { id, call_ids, tx })
+}
+
+/// A fresh agent-leg dialog towards `agent` (new Call-ID and tag), and whether its host name
+/// must be resolved first. The peer of a host-named target is a placeholder until then.
+fn agent_dialog(
+    env: &CallEnv,
+    caller: &CallerId,
+    agent: &AgentTarget,
+    fallback: Peer,
+) -> (Dialog, bool) {
+    let b_peer = agent
+        .peer
+        .unwrap_or_else(|| target_peer(&agent.uri, fallback));
+    let needs_dns = agent.peer.is_none()
+        && agent
+            .uri
+            .host
+            .trim_matches(['[', ']'])
+            .parse::<IpAddr>()
+            .is_err();
+    let user = caller
+        .number
+        .clone()
+        .unwrap_or_else(|| "anonymous".to_string());
+    let mut b_from = NameAddr::new(Uri::sip(Some(&user), &env.me.host, None));
+    b_from.display = caller.name.clone();
+    b_from.set_param("tag", Some(&new_tag()));
+    let b = Dialog {
+        call_id: new_call_id(&env.me.host),
+        local: b_from,
+        remote: NameAddr::new(agent.uri.clone()),
+        remote_target: agent.uri.clone(),
+        route_set: Vec::new(),
+        local_cseq: 0,
+        remote_cseq: None,
+        peer: b_peer,
+    };
+    (b, needs_dns)
+}
+
+async fn next_decision(rx: &mut Option<mpsc::UnboundedReceiver<Decision>>) -> Option<Decision> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn remote_media(rtp: Option<SocketAddr>, codec: Codec, dtmf_pt: Option<u8>) -> RemoteMedia {
@@ -482,7 +562,30 @@ impl Call {
         self.respond_a_invite(now, trying);
         self.pump(now).await;
         self.log_offered().await;
-        if self.agent_needs_dns && !self.resolve_agent().await {
+        let mut decisions = None;
+        if self.acd_mode {
+            // The caller hears ringback while waiting for an agent (RFC 3261 §21.1.2).
+            let tag = self.a.local_tag().to_string();
+            let mut ringing = self.invite.response(180, Some(&tag));
+            ringing
+                .headers
+                .push(HeaderName::Contact, self.env.me.contact(&self.a.peer));
+            self.respond_a_invite(now, ringing);
+            let (tx, rx) = mpsc::unbounded_channel();
+            decisions = Some(rx);
+            self.env.acd.route(RouteRequest {
+                call: self.id.clone(),
+                dialed: self.dialed.clone(),
+                vip: self.vip,
+                assigned: self.assigned_agent,
+                decisions: tx,
+            });
+            if self.max_forwards == 0 {
+                self.disposition = Some(Disposition::Failed);
+                self.fail_caller(now, 483);
+                self.end(now, None).await;
+            }
+        } else if self.agent_needs_dns && !self.resolve_agent().await {
             self.disposition = Some(Disposition::Failed);
             self.fail_caller(Instant::now(), 480);
             self.end(Instant::now(), None).await;
@@ -501,6 +604,13 @@ impl Call {
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             let input = tokio::select! {
                 m = rx.recv() => m,
+                Some(d) = next_decision(&mut decisions) => {
+                    let now = Instant::now();
+                    self.on_decision(now, d).await;
+                    self.pump(now).await;
+                    if self.done(now) { break; }
+                    continue;
+                }
                 Some(ev) = media_events.recv() => {
                     let now = Instant::now();
                     self.on_media_event(now, ev).await;
@@ -527,10 +637,133 @@ impl Call {
         // Make sure a call that ended without a hang-up (channel closed) is finalized too.
         let now = Instant::now();
         self.end(now, None).await;
+        let mut call_ids = vec![self.a.call_id.clone()];
+        call_ids.extend(self.b_call_ids.iter().cloned());
         let _ = self.env.ended.send(CallEnded {
             id: self.id.clone(),
-            call_ids: vec![self.a.call_id.clone(), self.b.call_id.clone()],
+            call_ids,
         });
+    }
+
+    /// Acts on the ACD's word: the queue, an agent to ring, a withdrawn offer, an overflow.
+    async fn on_decision(&mut self, now: Instant, d: Decision) {
+        match d {
+            Decision::Queued { queue, name } => {
+                info!(queue = %name, "queued");
+                if let Some(log) = self.log_id {
+                    // The queue goes into the contact log with the agent at hang-up.
+                    debug!(log, queue, "contact log queue noted");
+                }
+                self.queue = Some((queue, name));
+            }
+            Decision::NoQueue => {
+                info!(dialed = %self.dialed, "no queue for this number and no default queue");
+                if self.phase == Phase::Ringing {
+                    self.disposition = Some(Disposition::Missed);
+                    self.fail_caller(now, 480);
+                    self.end(now, None).await;
+                }
+            }
+            Decision::Overflow => {
+                info!("nobody answered within the queue's maximum wait");
+                if self.phase == Phase::Ringing {
+                    self.disposition = Some(Disposition::Missed);
+                    self.fail_caller(now, 480);
+                    self.end(now, None).await;
+                }
+            }
+            Decision::Withdraw { agent } => {
+                info!(agent, "ring-no-answer: offer withdrawn");
+                self.cancel_agent(now);
+                self.withdrawn(agent, "no_answer");
+            }
+            Decision::Offer(offer) => {
+                if self.phase != Phase::Ringing {
+                    self.env.acd.tell(AcdInput::Abandoned {
+                        call: self.id.clone(),
+                    });
+                    return;
+                }
+                let (b, needs_dns) =
+                    agent_dialog(&self.env, &self.caller, &offer.target, self.a.peer);
+                let old = std::mem::replace(&mut self.b, b);
+                if self.attempt > 0 {
+                    self.old_b.push((self.attempt, old));
+                }
+                self.attempt += 1;
+                self.b_answered = false;
+                self.b_ack = None;
+                self.b_media.pending_offer = None;
+                self.b_call_ids.push(self.b.call_id.clone());
+                let _ = self.env.routes.send(Route {
+                    call_id: self.b.call_id.clone(),
+                    owner: self.id.clone(),
+                    tx: self.inbox.clone(),
+                });
+                self.agent_id = Some(offer.agent);
+                self.agent_uri = Some(offer.target.uri.clone());
+                if needs_dns && !self.resolve_agent().await {
+                    self.agent_id = None;
+                    self.env.acd.tell(AcdInput::Refused {
+                        call: self.id.clone(),
+                    });
+                    return;
+                }
+                if let Some(m) = &self.media {
+                    m.set_signalling_ip(LegId::Agent, self.b.peer.addr.ip());
+                }
+                info!(agent = offer.agent, name = %offer.display_name, "offered");
+                self.start_agent_leg(now);
+                if let (Some(log), Some(agent)) = (self.log_id, self.agent_id) {
+                    let store = self.env.store.clone();
+                    let queue = self.queue.as_ref().map(|q| q.0);
+                    tokio::spawn(async move {
+                        if let Err(e) = store.set_call_agent(log, agent, queue).await {
+                            warn!(error = %e, "contact log agent not noted");
+                        }
+                    });
+                }
+                self.publish_offered();
+            }
+        }
+    }
+
+    /// The screen-pop, to the agent being rung (and supervisors).
+    fn publish_offered(&self) {
+        self.env.bus.publish(pop::offered(pop::Offered {
+            call_id: &self.id,
+            log_id: self.log_id,
+            queue: self.queue.as_ref().map(|q| q.1.as_str()),
+            queue_id: self.queue.as_ref().map(|q| q.0),
+            agent_id: self.agent_id,
+            caller: &self.caller,
+            caller_e164: self.caller_e164.as_deref(),
+            dialed: &self.dialed,
+            card: &self.card,
+            offered_at: self.offered_at,
+            since: self.received,
+        }));
+    }
+
+    /// The agent's desktop drops the pop: the offer went elsewhere.
+    fn withdrawn(&mut self, agent: i64, reason: &str) {
+        self.env.bus.publish(
+            Event::new(
+                "call.withdrawn",
+                Some(agent),
+                json!({ "call_id": self.id, "agent_id": agent, "reason": reason }),
+            )
+            .for_call(&self.id),
+        );
+        self.agent_id = None;
+        // Responses to the withdrawn INVITE belong to an old attempt from now on.
+        let fresh = Dialog {
+            call_id: String::new(),
+            ..self.b.clone()
+        };
+        let old = std::mem::replace(&mut self.b, fresh);
+        self.old_b.push((self.attempt, old));
+        self.attempt += 1;
     }
 
     fn done(&self, now: Instant) -> bool {
@@ -578,7 +811,10 @@ impl Call {
             match store.match_caller(n).await {
                 Ok(m) => {
                     self.candidates = m.candidates.iter().map(|c| c.id).collect();
-                    self.customer_id = m.customer.map(|c| c.id);
+                    self.customer_id = m.customer.as_ref().map(|c| c.id);
+                    self.vip = m.customer.as_ref().is_some_and(|c| c.tier == Tier::Vip);
+                    self.assigned_agent = m.customer.as_ref().and_then(|c| c.assigned_agent_id);
+                    self.card = PopCard::load(&store, &m).await;
                     if m.candidates.is_empty() && self.env.profile.create_customers_from_calls {
                         let number = self.caller.number.clone().unwrap_or_default();
                         let new = NewCustomer {
@@ -604,6 +840,11 @@ impl Call {
                                 info!(customer = c.id, "new customer from an unknown caller");
                                 self.customer_id = Some(c.id);
                                 self.candidates = vec![c.id];
+                                let m = crate::store::customers::CallerMatch {
+                                    customer: Some(c.clone()),
+                                    candidates: vec![c],
+                                };
+                                self.card = PopCard::load(&store, &m).await;
                             }
                             Err(e) => warn!(error = %e, "customer not created"),
                         }
@@ -687,6 +928,9 @@ impl Call {
             peer,
             leg,
             purpose,
+            attempt: self.attempt,
+            provisional: false,
+            cancel_pending: false,
         });
     }
 
@@ -747,9 +991,27 @@ impl Call {
             }
             for (i, ev) in events {
                 progressed = true;
-                let (leg, purpose) = (self.clients[i].leg, self.clients[i].purpose);
+                let (leg, purpose, attempt) = (
+                    self.clients[i].leg,
+                    self.clients[i].purpose,
+                    self.clients[i].attempt,
+                );
+                if let TxOutput::Response(r) = &ev {
+                    if purpose == Purpose::AgentInvite && r.status < 200 {
+                        // Any provisional allows a CANCEL (RFC 3261 §9.1).
+                        self.clients[i].provisional = true;
+                        if std::mem::take(&mut self.clients[i].cancel_pending) {
+                            self.send_cancel(now, i);
+                        }
+                    }
+                }
                 match ev {
-                    TxOutput::Response(r) => self.on_client_response(now, leg, purpose, r).await,
+                    TxOutput::Response(r) if purpose == Purpose::AgentInvite => {
+                        self.on_agent_invite_response(now, attempt, r).await
+                    }
+                    TxOutput::Response(r) => self.on_client_response(leg, purpose, r).await,
+                    TxOutput::Timeout
+                        if purpose == Purpose::AgentInvite && attempt != self.attempt => {}
                     TxOutput::Timeout => self.on_client_timeout(now, leg, purpose).await,
                     _ => {}
                 }
@@ -817,7 +1079,8 @@ impl Call {
     }
 
     async fn on_message(&mut self, now: Instant, input: Inbound) {
-        let leg = if input.msg.headers().get(&HeaderName::CallId) == Some(self.b.call_id.as_str()) {
+        let call_id = input.msg.headers().get(&HeaderName::CallId).unwrap_or("");
+        let leg = if self.b_call_ids.iter().any(|c| c == call_id) {
             LegId::Agent
         } else {
             LegId::Caller
@@ -1076,15 +1339,10 @@ impl Call {
         true
     }
 
-    async fn on_client_response(
-        &mut self,
-        now: Instant,
-        leg: LegId,
-        purpose: Purpose,
-        r: Response,
-    ) {
+    /// Responses to our re-INVITEs, BYEs and CANCELs (agent INVITEs have their own handler).
+    async fn on_client_response(&mut self, leg: LegId, purpose: Purpose, r: Response) {
         match purpose {
-            Purpose::AgentInvite => self.on_agent_invite_response(now, r).await,
+            Purpose::AgentInvite => {}
             Purpose::ReInvite => {
                 if r.status / 100 == 2 {
                     self.ack_2xx(leg, &r);
@@ -1112,28 +1370,26 @@ impl Call {
         }
     }
 
-    async fn on_agent_invite_response(&mut self, now: Instant, r: Response) {
+    async fn on_agent_invite_response(&mut self, now: Instant, attempt: u32, r: Response) {
         let status = r.status;
-        if status == 100 {
-            // Any provisional allows a CANCEL (RFC 3261 §9.1).
-            self.b_provisional = true;
-            if self.cancel_b_when_provisional {
-                self.cancel_b_when_provisional = false;
-                self.cancel_agent(now);
+        if attempt != self.attempt {
+            // An agent we stopped ringing answered anyway: ACK and release that dialog.
+            if status / 100 == 2 {
+                if let Some((_, d)) = self.old_b.iter().find(|(a, _)| *a == attempt) {
+                    let d = d.clone();
+                    self.release_dialog(now, d, &r);
+                }
             }
             return;
         }
+        if status == 100 {
+            return;
+        }
         if (101..200).contains(&status) {
-            self.b_provisional = true;
             if let Some(to) = r.to() {
                 if to.tag().is_some() {
                     self.b.remote = to;
                 }
-            }
-            if self.cancel_b_when_provisional {
-                self.cancel_b_when_provisional = false;
-                self.cancel_agent(now);
-                return;
             }
             if self.phase == Phase::Ringing && self.a_invite_pending() {
                 let tag = self.a.local_tag().to_string();
@@ -1164,7 +1420,8 @@ impl Call {
                 } else {
                     // A second fork answered (RFC 3261 §13.2.2.4): ACK it and release it,
                     // leaving the bridged dialog alone.
-                    self.release_fork(now, &r);
+                    let fork = self.b.clone();
+                    self.release_dialog(now, fork, &r);
                 }
                 return;
             }
@@ -1199,6 +1456,16 @@ impl Call {
             _ => 480,
         };
         info!(status, mapped, "agent leg failed");
+        if self.acd_mode && self.phase == Phase::Ringing {
+            // Busy, declined or gone: the ACD offers the call to the next agent.
+            if let Some(agent) = self.agent_id {
+                self.withdrawn(agent, "refused");
+            }
+            self.env.acd.tell(AcdInput::Refused {
+                call: self.id.clone(),
+            });
+            return;
+        }
         if self.phase == Phase::Ringing {
             self.disposition = Some(if mapped == 486 || mapped == 603 {
                 Disposition::Rejected
@@ -1210,10 +1477,10 @@ impl Call {
         }
     }
 
-    /// ACKs and BYEs an extra 2xx from another fork of the agent INVITE.
-    fn release_fork(&mut self, now: Instant, r: &Response) {
+    /// ACKs and BYEs a 2xx we will not bridge: another fork of the agent INVITE, or an agent
+    /// whose offer was withdrawn.
+    fn release_dialog(&mut self, now: Instant, mut fork: Dialog, r: &Response) {
         let me = self.env.me.clone();
-        let mut fork = self.b.clone();
         fork.establish_from(r);
         let seq = r.cseq().map(|c| c.seq).unwrap_or(1);
         let peer = if fork.route_set.is_empty() {
@@ -1230,8 +1497,11 @@ impl Call {
             peer,
             leg: LegId::Agent,
             purpose: Purpose::Bye,
+            attempt: 0,
+            provisional: false,
+            cancel_pending: false,
         });
-        info!("extra fork answered and released");
+        info!("extra answer released");
     }
 
     /// Reads the agent's SDP answer into the relay. Returns false when it is unusable.
@@ -1259,6 +1529,25 @@ impl Call {
         let wall = SystemTime::now();
         self.answered_at = Some((now, wall));
         info!("answered");
+        if self.acd_mode {
+            self.env.acd.tell(AcdInput::Answered {
+                call: self.id.clone(),
+            });
+        }
+        self.env.bus.publish(
+            Event::new(
+                "call.answered",
+                self.agent_id,
+                json!({
+                    "call_id": self.id,
+                    "contact_log_id": self.log_id,
+                    "agent_id": self.agent_id,
+                    "queue_id": self.queue.as_ref().map(|q| q.0),
+                    "answered_at": pop::rfc3339(wall),
+                }),
+            )
+            .for_call(&self.id),
+        );
         if let Some(m) = &self.media {
             m.watch(self.media_watch());
             let date = civil_date(wall);
@@ -1286,6 +1575,8 @@ impl Call {
             caller: self.caller.clone(),
             dialed: self.dialed.clone(),
             agent: self.agent_uri.as_ref().map(|u| u.to_string()),
+            agent_id: self.agent_id,
+            queue_id: self.queue.as_ref().map(|q| q.0),
             disposition: self.disposition.unwrap_or(Disposition::Failed),
             final_status: self.final_status,
             offered_at_ms: epoch_ms(self.offered_at),
@@ -1325,18 +1616,24 @@ impl Call {
         if self.b_answered {
             return;
         }
-        let Some(inv) = self
+        let Some(i) = self
             .clients
             .iter()
-            .find(|c| c.purpose == Purpose::AgentInvite)
-            .map(|c| c.tx.request.clone())
+            .position(|c| c.purpose == Purpose::AgentInvite && c.attempt == self.attempt)
         else {
             return;
         };
-        if !self.b_provisional {
-            self.cancel_b_when_provisional = true;
-            return;
+        if self.clients[i].provisional {
+            self.send_cancel(now, i);
+        } else {
+            self.clients[i].cancel_pending = true;
         }
+    }
+
+    /// Sends the CANCEL for the agent INVITE of client `i`.
+    fn send_cancel(&mut self, now: Instant, i: usize) {
+        let inv = self.clients[i].tx.request.clone();
+        let (peer, attempt) = (self.clients[i].peer, self.clients[i].attempt);
         let mut cancel = Request::new(Method::Cancel, inv.uri.clone());
         if let Some(v) = inv.headers.get(&HeaderName::Via) {
             cancel.headers.push(HeaderName::Via, v);
@@ -1354,11 +1651,30 @@ impl Call {
         cancel
             .headers
             .push(HeaderName::CSeq, format!("{seq} CANCEL"));
-        self.send_client(now, cancel, LegId::Agent, Purpose::Cancel);
+        // The CANCEL goes where the INVITE went (RFC 3261 §9.1).
+        let tx = ClientTransaction::new(now, cancel, peer.transport.reliable(), self.env.timers);
+        self.clients.push(Client {
+            tx,
+            peer,
+            leg: LegId::Agent,
+            purpose: Purpose::Cancel,
+            attempt,
+            provisional: false,
+            cancel_pending: false,
+        });
     }
 
     async fn on_client_timeout(&mut self, now: Instant, leg: LegId, purpose: Purpose) {
         match purpose {
+            Purpose::AgentInvite if self.acd_mode && self.phase == Phase::Ringing => {
+                info!("agent phone unreachable");
+                if let Some(agent) = self.agent_id {
+                    self.withdrawn(agent, "unreachable");
+                }
+                self.env.acd.tell(AcdInput::Refused {
+                    call: self.id.clone(),
+                });
+            }
             Purpose::AgentInvite if self.phase == Phase::Ringing => {
                 info!("agent phone unreachable");
                 self.disposition = Some(Disposition::Missed);
@@ -1407,13 +1723,29 @@ impl Call {
             Some(m) => m.stop(now).await,
             None => None,
         };
+        if self.acd_mode {
+            let call = self.id.clone();
+            self.env.acd.tell(if self.answered_at.is_some() {
+                AcdInput::Ended { call }
+            } else {
+                AcdInput::Abandoned { call }
+            });
+        }
         let record = self.record(now, wall, true);
-        tokio::spawn(finalize(self.env.store.clone(), record, report).in_current_span());
+        tokio::spawn(
+            finalize(self.env.store.clone(), self.env.bus.clone(), record, report)
+                .in_current_span(),
+        );
     }
 }
 
 /// Finishes the recording and writes the call record next to it.
-async fn finalize(store: Store, mut record: CallRecord, report: Option<MediaReport>) {
+async fn finalize(
+    store: Store,
+    bus: Arc<dyn EventBus>,
+    mut record: CallRecord,
+    report: Option<MediaReport>,
+) {
     let recording = report.and_then(|r| {
         record.media = Some(r.stats);
         record.dtmf = r.dtmf;
@@ -1445,8 +1777,9 @@ async fn finalize(store: Store, mut record: CallRecord, report: Option<MediaRepo
         sha256 = record.sha256.as_deref().unwrap_or("-"),
         "call ended"
     );
+    let mut recording_id = None;
     if let Some(log_id) = record.log_id {
-        let recording_id = match &finished {
+        recording_id = match &finished {
             Some(f) => store
                 .insert_recording(&NewRecording {
                     path: f.path.display().to_string(),
@@ -1460,6 +1793,8 @@ async fn finalize(store: Store, mut record: CallRecord, report: Option<MediaRepo
             None => None,
         };
         let ended = EndedCall {
+            agent_id: record.agent_id,
+            queue_id: record.queue_id,
             answered_at: record.answered_at_ms.map(|a| a as i64),
             ended_at: record.ended_at_ms as i64,
             disposition: match record.disposition {
@@ -1482,15 +1817,47 @@ async fn finalize(store: Store, mut record: CallRecord, report: Option<MediaRepo
                 .unwrap_or_else(|| "a withheld number".into());
             let title = format!("Call back {who} ({} call)", ended.disposition.as_str());
             match store
-                .create_callback(log_id, record.customer_id, &title)
+                .create_callback(log_id, record.customer_id, record.queue_id, &title)
                 .await
             {
-                Ok(Some(id)) => info!(work_order = id, "callback work order created"),
+                Ok(Some(id)) => {
+                    info!(work_order = id, "callback work order created");
+                    if let Ok(Some(wo)) = store.work_order(id).await {
+                        bus.publish(Event::new(
+                            "work_order.created",
+                            wo.assignee_agent_id,
+                            json!({ "work_order": wo }),
+                        ));
+                    }
+                }
                 Ok(None) => {}
                 Err(e) => warn!(error = %e, "callback work order not created"),
             }
         }
     }
+    bus.publish(
+        Event::new(
+            "call.ended",
+            record.agent_id,
+            json!({
+                "call_id": record.id,
+                "contact_log_id": record.log_id,
+                "recording_id": recording_id,
+                "agent_id": record.agent_id,
+                "queue_id": record.queue_id,
+                "disposition": record.disposition,
+                "wait_secs": record
+                    .answered_at_ms
+                    .unwrap_or(record.ended_at_ms)
+                    .saturating_sub(record.offered_at_ms)
+                    / 1000,
+                "talk_secs": record.duration_ms / 1000,
+                "duration_ms": record.duration_ms,
+                "ended_at": pop::rfc3339_ms(record.ended_at_ms as i64),
+            }),
+        )
+        .for_call(&record.id),
+    );
     if let Some(f) = &finished {
         write_record(f.path.with_extension("json"), record).await;
     }
@@ -1556,7 +1923,7 @@ mod tests {
 
     #[test]
     fn civil_dates() {
-        let t = UNIX_EPOCH + Duration::from_secs(1_795_000_000); // 2026-11-18 06:26 UTC
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_000_000); // 2026-11-18 11:06 UTC
         assert_eq!(civil_date(t), (2026, 11, 18));
         assert_eq!(civil_date(UNIX_EPOCH), (1970, 1, 1));
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29

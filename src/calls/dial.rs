@@ -283,7 +283,7 @@ pub async fn dial(opts: DialOptions) -> anyhow::Result<DialSummary> {
             }
             r = rtp.recv_from(&mut rbuf) => if r.is_ok() { summary.rtp_received += 1 },
             m = inbound.recv() => {
-                let Some(Inbound { msg, peer: from }) = m else { bail!("transport closed") };
+                let Some(Inbound { msg, peer: from, .. }) = m else { bail!("transport closed") };
                 match msg {
                     Message::Request(req) if req.method == Method::Bye => {
                         let r = req.response(200, None);
@@ -343,7 +343,7 @@ async fn run_client(
         tokio::select! {
             m = inbound.recv() => match m {
                 Some(Inbound { msg: Message::Response(r), .. }) if tx.matches(&r) => tx.handle_response(Instant::now(), r),
-                Some(Inbound { msg: Message::Request(req), peer: from }) => {
+                Some(Inbound { msg: Message::Request(req), peer: from, .. }) => {
                     // Nothing but responses is expected before the dialog exists.
                     if req.method != Method::Ack {
                         sock.send(from, Message::Response(req.response(481, None)).to_bytes());

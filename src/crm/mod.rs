@@ -1,4 +1,5 @@
 //! The small CRM under the call center: customers and their phones, caller-ID matching,
 //! contact logs and work orders. Plain domain logic over the store.
 
+pub mod csv;
 pub mod phone;

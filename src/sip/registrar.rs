@@ -70,12 +70,24 @@ impl Registrar {
         v
     }
 
-    /// Drops expired bindings.
-    pub fn expire(&mut self, now: Instant) {
+    /// Adds or replaces a user's credentials (agents created through the API).
+    pub fn set_user(&mut self, user: &str, secret: Secret) {
+        self.users.insert(user.to_string(), secret);
+    }
+
+    /// Drops expired bindings; returns the users left with none.
+    pub fn expire(&mut self, now: Instant) -> Vec<String> {
         for b in self.bindings.values_mut() {
             b.retain(|b| b.expires_at > now);
         }
+        let gone: Vec<String> = self
+            .bindings
+            .iter()
+            .filter(|(_, b)| b.is_empty())
+            .map(|(u, _)| u.clone())
+            .collect();
         self.bindings.retain(|_, b| !b.is_empty());
+        gone
     }
 
     fn challenge(&self, req: &Request, now_secs: u64, ip: IpAddr, stale: bool) -> Response {

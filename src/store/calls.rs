@@ -43,6 +43,9 @@ pub struct OfferedCall {
 /// How it ended.
 #[derive(Debug, Clone)]
 pub struct EndedCall {
+    /// The agent who answered (or last rang), and the queue the call waited in.
+    pub agent_id: Option<i64>,
+    pub queue_id: Option<i64>,
     pub answered_at: Option<i64>,
     pub ended_at: i64,
     pub disposition: CallDisposition,
@@ -92,7 +95,8 @@ impl Store {
             .unwrap_or(0);
         sqlx::query(
             "UPDATE calls SET answered_at = $1, ended_at = $2, wait_secs = $3, talk_secs = $4, \
-             disposition = $5, recording_id = $6 WHERE id = $7",
+             disposition = $5, recording_id = $6, agent_id = COALESCE($8, agent_id), \
+             queue_id = COALESCE($9, queue_id) WHERE id = $7",
         )
         .bind(e.answered_at)
         .bind(e.ended_at)
@@ -101,6 +105,8 @@ impl Store {
         .bind(e.disposition.as_str())
         .bind(e.recording_id)
         .bind(id)
+        .bind(e.agent_id)
+        .bind(e.queue_id)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -167,4 +173,220 @@ pub struct CallRow {
     pub talk_secs: Option<i64>,
     pub recording_path: Option<String>,
     pub recording_sha256: Option<String>,
+}
+
+/// A contact log for the API and the pop.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct ContactLog {
+    pub id: i64,
+    pub sip_call_id: String,
+    pub direction: String,
+    pub caller_raw: String,
+    pub caller_e164: Option<String>,
+    pub dialed: String,
+    pub customer_id: Option<i64>,
+    pub agent_id: Option<i64>,
+    pub queue_id: Option<i64>,
+    pub offered_at: i64,
+    pub answered_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub wait_secs: Option<i64>,
+    pub talk_secs: Option<i64>,
+    /// answered, missed, abandoned, rejected (null while the call is in progress).
+    pub disposition: Option<String>,
+    /// The agent's own wrap-up code.
+    pub agent_disposition: Option<String>,
+    pub recording_id: Option<i64>,
+    pub notes: Option<String>,
+    pub created_by: String,
+}
+
+/// Filters for listing contact logs; all optional, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct CallFilter {
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+    pub agent: Option<i64>,
+    pub customer: Option<i64>,
+    /// Matches the caller's E.164 number or the number as received.
+    pub number: Option<String>,
+    pub disposition: Option<String>,
+    pub before: Option<i64>,
+    pub limit: i64,
+}
+
+/// A recording row.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Recording {
+    pub id: i64,
+    pub path: String,
+    pub duration_ms: i64,
+    pub size_bytes: i64,
+    pub sha256: String,
+    pub created_at: i64,
+}
+
+const LOG_COLUMNS: &str = "id, sip_call_id, direction, caller_raw, caller_e164, dialed, \
+     customer_id, agent_id, queue_id, offered_at, answered_at, ended_at, wait_secs, talk_secs, \
+     disposition, agent_disposition, recording_id, notes, created_by";
+
+fn log_of(r: &sqlx::any::AnyRow) -> Result<ContactLog, sqlx::Error> {
+    Ok(ContactLog {
+        id: r.try_get("id")?,
+        sip_call_id: r.try_get("sip_call_id")?,
+        direction: r.try_get("direction")?,
+        caller_raw: r.try_get("caller_raw")?,
+        caller_e164: r.try_get("caller_e164")?,
+        dialed: r.try_get("dialed")?,
+        customer_id: r.try_get("customer_id")?,
+        agent_id: r.try_get("agent_id")?,
+        queue_id: r.try_get("queue_id")?,
+        offered_at: r.try_get("offered_at")?,
+        answered_at: r.try_get("answered_at")?,
+        ended_at: r.try_get("ended_at")?,
+        wait_secs: r.try_get("wait_secs")?,
+        talk_secs: r.try_get("talk_secs")?,
+        disposition: r.try_get("disposition")?,
+        agent_disposition: r.try_get("agent_disposition")?,
+        recording_id: r.try_get("recording_id")?,
+        notes: r.try_get("notes")?,
+        created_by: r.try_get("created_by")?,
+    })
+}
+
+impl Store {
+    /// Notes the agent under the call's row (the call's agent is set by the ring).
+    pub async fn set_call_agent(
+        &self,
+        id: i64,
+        agent: i64,
+        queue: Option<i64>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE calls SET agent_id = $1, queue_id = COALESCE($2, queue_id) WHERE id = $3",
+        )
+        .bind(agent)
+        .bind(queue)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn contact_log(&self, id: i64) -> Result<Option<ContactLog>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {LOG_COLUMNS} FROM calls WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(log_of).transpose()?)
+    }
+
+    pub async fn contact_logs(&self, f: &CallFilter) -> Result<Vec<ContactLog>, StoreError> {
+        let mut sql = format!("SELECT {LOG_COLUMNS} FROM calls WHERE 1 = 1");
+        let mut n = 0;
+        let mut cond = |sql: &mut String, c: &str| {
+            n += 1;
+            sql.push_str(&c.replace('?', &format!("${n}")));
+        };
+        if f.from_ms.is_some() {
+            cond(&mut sql, " AND offered_at >= ?");
+        }
+        if f.to_ms.is_some() {
+            cond(&mut sql, " AND offered_at < ?");
+        }
+        if f.agent.is_some() {
+            cond(&mut sql, " AND agent_id = ?");
+        }
+        if f.customer.is_some() {
+            cond(&mut sql, " AND customer_id = ?");
+        }
+        if f.number.is_some() {
+            cond(&mut sql, " AND (caller_e164 = ? OR caller_raw = ?)");
+        }
+        if f.disposition.is_some() {
+            cond(&mut sql, " AND disposition = ?");
+        }
+        if f.before.is_some() {
+            cond(&mut sql, " AND id < ?");
+        }
+        sql.push_str(&format!(
+            " ORDER BY id DESC LIMIT {}",
+            f.limit.clamp(1, 500)
+        ));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for v in [f.from_ms, f.to_ms, f.agent, f.customer]
+            .into_iter()
+            .flatten()
+        {
+            q = q.bind(v);
+        }
+        if let Some(num) = &f.number {
+            q = q.bind(num.clone());
+        }
+        if let Some(d) = &f.disposition {
+            q = q.bind(d.clone());
+        }
+        if let Some(b) = f.before {
+            q = q.bind(b);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(log_of).collect::<Result<_, _>>()?)
+    }
+
+    /// The customer's latest contacts, newest first (for the screen-pop).
+    pub async fn recent_contacts(
+        &self,
+        customer: i64,
+        limit: i64,
+    ) -> Result<Vec<ContactLog>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {LOG_COLUMNS} FROM calls WHERE customer_id = $1 ORDER BY offered_at DESC, id DESC LIMIT {}",
+            limit.clamp(1, 100)
+        )))
+        .bind(customer)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(log_of).collect::<Result<_, _>>()?)
+    }
+
+    /// The agent's notes and wrap-up code on a call; `None` leaves a field alone.
+    pub async fn annotate_call(
+        &self,
+        id: i64,
+        notes: Option<&str>,
+        agent_disposition: Option<&str>,
+    ) -> Result<ContactLog, StoreError> {
+        sqlx::query(
+            "UPDATE calls SET notes = COALESCE($1, notes), \
+             agent_disposition = COALESCE($2, agent_disposition) WHERE id = $3",
+        )
+        .bind(notes.map(str::to_string))
+        .bind(agent_disposition.map(str::to_string))
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        self.contact_log(id)
+            .await?
+            .ok_or(StoreError::NotFound("call"))
+    }
+
+    pub async fn recording(&self, id: i64) -> Result<Option<Recording>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, path, duration_ms, size_bytes, sha256, created_at FROM recordings WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        Ok(Some(Recording {
+            id: r.try_get("id")?,
+            path: r.try_get("path")?,
+            duration_ms: r.try_get("duration_ms")?,
+            size_bytes: r.try_get("size_bytes")?,
+            sha256: r.try_get("sha256")?,
+            created_at: r.try_get("created_at")?,
+        }))
+    }
 }

@@ -10,7 +10,9 @@ use super::{now_ms, Store, StoreError};
 use crate::crm::phone::{normalize, NormalizedPhone};
 
 /// Customer tier; VIP callers go first in queues.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Tier {
     Vip,
@@ -37,7 +39,9 @@ impl Tier {
 }
 
 /// How a customer record came to exist.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum CreatedVia {
     Manual,
@@ -65,7 +69,7 @@ impl CreatedVia {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct NewPhone {
     pub number: String,
     #[serde(default)]
@@ -73,7 +77,7 @@ pub struct NewPhone {
 }
 
 /// A customer to create.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
 pub struct NewCustomer {
     #[serde(default)]
     pub code: Option<String>,
@@ -100,7 +104,7 @@ fn regular() -> Tier {
     Tier::Regular
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Phone {
     pub number: String,
     pub e164: Option<String>,
@@ -108,7 +112,7 @@ pub struct Phone {
     pub label: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Customer {
     pub id: i64,
     pub code: String,
@@ -190,67 +194,8 @@ impl Store {
         via: CreatedVia,
         region: Id,
     ) -> Result<Customer, StoreError> {
-        if c.name.trim().is_empty() {
-            return Err(StoreError::Invalid {
-                field: "name",
-                why: "must not be empty".into(),
-            });
-        }
-        check_date("birthday", &c.birthday)?;
-        check_date("anniversary", &c.anniversary)?;
-        let mut phones = Vec::with_capacity(c.phones.len());
-        for (i, p) in c.phones.iter().enumerate() {
-            let n = normalize(&p.number, region).map_err(|e| StoreError::Invalid {
-                field: "phones",
-                why: format!("phones[{i}]: {e}"),
-            })?;
-            phones.push((p, n));
-        }
-        let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        // A unique placeholder code until the id is known.
-        let temp_code = format!("tmp-{:016x}", rand::random::<u64>());
-        let row = sqlx::query(
-            "INSERT INTO customers (code, name, company, tier, birthday, anniversary, address, \
-             notes, assigned_agent_id, created_via, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
-        )
-        .bind(c.code.clone().unwrap_or(temp_code))
-        .bind(c.name.trim().to_string())
-        .bind(c.company.clone())
-        .bind(c.tier.as_str())
-        .bind(c.birthday.clone())
-        .bind(c.anniversary.clone())
-        .bind(c.address.clone())
-        .bind(c.notes.clone())
-        .bind(c.assigned_agent_id)
-        .bind(via.as_str())
-        .bind(now)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| unique_violation(e, "code"))?;
-        let id: i64 = row.try_get("id")?;
-        if c.code.is_none() {
-            sqlx::query("UPDATE customers SET code = $1 WHERE id = $2")
-                .bind(format!("C{id:06}"))
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        for (p, n) in &phones {
-            sqlx::query(
-                "INSERT INTO customer_phones (customer_id, raw, e164, national, label) \
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(id)
-            .bind(p.number.clone())
-            .bind(n.e164.clone())
-            .bind(n.national.clone())
-            .bind(p.label.clone())
-            .execute(&mut *tx)
-            .await?;
-        }
+        let id = insert_customer(&mut tx, c, via, region).await?;
         tx.commit().await?;
         self.customer(id)
             .await?
@@ -350,5 +295,200 @@ fn unique_violation(e: sqlx::Error, field: &'static str) -> StoreError {
             why: "already in use".into(),
         },
         _ => StoreError::Db(e),
+    }
+}
+
+/// Filters for listing customers; newest id first below `before`.
+#[derive(Debug, Clone, Default)]
+pub struct CustomerFilter {
+    /// Part of the name, any case.
+    pub name: Option<String>,
+    /// A phone number in any format (normalized like stored numbers).
+    pub phone: Option<NormalizedPhone>,
+    pub code: Option<String>,
+    pub before: Option<i64>,
+    pub limit: i64,
+}
+
+impl Store {
+    pub async fn customers(&self, f: &CustomerFilter) -> Result<Vec<Customer>, StoreError> {
+        let mut sql = format!("SELECT {CUSTOMER_COLUMNS} FROM customers WHERE 1 = 1");
+        let mut n = 0;
+        let mut cond = |sql: &mut String, c: &str| {
+            n += 1;
+            sql.push_str(&c.replace('?', &format!("${n}")));
+        };
+        if f.name.is_some() {
+            cond(&mut sql, " AND LOWER(name) LIKE ?");
+        }
+        if let Some(p) = &f.phone {
+            if p.e164.is_some() {
+                cond(
+                    &mut sql,
+                    " AND id IN (SELECT customer_id FROM customer_phones WHERE e164 = ?)",
+                );
+            } else {
+                cond(
+                    &mut sql,
+                    " AND id IN (SELECT customer_id FROM customer_phones WHERE national = ?)",
+                );
+            }
+        }
+        if f.code.is_some() {
+            cond(&mut sql, " AND code = ?");
+        }
+        if f.before.is_some() {
+            cond(&mut sql, " AND id < ?");
+        }
+        sql.push_str(&format!(
+            " ORDER BY id DESC LIMIT {}",
+            f.limit.clamp(1, 1000)
+        ));
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        if let Some(name) = &f.name {
+            let escaped = name.to_lowercase().replace(['%', '_'], "");
+            q = q.bind(format!("%{escaped}%"));
+        }
+        if let Some(p) = &f.phone {
+            q = q.bind(p.e164.clone().unwrap_or_else(|| p.national.clone()));
+        }
+        if let Some(c) = &f.code {
+            q = q.bind(c.clone());
+        }
+        if let Some(b) = f.before {
+            q = q.bind(b);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let mut c = customer_of(r)?;
+            c.phones = self.phones_of(c.id).await?;
+            out.push(c);
+        }
+        Ok(out)
+    }
+}
+
+/// Inserts a customer and its phones inside `tx`; returns its id. Every phone must contain
+/// digits; a missing code gets `C<id>`.
+pub async fn insert_customer(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    c: &NewCustomer,
+    via: CreatedVia,
+    region: Id,
+) -> Result<i64, StoreError> {
+    let phones = validate_customer(c, region)?;
+    let now = now_ms();
+    // A unique placeholder code until the id is known.
+    let temp_code = format!("tmp-{:016x}", rand::random::<u64>());
+    let row = sqlx::query(
+        "INSERT INTO customers (code, name, company, tier, birthday, anniversary, address, \
+         notes, assigned_agent_id, created_via, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+    )
+    .bind(c.code.clone().unwrap_or(temp_code))
+    .bind(c.name.trim().to_string())
+    .bind(c.company.clone())
+    .bind(c.tier.as_str())
+    .bind(c.birthday.clone())
+    .bind(c.anniversary.clone())
+    .bind(c.address.clone())
+    .bind(c.notes.clone())
+    .bind(c.assigned_agent_id)
+    .bind(via.as_str())
+    .bind(now)
+    .bind(now)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(|e| unique_violation(e, "code"))?;
+    let id: i64 = row.try_get("id")?;
+    if c.code.is_none() {
+        sqlx::query("UPDATE customers SET code = $1 WHERE id = $2")
+            .bind(format!("C{id:06}"))
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    for (p, n) in &phones {
+        sqlx::query(
+            "INSERT INTO customer_phones (customer_id, raw, e164, national, label) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(p.number.clone())
+        .bind(n.e164.clone())
+        .bind(n.national.clone())
+        .bind(p.label.clone())
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(id)
+}
+
+/// Checks a new customer without touching the database; returns its phones normalized.
+pub fn validate_customer(
+    c: &NewCustomer,
+    region: Id,
+) -> Result<Vec<(&NewPhone, NormalizedPhone)>, StoreError> {
+    if c.name.trim().is_empty() {
+        return Err(StoreError::Invalid {
+            field: "name",
+            why: "must not be empty".into(),
+        });
+    }
+    check_date("birthday", &c.birthday)?;
+    check_date("anniversary", &c.anniversary)?;
+    let mut phones = Vec::with_capacity(c.phones.len());
+    for (i, p) in c.phones.iter().enumerate() {
+        let n = normalize(&p.number, region).map_err(|e| StoreError::Invalid {
+            field: "phones",
+            why: format!("phones[{i}]: {e}"),
+        })?;
+        phones.push((p, n));
+    }
+    Ok(phones)
+}
+
+impl Store {
+    /// Which of these customer codes are taken already.
+    pub async fn existing_codes(&self, codes: &[String]) -> Result<Vec<String>, StoreError> {
+        let mut taken = Vec::new();
+        for chunk in codes.chunks(500) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT code FROM customers WHERE code IN ({})",
+                placeholders.join(", ")
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for c in chunk {
+                q = q.bind(c.clone());
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                taken.push(r.try_get("code")?);
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Every customer with phones, in id order, `limit` at a time after `after` (for export).
+    pub async fn customers_after(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<Customer>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {CUSTOMER_COLUMNS} FROM customers WHERE id > $1 ORDER BY id LIMIT {}",
+            limit.clamp(1, 10_000)
+        )))
+        .bind(after)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let mut c = customer_of(r)?;
+            c.phones = self.phones_of(c.id).await?;
+            out.push(c);
+        }
+        Ok(out)
     }
 }

@@ -4,6 +4,7 @@
 //! query uses `$N` placeholders, which both databases accept. Each database keeps its own
 //! migrations (`migrations/sqlite`, `migrations/postgres`), equal column for column.
 
+pub mod agents;
 pub mod calls;
 pub mod customers;
 pub mod work_orders;

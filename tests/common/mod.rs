@@ -201,6 +201,10 @@ impl Ports {
     pub fn shim(&self) -> u16 {
         self.base + 5
     }
+    /// The server's HTTP port (TCP).
+    pub fn http(&self) -> u16 {
+        self.base + 6
+    }
 }
 
 /// Free if it can be bound on the wildcard address (which also fails when
@@ -382,6 +386,52 @@ password = "{password}"
         );
         fs::write(&self.profile, text)
             .unwrap_or_else(|e| panic!("writing {}: {e}", self.profile.display()));
+    }
+
+    /// A profile whose trunk has no fixed agent: calls go through the store's queues and
+    /// agents (the ACD).
+    pub fn write_acd_profile(&self) {
+        let text = r#"name = "test-acd"
+realm = "screenpop"
+default_region = "US"
+codecs = ["PCMU", "PCMA"]
+
+[trust]
+cidrs = ["127.0.0.0/8", "::1/128"]
+
+[[trunks]]
+name = "local"
+cidrs = ["127.0.0.0/8"]
+"#;
+        fs::write(&self.profile, text)
+            .unwrap_or_else(|e| panic!("writing {}: {e}", self.profile.display()));
+    }
+
+    /// An agent phone (SIPp UAS) on its own block of ports; returns it and its SIP port.
+    pub fn agent_phone(&self, role: &str, ports: Ports, scenario: &str, extra: &[&str]) -> Sipp {
+        let args = vec![
+            "-p".to_string(),
+            ports.agent_sip().to_string(),
+            "-mp".to_string(),
+            ports.agent_media().to_string(),
+            "-cp".to_string(),
+            ports.control(0).to_string(),
+        ];
+        let mut sipp = Sipp::spawn(self, role, scenario, None, args, extra);
+        sipp.wait_bound(ports.agent_sip(), Duration::from_secs(5));
+        sipp
+    }
+
+    /// A trunk call from `caller` (a number, or `anonymous`) using a `*_from.xml` scenario.
+    pub fn trunk_from(&self, caller: &str, scenario: &str, extra: &[&str]) -> Sipp {
+        let mut args: Vec<&str> = vec!["-key", "caller", caller];
+        args.extend_from_slice(extra);
+        self.trunk(scenario, &args)
+    }
+
+    /// The server's HTTP base URL.
+    pub fn http_base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports.http())
     }
 
     /// Starts screenpop on this env's ports and waits until it answers OPTIONS.
@@ -640,6 +690,8 @@ impl Server {
             env.profile.display().to_string(),
             "--rtp-ports".into(),
             format!("{lo}-{hi}"),
+            "--http".into(),
+            format!("127.0.0.1:{}", env.ports.http()),
         ];
         let cmdline = format!("RUST_LOG={rust_log} {} {}", bin.display(), args.join(" "));
         let child = Command::new(&bin)
@@ -784,7 +836,7 @@ pub struct Sipp {
 }
 
 impl Sipp {
-    fn spawn(
+    pub fn spawn(
         env: &Env,
         role: &str,
         scenario: &str,
@@ -859,7 +911,7 @@ impl Sipp {
             .unwrap_or_default()
     }
 
-    fn wait_bound(&mut self, port: u16, timeout: Duration) {
+    pub fn wait_bound(&mut self, port: u16, timeout: Duration) {
         let start = Instant::now();
         loop {
             match udp_port_bound(port) {

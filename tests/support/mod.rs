@@ -38,6 +38,7 @@ impl TestServer {
             .arg("--profile")
             .arg(dir.join("profile.toml"))
             .args(["--rtp-ports", rtp])
+            .args(["--http", "off"])
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()

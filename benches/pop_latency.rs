@@ -1,0 +1,376 @@
+//! Screen-pop latency under load (issue 3): the time from an INVITE coming off screenpop's SIP
+//! socket to the `call.offered` frame being written on the agent's WebSocket, measured inside
+//! screenpop (its `screen-pop written latency_us=…` log lines).
+//!
+//!   cargo bench --bench pop_latency -- sqlite      (or postgres)
+//!
+//! Setup: a store seeded with POP_CUSTOMERS customers (default 1,000,000, each with a phone),
+//! POP_DESKTOPS agents (default 200), each with a desktop connected over WebSocket and
+//! available; SIPp as the trunk places calls from random customers at POP_RATE calls per second
+//! (default 50) for POP_SECONDS (default 60), each bridged to a SIPp agent phone, relayed with
+//! RTP both ways and recorded, held one second. Prints p50/p90/p99/max and the counts as JSON.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const SIP: u16 = 15060;
+const HTTP: u16 = 18080;
+const PHONE: u16 = 15090;
+const TRUNK: u16 = 15070;
+const DIALED: &str = "8005550100";
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn api(method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Value {
+    let url = format!("http://127.0.0.1:{HTTP}{path}");
+    let mut req = ureq::request(method, &url).timeout(Duration::from_secs(30));
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    let resp = match body {
+        Some(b) => req.send_json(b),
+        None => req.call(),
+    };
+    match resp {
+        Ok(r) => r.into_json().expect("json"),
+        Err(e) => panic!("{method} {path}: {e}"),
+    }
+}
+
+/// Seeds `n` customers with one phone each (+1 415 2000001 …) in bulk SQL.
+async fn seed(store: &screenpop::store::Store, n: u64) {
+    use screenpop::store::Backend;
+    let started = Instant::now();
+    let customers = match store.backend() {
+        Backend::Sqlite => format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}) \
+             INSERT INTO customers (code, name, tier, created_via, created_at, updated_at) \
+             SELECT 'B' || i, 'Customer ' || i, CASE WHEN i % 10 = 0 THEN 'vip' ELSE 'regular' END, \
+             'import', 0, 0 FROM n"
+        ),
+        Backend::Postgres => format!(
+            "INSERT INTO customers (code, name, tier, created_via, created_at, updated_at) \
+             SELECT 'B' || i, 'Customer ' || i, CASE WHEN i % 10 = 0 THEN 'vip' ELSE 'regular' END, \
+             'import', 0, 0 FROM generate_series(1, {n}) AS i"
+        ),
+    };
+    sqlx::query(sqlx::AssertSqlSafe(customers))
+        .execute(store.pool())
+        .await
+        .expect("seed customers");
+    sqlx::query(
+        "INSERT INTO customer_phones (customer_id, raw, e164, national, label) \
+         SELECT id, '+1415' || (2000000 + id), '+1415' || (2000000 + id), '415' || (2000000 + id), 'mobile' \
+         FROM customers",
+    )
+    .execute(store.pool())
+    .await
+    .expect("seed phones");
+    let analyze = match store.backend() {
+        Backend::Sqlite => "ANALYZE",
+        Backend::Postgres => "ANALYZE customers, customer_phones",
+    };
+    sqlx::query(analyze)
+        .execute(store.pool())
+        .await
+        .expect("analyze");
+    eprintln!(
+        "seeded {n} customers in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn silence(path: &Path) {
+    // Ten seconds of G.711 u-law silence for SIPp to loop as RTP.
+    std::fs::write(path, vec![0xFFu8; 80_000]).expect("write audio");
+}
+
+fn sipp(dir: &Path, args: &[String]) -> Child {
+    Command::new("sipp")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sipp (apt install sip-tester)")
+}
+
+fn main() {
+    let kind = std::env::args()
+        .skip(1)
+        .find(|a| a == "sqlite" || a == "postgres")
+        .unwrap_or_else(|| "sqlite".into());
+    let customers = env_or("POP_CUSTOMERS", 1_000_000);
+    let desktops = env_or("POP_DESKTOPS", 200);
+    let rate = env_or("POP_RATE", 50);
+    let seconds = env_or("POP_SECONDS", 60);
+    let calls = rate * seconds;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let work = std::env::temp_dir().join(format!("screenpop-pop-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).expect("work dir");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+
+    // The store.
+    let url = match kind.as_str() {
+        "postgres" => {
+            let base = std::env::var("SCREENPOP_TEST_POSTGRES")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+            let schema = format!("pop_bench_{}", std::process::id());
+            rt.block_on(async {
+                let admin = screenpop::store::Store::connect(&base)
+                    .await
+                    .expect("postgres");
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP SCHEMA IF EXISTS {schema} CASCADE"
+                )))
+                .execute(admin.pool())
+                .await
+                .expect("drop schema");
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+                    .execute(admin.pool())
+                    .await
+                    .expect("create schema");
+            });
+            format!("{base}?options=-c%20search_path%3D{schema}")
+        }
+        _ => format!("sqlite://{}", work.join("pop.db").display()),
+    };
+    rt.block_on(async {
+        let store = screenpop::store::Store::connect(&url).await.expect("store");
+        store.migrate().await.expect("migrate");
+        seed(&store, customers).await;
+        screenpop::server::create_admin(&store, "admin", "Admin", "bench-admin-pw")
+            .await
+            .expect("admin");
+    });
+
+    // The server.
+    std::fs::write(
+        work.join("bench.toml"),
+        "name = \"pop-bench\"\ndefault_region = \"US\"\n[trust]\ncidrs = [\"127.0.0.0/8\"]\n\
+         [[trunks]]\nname = \"sipp\"\ncidrs = [\"127.0.0.0/8\"]\n",
+    )
+    .expect("profile");
+    let log = std::fs::File::create(work.join("server.log")).expect("log");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_screenpop"))
+        .args(["serve", "--sip", &format!("127.0.0.1:{SIP}")])
+        .args(["--http", &format!("127.0.0.1:{HTTP}")])
+        .args(["--database", &url, "--profile", "bench.toml"])
+        .args(["--recordings", "rec", "--rtp-ports", "20000-29999"])
+        .env("RUST_LOG", "info,sqlx=warn")
+        .current_dir(&work)
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("server");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", HTTP)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "server did not start; see {}",
+            work.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Agents and their desktops.
+    let admin = api(
+        "POST",
+        "/api/login",
+        None,
+        Some(json!({"username": "admin", "password": "bench-admin-pw"})),
+    );
+    let admin = admin["token"].as_str().expect("token").to_string();
+    let q = api(
+        "POST",
+        "/api/queues",
+        Some(&admin),
+        Some(
+            json!({"name": "main", "dialed_numbers": [DIALED], "is_default": true,
+                    "ring_timeout_secs": 10, "max_wait_secs": 60, "wrap_up_secs": 0}),
+        ),
+    );
+    let queue = q["id"].as_i64().expect("queue");
+    let stop = Arc::new(AtomicBool::new(false));
+    let offered = Arc::new(AtomicUsize::new(0));
+    let ready = Arc::new(AtomicUsize::new(0));
+    let mut threads = Vec::new();
+    for i in 0..desktops {
+        let user = format!("agent{i:03}");
+        api(
+            "POST",
+            "/api/agents",
+            Some(&admin),
+            Some(
+                json!({"username": user, "password": "agent-password", "display_name": user,
+                        "sip_uri": format!("sip:{user}@127.0.0.1:{PHONE}"), "queues": [queue]}),
+            ),
+        );
+        let login = api(
+            "POST",
+            "/api/login",
+            None,
+            Some(json!({"username": user, "password": "agent-password"})),
+        );
+        let token = login["token"].as_str().expect("token").to_string();
+        let (stop, offered, ready) = (stop.clone(), offered.clone(), ready.clone());
+        threads.push(std::thread::spawn(move || {
+            let stream = TcpStream::connect(("127.0.0.1", HTTP)).expect("ws connect");
+            stream
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .ok();
+            let url = format!("ws://127.0.0.1:{HTTP}/ws?token={token}");
+            let (mut ws, _) = tungstenite::client(url.as_str(), stream).expect("ws");
+            ws.send(tungstenite::Message::Text(
+                r#"{"type":"set_state","state":"available"}"#.into(),
+            ))
+            .expect("set_state");
+            ready.fetch_add(1, Ordering::SeqCst);
+            while !stop.load(Ordering::SeqCst) {
+                match ws.read() {
+                    Ok(tungstenite::Message::Text(t))
+                        if t.contains("\"type\":\"call.offered\"") =>
+                    {
+                        offered.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(_) => {}
+                    Err(tungstenite::Error::Io(_)) => {}
+                    Err(_) => break,
+                }
+            }
+        }));
+    }
+    while ready.load(Ordering::SeqCst) < desktops as usize {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("{desktops} agents available on their desktops");
+
+    // SIPp: the agents' phone and the trunk.
+    silence(&work.join("caller_600hz.ulaw"));
+    silence(&work.join("agent_1500hz.ulaw"));
+    let uac = std::fs::read_to_string(root.join("tests/sipp/uac_call_from.xml"))
+        .expect("scenario")
+        .replace("[caller]", "[field0]");
+    std::fs::write(work.join("uac.xml"), uac).expect("scenario");
+    std::fs::copy(root.join("tests/sipp/uas_answer.xml"), work.join("uas.xml")).expect("scenario");
+    let mut csv = std::fs::File::create(work.join("callers.csv")).expect("csv");
+    writeln!(csv, "RANDOM").expect("csv");
+    for _ in 0..calls.min(100_000) {
+        let id = 1 + rand::random::<u64>() % customers.max(1);
+        writeln!(csv, "+1415{};", 2_000_000 + id).expect("csv");
+    }
+    drop(csv);
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let mut phone = sipp(
+        &work,
+        &s(&[
+            "-sf",
+            "uas.xml",
+            "-p",
+            &PHONE.to_string(),
+            "-mp",
+            "40000",
+            "-i",
+            "127.0.0.1",
+            "-mi",
+            "127.0.0.1",
+            "-bind_local",
+            "-nostdin",
+            "-trace_stat",
+            "-stf",
+            "phone_stat.csv",
+        ]),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let mut trunk = sipp(
+        &work,
+        &s(&[
+            &format!("127.0.0.1:{SIP}"),
+            "-sf",
+            "uac.xml",
+            "-inf",
+            "callers.csv",
+            "-p",
+            &TRUNK.to_string(),
+            "-mp",
+            "50000",
+            "-i",
+            "127.0.0.1",
+            "-mi",
+            "127.0.0.1",
+            "-bind_local",
+            "-s",
+            DIALED,
+            "-r",
+            &rate.to_string(),
+            "-m",
+            &calls.to_string(),
+            "-d",
+            "1000",
+            "-nostdin",
+            "-timeout",
+            &format!("{}s", seconds + 60),
+            "-trace_stat",
+            "-stf",
+            "trunk_stat.csv",
+        ]),
+    );
+    let status = trunk.wait().expect("trunk");
+    let elapsed = started.elapsed();
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::SeqCst);
+    for t in threads {
+        let _ = t.join();
+    }
+    let _ = phone.kill();
+    let _ = phone.wait();
+    let _ = server.kill();
+    let _ = server.wait();
+
+    // The latencies screenpop logged.
+    let text = std::fs::read_to_string(work.join("server.log")).expect("server log");
+    let mut lat: Vec<u64> = text
+        .lines()
+        .filter(|l| l.contains("screen-pop written"))
+        .filter_map(|l| l.split("latency_us=").nth(1))
+        .filter_map(|v| v.split_whitespace().next()?.parse().ok())
+        .collect();
+    lat.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if lat.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
+        lat[i] as f64 / 1000.0
+    };
+    let answered = text.lines().filter(|l| l.contains(" answered")).count();
+    let report = json!({
+        "database": kind,
+        "customers": customers,
+        "desktops": desktops,
+        "rate_cps": rate,
+        "calls_placed": calls,
+        "sipp_exit": status.code(),
+        "load_seconds": elapsed.as_secs_f64(),
+        "pops_written": lat.len(),
+        "pops_received_by_desktops": offered.load(Ordering::SeqCst),
+        "calls_answered": answered,
+        "latency_ms": {"p50": pct(0.50), "p90": pct(0.90), "p99": pct(0.99), "max": pct(1.0)},
+        "work_dir": work.display().to_string(),
+    });
+    println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+}

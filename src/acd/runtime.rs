@@ -1,0 +1,367 @@
+//! The ACD at the edge: one task owns the [`Acd`] state machine, loads agents and queues from
+//! the store, and turns its outputs into decisions sent to call tasks and `agent.state` events
+//! for the desktops. Everything reaches it over one channel, so the policy never needs a lock.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::{Acd, AgentId, CallKey, Input, Output, Queue as AcdQueue, QueueId};
+use crate::calls::b2bua::AgentTarget;
+use crate::events::{Event, EventBus};
+use crate::sip::digest::Secret;
+use crate::sip::registrar::Registrar;
+use crate::sip::Uri;
+use crate::store::agents::{Queue, SipTarget};
+use crate::store::Store;
+
+/// What the ACD tells a call.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    /// The call waits in this queue.
+    Queued { queue: QueueId, name: String },
+    /// No queue takes calls to this number (no default queue either).
+    NoQueue,
+    /// Ring this agent.
+    Offer(Box<AgentOffer>),
+    /// Stop ringing the agent (ring-no-answer); the call stays queued.
+    Withdraw { agent: AgentId },
+    /// The queue's maximum wait passed: end the call with a callback.
+    Overflow,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentOffer {
+    pub agent: AgentId,
+    pub display_name: String,
+    pub target: AgentTarget,
+}
+
+/// A call entering the ACD.
+pub struct RouteRequest {
+    pub call: CallKey,
+    pub dialed: String,
+    pub vip: bool,
+    pub assigned: Option<AgentId>,
+    pub decisions: mpsc::UnboundedSender<Decision>,
+}
+
+enum Command {
+    Route(RouteRequest),
+    Call(Input),
+    Registered { sip_user: String, reachable: bool },
+    Reload,
+}
+
+/// The way in: cheap to clone, never blocks.
+#[derive(Clone)]
+pub struct AcdHandle {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl AcdHandle {
+    pub fn route(&self, r: RouteRequest) {
+        let _ = self.tx.send(Command::Route(r));
+    }
+
+    /// Tells the policy what happened to a call (answered, refused, ended, abandoned).
+    pub fn tell(&self, input: Input) {
+        let _ = self.tx.send(Command::Call(input));
+    }
+
+    /// An agent's desktop asks to be available or paused.
+    pub fn set_available(&self, agent: AgentId, available: bool) {
+        self.tell(Input::SetAvailable { agent, available });
+    }
+
+    /// A phone registered (or its last binding went away).
+    pub fn registered(&self, sip_user: &str, reachable: bool) {
+        let _ = self.tx.send(Command::Registered {
+            sip_user: sip_user.to_string(),
+            reachable,
+        });
+    }
+
+    /// Re-reads agents and queues from the store (after the API changed them).
+    pub fn reload(&self) {
+        let _ = self.tx.send(Command::Reload);
+    }
+}
+
+struct AgentInfo {
+    display_name: String,
+    sip: SipTarget,
+}
+
+struct Runtime {
+    acd: Acd,
+    store: Store,
+    bus: Arc<dyn EventBus>,
+    registrar: Arc<Mutex<Registrar>>,
+    realm: String,
+    agents: HashMap<AgentId, AgentInfo>,
+    queues: Vec<Queue>,
+    calls: HashMap<CallKey, mpsc::UnboundedSender<Decision>>,
+}
+
+/// Starts the ACD task; agents and queues are loaded before it takes calls.
+pub async fn spawn(
+    store: Store,
+    bus: Arc<dyn EventBus>,
+    registrar: Arc<Mutex<Registrar>>,
+    realm: String,
+) -> AcdHandle {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut rt = Runtime {
+        acd: Acd::new(),
+        store,
+        bus,
+        registrar,
+        realm,
+        agents: HashMap::new(),
+        queues: Vec::new(),
+        calls: HashMap::new(),
+    };
+    rt.reload(Instant::now()).await;
+    tokio::spawn(async move {
+        loop {
+            let wake = rt
+                .acd
+                .poll_timeout()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    let now = Instant::now();
+                    rt.on_command(now, cmd).await;
+                    rt.drain();
+                }
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    rt.acd.handle_timeout(Instant::now());
+                    rt.drain();
+                }
+            }
+        }
+    });
+    AcdHandle { tx }
+}
+
+fn skills(v: &[String]) -> BTreeSet<String> {
+    v.iter().cloned().collect()
+}
+
+impl Runtime {
+    async fn reload(&mut self, now: Instant) {
+        let (agents, queues) = match (self.store.agents().await, self.store.queues().await) {
+            (Ok(a), Ok(q)) => (a, q),
+            (Err(e), _) | (_, Err(e)) => {
+                warn!(error = %e, "agents and queues not loaded");
+                return;
+            }
+        };
+        for q in &queues {
+            self.acd.handle(
+                now,
+                Input::UpsertQueue(AcdQueue {
+                    id: q.id,
+                    required_skills: skills(&q.required_skills),
+                    ring_timeout: Duration::from_secs(q.ring_timeout_secs.max(1) as u64),
+                    max_wait: Duration::from_secs(q.max_wait_secs.max(0) as u64),
+                    wrap_up: Duration::from_secs(q.wrap_up_secs.max(0) as u64),
+                }),
+            );
+        }
+        self.queues = queues;
+        for a in agents {
+            let reachable = match &a.sip {
+                SipTarget::Uri(_) => true,
+                SipTarget::Registered {
+                    username,
+                    ha1_md5,
+                    ha1_sha256,
+                } => {
+                    let mut reg = match self.registrar.lock() {
+                        Ok(r) => r,
+                        Err(p) => p.into_inner(),
+                    };
+                    reg.set_user(
+                        username,
+                        Secret::Ha1 {
+                            md5: ha1_md5.clone(),
+                            sha256: ha1_sha256.clone(),
+                        },
+                    );
+                    !reg.contacts(username, now).is_empty()
+                }
+                SipTarget::None => false,
+            };
+            self.acd.handle(
+                now,
+                Input::UpsertAgent {
+                    id: a.id,
+                    skills: a.skills.clone(),
+                    queues: a.queues.clone(),
+                    reachable,
+                },
+            );
+            self.agents.insert(
+                a.id,
+                AgentInfo {
+                    display_name: a.display_name.clone(),
+                    sip: a.sip.clone(),
+                },
+            );
+        }
+        info!(
+            agents = self.agents.len(),
+            queues = self.queues.len(),
+            realm = %self.realm,
+            "ACD loaded"
+        );
+    }
+
+    /// The queue for a dialed number: one that lists it, else the default queue.
+    fn queue_for(&self, dialed: &str) -> Option<&Queue> {
+        let digits = |s: &str| -> String { s.chars().filter(|c| c.is_ascii_digit()).collect() };
+        let want = digits(dialed);
+        self.queues
+            .iter()
+            .find(|q| {
+                q.dialed_numbers
+                    .iter()
+                    .any(|n| n == dialed || (!want.is_empty() && digits(n) == want))
+            })
+            .or_else(|| self.queues.iter().find(|q| q.is_default))
+    }
+
+    async fn on_command(&mut self, now: Instant, cmd: Command) {
+        match cmd {
+            Command::Route(r) => {
+                let Some(q) = self.queue_for(&r.dialed) else {
+                    let _ = r.decisions.send(Decision::NoQueue);
+                    return;
+                };
+                let _ = r.decisions.send(Decision::Queued {
+                    queue: q.id,
+                    name: q.name.clone(),
+                });
+                let queue = q.id;
+                self.calls.insert(r.call.clone(), r.decisions);
+                self.acd.handle(
+                    now,
+                    Input::CallArrived {
+                        call: r.call,
+                        queue,
+                        vip: r.vip,
+                        assigned: r.assigned,
+                    },
+                );
+            }
+            Command::Call(input) => {
+                let gone = match &input {
+                    Input::Ended { call } | Input::Abandoned { call } => Some(call.clone()),
+                    _ => None,
+                };
+                self.acd.handle(now, input);
+                if let Some(call) = gone {
+                    self.calls.remove(&call);
+                }
+            }
+            Command::Registered {
+                sip_user,
+                reachable,
+            } => {
+                let agent = self.agents.iter().find_map(|(id, a)| match &a.sip {
+                    SipTarget::Registered { username, .. } if *username == sip_user => Some(*id),
+                    _ => None,
+                });
+                if let Some(agent) = agent {
+                    self.acd.handle(now, Input::Reachable { agent, reachable });
+                }
+            }
+            Command::Reload => self.reload(now).await,
+        }
+    }
+
+    /// Where to ring an agent now, or `None` when the phone cannot be reached.
+    fn target(&self, agent: AgentId) -> Option<AgentTarget> {
+        match &self.agents.get(&agent)?.sip {
+            SipTarget::Uri(u) => Uri::parse(u)
+                .ok()
+                .map(|uri| AgentTarget { uri, peer: None }),
+            SipTarget::Registered { username, .. } => {
+                let reg = match self.registrar.lock() {
+                    Ok(r) => r,
+                    Err(p) => p.into_inner(),
+                };
+                reg.contacts(username, Instant::now())
+                    .first()
+                    .map(|b| AgentTarget {
+                        uri: b.contact.uri.clone(),
+                        peer: Some(b.source),
+                    })
+            }
+            SipTarget::None => None,
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(out) = self.acd.poll_output() {
+            match out {
+                Output::Offer { call, agent } => {
+                    let Some(target) = self.target(agent) else {
+                        // Registration lapsed since the last check: not reachable, next agent.
+                        self.acd.handle(
+                            Instant::now(),
+                            Input::Reachable {
+                                agent,
+                                reachable: false,
+                            },
+                        );
+                        self.acd.handle(Instant::now(), Input::Refused { call });
+                        continue;
+                    };
+                    let offer = AgentOffer {
+                        agent,
+                        display_name: self
+                            .agents
+                            .get(&agent)
+                            .map(|a| a.display_name.clone())
+                            .unwrap_or_default(),
+                        target,
+                    };
+                    self.send(&call, Decision::Offer(Box::new(offer)));
+                }
+                Output::Withdraw { call, agent } => self.send(&call, Decision::Withdraw { agent }),
+                Output::Overflow { call } => {
+                    self.send(&call, Decision::Overflow);
+                    self.calls.remove(&call);
+                }
+                Output::AgentState { agent, state } => {
+                    self.bus.publish(Event::new(
+                        "agent.state",
+                        Some(agent),
+                        json!({ "agent_id": agent, "state": state }),
+                    ));
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, call: &CallKey, d: Decision) {
+        let gone = match self.calls.get(call) {
+            Some(tx) => tx.send(d).is_err(),
+            None => true,
+        };
+        if gone {
+            // The call task is gone without saying so: free whoever was ringing for it.
+            self.calls.remove(call);
+            self.acd
+                .handle(Instant::now(), Input::Abandoned { call: call.clone() });
+        }
+    }
+}

@@ -1,0 +1,431 @@
+//! Agents, queues and API sessions. Skills and dialed numbers are JSON arrays in text columns
+//! (the Any driver carries no arrays); an agent's queues are the `agent_queues` rows.
+
+use std::collections::BTreeSet;
+
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::{now_ms, Store, StoreError};
+
+/// What an account may do.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Agent,
+    Supervisor,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Agent => "agent",
+            Role::Supervisor => "supervisor",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "agent" => Some(Role::Agent),
+            "supervisor" => Some(Role::Supervisor),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+
+    /// Supervisors and admins see every call.
+    pub fn sees_all(self) -> bool {
+        self >= Role::Supervisor
+    }
+}
+
+/// Where an agent's phone is reached: one of the two, never both (the type says so).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SipTarget {
+    /// A phone on the PBX, called at this URI.
+    Uri(String),
+    /// A phone that registers with screenpop's registrar under this username; the HA1s are
+    /// what digest needs, the password itself is not kept.
+    Registered {
+        username: String,
+        ha1_md5: String,
+        ha1_sha256: String,
+    },
+    /// No phone (supervisors and admins who only use the pages).
+    None,
+}
+
+/// An agent as stored (the password hash never leaves the store layer in API output).
+#[derive(Debug, Clone)]
+pub struct Agent {
+    pub id: i64,
+    pub username: String,
+    pub display_name: String,
+    pub role: Role,
+    pub password_hash: String,
+    pub sip: SipTarget,
+    pub skills: BTreeSet<String>,
+    pub queues: BTreeSet<i64>,
+    pub created_at: i64,
+}
+
+/// A new agent, with its password already hashed.
+#[derive(Debug, Clone)]
+pub struct NewAgent {
+    pub username: String,
+    pub display_name: String,
+    pub role: Role,
+    pub password_hash: String,
+    pub sip: SipTarget,
+    pub skills: BTreeSet<String>,
+    pub queues: BTreeSet<i64>,
+}
+
+/// A queue: where calls to its dialed numbers wait for an agent.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Queue {
+    pub id: i64,
+    pub name: String,
+    pub dialed_numbers: Vec<String>,
+    pub ring_timeout_secs: i64,
+    pub max_wait_secs: i64,
+    pub wrap_up_secs: i64,
+    pub required_skills: Vec<String>,
+    /// Calls to numbers no queue lists go here.
+    pub is_default: bool,
+}
+
+/// A new queue.
+#[derive(Debug, Clone)]
+pub struct NewQueue {
+    pub name: String,
+    pub dialed_numbers: Vec<String>,
+    pub ring_timeout_secs: i64,
+    pub max_wait_secs: i64,
+    pub wrap_up_secs: i64,
+    pub required_skills: Vec<String>,
+    pub is_default: bool,
+}
+
+const AGENT_COLUMNS: &str = "id, username, display_name, role, password_hash, sip_uri, \
+     sip_username, sip_ha1_md5, sip_ha1_sha256, skills, created_at";
+
+fn json_set(s: &str) -> BTreeSet<String> {
+    serde_json::from_str(s).unwrap_or_default()
+}
+
+fn agent_of(row: &AnyRow) -> Result<Agent, sqlx::Error> {
+    let role: String = row.try_get("role")?;
+    let uri: Option<String> = row.try_get("sip_uri")?;
+    let user: Option<String> = row.try_get("sip_username")?;
+    let md5: Option<String> = row.try_get("sip_ha1_md5")?;
+    let sha: Option<String> = row.try_get("sip_ha1_sha256")?;
+    let sip = match (uri, user, md5, sha) {
+        (Some(u), _, _, _) => SipTarget::Uri(u),
+        (None, Some(username), Some(ha1_md5), Some(ha1_sha256)) => SipTarget::Registered {
+            username,
+            ha1_md5,
+            ha1_sha256,
+        },
+        _ => SipTarget::None,
+    };
+    let skills: String = row.try_get("skills")?;
+    Ok(Agent {
+        id: row.try_get("id")?,
+        username: row.try_get("username")?,
+        display_name: row.try_get("display_name")?,
+        role: Role::parse(&role).unwrap_or(Role::Agent),
+        password_hash: row.try_get("password_hash")?,
+        sip,
+        skills: json_set(&skills),
+        queues: BTreeSet::new(),
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn queue_of(row: &AnyRow) -> Result<Queue, sqlx::Error> {
+    let dialed: String = row.try_get("dialed_numbers")?;
+    let skills: String = row.try_get("required_skills")?;
+    Ok(Queue {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        dialed_numbers: serde_json::from_str(&dialed).unwrap_or_default(),
+        ring_timeout_secs: row.try_get("ring_timeout_secs")?,
+        max_wait_secs: row.try_get("max_wait_secs")?,
+        wrap_up_secs: row.try_get("wrap_up_secs")?,
+        required_skills: serde_json::from_str(&skills).unwrap_or_default(),
+        is_default: row.try_get::<i64, _>("is_default")? != 0,
+    })
+}
+
+fn invalid(field: &'static str, why: impl Into<String>) -> StoreError {
+    StoreError::Invalid {
+        field,
+        why: why.into(),
+    }
+}
+
+impl Store {
+    /// Creates an agent and its queue memberships in one transaction.
+    pub async fn create_agent(&self, a: &NewAgent) -> Result<Agent, StoreError> {
+        let username = a.username.trim();
+        if username.is_empty() || username.len() > 64 || username.contains(char::is_whitespace) {
+            return Err(invalid("username", "1 to 64 characters, no spaces"));
+        }
+        if a.display_name.trim().is_empty() {
+            return Err(invalid("display_name", "must not be empty"));
+        }
+        let (uri, user, md5, sha) = match &a.sip {
+            SipTarget::Uri(u) => (Some(u.clone()), None, None, None),
+            SipTarget::Registered {
+                username,
+                ha1_md5,
+                ha1_sha256,
+            } => (
+                None,
+                Some(username.clone()),
+                Some(ha1_md5.clone()),
+                Some(ha1_sha256.clone()),
+            ),
+            SipTarget::None => (None, None, None, None),
+        };
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "INSERT INTO agents (username, display_name, role, password_hash, sip_uri, \
+             sip_username, sip_ha1_md5, sip_ha1_sha256, skills, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+        )
+        .bind(username.to_string())
+        .bind(a.display_name.trim().to_string())
+        .bind(a.role.as_str())
+        .bind(a.password_hash.clone())
+        .bind(uri)
+        .bind(user)
+        .bind(md5)
+        .bind(sha)
+        .bind(serde_json::to_string(&a.skills).unwrap_or_else(|_| "[]".into()))
+        .bind(now_ms())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                let field = if d.message().contains("sip_username") {
+                    "sip_username"
+                } else {
+                    "username"
+                };
+                invalid(field, "already in use")
+            }
+            _ => StoreError::Db(e),
+        })?;
+        let id: i64 = row.try_get("id")?;
+        for q in &a.queues {
+            sqlx::query("INSERT INTO agent_queues (agent_id, queue_id) VALUES ($1, $2)")
+                .bind(id)
+                .bind(*q)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| match &e {
+                    sqlx::Error::Database(d) if d.is_foreign_key_violation() => {
+                        invalid("queues", format!("no queue {q}"))
+                    }
+                    _ => StoreError::Db(e),
+                })?;
+        }
+        tx.commit().await?;
+        self.agent(id).await?.ok_or(StoreError::NotFound("agent"))
+    }
+
+    pub async fn agent(&self, id: i64) -> Result<Option<Agent>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {AGENT_COLUMNS} FROM agents WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let mut a = agent_of(&row)?;
+        a.queues = self.queues_of(id).await?;
+        Ok(Some(a))
+    }
+
+    pub async fn agent_by_username(&self, username: &str) -> Result<Option<Agent>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {AGENT_COLUMNS} FROM agents WHERE username = $1"
+        )))
+        .bind(username.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let mut a = agent_of(&row)?;
+        a.queues = self.queues_of(a.id).await?;
+        Ok(Some(a))
+    }
+
+    /// Every agent with their queues (the ACD loads this at start and after changes).
+    pub async fn agents(&self) -> Result<Vec<Agent>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {AGENT_COLUMNS} FROM agents ORDER BY id"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut agents = rows.iter().map(agent_of).collect::<Result<Vec<_>, _>>()?;
+        let links = sqlx::query("SELECT agent_id, queue_id FROM agent_queues")
+            .fetch_all(&self.pool)
+            .await?;
+        for l in &links {
+            let (a, q): (i64, i64) = (l.try_get("agent_id")?, l.try_get("queue_id")?);
+            if let Some(agent) = agents.iter_mut().find(|x| x.id == a) {
+                agent.queues.insert(q);
+            }
+        }
+        Ok(agents)
+    }
+
+    async fn queues_of(&self, agent: i64) -> Result<BTreeSet<i64>, StoreError> {
+        let rows = sqlx::query("SELECT queue_id FROM agent_queues WHERE agent_id = $1")
+            .bind(agent)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get("queue_id").map_err(StoreError::from))
+            .collect()
+    }
+
+    /// Whether any account exists (the first admin is created only into an empty table).
+    pub async fn agent_count(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM agents")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("n")?)
+    }
+
+    /// Creates a queue; making it the default takes the flag from any other queue.
+    pub async fn create_queue(&self, q: &NewQueue) -> Result<Queue, StoreError> {
+        if q.name.trim().is_empty() {
+            return Err(invalid("name", "must not be empty"));
+        }
+        for (field, v, min) in [
+            ("ring_timeout_secs", q.ring_timeout_secs, 1),
+            ("max_wait_secs", q.max_wait_secs, 0),
+            ("wrap_up_secs", q.wrap_up_secs, 0),
+        ] {
+            if !(min..=86_400).contains(&v) {
+                return Err(invalid(field, format!("must be between {min} and 86400")));
+            }
+        }
+        let mut tx = self.pool.begin().await?;
+        if q.is_default {
+            sqlx::query("UPDATE queues SET is_default = 0")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let row = sqlx::query(
+            "INSERT INTO queues (name, dialed_numbers, ring_timeout_secs, max_wait_secs, \
+             wrap_up_secs, required_skills, is_default) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        )
+        .bind(q.name.trim().to_string())
+        .bind(serde_json::to_string(&q.dialed_numbers).unwrap_or_else(|_| "[]".into()))
+        .bind(q.ring_timeout_secs)
+        .bind(q.max_wait_secs)
+        .bind(q.wrap_up_secs)
+        .bind(serde_json::to_string(&q.required_skills).unwrap_or_else(|_| "[]".into()))
+        .bind(i64::from(q.is_default))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                invalid("name", "already in use")
+            }
+            _ => StoreError::Db(e),
+        })?;
+        let id: i64 = row.try_get("id")?;
+        tx.commit().await?;
+        self.queues()
+            .await?
+            .into_iter()
+            .find(|q| q.id == id)
+            .ok_or(StoreError::NotFound("queue"))
+    }
+
+    pub async fn queues(&self) -> Result<Vec<Queue>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, name, dialed_numbers, ring_timeout_secs, max_wait_secs, wrap_up_secs, \
+             required_skills, is_default FROM queues ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(queue_of).collect::<Result<_, _>>()?)
+    }
+
+    /// Stores a new API session under the SHA-256 of its token.
+    pub async fn create_session(
+        &self,
+        token_sha256: &str,
+        agent_id: i64,
+        ttl_ms: i64,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO api_tokens (token_sha256, agent_id, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(token_sha256.to_string())
+        .bind(agent_id)
+        .bind(now)
+        .bind(now + ttl_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The agent a live session belongs to.
+    pub async fn session_agent(&self, token_sha256: &str) -> Result<Option<Agent>, StoreError> {
+        let row = sqlx::query(
+            "SELECT agent_id FROM api_tokens WHERE token_sha256 = $1 AND expires_at > $2",
+        )
+        .bind(token_sha256.to_string())
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(r) => self.agent(r.try_get("agent_id")?).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Writes one audit entry (who did what to which record).
+    pub async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        subject: &str,
+        detail: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_log (at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(now_ms())
+        .bind(actor.to_string())
+        .bind(action.to_string())
+        .bind(subject.to_string())
+        .bind(detail.map(str::to_string))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}

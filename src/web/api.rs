@@ -1,0 +1,1042 @@
+//! The REST resources under `/api/` (see DESIGN.md's contract). Lists are
+//! `{"items": [...], "next": cursor-or-null}`; the cursor is the last item's id, passed back
+//! as `?cursor=`. `GET /api/openapi.json` is generated from these handlers' annotations.
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use utoipa::OpenApi;
+
+use super::auth::{self, hash_password, Principal};
+use super::error::{ApiError, ApiJson};
+use super::AppState;
+use crate::calls::pop::{parse_rfc3339_ms, rfc3339_ms};
+use crate::crm::phone::normalize;
+use crate::events::Event;
+use crate::sip::digest::Secret;
+use crate::store::agents::{Agent, NewAgent, NewQueue, Queue, Role, SipTarget};
+use crate::store::calls::{CallFilter, ContactLog, Recording};
+use crate::store::customers::{CreatedVia, Customer, CustomerFilter, NewCustomer};
+use crate::store::work_orders::{
+    NewWorkOrder, WorkOrder, WorkOrderChange, WorkOrderFilter, WorkOrderKind, WorkOrderPatch,
+    WorkOrderStatus,
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/login", post(auth::login))
+        .route("/openapi.json", get(openapi))
+        .route("/agents", get(list_agents).post(create_agent))
+        .route("/agents/{id}", get(get_agent))
+        .route("/queues", get(list_queues).post(create_queue))
+        .route("/customers", get(list_customers).post(create_customer))
+        .route("/customers/import", post(import_customers))
+        .route("/customers/export", get(export_customers))
+        .route("/customers/{id}", get(get_customer))
+        .route("/calls", get(list_calls))
+        .route("/calls/{id}", get(get_call).patch(annotate_call))
+        .route("/recordings/{id}", get(get_recording))
+        .route("/recordings/{id}/audio", get(recording_audio))
+        .route(
+            "/work-orders",
+            get(list_work_orders).post(create_work_order),
+        )
+        .route(
+            "/work-orders/{id}",
+            get(get_work_order).patch(update_work_order),
+        )
+        .route("/work-orders/{id}/history", get(work_order_history))
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "screenpop", description = "Call-center CTI: customers, calls, recordings, work orders"),
+    paths(
+        auth::login, list_agents, create_agent, get_agent, list_queues, create_queue,
+        list_customers, create_customer, get_customer, import_customers, export_customers,
+        list_calls, get_call, annotate_call, get_recording, recording_audio,
+        list_work_orders, create_work_order, get_work_order, update_work_order,
+        work_order_history
+    ),
+    components(schemas(
+        AgentOut, NewAgentIn, QueueIn, Queue, Customer, NewCustomer, ContactLog, CallPatch,
+        Recording, WorkOrder, WorkOrderIn, WorkOrderPatchIn, WorkOrderChange, ImportReport,
+        ApiErrorBody
+    )),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        openapi.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+    }
+}
+
+/// The error shape every endpoint uses.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ApiErrorBody {
+    /// `{"code", "message", "field"?}`
+    error: serde_json::Value,
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+/// A page of a list.
+#[derive(Serialize)]
+pub struct Page<T> {
+    items: Vec<T>,
+    next: Option<String>,
+}
+
+fn page<T>(items: Vec<T>, limit: i64, id: impl Fn(&T) -> i64) -> Json<Page<T>> {
+    let next = (items.len() as i64 >= limit)
+        .then(|| items.last().map(|t| id(t).to_string()))
+        .flatten();
+    Json(Page { items, next })
+}
+
+fn limit_of(v: Option<i64>) -> Result<i64, ApiError> {
+    match v {
+        None => Ok(50),
+        Some(n) if (1..=500).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::invalid("limit", "must be between 1 and 500")),
+    }
+}
+
+fn cursor_of(v: &Option<String>) -> Result<Option<i64>, ApiError> {
+    v.as_deref()
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            c.parse::<i64>()
+                .map_err(|_| ApiError::invalid("cursor", "not a cursor from a previous page"))
+        })
+        .transpose()
+}
+
+// ---------------------------------------------------------------- agents
+
+/// An agent as the API shows it (never the password hash or HA1s).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AgentOut {
+    id: i64,
+    username: String,
+    display_name: String,
+    role: Role,
+    sip_uri: Option<String>,
+    sip_username: Option<String>,
+    skills: Vec<String>,
+    queues: Vec<i64>,
+    created_at: String,
+}
+
+impl From<Agent> for AgentOut {
+    fn from(a: Agent) -> AgentOut {
+        let (sip_uri, sip_username) = match a.sip {
+            SipTarget::Uri(u) => (Some(u), None),
+            SipTarget::Registered { username, .. } => (None, Some(username)),
+            SipTarget::None => (None, None),
+        };
+        AgentOut {
+            id: a.id,
+            username: a.username,
+            display_name: a.display_name,
+            role: a.role,
+            sip_uri,
+            sip_username,
+            skills: a.skills.into_iter().collect(),
+            queues: a.queues.into_iter().collect(),
+            created_at: rfc3339_ms(a.created_at),
+        }
+    }
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewAgentIn {
+    username: String,
+    password: String,
+    display_name: String,
+    #[serde(default = "agent_role")]
+    role: Role,
+    /// A phone on the PBX.
+    #[serde(default)]
+    sip_uri: Option<String>,
+    /// A phone that registers with screenpop (with `sip_password`).
+    #[serde(default)]
+    sip_username: Option<String>,
+    #[serde(default)]
+    sip_password: Option<String>,
+    #[serde(default)]
+    skills: Vec<String>,
+    /// Queue ids.
+    #[serde(default)]
+    queues: Vec<i64>,
+}
+
+fn agent_role() -> Role {
+    Role::Agent
+}
+
+#[utoipa::path(get, path = "/api/agents", responses((status = 200, body = [AgentOut])))]
+async fn list_agents(State(s): State<AppState>, me: Principal) -> Result<Response, ApiError> {
+    me.require(Role::Supervisor)?;
+    let agents: Vec<AgentOut> = s
+        .store
+        .agents()
+        .await?
+        .into_iter()
+        .map(AgentOut::from)
+        .collect();
+    Ok(Json(json!({ "items": agents, "next": null })).into_response())
+}
+
+#[utoipa::path(get, path = "/api/agents/{id}", responses((status = 200, body = AgentOut), (status = 404, body = ApiErrorBody)))]
+async fn get_agent(
+    State(s): State<AppState>,
+    me: Principal,
+    Path(id): Path<i64>,
+) -> Result<Json<AgentOut>, ApiError> {
+    if !me.may_access_agent(Some(id)) {
+        return Err(ApiError::forbidden("agents see only their own account"));
+    }
+    let a = s
+        .store
+        .agent(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("agent"))?;
+    Ok(Json(a.into()))
+}
+
+/// Creates an account (admin only). Give `sip_uri` for a PBX phone, or `sip_username` and
+/// `sip_password` for a phone that registers with screenpop.
+#[utoipa::path(post, path = "/api/agents", request_body = NewAgentIn,
+    responses((status = 201, body = AgentOut), (status = 422, body = ApiErrorBody)))]
+async fn create_agent(
+    State(s): State<AppState>,
+    me: Principal,
+    ApiJson(a): ApiJson<NewAgentIn>,
+) -> Result<(StatusCode, Json<AgentOut>), ApiError> {
+    me.require(Role::Admin)?;
+    if a.password.chars().count() < 8 {
+        return Err(ApiError::invalid("password", "at least 8 characters"));
+    }
+    let sip = match (a.sip_uri, a.sip_username, a.sip_password) {
+        (Some(_), Some(_), _) => {
+            return Err(ApiError::invalid(
+                "sip_uri",
+                "give sip_uri or sip_username, not both",
+            ))
+        }
+        (Some(uri), None, _) => {
+            crate::sip::Uri::parse(&uri)
+                .map_err(|e| ApiError::invalid("sip_uri", e.to_string()))?;
+            SipTarget::Uri(uri)
+        }
+        (None, Some(user), Some(pw)) => {
+            if user.is_empty() || user.contains(['@', ':', ' ']) {
+                return Err(ApiError::invalid("sip_username", "a plain user name"));
+            }
+            if pw.is_empty() {
+                return Err(ApiError::invalid("sip_password", "must not be empty"));
+            }
+            match Secret::hashed(&user, &s.realm, &pw) {
+                Secret::Ha1 { md5, sha256 } => SipTarget::Registered {
+                    username: user,
+                    ha1_md5: md5,
+                    ha1_sha256: sha256,
+                },
+                Secret::Password(_) => unreachable!("hashed() returns HA1s"),
+            }
+        }
+        (None, Some(_), None) => {
+            return Err(ApiError::invalid(
+                "sip_password",
+                "required with sip_username",
+            ))
+        }
+        (None, None, _) => SipTarget::None,
+    };
+    let password = a.password.clone();
+    let hash = tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "hashing failed",
+            )
+        })??;
+    let agent = s
+        .store
+        .create_agent(&NewAgent {
+            username: a.username,
+            display_name: a.display_name,
+            role: a.role,
+            password_hash: hash,
+            sip,
+            skills: a.skills.into_iter().collect(),
+            queues: a.queues.into_iter().collect(),
+        })
+        .await?;
+    let _ = s
+        .store
+        .audit(
+            &me.username,
+            "agent.create",
+            &format!("agent:{}", agent.id),
+            None,
+        )
+        .await;
+    s.acd.reload();
+    Ok((StatusCode::CREATED, Json(agent.into())))
+}
+
+// ---------------------------------------------------------------- queues
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueueIn {
+    name: String,
+    #[serde(default)]
+    dialed_numbers: Vec<String>,
+    #[serde(default = "d20")]
+    ring_timeout_secs: i64,
+    #[serde(default = "d120")]
+    max_wait_secs: i64,
+    #[serde(default = "d10")]
+    wrap_up_secs: i64,
+    #[serde(default)]
+    required_skills: Vec<String>,
+    #[serde(default)]
+    is_default: bool,
+}
+
+fn d20() -> i64 {
+    20
+}
+fn d120() -> i64 {
+    120
+}
+fn d10() -> i64 {
+    10
+}
+
+#[utoipa::path(get, path = "/api/queues", responses((status = 200, body = [Queue])))]
+async fn list_queues(State(s): State<AppState>, _me: Principal) -> Result<Response, ApiError> {
+    let q = s.store.queues().await?;
+    Ok(Json(json!({ "items": q, "next": null })).into_response())
+}
+
+#[utoipa::path(post, path = "/api/queues", request_body = QueueIn,
+    responses((status = 201, body = Queue), (status = 422, body = ApiErrorBody)))]
+async fn create_queue(
+    State(s): State<AppState>,
+    me: Principal,
+    ApiJson(q): ApiJson<QueueIn>,
+) -> Result<(StatusCode, Json<Queue>), ApiError> {
+    me.require(Role::Admin)?;
+    let queue = s
+        .store
+        .create_queue(&NewQueue {
+            name: q.name,
+            dialed_numbers: q.dialed_numbers,
+            ring_timeout_secs: q.ring_timeout_secs,
+            max_wait_secs: q.max_wait_secs,
+            wrap_up_secs: q.wrap_up_secs,
+            required_skills: q.required_skills,
+            is_default: q.is_default,
+        })
+        .await?;
+    s.acd.reload();
+    Ok((StatusCode::CREATED, Json(queue)))
+}
+
+// ---------------------------------------------------------------- customers
+
+#[derive(Deserialize)]
+struct CustomerQuery {
+    name: Option<String>,
+    phone: Option<String>,
+    code: Option<String>,
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+/// Customers, newest first; `name` matches part of the name, `phone` any format of a number.
+#[utoipa::path(get, path = "/api/customers",
+    params(("name" = Option<String>, Query), ("phone" = Option<String>, Query), ("code" = Option<String>, Query),
+           ("cursor" = Option<String>, Query), ("limit" = Option<i64>, Query)),
+    responses((status = 200, body = [Customer])))]
+async fn list_customers(
+    State(s): State<AppState>,
+    _me: Principal,
+    Query(q): Query<CustomerQuery>,
+) -> Result<Response, ApiError> {
+    let limit = limit_of(q.limit)?;
+    let phone = match q.phone.as_deref().filter(|p| !p.trim().is_empty()) {
+        Some(p) => {
+            Some(normalize(p, s.region).map_err(|e| ApiError::invalid("phone", e.to_string()))?)
+        }
+        None => None,
+    };
+    let f = CustomerFilter {
+        name: q.name.filter(|n| !n.trim().is_empty()),
+        phone,
+        code: q.code,
+        before: cursor_of(&q.cursor)?,
+        limit,
+    };
+    let items = s.store.customers(&f).await?;
+    Ok(page(items, limit, |c| c.id).into_response())
+}
+
+#[utoipa::path(get, path = "/api/customers/{id}", responses((status = 200, body = Customer), (status = 404, body = ApiErrorBody)))]
+async fn get_customer(
+    State(s): State<AppState>,
+    _me: Principal,
+    Path(id): Path<i64>,
+) -> Result<Json<Customer>, ApiError> {
+    Ok(Json(
+        s.store
+            .customer(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("customer"))?,
+    ))
+}
+
+#[utoipa::path(post, path = "/api/customers", request_body = NewCustomer,
+    responses((status = 201, body = Customer), (status = 422, body = ApiErrorBody)))]
+async fn create_customer(
+    State(s): State<AppState>,
+    me: Principal,
+    ApiJson(c): ApiJson<NewCustomer>,
+) -> Result<(StatusCode, Json<Customer>), ApiError> {
+    let created = s
+        .store
+        .create_customer(&c, CreatedVia::Api, s.region)
+        .await?;
+    let _ = s
+        .store
+        .audit(
+            &me.username,
+            "customer.create",
+            &format!("customer:{}", created.id),
+            None,
+        )
+        .await;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// What an import did: every rejected row with its line and reason.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ImportReport {
+    pub imported: usize,
+    pub rejected: Vec<crate::crm::csv::Rejected>,
+}
+
+/// Imports customers from a CSV body (UTF-8). Any rejected row rejects the whole file (422,
+/// with every reason); nothing is half-imported.
+#[utoipa::path(post, path = "/api/customers/import", request_body(content = String, content_type = "text/csv"),
+    responses((status = 200, body = ImportReport), (status = 422, body = ImportReport)))]
+async fn import_customers(
+    State(s): State<AppState>,
+    me: Principal,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    me.require(Role::Supervisor)?;
+    let report = crate::crm::csv::import(&s.store, &body, s.region).await?;
+    let status = if report.rejected.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    let _ = s
+        .store
+        .audit(
+            &me.username,
+            "customer.import",
+            "customers",
+            Some(&format!(
+                "{} imported, {} rejected",
+                report.imported,
+                report.rejected.len()
+            )),
+        )
+        .await;
+    Ok((
+        status,
+        Json(ImportReport {
+            imported: report.imported,
+            rejected: report.rejected,
+        }),
+    )
+        .into_response())
+}
+
+#[utoipa::path(get, path = "/api/customers/export", responses((status = 200, content_type = "text/csv", body = String)))]
+async fn export_customers(State(s): State<AppState>, me: Principal) -> Result<Response, ApiError> {
+    me.require(Role::Supervisor)?;
+    let mut out = Vec::new();
+    crate::crm::csv::export(&s.store, &mut out).await?;
+    let _ = s
+        .store
+        .audit(&me.username, "customer.export", "customers", None)
+        .await;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"customers.csv\"",
+            ),
+        ],
+        out,
+    )
+        .into_response())
+}
+
+// ---------------------------------------------------------------- calls
+
+#[derive(Deserialize)]
+struct CallQuery {
+    from: Option<String>,
+    to: Option<String>,
+    agent_id: Option<i64>,
+    customer_id: Option<i64>,
+    number: Option<String>,
+    disposition: Option<String>,
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+/// Contact logs, newest first. Agents see their own calls only.
+#[utoipa::path(get, path = "/api/calls",
+    params(("from" = Option<String>, Query, description = "RFC 3339 or YYYY-MM-DD, inclusive"),
+           ("to" = Option<String>, Query, description = "RFC 3339 or YYYY-MM-DD, exclusive"),
+           ("agent_id" = Option<i64>, Query), ("customer_id" = Option<i64>, Query),
+           ("number" = Option<String>, Query, description = "caller number in any format"),
+           ("disposition" = Option<String>, Query), ("cursor" = Option<String>, Query), ("limit" = Option<i64>, Query)),
+    responses((status = 200, body = [ContactLog])))]
+async fn list_calls(
+    State(s): State<AppState>,
+    me: Principal,
+    Query(q): Query<CallQuery>,
+) -> Result<Response, ApiError> {
+    let limit = limit_of(q.limit)?;
+    let time = |field: &str, v: &Option<String>| -> Result<Option<i64>, ApiError> {
+        v.as_deref()
+            .map(|t| {
+                parse_rfc3339_ms(t).ok_or_else(|| {
+                    ApiError::invalid(field, "not an RFC 3339 time or YYYY-MM-DD date")
+                })
+            })
+            .transpose()
+    };
+    if let Some(d) = &q.disposition {
+        if !["answered", "missed", "abandoned", "rejected"].contains(&d.as_str()) {
+            return Err(ApiError::invalid(
+                "disposition",
+                "one of answered, missed, abandoned, rejected",
+            ));
+        }
+    }
+    let agent = if me.role.sees_all() {
+        q.agent_id
+    } else {
+        if q.agent_id.is_some_and(|a| a != me.agent_id) {
+            return Err(ApiError::forbidden("agents see only their own calls"));
+        }
+        Some(me.agent_id)
+    };
+    let number = q
+        .number
+        .as_deref()
+        .filter(|n| !n.trim().is_empty())
+        .map(|n| match normalize(n, s.region) {
+            Ok(p) => p.e164.unwrap_or_else(|| n.to_string()),
+            Err(_) => n.to_string(),
+        });
+    let f = CallFilter {
+        from_ms: time("from", &q.from)?,
+        to_ms: time("to", &q.to)?,
+        agent,
+        customer: q.customer_id,
+        number,
+        disposition: q.disposition,
+        before: cursor_of(&q.cursor)?,
+        limit,
+    };
+    let items = s.store.contact_logs(&f).await?;
+    Ok(page(items, limit, |c| c.id).into_response())
+}
+
+async fn own_call(s: &AppState, me: &Principal, id: i64) -> Result<ContactLog, ApiError> {
+    let c = s
+        .store
+        .contact_log(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("call"))?;
+    if !me.may_access_agent(c.agent_id) {
+        // Not "forbidden": an agent cannot learn which other calls exist.
+        return Err(ApiError::not_found("call"));
+    }
+    Ok(c)
+}
+
+#[utoipa::path(get, path = "/api/calls/{id}", responses((status = 200, body = ContactLog), (status = 404, body = ApiErrorBody)))]
+async fn get_call(
+    State(s): State<AppState>,
+    me: Principal,
+    Path(id): Path<i64>,
+) -> Result<Json<ContactLog>, ApiError> {
+    Ok(Json(own_call(&s, &me, id).await?))
+}
+
+/// The agent's notes and wrap-up code.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CallPatch {
+    notes: Option<String>,
+    disposition: Option<String>,
+}
+
+#[utoipa::path(patch, path = "/api/calls/{id}", request_body = CallPatch,
+    responses((status = 200, body = ContactLog), (status = 404, body = ApiErrorBody)))]
+async fn annotate_call(
+    State(s): State<AppState>,
+    me: Principal,
+    Path(id): Path<i64>,
+    ApiJson(p): ApiJson<CallPatch>,
+) -> Result<Json<ContactLog>, ApiError> {
+    own_call(&s, &me, id).await?;
+    if p.notes.as_ref().is_some_and(|n| n.len() > 10_000) {
+        return Err(ApiError::invalid("notes", "at most 10000 bytes"));
+    }
+    if let Some(d) = &p.disposition {
+        if d.trim().is_empty() || d.len() > 64 {
+            return Err(ApiError::invalid("disposition", "1 to 64 characters"));
+        }
+    }
+    let log = s
+        .store
+        .annotate_call(id, p.notes.as_deref(), p.disposition.as_deref())
+        .await?;
+    let _ = s
+        .store
+        .audit(&me.username, "call.annotate", &format!("call:{id}"), None)
+        .await;
+    Ok(Json(log))
+}
+
+// ---------------------------------------------------------------- recordings
+
+async fn own_recording(s: &AppState, me: &Principal, id: i64) -> Result<Recording, ApiError> {
+    let r = s
+        .store
+        .recording(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("recording"))?;
+    if !me.role.sees_all() {
+        let mine = s
+            .store
+            .contact_logs(&CallFilter {
+                agent: Some(me.agent_id),
+                limit: 500,
+                ..CallFilter::default()
+            })
+            .await?
+            .iter()
+            .any(|c| c.recording_id == Some(id));
+        if !mine {
+            return Err(ApiError::not_found("recording"));
+        }
+    }
+    Ok(r)
+}
+
+#[utoipa::path(get, path = "/api/recordings/{id}", responses((status = 200, body = Recording), (status = 404, body = ApiErrorBody)))]
+async fn get_recording(
+    State(s): State<AppState>,
+    me: Principal,
+    Path(id): Path<i64>,
+) -> Result<Json<Recording>, ApiError> {
+    Ok(Json(own_recording(&s, &me, id).await?))
+}
+
+/// Streams the WAV; honours `Range: bytes=a-b` (206) so players can seek. Every access is
+/// audited.
+#[utoipa::path(get, path = "/api/recordings/{id}/audio",
+    responses((status = 200, content_type = "audio/wav", body = Vec<u8>), (status = 206, description = "a byte range"),
+              (status = 416, body = ApiErrorBody)))]
+async fn recording_audio(
+    State(s): State<AppState>,
+    me: Principal,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let r = own_recording(&s, &me, id).await?;
+    let path = std::path::PathBuf::from(&r.path);
+    let path = if path.is_absolute() {
+        path
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(&path))
+            .unwrap_or(path)
+    };
+    let mut file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|_| ApiError::not_found("recording file"))?;
+    let len = file
+        .metadata()
+        .await
+        .map_err(|_| ApiError::not_found("recording file"))?
+        .len();
+    let _ = s
+        .store
+        .audit(
+            &me.username,
+            "recording.play",
+            &format!("recording:{id}"),
+            None,
+        )
+        .await;
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| parse_range(v, len));
+    let (start, end, status) = match range {
+        None => (0, len.saturating_sub(1), StatusCode::OK),
+        Some(Some((a, b))) => (a, b, StatusCode::PARTIAL_CONTENT),
+        Some(None) => {
+            return Ok((
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(header::CONTENT_RANGE, format!("bytes */{len}"))],
+                Json(json!({"error": {"code": "range", "message": "range not satisfiable", "field": "Range"}})),
+            )
+                .into_response())
+        }
+    };
+    let count = if len == 0 { 0 } else { end - start + 1 };
+    file.seek(std::io::SeekFrom::Start(start))
+        .await
+        .map_err(|_| ApiError::not_found("recording file"))?;
+    let stream = tokio_util_stream(file.take(count));
+    let mut resp = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "audio/wav")
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_LENGTH, count.to_string());
+    if status == StatusCode::PARTIAL_CONTENT {
+        resp = resp.header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"));
+    }
+    resp.body(Body::from_stream(stream))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
+/// Reads a file in 64 KiB chunks as a body stream.
+fn tokio_util_stream(
+    mut r: tokio::io::Take<tokio::fs::File>,
+) -> impl futures_util::Stream<Item = std::io::Result<Vec<u8>>> {
+    futures_util::stream::poll_fn(move |cx| {
+        let mut buf = vec![0u8; 65536];
+        let mut rb = tokio::io::ReadBuf::new(&mut buf);
+        match tokio::io::AsyncRead::poll_read(std::pin::Pin::new(&mut r), cx, &mut rb) {
+            std::task::Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                if n == 0 {
+                    std::task::Poll::Ready(None)
+                } else {
+                    buf.truncate(n);
+                    std::task::Poll::Ready(Some(Ok(buf)))
+                }
+            }
+            std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Some(Err(e))),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    })
+}
+
+/// One `bytes=` range (RFC 9110 §14.1.2): `a-b`, `a-` or `-n`. `None` when unsatisfiable.
+fn parse_range(v: &str, len: u64) -> Option<(u64, u64)> {
+    let spec = v.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') || len == 0 {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (a, b) = (a.trim(), b.trim());
+    let (start, end) = if a.is_empty() {
+        let n: u64 = b.parse().ok()?;
+        if n == 0 {
+            return None;
+        }
+        (len.saturating_sub(n), len - 1)
+    } else {
+        let start: u64 = a.parse().ok()?;
+        let end = if b.is_empty() {
+            len - 1
+        } else {
+            b.parse::<u64>().ok()?.min(len - 1)
+        };
+        (start, end)
+    };
+    (start <= end && start < len).then_some((start, end))
+}
+
+// ---------------------------------------------------------------- work orders
+
+#[derive(Deserialize)]
+struct WorkOrderQuery {
+    status: Option<String>,
+    assignee_agent_id: Option<i64>,
+    customer_id: Option<i64>,
+    kind: Option<WorkOrderKind>,
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/api/work-orders",
+    params(("status" = Option<String>, Query), ("assignee_agent_id" = Option<i64>, Query), ("customer_id" = Option<i64>, Query),
+           ("kind" = Option<String>, Query), ("cursor" = Option<String>, Query), ("limit" = Option<i64>, Query)),
+    responses((status = 200, body = [WorkOrder])))]
+async fn list_work_orders(
+    State(s): State<AppState>,
+    _me: Principal,
+    Query(q): Query<WorkOrderQuery>,
+) -> Result<Response, ApiError> {
+    let limit = limit_of(q.limit)?;
+    let status = q
+        .status
+        .as_deref()
+        .map(|v| {
+            WorkOrderStatus::parse(v).ok_or_else(|| {
+                ApiError::invalid("status", "one of open, in_progress, resolved, closed")
+            })
+        })
+        .transpose()?;
+    let items = s
+        .store
+        .work_orders(&WorkOrderFilter {
+            status,
+            assignee: q.assignee_agent_id,
+            customer: q.customer_id,
+            kind: q.kind,
+            before: cursor_of(&q.cursor)?,
+            limit,
+        })
+        .await?;
+    Ok(page(items, limit, |w| w.id).into_response())
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkOrderIn {
+    kind: WorkOrderKind,
+    title: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default = "d3")]
+    priority: i64,
+    #[serde(default)]
+    assignee_agent_id: Option<i64>,
+    /// RFC 3339.
+    #[serde(default)]
+    due_at: Option<String>,
+    /// The contact log it comes from (the pop's `contact_log_id`).
+    #[serde(default)]
+    call_id: Option<i64>,
+    #[serde(default)]
+    customer_id: Option<i64>,
+}
+
+fn d3() -> i64 {
+    3
+}
+
+/// Creates a work order; from the pop, pass the call's `contact_log_id` as `call_id` (its
+/// customer is taken from the call when not given).
+#[utoipa::path(post, path = "/api/work-orders", request_body = WorkOrderIn,
+    responses((status = 201, body = WorkOrder), (status = 422, body = ApiErrorBody)))]
+async fn create_work_order(
+    State(s): State<AppState>,
+    me: Principal,
+    ApiJson(w): ApiJson<WorkOrderIn>,
+) -> Result<(StatusCode, Json<WorkOrder>), ApiError> {
+    let mut customer = w.customer_id;
+    if let Some(call) = w.call_id {
+        let c = own_call(&s, &me, call)
+            .await
+            .map_err(|_| ApiError::invalid("call_id", "no such call of yours"))?;
+        customer = customer.or(c.customer_id);
+    }
+    let due_at = w
+        .due_at
+        .as_deref()
+        .map(|d| {
+            parse_rfc3339_ms(d).ok_or_else(|| ApiError::invalid("due_at", "not an RFC 3339 time"))
+        })
+        .transpose()?;
+    let wo = s
+        .store
+        .create_work_order(
+            &NewWorkOrder {
+                kind: w.kind,
+                priority: w.priority,
+                title: w.title,
+                description: w.description,
+                assignee_agent_id: w
+                    .assignee_agent_id
+                    .or(Some(me.agent_id).filter(|_| me.role == Role::Agent)),
+                due_at,
+                call_id: w.call_id,
+                customer_id: customer,
+            },
+            &me.username,
+        )
+        .await?;
+    s.bus.publish(Event::new(
+        "work_order.created",
+        wo.assignee_agent_id,
+        json!({ "work_order": wo }),
+    ));
+    Ok((StatusCode::CREATED, Json(wo)))
+}
+
+#[utoipa::path(get, path = "/api/work-orders/{id}", responses((status = 200, body = WorkOrder), (status = 404, body = ApiErrorBody)))]
+async fn get_work_order(
+    State(s): State<AppState>,
+    _me: Principal,
+    Path(id): Path<i64>,
+) -> Result<Json<WorkOrder>, ApiError> {
+    Ok(Json(
+        s.store
+            .work_order(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("work order"))?,
+    ))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkOrderPatchIn {
+    status: Option<WorkOrderStatus>,
+    priority: Option<i64>,
+    /// null unassigns.
+    #[serde(default, deserialize_with = "some_option")]
+    #[schema(value_type = Option<i64>)]
+    assignee_agent_id: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "some_option")]
+    #[schema(value_type = Option<String>)]
+    due_at: Option<Option<String>>,
+    description: Option<String>,
+}
+
+/// Tells "absent" (None) from "null" (Some(None)).
+fn some_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// Moves a work order along (open → in_progress → resolved → closed, or reopens it) or
+/// changes its priority, assignee, due time or description; each change is in its history.
+#[utoipa::path(patch, path = "/api/work-orders/{id}", request_body = WorkOrderPatchIn,
+    responses((status = 200, body = WorkOrder), (status = 422, body = ApiErrorBody)))]
+async fn update_work_order(
+    State(s): State<AppState>,
+    me: Principal,
+    Path(id): Path<i64>,
+    ApiJson(p): ApiJson<WorkOrderPatchIn>,
+) -> Result<Json<WorkOrder>, ApiError> {
+    let cur = s
+        .store
+        .work_order(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("work order"))?;
+    if !me.role.sees_all() && cur.assignee_agent_id.is_some_and(|a| a != me.agent_id) {
+        return Err(ApiError::forbidden(
+            "this work order is assigned to someone else",
+        ));
+    }
+    let due_at = match p.due_at {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(d)) => {
+            Some(Some(parse_rfc3339_ms(&d).ok_or_else(|| {
+                ApiError::invalid("due_at", "not an RFC 3339 time")
+            })?))
+        }
+    };
+    let wo = s
+        .store
+        .update_work_order(
+            id,
+            &WorkOrderPatch {
+                status: p.status,
+                priority: p.priority,
+                assignee_agent_id: p.assignee_agent_id,
+                due_at,
+                description: p.description,
+            },
+            &me.username,
+        )
+        .await?;
+    s.bus.publish(Event::new(
+        "work_order.updated",
+        wo.assignee_agent_id,
+        json!({ "work_order": wo }),
+    ));
+    Ok(Json(wo))
+}
+
+#[utoipa::path(get, path = "/api/work-orders/{id}/history", responses((status = 200, body = [WorkOrderChange])))]
+async fn work_order_history(
+    State(s): State<AppState>,
+    _me: Principal,
+    Path(id): Path<i64>,
+) -> Result<Response, ApiError> {
+    s.store
+        .work_order(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("work order"))?;
+    let items = s.store.work_order_history(id).await?;
+    Ok(Json(json!({ "items": items, "next": null })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-99", 1000), Some((0, 99)));
+        assert_eq!(parse_range("bytes=900-", 1000), Some((900, 999)));
+        assert_eq!(parse_range("bytes=-100", 1000), Some((900, 999)));
+        assert_eq!(parse_range("bytes=990-2000", 1000), Some((990, 999)));
+        assert_eq!(parse_range("bytes=1000-", 1000), None);
+        assert_eq!(parse_range("bytes=5-1", 1000), None);
+        assert_eq!(parse_range("bytes=0-1,5-6", 1000), None);
+        assert_eq!(parse_range("items=0-1", 1000), None);
+    }
+}

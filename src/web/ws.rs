@@ -1,0 +1,177 @@
+//! The desktops' WebSocket (`/ws`). The token comes as `?token=` or as a first message
+//! `{"type":"auth","token":…}`. On connecting (and after falling behind) a desktop gets what it
+//! may see of the live state: agent states and the calls in progress; then every event as it
+//! happens. Desktops send `{"type":"set_state","state":"available"|"paused"}`.
+//!
+//! The screen-pop latency is measured here, after the `call.offered` frame has been written to
+//! the socket, from the instant the INVITE came off the SIP socket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+use tracing::{debug, info, info_span, Instrument};
+
+use super::auth::{principal_of, Principal};
+use super::AppState;
+use crate::events::{Event, Viewer};
+
+#[derive(Deserialize)]
+pub struct WsQuery {
+    token: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ClientMessage {
+    Auth { token: String },
+    SetState { state: String },
+    Ping,
+}
+
+pub async fn upgrade(
+    State(s): State<AppState>,
+    Query(q): Query<WsQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    ws.on_upgrade(move |socket| async move {
+        let span = info_span!("desktop");
+        session(s, q.token, socket).instrument(span).await
+    })
+}
+
+fn text(s: &str) -> Message {
+    Message::Text(Utf8Bytes::from(s))
+}
+
+fn error_frame(message: &str) -> Message {
+    text(
+        &json!({"type": "error", "error": {"code": "bad_request", "message": message}}).to_string(),
+    )
+}
+
+async fn session(s: AppState, token: Option<String>, socket: WebSocket) {
+    let (mut tx, mut rx) = socket.split();
+    // Authenticate: query token, or the first message within 10 s.
+    let principal: Option<Principal> = match token {
+        Some(t) => principal_of(&s.store, &t).await.ok(),
+        None => match tokio::time::timeout(Duration::from_secs(10), rx.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => match serde_json::from_str::<ClientMessage>(&t) {
+                Ok(ClientMessage::Auth { token }) => principal_of(&s.store, &token).await.ok(),
+                _ => None,
+            },
+            _ => None,
+        },
+    };
+    let Some(me) = principal else {
+        let _ = tx
+            .send(text(
+                &json!({"type": "error", "error": {"code": "unauthorized", "message": "a valid token is required"}})
+                    .to_string(),
+            ))
+            .await;
+        let _ = tx.send(Message::Close(None)).await;
+        return;
+    };
+    info!(
+        agent = me.agent_id,
+        role = me.role.as_str(),
+        "desktop connected"
+    );
+    metrics::gauge!("screenpop_desktops").increment(1.0);
+    let viewer = Viewer {
+        agent: me.agent_id,
+        sees_all: me.role.sees_all(),
+    };
+    // Subscribe before the snapshot so nothing falls between them.
+    let mut events = s.bus.subscribe();
+    let hello = json!({"type": "hello", "agent_id": me.agent_id, "role": me.role}).to_string();
+    let mut ok = tx.send(text(&hello)).await.is_ok();
+    if ok {
+        ok = send_snapshot(&s, viewer, &mut tx).await;
+    }
+    while ok {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Ok(e) if viewer.may_see(&e) => ok = deliver(&e, &mut tx).await,
+                Ok(_) => {}
+                Err(RecvError::Lagged(n)) => {
+                    debug!(missed = n, "desktop fell behind; resynchronizing");
+                    ok = send_snapshot(&s, viewer, &mut tx).await;
+                }
+                Err(RecvError::Closed) => break,
+            },
+            m = rx.next() => match m {
+                Some(Ok(Message::Text(t))) => {
+                    let reply = on_client_message(&s, &me, &t);
+                    if let Some(r) = reply {
+                        ok = tx.send(r).await.is_ok();
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    metrics::gauge!("screenpop_desktops").decrement(1.0);
+    info!(agent = me.agent_id, "desktop disconnected");
+}
+
+async fn send_snapshot(
+    s: &AppState,
+    viewer: Viewer,
+    tx: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+) -> bool {
+    for e in s.bus.snapshot(viewer) {
+        if tx.send(text(&e.json)).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+async fn deliver(
+    e: &Arc<Event>,
+    tx: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+) -> bool {
+    if tx
+        .send(Message::Text(Utf8Bytes::from(&*e.json)))
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    if let (Some(since), "call.offered") = (e.since, e.kind) {
+        let latency = since.elapsed();
+        metrics::histogram!("screenpop_pop_latency_seconds").record(latency.as_secs_f64());
+        info!(
+            target: "screenpop::pop",
+            call = e.call.as_deref().unwrap_or(""),
+            agent = e.agent,
+            latency_us = latency.as_micros() as u64,
+            "screen-pop written"
+        );
+    }
+    true
+}
+
+fn on_client_message(s: &AppState, me: &Principal, t: &str) -> Option<Message> {
+    match serde_json::from_str::<ClientMessage>(t) {
+        Ok(ClientMessage::SetState { state }) => match state.as_str() {
+            "available" | "paused" => {
+                s.acd.set_available(me.agent_id, state == "available");
+                None
+            }
+            _ => Some(error_frame("state: must be \"available\" or \"paused\"")),
+        },
+        Ok(ClientMessage::Ping) => Some(text(r#"{"type":"pong"}"#)),
+        Ok(ClientMessage::Auth { .. }) => None,
+        Err(e) => Some(error_frame(&e.to_string())),
+    }
+}
