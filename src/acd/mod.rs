@@ -128,13 +128,17 @@ pub enum Input {
         vip: bool,
         assigned: Option<AgentId>,
     },
-    /// The ringing agent answered.
+    /// `agent` answered. It may be an agent whose offer was just withdrawn (the answer crossed
+    /// the ring timeout): the answer wins, and whoever rings for the call now is released.
     Answered {
         call: CallKey,
+        agent: AgentId,
     },
-    /// The ringing agent's phone refused (busy, declined) or could not be reached.
+    /// `agent`'s phone refused (busy, declined) or could not be reached. Ignored when the call
+    /// is no longer offered to that agent (the refusal crossed a withdrawal).
     Refused {
         call: CallKey,
+        agent: AgentId,
     },
     /// A bridged call ended: the agent goes to wrap-up.
     Ended {
@@ -269,24 +273,33 @@ impl Acd {
                 tried: BTreeSet::new(),
                 offered_to: None,
             }),
-            Input::Answered { call } => {
+            Input::Answered { call, agent } => {
                 if let Some(i) = self.waiting.iter().position(|w| w.call == call) {
                     let w = self.waiting.remove(i);
-                    if let Some(agent) = w.offered_to {
-                        let wrap_up = self
-                            .queues
-                            .get(&w.queue)
-                            .map_or(Duration::ZERO, |q| q.wrap_up);
-                        self.set_state(agent, AgentState::OnCall { call, wrap_up }, now);
+                    if let Some(other) = w.offered_to.filter(|o| *o != agent) {
+                        // Rung after the first agent's offer was withdrawn: stop it.
+                        self.out.push_back(Output::Withdraw {
+                            call: call.clone(),
+                            agent: other,
+                        });
+                        self.set_state(other, AgentState::Available, now);
                     }
+                    let wrap_up = self
+                        .queues
+                        .get(&w.queue)
+                        .map_or(Duration::ZERO, |q| q.wrap_up);
+                    self.set_state(agent, AgentState::OnCall { call, wrap_up }, now);
                 }
             }
-            Input::Refused { call } => {
-                if let Some(w) = self.waiting.iter_mut().find(|w| w.call == call) {
-                    if let Some(agent) = w.offered_to.take() {
-                        w.tried.insert(agent);
-                        self.set_state(agent, AgentState::Available, now);
-                    }
+            Input::Refused { call, agent } => {
+                if let Some(w) = self
+                    .waiting
+                    .iter_mut()
+                    .find(|w| w.call == call && w.offered_to == Some(agent))
+                {
+                    w.offered_to = None;
+                    w.tried.insert(agent);
+                    self.set_state(agent, AgentState::Available, now);
                 }
             }
             Input::Ended { call } => {
@@ -635,7 +648,10 @@ mod tests {
         offers(&mut a);
         a.handle(
             t0 + Duration::from_secs(3),
-            Input::Answered { call: "c".into() },
+            Input::Answered {
+                call: "c".into(),
+                agent: 1,
+            },
         );
         assert_eq!(a.agent(1).unwrap().state.name(), "on_call");
         a.handle(
@@ -662,5 +678,66 @@ mod tests {
         );
         assert_eq!(a.agent(1).unwrap().state, AgentState::Available);
         assert_eq!(a.waiting_calls(), 0);
+    }
+
+    #[test]
+    fn an_answer_that_crosses_the_ring_timeout_wins() {
+        let t0 = Instant::now();
+        let mut a = acd(t0);
+        agent(&mut a, t0, 1, &[], &[1]);
+        agent(&mut a, t0 + Duration::from_millis(1), 2, &[], &[1]);
+        arrive(&mut a, t0, "c", 1, false);
+        assert_eq!(offers(&mut a), vec![("c".into(), 1)]);
+        // Ring timeout: 1 is withdrawn and paused, 2 rings ...
+        a.handle_timeout(t0 + Duration::from_secs(30));
+        let out: Vec<Output> = std::iter::from_fn(|| a.poll_output()).collect();
+        assert!(
+            out.contains(&Output::Offer {
+                call: "c".into(),
+                agent: 2
+            }),
+            "{out:?}"
+        );
+        // ... but 1's answer was already on its way.
+        a.handle(
+            t0 + Duration::from_secs(30),
+            Input::Answered {
+                call: "c".into(),
+                agent: 1,
+            },
+        );
+        let out: Vec<Output> = std::iter::from_fn(|| a.poll_output()).collect();
+        assert!(
+            out.contains(&Output::Withdraw {
+                call: "c".into(),
+                agent: 2
+            }),
+            "{out:?}"
+        );
+        assert_eq!(a.agent(1).unwrap().state.name(), "on_call");
+        assert_eq!(a.agent(2).unwrap().state.name(), "available");
+        assert_eq!(a.waiting_calls(), 0);
+    }
+
+    #[test]
+    fn a_refusal_that_crosses_a_withdrawal_is_ignored() {
+        let t0 = Instant::now();
+        let mut a = acd(t0);
+        agent(&mut a, t0, 1, &[], &[1]);
+        agent(&mut a, t0 + Duration::from_millis(1), 2, &[], &[1]);
+        arrive(&mut a, t0, "c", 1, false);
+        offers(&mut a);
+        a.handle_timeout(t0 + Duration::from_secs(30));
+        while a.poll_output().is_some() {}
+        // 1's late 486 must not free 2, who is ringing now.
+        a.handle(
+            t0 + Duration::from_secs(30),
+            Input::Refused {
+                call: "c".into(),
+                agent: 1,
+            },
+        );
+        assert_eq!(a.agent(2).unwrap().state.name(), "ringing");
+        assert_eq!(a.agent(1).unwrap().state.name(), "paused");
     }
 }

@@ -322,7 +322,8 @@ impl Runtime {
                                 reachable: false,
                             },
                         );
-                        self.acd.handle(Instant::now(), Input::Refused { call });
+                        self.acd
+                            .handle(Instant::now(), Input::Refused { call, agent });
                         continue;
                     };
                     let offer = AgentOffer {

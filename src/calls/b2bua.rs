@@ -571,19 +571,20 @@ impl Call {
                 .headers
                 .push(HeaderName::Contact, self.env.me.contact(&self.a.peer));
             self.respond_a_invite(now, ringing);
-            let (tx, rx) = mpsc::unbounded_channel();
-            decisions = Some(rx);
-            self.env.acd.route(RouteRequest {
-                call: self.id.clone(),
-                dialed: self.dialed.clone(),
-                vip: self.vip,
-                assigned: self.assigned_agent,
-                decisions: tx,
-            });
             if self.max_forwards == 0 {
                 self.disposition = Some(Disposition::Failed);
                 self.fail_caller(now, 483);
                 self.end(now, None).await;
+            } else {
+                let (tx, rx) = mpsc::unbounded_channel();
+                decisions = Some(rx);
+                self.env.acd.route(RouteRequest {
+                    call: self.id.clone(),
+                    dialed: self.dialed.clone(),
+                    vip: self.vip,
+                    assigned: self.assigned_agent,
+                    decisions: tx,
+                });
             }
         } else if self.agent_needs_dns && !self.resolve_agent().await {
             self.disposition = Some(Disposition::Failed);
@@ -659,6 +660,7 @@ impl Call {
             Decision::NoQueue => {
                 info!(dialed = %self.dialed, "no queue for this number and no default queue");
                 if self.phase == Phase::Ringing {
+                    self.cancel_agent(now);
                     self.disposition = Some(Disposition::Missed);
                     self.fail_caller(now, 480);
                     self.end(now, None).await;
@@ -667,23 +669,28 @@ impl Call {
             Decision::Overflow => {
                 info!("nobody answered within the queue's maximum wait");
                 if self.phase == Phase::Ringing {
+                    self.cancel_agent(now);
                     self.disposition = Some(Disposition::Missed);
                     self.fail_caller(now, 480);
                     self.end(now, None).await;
                 }
             }
             Decision::Withdraw { agent } => {
+                if self.b_answered || self.agent_id != Some(agent) {
+                    // The agent answered first, or its offer already ended (refused).
+                    return;
+                }
                 info!(agent, "ring-no-answer: offer withdrawn");
                 self.cancel_agent(now);
                 self.withdrawn(agent, "no_answer");
             }
             Decision::Offer(offer) => {
-                if self.phase != Phase::Ringing {
-                    self.env.acd.tell(AcdInput::Abandoned {
-                        call: self.id.clone(),
-                    });
+                if self.phase != Phase::Ringing || self.b_answered {
+                    // Answered or gone meanwhile; the ACD frees the agent when it hears so.
                     return;
                 }
+                // Never two phones ringing for one call.
+                self.cancel_agent(now);
                 let (b, needs_dns) =
                     agent_dialog(&self.env, &self.caller, &offer.target, self.a.peer);
                 let old = std::mem::replace(&mut self.b, b);
@@ -706,6 +713,7 @@ impl Call {
                     self.agent_id = None;
                     self.env.acd.tell(AcdInput::Refused {
                         call: self.id.clone(),
+                        agent: offer.agent,
                     });
                     return;
                 }
@@ -714,15 +722,6 @@ impl Call {
                 }
                 info!(agent = offer.agent, name = %offer.display_name, "offered");
                 self.start_agent_leg(now);
-                if let (Some(log), Some(agent)) = (self.log_id, self.agent_id) {
-                    let store = self.env.store.clone();
-                    let queue = self.queue.as_ref().map(|q| q.0);
-                    tokio::spawn(async move {
-                        if let Err(e) = store.set_call_agent(log, agent, queue).await {
-                            warn!(error = %e, "contact log agent not noted");
-                        }
-                    });
-                }
                 self.publish_offered();
             }
         }
@@ -1080,7 +1079,10 @@ impl Call {
 
     async fn on_message(&mut self, now: Instant, input: Inbound) {
         let call_id = input.msg.headers().get(&HeaderName::CallId).unwrap_or("");
-        let leg = if self.b_call_ids.iter().any(|c| c == call_id) {
+        if call_id != self.b.call_id && self.b_call_ids.iter().any(|c| c == call_id) {
+            return self.on_stale_leg(now, input);
+        }
+        let leg = if call_id == self.b.call_id {
             LegId::Agent
         } else {
             LegId::Caller
@@ -1104,6 +1106,29 @@ impl Call {
                     req.stamp_source(input.peer.addr);
                 }
                 self.on_request(now, leg, req, input.peer).await
+            }
+        }
+    }
+
+    /// A message on the Call-ID of an agent leg we no longer bridge (a withdrawn or released
+    /// offer): responses still complete their transactions; requests are answered without
+    /// touching the call (BYE and CANCEL 200, anything else 481).
+    fn on_stale_leg(&mut self, now: Instant, input: Inbound) {
+        match input.msg {
+            Message::Response(resp) => {
+                if let Some(c) = self.clients.iter_mut().find(|c| c.tx.matches(&resp)) {
+                    c.tx.handle_response(now, resp);
+                }
+            }
+            Message::Request(req) if req.method == Method::Ack => {}
+            Message::Request(req) => {
+                let status = match req.method {
+                    Method::Bye | Method::Cancel => 200,
+                    _ => 481,
+                };
+                let peer = crate::server::response_peer(&req, input.peer);
+                let resp = req.response(status, None);
+                self.env.sip.send(peer, Message::Response(resp).to_bytes());
             }
         }
     }
@@ -1460,10 +1485,11 @@ impl Call {
             // Busy, declined or gone: the ACD offers the call to the next agent.
             if let Some(agent) = self.agent_id {
                 self.withdrawn(agent, "refused");
+                self.env.acd.tell(AcdInput::Refused {
+                    call: self.id.clone(),
+                    agent,
+                });
             }
-            self.env.acd.tell(AcdInput::Refused {
-                call: self.id.clone(),
-            });
             return;
         }
         if self.phase == Phase::Ringing {
@@ -1529,10 +1555,25 @@ impl Call {
         let wall = SystemTime::now();
         self.answered_at = Some((now, wall));
         info!("answered");
-        if self.acd_mode {
+        if let (true, Some(agent)) = (self.acd_mode, self.agent_id) {
             self.env.acd.tell(AcdInput::Answered {
                 call: self.id.clone(),
+                agent,
             });
+            // The contact log names its agent from the answer on, so the agent may annotate
+            // the call while talking.
+            if let Some(log) = self.log_id {
+                let store = self.env.store.clone();
+                let queue = self.queue.as_ref().map(|q| q.0);
+                tokio::spawn(
+                    async move {
+                        if let Err(e) = store.set_call_agent(log, agent, queue).await {
+                            warn!(error = %e, "contact log agent not noted");
+                        }
+                    }
+                    .in_current_span(),
+                );
+            }
         }
         self.env.bus.publish(
             Event::new(
@@ -1670,10 +1711,11 @@ impl Call {
                 info!("agent phone unreachable");
                 if let Some(agent) = self.agent_id {
                     self.withdrawn(agent, "unreachable");
+                    self.env.acd.tell(AcdInput::Refused {
+                        call: self.id.clone(),
+                        agent,
+                    });
                 }
-                self.env.acd.tell(AcdInput::Refused {
-                    call: self.id.clone(),
-                });
             }
             Purpose::AgentInvite if self.phase == Phase::Ringing => {
                 info!("agent phone unreachable");
@@ -1694,6 +1736,8 @@ impl Call {
         if self.phase == Phase::Ended {
             return;
         }
+        // Before the answer the caller's INVITE still needs its final response.
+        self.fail_caller(now, 480);
         let me = self.env.me.clone();
         if by != Some(LegId::Caller) && self.phase == Phase::Up {
             let bye = self.a.request(Method::Bye, &me, None);

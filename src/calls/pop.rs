@@ -146,7 +146,11 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
     let y: i64 = it.next()?.parse().ok()?;
     let m: i64 = it.next()?.parse().ok()?;
     let d: i64 = it.next()?.parse().ok()?;
-    if it.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+    if it.next().is_some()
+        || !(1..=9999).contains(&y)
+        || !(1..=12).contains(&m)
+        || !(1..=31).contains(&d)
+    {
         return None;
     }
     // Days from civil (Howard Hinnant).
@@ -165,7 +169,11 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
             let (c, off) = t.split_at(i);
             let sign = if off.starts_with('-') { -1 } else { 1 };
             let (oh, om) = off[1..].split_once(':')?;
-            let off: i64 = oh.parse::<i64>().ok()? * 60 + om.parse::<i64>().ok()?;
+            let (oh, om) = (oh.parse::<i64>().ok()?, om.parse::<i64>().ok()?);
+            if !(0..=23).contains(&oh) || !(0..=59).contains(&om) {
+                return None;
+            }
+            let off = oh * 60 + om;
             (c, sign * off * 60_000)
         } else {
             (t, 0)
@@ -200,5 +208,7 @@ mod tests {
         assert_eq!(parse_rfc3339_ms("2026-11-18"), Some(1_794_960_000_000));
         assert_eq!(parse_rfc3339_ms("2026-13-01"), None);
         assert_eq!(parse_rfc3339_ms("yesterday"), None);
+        assert_eq!(parse_rfc3339_ms("999999999999-01-01"), None);
+        assert_eq!(parse_rfc3339_ms("2026-01-01T00:00:00+99999999:00"), None);
     }
 }

@@ -320,7 +320,7 @@ impl Store {
         }
         for (field, v, min) in [
             ("ring_timeout_secs", q.ring_timeout_secs, 1),
-            ("max_wait_secs", q.max_wait_secs, 0),
+            ("max_wait_secs", q.max_wait_secs, 1),
             ("wrap_up_secs", q.wrap_up_secs, 0),
         ] {
             if !(min..=86_400).contains(&v) {
@@ -427,5 +427,29 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Whether `agent` took (or was rung for) the call a recording belongs to.
+    pub async fn recording_is_agents(
+        &self,
+        recording: i64,
+        agent: i64,
+    ) -> Result<bool, StoreError> {
+        let row =
+            sqlx::query("SELECT 1 AS one FROM calls WHERE recording_id = $1 AND agent_id = $2")
+                .bind(recording)
+                .bind(agent)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.is_some())
+    }
+
+    /// Drops sessions past their expiry.
+    pub async fn purge_sessions(&self) -> Result<u64, StoreError> {
+        let r = sqlx::query("DELETE FROM api_tokens WHERE expires_at <= $1")
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
     }
 }

@@ -150,6 +150,8 @@ pub struct WorkOrderFilter {
     pub assignee: Option<i64>,
     pub customer: Option<i64>,
     pub kind: Option<WorkOrderKind>,
+    /// Only orders assigned to this agent or to nobody (what an agent may see).
+    pub visible_to: Option<i64>,
     /// Only ids below this (the page cursor; newest first).
     pub before: Option<i64>,
     pub limit: i64,
@@ -485,6 +487,12 @@ impl Store {
         if f.before.is_some() {
             arg(&mut sql, "id <");
         }
+        if f.visible_to.is_some() {
+            n += 1;
+            sql.push_str(&format!(
+                " AND (assignee_agent_id = ${n} OR assignee_agent_id IS NULL)"
+            ));
+        }
         sql.push_str(&format!(
             " ORDER BY id DESC LIMIT {}",
             f.limit.clamp(1, 500)
@@ -504,6 +512,9 @@ impl Store {
         }
         if let Some(b) = f.before {
             q = q.bind(b);
+        }
+        if let Some(a) = f.visible_to {
+            q = q.bind(a);
         }
         let rows = q.fetch_all(&self.pool).await?;
         Ok(rows.iter().map(work_order_of).collect::<Result<_, _>>()?)

@@ -656,20 +656,8 @@ async fn own_recording(s: &AppState, me: &Principal, id: i64) -> Result<Recordin
         .recording(id)
         .await?
         .ok_or_else(|| ApiError::not_found("recording"))?;
-    if !me.role.sees_all() {
-        let mine = s
-            .store
-            .contact_logs(&CallFilter {
-                agent: Some(me.agent_id),
-                limit: 500,
-                ..CallFilter::default()
-            })
-            .await?
-            .iter()
-            .any(|c| c.recording_id == Some(id));
-        if !mine {
-            return Err(ApiError::not_found("recording"));
-        }
+    if !me.role.sees_all() && !s.store.recording_is_agents(id, me.agent_id).await? {
+        return Err(ApiError::not_found("recording"));
     }
     Ok(r)
 }
@@ -820,10 +808,15 @@ struct WorkOrderQuery {
     responses((status = 200, body = [WorkOrder])))]
 async fn list_work_orders(
     State(s): State<AppState>,
-    _me: Principal,
+    me: Principal,
     Query(q): Query<WorkOrderQuery>,
 ) -> Result<Response, ApiError> {
     let limit = limit_of(q.limit)?;
+    if !me.role.sees_all() && q.assignee_agent_id.is_some_and(|a| a != me.agent_id) {
+        return Err(ApiError::forbidden(
+            "agents see their own and unassigned work orders",
+        ));
+    }
     let status = q
         .status
         .as_deref()
@@ -840,6 +833,7 @@ async fn list_work_orders(
             assignee: q.assignee_agent_id,
             customer: q.customer_id,
             kind: q.kind,
+            visible_to: (!me.role.sees_all()).then_some(me.agent_id),
             before: cursor_of(&q.cursor)?,
             limit,
         })
@@ -881,6 +875,12 @@ async fn create_work_order(
     me: Principal,
     ApiJson(w): ApiJson<WorkOrderIn>,
 ) -> Result<(StatusCode, Json<WorkOrder>), ApiError> {
+    if !me.role.sees_all() && w.assignee_agent_id.is_some_and(|a| a != me.agent_id) {
+        return Err(ApiError::invalid(
+            "assignee_agent_id",
+            "agents assign work orders to themselves only",
+        ));
+    }
     let mut customer = w.customer_id;
     if let Some(call) = w.call_id {
         let c = own_call(&s, &me, call)
@@ -924,15 +924,23 @@ async fn create_work_order(
 #[utoipa::path(get, path = "/api/work-orders/{id}", responses((status = 200, body = WorkOrder), (status = 404, body = ApiErrorBody)))]
 async fn get_work_order(
     State(s): State<AppState>,
-    _me: Principal,
+    me: Principal,
     Path(id): Path<i64>,
 ) -> Result<Json<WorkOrder>, ApiError> {
-    Ok(Json(
-        s.store
-            .work_order(id)
-            .await?
-            .ok_or_else(|| ApiError::not_found("work order"))?,
-    ))
+    Ok(Json(visible_work_order(&s, &me, id).await?))
+}
+
+/// A work order the caller may see: agents their own and unassigned ones.
+async fn visible_work_order(s: &AppState, me: &Principal, id: i64) -> Result<WorkOrder, ApiError> {
+    let wo = s
+        .store
+        .work_order(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("work order"))?;
+    if !me.role.sees_all() && wo.assignee_agent_id.is_some_and(|a| a != me.agent_id) {
+        return Err(ApiError::not_found("work order"));
+    }
+    Ok(wo)
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -969,14 +977,14 @@ async fn update_work_order(
     Path(id): Path<i64>,
     ApiJson(p): ApiJson<WorkOrderPatchIn>,
 ) -> Result<Json<WorkOrder>, ApiError> {
-    let cur = s
-        .store
-        .work_order(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("work order"))?;
-    if !me.role.sees_all() && cur.assignee_agent_id.is_some_and(|a| a != me.agent_id) {
-        return Err(ApiError::forbidden(
-            "this work order is assigned to someone else",
+    visible_work_order(&s, &me, id).await?;
+    if !me.role.sees_all()
+        && p.assignee_agent_id
+            .is_some_and(|a| a.is_some_and(|a| a != me.agent_id))
+    {
+        return Err(ApiError::invalid(
+            "assignee_agent_id",
+            "agents take work orders themselves or release them",
         ));
     }
     let due_at = match p.due_at {
@@ -1013,13 +1021,10 @@ async fn update_work_order(
 #[utoipa::path(get, path = "/api/work-orders/{id}/history", responses((status = 200, body = [WorkOrderChange])))]
 async fn work_order_history(
     State(s): State<AppState>,
-    _me: Principal,
+    me: Principal,
     Path(id): Path<i64>,
 ) -> Result<Response, ApiError> {
-    s.store
-        .work_order(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("work order"))?;
+    visible_work_order(&s, &me, id).await?;
     let items = s.store.work_order_history(id).await?;
     Ok(Json(json!({ "items": items, "next": null })).into_response())
 }

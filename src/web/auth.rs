@@ -156,6 +156,8 @@ pub async fn login(
             "wrong username or password",
         ));
     };
+    // Expired sessions go when someone logs in; no sweeper task needed.
+    let _ = s.store.purge_sessions().await;
     let token = hex::encode(rand::random::<[u8; 32]>());
     s.store
         .create_session(&token_digest(&token), agent.id, TOKEN_TTL_MS)

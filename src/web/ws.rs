@@ -59,17 +59,21 @@ fn error_frame(message: &str) -> Message {
 async fn session(s: AppState, token: Option<String>, socket: WebSocket) {
     let (mut tx, mut rx) = socket.split();
     // Authenticate: query token, or the first message within 10 s.
-    let principal: Option<Principal> = match token {
-        Some(t) => principal_of(&s.store, &t).await.ok(),
+    let token = match token {
+        Some(t) => Some(t),
         None => match tokio::time::timeout(Duration::from_secs(10), rx.next()).await {
             Ok(Some(Ok(Message::Text(t)))) => match serde_json::from_str::<ClientMessage>(&t) {
-                Ok(ClientMessage::Auth { token }) => principal_of(&s.store, &token).await.ok(),
+                Ok(ClientMessage::Auth { token }) => Some(token),
                 _ => None,
             },
             _ => None,
         },
     };
-    let Some(me) = principal else {
+    let principal: Option<(Principal, String)> = match token {
+        Some(t) => principal_of(&s.store, &t).await.ok().map(|p| (p, t)),
+        None => None,
+    };
+    let Some((me, token)) = principal else {
         let _ = tx
             .send(text(
                 &json!({"type": "error", "error": {"code": "unauthorized", "message": "a valid token is required"}})
@@ -96,8 +100,27 @@ async fn session(s: AppState, token: Option<String>, socket: WebSocket) {
     if ok {
         ok = send_snapshot(&s, viewer, &mut tx).await;
     }
+    // The session is checked again every minute: a socket never outlives its token.
+    let mut recheck = tokio::time::interval(Duration::from_secs(60));
+    recheck.tick().await;
     while ok {
         tokio::select! {
+            _ = recheck.tick() => {
+                // A store outage is not an expiry: only a refused token closes the socket.
+                let refused = matches!(
+                    principal_of(&s.store, &token).await,
+                    Err(e) if e.status == axum::http::StatusCode::UNAUTHORIZED
+                );
+                if refused {
+                    let _ = tx
+                        .send(text(
+                            &json!({"type": "error", "error": {"code": "unauthorized", "message": "the session expired"}})
+                                .to_string(),
+                        ))
+                        .await;
+                    break;
+                }
+            }
             ev = events.recv() => match ev {
                 Ok(e) if viewer.may_see(&e) => ok = deliver(&e, &mut tx).await,
                 Ok(_) => {}
