@@ -104,6 +104,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             realm: profile.realm.clone(),
             region,
             recordings: cfg.recordings.clone(),
+            desktops: Default::default(),
         };
         crate::web::spawn(addr, state).await?;
     }

@@ -268,6 +268,10 @@ fn known_caller_pops_on_the_agents_desktops_and_leaves_a_complete_contact_log() 
     assert_eq!(found["items"][0]["id"], cust["id"]);
     let mine = alice.ok("GET", "/api/calls?from=2000-01-01", None);
     assert_eq!(mine["items"].as_array().map(Vec::len), Some(1));
+    // Closing every desktop logs the agent out: no calls for an empty desk.
+    drop((a1, a2, a3));
+    sup.wait_for(state_of(alice.agent_id, "offline"), T);
+
     let (st, err) = alice.req("GET", "/api/calls?from=yesterday", None);
     assert_eq!((st, err["error"]["field"].as_str()), (422, Some("from")));
 }

@@ -84,6 +84,16 @@ pub struct Agent {
     pub state: AgentState,
     /// When the agent last became available; the longest idle gets the next call.
     pub idle_since: Instant,
+    /// Where the agent goes once the current offer or call is over, when they asked to pause
+    /// or closed their last desktop meanwhile (`None`: available again).
+    pub after_call: Option<AfterCall>,
+}
+
+/// A state change an agent asked for while busy, applied when the call is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterCall {
+    Pause,
+    Offline,
 }
 
 /// A caller waiting for an agent.
@@ -115,6 +125,10 @@ pub enum Input {
     SetAvailable {
         agent: AgentId,
         available: bool,
+    },
+    /// The agent closed their last desktop: offline now, or once the current call is done.
+    Offline {
+        agent: AgentId,
     },
     /// The agent's phone registered or went away.
     Reachable {
@@ -184,6 +198,18 @@ impl Acd {
         self.waiting.len()
     }
 
+    /// An offer or call is over for `id`: available again, or what the agent asked for meanwhile.
+    fn release(&mut self, id: AgentId, now: Instant) {
+        let next = match self.agents.get_mut(&id).and_then(|a| a.after_call.take()) {
+            None => AgentState::Available,
+            Some(AfterCall::Pause) => AgentState::Paused {
+                reason: PauseReason::Requested,
+            },
+            Some(AfterCall::Offline) => AgentState::Offline,
+        };
+        self.set_state(id, next, now);
+    }
+
     fn set_state(&mut self, id: AgentId, state: AgentState, now: Instant) {
         if let Some(a) = self.agents.get_mut(&id) {
             if state == AgentState::Available && a.state != AgentState::Available {
@@ -224,6 +250,7 @@ impl Acd {
                         reachable,
                         state,
                         idle_since,
+                        after_call: self.agents.get(&id).and_then(|a| a.after_call),
                     },
                 );
             }
@@ -235,8 +262,13 @@ impl Acd {
                     return;
                 };
                 match (&a.state, available) {
-                    // Ringing, on a call or wrapping up: the state machine decides.
-                    (AgentState::Ringing { .. } | AgentState::OnCall { .. }, _) => {}
+                    // Ringing or on a call: the change waits for the call to end.
+                    (AgentState::Ringing { .. } | AgentState::OnCall { .. }, _) => {
+                        let pending = (!available).then_some(AfterCall::Pause);
+                        if let Some(a) = self.agents.get_mut(&agent) {
+                            a.after_call = pending;
+                        }
+                    }
                     (AgentState::WrapUp { .. }, false) => self.set_state(
                         agent,
                         AgentState::Paused {
@@ -244,7 +276,12 @@ impl Acd {
                         },
                         now,
                     ),
-                    (_, true) => self.set_state(agent, AgentState::Available, now),
+                    (_, true) => {
+                        if let Some(a) = self.agents.get_mut(&agent) {
+                            a.after_call = None;
+                        }
+                        self.set_state(agent, AgentState::Available, now)
+                    }
                     (_, false) => self.set_state(
                         agent,
                         AgentState::Paused {
@@ -254,6 +291,18 @@ impl Acd {
                     ),
                 }
             }
+            Input::Offline { agent } => match self.agents.get_mut(&agent) {
+                Some(a)
+                    if matches!(
+                        a.state,
+                        AgentState::Ringing { .. } | AgentState::OnCall { .. }
+                    ) =>
+                {
+                    a.after_call = Some(AfterCall::Offline);
+                }
+                Some(_) => self.set_state(agent, AgentState::Offline, now),
+                None => {}
+            },
             Input::Reachable { agent, reachable } => {
                 if let Some(a) = self.agents.get_mut(&agent) {
                     a.reachable = reachable;
@@ -282,7 +331,7 @@ impl Acd {
                             call: call.clone(),
                             agent: other,
                         });
-                        self.set_state(other, AgentState::Available, now);
+                        self.release(other, now);
                     }
                     let wrap_up = self
                         .queues
@@ -299,7 +348,7 @@ impl Acd {
                 {
                     w.offered_to = None;
                     w.tried.insert(agent);
-                    self.set_state(agent, AgentState::Available, now);
+                    self.release(agent, now);
                 }
             }
             Input::Ended { call } => {
@@ -315,7 +364,7 @@ impl Acd {
                 if let Some(i) = self.waiting.iter().position(|w| w.call == call) {
                     let w = self.waiting.remove(i);
                     if let Some(agent) = w.offered_to {
-                        self.set_state(agent, AgentState::Available, now);
+                        self.release(agent, now);
                     }
                 }
             }
@@ -333,7 +382,7 @@ impl Acd {
             .map(|a| a.id)
             .collect();
         for id in done {
-            self.set_state(id, AgentState::Available, now);
+            self.release(id, now);
         }
         // Ring-no-answer: withdraw, pause the agent, try someone else.
         let rang_out: Vec<(CallKey, AgentId)> = self
@@ -739,5 +788,50 @@ mod tests {
         );
         assert_eq!(a.agent(2).unwrap().state.name(), "ringing");
         assert_eq!(a.agent(1).unwrap().state.name(), "paused");
+    }
+
+    #[test]
+    fn a_pause_or_logout_during_a_call_applies_after_it() {
+        let t0 = Instant::now();
+        let mut a = acd(t0);
+        agent(&mut a, t0, 1, &[], &[1]);
+        agent(&mut a, t0 + Duration::from_millis(1), 2, &[], &[1]);
+        arrive(&mut a, t0, "c", 1, false);
+        arrive(&mut a, t0, "d", 1, false);
+        offers(&mut a);
+        a.handle(
+            t0,
+            Input::Answered {
+                call: "c".into(),
+                agent: 1,
+            },
+        );
+        a.handle(
+            t0,
+            Input::SetAvailable {
+                agent: 1,
+                available: false,
+            },
+        );
+        a.handle(t0, Input::Offline { agent: 2 });
+        assert_eq!(a.agent(1).unwrap().state.name(), "on_call");
+        assert_eq!(a.agent(2).unwrap().state.name(), "ringing");
+        // 2's caller gives up: 2 is logged out, not offered the next call.
+        a.handle(t0, Input::Abandoned { call: "d".into() });
+        assert_eq!(a.agent(2).unwrap().state.name(), "offline");
+        a.handle(t0, Input::Ended { call: "c".into() });
+        a.handle_timeout(t0 + Duration::from_secs(11));
+        assert_eq!(a.agent(1).unwrap().state.name(), "paused");
+        arrive(&mut a, t0 + Duration::from_secs(12), "e", 1, false);
+        assert!(offers(&mut a).is_empty());
+        // Back from the pause: the waiting caller is offered at once.
+        a.handle(
+            t0 + Duration::from_secs(13),
+            Input::SetAvailable {
+                agent: 1,
+                available: true,
+            },
+        );
+        assert_eq!(offers(&mut a), vec![("e".into(), 1)]);
     }
 }

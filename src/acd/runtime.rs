@@ -78,6 +78,11 @@ impl AcdHandle {
         self.tell(Input::SetAvailable { agent, available });
     }
 
+    /// The agent's last desktop closed.
+    pub fn offline(&self, agent: AgentId) {
+        self.tell(Input::Offline { agent });
+    }
+
     /// A phone registered (or its last binding went away).
     pub fn registered(&self, sip_user: &str, reachable: bool) {
         let _ = self.tx.send(Command::Registered {

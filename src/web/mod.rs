@@ -32,6 +32,8 @@ pub struct AppState {
     pub region: phonenumber::country::Id,
     /// Where recordings live (paths in the store are under it or absolute).
     pub recordings: PathBuf,
+    /// Open desktops per agent: when an agent's last one closes, the agent goes offline.
+    pub desktops: Arc<std::sync::Mutex<std::collections::HashMap<i64, usize>>>,
 }
 
 /// The process-wide Prometheus recorder (installed once; later calls share it).
