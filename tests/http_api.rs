@@ -290,6 +290,27 @@ fn auth_errors_openapi_csv_metrics_and_health() {
         "{csv}"
     );
     assert_eq!(amy.req("GET", "/api/customers/export", None).0, 403);
+    // Agents keep cards current; a misspelt field is named.
+    let id = found["items"][0]["id"].as_i64().expect("id");
+    let upd = amy.ok(
+        "PATCH",
+        &format!("/api/customers/{id}"),
+        Some(json!({"notes": "prefers WeChat", "opt_out_sms": true})),
+    );
+    assert_eq!(
+        (upd["notes"].as_str(), upd["opt_out_sms"].as_bool()),
+        (Some("prefers WeChat"), Some(true))
+    );
+    let (st, e) = amy.req(
+        "PATCH",
+        &format!("/api/customers/{id}"),
+        Some(&json!({"phone": "123"})),
+    );
+    assert_eq!(
+        (st, e["error"]["field"].as_str()),
+        (400, Some("phone")),
+        "{e}"
+    );
 
     // WebSocket: a bad token gets an error frame; a first-message token works.
     let host = base.trim_start_matches("http://");

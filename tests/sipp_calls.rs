@@ -890,6 +890,8 @@ fn contact_logs_match_create_and_link_recordings() {
                 number: "(555) 123-0001".into(),
                 label: None,
             }],
+            opt_out_sms: false,
+            opt_out_voice: false,
         };
         store
             .create_customer(&c, screenpop::store::customers::CreatedVia::Api, us)

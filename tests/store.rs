@@ -81,6 +81,8 @@ fn customer(name: &str, tier: Tier, phones: &[&str]) -> NewCustomer {
                 label: Some("mobile".into()),
             })
             .collect(),
+        opt_out_sms: false,
+        opt_out_voice: true,
     }
 }
 
@@ -661,5 +663,78 @@ on_both!(
             copy.iter().map(key).collect::<Vec<_>>(),
             all.iter().map(key).collect::<Vec<_>>()
         );
+    }
+);
+
+on_both!(
+    customers_update_and_replace_phones,
+    |store: Store| async move {
+        use screenpop::store::customers::CustomerPatch;
+        let us = region("US").unwrap();
+        let c = store
+            .create_customer(
+                &customer("Old Name", Tier::Regular, &["+14155550111"]),
+                CreatedVia::Api,
+                us,
+            )
+            .await
+            .unwrap();
+        assert!(c.opt_out_voice && !c.opt_out_sms);
+        let p = CustomerPatch {
+            name: Some("新名字".into()),
+            tier: Some(Tier::Vip),
+            opt_out_sms: Some(true),
+            phones: Some(vec![NewPhone {
+                number: "(212) 555-0199".into(),
+                label: Some("office".into()),
+            }]),
+            ..CustomerPatch::default()
+        };
+        let u = store.update_customer(c.id, &p, us).await.unwrap();
+        assert_eq!(
+            (u.name.as_str(), u.tier, u.opt_out_sms),
+            ("新名字", Tier::Vip, true)
+        );
+        assert_eq!(u.company, c.company, "untouched fields stay");
+        assert_eq!(u.phones.len(), 1);
+        assert_eq!(u.phones[0].e164.as_deref(), Some("+12125550199"));
+        // The old number no longer matches; the new one does.
+        let old = store
+            .match_caller(&normalize("+14155550111", us).unwrap())
+            .await
+            .unwrap();
+        assert!(old.candidates.is_empty());
+        let new = store
+            .match_caller(&normalize("2125550199", us).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(new.customer.map(|c| c.id), Some(c.id));
+        // Bad input names the field and changes nothing.
+        let bad = CustomerPatch {
+            birthday: Some("1990-13-01".into()),
+            ..CustomerPatch::default()
+        };
+        match store.update_customer(c.id, &bad, us).await {
+            Err(StoreError::Invalid { field, .. }) => assert_eq!(field, "birthday"),
+            other => panic!("{other:?}"),
+        }
+        let ghost = CustomerPatch {
+            assigned_agent_id: Some(4242),
+            ..CustomerPatch::default()
+        };
+        match store.update_customer(c.id, &ghost, us).await {
+            Err(StoreError::Invalid { field, .. }) => assert_eq!(field, "assigned_agent_id"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            store.customer(c.id).await.unwrap().unwrap().birthday,
+            u.birthday
+        );
+        assert!(matches!(
+            store
+                .update_customer(c.id + 99, &CustomerPatch::default(), us)
+                .await,
+            Err(StoreError::NotFound(_))
+        ));
     }
 );

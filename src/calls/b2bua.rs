@@ -830,6 +830,8 @@ impl Call {
                                 number,
                                 label: None,
                             }],
+                            opt_out_sms: false,
+                            opt_out_voice: false,
                         };
                         match store
                             .create_customer(&new, CreatedVia::Call, self.env.region)

@@ -163,6 +163,8 @@ fn row_of(
         notes: None,
         assigned_agent_id: None,
         phones: Vec::new(),
+        opt_out_sms: false,
+        opt_out_voice: false,
     };
     let opt = |v: &str| (!v.is_empty()).then(|| v.to_string());
     for (h, v) in headers.iter().zip(rec.iter()) {

@@ -98,6 +98,29 @@ pub struct NewCustomer {
     pub assigned_agent_id: Option<i64>,
     #[serde(default)]
     pub phones: Vec<NewPhone>,
+    /// The customer asked not to get SMS / voice campaigns.
+    #[serde(default)]
+    pub opt_out_sms: bool,
+    #[serde(default)]
+    pub opt_out_voice: bool,
+}
+
+/// Changes to a customer; `None` leaves a field alone, `phones` replaces all of them.
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerPatch {
+    pub name: Option<String>,
+    pub company: Option<String>,
+    pub tier: Option<Tier>,
+    pub birthday: Option<String>,
+    pub anniversary: Option<String>,
+    pub address: Option<String>,
+    pub notes: Option<String>,
+    /// An agent id, or 0 to unassign.
+    pub assigned_agent_id: Option<i64>,
+    pub opt_out_sms: Option<bool>,
+    pub opt_out_voice: Option<bool>,
+    pub phones: Option<Vec<NewPhone>>,
 }
 
 fn regular() -> Tier {
@@ -383,8 +406,9 @@ pub async fn insert_customer(
     let temp_code = format!("tmp-{:016x}", rand::random::<u64>());
     let row = sqlx::query(
         "INSERT INTO customers (code, name, company, tier, birthday, anniversary, address, \
-         notes, assigned_agent_id, created_via, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+         notes, assigned_agent_id, created_via, created_at, updated_at, opt_out_sms, \
+         opt_out_voice) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
     )
     .bind(c.code.clone().unwrap_or(temp_code))
     .bind(c.name.trim().to_string())
@@ -398,9 +422,17 @@ pub async fn insert_customer(
     .bind(via.as_str())
     .bind(now)
     .bind(now)
+    .bind(i64::from(c.opt_out_sms))
+    .bind(i64::from(c.opt_out_voice))
     .fetch_one(&mut **tx)
     .await
-    .map_err(|e| unique_violation(e, "code"))?;
+    .map_err(|e| match &e {
+        sqlx::Error::Database(d) if d.is_foreign_key_violation() => StoreError::Invalid {
+            field: "assigned_agent_id",
+            why: "no such agent".into(),
+        },
+        _ => unique_violation(e, "code"),
+    })?;
     let id: i64 = row.try_get("id")?;
     if c.code.is_none() {
         sqlx::query("UPDATE customers SET code = $1 WHERE id = $2")
@@ -490,5 +522,114 @@ impl Store {
             out.push(c);
         }
         Ok(out)
+    }
+}
+
+impl Store {
+    /// Applies a change to a customer in one transaction (phones replaced when given).
+    pub async fn update_customer(
+        &self,
+        id: i64,
+        p: &CustomerPatch,
+        region: Id,
+    ) -> Result<Customer, StoreError> {
+        let mut cur = self
+            .customer(id)
+            .await?
+            .ok_or(StoreError::NotFound("customer"))?;
+        if let Some(n) = &p.name {
+            cur.name = n.trim().to_string();
+        }
+        let keep = |v: &Option<String>, old: &mut Option<String>| {
+            if let Some(v) = v {
+                *old = (!v.trim().is_empty()).then(|| v.trim().to_string());
+            }
+        };
+        keep(&p.company, &mut cur.company);
+        keep(&p.birthday, &mut cur.birthday);
+        keep(&p.anniversary, &mut cur.anniversary);
+        keep(&p.address, &mut cur.address);
+        keep(&p.notes, &mut cur.notes);
+        if let Some(t) = p.tier {
+            cur.tier = t;
+        }
+        if let Some(a) = p.assigned_agent_id {
+            cur.assigned_agent_id = (a != 0).then_some(a);
+        }
+        if let Some(v) = p.opt_out_sms {
+            cur.opt_out_sms = v;
+        }
+        if let Some(v) = p.opt_out_voice {
+            cur.opt_out_voice = v;
+        }
+        // The same checks as a new customer, on the result.
+        let check = NewCustomer {
+            code: Some(cur.code.clone()),
+            name: cur.name.clone(),
+            company: None,
+            tier: cur.tier,
+            birthday: cur.birthday.clone(),
+            anniversary: cur.anniversary.clone(),
+            address: None,
+            notes: None,
+            assigned_agent_id: None,
+            phones: p.phones.clone().unwrap_or_default(),
+            opt_out_sms: false,
+            opt_out_voice: false,
+        };
+        let phones: Vec<(NewPhone, NormalizedPhone)> = validate_customer(&check, region)?
+            .into_iter()
+            .map(|(p, n)| (p.clone(), n))
+            .collect();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE customers SET name = $1, company = $2, tier = $3, birthday = $4, \
+             anniversary = $5, address = $6, notes = $7, assigned_agent_id = $8, \
+             opt_out_sms = $9, opt_out_voice = $10, updated_at = $11 WHERE id = $12",
+        )
+        .bind(cur.name.clone())
+        .bind(cur.company.clone())
+        .bind(cur.tier.as_str())
+        .bind(cur.birthday.clone())
+        .bind(cur.anniversary.clone())
+        .bind(cur.address.clone())
+        .bind(cur.notes.clone())
+        .bind(cur.assigned_agent_id)
+        .bind(i64::from(cur.opt_out_sms))
+        .bind(i64::from(cur.opt_out_voice))
+        .bind(now_ms())
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(d) if d.is_foreign_key_violation() => StoreError::Invalid {
+                field: "assigned_agent_id",
+                why: "no such agent".into(),
+            },
+            _ => StoreError::Db(e),
+        })?;
+        if p.phones.is_some() {
+            sqlx::query("DELETE FROM customer_phones WHERE customer_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            for (ph, n) in &phones {
+                sqlx::query(
+                    "INSERT INTO customer_phones (customer_id, raw, e164, national, label) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(id)
+                .bind(ph.number.clone())
+                .bind(n.e164.clone())
+                .bind(n.national.clone())
+                .bind(ph.label.clone())
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        self.customer(id)
+            .await?
+            .ok_or(StoreError::NotFound("customer"))
     }
 }

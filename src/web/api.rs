@@ -22,7 +22,7 @@ use crate::events::Event;
 use crate::sip::digest::Secret;
 use crate::store::agents::{Agent, NewAgent, NewQueue, Queue, Role, SipTarget};
 use crate::store::calls::{CallFilter, ContactLog, Recording};
-use crate::store::customers::{CreatedVia, Customer, CustomerFilter, NewCustomer};
+use crate::store::customers::{CreatedVia, Customer, CustomerFilter, CustomerPatch, NewCustomer};
 use crate::store::work_orders::{
     NewWorkOrder, WorkOrder, WorkOrderChange, WorkOrderFilter, WorkOrderKind, WorkOrderPatch,
     WorkOrderStatus,
@@ -38,7 +38,7 @@ pub fn router() -> Router<AppState> {
         .route("/customers", get(list_customers).post(create_customer))
         .route("/customers/import", post(import_customers))
         .route("/customers/export", get(export_customers))
-        .route("/customers/{id}", get(get_customer))
+        .route("/customers/{id}", get(get_customer).patch(update_customer))
         .route("/calls", get(list_calls))
         .route("/calls/{id}", get(get_call).patch(annotate_call))
         .route("/recordings/{id}", get(get_recording))
@@ -59,13 +59,14 @@ pub fn router() -> Router<AppState> {
     info(title = "screenpop", description = "Call-center CTI: customers, calls, recordings, work orders"),
     paths(
         auth::login, list_agents, create_agent, get_agent, list_queues, create_queue,
-        list_customers, create_customer, get_customer, import_customers, export_customers,
+        list_customers, create_customer, get_customer, update_customer, import_customers,
+        export_customers,
         list_calls, get_call, annotate_call, get_recording, recording_audio,
         list_work_orders, create_work_order, get_work_order, update_work_order,
         work_order_history
     ),
     components(schemas(
-        AgentOut, NewAgentIn, QueueIn, Queue, Customer, NewCustomer, ContactLog, CallPatch,
+        AgentOut, NewAgentIn, QueueIn, Queue, Customer, NewCustomer, CustomerPatch, ContactLog, CallPatch,
         Recording, WorkOrder, WorkOrderIn, WorkOrderPatchIn, WorkOrderChange, ImportReport,
         ApiErrorBody
     )),
@@ -445,6 +446,29 @@ async fn create_customer(
         )
         .await;
     Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// Changes a customer (any role: agents keep the card current from the pop); `phones`
+/// replaces every number; `assigned_agent_id: 0` unassigns. Audited.
+#[utoipa::path(patch, path = "/api/customers/{id}", request_body = CustomerPatch,
+    responses((status = 200, body = Customer), (status = 404, body = ApiErrorBody), (status = 422, body = ApiErrorBody)))]
+async fn update_customer(
+    State(s): State<AppState>,
+    me: Principal,
+    Path(id): Path<i64>,
+    ApiJson(p): ApiJson<CustomerPatch>,
+) -> Result<Json<Customer>, ApiError> {
+    let c = s.store.update_customer(id, &p, s.region).await?;
+    let _ = s
+        .store
+        .audit(
+            &me.username,
+            "customer.update",
+            &format!("customer:{id}"),
+            None,
+        )
+        .await;
+    Ok(Json(c))
 }
 
 /// What an import did: every rejected row with its line and reason.

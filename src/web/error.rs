@@ -132,13 +132,15 @@ fn field_of(text: &str) -> Option<String> {
         if let Some(end) = rest.find('`') {
             let name = &rest[..end];
             let prefix = detail.split_once(": ").map(|(p, _)| p).unwrap_or(".");
-            return Some(
-                if prefix == "." || prefix.is_empty() || prefix.contains(' ') {
-                    name.to_string()
-                } else {
-                    format!("{prefix}.{name}")
-                },
-            );
+            let bare = prefix == "." || prefix.is_empty() || prefix.contains(' ');
+            // An unknown field's path already ends with its own name.
+            return Some(if bare {
+                name.to_string()
+            } else if prefix == name || prefix.ends_with(&format!(".{name}")) {
+                prefix.to_string()
+            } else {
+                format!("{prefix}.{name}")
+            });
         }
     }
     detail
@@ -153,6 +155,14 @@ mod tests {
 
     #[test]
     fn names_the_field() {
+        assert_eq!(
+            field_of("Failed to deserialize the JSON body into the target type: phone: unknown field `phone`, expected one of `name` at line 1 column 8"),
+            Some("phone".into())
+        );
+        assert_eq!(
+            field_of("Failed to deserialize the JSON body into the target type: phones[0]: missing field `number` at line 1 column 20"),
+            Some("phones[0].number".into())
+        );
         assert_eq!(
             field_of("Failed to deserialize the JSON body into the target type: missing field `name` at line 1 column 2"),
             Some("name".into())
