@@ -234,6 +234,69 @@ fn auth_errors_openapi_csv_metrics_and_health() {
     );
     assert_eq!(c_ok(&admin, id), amy.agent_id);
 
+    // Admins change accounts and queues; the changes are checked like new ones.
+    let q = admin.ok("POST", "/api/queues", Some(json!({"name": "vip-line"})));
+    let qid = q["id"].as_i64().expect("queue");
+    let changed = admin.ok(
+        "PATCH",
+        &format!("/api/agents/{}", amy.agent_id),
+        Some(
+            json!({"display_name": "Amy Wong", "skills": ["cantonese"], "queues": [qid],
+                    "sip_username": "2002", "sip_password": "phone-pw"}),
+        ),
+    );
+    assert_eq!(changed["display_name"], "Amy Wong");
+    assert_eq!(changed["sip_username"], "2002");
+    assert!(changed["sip_uri"].is_null());
+    assert_eq!(changed["queues"], json!([qid]));
+    let (st, e) = admin.req(
+        "PATCH",
+        &format!("/api/agents/{}", amy.agent_id),
+        Some(&json!({"queues": [9999]})),
+    );
+    assert_eq!(
+        (st, e["error"]["field"].as_str()),
+        (422, Some("queues")),
+        "{e}"
+    );
+    let (st, e) = admin.req(
+        "PATCH",
+        &format!("/api/queues/{qid}"),
+        Some(&json!({"ring_timeout_secs": 0})),
+    );
+    assert_eq!(
+        (st, e["error"]["field"].as_str()),
+        (422, Some("ring_timeout_secs")),
+        "{e}"
+    );
+    let q = admin.ok(
+        "PATCH",
+        &format!("/api/queues/{qid}"),
+        Some(json!({"dialed_numbers": ["8005550177"], "is_default": true})),
+    );
+    assert_eq!(
+        (q["is_default"].as_bool(), q["dialed_numbers"][0].as_str()),
+        (Some(true), Some("8005550177"))
+    );
+    assert_eq!(
+        amy.req(
+            "PATCH",
+            &format!("/api/queues/{qid}"),
+            Some(&json!({"wrap_up_secs": 1}))
+        )
+        .0,
+        403
+    );
+    assert_eq!(
+        amy.req(
+            "PATCH",
+            &format!("/api/agents/{}", amy.agent_id),
+            Some(&json!({"role": "admin"}))
+        )
+        .0,
+        403
+    );
+
     // OpenAPI is generated and lists the resources.
     let doc = amy.ok("GET", "/api/openapi.json", None);
     for p in [

@@ -738,3 +738,58 @@ on_both!(
         ));
     }
 );
+
+on_both!(agents_and_queues_change, |store: Store| async move {
+    use screenpop::store::agents::{AgentPatch, NewQueue, QueuePatch, SipTarget};
+    let nq = |name: &str| NewQueue {
+        name: name.into(),
+        dialed_numbers: vec![],
+        ring_timeout_secs: 20,
+        max_wait_secs: 60,
+        wrap_up_secs: 5,
+        required_skills: vec![],
+        is_default: false,
+    };
+    let q1 = store.create_queue(&nq("one")).await.unwrap();
+    let q2 = store.create_queue(&nq("two")).await.unwrap();
+    let mut a = agent("zoe", SipTarget::None);
+    a.queues.insert(q1.id);
+    let zoe = store.create_agent(&a).await.unwrap();
+    let p = AgentPatch {
+        display_name: Some("Zoe Li".into()),
+        queues: Some([q2.id].into_iter().collect()),
+        sip: Some(SipTarget::Uri("sip:zoe@pbx.example".into())),
+        ..AgentPatch::default()
+    };
+    let z = store.update_agent(zoe.id, &p).await.unwrap();
+    assert_eq!(z.display_name, "Zoe Li");
+    assert_eq!(z.queues.into_iter().collect::<Vec<_>>(), [q2.id]);
+    assert_eq!(z.sip, SipTarget::Uri("sip:zoe@pbx.example".into()));
+    assert_eq!(z.password_hash, zoe.password_hash, "untouched");
+    let qp = QueuePatch {
+        is_default: Some(true),
+        max_wait_secs: Some(30),
+        ..QueuePatch::default()
+    };
+    store.update_queue(q2.id, &qp).await.unwrap();
+    let qs = store.queues().await.unwrap();
+    assert_eq!(
+        qs.iter()
+            .filter(|q| q.is_default)
+            .map(|q| q.id)
+            .collect::<Vec<_>>(),
+        [q2.id]
+    );
+    assert_eq!(
+        qs.iter().find(|q| q.id == q2.id).map(|q| q.max_wait_secs),
+        Some(30)
+    );
+    let dup = QueuePatch {
+        name: Some("one".into()),
+        ..QueuePatch::default()
+    };
+    match store.update_queue(q2.id, &dup).await {
+        Err(StoreError::Invalid { field, .. }) => assert_eq!(field, "name"),
+        other => panic!("{other:?}"),
+    }
+});

@@ -315,18 +315,7 @@ impl Store {
 
     /// Creates a queue; making it the default takes the flag from any other queue.
     pub async fn create_queue(&self, q: &NewQueue) -> Result<Queue, StoreError> {
-        if q.name.trim().is_empty() {
-            return Err(invalid("name", "must not be empty"));
-        }
-        for (field, v, min) in [
-            ("ring_timeout_secs", q.ring_timeout_secs, 1),
-            ("max_wait_secs", q.max_wait_secs, 1),
-            ("wrap_up_secs", q.wrap_up_secs, 0),
-        ] {
-            if !(min..=86_400).contains(&v) {
-                return Err(invalid(field, format!("must be between {min} and 86400")));
-            }
-        }
+        check_queue(q)?;
         let mut tx = self.pool.begin().await?;
         if q.is_default {
             sqlx::query("UPDATE queues SET is_default = 0")
@@ -452,4 +441,172 @@ impl Store {
             .await?;
         Ok(r.rows_affected())
     }
+
+    /// Changes an agent; `None` leaves a field alone; `queues` replaces the memberships.
+    pub async fn update_agent(&self, id: i64, p: &AgentPatch) -> Result<Agent, StoreError> {
+        let cur = self.agent(id).await?.ok_or(StoreError::NotFound("agent"))?;
+        if p.display_name.as_ref().is_some_and(|n| n.trim().is_empty()) {
+            return Err(invalid("display_name", "must not be empty"));
+        }
+        let sip = p.sip.clone().unwrap_or(cur.sip.clone());
+        let (uri, user, md5, sha) = match &sip {
+            SipTarget::Uri(u) => (Some(u.clone()), None, None, None),
+            SipTarget::Registered {
+                username,
+                ha1_md5,
+                ha1_sha256,
+            } => (
+                None,
+                Some(username.clone()),
+                Some(ha1_md5.clone()),
+                Some(ha1_sha256.clone()),
+            ),
+            SipTarget::None => (None, None, None, None),
+        };
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE agents SET display_name = $1, role = $2, password_hash = $3, sip_uri = $4, \
+             sip_username = $5, sip_ha1_md5 = $6, sip_ha1_sha256 = $7, skills = $8 WHERE id = $9",
+        )
+        .bind(
+            p.display_name
+                .clone()
+                .unwrap_or(cur.display_name.clone())
+                .trim()
+                .to_string(),
+        )
+        .bind(p.role.unwrap_or(cur.role).as_str())
+        .bind(p.password_hash.clone().unwrap_or(cur.password_hash.clone()))
+        .bind(uri)
+        .bind(user)
+        .bind(md5)
+        .bind(sha)
+        .bind(
+            serde_json::to_string(p.skills.as_ref().unwrap_or(&cur.skills))
+                .unwrap_or_else(|_| "[]".into()),
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                invalid("sip_username", "already in use")
+            }
+            _ => StoreError::Db(e),
+        })?;
+        if let Some(queues) = &p.queues {
+            sqlx::query("DELETE FROM agent_queues WHERE agent_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            for q in queues {
+                sqlx::query("INSERT INTO agent_queues (agent_id, queue_id) VALUES ($1, $2)")
+                    .bind(id)
+                    .bind(*q)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| match &e {
+                        sqlx::Error::Database(d) if d.is_foreign_key_violation() => {
+                            invalid("queues", format!("no queue {q}"))
+                        }
+                        _ => StoreError::Db(e),
+                    })?;
+            }
+        }
+        tx.commit().await?;
+        self.agent(id).await?.ok_or(StoreError::NotFound("agent"))
+    }
+
+    /// Changes a queue; making it the default takes the flag from any other queue.
+    pub async fn update_queue(&self, id: i64, p: &QueuePatch) -> Result<Queue, StoreError> {
+        let cur = self
+            .queues()
+            .await?
+            .into_iter()
+            .find(|q| q.id == id)
+            .ok_or(StoreError::NotFound("queue"))?;
+        let next = NewQueue {
+            name: p.name.clone().unwrap_or(cur.name),
+            dialed_numbers: p.dialed_numbers.clone().unwrap_or(cur.dialed_numbers),
+            ring_timeout_secs: p.ring_timeout_secs.unwrap_or(cur.ring_timeout_secs),
+            max_wait_secs: p.max_wait_secs.unwrap_or(cur.max_wait_secs),
+            wrap_up_secs: p.wrap_up_secs.unwrap_or(cur.wrap_up_secs),
+            required_skills: p.required_skills.clone().unwrap_or(cur.required_skills),
+            is_default: p.is_default.unwrap_or(cur.is_default),
+        };
+        check_queue(&next)?;
+        let mut tx = self.pool.begin().await?;
+        if next.is_default && !cur.is_default {
+            sqlx::query("UPDATE queues SET is_default = 0")
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "UPDATE queues SET name = $1, dialed_numbers = $2, ring_timeout_secs = $3, \
+             max_wait_secs = $4, wrap_up_secs = $5, required_skills = $6, is_default = $7 \
+             WHERE id = $8",
+        )
+        .bind(next.name.trim().to_string())
+        .bind(serde_json::to_string(&next.dialed_numbers).unwrap_or_else(|_| "[]".into()))
+        .bind(next.ring_timeout_secs)
+        .bind(next.max_wait_secs)
+        .bind(next.wrap_up_secs)
+        .bind(serde_json::to_string(&next.required_skills).unwrap_or_else(|_| "[]".into()))
+        .bind(i64::from(next.is_default))
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                invalid("name", "already in use")
+            }
+            _ => StoreError::Db(e),
+        })?;
+        tx.commit().await?;
+        self.queues()
+            .await?
+            .into_iter()
+            .find(|q| q.id == id)
+            .ok_or(StoreError::NotFound("queue"))
+    }
+}
+
+/// Changes to an agent (the password already hashed).
+#[derive(Debug, Clone, Default)]
+pub struct AgentPatch {
+    pub display_name: Option<String>,
+    pub role: Option<Role>,
+    pub password_hash: Option<String>,
+    pub sip: Option<SipTarget>,
+    pub skills: Option<BTreeSet<String>>,
+    pub queues: Option<BTreeSet<i64>>,
+}
+
+/// Changes to a queue; `None` leaves a field alone.
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueuePatch {
+    pub name: Option<String>,
+    pub dialed_numbers: Option<Vec<String>>,
+    pub ring_timeout_secs: Option<i64>,
+    pub max_wait_secs: Option<i64>,
+    pub wrap_up_secs: Option<i64>,
+    pub required_skills: Option<Vec<String>>,
+    pub is_default: Option<bool>,
+}
+
+fn check_queue(q: &NewQueue) -> Result<(), StoreError> {
+    if q.name.trim().is_empty() {
+        return Err(invalid("name", "must not be empty"));
+    }
+    for (field, v, min) in [
+        ("ring_timeout_secs", q.ring_timeout_secs, 1),
+        ("max_wait_secs", q.max_wait_secs, 1),
+        ("wrap_up_secs", q.wrap_up_secs, 0),
+    ] {
+        if !(min..=86_400).contains(&v) {
+            return Err(invalid(field, format!("must be between {min} and 86400")));
+        }
+    }
+    Ok(())
 }

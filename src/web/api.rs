@@ -20,7 +20,7 @@ use crate::calls::pop::{parse_rfc3339_ms, rfc3339_ms};
 use crate::crm::phone::normalize;
 use crate::events::Event;
 use crate::sip::digest::Secret;
-use crate::store::agents::{Agent, NewAgent, NewQueue, Queue, Role, SipTarget};
+use crate::store::agents::{Agent, NewAgent, NewQueue, Queue, QueuePatch, Role, SipTarget};
 use crate::store::calls::{CallFilter, ContactLog, Recording};
 use crate::store::customers::{CreatedVia, Customer, CustomerFilter, CustomerPatch, NewCustomer};
 use crate::store::work_orders::{
@@ -33,8 +33,9 @@ pub fn router() -> Router<AppState> {
         .route("/login", post(auth::login))
         .route("/openapi.json", get(openapi))
         .route("/agents", get(list_agents).post(create_agent))
-        .route("/agents/{id}", get(get_agent))
+        .route("/agents/{id}", get(get_agent).patch(update_agent))
         .route("/queues", get(list_queues).post(create_queue))
+        .route("/queues/{id}", axum::routing::patch(update_queue))
         .route("/customers", get(list_customers).post(create_customer))
         .route("/customers/import", post(import_customers))
         .route("/customers/export", get(export_customers))
@@ -58,7 +59,8 @@ pub fn router() -> Router<AppState> {
 #[openapi(
     info(title = "screenpop", description = "Call-center CTI: customers, calls, recordings, work orders"),
     paths(
-        auth::login, list_agents, create_agent, get_agent, list_queues, create_queue,
+        auth::login, list_agents, create_agent, get_agent, update_agent, list_queues,
+        create_queue, update_queue,
         list_customers, create_customer, get_customer, update_customer, import_customers,
         export_customers,
         list_calls, get_call, annotate_call, get_recording, recording_audio,
@@ -66,7 +68,7 @@ pub fn router() -> Router<AppState> {
         work_order_history
     ),
     components(schemas(
-        AgentOut, NewAgentIn, QueueIn, Queue, Customer, NewCustomer, CustomerPatch, ContactLog, CallPatch,
+        AgentOut, NewAgentIn, AgentPatchIn, QueueIn, QueuePatch, Queue, Customer, NewCustomer, CustomerPatch, ContactLog, CallPatch,
         Recording, WorkOrder, WorkOrderIn, WorkOrderPatchIn, WorkOrderChange, ImportReport,
         ApiErrorBody
     )),
@@ -241,42 +243,8 @@ async fn create_agent(
     if a.password.chars().count() < 8 {
         return Err(ApiError::invalid("password", "at least 8 characters"));
     }
-    let sip = match (a.sip_uri, a.sip_username, a.sip_password) {
-        (Some(_), Some(_), _) => {
-            return Err(ApiError::invalid(
-                "sip_uri",
-                "give sip_uri or sip_username, not both",
-            ))
-        }
-        (Some(uri), None, _) => {
-            crate::sip::Uri::parse(&uri)
-                .map_err(|e| ApiError::invalid("sip_uri", e.to_string()))?;
-            SipTarget::Uri(uri)
-        }
-        (None, Some(user), Some(pw)) => {
-            if user.is_empty() || user.contains(['@', ':', ' ']) {
-                return Err(ApiError::invalid("sip_username", "a plain user name"));
-            }
-            if pw.is_empty() {
-                return Err(ApiError::invalid("sip_password", "must not be empty"));
-            }
-            match Secret::hashed(&user, &s.realm, &pw) {
-                Secret::Ha1 { md5, sha256 } => SipTarget::Registered {
-                    username: user,
-                    ha1_md5: md5,
-                    ha1_sha256: sha256,
-                },
-                Secret::Password(_) => unreachable!("hashed() returns HA1s"),
-            }
-        }
-        (None, Some(_), None) => {
-            return Err(ApiError::invalid(
-                "sip_password",
-                "required with sip_username",
-            ))
-        }
-        (None, None, _) => SipTarget::None,
-    };
+    let sip =
+        sip_target(&s.realm, a.sip_uri, a.sip_username, a.sip_password)?.unwrap_or(SipTarget::None);
     let password = a.password.clone();
     let hash = tokio::task::spawn_blocking(move || hash_password(&password))
         .await
@@ -310,6 +278,116 @@ async fn create_agent(
         .await;
     s.acd.reload();
     Ok((StatusCode::CREATED, Json(agent.into())))
+}
+
+/// The SIP target from `sip_uri`, or `sip_username` + `sip_password` (kept as digest HA1s for
+/// the realm); `None` when neither is given.
+fn sip_target(
+    realm: &str,
+    uri: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+) -> Result<Option<SipTarget>, ApiError> {
+    Ok(Some(match (uri, user, password) {
+        (Some(_), Some(_), _) => {
+            return Err(ApiError::invalid(
+                "sip_uri",
+                "give sip_uri or sip_username, not both",
+            ))
+        }
+        (Some(uri), None, _) => {
+            crate::sip::Uri::parse(&uri)
+                .map_err(|e| ApiError::invalid("sip_uri", e.to_string()))?;
+            SipTarget::Uri(uri)
+        }
+        (None, Some(user), Some(pw)) => {
+            if user.is_empty() || user.contains(['@', ':', ' ']) {
+                return Err(ApiError::invalid("sip_username", "a plain user name"));
+            }
+            if pw.is_empty() {
+                return Err(ApiError::invalid("sip_password", "must not be empty"));
+            }
+            match Secret::hashed(&user, realm, &pw) {
+                Secret::Ha1 { md5, sha256 } => SipTarget::Registered {
+                    username: user,
+                    ha1_md5: md5,
+                    ha1_sha256: sha256,
+                },
+                Secret::Password(_) => {
+                    return Err(ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        "digest hashing failed",
+                    ))
+                }
+            }
+        }
+        (None, Some(_), None) => {
+            return Err(ApiError::invalid(
+                "sip_password",
+                "required with sip_username",
+            ))
+        }
+        (None, None, _) => return Ok(None),
+    }))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentPatchIn {
+    display_name: Option<String>,
+    role: Option<Role>,
+    password: Option<String>,
+    sip_uri: Option<String>,
+    sip_username: Option<String>,
+    sip_password: Option<String>,
+    skills: Option<Vec<String>>,
+    queues: Option<Vec<i64>>,
+}
+
+/// Changes an account (admin only); `queues` replaces the memberships. The ACD picks the
+/// change up at once.
+#[utoipa::path(patch, path = "/api/agents/{id}", request_body = AgentPatchIn,
+    responses((status = 200, body = AgentOut), (status = 404, body = ApiErrorBody), (status = 422, body = ApiErrorBody)))]
+async fn update_agent(
+    State(s): State<AppState>,
+    me: Principal,
+    Path(id): Path<i64>,
+    ApiJson(a): ApiJson<AgentPatchIn>,
+) -> Result<Json<AgentOut>, ApiError> {
+    me.require(Role::Admin)?;
+    let password_hash = match a.password {
+        Some(pw) if pw.chars().count() < 8 => {
+            return Err(ApiError::invalid("password", "at least 8 characters"))
+        }
+        Some(pw) => Some(
+            tokio::task::spawn_blocking(move || hash_password(&pw))
+                .await
+                .map_err(|_| {
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        "hashing failed",
+                    )
+                })??,
+        ),
+        None => None,
+    };
+    let patch = crate::store::agents::AgentPatch {
+        display_name: a.display_name,
+        role: a.role,
+        password_hash,
+        sip: sip_target(&s.realm, a.sip_uri, a.sip_username, a.sip_password)?,
+        skills: a.skills.map(|v| v.into_iter().collect()),
+        queues: a.queues.map(|v| v.into_iter().collect()),
+    };
+    let agent = s.store.update_agent(id, &patch).await?;
+    let _ = s
+        .store
+        .audit(&me.username, "agent.update", &format!("agent:{id}"), None)
+        .await;
+    s.acd.reload();
+    Ok(Json(agent.into()))
 }
 
 // ---------------------------------------------------------------- queues
@@ -370,6 +448,25 @@ async fn create_queue(
         .await?;
     s.acd.reload();
     Ok((StatusCode::CREATED, Json(queue)))
+}
+
+/// Changes a queue (admin only).
+#[utoipa::path(patch, path = "/api/queues/{id}", request_body = QueuePatch,
+    responses((status = 200, body = Queue), (status = 404, body = ApiErrorBody), (status = 422, body = ApiErrorBody)))]
+async fn update_queue(
+    State(s): State<AppState>,
+    me: Principal,
+    Path(id): Path<i64>,
+    ApiJson(q): ApiJson<QueuePatch>,
+) -> Result<Json<Queue>, ApiError> {
+    me.require(Role::Admin)?;
+    let queue = s.store.update_queue(id, &q).await?;
+    let _ = s
+        .store
+        .audit(&me.username, "queue.update", &format!("queue:{id}"), None)
+        .await;
+    s.acd.reload();
+    Ok(Json(queue))
 }
 
 // ---------------------------------------------------------------- customers
