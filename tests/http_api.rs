@@ -408,6 +408,11 @@ fn auth_errors_openapi_csv_metrics_and_health() {
     }
     // An invalid state is refused with a message naming it.
     let mut d = Desktop::connect(&base, &amy.token, "amy");
+    // A desktop always learns its own state on connecting (never set: offline).
+    d.wait_for(
+        |v| v["type"] == "agent.state" && v["agent_id"] == amy.agent_id && v["state"] == "offline",
+        T,
+    );
     d.set_state("lunch");
     d.wait_for(
         |v| {

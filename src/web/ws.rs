@@ -170,7 +170,19 @@ async fn send_snapshot(
     viewer: Viewer,
     tx: &mut futures_util::stream::SplitSink<WebSocket, Message>,
 ) -> bool {
-    for e in s.bus.snapshot(viewer) {
+    let snapshot = s.bus.snapshot(viewer);
+    // An agent whose state never changed is offline (the ACD's initial state): say so, so a
+    // desktop always knows its own state after connecting.
+    let known = snapshot
+        .iter()
+        .any(|e| e.kind == "agent.state" && e.agent == Some(viewer.agent));
+    if !known {
+        let own = json!({"type": "agent.state", "agent_id": viewer.agent, "state": "offline"});
+        if tx.send(text(&own.to_string())).await.is_err() {
+            return false;
+        }
+    }
+    for e in snapshot {
         if tx.send(text(&e.json)).await.is_err() {
             return false;
         }
