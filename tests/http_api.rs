@@ -232,7 +232,7 @@ fn auth_errors_openapi_csv_metrics_and_health() {
         (400, Some("kind")),
         "{e}"
     );
-    assert_eq!(c_ok(&admin, id), amy.agent_id);
+    assert_eq!(assignee_of(&admin, id), amy.agent_id);
 
     // Admins change accounts and queues; the changes are checked like new ones.
     let q = admin.ok("POST", "/api/queues", Some(json!({"name": "vip-line"})));
@@ -544,7 +544,7 @@ fn a_registered_phone_gets_calls_only_while_registered() {
 }
 
 /// A supervisor reads any work order.
-fn c_ok(admin: &Api, id: i64) -> i64 {
+fn assignee_of(admin: &Api, id: i64) -> i64 {
     admin.ok("GET", &format!("/api/work-orders/{id}"), None)["assignee_agent_id"]
         .as_i64()
         .expect("assignee")

@@ -650,11 +650,8 @@ impl Call {
     async fn on_decision(&mut self, now: Instant, d: Decision) {
         match d {
             Decision::Queued { queue, name } => {
+                // The queue goes into the contact log at the answer and at hang-up.
                 info!(queue = %name, "queued");
-                if let Some(log) = self.log_id {
-                    // The queue goes into the contact log with the agent at hang-up.
-                    debug!(log, queue, "contact log queue noted");
-                }
                 self.queue = Some((queue, name));
             }
             Decision::NoQueue => {

@@ -68,6 +68,48 @@ pub enum SipTarget {
     None,
 }
 
+impl SipTarget {
+    /// The `sip_uri`, `sip_username`, `sip_ha1_md5`, `sip_ha1_sha256` columns.
+    fn columns(&self) -> [Option<String>; 4] {
+        match self {
+            SipTarget::Uri(u) => [Some(u.clone()), None, None, None],
+            SipTarget::Registered {
+                username,
+                ha1_md5,
+                ha1_sha256,
+            } => [
+                None,
+                Some(username.clone()),
+                Some(ha1_md5.clone()),
+                Some(ha1_sha256.clone()),
+            ],
+            SipTarget::None => [None, None, None, None],
+        }
+    }
+}
+
+/// Puts an agent in `queues`; a queue that does not exist is named in the error.
+async fn add_memberships(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    agent: i64,
+    queues: &BTreeSet<i64>,
+) -> Result<(), StoreError> {
+    for q in queues {
+        sqlx::query("INSERT INTO agent_queues (agent_id, queue_id) VALUES ($1, $2)")
+            .bind(agent)
+            .bind(*q)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| match &e {
+                sqlx::Error::Database(d) if d.is_foreign_key_violation() => {
+                    invalid("queues", format!("no queue {q}"))
+                }
+                _ => StoreError::Db(e),
+            })?;
+    }
+    Ok(())
+}
+
 /// An agent as stored (the password hash never leaves the store layer in API output).
 #[derive(Debug, Clone)]
 pub struct Agent {
@@ -188,20 +230,7 @@ impl Store {
         if a.display_name.trim().is_empty() {
             return Err(invalid("display_name", "must not be empty"));
         }
-        let (uri, user, md5, sha) = match &a.sip {
-            SipTarget::Uri(u) => (Some(u.clone()), None, None, None),
-            SipTarget::Registered {
-                username,
-                ha1_md5,
-                ha1_sha256,
-            } => (
-                None,
-                Some(username.clone()),
-                Some(ha1_md5.clone()),
-                Some(ha1_sha256.clone()),
-            ),
-            SipTarget::None => (None, None, None, None),
-        };
+        let [uri, user, md5, sha] = a.sip.columns();
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
             "INSERT INTO agents (username, display_name, role, password_hash, sip_uri, \
@@ -232,19 +261,7 @@ impl Store {
             _ => StoreError::Db(e),
         })?;
         let id: i64 = row.try_get("id")?;
-        for q in &a.queues {
-            sqlx::query("INSERT INTO agent_queues (agent_id, queue_id) VALUES ($1, $2)")
-                .bind(id)
-                .bind(*q)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| match &e {
-                    sqlx::Error::Database(d) if d.is_foreign_key_violation() => {
-                        invalid("queues", format!("no queue {q}"))
-                    }
-                    _ => StoreError::Db(e),
-                })?;
-        }
+        add_memberships(&mut tx, id, &a.queues).await?;
         tx.commit().await?;
         self.agent(id).await?.ok_or(StoreError::NotFound("agent"))
     }
@@ -448,21 +465,7 @@ impl Store {
         if p.display_name.as_ref().is_some_and(|n| n.trim().is_empty()) {
             return Err(invalid("display_name", "must not be empty"));
         }
-        let sip = p.sip.clone().unwrap_or(cur.sip.clone());
-        let (uri, user, md5, sha) = match &sip {
-            SipTarget::Uri(u) => (Some(u.clone()), None, None, None),
-            SipTarget::Registered {
-                username,
-                ha1_md5,
-                ha1_sha256,
-            } => (
-                None,
-                Some(username.clone()),
-                Some(ha1_md5.clone()),
-                Some(ha1_sha256.clone()),
-            ),
-            SipTarget::None => (None, None, None, None),
-        };
+        let [uri, user, md5, sha] = p.sip.as_ref().unwrap_or(&cur.sip).columns();
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE agents SET display_name = $1, role = $2, password_hash = $3, sip_uri = $4, \
@@ -499,19 +502,7 @@ impl Store {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-            for q in queues {
-                sqlx::query("INSERT INTO agent_queues (agent_id, queue_id) VALUES ($1, $2)")
-                    .bind(id)
-                    .bind(*q)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| match &e {
-                        sqlx::Error::Database(d) if d.is_foreign_key_violation() => {
-                            invalid("queues", format!("no queue {q}"))
-                        }
-                        _ => StoreError::Db(e),
-                    })?;
-            }
+            add_memberships(&mut tx, id, queues).await?;
         }
         tx.commit().await?;
         self.agent(id).await?.ok_or(StoreError::NotFound("agent"))

@@ -427,10 +427,7 @@ pub async fn insert_customer(
     .fetch_one(&mut **tx)
     .await
     .map_err(|e| match &e {
-        sqlx::Error::Database(d) if d.is_foreign_key_violation() => StoreError::Invalid {
-            field: "assigned_agent_id",
-            why: "no such agent".into(),
-        },
+        sqlx::Error::Database(d) if d.is_foreign_key_violation() => no_such_agent(),
         _ => unique_violation(e, "code"),
     })?;
     let id: i64 = row.try_get("id")?;
@@ -441,12 +438,22 @@ pub async fn insert_customer(
             .execute(&mut **tx)
             .await?;
     }
-    for (p, n) in &phones {
+    insert_phones(tx, id, &phones).await?;
+    Ok(id)
+}
+
+/// Stores a customer's phones, normalized by [`validate_customer`].
+async fn insert_phones(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    customer: i64,
+    phones: &[(&NewPhone, NormalizedPhone)],
+) -> Result<(), StoreError> {
+    for (p, n) in phones {
         sqlx::query(
             "INSERT INTO customer_phones (customer_id, raw, e164, national, label) \
              VALUES ($1, $2, $3, $4, $5)",
         )
-        .bind(id)
+        .bind(customer)
         .bind(p.number.clone())
         .bind(n.e164.clone())
         .bind(n.national.clone())
@@ -454,7 +461,15 @@ pub async fn insert_customer(
         .execute(&mut **tx)
         .await?;
     }
-    Ok(id)
+    Ok(())
+}
+
+/// An `assigned_agent_id` that names no agent.
+fn no_such_agent() -> StoreError {
+    StoreError::Invalid {
+        field: "assigned_agent_id",
+        why: "no such agent".into(),
+    }
 }
 
 /// Checks a new customer without touching the database; returns its phones normalized.
@@ -577,10 +592,7 @@ impl Store {
             opt_out_sms: false,
             opt_out_voice: false,
         };
-        let phones: Vec<(NewPhone, NormalizedPhone)> = validate_customer(&check, region)?
-            .into_iter()
-            .map(|(p, n)| (p.clone(), n))
-            .collect();
+        let phones = validate_customer(&check, region)?;
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE customers SET name = $1, company = $2, tier = $3, birthday = $4, \
@@ -602,10 +614,7 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(|e| match &e {
-            sqlx::Error::Database(d) if d.is_foreign_key_violation() => StoreError::Invalid {
-                field: "assigned_agent_id",
-                why: "no such agent".into(),
-            },
+            sqlx::Error::Database(d) if d.is_foreign_key_violation() => no_such_agent(),
             _ => StoreError::Db(e),
         })?;
         if p.phones.is_some() {
@@ -613,19 +622,7 @@ impl Store {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-            for (ph, n) in &phones {
-                sqlx::query(
-                    "INSERT INTO customer_phones (customer_id, raw, e164, national, label) \
-                     VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(id)
-                .bind(ph.number.clone())
-                .bind(n.e164.clone())
-                .bind(n.national.clone())
-                .bind(ph.label.clone())
-                .execute(&mut *tx)
-                .await?;
-            }
+            insert_phones(&mut tx, id, &phones).await?;
         }
         tx.commit().await?;
         self.customer(id)

@@ -367,19 +367,15 @@ impl Store {
                 });
             }
             if pr != cur.priority {
-                sqlx::query("UPDATE work_orders SET priority = $1, updated_at = $2 WHERE id = $3")
-                    .bind(pr)
-                    .bind(now)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                history(
+                let old = opt_str(Some(cur.priority));
+                change(
                     &mut tx,
                     id,
                     now,
                     actor,
                     "priority",
-                    opt_str(Some(cur.priority)),
+                    pr,
+                    old,
                     opt_str(Some(pr)),
                 )
                 .await?;
@@ -387,73 +383,48 @@ impl Store {
         }
         if let Some(a) = p.assignee_agent_id {
             if a != cur.assignee_agent_id {
-                sqlx::query(
-                    "UPDATE work_orders SET assignee_agent_id = $1, updated_at = $2 WHERE id = $3",
-                )
-                .bind(a)
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| match &e {
-                    sqlx::Error::Database(d) if d.is_foreign_key_violation() => {
-                        StoreError::Invalid {
-                            field: "assignee_agent_id",
-                            why: "no such agent".into(),
-                        }
-                    }
-                    _ => StoreError::Db(e),
-                })?;
-                history(
+                let old = opt_str(cur.assignee_agent_id);
+                change(
                     &mut tx,
                     id,
                     now,
                     actor,
                     "assignee_agent_id",
-                    opt_str(cur.assignee_agent_id),
+                    a,
+                    old,
                     opt_str(a),
                 )
-                .await?;
+                .await
+                .map_err(|e| match &e {
+                    StoreError::Db(sqlx::Error::Database(d)) if d.is_foreign_key_violation() => {
+                        StoreError::Invalid {
+                            field: "assignee_agent_id",
+                            why: "no such agent".into(),
+                        }
+                    }
+                    _ => e,
+                })?;
             }
         }
         if let Some(d) = p.due_at {
             if d != cur.due_at {
-                sqlx::query("UPDATE work_orders SET due_at = $1, updated_at = $2 WHERE id = $3")
-                    .bind(d)
-                    .bind(now)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                history(
-                    &mut tx,
-                    id,
-                    now,
-                    actor,
-                    "due_at",
-                    opt_str(cur.due_at),
-                    opt_str(d),
-                )
-                .await?;
+                let old = opt_str(cur.due_at);
+                change(&mut tx, id, now, actor, "due_at", d, old, opt_str(d)).await?;
             }
         }
         if let Some(desc) = &p.description {
             if Some(desc) != cur.description.as_ref() {
-                sqlx::query(
-                    "UPDATE work_orders SET description = $1, updated_at = $2 WHERE id = $3",
-                )
-                .bind(desc.clone())
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-                history(
+                let old = cur.description.clone();
+                let new = Some(desc.clone());
+                change(
                     &mut tx,
                     id,
                     now,
                     actor,
                     "description",
-                    cur.description.clone(),
-                    Some(desc.clone()),
+                    desc.clone(),
+                    old,
+                    new,
                 )
                 .await?;
             }
@@ -553,6 +524,33 @@ impl Store {
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
     }
+}
+
+/// Sets one column of a work order and records the change in its history. `column` is one
+/// of this module's constants, never input.
+#[allow(clippy::too_many_arguments)]
+async fn change<T>(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    id: i64,
+    at: i64,
+    actor: &str,
+    column: &'static str,
+    value: T,
+    old: Option<String>,
+    new: Option<String>,
+) -> Result<(), StoreError>
+where
+    T: sqlx::Encode<'static, sqlx::Any> + sqlx::Type<sqlx::Any> + Send + 'static,
+{
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE work_orders SET {column} = $1, updated_at = $2 WHERE id = $3"
+    )))
+    .bind(value)
+    .bind(at)
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    history(tx, id, at, actor, column, old, new).await
 }
 
 async fn history(

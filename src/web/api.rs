@@ -13,7 +13,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use utoipa::OpenApi;
 
-use super::auth::{self, hash_password, Principal};
+use super::auth::{self, hash_password_off_thread, Principal};
 use super::error::{ApiError, ApiJson};
 use super::AppState;
 use crate::calls::pop::{parse_rfc3339_ms, rfc3339_ms};
@@ -240,21 +240,9 @@ async fn create_agent(
     ApiJson(a): ApiJson<NewAgentIn>,
 ) -> Result<(StatusCode, Json<AgentOut>), ApiError> {
     me.require(Role::Admin)?;
-    if a.password.chars().count() < 8 {
-        return Err(ApiError::invalid("password", "at least 8 characters"));
-    }
+    let hash = hash_password_off_thread(a.password.clone()).await?;
     let sip =
         sip_target(&s.realm, a.sip_uri, a.sip_username, a.sip_password)?.unwrap_or(SipTarget::None);
-    let password = a.password.clone();
-    let hash = tokio::task::spawn_blocking(move || hash_password(&password))
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "hashing failed",
-            )
-        })??;
     let agent = s
         .store
         .create_agent(&NewAgent {
@@ -357,20 +345,7 @@ async fn update_agent(
 ) -> Result<Json<AgentOut>, ApiError> {
     me.require(Role::Admin)?;
     let password_hash = match a.password {
-        Some(pw) if pw.chars().count() < 8 => {
-            return Err(ApiError::invalid("password", "at least 8 characters"))
-        }
-        Some(pw) => Some(
-            tokio::task::spawn_blocking(move || hash_password(&pw))
-                .await
-                .map_err(|_| {
-                    ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal",
-                        "hashing failed",
-                    )
-                })??,
-        ),
+        Some(pw) => Some(hash_password_off_thread(pw).await?),
         None => None,
     };
     let patch = crate::store::agents::AgentPatch {

@@ -20,13 +20,36 @@ use crate::store::Store;
 /// How long a login lasts.
 pub const TOKEN_TTL_MS: i64 = 12 * 3600 * 1000;
 
-/// An argon2id hash (PHC string) of `password`.
+/// The shortest password an account may have.
+pub const MIN_PASSWORD_CHARS: usize = 8;
+
+/// An argon2id hash (PHC string) of `password`, which must be at least
+/// [`MIN_PASSWORD_CHARS`] long.
 pub fn hash_password(password: &str) -> Result<String, ApiError> {
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        return Err(ApiError::invalid(
+            "password",
+            format!("at least {MIN_PASSWORD_CHARS} characters"),
+        ));
+    }
     let salt = SaltString::generate(&mut OsRng);
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(|e| ApiError::invalid("password", e.to_string()))
+}
+
+/// [`hash_password`] on the blocking pool: argon2 is deliberately slow.
+pub async fn hash_password_off_thread(password: String) -> Result<String, ApiError> {
+    tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "hashing failed",
+            )
+        })?
 }
 
 /// Checks a password against a stored hash; a malformed hash never verifies.

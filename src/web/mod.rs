@@ -8,7 +8,6 @@ pub mod error;
 pub mod ws;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use axum::routing::get;
@@ -30,8 +29,6 @@ pub struct AppState {
     pub realm: String,
     /// Region for reading phone numbers typed without a country code.
     pub region: phonenumber::country::Id,
-    /// Where recordings live (paths in the store are under it or absolute).
-    pub recordings: PathBuf,
     /// Open desktops per agent: when an agent's last one closes, the agent goes offline.
     pub desktops: Arc<std::sync::Mutex<std::collections::HashMap<i64, usize>>>,
 }
