@@ -9,6 +9,12 @@
 //! available; SIPp as the trunk places calls from random customers at POP_RATE calls per second
 //! (default 50) for POP_SECONDS (default 60), each bridged to a SIPp agent phone, relayed with
 //! RTP both ways and recorded, held one second. Prints p50/p90/p99/max and the counts as JSON.
+//!
+//! Real pages (issue 8): with POP_BROWSERS=N (default 0) the first N agents are the agent page
+//! `/agent` in headless Chromium (`bench/page_pop.mjs`, needs `npm ci` in `tests/browser`) instead
+//! of WebSocket clients; the report then has the time from the INVITE (`invite_at` in the pop)
+//! and from the offer (`offered_at`) to the caller's name painted in the page, measured in the
+//! page. The server's CPU (utime+stime from /proc) over the load window is reported too.
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -117,6 +123,7 @@ fn main() {
     let desktops = env_or("POP_DESKTOPS", 200);
     let rate = env_or("POP_RATE", 50);
     let seconds = env_or("POP_SECONDS", 60);
+    let browsers = env_or("POP_BROWSERS", 0).min(desktops);
     let calls = rate * seconds;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let work = std::env::temp_dir().join(format!("screenpop-pop-bench-{}", std::process::id()));
@@ -208,6 +215,7 @@ fn main() {
     let offered = Arc::new(AtomicUsize::new(0));
     let ready = Arc::new(AtomicUsize::new(0));
     let mut threads = Vec::new();
+    let mut page_users = Vec::new();
     for i in 0..desktops {
         let user = format!("agent{i:03}");
         api(
@@ -226,6 +234,10 @@ fn main() {
             Some(json!({"username": user, "password": "agent-password"})),
         );
         let token = login["token"].as_str().expect("token").to_string();
+        if i < browsers {
+            page_users.push(json!({"username": user, "password": "agent-password"}));
+            continue;
+        }
         let (stop, offered, ready) = (stop.clone(), offered.clone(), ready.clone());
         threads.push(std::thread::spawn(move || {
             let stream = TcpStream::connect(("127.0.0.1", HTTP)).expect("ws connect");
@@ -253,10 +265,41 @@ fn main() {
             }
         }));
     }
-    while ready.load(Ordering::SeqCst) < desktops as usize {
+    while ready.load(Ordering::SeqCst) < (desktops - browsers) as usize {
         std::thread::sleep(Duration::from_millis(50));
     }
-    eprintln!("{desktops} agents available on their desktops");
+    let mut pages = (browsers > 0).then(|| {
+        let mut node = Command::new("node")
+            .arg(root.join("bench/page_pop.mjs"))
+            .env(
+                "PAGE_POP_CONFIG",
+                json!({"base": format!("http://127.0.0.1:{HTTP}"), "users": page_users})
+                    .to_string(),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("node bench/page_pop.mjs (npm ci in tests/browser)");
+        let mut out = std::io::BufReader::new(node.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).expect("page_pop");
+        assert_eq!(line.trim(), "READY", "the pages did not come up");
+        (node, out)
+    });
+    eprintln!("{desktops} agents available on their desktops ({browsers} in Chromium)");
+    let cpu = |pid: u32| -> f64 {
+        // utime + stime, fields 14 and 15 of /proc/PID/stat, in clock ticks (100 Hz).
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
+                let u: f64 = rest.get(11)?.parse().ok()?;
+                let k: f64 = rest.get(12)?.parse().ok()?;
+                Some((u + k) / 100.0)
+            })
+            .unwrap_or(f64::NAN)
+    };
+    let cpu_before = cpu(server.id());
 
     // SIPp: the agents' phone and the trunk.
     silence(&work.join("caller_600hz.ulaw"));
@@ -331,6 +374,40 @@ fn main() {
     );
     let status = trunk.wait().expect("trunk");
     let elapsed = started.elapsed();
+    let server_cpu = cpu(server.id()) - cpu_before;
+    let page_pops: Vec<Value> = match pages.as_mut() {
+        Some((node, out)) => {
+            std::thread::sleep(Duration::from_secs(2));
+            writeln!(node.stdin.as_mut().expect("stdin"), "STOP").expect("stop pages");
+            let mut line = String::new();
+            std::io::BufRead::read_line(out, &mut line).expect("page_pop result");
+            let _ = node.wait();
+            let v: Value = line
+                .trim()
+                .strip_prefix("RESULT ")
+                .and_then(|r| serde_json::from_str(r).ok())
+                .unwrap_or(Value::Null);
+            v["pops"].as_array().cloned().unwrap_or_default()
+        }
+        None => Vec::new(),
+    };
+    let stamp = |v: &Value, k: &str| -> Option<f64> {
+        let ms = screenpop::calls::pop::parse_rfc3339_ms(v[k].as_str()?)?;
+        Some(ms as f64)
+    };
+    let page_lat = |from: &str| -> Value {
+        let mut d: Vec<f64> = page_pops
+            .iter()
+            .filter_map(|p| Some(p["painted_ms"].as_f64()? - stamp(p, from)?))
+            .collect();
+        d.sort_by(f64::total_cmp);
+        let at = |p: f64| {
+            d.get(((d.len() as f64 - 1.0) * p).round() as usize)
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        json!({"n": d.len(), "p50": at(0.5), "p99": at(0.99), "max": at(1.0)})
+    };
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, Ordering::SeqCst);
     for t in threads {
@@ -370,6 +447,11 @@ fn main() {
         "pops_received_by_desktops": offered.load(Ordering::SeqCst),
         "calls_answered": answered,
         "latency_ms": {"p50": pct(0.50), "p90": pct(0.90), "p99": pct(0.99), "max": pct(1.0)},
+        "browser_pages": browsers,
+        "page_invite_to_painted_ms": page_lat("invite_at"),
+        "page_offered_to_painted_ms": page_lat("offered_at"),
+        "server_cpu_seconds": server_cpu,
+        "server_cpu_share_of_one_core": server_cpu / elapsed.as_secs_f64(),
         "work_dir": work.display().to_string(),
     });
     println!("{}", serde_json::to_string_pretty(&report).expect("json"));

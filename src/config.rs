@@ -171,18 +171,37 @@ fn default_expiry() -> u32 {
 }
 
 impl Profile {
-    /// Loads a profile by name (`sip-profiles/NAME.toml`) or by path.
+    /// Loads a profile by name or by path. A name is looked up as `sip-profiles/NAME.toml`
+    /// under the working folder first, then among the profiles built into the binary, so an
+    /// installed `screenpop serve` starts on its defaults from any folder.
     pub fn load(name_or_path: &str) -> Result<Profile, ConfigError> {
-        let path = if name_or_path.ends_with(".toml") || name_or_path.contains('/') {
+        let by_path = name_or_path.ends_with(".toml") || name_or_path.contains('/');
+        let path = if by_path {
             PathBuf::from(name_or_path)
         } else {
             Path::new("sip-profiles").join(format!("{name_or_path}.toml"))
         };
-        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        let profile: Profile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if !by_path && e.kind() == std::io::ErrorKind::NotFound => {
+                match BUILT_IN.iter().find(|(n, _)| *n == name_or_path) {
+                    Some((_, text)) => {
+                        return Profile::parse(
+                            text,
+                            PathBuf::from(format!("(built-in) {name_or_path}")),
+                        )
+                    }
+                    None => return Err(ConfigError::Read { path, source: e }),
+                }
+            }
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        Profile::parse(&text, path)
+    }
+
+    /// Parses and checks a profile's text; `path` names it in errors.
+    pub fn parse(text: &str, path: PathBuf) -> Result<Profile, ConfigError> {
+        let profile: Profile = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.clone(),
             message: e.to_string(),
         })?;
@@ -252,6 +271,24 @@ impl Profile {
     }
 }
 
+/// The profiles shipped in `sip-profiles/`, built into the binary.
+pub const BUILT_IN: &[(&str, &str)] = &[
+    ("default", include_str!("../sip-profiles/default.toml")),
+    ("dev", include_str!("../sip-profiles/dev.toml")),
+    (
+        "asterisk-pjsip",
+        include_str!("../sip-profiles/asterisk-pjsip.toml"),
+    ),
+    (
+        "freeswitch-gateway",
+        include_str!("../sip-profiles/freeswitch-gateway.toml"),
+    ),
+    (
+        "generic-gateway",
+        include_str!("../sip-profiles/generic-gateway.toml"),
+    ),
+];
+
 /// Parses "LOW-HIGH".
 pub fn parse_port_range(s: &str) -> Result<(u16, u16), ConfigError> {
     let err = || ConfigError::RtpPorts(s.to_string());
@@ -283,6 +320,27 @@ mod tests {
             n >= 4,
             "default, asterisk, freeswitch, generic-gateway, dev"
         );
+    }
+
+    #[test]
+    fn built_in_profiles_parse_and_the_default_routes_through_the_queues() {
+        for (name, text) in BUILT_IN {
+            let p = Profile::parse(text, PathBuf::from(name)).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(&p.name, name);
+        }
+        let (_, text) = BUILT_IN[0];
+        let d = Profile::parse(text, PathBuf::from("default")).unwrap();
+        assert!(
+            d.trunks.iter().all(|t| t.agent.is_none()),
+            "loopback calls go to the ACD"
+        );
+        assert!(d.trusts("127.0.0.1".parse().unwrap()));
+        assert!(!d.trusts("192.0.2.1".parse().unwrap()));
+        // A name with no file in sip-profiles/ falls back to the built-in profile.
+        let dir = std::env::temp_dir().join(format!("sp-profile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(Profile::load("no-such-profile").is_err());
+        assert!(Profile::load(dir.join("missing.toml").to_str().unwrap()).is_err());
     }
 
     #[test]

@@ -110,7 +110,7 @@ impl EventBus for LocalBus {
                 ("agent.state", _, Some(a)) => {
                     live.agents.insert(a, e.clone());
                 }
-                ("call.offered" | "call.answered", Some(c), _) => {
+                ("call.queued" | "call.offered" | "call.answered", Some(c), _) => {
                     live.calls.insert(c.clone(), e.clone());
                 }
                 ("call.ended" | "call.withdrawn", Some(c), _) => {

@@ -53,6 +53,9 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     store.migrate().await?;
     info!(database = %redact(&cfg.database), "store ready");
     first_admin(&store).await?;
+    if let Some(q) = store.ensure_default_queue().await? {
+        info!(queue = %q.name, "empty store: created the default queue every new agent joins");
+    }
     // Repair recordings a crash left as `.part` and complete their calls' records before any
     // call starts.
     for record in recover_crashed_calls(&cfg.recordings) {
@@ -97,15 +100,15 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     .await;
     let region = crate::crm::phone::region(&profile.default_region)?;
     if let Some(addr) = cfg.http {
-        let state = crate::web::AppState {
-            store: store.clone(),
-            bus: bus.clone(),
-            acd: acd.clone(),
-            realm: profile.realm.clone(),
+        let state = crate::web::AppState::new(
+            store.clone(),
+            bus.clone(),
+            acd.clone(),
+            profile.realm.clone(),
             region,
-            desktops: Default::default(),
-        };
-        crate::web::spawn(addr, state).await?;
+        );
+        let http = crate::web::spawn(addr, state).await?;
+        first_run_hint(&store, http).await;
     }
     let env = Arc::new(CallEnv {
         sip: sock.clone(),
@@ -684,6 +687,29 @@ pub async fn create_admin(
         )
         .await?;
     Ok(a)
+}
+
+/// Tells a new user where the console is and, on a store with no accounts, how to make the
+/// first admin.
+async fn first_run_hint(store: &crate::store::Store, http: SocketAddr) {
+    let host = if http.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        match http.ip() {
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            v4 => v4.to_string(),
+        }
+    };
+    let url = format!("http://{host}:{}/", http.port());
+    info!(%url, "console: agents at /agent, supervisors at /supervisor");
+    if matches!(store.agent_count().await, Ok(0)) {
+        warn!(
+            %url,
+            "no accounts yet: create the first admin with \
+             `echo 'a-long-password' | screenpop admin create --username admin --password-stdin` \
+             (same --database), or start once with SCREENPOP_ADMIN_PASSWORD set; then log in at the console"
+        );
+    }
 }
 
 /// On a store with no accounts, `SCREENPOP_ADMIN_PASSWORD` creates the first admin

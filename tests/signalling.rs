@@ -114,6 +114,11 @@ fn registration_client_registers_through_a_challenge() {
 
 #[test]
 fn rtp_port_pool_exhaustion_gives_503_and_ports_come_back() {
+    // The agent never answers: each call rings it until the ring timeout, then gets 480.
+    let agent = UdpSocket::bind("127.0.0.1:5998").unwrap();
+    agent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let profile = "name = \"ports\"\nring_timeout_secs = 2\n[trust]\ncidrs = [\"127.0.0.0/8\"]\n\
                    [[trunks]]\nname = \"t\"\ncidrs = [\"127.0.0.0/8\"]\nagent = \"sip:agent@127.0.0.1:5998\"\n";
     // Two RTP/RTCP pairs: exactly one call (two legs).
@@ -123,14 +128,33 @@ fn rtp_port_pool_exhaustion_gives_503_and_ports_come_back() {
         let to = to.clone();
         std::thread::spawn(move || dial(&["--to", &to, "--hangup-after", "1s"]))
     };
-    std::thread::sleep(Duration::from_millis(500));
+    // Both legs' ports are taken before the agent is rung: once its INVITE arrives, the pool
+    // is empty.
+    let agent_invite = |what: &str| {
+        let mut buf = [0u8; 4096];
+        let (n, _) = agent
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("{what}: no agent INVITE ({e}):\n{}", s.log()));
+        assert!(buf[..n].starts_with(b"INVITE "), "{what}");
+    };
+    agent_invite("first call");
     let (_, busy) = dial(&["--to", &to, "--hangup-after", "1s"]);
     assert!(busy.contains("\"final_status\":503"), "{busy}");
     let (_, first) = first.join().unwrap();
     assert!(first.contains("\"final_status\":480"), "{first}");
-    // The first call's ports were returned when it ended.
+    // The first call's ports were returned when it ended (its task logs the end only after
+    // the media engine has released them).
+    assert!(
+        s.wait_log("call ended", Duration::from_secs(5)),
+        "{}",
+        s.log()
+    );
     let (_, again) = dial(&["--to", &to, "--hangup-after", "1s"]);
-    assert!(again.contains("\"final_status\":480"), "{again}");
+    assert!(
+        again.contains("\"final_status\":480"),
+        "{again}\n{}",
+        s.log()
+    );
 }
 
 /// An offer with no codec screenpop speaks (G.729 only) gets 488 with an Accept header.

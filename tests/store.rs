@@ -323,6 +323,8 @@ on_both!(agents_queues_and_sessions, |store: Store| async move {
             wrap_up_secs: 5,
             required_skills: vec!["billing".into()],
             is_default: true,
+            service_level_secs: 20,
+            active: true,
         })
         .await
         .unwrap();
@@ -368,6 +370,8 @@ on_both!(agents_queues_and_sessions, |store: Store| async move {
             wrap_up_secs: 0,
             required_skills: vec![],
             is_default: true,
+            service_level_secs: 20,
+            active: true,
         })
         .await
         .unwrap();
@@ -749,6 +753,8 @@ on_both!(agents_and_queues_change, |store: Store| async move {
         wrap_up_secs: 5,
         required_skills: vec![],
         is_default: false,
+        service_level_secs: 20,
+        active: true,
     };
     let q1 = store.create_queue(&nq("one")).await.unwrap();
     let q2 = store.create_queue(&nq("two")).await.unwrap();

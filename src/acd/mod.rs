@@ -173,8 +173,9 @@ pub enum Output {
     Withdraw { call: CallKey, agent: AgentId },
     /// Nobody took the call within the queue's maximum wait.
     Overflow { call: CallKey },
-    /// An agent's state changed (for the desktops).
-    AgentState { agent: AgentId, state: &'static str },
+    /// An agent's state changed (for the desktops): the whole state, so the desktop can show
+    /// why an agent is paused and when a wrap-up ends.
+    AgentState { agent: AgentId, state: AgentState },
 }
 
 #[derive(Debug, Default)]
@@ -215,13 +216,12 @@ impl Acd {
             if state == AgentState::Available && a.state != AgentState::Available {
                 a.idle_since = now;
             }
-            let name = state.name();
-            let changed = a.state.name() != name;
+            let changed = a.state.name() != state.name();
             a.state = state;
             if changed {
                 self.out.push_back(Output::AgentState {
                     agent: id,
-                    state: name,
+                    state: a.state.clone(),
                 });
             }
         }

@@ -4,14 +4,17 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::{Acd, AgentId, CallKey, Input, Output, Queue as AcdQueue, QueueId};
+use super::{
+    Acd, AgentId, AgentState, CallKey, Input, Output, PauseReason, Queue as AcdQueue, QueueId,
+};
 use crate::calls::b2bua::AgentTarget;
+use crate::calls::pop;
 use crate::events::{Event, EventBus};
 use crate::sip::digest::Secret;
 use crate::sip::registrar::Registrar;
@@ -53,7 +56,14 @@ pub struct RouteRequest {
 enum Command {
     Route(RouteRequest),
     Call(Input),
-    Registered { sip_user: String, reachable: bool },
+    Registered {
+        sip_user: String,
+        reachable: bool,
+    },
+    PauseNote {
+        agent: AgentId,
+        note: Option<String>,
+    },
     Reload,
 }
 
@@ -76,6 +86,12 @@ impl AcdHandle {
     /// An agent's desktop asks to be available or paused.
     pub fn set_available(&self, agent: AgentId, available: bool) {
         self.tell(Input::SetAvailable { agent, available });
+    }
+
+    /// Pauses an agent with the reason the agent gave ("Lunch", "Training").
+    pub fn pause_with_note(&self, agent: AgentId, note: Option<String>) {
+        let _ = self.tx.send(Command::PauseNote { agent, note });
+        self.set_available(agent, false);
     }
 
     /// The agent's last desktop closed.
@@ -111,6 +127,8 @@ struct Runtime {
     agents: HashMap<AgentId, AgentInfo>,
     queues: Vec<Queue>,
     calls: HashMap<CallKey, mpsc::UnboundedSender<Decision>>,
+    /// What agents said when they paused ("Lunch"), shown on the wallboard.
+    pause_notes: HashMap<AgentId, String>,
 }
 
 /// Starts the ACD task; agents and queues are loaded before it takes calls.
@@ -130,6 +148,7 @@ pub async fn spawn(
         agents: HashMap::new(),
         queues: Vec::new(),
         calls: HashMap::new(),
+        pause_notes: HashMap::new(),
     };
     rt.reload(Instant::now()).await;
     tokio::spawn(async move {
@@ -168,7 +187,7 @@ impl Runtime {
                 return;
             }
         };
-        for q in &queues {
+        for q in queues.iter().filter(|q| q.active) {
             self.acd.handle(
                 now,
                 Input::UpsertQueue(AcdQueue {
@@ -180,8 +199,23 @@ impl Runtime {
                 }),
             );
         }
-        self.queues = queues;
+        self.queues = queues.into_iter().filter(|q| q.active).collect();
         for a in agents {
+            if !a.active {
+                // Deactivated: in no queue, never reachable, and logged off.
+                self.acd.handle(
+                    now,
+                    Input::UpsertAgent {
+                        id: a.id,
+                        skills: Default::default(),
+                        queues: Default::default(),
+                        reachable: false,
+                    },
+                );
+                self.acd.handle(now, Input::Offline { agent: a.id });
+                self.agents.remove(&a.id);
+                continue;
+            }
             let reachable = match &a.sip {
                 SipTarget::Uri(_) => true,
                 SipTarget::Registered {
@@ -288,6 +322,14 @@ impl Runtime {
                     self.acd.handle(now, Input::Reachable { agent, reachable });
                 }
             }
+            Command::PauseNote { agent, note } => match note {
+                Some(n) => {
+                    self.pause_notes.insert(agent, n);
+                }
+                None => {
+                    self.pause_notes.remove(&agent);
+                }
+            },
             Command::Reload => self.reload(now).await,
         }
     }
@@ -347,15 +389,42 @@ impl Runtime {
                     self.send(&call, Decision::Overflow);
                     self.calls.remove(&call);
                 }
-                Output::AgentState { agent, state } => {
-                    self.bus.publish(Event::new(
-                        "agent.state",
-                        Some(agent),
-                        json!({ "agent_id": agent, "state": state }),
-                    ));
-                }
+                Output::AgentState { agent, state } => self.publish_state(agent, &state),
             }
         }
+    }
+
+    /// `agent.state` for the desktops and the wallboard: the state, since when (wall clock),
+    /// why an agent is paused (and the reason the agent gave), when a wrap-up ends.
+    fn publish_state(&mut self, agent: AgentId, state: &AgentState) {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let (reason, until) = match state {
+            AgentState::Paused { reason } => (Some(*reason), None),
+            AgentState::WrapUp { until } => {
+                (None, Some(wall + until.saturating_duration_since(now)))
+            }
+            _ => (None, None),
+        };
+        if !matches!(state, AgentState::Paused { .. }) {
+            self.pause_notes.remove(&agent);
+        }
+        let note = match reason {
+            Some(PauseReason::Requested) => self.pause_notes.get(&agent).cloned(),
+            _ => None,
+        };
+        self.bus.publish(Event::new(
+            "agent.state",
+            Some(agent),
+            json!({
+                "agent_id": agent,
+                "state": state.name(),
+                "since": pop::rfc3339(wall),
+                "reason": reason,
+                "note": note,
+                "until": until.map(pop::rfc3339),
+            }),
+        ));
     }
 
     fn send(&mut self, call: &CallKey, d: Decision) {

@@ -652,6 +652,14 @@ impl Call {
             Decision::Queued { queue, name } => {
                 // The queue goes into the contact log at the answer and at hang-up.
                 info!(queue = %name, "queued");
+                self.env.bus.publish(pop::queued(
+                    &self.id,
+                    queue,
+                    &name,
+                    &self.caller,
+                    self.caller_e164.as_deref(),
+                    SystemTime::now(),
+                ));
                 self.queue = Some((queue, name));
             }
             Decision::NoQueue => {

@@ -104,10 +104,44 @@ pub fn offered(o: Offered<'_>) -> Event {
             "recent_contacts": o.card.recent_contacts,
             "open_work_orders": o.card.open_work_orders,
             "offered_at": rfc3339(o.offered_at),
+            // When the INVITE came off the socket, so a desktop can measure the whole path.
+            "invite_at": rfc3339(
+                SystemTime::now()
+                    .checked_sub(o.since.elapsed())
+                    .unwrap_or(o.offered_at)
+            ),
         }),
     )
     .for_call(o.call_id)
     .since(o.since)
+}
+
+/// A caller entered a queue: for the supervisors' wallboard (callers waiting, longest wait).
+pub fn queued(
+    call_id: &str,
+    queue_id: i64,
+    queue: &str,
+    caller: &CallerId,
+    caller_e164: Option<&str>,
+    at: SystemTime,
+) -> Event {
+    Event::new(
+        "call.queued",
+        None,
+        json!({
+            "call_id": call_id,
+            "queue": queue,
+            "queue_id": queue_id,
+            "caller": {
+                "number": if caller.withheld { None } else { caller_e164 },
+                "raw": caller.raw,
+                "name": caller.name,
+                "withheld": caller.withheld,
+            },
+            "queued_at": rfc3339(at),
+        }),
+    )
+    .for_call(call_id)
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ`.

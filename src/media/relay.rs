@@ -623,9 +623,11 @@ fn handle_command(
                 }
                 let report = slot.relay.stop(ended);
                 debug!(id = slot.id, "media stopped");
+                // Sockets and port leases go back to the pool before the call task hears the
+                // media has stopped, so a call that has ended holds no port.
+                drop(slot);
                 let _ = reply.send(report);
                 free.push(index);
-                // Sockets and port leases drop here and return to the pool.
             }
         }
     }

@@ -122,6 +122,10 @@ pub struct Agent {
     pub skills: BTreeSet<String>,
     pub queues: BTreeSet<i64>,
     pub created_at: i64,
+    /// A deactivated account cannot log in and is offered no calls; its history keeps the name.
+    pub active: bool,
+    /// The language the pages show this user ("en", "zh"), once chosen.
+    pub locale: Option<String>,
 }
 
 /// A new agent, with its password already hashed.
@@ -148,6 +152,10 @@ pub struct Queue {
     pub required_skills: Vec<String>,
     /// Calls to numbers no queue lists go here.
     pub is_default: bool,
+    /// A call answered within this many seconds counts towards the service level.
+    pub service_level_secs: i64,
+    /// A deactivated queue takes no calls (its dialed numbers fall to the default queue).
+    pub active: bool,
 }
 
 /// A new queue.
@@ -160,10 +168,29 @@ pub struct NewQueue {
     pub wrap_up_secs: i64,
     pub required_skills: Vec<String>,
     pub is_default: bool,
+    pub service_level_secs: i64,
+    pub active: bool,
+}
+
+impl NewQueue {
+    /// The queue an empty store starts with: every new agent joins it, every number reaches it.
+    pub fn general() -> NewQueue {
+        NewQueue {
+            name: "General".into(),
+            dialed_numbers: Vec::new(),
+            ring_timeout_secs: 20,
+            max_wait_secs: 120,
+            wrap_up_secs: 10,
+            required_skills: Vec::new(),
+            is_default: true,
+            service_level_secs: 20,
+            active: true,
+        }
+    }
 }
 
 const AGENT_COLUMNS: &str = "id, username, display_name, role, password_hash, sip_uri, \
-     sip_username, sip_ha1_md5, sip_ha1_sha256, skills, created_at";
+     sip_username, sip_ha1_md5, sip_ha1_sha256, skills, created_at, active, locale";
 
 fn json_set(s: &str) -> BTreeSet<String> {
     serde_json::from_str(s).unwrap_or_default()
@@ -195,6 +222,8 @@ fn agent_of(row: &AnyRow) -> Result<Agent, sqlx::Error> {
         skills: json_set(&skills),
         queues: BTreeSet::new(),
         created_at: row.try_get("created_at")?,
+        active: row.try_get::<i64, _>("active")? != 0,
+        locale: row.try_get("locale")?,
     })
 }
 
@@ -210,6 +239,8 @@ fn queue_of(row: &AnyRow) -> Result<Queue, sqlx::Error> {
         wrap_up_secs: row.try_get("wrap_up_secs")?,
         required_skills: serde_json::from_str(&skills).unwrap_or_default(),
         is_default: row.try_get::<i64, _>("is_default")? != 0,
+        service_level_secs: row.try_get("service_level_secs")?,
+        active: row.try_get::<i64, _>("active")? != 0,
     })
 }
 
@@ -341,8 +372,8 @@ impl Store {
         }
         let row = sqlx::query(
             "INSERT INTO queues (name, dialed_numbers, ring_timeout_secs, max_wait_secs, \
-             wrap_up_secs, required_skills, is_default) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+             wrap_up_secs, required_skills, is_default, service_level_secs, active) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
         )
         .bind(q.name.trim().to_string())
         .bind(serde_json::to_string(&q.dialed_numbers).unwrap_or_else(|_| "[]".into()))
@@ -351,6 +382,8 @@ impl Store {
         .bind(q.wrap_up_secs)
         .bind(serde_json::to_string(&q.required_skills).unwrap_or_else(|_| "[]".into()))
         .bind(i64::from(q.is_default))
+        .bind(q.service_level_secs)
+        .bind(i64::from(q.active))
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| match &e {
@@ -371,7 +404,7 @@ impl Store {
     pub async fn queues(&self) -> Result<Vec<Queue>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, name, dialed_numbers, ring_timeout_secs, max_wait_secs, wrap_up_secs, \
-             required_skills, is_default FROM queues ORDER BY id",
+             required_skills, is_default, service_level_secs, active FROM queues ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -409,7 +442,10 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         match row {
-            Some(r) => self.agent(r.try_get("agent_id")?).await,
+            Some(r) => Ok(self
+                .agent(r.try_get("agent_id")?)
+                .await?
+                .filter(|a| a.active)),
             None => Ok(None),
         }
     }
@@ -422,16 +458,123 @@ impl Store {
         subject: &str,
         detail: Option<&str>,
     ) -> Result<(), StoreError> {
+        self.audit_from(actor, action, subject, detail, None).await
+    }
+
+    /// Writes one audit entry with the address the action came from.
+    pub async fn audit_from(
+        &self,
+        actor: &str,
+        action: &str,
+        subject: &str,
+        detail: Option<&str>,
+        source: Option<&str>,
+    ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO audit_log (at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO audit_log (at, actor, action, subject, detail, source) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(now_ms())
         .bind(actor.to_string())
         .bind(action.to_string())
         .bind(subject.to_string())
         .bind(detail.map(str::to_string))
+        .bind(source.map(str::to_string))
         .execute(&self.pool)
         .await?;
+        Ok(())
+    }
+
+    /// Audit entries, newest first; `action` is an exact action or a prefix ending in `.`
+    /// (`recording.` for plays and downloads).
+    pub async fn audit_entries(
+        &self,
+        action: Option<&str>,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut sql = String::from(
+            "SELECT id, at, actor, action, subject, detail, source FROM audit_log WHERE 1 = 1",
+        );
+        let mut n = 0;
+        let mut arg = |sql: &mut String, clause: &str| {
+            n += 1;
+            sql.push_str(&clause.replace('?', &format!("${n}")));
+        };
+        let pattern = action.map(|a| {
+            if a.ends_with('.') {
+                format!("{a}%")
+            } else {
+                a.to_string()
+            }
+        });
+        if pattern.is_some() {
+            arg(&mut sql, " AND action LIKE ?");
+        }
+        if before.is_some() {
+            arg(&mut sql, " AND id < ?");
+        }
+        arg(&mut sql, " ORDER BY id DESC LIMIT ?");
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        if let Some(p) = pattern {
+            q = q.bind(p);
+        }
+        if let Some(b) = before {
+            q = q.bind(b);
+        }
+        let rows = q.bind(limit).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    id: r.try_get("id")?,
+                    at: r.try_get("at")?,
+                    actor: r.try_get("actor")?,
+                    action: r.try_get("action")?,
+                    subject: r.try_get("subject")?,
+                    detail: r.try_get("detail")?,
+                    source: r.try_get("source")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Remembers the language a user chose for the pages.
+    pub async fn set_locale(&self, agent: i64, locale: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE agents SET locale = $1 WHERE id = $2")
+            .bind(locale.to_string())
+            .bind(agent)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// An empty store gets the "General" default queue, so that the first agent created can
+    /// take the first call without any set-up. Returns the queue when it was created.
+    pub async fn ensure_default_queue(&self) -> Result<Option<Queue>, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM queues")
+            .fetch_one(&self.pool)
+            .await?;
+        if row.try_get::<i64, _>("n")? > 0 {
+            return Ok(None);
+        }
+        self.create_queue(&NewQueue::general()).await.map(Some)
+    }
+
+    /// The queue new agents join when they are created without a list: the default queue.
+    pub async fn default_queue(&self) -> Result<Option<Queue>, StoreError> {
+        Ok(self
+            .queues()
+            .await?
+            .into_iter()
+            .find(|q| q.is_default && q.active))
+    }
+
+    /// Deletes one session (logging out).
+    pub async fn delete_session(&self, token_sha256: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM api_tokens WHERE token_sha256 = $1")
+            .bind(token_sha256.to_string())
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -469,7 +612,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE agents SET display_name = $1, role = $2, password_hash = $3, sip_uri = $4, \
-             sip_username = $5, sip_ha1_md5 = $6, sip_ha1_sha256 = $7, skills = $8 WHERE id = $9",
+             sip_username = $5, sip_ha1_md5 = $6, sip_ha1_sha256 = $7, skills = $8, active = $9 \
+             WHERE id = $10",
         )
         .bind(
             p.display_name
@@ -488,6 +632,7 @@ impl Store {
             serde_json::to_string(p.skills.as_ref().unwrap_or(&cur.skills))
                 .unwrap_or_else(|_| "[]".into()),
         )
+        .bind(i64::from(p.active.unwrap_or(cur.active)))
         .bind(id)
         .execute(&mut *tx)
         .await
@@ -503,6 +648,13 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             add_memberships(&mut tx, id, queues).await?;
+        }
+        if p.active == Some(false) {
+            // A deactivated account is logged out everywhere at once.
+            sqlx::query("DELETE FROM api_tokens WHERE agent_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         self.agent(id).await?.ok_or(StoreError::NotFound("agent"))
@@ -524,6 +676,8 @@ impl Store {
             wrap_up_secs: p.wrap_up_secs.unwrap_or(cur.wrap_up_secs),
             required_skills: p.required_skills.clone().unwrap_or(cur.required_skills),
             is_default: p.is_default.unwrap_or(cur.is_default),
+            service_level_secs: p.service_level_secs.unwrap_or(cur.service_level_secs),
+            active: p.active.unwrap_or(cur.active),
         };
         check_queue(&next)?;
         let mut tx = self.pool.begin().await?;
@@ -534,8 +688,8 @@ impl Store {
         }
         sqlx::query(
             "UPDATE queues SET name = $1, dialed_numbers = $2, ring_timeout_secs = $3, \
-             max_wait_secs = $4, wrap_up_secs = $5, required_skills = $6, is_default = $7 \
-             WHERE id = $8",
+             max_wait_secs = $4, wrap_up_secs = $5, required_skills = $6, is_default = $7, \
+             service_level_secs = $8, active = $9 WHERE id = $10",
         )
         .bind(next.name.trim().to_string())
         .bind(serde_json::to_string(&next.dialed_numbers).unwrap_or_else(|_| "[]".into()))
@@ -544,6 +698,8 @@ impl Store {
         .bind(next.wrap_up_secs)
         .bind(serde_json::to_string(&next.required_skills).unwrap_or_else(|_| "[]".into()))
         .bind(i64::from(next.is_default))
+        .bind(next.service_level_secs)
+        .bind(i64::from(next.active))
         .bind(id)
         .execute(&mut *tx)
         .await
@@ -562,6 +718,20 @@ impl Store {
     }
 }
 
+/// One audit log entry: who did what, to which record, when and from where.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct AuditEntry {
+    pub id: i64,
+    /// Epoch milliseconds.
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub subject: String,
+    pub detail: Option<String>,
+    /// The client address (HTTP) the action came from, when known.
+    pub source: Option<String>,
+}
+
 /// Changes to an agent (the password already hashed).
 #[derive(Debug, Clone, Default)]
 pub struct AgentPatch {
@@ -571,6 +741,7 @@ pub struct AgentPatch {
     pub sip: Option<SipTarget>,
     pub skills: Option<BTreeSet<String>>,
     pub queues: Option<BTreeSet<i64>>,
+    pub active: Option<bool>,
 }
 
 /// Changes to a queue; `None` leaves a field alone.
@@ -584,6 +755,8 @@ pub struct QueuePatch {
     pub wrap_up_secs: Option<i64>,
     pub required_skills: Option<Vec<String>>,
     pub is_default: Option<bool>,
+    pub service_level_secs: Option<i64>,
+    pub active: Option<bool>,
 }
 
 fn check_queue(q: &NewQueue) -> Result<(), StoreError> {
@@ -594,6 +767,7 @@ fn check_queue(q: &NewQueue) -> Result<(), StoreError> {
         ("ring_timeout_secs", q.ring_timeout_secs, 1),
         ("max_wait_secs", q.max_wait_secs, 1),
         ("wrap_up_secs", q.wrap_up_secs, 0),
+        ("service_level_secs", q.service_level_secs, 1),
     ] {
         if !(min..=86_400).contains(&v) {
             return Err(invalid(field, format!("must be between {min} and 86400")));

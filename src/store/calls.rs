@@ -211,8 +211,33 @@ pub struct CallFilter {
     /// Matches the caller's E.164 number or the number as received.
     pub number: Option<String>,
     pub disposition: Option<String>,
+    /// Talk time bounds, inclusive.
+    pub min_talk_secs: Option<i64>,
+    pub max_talk_secs: Option<i64>,
+    /// Only calls with a recording.
+    pub has_recording: bool,
     pub before: Option<i64>,
     pub limit: i64,
+}
+
+/// A queue's finished calls over a period.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueDay {
+    pub queue_id: i64,
+    pub answered: i64,
+    pub abandoned: i64,
+    pub missed: i64,
+    pub answered_within_level: i64,
+    pub wait_secs_total: i64,
+    pub talk_secs_total: i64,
+}
+
+/// An agent's answered calls over a period.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentDay {
+    pub agent_id: i64,
+    pub calls: i64,
+    pub talk_secs: i64,
 }
 
 /// A recording row.
@@ -311,6 +336,15 @@ impl Store {
         if f.before.is_some() {
             cond(&mut sql, " AND id < ?");
         }
+        if f.min_talk_secs.is_some() {
+            cond(&mut sql, " AND talk_secs >= ?");
+        }
+        if f.max_talk_secs.is_some() {
+            cond(&mut sql, " AND talk_secs <= ?");
+        }
+        if f.has_recording {
+            sql.push_str(" AND recording_id IS NOT NULL");
+        }
         sql.push_str(&format!(
             " ORDER BY id DESC LIMIT {}",
             f.limit.clamp(1, 500)
@@ -328,8 +362,11 @@ impl Store {
         if let Some(d) = &f.disposition {
             q = q.bind(d.clone());
         }
-        if let Some(b) = f.before {
-            q = q.bind(b);
+        for v in [f.before, f.min_talk_secs, f.max_talk_secs]
+            .into_iter()
+            .flatten()
+        {
+            q = q.bind(v);
         }
         let rows = q.fetch_all(&self.pool).await?;
         Ok(rows.iter().map(log_of).collect::<Result<_, _>>()?)
@@ -370,6 +407,80 @@ impl Store {
         self.contact_log(id)
             .await?
             .ok_or(StoreError::NotFound("call"))
+    }
+
+    /// Links a call to the customer the agent picked among the candidates (or found).
+    pub async fn link_call_customer(&self, id: i64, customer: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE calls SET customer_id = $1 WHERE id = $2")
+            .bind(customer)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| match &e {
+                sqlx::Error::Database(d) if d.is_foreign_key_violation() => StoreError::Invalid {
+                    field: "customer_id",
+                    why: format!("no customer {customer}"),
+                },
+                _ => StoreError::Db(e),
+            })?;
+        Ok(())
+    }
+
+    /// Per queue, the finished calls offered since `since_ms`: the wallboard's day figures.
+    /// A call counts towards the service level when it was answered within its queue's
+    /// threshold; the share is of all finished calls (answered, abandoned, missed, rejected).
+    pub async fn queue_stats_since(&self, since_ms: i64) -> Result<Vec<QueueDay>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT c.queue_id AS queue_id, \
+               CAST(SUM(CASE WHEN c.disposition = 'answered' THEN 1 ELSE 0 END) AS BIGINT) AS answered, \
+               CAST(SUM(CASE WHEN c.disposition = 'abandoned' THEN 1 ELSE 0 END) AS BIGINT) AS abandoned, \
+               CAST(SUM(CASE WHEN c.disposition IN ('missed', 'rejected') THEN 1 ELSE 0 END) AS BIGINT) AS missed, \
+               CAST(SUM(CASE WHEN c.disposition = 'answered' AND COALESCE(c.wait_secs, 0) <= q.service_level_secs \
+                        THEN 1 ELSE 0 END) AS BIGINT) AS within, \
+               CAST(SUM(CASE WHEN c.disposition = 'answered' THEN COALESCE(c.wait_secs, 0) ELSE 0 END) AS BIGINT) AS wait_total, \
+               CAST(SUM(CASE WHEN c.disposition = 'answered' THEN COALESCE(c.talk_secs, 0) ELSE 0 END) AS BIGINT) AS talk_total \
+             FROM calls c JOIN queues q ON q.id = c.queue_id \
+             WHERE c.offered_at >= $1 AND c.disposition IS NOT NULL \
+             GROUP BY c.queue_id",
+        )
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(QueueDay {
+                    queue_id: r.try_get("queue_id")?,
+                    answered: r.try_get("answered")?,
+                    abandoned: r.try_get("abandoned")?,
+                    missed: r.try_get("missed")?,
+                    answered_within_level: r.try_get("within")?,
+                    wait_secs_total: r.try_get("wait_total")?,
+                    talk_secs_total: r.try_get("talk_total")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Per agent, the calls answered since `since_ms` and their talk time.
+    pub async fn agent_stats_since(&self, since_ms: i64) -> Result<Vec<AgentDay>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT agent_id, COUNT(*) AS calls, \
+               CAST(SUM(COALESCE(talk_secs, 0)) AS BIGINT) AS talk \
+             FROM calls WHERE offered_at >= $1 AND disposition = 'answered' \
+               AND agent_id IS NOT NULL GROUP BY agent_id",
+        )
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AgentDay {
+                    agent_id: r.try_get("agent_id")?,
+                    calls: r.try_get("calls")?,
+                    talk_secs: r.try_get("talk")?,
+                })
+            })
+            .collect()
     }
 
     pub async fn recording(&self, id: i64) -> Result<Option<Recording>, StoreError> {

@@ -154,6 +154,8 @@ pub struct WorkOrderFilter {
     pub visible_to: Option<i64>,
     /// Only ids below this (the page cursor; newest first).
     pub before: Option<i64>,
+    /// Only orders due before this time (epoch ms): the overdue ones, with `now`.
+    pub due_before: Option<i64>,
     pub limit: i64,
 }
 
@@ -458,6 +460,9 @@ impl Store {
         if f.before.is_some() {
             arg(&mut sql, "id <");
         }
+        if f.due_before.is_some() {
+            arg(&mut sql, "due_at <");
+        }
         if f.visible_to.is_some() {
             n += 1;
             sql.push_str(&format!(
@@ -483,6 +488,9 @@ impl Store {
         }
         if let Some(b) = f.before {
             q = q.bind(b);
+        }
+        if let Some(d) = f.due_before {
+            q = q.bind(d);
         }
         if let Some(a) = f.visible_to {
             q = q.bind(a);

@@ -13,7 +13,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use utoipa::OpenApi;
 
-use super::auth::{self, hash_password_off_thread, Principal};
+use super::auth::{self, hash_password_off_thread, ClientAddr, Principal};
 use super::error::{ApiError, ApiJson};
 use super::AppState;
 use crate::calls::pop::{parse_rfc3339_ms, rfc3339_ms};
@@ -31,6 +31,12 @@ use crate::store::work_orders::{
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/login", post(auth::login))
+        .route("/logout", post(auth::logout))
+        .route("/me", get(me).patch(update_me))
+        .route("/directory", get(directory))
+        .route("/audit", get(audit_log))
+        .route("/stats/queues", get(super::stats::queues))
+        .route("/stats/agents", get(super::stats::agents))
         .route("/openapi.json", get(openapi))
         .route("/agents", get(list_agents).post(create_agent))
         .route("/agents/{id}", get(get_agent).patch(update_agent))
@@ -59,7 +65,8 @@ pub fn router() -> Router<AppState> {
 #[openapi(
     info(title = "screenpop", description = "Call-center CTI: customers, calls, recordings, work orders"),
     paths(
-        auth::login, list_agents, create_agent, get_agent, update_agent, list_queues,
+        auth::login, auth::logout, me, update_me, directory, audit_log,
+        super::stats::queues, super::stats::agents, list_agents, create_agent, get_agent, update_agent, list_queues,
         create_queue, update_queue,
         list_customers, create_customer, get_customer, update_customer, import_customers,
         export_customers,
@@ -70,7 +77,8 @@ pub fn router() -> Router<AppState> {
     components(schemas(
         AgentOut, NewAgentIn, AgentPatchIn, QueueIn, QueuePatch, Queue, Customer, NewCustomer, CustomerPatch, ContactLog, CallPatch,
         Recording, WorkOrder, WorkOrderIn, WorkOrderPatchIn, WorkOrderChange, ImportReport,
-        ApiErrorBody
+        ApiErrorBody, MeOut, MePatch, crate::store::agents::AuditEntry,
+        super::stats::QueueStats, super::stats::AgentStats
     )),
     modifiers(&BearerAuth)
 )]
@@ -136,6 +144,108 @@ fn cursor_of(v: &Option<String>) -> Result<Option<i64>, ApiError> {
         .transpose()
 }
 
+// ---------------------------------------------------------------- the signed-in user
+
+/// Who is signed in, for the pages.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct MeOut {
+    agent_id: i64,
+    username: String,
+    display_name: String,
+    role: Role,
+    /// The language chosen for the pages, once chosen.
+    locale: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/me", responses((status = 200, body = MeOut), (status = 401, body = ApiErrorBody)))]
+async fn me(State(s): State<AppState>, me: Principal) -> Result<Json<MeOut>, ApiError> {
+    let a = s
+        .store
+        .agent(me.agent_id)
+        .await?
+        .ok_or_else(ApiError::unauthorized)?;
+    Ok(Json(MeOut {
+        agent_id: a.id,
+        username: a.username,
+        display_name: a.display_name,
+        role: a.role,
+        locale: a.locale,
+    }))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MePatch {
+    /// "en" or "zh".
+    locale: String,
+}
+
+/// Remembers the signed-in user's language.
+#[utoipa::path(patch, path = "/api/me", request_body = MePatch,
+    responses((status = 200, body = MeOut), (status = 422, body = ApiErrorBody)))]
+async fn update_me(
+    State(s): State<AppState>,
+    principal: Principal,
+    ApiJson(p): ApiJson<MePatch>,
+) -> Result<Json<MeOut>, ApiError> {
+    if !["en", "zh"].contains(&p.locale.as_str()) {
+        return Err(ApiError::invalid("locale", "one of en, zh"));
+    }
+    s.store.set_locale(principal.agent_id, &p.locale).await?;
+    me(State(s), principal).await
+}
+
+/// Names for ids, for every role: the agents and queues (no other account details).
+#[utoipa::path(get, path = "/api/directory", responses((status = 200, description = "{agents:[{id,display_name,active}], queues:[{id,name}]}")))]
+async fn directory(State(s): State<AppState>, _me: Principal) -> Result<Response, ApiError> {
+    let agents: Vec<_> = s
+        .store
+        .agents()
+        .await?
+        .into_iter()
+        .map(|a| json!({"id": a.id, "display_name": a.display_name, "active": a.active, "role": a.role}))
+        .collect();
+    let queues: Vec<_> = s
+        .store
+        .queues()
+        .await?
+        .into_iter()
+        .map(|q| json!({"id": q.id, "name": q.name, "active": q.active}))
+        .collect();
+    Ok(Json(json!({ "agents": agents, "queues": queues })).into_response())
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    action: Option<String>,
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+/// The audit log, newest first (supervisors): logins, recording plays and downloads with the
+/// address they came from, changes to accounts, customers and queues. `action` filters by an
+/// exact action or a prefix ending in `.` (`recording.`).
+#[utoipa::path(get, path = "/api/audit",
+    params(("action" = Option<String>, Query), ("cursor" = Option<String>, Query), ("limit" = Option<i64>, Query)),
+    responses((status = 200, body = [crate::store::agents::AuditEntry])))]
+async fn audit_log(
+    State(s): State<AppState>,
+    me: Principal,
+    Query(q): Query<AuditQuery>,
+) -> Result<Response, ApiError> {
+    me.require(Role::Supervisor)?;
+    let limit = limit_of(q.limit)?;
+    let items = s
+        .store
+        .audit_entries(
+            q.action.as_deref().filter(|a| !a.is_empty()),
+            cursor_of(&q.cursor)?,
+            limit,
+        )
+        .await?;
+    Ok(page(items, limit, |e| e.id).into_response())
+}
+
 // ---------------------------------------------------------------- agents
 
 /// An agent as the API shows it (never the password hash or HA1s).
@@ -150,6 +260,8 @@ pub struct AgentOut {
     skills: Vec<String>,
     queues: Vec<i64>,
     created_at: String,
+    /// False once deactivated: cannot log in, offered no calls.
+    active: bool,
 }
 
 impl From<Agent> for AgentOut {
@@ -169,6 +281,7 @@ impl From<Agent> for AgentOut {
             skills: a.skills.into_iter().collect(),
             queues: a.queues.into_iter().collect(),
             created_at: rfc3339_ms(a.created_at),
+            active: a.active,
         }
     }
 }
@@ -191,9 +304,9 @@ pub struct NewAgentIn {
     sip_password: Option<String>,
     #[serde(default)]
     skills: Vec<String>,
-    /// Queue ids.
+    /// Queue ids; when left out, the agent joins the default queue.
     #[serde(default)]
-    queues: Vec<i64>,
+    queues: Option<Vec<i64>>,
 }
 
 fn agent_role() -> Role {
@@ -243,6 +356,17 @@ async fn create_agent(
     let hash = hash_password_off_thread(a.password.clone()).await?;
     let sip =
         sip_target(&s.realm, a.sip_uri, a.sip_username, a.sip_password)?.unwrap_or(SipTarget::None);
+    let queues = match a.queues {
+        Some(q) => q.into_iter().collect(),
+        None if a.role == Role::Agent => s
+            .store
+            .default_queue()
+            .await?
+            .map(|q| q.id)
+            .into_iter()
+            .collect(),
+        None => Default::default(),
+    };
     let agent = s
         .store
         .create_agent(&NewAgent {
@@ -252,7 +376,7 @@ async fn create_agent(
             password_hash: hash,
             sip,
             skills: a.skills.into_iter().collect(),
-            queues: a.queues.into_iter().collect(),
+            queues,
         })
         .await?;
     let _ = s
@@ -331,6 +455,8 @@ pub struct AgentPatchIn {
     sip_password: Option<String>,
     skills: Option<Vec<String>>,
     queues: Option<Vec<i64>>,
+    /// false deactivates the account (logged out at once, no calls, history keeps the name).
+    active: Option<bool>,
 }
 
 /// Changes an account (admin only); `queues` replaces the memberships. The ACD picks the
@@ -355,7 +481,14 @@ async fn update_agent(
         sip: sip_target(&s.realm, a.sip_uri, a.sip_username, a.sip_password)?,
         skills: a.skills.map(|v| v.into_iter().collect()),
         queues: a.queues.map(|v| v.into_iter().collect()),
+        active: a.active,
     };
+    if a.active == Some(false) && id == me.agent_id {
+        return Err(ApiError::invalid(
+            "active",
+            "you cannot deactivate yourself",
+        ));
+    }
     let agent = s.store.update_agent(id, &patch).await?;
     let _ = s
         .store
@@ -383,6 +516,9 @@ pub struct QueueIn {
     required_skills: Vec<String>,
     #[serde(default)]
     is_default: bool,
+    /// Seconds within which an answer counts towards the service level.
+    #[serde(default = "d20")]
+    service_level_secs: i64,
 }
 
 fn d20() -> i64 {
@@ -419,6 +555,8 @@ async fn create_queue(
             wrap_up_secs: q.wrap_up_secs,
             required_skills: q.required_skills,
             is_default: q.is_default,
+            service_level_secs: q.service_level_secs,
+            active: true,
         })
         .await?;
     s.acd.reload();
@@ -621,6 +759,10 @@ struct CallQuery {
     customer_id: Option<i64>,
     number: Option<String>,
     disposition: Option<String>,
+    min_talk_secs: Option<i64>,
+    max_talk_secs: Option<i64>,
+    /// `1`/`true`: only calls with a recording.
+    has_recording: Option<String>,
     cursor: Option<String>,
     limit: Option<i64>,
 }
@@ -631,7 +773,9 @@ struct CallQuery {
            ("to" = Option<String>, Query, description = "RFC 3339 or YYYY-MM-DD, exclusive"),
            ("agent_id" = Option<i64>, Query), ("customer_id" = Option<i64>, Query),
            ("number" = Option<String>, Query, description = "caller number in any format"),
-           ("disposition" = Option<String>, Query), ("cursor" = Option<String>, Query), ("limit" = Option<i64>, Query)),
+           ("disposition" = Option<String>, Query), ("min_talk_secs" = Option<i64>, Query),
+           ("max_talk_secs" = Option<i64>, Query), ("has_recording" = Option<bool>, Query),
+           ("cursor" = Option<String>, Query), ("limit" = Option<i64>, Query)),
     responses((status = 200, body = [ContactLog])))]
 async fn list_calls(
     State(s): State<AppState>,
@@ -679,6 +823,13 @@ async fn list_calls(
         customer: q.customer_id,
         number,
         disposition: q.disposition,
+        min_talk_secs: q.min_talk_secs,
+        max_talk_secs: q.max_talk_secs,
+        has_recording: match q.has_recording.as_deref() {
+            None | Some("") | Some("0") | Some("false") => false,
+            Some("1") | Some("true") => true,
+            Some(_) => return Err(ApiError::invalid("has_recording", "1 or 0")),
+        },
         before: cursor_of(&q.cursor)?,
         limit,
     };
@@ -714,6 +865,8 @@ async fn get_call(
 pub struct CallPatch {
     notes: Option<String>,
     disposition: Option<String>,
+    /// Links the call to this customer (the agent picked one of several candidates).
+    customer_id: Option<i64>,
 }
 
 #[utoipa::path(patch, path = "/api/calls/{id}", request_body = CallPatch,
@@ -732,6 +885,9 @@ async fn annotate_call(
         if d.trim().is_empty() || d.len() > 64 {
             return Err(ApiError::invalid("disposition", "1 to 64 characters"));
         }
+    }
+    if let Some(c) = p.customer_id {
+        s.store.link_call_customer(id, c).await?;
     }
     let log = s
         .store
@@ -775,9 +931,12 @@ async fn get_recording(
 async fn recording_audio(
     State(s): State<AppState>,
     me: Principal,
+    addr: ClientAddr,
     Path(id): Path<i64>,
+    Query(q): Query<AudioQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let download = matches!(q.download.as_deref(), Some("1") | Some("true"));
     let r = own_recording(&s, &me, id).await?;
     let path = std::path::PathBuf::from(&r.path);
     let path = if path.is_absolute() {
@@ -795,15 +954,29 @@ async fn recording_audio(
         .await
         .map_err(|_| ApiError::not_found("recording file"))?
         .len();
-    let _ = s
-        .store
-        .audit(
-            &me.username,
-            "recording.play",
-            &format!("recording:{id}"),
-            None,
-        )
-        .await;
+    // A player asks for many ranges while seeking: one entry per playback (the request that
+    // starts at byte 0), one per download.
+    let starts = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_range(v, len))
+        .is_none_or(|(a, _)| a == 0);
+    if download || starts {
+        let _ = s
+            .store
+            .audit_from(
+                &me.username,
+                if download {
+                    "recording.download"
+                } else {
+                    "recording.play"
+                },
+                &format!("recording:{id}"),
+                None,
+                addr.text().as_deref(),
+            )
+            .await;
+    }
     let range = headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
@@ -833,8 +1006,20 @@ async fn recording_audio(
     if status == StatusCode::PARTIAL_CONTENT {
         resp = resp.header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"));
     }
+    if download {
+        resp = resp.header(
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"recording-{id}.wav\""),
+        );
+    }
     resp.body(Body::from_stream(stream))
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
+#[derive(Deserialize)]
+struct AudioQuery {
+    /// `1`: sent as an attachment, audited as a download.
+    download: Option<String>,
 }
 
 /// Reads a file in 64 KiB chunks as a body stream.
@@ -894,13 +1079,16 @@ struct WorkOrderQuery {
     assignee_agent_id: Option<i64>,
     customer_id: Option<i64>,
     kind: Option<WorkOrderKind>,
+    /// RFC 3339: only orders due before it.
+    due_before: Option<String>,
     cursor: Option<String>,
     limit: Option<i64>,
 }
 
 #[utoipa::path(get, path = "/api/work-orders",
     params(("status" = Option<String>, Query), ("assignee_agent_id" = Option<i64>, Query), ("customer_id" = Option<i64>, Query),
-           ("kind" = Option<String>, Query), ("cursor" = Option<String>, Query), ("limit" = Option<i64>, Query)),
+           ("kind" = Option<String>, Query), ("due_before" = Option<String>, Query),
+           ("cursor" = Option<String>, Query), ("limit" = Option<i64>, Query)),
     responses((status = 200, body = [WorkOrder])))]
 async fn list_work_orders(
     State(s): State<AppState>,
@@ -931,6 +1119,15 @@ async fn list_work_orders(
             kind: q.kind,
             visible_to: (!me.role.sees_all()).then_some(me.agent_id),
             before: cursor_of(&q.cursor)?,
+            due_before: q
+                .due_before
+                .as_deref()
+                .filter(|d| !d.trim().is_empty())
+                .map(|d| {
+                    parse_rfc3339_ms(d)
+                        .ok_or_else(|| ApiError::invalid("due_before", "not an RFC 3339 time"))
+                })
+                .transpose()?,
             limit,
         })
         .await?;

@@ -1,5 +1,11 @@
 //! Accounts: argon2id password hashes, bearer tokens (random 256 bits, stored as SHA-256 so
 //! the table alone grants nothing), and the extractor that turns a token into a [`Principal`].
+//!
+//! Machines send the token as `Authorization: Bearer`; the pages get it as an `HttpOnly`,
+//! `SameSite=Strict` cookie set at login, so no script (ours or another origin's) can read it.
+//! A cookie-authenticated request that changes something must come from the console's own
+//! origin: `SameSite` ignores ports, so a page on another port of the same host would otherwise
+//! ride on the cookie.
 
 use argon2::password_hash::{
     rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
@@ -7,6 +13,8 @@ use argon2::password_hash::{
 use argon2::Argon2;
 use axum::extract::{FromRef, FromRequestParts, State};
 use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -118,6 +126,62 @@ pub async fn principal_of(store: &Store, token: &str) -> Result<Principal, ApiEr
     }
 }
 
+/// The name of the pages' session cookie.
+pub const SESSION_COOKIE: &str = "screenpop_session";
+
+/// Where a request's token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    Bearer,
+    Cookie,
+}
+
+/// The bearer token, else the session cookie.
+pub fn request_token(headers: &HeaderMap) -> Option<(String, TokenSource)> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    if let Some(t) = bearer {
+        return Some((t.to_string(), TokenSource::Bearer));
+    }
+    cookie(headers, SESSION_COOKIE).map(|t| (t, TokenSource::Cookie))
+}
+
+/// One cookie's value from the `Cookie` headers.
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// Whether a browser request comes from the page's own origin: no `Origin` header (not a
+/// cross-origin browser request), or one whose host and port are this request's `Host`.
+pub fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .unwrap_or("");
+    !authority.is_empty() && authority.eq_ignore_ascii_case(host)
+}
+
 impl<S> FromRequestParts<S> for Principal
 where
     S: Send + Sync,
@@ -127,17 +191,40 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let app = AppState::from_ref(state);
-        let token = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .ok_or_else(ApiError::unauthorized)?;
-        principal_of(&app.store, token).await
+        let (token, source) = request_token(&parts.headers).ok_or_else(ApiError::unauthorized)?;
+        let unsafe_method = !matches!(
+            parts.method,
+            axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+        );
+        if source == TokenSource::Cookie && unsafe_method && !same_origin(&parts.headers) {
+            return Err(ApiError::forbidden(
+                "cross-origin request refused: the console's own pages only",
+            ));
+        }
+        principal_of(&app.store, &token).await
+    }
+}
+
+/// The client's address (from the connection), for the audit log and the login limiter.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
+}
+
+impl ClientAddr {
+    pub fn text(&self) -> Option<String> {
+        self.0.map(|ip| ip.to_string())
     }
 }
 
@@ -159,9 +246,27 @@ pub struct LoginResponse {
     responses((status = 200, body = LoginResponse), (status = 401, description = "wrong credentials")))]
 pub async fn login(
     State(s): State<AppState>,
+    addr: ClientAddr,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<LoginRequest>,
-) -> Result<Json<LoginResponse>, ApiError> {
-    let agent = s.store.agent_by_username(req.username.trim()).await?;
+) -> Result<Response, ApiError> {
+    let username = req.username.trim().to_string();
+    let now = std::time::Instant::now();
+    if let Some(wait) = s.logins.blocked(now, addr.0, &username) {
+        info!(username = %username, source = ?addr.0, "login refused: too many failures");
+        let secs = wait.as_secs().max(1);
+        let mut r = ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many failed logins; try again in {secs} s"),
+        )
+        .into_response();
+        if let Ok(v) = header::HeaderValue::from_str(&secs.to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return Ok(r);
+    }
+    let agent = s.store.agent_by_username(&username).await?;
     let password = req.password.clone();
     let hash = agent
         .as_ref()
@@ -171,8 +276,19 @@ pub async fn login(
     let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
         .await
         .unwrap_or(false);
-    let Some(agent) = agent.filter(|_| ok) else {
-        info!(username = %req.username, "login refused");
+    let Some(agent) = agent.filter(|a| ok && a.active) else {
+        s.logins.failed(now, addr.0, &username);
+        let _ = s
+            .store
+            .audit_from(
+                &username,
+                "login.failed",
+                &format!("username:{username}"),
+                None,
+                addr.text().as_deref(),
+            )
+            .await;
+        info!(username = %req.username, source = ?addr.0, "login refused");
         return Err(ApiError::new(
             axum::http::StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -185,20 +301,62 @@ pub async fn login(
     s.store
         .create_session(&token_digest(&token), agent.id, TOKEN_TTL_MS)
         .await?;
+    s.logins.succeeded(addr.0, &username);
     let _ = s
         .store
-        .audit(
+        .audit_from(
             &agent.username,
             "login",
             &format!("agent:{}", agent.id),
             None,
+            addr.text().as_deref(),
         )
         .await;
-    Ok(Json(LoginResponse {
-        token,
-        role: agent.role,
-        agent_id: agent.id,
-    }))
+    let cookie = session_cookie(&token, TOKEN_TTL_MS / 1000, is_https(&headers));
+    Ok((
+        [(header::SET_COOKIE, cookie)],
+        Json(LoginResponse {
+            token,
+            role: agent.role,
+            agent_id: agent.id,
+        }),
+    )
+        .into_response())
+}
+
+/// Behind a TLS-terminating proxy the cookie gets `Secure`.
+fn is_https(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("https"))
+}
+
+/// The `Set-Cookie` value for the pages' session (`max_age` 0 deletes it).
+fn session_cookie(token: &str, max_age: i64, secure: bool) -> String {
+    format!(
+        "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{}",
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+/// Ends the session the request carries (cookie or bearer) and clears the cookie.
+#[utoipa::path(post, path = "/api/logout", responses((status = 204, description = "logged out")))]
+pub async fn logout(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    if let Some((token, source)) = request_token(&headers) {
+        if source == TokenSource::Cookie && !same_origin(&headers) {
+            return Err(ApiError::forbidden("cross-origin request refused"));
+        }
+        s.store.delete_session(&token_digest(&token)).await?;
+    }
+    Ok((
+        axum::http::StatusCode::NO_CONTENT,
+        [(
+            header::SET_COOKIE,
+            session_cookie("", 0, is_https(&headers)),
+        )],
+    )
+        .into_response())
 }
 
 #[cfg(test)]

@@ -49,6 +49,15 @@ impl ApiError {
         )
     }
 
+    /// Something on our side failed; the message names the part, not the details.
+    pub fn internal(what: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("{what} failed"),
+        )
+    }
+
     pub fn forbidden(why: &str) -> ApiError {
         ApiError::new(StatusCode::FORBIDDEN, "forbidden", why)
     }

@@ -1,10 +1,13 @@
-//! HTTP: the REST API under `/api/`, the desktops' WebSocket at `/ws`, `/metrics` and
-//! `/healthz`. Thin by design: handlers check input and rights and call the store, the ACD or
-//! the event bus; no business rule lives here.
+//! HTTP: the pages (`/`, `/login`, `/agent`, `/supervisor`), the REST API under `/api/`, the
+//! desktops' WebSocket at `/ws`, `/metrics` and `/healthz`. Thin by design: handlers check input
+//! and rights and call the store, the ACD or the event bus; no business rule lives here.
 
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod limits;
+pub mod pages;
+pub mod stats;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -31,6 +34,33 @@ pub struct AppState {
     pub region: phonenumber::country::Id,
     /// Open desktops per agent: when an agent's last one closes, the agent goes offline.
     pub desktops: Arc<std::sync::Mutex<std::collections::HashMap<i64, usize>>>,
+    /// Failed logins per address and per username.
+    pub logins: Arc<limits::LoginGuard>,
+    /// The wallboard's live view, kept from the events.
+    pub board: stats::SharedBoard,
+}
+
+impl AppState {
+    /// The state for a server on `store`, `bus` and `acd`; starts following the bus for the
+    /// wallboard.
+    pub fn new(
+        store: Store,
+        bus: Arc<dyn EventBus>,
+        acd: AcdHandle,
+        realm: String,
+        region: phonenumber::country::Id,
+    ) -> AppState {
+        AppState {
+            store,
+            board: stats::follow(bus.clone()),
+            bus,
+            acd,
+            realm,
+            region,
+            desktops: Default::default(),
+            logins: Arc::new(limits::LoginGuard::new(limits::LoginLimits::default())),
+        }
+    }
 }
 
 /// The process-wide Prometheus recorder (installed once; later calls share it).
@@ -43,10 +73,17 @@ pub fn metrics_handle() -> Option<&'static PrometheusHandle> {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(pages::root))
+        .route("/login", get(pages::login))
+        .route("/agent", get(pages::agent))
+        .route("/supervisor", get(pages::supervisor))
+        .route("/assets/{*path}", get(pages::assets))
+        .route("/favicon.ico", get(pages::favicon))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/ws", get(ws::upgrade))
         .nest("/api", api::router())
+        .layer(axum::middleware::from_fn(pages::security_headers))
         .with_state(state)
 }
 
@@ -56,7 +93,7 @@ pub async fn spawn(addr: SocketAddr, state: AppState) -> anyhow::Result<SocketAd
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     info!(http = %local, "HTTP API and WebSocket ready");
-    let app = router(state);
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "HTTP server stopped");

@@ -1,5 +1,6 @@
-//! The desktops' WebSocket (`/ws`). The token comes as `?token=` or as a first message
-//! `{"type":"auth","token":…}`. On connecting (and after falling behind) a desktop gets what it
+//! The desktops' WebSocket (`/ws`). The token comes as `?token=`, as a first message
+//! `{"type":"auth","token":…}`, or (the pages) as the session cookie. A browser connecting from
+//! another origin is refused before the upgrade (cross-site WebSocket hijacking). On connecting (and after falling behind) a desktop gets what it
 //! may see of the live state: agent states and the calls in progress; then every event as it
 //! happens. Desktops send `{"type":"set_state","state":"available"|"paused"}`.
 //!
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
@@ -30,19 +31,38 @@ pub struct WsQuery {
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum ClientMessage {
-    Auth { token: String },
-    SetState { state: String },
+    Auth {
+        token: String,
+    },
+    SetState {
+        state: String,
+        /// Why the agent pauses ("Lunch"), shown on the wallboard.
+        #[serde(default)]
+        note: Option<String>,
+    },
     Ping,
 }
 
 pub async fn upgrade(
     State(s): State<AppState>,
     Query(q): Query<WsQuery>,
+    headers: axum::http::HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    if !super::auth::same_origin(&headers) {
+        info!(
+            origin = ?headers.get(axum::http::header::ORIGIN),
+            "WebSocket from a foreign origin refused"
+        );
+        return super::error::ApiError::forbidden("WebSocket from a foreign origin")
+            .into_response();
+    }
+    let token = q
+        .token
+        .or_else(|| super::auth::cookie(&headers, super::auth::SESSION_COOKIE));
     ws.on_upgrade(move |socket| async move {
         let span = info_span!("desktop");
-        session(s, q.token, socket).instrument(span).await
+        session(s, token, socket).instrument(span).await
     })
 }
 
@@ -217,9 +237,16 @@ async fn deliver(
 
 fn on_client_message(s: &AppState, me: &Principal, t: &str) -> Option<Message> {
     match serde_json::from_str::<ClientMessage>(t) {
-        Ok(ClientMessage::SetState { state }) => match state.as_str() {
-            "available" | "paused" => {
-                s.acd.set_available(me.agent_id, state == "available");
+        Ok(ClientMessage::SetState { state, note }) => match state.as_str() {
+            "available" => {
+                s.acd.set_available(me.agent_id, true);
+                None
+            }
+            "paused" => {
+                let note = note
+                    .map(|n| n.trim().chars().take(64).collect::<String>())
+                    .filter(|n| !n.is_empty());
+                s.acd.pause_with_note(me.agent_id, note);
                 None
             }
             _ => Some(error_frame("state: must be \"available\" or \"paused\"")),

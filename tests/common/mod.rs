@@ -677,9 +677,6 @@ impl Server {
     fn start(env: &Env, log: PathBuf) -> Server {
         let bin = server_binary();
         let (lo, hi) = env.ports.rtp_range();
-        let file = File::create(&log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
-        let file2 = file.try_clone().expect("dup log file");
-        let rust_log = std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into());
         let args: Vec<String> = vec![
             "serve".into(),
             "--sip".into(),
@@ -693,11 +690,30 @@ impl Server {
             "--http".into(),
             format!("127.0.0.1:{}", env.ports.http()),
         ];
+        Server::launch(env, log, &bin, args, &env.dir, &[])
+    }
+
+    /// Starts `bin` with exactly `args` from the folder `cwd` (e.g. an installed binary in an
+    /// empty folder, on its built-in defaults) and waits until it answers OPTIONS on the env's
+    /// server address.
+    pub fn launch(
+        env: &Env,
+        log: PathBuf,
+        bin: &Path,
+        args: Vec<String>,
+        cwd: &Path,
+        vars: &[(&str, &str)],
+    ) -> Server {
+        let (lo, hi) = env.ports.rtp_range();
+        let file = File::create(&log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
+        let file2 = file.try_clone().expect("dup log file");
+        let rust_log = std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into());
         let cmdline = format!("RUST_LOG={rust_log} {} {}", bin.display(), args.join(" "));
-        let child = Command::new(&bin)
+        let child = Command::new(bin)
             .args(&args)
             .env("RUST_LOG", &rust_log)
-            .current_dir(&env.dir)
+            .envs(vars.iter().copied())
+            .current_dir(cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::from(file2))
             .stderr(Stdio::from(file))

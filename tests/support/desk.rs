@@ -1,3 +1,4 @@
+#![allow(dead_code)]
 //! Clients of screenpop's HTTP side for the end-to-end tests: the REST API (ureq) and a desktop
 //! on the WebSocket (tungstenite), both real network clients.
 

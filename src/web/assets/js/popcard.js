@@ -1,0 +1,371 @@
+// The screen-pop card: caller's name first (painted and timed the moment call.offered
+// arrives), then the customer's card, candidates, the unknown-caller form, recent contacts,
+// open work orders, notes and disposition, and "Create work order".
+import { t } from './i18n.js';
+import { get, patch, post, qs, agentName, queueName, rememberCustomer } from './api.js';
+import { h, field, select, errorBox, showError, flash, tick } from './ui.js';
+import { fmtDateTime, fmtDuration, toMs, isAnniversaryToday } from './fmt.js';
+import { workOrderList, workOrderForm } from './workorders.js';
+
+export const DISPOSITIONS = ['resolved', 'follow_up', 'sale', 'complaint', 'wrong_number', 'other'];
+window.__popTimes = window.__popTimes || [];
+
+export function tierBadge(tier, small) {
+  if (tier === 'vip') return h('span', { class: small ? 'badge vip-sm' : 'vip-badge', text: 'VIP', title: t('tier.vip') });
+  if (tier === 'key') return h('span', { class: 'badge tier-key', text: t('tier.key') });
+  return small ? null : h('span', { class: 'badge tier-regular', text: t('tier.regular') });
+}
+
+const phoneLike = (s) => !s || /^[+\d\s().\-]+$/.test(s);
+
+export class PopCard {
+  constructor(root, me, hooks = {}) {
+    this.root = root;
+    this.me = me;
+    this.hooks = hooks;
+    this.call = null;
+    this.wrapUntil = null;
+    this.idle();
+  }
+
+  idle() {
+    this.call = null;
+    this.root.replaceChildren(h('div', { class: 'pop-idle', role: 'status', 'aria-live': 'polite' },
+      h('img', { src: '/assets/icons/phone.svg', alt: '', class: 'idle-icon' }),
+      h('p', { class: 'idle-title', text: t('card.idle') }),
+      h('p', { class: 'muted', text: t('card.idleHint') })));
+  }
+
+  /** call.offered: paint the name now, the rest right after, and time the paint. */
+  offered(ev) {
+    if (this.call && this.call.id === ev.call_id && this.call.status !== 'withdrawn') return;
+    this.call = {
+      id: ev.call_id, logId: ev.contact_log_id, ev, status: 'ringing', customer: ev.customer || null,
+      candidates: ev.candidates || [], recent: ev.recent_contacts || [], wos: ev.open_work_orders || [],
+      offeredAt: toMs(ev.offered_at) || Date.now(), answeredAt: null, ended: null,
+    };
+    this.render();
+    // For the benchmark and the browser test: when the caller's name reached the screen (the
+    // task right after the frame that drew it), against the server's stamps.
+    const entry = { call_id: ev.call_id, offered_at: ev.offered_at, invite_at: ev.invite_at, painted_ms: null };
+    window.__popTimes.push(entry);
+    requestAnimationFrame(() => setTimeout(() => { entry.painted_ms = performance.timeOrigin + performance.now(); }, 0));
+  }
+
+  answered(ev) {
+    if (!this.call || this.call.id !== ev.call_id) return false;
+    this.call.status = 'on_call';
+    this.call.answeredAt = toMs(ev.answered_at) || Date.now();
+    if (ev.contact_log_id) this.call.logId = ev.contact_log_id;
+    this.updateStatus();
+    return true;
+  }
+
+  withdrawn(ev) {
+    if (!this.call || this.call.id !== ev.call_id || this.call.status === 'ended') return;
+    this.call.status = 'withdrawn';
+    this.updateStatus();
+  }
+
+  ended(ev) {
+    if (!this.call || this.call.id !== ev.call_id) return;
+    this.call.status = 'ended';
+    this.call.ended = { disposition: ev.disposition, talk: ev.talk_secs, at: toMs(ev.ended_at) };
+    this.updateStatus();
+  }
+
+  /** A call already in progress when the page (re)loaded: rebuild the card from the log. */
+  async adopt(ev) {
+    if (!ev.contact_log_id) return;
+    let log = null;
+    try { log = await get(`/api/calls/${ev.contact_log_id}`); } catch (e) { return; }
+    const customer = log.customer_id ? await get(`/api/customers/${log.customer_id}`).catch(() => null) : null;
+    if (this.call && this.call.id === ev.call_id) return;
+    this.offered({
+      call_id: ev.call_id, contact_log_id: ev.contact_log_id, queue_id: log.queue_id, dialed: log.dialed,
+      caller: { number: log.caller_e164, raw: log.caller_raw, name: null },
+      customer, candidates: [], recent_contacts: [], open_work_orders: [],
+      offered_at: new Date(log.offered_at).toISOString(),
+    });
+    if (ev.type === 'call.answered') this.answered(ev);
+    if (customer) this.refreshCustomerLists();
+  }
+
+  /** After a reconnect: a call the snapshot no longer lists has ended or gone elsewhere. */
+  async reconcile(liveIds) {
+    const c = this.call;
+    if (!c || c.status === 'ended' || c.status === 'withdrawn' || liveIds.has(c.id)) return;
+    let log = null;
+    if (c.logId) { try { log = await get(`/api/calls/${c.logId}`); } catch (e) { log = null; } }
+    if (this.call !== c) return;
+    if (log && log.ended_at) {
+      c.status = 'ended';
+      c.ended = { disposition: log.disposition, talk: log.talk_secs, at: log.ended_at };
+    } else if (c.status === 'ringing') {
+      c.status = 'withdrawn';
+    } else return;
+    this.updateStatus();
+  }
+
+  agentState(ev) {
+    this.wrapUntil = ev.state === 'wrap_up' ? toMs(ev.until) : null;
+    const line = this.root.querySelector('.pop-wrapup');
+    if (line) this.fillWrapUp(line);
+  }
+
+  fillWrapUp(line) {
+    line.hidden = !this.wrapUntil;
+    if (this.wrapUntil) {
+      line.replaceChildren(t('card.wrapUp'), ' ', h('span', { class: 'countdown', dataset: { until: String(this.wrapUntil) } }));
+      tick();
+    }
+  }
+
+  displayName() {
+    const { ev, customer } = this.call;
+    const caller = ev.caller || {};
+    return (customer && customer.name) || caller.name || caller.number || t('card.unknown');
+  }
+
+  /** Re-renders in place, keeping what the agent typed. */
+  render() {
+    const keep = {};
+    for (const el of this.root.querySelectorAll('.notes-form [name]')) keep[el.name] = el.value;
+    const c = this.call;
+    if (!c) { this.idle(); return; }
+    const cust = c.customer;
+    const nameEl = h('h3', { class: 'caller-name', lang: 'und', 'data-testid': 'caller-name', text: this.displayName() });
+    const nameRow = h('div', { class: 'name-row' }, nameEl);
+    const head = h('div', { class: 'pop-head', role: 'status', 'aria-live': 'polite' }, h('div', { class: 'pop-status' }), nameRow);
+    const card = h('article', { class: `pop-card status-${c.status}${cust && cust.tier === 'vip' ? ' is-vip' : ''}`, 'aria-labelledby': 'call-heading', dataset: { callId: c.id } }, head);
+    this.root.replaceChildren(card);
+    // The name is in the DOM: everything else follows in the same frame.
+    if (cust && cust.tier === 'vip') nameRow.append(tierBadge('vip'));
+    const badges = h('div', { class: 'pop-badges' },
+      cust && cust.company ? h('span', { class: 'company', text: cust.company }) : null,
+      cust && cust.tier !== 'vip' ? tierBadge(cust.tier) : null, this.hints());
+    head.append(badges);
+    card.append(this.facts());
+    if (c.candidates.length > 1) card.append(this.candidatesBox());
+    const incomplete = cust ? cust.created_via === 'call' && (phoneLike(cust.name) || !cust.company) : c.candidates.length === 0;
+    if (incomplete) card.append(this.unknownForm());
+    const wrap = h('p', { class: 'pop-wrapup', role: 'timer' });
+    this.fillWrapUp(wrap);
+    card.prepend(h('div', { class: 'dismiss-row' }));
+    card.append(wrap, this.notesForm(keep), this.lists());
+    this.updateStatus();
+  }
+
+  /** The status line, the card's colour and the Dismiss button, without touching the forms. */
+  updateStatus() {
+    const c = this.call;
+    const card = this.root.querySelector('.pop-card');
+    if (!c || !card) return;
+    card.className = `pop-card status-${c.status}${c.customer && c.customer.tier === 'vip' ? ' is-vip' : ''}`;
+    card.querySelector('.pop-status').replaceWith(this.statusLine());
+    const row = card.querySelector('.dismiss-row');
+    row.replaceChildren();
+    if (c.status === 'ended' || c.status === 'withdrawn') {
+      row.append(h('button', { type: 'button', class: 'btn small', text: t('card.dismiss'), onclick: () => { this.idle(); if (this.hooks.onDismiss) this.hooks.onDismiss(); } }));
+    }
+    tick();
+  }
+
+  statusLine() {
+    const c = this.call;
+    const ev = c.ev;
+    const bits = [h('span', { class: 'status-dot', 'aria-hidden': 'true' }), h('span', { class: 'pop-status-text', text: t(`card.status.${c.status}`) })];
+    if (c.status === 'ringing') bits.push(h('span', { class: 'timer', dataset: { since: String(c.offeredAt) } }));
+    if (c.status === 'on_call') bits.push(h('span', { class: 'timer', dataset: { since: String(c.answeredAt) } }));
+    if (c.status === 'ended' && c.ended) {
+      if (c.ended.disposition) bits.push(h('span', { class: `outcome outcome-${c.ended.disposition}`, text: t(`outcome.${c.ended.disposition}`, {}, c.ended.disposition) }));
+      if (c.ended.talk) bits.push(h('span', { text: t('card.talked', { d: fmtDuration(c.ended.talk) }) }));
+    }
+    const q = ev.queue || queueName(ev.queue_id);
+    if (q) bits.push(h('span', { class: 'muted', text: t('card.queue', { q }) }));
+    return h('div', { class: 'pop-status' }, bits);
+  }
+
+  hints() {
+    const cust = this.call.customer;
+    const box = h('span', { class: 'pop-hints' });
+    if (cust && isAnniversaryToday(cust.birthday)) box.append(h('span', { class: 'hint-chip' }, h('img', { src: '/assets/icons/gift.svg', alt: '', class: 'icon' }), t('card.birthday')));
+    if (cust && isAnniversaryToday(cust.anniversary)) box.append(h('span', { class: 'hint-chip' }, h('img', { src: '/assets/icons/gift.svg', alt: '', class: 'icon' }), t('card.anniversary')));
+    return box;
+  }
+
+  facts() {
+    const { ev, customer: cust } = this.call;
+    const caller = ev.caller || {};
+    const rows = [[t('card.number'), caller.withheld ? t('card.withheld') : (caller.number || caller.raw || '—')]];
+    if (cust) {
+      rows.push([t('card.code'), cust.code]);
+      rows.push([t('card.assigned'), cust.assigned_agent_id ? agentName(cust.assigned_agent_id) : t('card.noAgent')]);
+      const phones = (cust.phones || []).map((p) => `${p.e164 || p.number}${p.label ? ` (${p.label})` : ''}`).join('\n');
+      rows.push([t('card.phones'), phones || '—']);
+      if (cust.address) rows.push([t('card.address'), cust.address]);
+      if (cust.notes) rows.push([t('card.remarks'), cust.notes]);
+    }
+    if (caller.name && cust && caller.name !== cust.name) rows.push([t('card.callerName'), caller.name]);
+    return h('dl', { class: 'facts' }, rows.map(([k, v]) => h('div', null, h('dt', { text: k }), h('dd', { text: v }))));
+  }
+
+  candidatesBox() {
+    const c = this.call;
+    return h('section', { class: 'candidates', 'aria-label': t('card.candidates') },
+      h('p', { class: 'candidates-q', text: t('card.whoIs', { n: c.candidates.length }) }),
+      h('div', { class: 'candidate-list' }, c.candidates.map((x) => {
+        const chosen = c.customer && c.customer.id === x.id;
+        const b = h('button', { type: 'button', class: `btn candidate${chosen ? ' chosen' : ''}`, 'aria-pressed': String(!!chosen), 'aria-label': t('card.pick', { name: x.name }) },
+          h('span', { class: 'cand-name', text: t('card.pick', { name: x.name }) }),
+          h('span', { class: 'cand-meta', text: [x.company, x.tier === 'vip' ? 'VIP' : null, x.code].filter(Boolean).join(' · ') }));
+        b.addEventListener('click', () => this.pick(x, b));
+        return b;
+      })), h('div', { class: 'cand-error' }, errorBox()));
+  }
+
+  async pick(cust, button) {
+    const c = this.call;
+    const err = this.root.querySelector('.candidates .form-error');
+    button.disabled = true;
+    try {
+      if (c.logId) await patch(`/api/calls/${c.logId}`, { customer_id: cust.id });
+      if (this.call !== c) return;
+      c.customer = cust;
+      c.recent = [];
+      c.wos = [];
+      rememberCustomer(cust);
+      this.render();
+      this.refreshCustomerLists();
+      const b = [...this.root.querySelectorAll('.candidate')].find((x) => x.getAttribute('aria-pressed') === 'true');
+      if (b) b.focus();
+    } catch (e) {
+      button.disabled = false;
+      showError(err, e);
+    }
+  }
+
+  /** Reloads the shown customer's last contacts and open work orders. */
+  async refreshCustomerLists() {
+    const c = this.call;
+    if (!c || !c.customer) return;
+    const id = c.customer.id;
+    const [calls, wos] = await Promise.allSettled([
+      get(`/api/calls${qs({ customer_id: id, limit: 6 })}`),
+      get(`/api/work-orders${qs({ customer_id: id, limit: 50 })}`),
+    ]);
+    if (this.call !== c || !c.customer || c.customer.id !== id) return;
+    if (calls.status === 'fulfilled') c.recent = calls.value.items.filter((l) => l.id !== c.logId).slice(0, 5);
+    if (wos.status === 'fulfilled') c.wos = wos.value.items.filter((w) => w.status === 'open' || w.status === 'in_progress');
+    this.updateLists();
+  }
+
+  unknownForm() {
+    const c = this.call;
+    const cust = c.customer;
+    const err = errorBox();
+    const name = h('input', { type: 'text', name: 'name', required: true, value: cust && !phoneLike(cust.name) ? cust.name : '' });
+    const company = h('input', { type: 'text', name: 'company', value: (cust && cust.company) || '' });
+    const tier = select(['regular', 'key', 'vip'].map((x) => [x, t(`tier.${x}`)]), { name: 'tier', value: (cust && cust.tier) || 'regular' });
+    const submit = h('button', { type: 'submit', class: 'btn primary', text: t('card.complete') });
+    const form = h('form', { class: 'unknown-form', 'aria-label': t('card.newCaller'), novalidate: true },
+      h('p', { class: 'form-title', text: t(cust ? 'card.completeHint' : 'card.newHint') }),
+      h('div', { class: 'grid-3' }, field(t('cust.name'), name), field(t('cust.company'), company), field(t('cust.tier'), tier)),
+      err, h('div', { class: 'actions' }, submit));
+    form.addEventListener('submit', async (e) => {
+      e.preventDefault();
+      if (!name.value.trim()) { showError(err, { field: 'name', message: t('error.required') }, form); return; }
+      const body = { name: name.value.trim(), company: company.value.trim(), tier: tier.value };
+      submit.disabled = true;
+      showError(err, null, form);
+      try {
+        let updated;
+        if (cust) updated = await patch(`/api/customers/${cust.id}`, body);
+        else {
+          const number = c.ev.caller && c.ev.caller.number;
+          updated = await post('/api/customers', { ...body, phones: number ? [{ number }] : [] });
+          if (c.logId) await patch(`/api/calls/${c.logId}`, { customer_id: updated.id });
+        }
+        if (this.call !== c) return;
+        c.customer = { ...updated, created_via: updated.created_via === 'call' && updated.company ? 'call' : updated.created_via };
+        rememberCustomer(updated);
+        this.render();
+      } catch (ex) {
+        submit.disabled = false;
+        showError(err, ex, form);
+      }
+    });
+    return form;
+  }
+
+  updateLists() {
+    const old = this.root.querySelector('.pop-lists');
+    if (old) old.replaceWith(this.lists());
+  }
+
+  lists() {
+    const c = this.call;
+    const recent = h('section', { class: 'pop-list', 'aria-labelledby': 'recent-h' }, h('h4', { id: 'recent-h', class: 'sub', text: t('card.recent') }));
+    if (!c.recent.length) recent.append(h('p', { class: 'empty', text: t('card.noRecent') }));
+    else recent.append(h('ul', { class: 'contacts' }, c.recent.map((l) => h('li', null,
+      h('span', { class: 'when', text: fmtDateTime(l.offered_at) }),
+      l.disposition ? h('span', { class: `outcome outcome-${l.disposition}`, text: t(`outcome.${l.disposition}`, {}, l.disposition) }) : null,
+      l.agent_disposition ? h('span', { class: 'badge', text: t(`disp.${l.agent_disposition}`, {}, l.agent_disposition) }) : null,
+      l.agent_id ? h('span', { class: 'muted', text: agentName(l.agent_id) }) : null,
+      l.notes ? h('div', { class: 'note', text: l.notes }) : null))));
+    const wos = h('section', { class: 'pop-list', 'aria-labelledby': 'wos-h' }, h('h4', { id: 'wos-h', class: 'sub', text: t('card.openWos') }));
+    wos.append(workOrderList(c.wos, t('card.noWos')));
+    return h('div', { class: 'pop-lists' }, recent, wos);
+  }
+
+  notesForm(keep) {
+    const c = this.call;
+    const err = errorBox();
+    const ok = h('span', { class: 'saved', role: 'status', hidden: true });
+    const notes = h('textarea', { name: 'notes', rows: '3' });
+    notes.value = keep.notes ?? c.notes ?? '';
+    const disp = select([['', t('disp.choose')]].concat(DISPOSITIONS.map((d) => [d, t(`disp.${d}`)])), { name: 'disposition', value: keep.disposition ?? c.disposition ?? '' });
+    const save = h('button', { type: 'submit', class: 'btn primary', text: t('card.save') });
+    const woOpen = h('button', { type: 'button', class: 'btn', text: t('card.createWo') });
+    const woSlot = h('div', { class: 'wo-slot' });
+    const form = h('form', { class: 'notes-form', 'aria-label': t('card.wrapForm'), novalidate: true },
+      h('div', { class: 'notes-grid' }, field(t('card.notes'), notes), field(t('card.disposition'), disp)),
+      err, h('div', { class: 'actions' }, save, woOpen, ok));
+    notes.addEventListener('input', () => { c.notes = notes.value; });
+    disp.addEventListener('change', () => { c.disposition = disp.value; });
+    if (!c.logId) { save.disabled = true; woOpen.disabled = true; }
+    form.addEventListener('submit', async (e) => {
+      e.preventDefault();
+      const body = { notes: notes.value };
+      if (disp.value) body.disposition = disp.value;
+      save.disabled = true;
+      showError(err, null, form);
+      try {
+        await patch(`/api/calls/${c.logId}`, body);
+        flash(ok, t('common.saved'));
+        if (this.hooks.onSaved) this.hooks.onSaved();
+      } catch (ex) {
+        showError(err, ex, form);
+      } finally {
+        save.disabled = false;
+      }
+    });
+    // Enter in the notes box makes a new line; Ctrl+Enter saves.
+    notes.addEventListener('keydown', (e) => { if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) form.requestSubmit(); });
+    const closeWo = () => { woSlot.replaceChildren(); woOpen.hidden = false; woOpen.focus(); };
+    woOpen.addEventListener('click', () => {
+      woOpen.hidden = true;
+      woSlot.replaceChildren(workOrderForm({
+        me: this.me, callId: c.logId, defaultKind: 'callback',
+        onCancel: closeWo,
+        onDone: (wo) => {
+          closeWo();
+          flash(ok, t('wo.created', { id: wo.id }));
+          if (this.call === c && c.customer && wo.customer_id === c.customer.id) { c.wos = [wo, ...c.wos]; this.updateLists(); }
+          if (this.hooks.onWorkOrder) this.hooks.onWorkOrder(wo);
+        },
+      }));
+    });
+    return h('section', { class: 'wrap', 'aria-label': t('card.wrapForm') }, form, woSlot);
+  }
+}

@@ -1,0 +1,343 @@
+//! The wallboard's figures: `GET /api/stats/queues` and `GET /api/stats/agents`.
+//!
+//! The day's totals come from the contact logs (one grouped query each); what is happening now
+//! (callers waiting and since when, each agent's state and current call) comes from a
+//! [`LiveBoard`] that follows the event bus. Following the bus rather than asking the ACD keeps
+//! the board right when several nodes share one bus and one database.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Query, State};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::auth::Principal;
+use super::error::ApiError;
+use super::AppState;
+use crate::calls::pop::{parse_rfc3339_ms, rfc3339_ms};
+use crate::events::{EventBus, Viewer};
+use crate::store::agents::Role;
+
+/// A caller in a queue, not yet answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Waiting {
+    queue_id: i64,
+    since_ms: i64,
+}
+
+/// An agent as the events last described them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct AgentNow {
+    state: String,
+    since: Option<String>,
+    call: Option<String>,
+    caller: Option<String>,
+}
+
+/// The live part of the wallboard, kept from the events.
+#[derive(Debug, Default)]
+pub struct LiveBoard {
+    waiting: HashMap<String, Waiting>,
+    agents: HashMap<i64, AgentNow>,
+}
+
+impl LiveBoard {
+    /// Applies one event (its JSON text as published); `now_ms` stands in for a missing stamp.
+    pub fn apply(&mut self, json: &str, now_ms: i64) {
+        let Ok(v) = serde_json::from_str::<Value>(json) else {
+            return;
+        };
+        let kind = v["type"].as_str().unwrap_or("");
+        let call = v["call_id"].as_str().map(str::to_string);
+        let agent = v["agent_id"].as_i64();
+        match kind {
+            "call.queued" => {
+                if let (Some(c), Some(q)) = (call, v["queue_id"].as_i64()) {
+                    let since_ms = v["queued_at"]
+                        .as_str()
+                        .and_then(parse_rfc3339_ms)
+                        .unwrap_or(now_ms);
+                    self.waiting.insert(
+                        c,
+                        Waiting {
+                            queue_id: q,
+                            since_ms,
+                        },
+                    );
+                }
+            }
+            "call.offered" => {
+                if let (Some(c), Some(a)) = (call, agent) {
+                    let caller = v["customer"]["name"]
+                        .as_str()
+                        .or(v["caller"]["number"].as_str())
+                        .or(v["caller"]["raw"].as_str())
+                        .map(str::to_string);
+                    let e = self.agents.entry(a).or_default();
+                    e.call = Some(c);
+                    e.caller = caller;
+                }
+            }
+            "call.answered" => {
+                if let Some(c) = &call {
+                    self.waiting.remove(c);
+                }
+            }
+            "call.withdrawn" => {
+                if let Some(a) = agent.and_then(|a| self.agents.get_mut(&a)) {
+                    if a.call == call {
+                        a.call = None;
+                        a.caller = None;
+                    }
+                }
+            }
+            "call.ended" => {
+                if let Some(c) = &call {
+                    self.waiting.remove(c);
+                    for a in self.agents.values_mut() {
+                        if a.call.as_ref() == Some(c) {
+                            a.call = None;
+                            a.caller = None;
+                        }
+                    }
+                }
+            }
+            "agent.state" => {
+                if let Some(a) = agent {
+                    let e = self.agents.entry(a).or_default();
+                    e.state = v["state"].as_str().unwrap_or("offline").to_string();
+                    e.since = v["since"].as_str().map(str::to_string);
+                    if matches!(e.state.as_str(), "available" | "paused" | "offline") {
+                        e.call = None;
+                        e.caller = None;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// (callers waiting, oldest wait start) for a queue.
+    fn queue(&self, queue_id: i64) -> (i64, Option<i64>) {
+        let mut n = 0;
+        let mut oldest = None::<i64>;
+        for w in self.waiting.values().filter(|w| w.queue_id == queue_id) {
+            n += 1;
+            oldest = Some(oldest.map_or(w.since_ms, |o| o.min(w.since_ms)));
+        }
+        (n, oldest)
+    }
+}
+
+/// The board shared by the handlers, fed by a task that follows the bus.
+pub type SharedBoard = Arc<Mutex<LiveBoard>>;
+
+/// Starts following `bus`; on falling behind it starts over from the bus's snapshot.
+pub fn follow(bus: Arc<dyn EventBus>) -> SharedBoard {
+    let board: SharedBoard = Arc::default();
+    let b = board.clone();
+    let mut rx = bus.subscribe();
+    let all = Viewer {
+        agent: 0,
+        sees_all: true,
+    };
+    let resync = move |board: &SharedBoard| {
+        let snap = bus.snapshot(all);
+        if let Ok(mut g) = board.lock() {
+            *g = LiveBoard::default();
+            for e in snap {
+                g.apply(&e.json, crate::store::now_ms());
+            }
+        }
+    };
+    resync(&b);
+    tokio::spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(e) => {
+                    if let Ok(mut g) = b.lock() {
+                        g.apply(&e.json, crate::store::now_ms());
+                    }
+                }
+                Err(RecvError::Lagged(_)) => resync(&b),
+                Err(RecvError::Closed) => break,
+            }
+        }
+    });
+    board
+}
+
+#[derive(Deserialize)]
+pub struct StatsQuery {
+    /// Start of the period (RFC 3339; the page sends the user's local midnight). Default: the
+    /// last midnight UTC.
+    since: Option<String>,
+}
+
+fn since_ms(q: &StatsQuery) -> Result<i64, ApiError> {
+    match q.since.as_deref().filter(|s| !s.trim().is_empty()) {
+        Some(s) => parse_rfc3339_ms(s)
+            .ok_or_else(|| ApiError::invalid("since", "not an RFC 3339 time or YYYY-MM-DD date")),
+        None => {
+            let now = crate::store::now_ms();
+            Ok(now - now.rem_euclid(86_400_000))
+        }
+    }
+}
+
+/// One queue on the wallboard.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct QueueStats {
+    queue_id: i64,
+    name: String,
+    waiting: i64,
+    longest_wait_secs: i64,
+    answered: i64,
+    abandoned: i64,
+    missed: i64,
+    /// Share of the period's finished calls answered within `service_level_secs`; null before
+    /// the first call.
+    service_level: Option<f64>,
+    service_level_secs: i64,
+    avg_wait_secs: Option<f64>,
+    avg_talk_secs: Option<f64>,
+}
+
+/// One agent on the wallboard.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AgentStats {
+    agent_id: i64,
+    display_name: String,
+    state: String,
+    since: Option<String>,
+    current_call_id: Option<String>,
+    current_caller: Option<String>,
+    calls_today: i64,
+    talk_secs_today: i64,
+}
+
+/// Per queue: callers waiting now and the longest wait, and over the period answered /
+/// abandoned / missed, service level, average wait and talk (supervisors).
+#[utoipa::path(get, path = "/api/stats/queues", params(("since" = Option<String>, Query)),
+    responses((status = 200, body = [QueueStats])))]
+pub async fn queues(
+    State(s): State<AppState>,
+    me: Principal,
+    Query(q): Query<StatsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    me.require(Role::Supervisor)?;
+    let since = since_ms(&q)?;
+    let day = s.store.queue_stats_since(since).await?;
+    let now = crate::store::now_ms();
+    let queues = s.store.queues().await?;
+    let board = s.board.lock().map_err(|_| ApiError::internal("board"))?;
+    let items: Vec<QueueStats> = queues
+        .into_iter()
+        .filter(|q| q.active)
+        .map(|q| {
+            let d = day
+                .iter()
+                .find(|d| d.queue_id == q.id)
+                .cloned()
+                .unwrap_or_default();
+            let (waiting, oldest) = board.queue(q.id);
+            let finished = d.answered + d.abandoned + d.missed;
+            let ratio = |a: i64, b: i64| (b > 0).then(|| a as f64 / b as f64);
+            QueueStats {
+                queue_id: q.id,
+                name: q.name,
+                waiting,
+                longest_wait_secs: oldest.map_or(0, |o| (now - o).max(0) / 1000),
+                answered: d.answered,
+                abandoned: d.abandoned,
+                missed: d.missed,
+                service_level: ratio(d.answered_within_level, finished),
+                service_level_secs: q.service_level_secs,
+                avg_wait_secs: ratio(d.wait_secs_total, d.answered),
+                avg_talk_secs: ratio(d.talk_secs_total, d.answered),
+            }
+        })
+        .collect();
+    Ok(Json(
+        serde_json::json!({ "items": items, "next": null, "since": rfc3339_ms(since) }),
+    ))
+}
+
+/// Per active agent: state and time in it, current call, and calls answered over the period
+/// (supervisors).
+#[utoipa::path(get, path = "/api/stats/agents", params(("since" = Option<String>, Query)),
+    responses((status = 200, body = [AgentStats])))]
+pub async fn agents(
+    State(s): State<AppState>,
+    me: Principal,
+    Query(q): Query<StatsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    me.require(Role::Supervisor)?;
+    let since = since_ms(&q)?;
+    let day = s.store.agent_stats_since(since).await?;
+    let agents = s.store.agents().await?;
+    let board = s.board.lock().map_err(|_| ApiError::internal("board"))?;
+    let items: Vec<AgentStats> = agents
+        .into_iter()
+        .filter(|a| a.active && a.role == Role::Agent)
+        .map(|a| {
+            let d = day
+                .iter()
+                .find(|d| d.agent_id == a.id)
+                .cloned()
+                .unwrap_or_default();
+            let now = board.agents.get(&a.id).cloned().unwrap_or_default();
+            AgentStats {
+                agent_id: a.id,
+                display_name: a.display_name,
+                state: if now.state.is_empty() {
+                    "offline".into()
+                } else {
+                    now.state
+                },
+                since: now.since,
+                current_call_id: now.call,
+                current_caller: now.caller,
+                calls_today: d.calls,
+                talk_secs_today: d.talk_secs,
+            }
+        })
+        .collect();
+    Ok(Json(
+        serde_json::json!({ "items": items, "next": null, "since": rfc3339_ms(since) }),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_callers_and_agent_calls_follow_the_events() {
+        let mut b = LiveBoard::default();
+        b.apply(r#"{"type":"call.queued","call_id":"a","queue_id":1,"queued_at":"2026-12-01T10:00:00.000Z"}"#, 0);
+        b.apply(r#"{"type":"call.queued","call_id":"b","queue_id":1,"queued_at":"2026-12-01T10:00:05.000Z"}"#, 0);
+        b.apply(r#"{"type":"call.queued","call_id":"c","queue_id":2,"queued_at":"2026-12-01T10:00:09.000Z"}"#, 0);
+        let t0 = parse_rfc3339_ms("2026-12-01T10:00:00Z").unwrap();
+        assert_eq!(b.queue(1), (2, Some(t0)));
+        b.apply(r#"{"type":"call.offered","call_id":"a","agent_id":7,"customer":{"name":"Ann"},"caller":{"number":"+1"}}"#, 0);
+        assert_eq!(b.agents[&7].caller.as_deref(), Some("Ann"));
+        assert_eq!(b.queue(1).0, 2, "ringing is still waiting");
+        b.apply(r#"{"type":"call.answered","call_id":"a","agent_id":7}"#, 0);
+        assert_eq!(b.queue(1), (1, Some(t0 + 5000)));
+        b.apply(
+            r#"{"type":"agent.state","agent_id":7,"state":"on_call","since":"x"}"#,
+            0,
+        );
+        assert_eq!(b.agents[&7].call.as_deref(), Some("a"));
+        b.apply(r#"{"type":"call.ended","call_id":"a","agent_id":7}"#, 0);
+        assert_eq!(b.agents[&7].call, None);
+        b.apply(r#"{"type":"call.ended","call_id":"b","agent_id":null}"#, 0);
+        assert_eq!(b.queue(1), (0, None));
+        assert_eq!(b.queue(2).0, 1);
+        b.apply("not json", 0);
+    }
+}

@@ -1,0 +1,206 @@
+//! Issue 8 in a real browser: the agent desktop and the supervisor console in headless Chromium
+//! (`tests/browser/e2e.mjs`, playwright-core), with SIPp as the trunk and the agent's phone and
+//! the real server. This file sets the center up, places the call when the script is ready, and
+//! checks in the store what the pages did.
+//!
+//! Needs `node`, `/usr/bin/chromium` (or `CHROMIUM`) and `npm ci` run in `tests/browser`;
+//! `SCREENPOP_REQUIRE_BROWSER=1` (set by `.ci/run`) makes a missing one fail instead of skip.
+//! Screenshots of every page, at 1366×768 and 1920×1080, in English and Chinese, go to
+//! `target/screenshots/` (or `SCREENPOP_SHOTS`).
+
+#[path = "support/center.rs"]
+mod center;
+mod common;
+#[path = "support/desk.rs"]
+mod desk;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use center::center;
+use common::Ports;
+use serde_json::{json, Value};
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("browser")
+}
+
+/// Whether node, Chromium and playwright-core are here; fails when they must be.
+fn browser_or_skip() -> bool {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let node = Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let missing: Vec<&str> = [
+        (!node).then_some("node"),
+        (!Path::new(&chromium).exists()).then_some("chromium"),
+        (!browser_dir().join("node_modules/playwright-core").exists())
+            .then_some("playwright-core (npm ci in tests/browser)"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let why = format!("browser tests need: {}", missing.join(", "));
+    if matches!(
+        std::env::var("SCREENPOP_REQUIRE_BROWSER").as_deref(),
+        Ok("1")
+    ) {
+        panic!("{why}");
+    }
+    eprintln!("skipping: {why}");
+    false
+}
+
+fn now_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+#[test]
+fn agent_desktop_and_supervisor_console_in_chromium() {
+    if !browser_or_skip() {
+        return;
+    }
+    let Some(c) = center("browser") else { return };
+    let q = c.queue(
+        json!({"name": "support", "is_default": true, "wrap_up_secs": 4,
+                           "service_level_secs": 20}),
+    );
+    let phone_ports = Ports::allocate();
+    let lina = c.agent("lina", &phone_ports, &[], &[q]);
+    c.agent("wang", &Ports::allocate(), &[], &[q]);
+    c.admin.ok(
+        "POST",
+        "/api/agents",
+        Some(
+            json!({"username": "sue", "password": "sue-password", "display_name": "Sue 苏",
+                    "role": "supervisor"}),
+        ),
+    );
+    // Two customers on the caller's number, stored in E.164; the caller presents it nationally.
+    let vip = c.customer(
+        json!({"name": "张伟", "company": "北京星辰科技", "tier": "vip",
+                                "phones": [{"number": "+1 212-555-0123", "label": "mobile"}]}),
+    );
+    let other = c.customer(
+        json!({"name": "Zhang Wei", "company": "Acme Trading", "tier": "key",
+                                  "phones": [{"number": "(212) 555-0123", "label": "office"}]}),
+    );
+    let shots = std::env::var_os("SCREENPOP_SHOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots"));
+    let config = json!({
+        "base": c.env.http_base(),
+        "shots": shots,
+        "queue_id": q,
+        "agent": {"username": "lina", "password": "lina-password", "id": lina.agent_id},
+        "other": {"username": "wang", "password": "wang-password"},
+        "supervisor": {"username": "sue", "password": "sue-password"},
+        "candidates": [vip["name"], other["name"]],
+    });
+    let mut node = Command::new("node")
+        .arg(browser_dir().join("e2e.mjs"))
+        .current_dir(browser_dir())
+        .env("E2E_CONFIG", config.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node");
+    let mut stdin = node.stdin.take().expect("stdin");
+    let stdout = BufReader::new(node.stdout.take().expect("stdout"));
+    let stderr = node.stderr.take().expect("stderr");
+    let log = std::thread::spawn(move || {
+        let mut s = String::new();
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[e2e] {l}");
+            s.push_str(&l);
+            s.push('\n');
+        }
+        s
+    });
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in stdout.lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let next = |what: &str| -> String {
+        rx.recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("the browser script never said {what}"))
+    };
+    let line = next("CALL");
+    assert_eq!(line, "CALL", "{line}");
+    let mut phone = c
+        .env
+        .agent_phone("lina-phone", phone_ports, "uas_answer_slow.xml", &[]);
+    let invited = now_ms();
+    let mut trunk = c
+        .env
+        .trunk_from("2125550123", "uac_call_from.xml", &["-d", "7000"]);
+    writeln!(stdin, "GO {invited}").expect("tell the script");
+    let result = loop {
+        let l = next("RESULT");
+        if let Some(r) = l.strip_prefix("RESULT ") {
+            break serde_json::from_str::<Value>(r).expect("result JSON");
+        }
+    };
+    let status = node.wait().expect("node");
+    let script_log = log.join().unwrap_or_default();
+    assert!(
+        status.success() && result.get("error").is_none(),
+        "browser script failed: {result}\n{script_log}\nserver log: {}",
+        c.server.log.display()
+    );
+    trunk.expect_success(Duration::from_secs(30));
+    phone.expect_success(Duration::from_secs(30));
+    eprintln!("browser e2e: {result}");
+
+    // What the pages did is in the store.
+    let calls = c.admin.ok("GET", "/api/calls?limit=5", None);
+    let call = &calls["items"][0];
+    assert_eq!(
+        call["customer_id"], other["id"],
+        "the picked candidate: {call}"
+    );
+    assert_eq!(call["notes"], "Asked about the invoice");
+    assert_eq!(call["agent_disposition"], "follow_up");
+    assert_eq!(call["agent_id"], lina.agent_id);
+    assert_eq!(call["recording_id"], result["recording_id"]);
+    let talk = call["talk_secs"].as_f64().expect("talk time");
+    let played = result["audio_duration_s"].as_f64().expect("duration");
+    assert!(
+        (played - talk).abs() <= 1.5,
+        "the player's duration {played} s matches the call's talk time {talk} s"
+    );
+    let wo = c.admin.ok(
+        "GET",
+        &format!("/api/work-orders/{}", result["work_order_id"]),
+        None,
+    );
+    assert_eq!(wo["status"], "closed", "{wo}");
+    assert_eq!(wo["customer_id"], other["id"]);
+    assert_eq!(wo["priority"], 2);
+    let audit = c.admin.ok("GET", "/api/audit?action=recording.", None);
+    assert!(
+        audit["items"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["actor"] == "sue"
+                && e["action"] == "recording.play"
+                && e["source"] == "127.0.0.1")),
+        "{audit}"
+    );
+}

@@ -1,0 +1,90 @@
+//! A call center for the end-to-end tests: an ACD profile (calls go through the store's queues),
+//! a first admin made the README's way (`screenpop admin create`), a running server, and
+//! helpers to add queues, agents whose phones are SIPp UASes, desktops and customers.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use serde_json::{json, Value};
+
+use crate::common::{server_binary, Env, Ports, Server};
+use crate::desk::{Api, Desktop};
+
+pub const ADMIN_PASSWORD: &str = "admin-pass-1";
+
+pub struct Center {
+    pub env: Env,
+    pub server: Server,
+    pub admin: Api,
+}
+
+/// An ACD profile, a first admin made with `screenpop admin create`, and a running server.
+pub fn center(name: &str) -> Option<Center> {
+    let env = Env::with_sipp(name)?;
+    env.write_acd_profile();
+    let mut child = Command::new(server_binary())
+        .args(["admin", "create", "--username", "admin", "--password-stdin"])
+        .arg("--database")
+        .arg(format!(
+            "sqlite://{}",
+            env.dir.join("screenpop.db").display()
+        ))
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("admin create");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{ADMIN_PASSWORD}\n").as_bytes())
+        .expect("password");
+    let out = child.wait_with_output().expect("admin create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let server = env.start_server();
+    let admin = Api::login(&env.http_base(), "admin", ADMIN_PASSWORD);
+    Some(Center { env, server, admin })
+}
+
+impl Center {
+    pub fn queue(&self, body: Value) -> i64 {
+        self.admin.ok("POST", "/api/queues", Some(body))["id"]
+            .as_i64()
+            .expect("queue id")
+    }
+
+    /// An agent whose phone is a SIPp UAS on `ports`; returns the agent's own API login.
+    pub fn agent(&self, username: &str, ports: &Ports, skills: &[&str], queues: &[i64]) -> Api {
+        self.admin.ok(
+            "POST",
+            "/api/agents",
+            Some(json!({
+                "username": username,
+                "password": format!("{username}-password"),
+                "display_name": username.to_uppercase(),
+                "role": "agent",
+                "sip_uri": format!("sip:{username}@127.0.0.1:{}", ports.agent_sip()),
+                "skills": skills,
+                "queues": queues,
+            })),
+        );
+        Api::login(
+            &self.env.http_base(),
+            username,
+            &format!("{username}-password"),
+        )
+    }
+
+    pub fn desktop(&self, api: &Api, name: &str) -> Desktop {
+        Desktop::connect(&self.env.http_base(), &api.token, name)
+    }
+
+    pub fn customer(&self, body: Value) -> Value {
+        self.admin.ok("POST", "/api/customers", Some(body))
+    }
+}
