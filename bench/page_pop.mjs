@@ -1,7 +1,7 @@
 // Real agent pages for the screen-pop benchmark (benches/pop_latency.rs with POP_BROWSERS=N):
 // logs each agent into /agent in its own headless Chromium context, presses "Available", prints
 // READY, and on STOP (stdin) prints `RESULT <json>`: every pop the pages painted, with the
-// server's stamps (`invite_at`, `offered_at`) and the page's `painted_ms`
+// server's `offered_at` (stamped when the INVITE arrived) and the page's `painted_ms`
 // (performance.timeOrigin + performance.now() in the task after the frame that drew the name).
 //
 // Config (JSON in PAGE_POP_CONFIG): base, users [{username, password}].

@@ -82,6 +82,9 @@ pub trait EventBus: Send + Sync {
 struct Live {
     agents: HashMap<i64, Arc<Event>>,
     calls: BTreeMap<String, Arc<Event>>,
+    /// Callers waiting in a queue (until answered or gone), kept apart from `calls` so that a
+    /// withdrawn offer still leaves its caller on the supervisors' wallboard.
+    queued: BTreeMap<String, Arc<Event>>,
 }
 
 /// The single-node bus: a broadcast channel and the live state.
@@ -110,10 +113,21 @@ impl EventBus for LocalBus {
                 ("agent.state", _, Some(a)) => {
                     live.agents.insert(a, e.clone());
                 }
-                ("call.queued" | "call.offered" | "call.answered", Some(c), _) => {
+                ("call.queued", Some(c), _) => {
+                    live.queued.insert(c.clone(), e.clone());
+                }
+                ("call.offered", Some(c), _) => {
                     live.calls.insert(c.clone(), e.clone());
                 }
-                ("call.ended" | "call.withdrawn", Some(c), _) => {
+                ("call.answered", Some(c), _) => {
+                    live.queued.remove(c);
+                    live.calls.insert(c.clone(), e.clone());
+                }
+                ("call.withdrawn", Some(c), _) => {
+                    live.calls.remove(c);
+                }
+                ("call.ended", Some(c), _) => {
+                    live.queued.remove(c);
                     live.calls.remove(c);
                 }
                 _ => {}
@@ -136,6 +150,7 @@ impl EventBus for LocalBus {
         agents.sort_by_key(|e| e.agent);
         agents
             .into_iter()
+            .chain(live.queued.values().filter(|e| viewer.may_see(e)))
             .chain(live.calls.values().filter(|e| viewer.may_see(e)))
             .cloned()
             .collect()
@@ -198,5 +213,35 @@ mod tests {
             sees_all: false,
         };
         assert!(bus.snapshot(other).is_empty());
+    }
+
+    #[test]
+    fn a_queued_caller_stays_in_the_supervisors_snapshot_until_answered_or_gone() {
+        let bus = LocalBus::new(16);
+        let sup = Viewer {
+            agent: 9,
+            sees_all: true,
+        };
+        let agent = Viewer {
+            agent: 1,
+            sees_all: false,
+        };
+        bus.publish(Event::new("call.queued", None, json!({})).for_call("q"));
+        bus.publish(Event::new("call.offered", Some(1), json!({})).for_call("q"));
+        bus.publish(Event::new("call.withdrawn", Some(1), json!({})).for_call("q"));
+        let kinds = |v| -> Vec<&'static str> { bus.snapshot(v).iter().map(|e| e.kind).collect() };
+        assert_eq!(
+            kinds(sup),
+            ["call.queued"],
+            "still waiting after the withdrawal"
+        );
+        assert!(
+            kinds(agent).is_empty(),
+            "the withdrawn pop does not come back"
+        );
+        bus.publish(Event::new("call.answered", Some(2), json!({})).for_call("q"));
+        assert_eq!(kinds(sup), ["call.answered"]);
+        bus.publish(Event::new("call.ended", Some(2), json!({})).for_call("q"));
+        assert!(kinds(sup).is_empty());
     }
 }

@@ -60,6 +60,100 @@ fn browser_or_skip() -> bool {
     false
 }
 
+/// A browser script (`tests/browser/NAME.mjs`) and its line protocol: it prints steps on stdout
+/// and reads answers on stdin; its stderr is echoed and kept for the failure message.
+struct Script {
+    node: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: mpsc::Receiver<String>,
+    log: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Script {
+    fn start(name: &str, config: &Value) -> Script {
+        let mut node = Command::new("node")
+            .arg(browser_dir().join(name))
+            .current_dir(browser_dir())
+            .env("E2E_CONFIG", config.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("node");
+        let stdin = node.stdin.take().expect("stdin");
+        let stdout = BufReader::new(node.stdout.take().expect("stdout"));
+        let stderr = node.stderr.take().expect("stderr");
+        let log = std::thread::spawn(move || {
+            let mut s = String::new();
+            for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[browser] {l}");
+                s.push_str(&l);
+                s.push('\n');
+            }
+            s
+        });
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in stdout.lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Script {
+            node,
+            stdin,
+            lines,
+            log: Some(log),
+        }
+    }
+
+    /// The next line the script prints (or its RESULT line if it gives up early).
+    fn expect(&mut self, what: &str) -> String {
+        let l = self
+            .lines
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("the browser script never said {what}"));
+        if l.starts_with("RESULT ") && what != "RESULT" {
+            let log = self.log.take().map(|h| h.join().unwrap_or_default());
+            panic!(
+                "the browser script stopped before {what}: {l}\n{}",
+                log.unwrap_or_default()
+            );
+        }
+        l
+    }
+
+    fn say(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").expect("tell the script");
+    }
+
+    /// Waits for the RESULT line and the exit; panics with the script's log on failure.
+    fn finish(mut self, server_log: &Path) -> Value {
+        let result = loop {
+            let l = self.expect("RESULT");
+            if let Some(r) = l.strip_prefix("RESULT ") {
+                break serde_json::from_str::<Value>(r).expect("result JSON");
+            }
+        };
+        let status = self.node.wait().expect("node");
+        let log = self.log.take().map(|h| h.join().unwrap_or_default());
+        assert!(
+            status.success() && result.get("error").is_none(),
+            "browser script failed: {result}\n{}\nserver log: {}",
+            log.unwrap_or_default(),
+            server_log.display()
+        );
+        result
+    }
+}
+
+fn shots_dir() -> PathBuf {
+    std::env::var_os("SCREENPOP_SHOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots"))
+}
+
 fn now_ms() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -97,52 +191,17 @@ fn agent_desktop_and_supervisor_console_in_chromium() {
         json!({"name": "Zhang Wei", "company": "Acme Trading", "tier": "key",
                                   "phones": [{"number": "(212) 555-0123", "label": "office"}]}),
     );
-    let shots = std::env::var_os("SCREENPOP_SHOTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots"));
     let config = json!({
         "base": c.env.http_base(),
-        "shots": shots,
+        "shots": shots_dir(),
         "queue_id": q,
         "agent": {"username": "lina", "password": "lina-password", "id": lina.agent_id},
         "other": {"username": "wang", "password": "wang-password"},
         "supervisor": {"username": "sue", "password": "sue-password"},
         "candidates": [vip["name"], other["name"]],
     });
-    let mut node = Command::new("node")
-        .arg(browser_dir().join("e2e.mjs"))
-        .current_dir(browser_dir())
-        .env("E2E_CONFIG", config.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("node");
-    let mut stdin = node.stdin.take().expect("stdin");
-    let stdout = BufReader::new(node.stdout.take().expect("stdout"));
-    let stderr = node.stderr.take().expect("stderr");
-    let log = std::thread::spawn(move || {
-        let mut s = String::new();
-        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("[e2e] {l}");
-            s.push_str(&l);
-            s.push('\n');
-        }
-        s
-    });
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in stdout.lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    let next = |what: &str| -> String {
-        rx.recv_timeout(Duration::from_secs(120))
-            .unwrap_or_else(|_| panic!("the browser script never said {what}"))
-    };
-    let line = next("CALL");
+    let mut script = Script::start("e2e.mjs", &config);
+    let line = script.expect("CALL");
     assert_eq!(line, "CALL", "{line}");
     let mut phone = c
         .env
@@ -151,20 +210,8 @@ fn agent_desktop_and_supervisor_console_in_chromium() {
     let mut trunk = c
         .env
         .trunk_from("2125550123", "uac_call_from.xml", &["-d", "7000"]);
-    writeln!(stdin, "GO {invited}").expect("tell the script");
-    let result = loop {
-        let l = next("RESULT");
-        if let Some(r) = l.strip_prefix("RESULT ") {
-            break serde_json::from_str::<Value>(r).expect("result JSON");
-        }
-    };
-    let status = node.wait().expect("node");
-    let script_log = log.join().unwrap_or_default();
-    assert!(
-        status.success() && result.get("error").is_none(),
-        "browser script failed: {result}\n{script_log}\nserver log: {}",
-        c.server.log.display()
-    );
+    script.say(&format!("GO {invited}"));
+    let result = script.finish(&c.server.log);
     trunk.expect_success(Duration::from_secs(30));
     phone.expect_success(Duration::from_secs(30));
     eprintln!("browser e2e: {result}");
@@ -203,4 +250,51 @@ fn agent_desktop_and_supervisor_console_in_chromium() {
                 && e["source"] == "127.0.0.1")),
         "{audit}"
     );
+}
+
+/// A desktop left open for a shift: it survives a server restart (reconnects by itself and the
+/// agent is available again) and an ended session sends it to the login with a message.
+#[test]
+fn agent_page_survives_a_restart_and_an_expired_session() {
+    if !browser_or_skip() {
+        return;
+    }
+    let Some(mut c) = center("browser_resilience") else {
+        return;
+    };
+    let lina = c.agent("lina", &Ports::allocate(), &[], &[]);
+    let config = json!({
+        "base": c.env.http_base(),
+        "shots": shots_dir(),
+        "agent": {"username": "lina", "password": "lina-password", "id": lina.agent_id},
+    });
+    let mut script = Script::start("resilience.mjs", &config);
+    assert_eq!(script.expect("RESTART"), "RESTART");
+    c.server.kill9();
+    // Back once the page has noticed.
+    assert_eq!(script.expect("DOWN-SEEN"), "DOWN-SEEN");
+    c.server = c.env.start_server();
+    script.say("GO");
+    assert_eq!(script.expect("CHECK-AVAILABLE"), "CHECK-AVAILABLE");
+    // The restarted server learned from the page itself that the agent is available.
+    let admin = desk::Api::login(&c.env.http_base(), "admin", center::ADMIN_PASSWORD);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let agents = admin.ok("GET", "/api/stats/agents", None);
+        let state = agents["items"]
+            .as_array()
+            .and_then(|a| a.iter().find(|a| a["agent_id"] == lina.agent_id))
+            .map(|a| a["state"].clone());
+        if state == Some(json!("available")) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "agent not available after the restart: {agents}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    script.say("AVAILABLE");
+    let result = script.finish(&c.server.log);
+    eprintln!("browser resilience: {result}");
 }

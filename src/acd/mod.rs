@@ -216,7 +216,8 @@ impl Acd {
             if state == AgentState::Available && a.state != AgentState::Available {
                 a.idle_since = now;
             }
-            let changed = a.state.name() != state.name();
+            // A new pause reason or a new wrap-up end is news too, not only a new state name.
+            let changed = a.state != state;
             a.state = state;
             if changed {
                 self.out.push_back(Output::AgentState {

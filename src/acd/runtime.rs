@@ -322,14 +322,17 @@ impl Runtime {
                     self.acd.handle(now, Input::Reachable { agent, reachable });
                 }
             }
-            Command::PauseNote { agent, note } => match note {
-                Some(n) => {
-                    self.pause_notes.insert(agent, n);
+            Command::PauseNote { agent, note } => {
+                match note {
+                    Some(n) => self.pause_notes.insert(agent, n),
+                    None => self.pause_notes.remove(&agent),
+                };
+                // Already paused: the new reason is news on its own.
+                let state = self.acd.agent(agent).map(|a| a.state.clone());
+                if let Some(s @ AgentState::Paused { .. }) = state {
+                    self.publish_state(agent, &s);
                 }
-                None => {
-                    self.pause_notes.remove(&agent);
-                }
-            },
+            }
             Command::Reload => self.reload(now).await,
         }
     }
@@ -406,7 +409,9 @@ impl Runtime {
             }
             _ => (None, None),
         };
-        if !matches!(state, AgentState::Paused { .. }) {
+        // The reason an agent gave for pausing lasts until the agent is available (or gone);
+        // a pause asked for during a call keeps it through the call and its wrap-up.
+        if matches!(state, AgentState::Available | AgentState::Offline) {
             self.pause_notes.remove(&agent);
         }
         let note = match reason {

@@ -652,6 +652,10 @@ impl Call {
             Decision::Queued { queue, name } => {
                 // The queue goes into the contact log at the answer and at hang-up.
                 info!(queue = %name, "queued");
+                if self.phase == Phase::Ended {
+                    // The caller left before the ACD's word arrived: nobody waits.
+                    return;
+                }
                 self.env.bus.publish(pop::queued(
                     &self.id,
                     queue,
@@ -728,8 +732,26 @@ impl Call {
                 info!(agent = offer.agent, name = %offer.display_name, "offered");
                 self.start_agent_leg(now);
                 self.publish_offered();
+                self.note_agent(offer.agent);
             }
         }
+    }
+
+    /// The contact log names the agent being rung, and then the one who answered, so that
+    /// agent may work on the call from the pop at once (pick the customer, write notes) —
+    /// written off the pop's path, after the pop went out.
+    fn note_agent(&self, agent: i64) {
+        let Some(log) = self.log_id else { return };
+        let store = self.env.store.clone();
+        let queue = self.queue.as_ref().map(|q| q.0);
+        tokio::spawn(
+            async move {
+                if let Err(e) = store.set_call_agent(log, agent, queue).await {
+                    warn!(error = %e, "contact log agent not noted");
+                }
+            }
+            .in_current_span(),
+        );
     }
 
     /// The screen-pop, to the agent being rung (and supervisors).
@@ -1567,20 +1589,7 @@ impl Call {
                 call: self.id.clone(),
                 agent,
             });
-            // The contact log names its agent from the answer on, so the agent may annotate
-            // the call while talking.
-            if let Some(log) = self.log_id {
-                let store = self.env.store.clone();
-                let queue = self.queue.as_ref().map(|q| q.0);
-                tokio::spawn(
-                    async move {
-                        if let Err(e) = store.set_call_agent(log, agent, queue).await {
-                            warn!(error = %e, "contact log agent not noted");
-                        }
-                    }
-                    .in_current_span(),
-                );
-            }
+            self.note_agent(agent);
         }
         self.env.bus.publish(
             Event::new(

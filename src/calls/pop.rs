@@ -103,13 +103,9 @@ pub fn offered(o: Offered<'_>) -> Event {
             "candidates": o.card.candidates,
             "recent_contacts": o.card.recent_contacts,
             "open_work_orders": o.card.open_work_orders,
+            // When the INVITE arrived (the contact log's `offered_at`): a desktop measures the
+            // whole path from it.
             "offered_at": rfc3339(o.offered_at),
-            // When the INVITE came off the socket, so a desktop can measure the whole path.
-            "invite_at": rfc3339(
-                SystemTime::now()
-                    .checked_sub(o.since.elapsed())
-                    .unwrap_or(o.offered_at)
-            ),
         }),
     )
     .for_call(o.call_id)

@@ -155,6 +155,9 @@ pub struct MeOut {
     role: Role,
     /// The language chosen for the pages, once chosen.
     locale: Option<String>,
+    /// How calls reach this user's phone: "pbx" (a SIP URI), "registered" (a phone that
+    /// registers with screenpop) or "none" (no calls can be offered: the desktop says so).
+    phone: &'static str,
 }
 
 #[utoipa::path(get, path = "/api/me", responses((status = 200, body = MeOut), (status = 401, body = ApiErrorBody)))]
@@ -170,6 +173,11 @@ async fn me(State(s): State<AppState>, me: Principal) -> Result<Json<MeOut>, Api
         display_name: a.display_name,
         role: a.role,
         locale: a.locale,
+        phone: match a.sip {
+            SipTarget::Uri(_) => "pbx",
+            SipTarget::Registered { .. } => "registered",
+            SipTarget::None => "none",
+        },
     }))
 }
 
@@ -494,6 +502,13 @@ async fn update_agent(
         .store
         .audit(&me.username, "agent.update", &format!("agent:{id}"), None)
         .await;
+    if !agent.active {
+        s.bus.publish(Event::new(
+            "agent.deactivated",
+            Some(id),
+            json!({ "agent_id": id }),
+        ));
+    }
     s.acd.reload();
     Ok(Json(agent.into()))
 }
@@ -954,14 +969,9 @@ async fn recording_audio(
         .await
         .map_err(|_| ApiError::not_found("recording file"))?
         .len();
-    // A player asks for many ranges while seeking: one entry per playback (the request that
-    // starts at byte 0), one per download.
-    let starts = headers
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_range(v, len))
-        .is_none_or(|(a, _)| a == 0);
-    if download || starts {
+    // Every request is audited, but a player asks for many ranges while seeking: the requests
+    // of one user for one recording within a minute are one playback entry.
+    if download || s.plays.first_in_a_while(&me.username, id) {
         let _ = s
             .store
             .audit_from(

@@ -167,11 +167,17 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 /// Whether a browser request comes from the page's own origin: no `Origin` header (not a
-/// cross-origin browser request), or one whose host and port are this request's `Host`.
+/// cross-origin browser request), the browser's own word (`Sec-Fetch-Site: same-origin`, which
+/// scripts cannot set, and which survives a reverse proxy that rewrites `Host`), or an `Origin`
+/// whose host and port are this request's `Host`.
 pub fn same_origin(headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true;
     };
+    let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    if fetch_site == Some("same-origin") {
+        return true;
+    }
     let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
         return false;
     };
@@ -251,33 +257,44 @@ pub async fn login(
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<Response, ApiError> {
     let username = req.username.trim().to_string();
-    let now = std::time::Instant::now();
-    if let Some(wait) = s.logins.blocked(now, addr.0, &username) {
-        info!(username = %username, source = ?addr.0, "login refused: too many failures");
-        let secs = wait.as_secs().max(1);
-        let mut r = ApiError::new(
-            axum::http::StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!("too many failed logins; try again in {secs} s"),
-        )
-        .into_response();
-        if let Ok(v) = header::HeaderValue::from_str(&secs.to_string()) {
-            r.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return Ok(r);
+    // Bounded before anything is stored, logged or hashed.
+    if username.len() > 128 {
+        return Err(ApiError::invalid("username", "at most 128 bytes"));
     }
+    if req.password.len() > 1024 {
+        return Err(ApiError::invalid("password", "at most 1024 bytes"));
+    }
+    let now = std::time::Instant::now();
+    let attempt = match s.logins.begin(now, addr.0, &username) {
+        Ok(a) => a,
+        Err(wait) => {
+            info!(username = %username, source = ?addr.0, "login refused: too many failures");
+            let secs = wait.as_secs().max(1);
+            let mut r = ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("too many failed logins; try again in {secs} s"),
+            )
+            .into_response();
+            if let Ok(v) = header::HeaderValue::from_str(&secs.to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return Ok(r);
+        }
+    };
     let agent = s.store.agent_by_username(&username).await?;
     let password = req.password.clone();
     let hash = agent
         .as_ref()
         .map(|a| a.password_hash.clone())
         .unwrap_or_else(|| decoy_hash().to_string());
-    // argon2 is deliberately slow: keep it off the async workers.
+    // argon2 is deliberately slow: keep it off the async workers, a few at a time.
+    let permit = s.logins.checks.acquire().await;
     let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
         .await
         .unwrap_or(false);
+    drop(permit);
     let Some(agent) = agent.filter(|a| ok && a.active) else {
-        s.logins.failed(now, addr.0, &username);
         let _ = s
             .store
             .audit_from(
@@ -301,7 +318,7 @@ pub async fn login(
     s.store
         .create_session(&token_digest(&token), agent.id, TOKEN_TTL_MS)
         .await?;
-    s.logins.succeeded(addr.0, &username);
+    s.logins.succeeded(&attempt);
     let _ = s
         .store
         .audit_from(

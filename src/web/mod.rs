@@ -38,6 +38,8 @@ pub struct AppState {
     pub logins: Arc<limits::LoginGuard>,
     /// The wallboard's live view, kept from the events.
     pub board: stats::SharedBoard,
+    /// Recent playbacks, so that one playback is one audit entry.
+    pub plays: Arc<limits::RecentPlays>,
 }
 
 impl AppState {
@@ -59,6 +61,7 @@ impl AppState {
             region,
             desktops: Default::default(),
             logins: Arc::new(limits::LoginGuard::new(limits::LoginLimits::default())),
+            plays: Arc::default(),
         }
     }
 }

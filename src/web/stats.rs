@@ -70,6 +70,18 @@ impl LiveBoard {
                 }
             }
             "call.offered" => {
+                // Ringing is still waiting; after a resynchronization the offer may be all the
+                // board knows of a call, and its `offered_at` is when the INVITE arrived.
+                if let (Some(c), Some(q)) = (&call, v["queue_id"].as_i64()) {
+                    let since_ms = v["offered_at"]
+                        .as_str()
+                        .and_then(parse_rfc3339_ms)
+                        .unwrap_or(now_ms);
+                    self.waiting.entry(c.clone()).or_insert(Waiting {
+                        queue_id: q,
+                        since_ms,
+                    });
+                }
                 if let (Some(c), Some(a)) = (call, agent) {
                     let caller = v["customer"]["name"]
                         .as_str()
@@ -282,7 +294,12 @@ pub async fn agents(
     let board = s.board.lock().map_err(|_| ApiError::internal("board"))?;
     let items: Vec<AgentStats> = agents
         .into_iter()
-        .filter(|a| a.active && a.role == Role::Agent)
+        // Everyone who takes calls: agents, and supervisors or admins with a phone.
+        .filter(|a| {
+            a.active
+                && (a.role == Role::Agent
+                    || !matches!(a.sip, crate::store::agents::SipTarget::None))
+        })
         .map(|a| {
             let d = day
                 .iter()
@@ -339,5 +356,9 @@ mod tests {
         assert_eq!(b.queue(1), (0, None));
         assert_eq!(b.queue(2).0, 1);
         b.apply("not json", 0);
+        // Resynchronized from a snapshot that has only the offer of a ringing call.
+        let mut r = LiveBoard::default();
+        r.apply(r#"{"type":"call.offered","call_id":"z","queue_id":3,"agent_id":1,"offered_at":"2026-12-01T10:00:00.000Z"}"#, 0);
+        assert_eq!(r.queue(3), (1, Some(t0)));
     }
 }

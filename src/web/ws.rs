@@ -1,8 +1,8 @@
 //! The desktops' WebSocket (`/ws`). The token comes as `?token=`, as a first message
 //! `{"type":"auth","token":…}`, or (the pages) as the session cookie. A browser connecting from
 //! another origin is refused before the upgrade (cross-site WebSocket hijacking). On connecting (and after falling behind) a desktop gets what it
-//! may see of the live state: agent states and the calls in progress; then every event as it
-//! happens. Desktops send `{"type":"set_state","state":"available"|"paused"}`.
+//! may see of the live state: agent states, callers waiting (supervisors) and the calls in
+//! progress, closed by `{"type":"synced"}`; then every event as it happens. Desktops send `{"type":"set_state","state":"available"|"paused"}`.
 //!
 //! The screen-pop latency is measured here, after the `call.offered` frame has been written to
 //! the socket, from the instant the INVITE came off the SIP socket.
@@ -145,6 +145,17 @@ async fn session(s: AppState, token: Option<String>, socket: WebSocket) {
                 }
             }
             ev = events.recv() => match ev {
+                Ok(e) if e.kind == "agent.deactivated" && e.agent == Some(me.agent_id) => {
+                    // The account was deactivated: its desktops stop at once, not at the next
+                    // minute's check.
+                    let _ = tx
+                        .send(text(
+                            &json!({"type": "error", "error": {"code": "unauthorized", "message": "the account was deactivated"}})
+                                .to_string(),
+                        ))
+                        .await;
+                    break;
+                }
                 Ok(e) if viewer.may_see(&e) => ok = deliver(&e, &mut tx).await,
                 Ok(_) => {}
                 Err(RecvError::Lagged(n)) => {
@@ -207,7 +218,8 @@ async fn send_snapshot(
             return false;
         }
     }
-    true
+    // The end of the catch-up: what the desktop shows that the snapshot did not list is over.
+    tx.send(text(r#"{"type":"synced"}"#)).await.is_ok()
 }
 
 async fn deliver(

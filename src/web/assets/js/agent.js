@@ -62,6 +62,9 @@ const mine = (ev) => ev.agent_id === me.agent_id;
 function onEvent(ev) {
   if (snapshotIds && ev.call_id) snapshotIds.add(ev.call_id);
   switch (ev.type) {
+    case 'synced':
+      onSynced();
+      break;
     case 'call.offered':
       if (mine(ev)) card.offered(ev);
       break;
@@ -86,17 +89,18 @@ function onEvent(ev) {
   }
 }
 
+// After hello the server sends the snapshot, closed by `synced`: calls it lists are still live.
+function onSynced() {
+  const ids = snapshotIds;
+  snapshotIds = null;
+  if (ids) card.reconcile(ids);
+  // The server has the agent offline (the last desktop dropped, or the button was pressed before
+  // the socket was up): the agent did not choose that, so say again what they had chosen.
+  if (wanted && myState.state === 'offline') live.send(wanted);
+}
+
 function onHello(hello, reconnected) {
-  // Frames in the next moments are the snapshot: calls it lists are still live.
   snapshotIds = new Set();
-  setTimeout(() => {
-    const ids = snapshotIds;
-    snapshotIds = null;
-    if (ids) card.reconcile(ids);
-    // The server put the agent offline when the last desktop dropped: the agent did not
-    // choose that, so say again what they had chosen.
-    if (reconnected && wanted && myState.state === 'offline') live.send(wanted);
-  }, 1500);
   if (reconnected) {
     loadDirectory(true);
     loadWos();
@@ -145,6 +149,8 @@ function panels() {
 
 async function main() {
   me = await initPage();
+  // Without a phone the ACD can offer nothing: say so instead of a silent "Available".
+  $('#no-phone').hidden = me.phone !== 'none';
   card = new PopCard($('#pop'), me, { onSaved: reloadCalls, onWorkOrder: reloadWos });
   customers = customerPanel($('#panel-customers'), { me });
   panels();

@@ -40,6 +40,7 @@ const D = {
   'agent.stateGroup': ['Your state', '您的状态'],
   'agent.pauseReason': ['Pause reason', '暂停原因'],
   'agent.currentCall': ['Current call', '当前来电'],
+  'agent.noPhone': ['No phone is set up for your account, so no calls can be offered to you. Ask an administrator to add your phone.', '您的账号尚未设置话机，因此无法为您分配来电。请联系管理员添加话机。'],
   'agent.sideLabel': ['Customers and work', '客户与工作'],
   'agent.views': ['Views', '视图'],
   'agent.notConnected': ['Not connected to the server; your state will change once the connection is back.', '未连接到服务器，连接恢复后才能切换状态。'],

@@ -46,8 +46,8 @@ export class PopCard {
     };
     this.render();
     // For the benchmark and the browser test: when the caller's name reached the screen (the
-    // task right after the frame that drew it), against the server's stamps.
-    const entry = { call_id: ev.call_id, offered_at: ev.offered_at, invite_at: ev.invite_at, painted_ms: null };
+    // task right after the frame that drew it), against `offered_at`, stamped when the INVITE arrived.
+    const entry = { call_id: ev.call_id, offered_at: ev.offered_at, painted_ms: null };
     window.__popTimes.push(entry);
     requestAnimationFrame(() => setTimeout(() => { entry.painted_ms = performance.timeOrigin + performance.now(); }, 0));
   }
