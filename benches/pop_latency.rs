@@ -103,6 +103,16 @@ fn silence(path: &Path) {
     std::fs::write(path, vec![0xFFu8; 80_000]).expect("write audio");
 }
 
+/// A child process killed when dropped, so a failed run leaves no server holding the ports.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn sipp(dir: &Path, args: &[String]) -> Child {
     Command::new("sipp")
         .args(args)
@@ -173,16 +183,18 @@ fn main() {
     )
     .expect("profile");
     let log = std::fs::File::create(work.join("server.log")).expect("log");
-    let mut server = Command::new(env!("CARGO_BIN_EXE_screenpop"))
-        .args(["serve", "--sip", &format!("127.0.0.1:{SIP}")])
-        .args(["--http", &format!("127.0.0.1:{HTTP}")])
-        .args(["--database", &url, "--profile", "bench.toml"])
-        .args(["--recordings", "rec", "--rtp-ports", "20000-29999"])
-        .env("RUST_LOG", "info,sqlx=warn")
-        .current_dir(&work)
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("server");
+    let mut server = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_screenpop"))
+            .args(["serve", "--sip", &format!("127.0.0.1:{SIP}")])
+            .args(["--http", &format!("127.0.0.1:{HTTP}")])
+            .args(["--database", &url, "--profile", "bench.toml"])
+            .args(["--recordings", "rec", "--rtp-ports", "20000-29999"])
+            .env("RUST_LOG", "info,sqlx=warn")
+            .current_dir(&work)
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("server"),
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", HTTP)).is_err() {
         assert!(
@@ -191,6 +203,14 @@ fn main() {
             work.display()
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+    // Something answering on the port is not enough: it must be this server.
+    std::thread::sleep(Duration::from_millis(300));
+    if let Ok(Some(status)) = server.0.try_wait() {
+        panic!(
+            "screenpop exited ({status}); is another one on port {HTTP}? see {}",
+            work.display()
+        );
     }
 
     // Agents and their desktops.
@@ -299,7 +319,7 @@ fn main() {
             })
             .unwrap_or(f64::NAN)
     };
-    let cpu_before = cpu(server.id());
+    let cpu_before = cpu(server.0.id());
 
     // SIPp: the agents' phone and the trunk.
     silence(&work.join("caller_600hz.ulaw"));
@@ -374,7 +394,7 @@ fn main() {
     );
     let status = trunk.wait().expect("trunk");
     let elapsed = started.elapsed();
-    let server_cpu = cpu(server.id()) - cpu_before;
+    let server_cpu = cpu(server.0.id()) - cpu_before;
     let page_pops: Vec<Value> = match pages.as_mut() {
         Some((node, out)) => {
             std::thread::sleep(Duration::from_secs(2));
@@ -392,7 +412,7 @@ fn main() {
         None => Vec::new(),
     };
     let stamp = |v: &Value, k: &str| -> Option<f64> {
-        let ms = screenpop::calls::pop::parse_rfc3339_ms(v[k].as_str()?)?;
+        let ms = screenpop::time::parse_rfc3339_ms(v[k].as_str()?)?;
         Some(ms as f64)
     };
     let page_lat = |from: &str| -> Value {
@@ -415,8 +435,7 @@ fn main() {
     }
     let _ = phone.kill();
     let _ = phone.wait();
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
 
     // The latencies screenpop logged.
     let text = std::fs::read_to_string(work.join("server.log")).expect("server log");

@@ -10,5 +10,6 @@ pub mod media;
 pub mod server;
 pub mod sip;
 pub mod store;
+pub mod time;
 pub mod transport;
 pub mod web;

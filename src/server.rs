@@ -14,8 +14,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::calls::b2bua::{self, AgentTarget, CallEnv, NewCall, ALLOW};
+use crate::acd::runtime::AgentTarget;
+use crate::calls::b2bua::{self, CallEnv, NewCall, ALLOW};
 use crate::calls::dialog::LocalContact;
+use crate::calls::record::{CallRecord, RecordedFile};
 use crate::config::Profile;
 use crate::events::{EventBus, LocalBus};
 use crate::media::ports::PortPool;
@@ -24,6 +26,7 @@ use crate::media::relay::MediaEngine;
 use crate::sip::digest::{self, NonceKey};
 use crate::sip::headers::HeaderName;
 use crate::sip::message::{check_request, Message, Method, Request, RequestProblem};
+use crate::sip::peer::response_peer;
 use crate::sip::registrar::Registrar;
 use crate::sip::registration::{RegConfig, RegEvent, RegistrationClient};
 use crate::sip::transaction::TimerConfig;
@@ -196,22 +199,6 @@ struct Dispatcher {
     calls: HashMap<String, (String, mpsc::Sender<Inbound>)>,
     /// When the request being handled came off the socket.
     received: Instant,
-}
-
-/// Where a response to `req` goes (RFC 3261 §18.2.2, RFC 3581 §4): over a stream, back on the
-/// connection; over UDP, to the source address when `rport` was asked for, otherwise to the
-/// source IP (`received`) and the Via's port.
-pub fn response_peer(req: &Request, source: Peer) -> Peer {
-    if source.transport == Transport::Tcp {
-        return source;
-    }
-    match req.top_via() {
-        Some(v) if v.param("rport").is_none() => Peer {
-            addr: SocketAddr::new(source.addr.ip(), v.port.unwrap_or(5060)),
-            transport: source.transport,
-        },
-        _ => source,
-    }
 }
 
 impl Dispatcher {
@@ -550,7 +537,7 @@ async fn start_registration(
 
 /// Repairs `.wav.part` files left by a crash and completes the provisional call record beside
 /// each (written at answer) from the repaired file: duration, size, SHA-256, ended by `crash`.
-fn recover_crashed_calls(root: &std::path::Path) -> Vec<serde_json::Value> {
+fn recover_crashed_calls(root: &std::path::Path) -> Vec<CallRecord> {
     use crate::media::recorder::{repair_partials, RepairedRecording};
     let mut completed = Vec::new();
     let repaired = match repair_partials(root) {
@@ -569,33 +556,21 @@ fn recover_crashed_calls(root: &std::path::Path) -> Vec<serde_json::Value> {
                 sha256,
                 ..
             } => {
-                let json = path.with_extension("json");
-                let mut record = std::fs::read(&json)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                    .unwrap_or_else(|| serde_json::json!({}));
-                if let Some(obj) = record.as_object_mut() {
-                    let answered = obj.get("answered_at_ms").and_then(|v| v.as_u64());
-                    obj.insert("complete".into(), true.into());
-                    obj.insert("ended_by".into(), "crash".into());
-                    obj.insert("path".into(), path.display().to_string().into());
-                    obj.insert("sha256".into(), sha256.into());
-                    obj.insert("recording_duration_ms".into(), duration_ms.into());
-                    obj.insert("duration_ms".into(), duration_ms.into());
-                    obj.insert("size_bytes".into(), size_bytes.into());
-                    if let Some(a) = answered {
-                        obj.insert("ended_at_ms".into(), (a + duration_ms).into());
-                    }
-                }
-                match serde_json::to_vec_pretty(&record) {
-                    Ok(text) => {
-                        if let Err(e) = std::fs::write(&json, text) {
-                            warn!(error = %e, "recovered call record not written");
-                        }
-                    }
-                    Err(e) => warn!(error = %e, "recovered call record not serialized"),
-                }
                 info!(path = %path.display(), duration_ms, "recording recovered after a crash");
+                let json = path.with_extension("json");
+                let Some(record) = CallRecord::read(&json) else {
+                    warn!(path = %json.display(), "a recovered recording has no call record: its contact log stays open");
+                    continue;
+                };
+                let record = record.recovered(&RecordedFile {
+                    path: path.display().to_string(),
+                    duration_ms,
+                    size_bytes,
+                    sha256,
+                });
+                if let Err(e) = record.write(&json) {
+                    warn!(error = %e, "recovered call record not written");
+                }
                 completed.push(record);
             }
             RepairedRecording::MovedAside { from, to, reason } => {
@@ -624,35 +599,22 @@ fn redact(url: &str) -> String {
 }
 
 /// Completes the contact log of a call a crash interrupted, from its repaired record.
-async fn complete_crashed_log(store: &crate::store::Store, record: &serde_json::Value) {
-    use crate::store::calls::{CallDisposition, EndedCall, NewRecording};
-    let Some(log_id) = record.get("log_id").and_then(|v| v.as_i64()) else {
+async fn complete_crashed_log(store: &crate::store::Store, record: &CallRecord) {
+    let Some(log_id) = record.log_id else {
         return;
     };
-    let text = |k: &str| record.get(k).and_then(|v| v.as_str()).map(str::to_string);
-    let int = |k: &str| record.get(k).and_then(|v| v.as_i64());
-    let recording_id = match (text("path"), text("sha256")) {
-        (Some(path), Some(sha256)) => store
-            .insert_recording(&NewRecording {
-                path,
-                duration_ms: int("recording_duration_ms").unwrap_or(0),
-                size_bytes: int("size_bytes").unwrap_or(0),
-                sha256,
-            })
+    let recording_id = match record.new_recording() {
+        Some(r) => store
+            .insert_recording(&r)
             .await
             .map_err(|e| warn!(error = %e, "recovered recording not stored"))
             .ok(),
-        _ => None,
+        None => None,
     };
-    let ended = EndedCall {
-        agent_id: int("agent_id"),
-        queue_id: int("queue_id"),
-        answered_at: int("answered_at_ms"),
-        ended_at: int("ended_at_ms").unwrap_or_else(crate::store::now_ms),
-        disposition: CallDisposition::Answered,
-        recording_id,
-    };
-    match store.finish_call(log_id, &ended).await {
+    match store
+        .finish_call(log_id, &record.ended_call(recording_id))
+        .await
+    {
         Ok(()) => info!(log_id, "contact log completed after a crash"),
         Err(e) => warn!(error = %e, log_id, "contact log not completed after a crash"),
     }

@@ -17,31 +17,7 @@ use tracing::{debug, info, warn};
 use crate::sip::message::{reason_phrase, MAX_MESSAGE};
 use crate::sip::{Message, ParseError};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Transport {
-    Udp,
-    Tcp,
-}
-
-impl Transport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Udp => "UDP",
-            Transport::Tcp => "TCP",
-        }
-    }
-    /// Reliable transports run no retransmission timers (RFC 3261 §17.1.1.2).
-    pub fn reliable(self) -> bool {
-        self == Transport::Tcp
-    }
-}
-
-/// Where a message came from or goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Peer {
-    pub addr: SocketAddr,
-    pub transport: Transport,
-}
+pub use crate::sip::peer::{Peer, Transport};
 
 /// A parsed message and its source.
 #[derive(Debug)]

@@ -13,10 +13,9 @@ use tracing::{info, warn};
 use super::{
     Acd, AgentId, AgentState, CallKey, Input, Output, PauseReason, Queue as AcdQueue, QueueId,
 };
-use crate::calls::b2bua::AgentTarget;
-use crate::calls::pop;
 use crate::events::{Event, EventBus};
 use crate::sip::digest::Secret;
+use crate::sip::peer::Peer;
 use crate::sip::registrar::Registrar;
 use crate::sip::Uri;
 use crate::store::agents::{Queue, SipTarget};
@@ -35,6 +34,14 @@ pub enum Decision {
     Withdraw { agent: AgentId },
     /// The queue's maximum wait passed: end the call with a callback.
     Overflow,
+}
+
+/// Where the agent leg goes.
+#[derive(Debug, Clone)]
+pub struct AgentTarget {
+    pub uri: Uri,
+    /// The registered phone's signalling address, when it registered with us.
+    pub peer: Option<Peer>,
 }
 
 #[derive(Debug, Clone)]
@@ -424,10 +431,10 @@ impl Runtime {
             json!({
                 "agent_id": agent,
                 "state": state.name(),
-                "since": pop::rfc3339(wall),
+                "since": crate::time::rfc3339(wall),
                 "reason": reason,
                 "note": note,
-                "until": until.map(pop::rfc3339),
+                "until": until.map(crate::time::rfc3339),
             }),
         ));
     }

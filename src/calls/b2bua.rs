@@ -10,13 +10,16 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::dialog::{target_peer, Dialog, LocalContact};
 use super::pop::{self, PopCard};
+pub use super::record::{CallRecord, Disposition};
+use super::record::{EndedBy, RecordedFile};
+use crate::acd::runtime::AgentTarget;
 use crate::acd::runtime::{AcdHandle, Decision, RouteRequest};
 use crate::acd::Input as AcdInput;
 use crate::config::Profile;
@@ -25,9 +28,7 @@ use crate::events::{Event, EventBus};
 use crate::media::g711::G711;
 use crate::media::ports::PortPool;
 use crate::media::recorder::{FinishedRecording, RecorderHandle};
-use crate::media::relay::{
-    DtmfDigit, LegId, MediaEngine, MediaEvent, MediaHandle, MediaReport, RelayStats, RemoteMedia,
-};
+use crate::media::relay::{LegId, MediaEngine, MediaEvent, MediaHandle, MediaReport, RemoteMedia};
 use crate::sip::caller_id::CallerId;
 use crate::sip::headers::{HeaderName, NameAddr};
 use crate::sip::message::{Message, Method, Request, Response};
@@ -36,9 +37,10 @@ use crate::sip::transaction::{
     ClientState, ClientTransaction, ServerKey, ServerTransaction, TimerConfig, TxOutput,
 };
 use crate::sip::Uri;
-use crate::store::calls::{CallDisposition, EndedCall, NewRecording, OfferedCall};
+use crate::store::calls::{CallDisposition, OfferedCall};
 use crate::store::customers::{CreatedVia, NewCustomer, NewPhone, Tier};
 use crate::store::Store;
+use crate::time::{civil_date, epoch_ms};
 use crate::transport::{Inbound, Peer, SipSocket};
 use serde_json::json;
 
@@ -78,14 +80,6 @@ pub struct Route {
     pub tx: mpsc::Sender<Inbound>,
 }
 
-/// Where the agent leg goes.
-#[derive(Debug, Clone)]
-pub struct AgentTarget {
-    pub uri: Uri,
-    /// The registered phone's signalling address, when it registered with us.
-    pub peer: Option<Peer>,
-}
-
 /// A new inbound call handed over by the dispatcher.
 pub struct NewCall {
     pub invite: Request,
@@ -111,62 +105,6 @@ pub struct CallEnded {
     /// The call's own id: routes are removed only if they still point at this call.
     pub id: String,
     pub call_ids: Vec<String>,
-}
-
-/// How the call ended, for the contact log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Disposition {
-    Answered,
-    /// The agent did not answer in time, or the agent leg failed.
-    Missed,
-    /// The caller hung up before an answer.
-    Abandoned,
-    /// The agent's phone declined or was busy.
-    Rejected,
-    /// screenpop could not take the call (no codec, no ports, no agent target).
-    Failed,
-}
-
-/// The call's record, written next to its recording as `<id>.json` until the store lands.
-#[derive(Debug, serde::Serialize)]
-pub struct CallRecord {
-    pub id: String,
-    pub call_id: String,
-    pub agent_call_id: String,
-    pub trunk: String,
-    pub caller: CallerId,
-    pub dialed: String,
-    pub agent: Option<String>,
-    /// The agent (from the store) who answered or last rang, and the queue.
-    pub agent_id: Option<i64>,
-    pub queue_id: Option<i64>,
-    pub disposition: Disposition,
-    pub final_status: u16,
-    pub offered_at_ms: u64,
-    pub answered_at_ms: Option<u64>,
-    pub ended_at_ms: u64,
-    pub duration_ms: u64,
-    pub ended_by: Option<LegId>,
-    pub path: Option<String>,
-    pub sha256: Option<String>,
-    pub recording_duration_ms: Option<u64>,
-    pub size_bytes: Option<u64>,
-    pub dtmf: Vec<DtmfDigit>,
-    pub media: Option<RelayStats>,
-    /// Ended by screenpop because a leg stopped sending RTP (see `rtp_timeout_secs`).
-    pub rtp_timeout: bool,
-    /// The caller's number in E.164, when it parses.
-    pub caller_e164: Option<String>,
-    /// The matched (or created) customer.
-    pub customer_id: Option<i64>,
-    /// Every customer on the caller's number.
-    pub candidates: Vec<i64>,
-    /// The contact log row in the store.
-    pub log_id: Option<i64>,
-    /// False in the provisional record written at answer; a restart after a crash completes
-    /// it from the repaired recording.
-    pub complete: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,12 +211,6 @@ struct Call {
     /// The trunk INVITE's Max-Forwards; the agent leg gets one less, so a target that
     /// points back at screenpop ends instead of looping.
     max_forwards: u32,
-}
-
-fn epoch_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn new_tag() -> String {
@@ -1155,7 +1087,7 @@ impl Call {
                     Method::Bye | Method::Cancel => 200,
                     _ => 481,
                 };
-                let peer = crate::server::response_peer(&req, input.peer);
+                let peer = crate::sip::peer::response_peer(&req, input.peer);
                 let resp = req.response(status, None);
                 self.env.sip.send(peer, Message::Response(resp).to_bytes());
             }
@@ -1188,7 +1120,7 @@ impl Call {
             }
             return;
         }
-        let peer = crate::server::response_peer(&req, peer);
+        let peer = crate::sip::peer::response_peer(&req, peer);
         let reliable = peer.transport.reliable();
         self.servers.push(Server {
             tx: ServerTransaction::new(req.clone(), key, reliable, self.env.timers),
@@ -1600,7 +1532,7 @@ impl Call {
                     "contact_log_id": self.log_id,
                     "agent_id": self.agent_id,
                     "queue_id": self.queue.as_ref().map(|q| q.0),
-                    "answered_at": pop::rfc3339(wall),
+                    "answered_at": crate::time::rfc3339(wall),
                 }),
             )
             .for_call(&self.id),
@@ -1612,9 +1544,10 @@ impl Call {
             // final record always lands after it): if screenpop dies mid-call, the restart
             // repairs the WAV and completes this record from it.
             let mut record = self.record(now, wall, false);
-            let path = recording_path(&self.env.recordings, &self.id, date);
-            record.path = Some(path.display().to_string());
-            write_record(path.with_extension("json"), record).await;
+            if let Ok(path) = self.env.recorder.path_for(&self.id, date) {
+                record.path = Some(path.display().to_string());
+                write_record(path.with_extension("json"), record).await;
+            }
             match self.env.recorder.start(&self.id, date) {
                 Ok(rec) => m.start_recording(rec, now),
                 Err(e) => warn!(error = %e, "recording could not start"),
@@ -1643,7 +1576,7 @@ impl Call {
                 .answered_at
                 .map(|a| now.saturating_duration_since(a.0).as_millis() as u64)
                 .unwrap_or(0),
-            ended_by: self.ended_by,
+            ended_by: self.ended_by.map(EndedBy::from),
             path: None,
             sha256: None,
             recording_duration_ms: None,
@@ -1826,10 +1759,12 @@ async fn finalize(
         None => None,
     };
     if let Some(f) = &finished {
-        record.path = Some(f.path.display().to_string());
-        record.sha256 = Some(f.sha256.clone());
-        record.recording_duration_ms = Some(f.duration_ms);
-        record.size_bytes = Some(f.size_bytes);
+        record.set_recording(&RecordedFile {
+            path: f.path.display().to_string(),
+            duration_ms: f.duration_ms,
+            size_bytes: f.size_bytes,
+            sha256: f.sha256.clone(),
+        });
     }
     info!(
         disposition = ?record.disposition,
@@ -1839,32 +1774,15 @@ async fn finalize(
     );
     let mut recording_id = None;
     if let Some(log_id) = record.log_id {
-        recording_id = match &finished {
-            Some(f) => store
-                .insert_recording(&NewRecording {
-                    path: f.path.display().to_string(),
-                    duration_ms: f.duration_ms as i64,
-                    size_bytes: f.size_bytes as i64,
-                    sha256: f.sha256.clone(),
-                })
+        recording_id = match record.new_recording().filter(|_| finished.is_some()) {
+            Some(r) => store
+                .insert_recording(&r)
                 .await
                 .map_err(|e| warn!(error = %e, "recording not stored"))
                 .ok(),
             None => None,
         };
-        let ended = EndedCall {
-            agent_id: record.agent_id,
-            queue_id: record.queue_id,
-            answered_at: record.answered_at_ms.map(|a| a as i64),
-            ended_at: record.ended_at_ms as i64,
-            disposition: match record.disposition {
-                Disposition::Answered => CallDisposition::Answered,
-                Disposition::Abandoned => CallDisposition::Abandoned,
-                Disposition::Rejected => CallDisposition::Rejected,
-                Disposition::Missed | Disposition::Failed => CallDisposition::Missed,
-            },
-            recording_id,
-        };
+        let ended = record.ended_call(recording_id);
         if let Err(e) = store.finish_call(log_id, &ended).await {
             warn!(error = %e, "contact log not completed");
         }
@@ -1913,7 +1831,7 @@ async fn finalize(
                     / 1000,
                 "talk_secs": record.duration_ms / 1000,
                 "duration_ms": record.duration_ms,
-                "ended_at": pop::rfc3339_ms(record.ended_at_ms as i64),
+                "ended_at": crate::time::rfc3339_ms(record.ended_at_ms as i64),
             }),
         )
         .for_call(&record.id),
@@ -1923,42 +1841,12 @@ async fn finalize(
     }
 }
 
-/// Where the recorder puts a call's WAV (`<root>/YYYY/MM/DD/<id>.wav`).
-pub fn recording_path(root: &std::path::Path, id: &str, (y, m, d): (i32, u32, u32)) -> PathBuf {
-    root.join(format!("{y:04}"))
-        .join(format!("{m:02}"))
-        .join(format!("{d:02}"))
-        .join(format!("{id}.wav"))
-}
-
 async fn write_record(path: PathBuf, record: CallRecord) {
-    match serde_json::to_vec_pretty(&record) {
-        Ok(text) => {
-            if let Some(dir) = path.parent() {
-                let _ = tokio::fs::create_dir_all(dir).await;
-            }
-            if let Err(e) = tokio::fs::write(&path, text).await {
-                warn!(error = %e, path = %path.display(), "call record not written");
-            }
-        }
-        Err(e) => warn!(error = %e, "call record not serialized"),
+    let written =
+        tokio::task::spawn_blocking(move || record.write(&path).map_err(|e| (e, path))).await;
+    if let Ok(Err((e, path))) = written {
+        warn!(error = %e, path = %path.display(), "call record not written");
     }
-}
-
-/// (year, month, day) in UTC for the recording's directory.
-pub fn civil_date(t: SystemTime) -> (i32, u32, u32) {
-    let days = (epoch_ms(t) / 86_400_000) as i64;
-    // Howard Hinnant's days-to-civil algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    ((if m <= 2 { y + 1 } else { y }) as i32, m, d)
 }
 
 /// The address written into SDP and Contact: the profile's `public_addr`, else the bound
@@ -1974,19 +1862,5 @@ pub fn advertised_ip(bound: SocketAddr, public: Option<IpAddr>) -> IpAddr {
             }
         }
         None => bound.ip(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn civil_dates() {
-        let t = UNIX_EPOCH + Duration::from_secs(1_795_000_000); // 2026-11-18 11:06 UTC
-        assert_eq!(civil_date(t), (2026, 11, 18));
-        assert_eq!(civil_date(UNIX_EPOCH), (1970, 1, 1));
-        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
-        assert_eq!(civil_date(leap), (2000, 2, 29));
     }
 }

@@ -5,3 +5,4 @@ pub mod b2bua;
 pub mod dial;
 pub mod dialog;
 pub mod pop;
+pub mod record;

@@ -459,19 +459,30 @@ impl std::fmt::Debug for RecordingFile {
     }
 }
 
+/// Where the recording of call `id` started on `date` is kept: `root/YYYY/MM/DD/<id>.wav`. The
+/// one place that names a recording's file (its call record is the same path, `.json`).
+pub fn recording_path(
+    root: &Path,
+    id: &str,
+    date: (i32, u32, u32),
+) -> Result<PathBuf, RecorderError> {
+    validate_id(id)?;
+    validate_date(date)?;
+    let (y, m, d) = date;
+    Ok(root
+        .join(format!("{y:04}"))
+        .join(format!("{m:02}"))
+        .join(format!("{d:02}"))
+        .join(format!("{id}.wav")))
+}
+
 impl RecordingFile {
     /// Creates `root/YYYY/MM/DD/<id>.wav.part` with a valid, empty WAV header
     /// already on disk. Refuses to overwrite an existing `.part` or `.wav`.
     pub fn create(root: &Path, id: &str, date: (i32, u32, u32)) -> Result<Self, RecorderError> {
-        validate_id(id)?;
-        validate_date(date)?;
-        let (y, m, d) = date;
-        let dir = root
-            .join(format!("{y:04}"))
-            .join(format!("{m:02}"))
-            .join(format!("{d:02}"));
+        let final_path = recording_path(root, id, date)?;
+        let dir = final_path.parent().unwrap_or(root).to_path_buf();
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        let final_path = dir.join(format!("{id}.wav"));
         let part_path = dir.join(format!("{id}.wav.part"));
         if final_path.exists() {
             return Err(RecorderError::AlreadyExists(final_path));
@@ -1119,6 +1130,11 @@ impl RecorderHandle {
     /// The recordings root.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The file a recording started now with [`RecorderHandle::start`] will be kept in.
+    pub fn path_for(&self, id: &str, date: (i32, u32, u32)) -> Result<PathBuf, RecorderError> {
+        recording_path(&self.root, id, date)
     }
 
     /// Finishes every open recording (their completions get the result as

@@ -27,7 +27,7 @@ use super::ports::LegSockets;
 use super::recorder::{CallRecording, Channel, StereoTimeline};
 
 /// Which side of the bridge a packet belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LegId {
     Caller,
@@ -66,7 +66,7 @@ pub enum MediaEvent {
 }
 
 /// A DTMF digit seen on a leg, in milliseconds since the relay started.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DtmfDigit {
     pub leg: LegId,
     pub digit: char,
@@ -75,7 +75,7 @@ pub struct DtmfDigit {
 }
 
 /// Counters reported when the relay stops.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct RelayStats {
     /// Packets received per leg (caller, agent).
     pub received: [u64; 2],

@@ -7,7 +7,7 @@ use super::headers::{HeaderName, NameAddr};
 use super::message::Request;
 
 /// What the network told us about the caller.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CallerId {
     /// The header value it came from, as received.
     pub raw: String,

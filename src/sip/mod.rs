@@ -7,6 +7,7 @@ pub mod digest;
 pub mod error;
 pub mod headers;
 pub mod message;
+pub mod peer;
 pub mod registrar;
 pub mod registration;
 pub mod sdp;

@@ -113,10 +113,5 @@ impl Store {
     }
 }
 
-/// Milliseconds since the Unix epoch, the store's time unit.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+/// Milliseconds since the Unix epoch, the store's time unit (see [`crate::time`]).
+pub use crate::time::now_ms;

@@ -16,7 +16,6 @@ use utoipa::OpenApi;
 use super::auth::{self, hash_password_off_thread, ClientAddr, Principal};
 use super::error::{ApiError, ApiJson};
 use super::AppState;
-use crate::calls::pop::{parse_rfc3339_ms, rfc3339_ms};
 use crate::crm::phone::normalize;
 use crate::events::Event;
 use crate::sip::digest::Secret;
@@ -27,6 +26,7 @@ use crate::store::work_orders::{
     NewWorkOrder, WorkOrder, WorkOrderChange, WorkOrderFilter, WorkOrderKind, WorkOrderPatch,
     WorkOrderStatus,
 };
+use crate::time::{parse_rfc3339_ms, rfc3339_ms};
 
 pub fn router() -> Router<AppState> {
     Router::new()

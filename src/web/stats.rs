@@ -17,9 +17,9 @@ use tokio::sync::broadcast::error::RecvError;
 use super::auth::Principal;
 use super::error::ApiError;
 use super::AppState;
-use crate::calls::pop::{parse_rfc3339_ms, rfc3339_ms};
 use crate::events::{EventBus, Viewer};
 use crate::store::agents::Role;
+use crate::time::{parse_rfc3339_ms, rfc3339_ms};
 
 /// A caller in a queue, not yet answered.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -31,13 +31,29 @@ try {
   const p = await ctx.newPage();
   await p.goto(`${BASE}/agent`);
   await p.waitForURL(/\/login\?next=/);
-  await p.getByLabel('Username').fill(cfg.agent.username);
-  await p.getByLabel('Password').fill(cfg.agent.password);
-  await p.getByRole('button', { name: 'Log in' }).click();
+  // By keyboard alone: type, Tab, type, Enter; then Tab to "Available" and press it.
+  await p.getByLabel('Username').focus();
+  await p.keyboard.type(cfg.agent.username);
+  await p.keyboard.press('Tab');
+  check(await p.evaluate(() => document.activeElement.type === 'password'),
+    'Tab goes from the username to the password');
+  await p.keyboard.type(cfg.agent.password);
+  await p.keyboard.press('Enter');
   await p.waitForURL(`${BASE}/agent`);
-  check(true, 'the login sends back to the page asked for');
-  await p.getByRole('button', { name: 'Available', exact: true }).click();
+  check(true, 'the login (by keyboard) sends back to the page asked for');
+  // The state buttons are enabled once the page has the server's word on the agent's state.
+  await p.waitForFunction(() => !document.getElementById('btn-available').disabled, null, { timeout: T });
+  let tabs = 0;
+  while (tabs < 15 && !(await p.evaluate(() => document.activeElement && document.activeElement.id === 'btn-available'))) {
+    await p.keyboard.press('Tab');
+    tabs += 1;
+  }
+  check(tabs < 15, `"Available" is reached by Tab (${tabs} presses)`);
+  const ring = await p.evaluate(() => getComputedStyle(document.activeElement).outlineStyle);
+  check(ring !== 'none', `the focused control shows a focus ring (${ring})`);
+  await p.keyboard.press('Enter');
   await p.locator('#state-label').filter({ hasText: 'Available' }).waitFor({ timeout: T });
+  check(true, 'available by keyboard');
 
   // The server goes away and comes back.
   console.log('RESTART');

@@ -91,12 +91,19 @@ function onEvent(ev) {
 
 // After hello the server sends the snapshot, closed by `synced`: calls it lists are still live.
 function onSynced() {
+  // The state buttons work once the server's word on the agent's state is in.
+  stateButtons(true);
   const ids = snapshotIds;
   snapshotIds = null;
   if (ids) card.reconcile(ids);
   // The server has the agent offline (the last desktop dropped, or the button was pressed before
   // the socket was up): the agent did not choose that, so say again what they had chosen.
   if (wanted && myState.state === 'offline') live.send(wanted);
+}
+
+function stateButtons(on) {
+  $('#btn-available').disabled = !on;
+  $('#btn-paused').disabled = !on;
 }
 
 function onHello(hello, reconnected) {
@@ -158,7 +165,7 @@ async function main() {
   $('#btn-available').addEventListener('click', () => setState('available'));
   $('#btn-paused').addEventListener('click', () => setState('paused'));
   showState();
-  live = new Live({ onEvent, onHello, banner: $('#conn-banner') });
+  live = new Live({ onEvent, onHello, onDown: () => stateButtons(false), banner: $('#conn-banner') });
   live.connect();
   loadWos();
   loadCalls();

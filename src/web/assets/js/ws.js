@@ -9,9 +9,10 @@ export class Live {
    * onEvent(ev): every frame but hello/pong/error; onHello(hello, reconnected): after each
    * (re)connect, before the snapshot's frames arrive.
    */
-  constructor({ onEvent, onHello, banner }) {
+  constructor({ onEvent, onHello, onDown, banner }) {
     this.onEvent = onEvent;
     this.onHello = onHello || (() => {});
+    this.onDown = onDown || (() => {});
     this.banner = banner;
     this.ws = null;
     this.attempt = 0;
@@ -57,6 +58,7 @@ export class Live {
       const reconnected = this.everUp;
       this.everUp = true;
       this.attempt = 0;
+      document.body.classList.remove('disconnected');
       if (this.down) this.showUp();
       this.onHello(ev, reconnected);
       return;
@@ -109,6 +111,9 @@ export class Live {
 
   showDown() {
     this.down = true;
+    // Whatever the page shows of the server's state is unconfirmed until the next hello.
+    document.body.classList.add('disconnected');
+    this.onDown();
     if (!this.banner) return;
     clearTimeout(this.bannerTimer);
     this.banner.className = 'conn-banner down';
