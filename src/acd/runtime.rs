@@ -6,14 +6,14 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::{
     Acd, AgentId, AgentState, CallKey, Input, Output, PauseReason, Queue as AcdQueue, QueueId,
 };
-use crate::events::{Event, EventBus};
+use crate::events::payload::AgentStateChanged;
+use crate::events::{Event, EventBus, Payload};
 use crate::sip::digest::Secret;
 use crate::sip::peer::Peer;
 use crate::sip::registrar::Registrar;
@@ -425,18 +425,15 @@ impl Runtime {
             Some(PauseReason::Requested) => self.pause_notes.get(&agent).cloned(),
             _ => None,
         };
-        self.bus.publish(Event::new(
-            "agent.state",
-            Some(agent),
-            json!({
-                "agent_id": agent,
-                "state": state.name(),
-                "since": crate::time::rfc3339(wall),
-                "reason": reason,
-                "note": note,
-                "until": until.map(crate::time::rfc3339),
-            }),
-        ));
+        self.bus
+            .publish(Event::new(Payload::AgentState(AgentStateChanged {
+                agent_id: agent,
+                state: state.name(),
+                since: crate::time::rfc3339(wall),
+                reason,
+                note,
+                until: until.map(crate::time::rfc3339),
+            })));
     }
 
     fn send(&mut self, call: &CallKey, d: Decision) {

@@ -24,7 +24,8 @@ use crate::acd::runtime::{AcdHandle, Decision, RouteRequest};
 use crate::acd::Input as AcdInput;
 use crate::config::Profile;
 use crate::crm::phone::normalize;
-use crate::events::{Event, EventBus};
+use crate::events::payload::{self, CallAnswered, CallWithdrawn};
+use crate::events::{Event, EventBus, Payload};
 use crate::media::g711::G711;
 use crate::media::ports::PortPool;
 use crate::media::recorder::{FinishedRecording, RecorderHandle};
@@ -42,7 +43,6 @@ use crate::store::customers::{CreatedVia, NewCustomer, NewPhone, Tier};
 use crate::store::Store;
 use crate::time::{civil_date, epoch_ms};
 use crate::transport::{Inbound, Peer, SipSocket};
-use serde_json::json;
 
 /// Methods screenpop accepts in a call.
 pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, REGISTER";
@@ -705,14 +705,13 @@ impl Call {
 
     /// The agent's desktop drops the pop: the offer went elsewhere.
     fn withdrawn(&mut self, agent: i64, reason: &str) {
-        self.env.bus.publish(
-            Event::new(
-                "call.withdrawn",
-                Some(agent),
-                json!({ "call_id": self.id, "agent_id": agent, "reason": reason }),
-            )
-            .for_call(&self.id),
-        );
+        self.env
+            .bus
+            .publish(Event::new(Payload::CallWithdrawn(CallWithdrawn {
+                call_id: self.id.clone(),
+                agent_id: agent,
+                reason: reason.to_string(),
+            })));
         self.agent_id = None;
         // Responses to the withdrawn INVITE belong to an old attempt from now on.
         let fresh = Dialog {
@@ -1523,20 +1522,15 @@ impl Call {
             });
             self.note_agent(agent);
         }
-        self.env.bus.publish(
-            Event::new(
-                "call.answered",
-                self.agent_id,
-                json!({
-                    "call_id": self.id,
-                    "contact_log_id": self.log_id,
-                    "agent_id": self.agent_id,
-                    "queue_id": self.queue.as_ref().map(|q| q.0),
-                    "answered_at": crate::time::rfc3339(wall),
-                }),
-            )
-            .for_call(&self.id),
-        );
+        self.env
+            .bus
+            .publish(Event::new(Payload::CallAnswered(CallAnswered {
+                call_id: self.id.clone(),
+                contact_log_id: self.log_id,
+                agent_id: self.agent_id,
+                queue_id: self.queue.as_ref().map(|q| q.0),
+                answered_at: crate::time::rfc3339(wall),
+            })));
         if let Some(m) = &self.media {
             m.watch(self.media_watch());
             let date = civil_date(wall);
@@ -1801,11 +1795,9 @@ async fn finalize(
                 Ok(Some(id)) => {
                     info!(work_order = id, "callback work order created");
                     if let Ok(Some(wo)) = store.work_order(id).await {
-                        bus.publish(Event::new(
-                            "work_order.created",
-                            wo.assignee_agent_id,
-                            json!({ "work_order": wo }),
-                        ));
+                        bus.publish(Event::new(Payload::WorkOrderCreated {
+                            work_order: Box::new(wo),
+                        }));
                     }
                 }
                 Ok(None) => {}
@@ -1813,29 +1805,22 @@ async fn finalize(
             }
         }
     }
-    bus.publish(
-        Event::new(
-            "call.ended",
-            record.agent_id,
-            json!({
-                "call_id": record.id,
-                "contact_log_id": record.log_id,
-                "recording_id": recording_id,
-                "agent_id": record.agent_id,
-                "queue_id": record.queue_id,
-                "disposition": record.disposition,
-                "wait_secs": record
-                    .answered_at_ms
-                    .unwrap_or(record.ended_at_ms)
-                    .saturating_sub(record.offered_at_ms)
-                    / 1000,
-                "talk_secs": record.duration_ms / 1000,
-                "duration_ms": record.duration_ms,
-                "ended_at": crate::time::rfc3339_ms(record.ended_at_ms as i64),
-            }),
-        )
-        .for_call(&record.id),
-    );
+    bus.publish(Event::new(Payload::CallEnded(payload::CallEnded {
+        call_id: record.id.clone(),
+        contact_log_id: record.log_id,
+        recording_id,
+        agent_id: record.agent_id,
+        queue_id: record.queue_id,
+        disposition: record.disposition,
+        wait_secs: record
+            .answered_at_ms
+            .unwrap_or(record.ended_at_ms)
+            .saturating_sub(record.offered_at_ms)
+            / 1000,
+        talk_secs: record.duration_ms / 1000,
+        duration_ms: record.duration_ms,
+        ended_at: crate::time::rfc3339_ms(record.ended_at_ms as i64),
+    })));
     if let Some(f) = &finished {
         write_record(f.path.with_extension("json"), record).await;
     }

@@ -10,7 +10,8 @@ use crate::time::rfc3339;
 use serde_json::{json, Value};
 use tracing::warn;
 
-use crate::events::Event;
+use crate::events::payload::{CallOffered, CallQueued, CallerView};
+use crate::events::{Event, Payload};
 use crate::sip::caller_id::CallerId;
 use crate::store::customers::CallerMatch;
 use crate::store::Store;
@@ -80,37 +81,20 @@ pub struct Offered<'a> {
 }
 
 pub fn offered(o: Offered<'_>) -> Event {
-    let caller_number = if o.caller.withheld {
-        None
-    } else {
-        o.caller_e164
-    };
-    Event::new(
-        "call.offered",
-        o.agent_id,
-        json!({
-            "call_id": o.call_id,
-            "contact_log_id": o.log_id,
-            "queue": o.queue,
-            "queue_id": o.queue_id,
-            "agent_id": o.agent_id,
-            "caller": {
-                "number": caller_number,
-                "raw": o.caller.raw,
-                "name": o.caller.name,
-                "withheld": o.caller.withheld,
-            },
-            "dialed": o.dialed,
-            "customer": o.card.customer,
-            "candidates": o.card.candidates,
-            "recent_contacts": o.card.recent_contacts,
-            "open_work_orders": o.card.open_work_orders,
-            // When the INVITE arrived (the contact log's `offered_at`): a desktop measures the
-            // whole path from it.
-            "offered_at": rfc3339(o.offered_at),
-        }),
-    )
-    .for_call(o.call_id)
+    Event::new(Payload::CallOffered(Box::new(CallOffered {
+        call_id: o.call_id.to_string(),
+        contact_log_id: o.log_id,
+        queue: o.queue.map(str::to_string),
+        queue_id: o.queue_id,
+        agent_id: o.agent_id,
+        caller: CallerView::of(o.caller, o.caller_e164),
+        dialed: o.dialed.to_string(),
+        customer: o.card.customer.clone(),
+        candidates: o.card.candidates.clone(),
+        recent_contacts: o.card.recent_contacts.clone(),
+        open_work_orders: o.card.open_work_orders.clone(),
+        offered_at: rfc3339(o.offered_at),
+    })))
     .since(o.since)
 }
 
@@ -123,21 +107,11 @@ pub fn queued(
     caller_e164: Option<&str>,
     at: SystemTime,
 ) -> Event {
-    Event::new(
-        "call.queued",
-        None,
-        json!({
-            "call_id": call_id,
-            "queue": queue,
-            "queue_id": queue_id,
-            "caller": {
-                "number": if caller.withheld { None } else { caller_e164 },
-                "raw": caller.raw,
-                "name": caller.name,
-                "withheld": caller.withheld,
-            },
-            "queued_at": rfc3339(at),
-        }),
-    )
-    .for_call(call_id)
+    Event::new(Payload::CallQueued(CallQueued {
+        call_id: call_id.to_string(),
+        queue: queue.to_string(),
+        queue_id,
+        caller: CallerView::of(caller, caller_e164),
+        queued_at: rfc3339(at),
+    }))
 }

@@ -17,7 +17,7 @@ use super::auth::{self, hash_password_off_thread, ClientAddr, Principal};
 use super::error::{ApiError, ApiJson};
 use super::AppState;
 use crate::crm::phone::normalize;
-use crate::events::Event;
+use crate::events::{Event, Payload};
 use crate::sip::digest::Secret;
 use crate::store::agents::{Agent, NewAgent, NewQueue, Queue, QueuePatch, Role, SipTarget};
 use crate::store::calls::{CallFilter, ContactLog, Recording};
@@ -503,11 +503,8 @@ async fn update_agent(
         .audit(&me.username, "agent.update", &format!("agent:{id}"), None)
         .await;
     if !agent.active {
-        s.bus.publish(Event::new(
-            "agent.deactivated",
-            Some(id),
-            json!({ "agent_id": id }),
-        ));
+        s.bus
+            .publish(Event::new(Payload::AgentDeactivated { agent_id: id }));
     }
     s.acd.reload();
     Ok(Json(agent.into()))
@@ -1216,11 +1213,9 @@ async fn create_work_order(
             &me.username,
         )
         .await?;
-    s.bus.publish(Event::new(
-        "work_order.created",
-        wo.assignee_agent_id,
-        json!({ "work_order": wo }),
-    ));
+    s.bus.publish(Event::new(Payload::WorkOrderCreated {
+        work_order: Box::new(wo.clone()),
+    }));
     Ok((StatusCode::CREATED, Json(wo)))
 }
 
@@ -1313,11 +1308,9 @@ async fn update_work_order(
             &me.username,
         )
         .await?;
-    s.bus.publish(Event::new(
-        "work_order.updated",
-        wo.assignee_agent_id,
-        json!({ "work_order": wo }),
-    ));
+    s.bus.publish(Event::new(Payload::WorkOrderUpdated {
+        work_order: Box::new(wo.clone()),
+    }));
     Ok(Json(wo))
 }
 

@@ -17,7 +17,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::auth::Principal;
 use super::error::ApiError;
 use super::AppState;
-use crate::events::{EventBus, Viewer};
+use crate::events::{EventBus, Payload, Viewer};
 use crate::store::agents::Role;
 use crate::time::{parse_rfc3339_ms, rfc3339_ms};
 
@@ -45,90 +45,71 @@ pub struct LiveBoard {
 }
 
 impl LiveBoard {
-    /// Applies one event (its JSON text as published); `now_ms` stands in for a missing stamp.
-    pub fn apply(&mut self, json: &str, now_ms: i64) {
-        let Ok(v) = serde_json::from_str::<Value>(json) else {
-            return;
-        };
-        let kind = v["type"].as_str().unwrap_or("");
-        let call = v["call_id"].as_str().map(str::to_string);
-        let agent = v["agent_id"].as_i64();
-        match kind {
-            "call.queued" => {
-                if let (Some(c), Some(q)) = (call, v["queue_id"].as_i64()) {
-                    let since_ms = v["queued_at"]
-                        .as_str()
-                        .and_then(parse_rfc3339_ms)
-                        .unwrap_or(now_ms);
-                    self.waiting.insert(
-                        c,
-                        Waiting {
-                            queue_id: q,
-                            since_ms,
-                        },
-                    );
-                }
+    /// Applies one event; `now_ms` stands in for a stamp that does not parse.
+    pub fn apply(&mut self, e: &Payload, now_ms: i64) {
+        let stamp = |t: &str| parse_rfc3339_ms(t).unwrap_or(now_ms);
+        match e {
+            Payload::CallQueued(q) => {
+                self.waiting.insert(
+                    q.call_id.clone(),
+                    Waiting {
+                        queue_id: q.queue_id,
+                        since_ms: stamp(&q.queued_at),
+                    },
+                );
             }
-            "call.offered" => {
+            Payload::CallOffered(o) => {
                 // Ringing is still waiting; after a resynchronization the offer may be all the
                 // board knows of a call, and its `offered_at` is when the INVITE arrived.
-                if let (Some(c), Some(q)) = (&call, v["queue_id"].as_i64()) {
-                    let since_ms = v["offered_at"]
-                        .as_str()
-                        .and_then(parse_rfc3339_ms)
-                        .unwrap_or(now_ms);
-                    self.waiting.entry(c.clone()).or_insert(Waiting {
+                if let Some(q) = o.queue_id {
+                    self.waiting.entry(o.call_id.clone()).or_insert(Waiting {
                         queue_id: q,
-                        since_ms,
+                        since_ms: stamp(&o.offered_at),
                     });
                 }
-                if let (Some(c), Some(a)) = (call, agent) {
-                    let caller = v["customer"]["name"]
+                if let Some(a) = o.agent_id {
+                    let caller = o.customer["name"]
                         .as_str()
-                        .or(v["caller"]["number"].as_str())
-                        .or(v["caller"]["raw"].as_str())
-                        .map(str::to_string);
-                    let e = self.agents.entry(a).or_default();
-                    e.call = Some(c);
-                    e.caller = caller;
+                        .map(str::to_string)
+                        .or_else(|| o.caller.number.clone())
+                        .or_else(|| Some(o.caller.raw.clone()));
+                    let now = self.agents.entry(a).or_default();
+                    now.call = Some(o.call_id.clone());
+                    now.caller = caller;
                 }
             }
-            "call.answered" => {
-                if let Some(c) = &call {
-                    self.waiting.remove(c);
-                }
+            Payload::CallAnswered(a) => {
+                self.waiting.remove(&a.call_id);
             }
-            "call.withdrawn" => {
-                if let Some(a) = agent.and_then(|a| self.agents.get_mut(&a)) {
-                    if a.call == call {
+            Payload::CallWithdrawn(w) => {
+                if let Some(a) = self.agents.get_mut(&w.agent_id) {
+                    if a.call.as_deref() == Some(w.call_id.as_str()) {
                         a.call = None;
                         a.caller = None;
                     }
                 }
             }
-            "call.ended" => {
-                if let Some(c) = &call {
-                    self.waiting.remove(c);
-                    for a in self.agents.values_mut() {
-                        if a.call.as_ref() == Some(c) {
-                            a.call = None;
-                            a.caller = None;
-                        }
+            Payload::CallEnded(c) => {
+                self.waiting.remove(&c.call_id);
+                for a in self.agents.values_mut() {
+                    if a.call.as_deref() == Some(c.call_id.as_str()) {
+                        a.call = None;
+                        a.caller = None;
                     }
                 }
             }
-            "agent.state" => {
-                if let Some(a) = agent {
-                    let e = self.agents.entry(a).or_default();
-                    e.state = v["state"].as_str().unwrap_or("offline").to_string();
-                    e.since = v["since"].as_str().map(str::to_string);
-                    if matches!(e.state.as_str(), "available" | "paused" | "offline") {
-                        e.call = None;
-                        e.caller = None;
-                    }
+            Payload::AgentState(st) => {
+                let now = self.agents.entry(st.agent_id).or_default();
+                now.state = st.state.to_string();
+                now.since = Some(st.since.clone());
+                if matches!(st.state, "available" | "paused" | "offline") {
+                    now.call = None;
+                    now.caller = None;
                 }
             }
-            _ => {}
+            Payload::AgentDeactivated { .. }
+            | Payload::WorkOrderCreated { .. }
+            | Payload::WorkOrderUpdated { .. } => {}
         }
     }
 
@@ -161,7 +142,7 @@ pub fn follow(bus: Arc<dyn EventBus>) -> SharedBoard {
         if let Ok(mut g) = board.lock() {
             *g = LiveBoard::default();
             for e in snap {
-                g.apply(&e.json, crate::store::now_ms());
+                g.apply(&e.payload, crate::store::now_ms());
             }
         }
     };
@@ -171,7 +152,7 @@ pub fn follow(bus: Arc<dyn EventBus>) -> SharedBoard {
             match rx.recv().await {
                 Ok(e) => {
                     if let Ok(mut g) = b.lock() {
-                        g.apply(&e.json, crate::store::now_ms());
+                        g.apply(&e.payload, crate::store::now_ms());
                     }
                 }
                 Err(RecvError::Lagged(_)) => resync(&b),
@@ -331,34 +312,37 @@ pub async fn agents(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::payload::sample::*;
 
     #[test]
     fn waiting_callers_and_agent_calls_follow_the_events() {
         let mut b = LiveBoard::default();
-        b.apply(r#"{"type":"call.queued","call_id":"a","queue_id":1,"queued_at":"2026-12-01T10:00:00.000Z"}"#, 0);
-        b.apply(r#"{"type":"call.queued","call_id":"b","queue_id":1,"queued_at":"2026-12-01T10:00:05.000Z"}"#, 0);
-        b.apply(r#"{"type":"call.queued","call_id":"c","queue_id":2,"queued_at":"2026-12-01T10:00:09.000Z"}"#, 0);
+        b.apply(&queued("a", 1, "2026-12-01T10:00:00.000Z"), 0);
+        b.apply(&queued("b", 1, "2026-12-01T10:00:05.000Z"), 0);
+        b.apply(&queued("c", 2, "2026-12-01T10:00:09.000Z"), 0);
         let t0 = parse_rfc3339_ms("2026-12-01T10:00:00Z").unwrap();
         assert_eq!(b.queue(1), (2, Some(t0)));
-        b.apply(r#"{"type":"call.offered","call_id":"a","agent_id":7,"customer":{"name":"Ann"},"caller":{"number":"+1"}}"#, 0);
-        assert_eq!(b.agents[&7].caller.as_deref(), Some("Ann"));
-        assert_eq!(b.queue(1).0, 2, "ringing is still waiting");
-        b.apply(r#"{"type":"call.answered","call_id":"a","agent_id":7}"#, 0);
-        assert_eq!(b.queue(1), (1, Some(t0 + 5000)));
         b.apply(
-            r#"{"type":"agent.state","agent_id":7,"state":"on_call","since":"x"}"#,
+            &offered("a", 1, 7, Some("Ann"), "2026-12-01T10:00:00.000Z"),
             0,
         );
+        assert_eq!(b.agents[&7].caller.as_deref(), Some("Ann"));
+        assert_eq!(b.queue(1).0, 2, "ringing is still waiting");
+        b.apply(&answered("a", 7), 0);
+        assert_eq!(b.queue(1), (1, Some(t0 + 5000)));
+        b.apply(&state(7, "on_call"), 0);
         assert_eq!(b.agents[&7].call.as_deref(), Some("a"));
-        b.apply(r#"{"type":"call.ended","call_id":"a","agent_id":7}"#, 0);
+        b.apply(&ended("a", Some(7)), 0);
         assert_eq!(b.agents[&7].call, None);
-        b.apply(r#"{"type":"call.ended","call_id":"b","agent_id":null}"#, 0);
+        b.apply(&ended("b", None), 0);
         assert_eq!(b.queue(1), (0, None));
         assert_eq!(b.queue(2).0, 1);
-        b.apply("not json", 0);
         // Resynchronized from a snapshot that has only the offer of a ringing call.
         let mut r = LiveBoard::default();
-        r.apply(r#"{"type":"call.offered","call_id":"z","queue_id":3,"agent_id":1,"offered_at":"2026-12-01T10:00:00.000Z"}"#, 0);
+        r.apply(&offered("z", 3, 1, None, "2026-12-01T10:00:00.000Z"), 0);
         assert_eq!(r.queue(3), (1, Some(t0)));
+        // A withdrawn offer frees the agent but the caller still waits.
+        r.apply(&withdrawn("z", 1), 0);
+        assert_eq!((r.queue(3).0, r.agents[&1].call.as_ref()), (1, None));
     }
 }

@@ -21,7 +21,7 @@ use tracing::{debug, info, info_span, Instrument};
 
 use super::auth::{principal_of, Principal};
 use super::AppState;
-use crate::events::{Event, Viewer};
+use crate::events::{Event, Payload, Viewer};
 
 #[derive(Deserialize)]
 pub struct WsQuery {
@@ -145,7 +145,7 @@ async fn session(s: AppState, token: Option<String>, socket: WebSocket) {
                 }
             }
             ev = events.recv() => match ev {
-                Ok(e) if e.kind == "agent.deactivated" && e.agent == Some(me.agent_id) => {
+                Ok(e) if matches!(e.payload, Payload::AgentDeactivated { agent_id } if agent_id == me.agent_id) => {
                     // The account was deactivated: its desktops stop at once, not at the next
                     // minute's check.
                     let _ = tx
@@ -206,7 +206,7 @@ async fn send_snapshot(
     // desktop always knows its own state after connecting.
     let known = snapshot
         .iter()
-        .any(|e| e.kind == "agent.state" && e.agent == Some(viewer.agent));
+        .any(|e| matches!(&e.payload, Payload::AgentState(s) if s.agent_id == viewer.agent));
     if !known {
         let own = json!({"type": "agent.state", "agent_id": viewer.agent, "state": "offline"});
         if tx.send(text(&own.to_string())).await.is_err() {
@@ -233,7 +233,7 @@ async fn deliver(
     {
         return false;
     }
-    if let (Some(since), "call.offered") = (e.since, e.kind) {
+    if let (Some(since), Payload::CallOffered(_)) = (e.since, &e.payload) {
         let latency = since.elapsed();
         metrics::histogram!("screenpop_pop_latency_seconds").record(latency.as_secs_f64());
         info!(

@@ -15,9 +15,14 @@ use std::time::Instant;
 
 use tokio::sync::broadcast;
 
-/// One event, ready to write to a socket.
+pub mod payload;
+pub use payload::Payload;
+
+/// One event, typed and ready to write to a socket.
 #[derive(Debug)]
 pub struct Event {
+    /// What happened.
+    pub payload: Payload,
     /// The `type` field (`call.offered`, `agent.state`, …).
     pub kind: &'static str,
     /// The agent whose desktops get it; `None` goes to supervisors only.
@@ -32,23 +37,18 @@ pub struct Event {
 }
 
 impl Event {
-    pub fn new(kind: &'static str, agent: Option<i64>, body: serde_json::Value) -> Event {
-        let mut body = body;
-        if let serde_json::Value::Object(m) = &mut body {
-            m.insert("type".into(), serde_json::Value::from(kind));
-        }
+    /// The event for `payload`: its JSON (made once, here), who gets it and which call it is
+    /// about all come from the payload.
+    pub fn new(payload: Payload) -> Event {
+        let json = serde_json::to_string(&payload).unwrap_or_else(|_| "{}".into());
         Event {
-            kind,
-            agent,
-            call: None,
-            json: Arc::from(body.to_string()),
+            kind: payload.kind(),
+            agent: payload.audience(),
+            call: payload.call().map(str::to_string),
+            json: Arc::from(json),
             since: None,
+            payload,
         }
-    }
-
-    pub fn for_call(mut self, call: &str) -> Event {
-        self.call = Some(call.to_string());
-        self
     }
 
     pub fn since(mut self, at: Instant) -> Event {
@@ -109,26 +109,26 @@ impl EventBus for LocalBus {
     fn publish(&self, e: Event) {
         let e = Arc::new(e);
         if let Ok(mut live) = self.live.lock() {
-            match (e.kind, &e.call, e.agent) {
-                ("agent.state", _, Some(a)) => {
-                    live.agents.insert(a, e.clone());
+            match &e.payload {
+                Payload::AgentState(s) => {
+                    live.agents.insert(s.agent_id, e.clone());
                 }
-                ("call.queued", Some(c), _) => {
-                    live.queued.insert(c.clone(), e.clone());
+                Payload::CallQueued(q) => {
+                    live.queued.insert(q.call_id.clone(), e.clone());
                 }
-                ("call.offered", Some(c), _) => {
-                    live.calls.insert(c.clone(), e.clone());
+                Payload::CallOffered(o) => {
+                    live.calls.insert(o.call_id.clone(), e.clone());
                 }
-                ("call.answered", Some(c), _) => {
-                    live.queued.remove(c);
-                    live.calls.insert(c.clone(), e.clone());
+                Payload::CallAnswered(a) => {
+                    live.queued.remove(&a.call_id);
+                    live.calls.insert(a.call_id.clone(), e.clone());
                 }
-                ("call.withdrawn", Some(c), _) => {
-                    live.calls.remove(c);
+                Payload::CallWithdrawn(w) => {
+                    live.calls.remove(&w.call_id);
                 }
-                ("call.ended", Some(c), _) => {
-                    live.queued.remove(c);
-                    live.calls.remove(c);
+                Payload::CallEnded(c) => {
+                    live.queued.remove(&c.call_id);
+                    live.calls.remove(&c.call_id);
                 }
                 _ => {}
             }
@@ -159,15 +159,15 @@ impl EventBus for LocalBus {
 
 #[cfg(test)]
 mod tests {
+    use super::payload::sample::*;
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn agents_see_their_own_supervisors_everything() {
         let bus = LocalBus::new(16);
         let mut rx = bus.subscribe();
-        bus.publish(Event::new("call.offered", Some(1), json!({"call_id": "a"})).for_call("a"));
-        bus.publish(Event::new("call.offered", Some(2), json!({"call_id": "b"})).for_call("b"));
+        bus.publish(Event::new(offered("a", 1, 1, None, "x")));
+        bus.publish(Event::new(offered("b", 1, 2, None, "x")));
         let one = Viewer {
             agent: 1,
             sees_all: false,
@@ -181,25 +181,21 @@ mod tests {
         assert!(one.may_see(&first) && !one.may_see(&second));
         assert!(sup.may_see(&first) && sup.may_see(&second));
         assert!(first.json.contains("\"type\":\"call.offered\""));
+        assert_eq!(
+            (first.kind, first.call.as_deref()),
+            ("call.offered", Some("a"))
+        );
     }
 
     #[test]
     fn snapshot_keeps_live_calls_and_latest_state() {
         let bus = LocalBus::new(16);
-        bus.publish(Event::new(
-            "agent.state",
-            Some(1),
-            json!({"state": "available"}),
-        ));
-        bus.publish(Event::new(
-            "agent.state",
-            Some(1),
-            json!({"state": "ringing"}),
-        ));
-        bus.publish(Event::new("call.offered", Some(1), json!({})).for_call("a"));
-        bus.publish(Event::new("call.answered", Some(1), json!({})).for_call("a"));
-        bus.publish(Event::new("call.offered", Some(1), json!({})).for_call("b"));
-        bus.publish(Event::new("call.ended", Some(1), json!({})).for_call("b"));
+        bus.publish(Event::new(state(1, "available")));
+        bus.publish(Event::new(state(1, "ringing")));
+        bus.publish(Event::new(offered("a", 1, 1, None, "x")));
+        bus.publish(Event::new(answered("a", 1)));
+        bus.publish(Event::new(offered("b", 1, 1, None, "x")));
+        bus.publish(Event::new(ended("b", Some(1))));
         let v = Viewer {
             agent: 1,
             sees_all: false,
@@ -226,9 +222,9 @@ mod tests {
             agent: 1,
             sees_all: false,
         };
-        bus.publish(Event::new("call.queued", None, json!({})).for_call("q"));
-        bus.publish(Event::new("call.offered", Some(1), json!({})).for_call("q"));
-        bus.publish(Event::new("call.withdrawn", Some(1), json!({})).for_call("q"));
+        bus.publish(Event::new(queued("q", 1, "x")));
+        bus.publish(Event::new(offered("q", 1, 1, None, "x")));
+        bus.publish(Event::new(withdrawn("q", 1)));
         let kinds = |v| -> Vec<&'static str> { bus.snapshot(v).iter().map(|e| e.kind).collect() };
         assert_eq!(
             kinds(sup),
@@ -239,9 +235,25 @@ mod tests {
             kinds(agent).is_empty(),
             "the withdrawn pop does not come back"
         );
-        bus.publish(Event::new("call.answered", Some(2), json!({})).for_call("q"));
+        bus.publish(Event::new(answered("q", 2)));
         assert_eq!(kinds(sup), ["call.answered"]);
-        bus.publish(Event::new("call.ended", Some(2), json!({})).for_call("q"));
+        bus.publish(Event::new(ended("q", Some(2))));
         assert!(kinds(sup).is_empty());
+    }
+
+    #[test]
+    fn every_payload_serializes_with_its_type_and_fields() {
+        let v: serde_json::Value =
+            serde_json::from_str(&Event::new(state(3, "paused")).json).expect("json");
+        assert_eq!(v["type"], "agent.state");
+        assert_eq!(v["agent_id"], 3);
+        assert!(v["reason"].is_null() && v["until"].is_null());
+        let v: serde_json::Value =
+            serde_json::from_str(&Event::new(ended("c", None)).json).expect("json");
+        assert_eq!(
+            (v["type"].as_str(), v["disposition"].as_str()),
+            (Some("call.ended"), Some("answered"))
+        );
+        assert!(v["agent_id"].is_null());
     }
 }
