@@ -526,9 +526,9 @@ fn sigkill_mid_call_leaves_readable_part_that_restart_repairs() {
     let json = wav.with_extension("json");
     if json.exists() {
         let text = std::fs::read_to_string(&json).unwrap_or_default();
-        let parsed = Json::parse(&text)
+        let parsed = serde_json::from_str::<serde_json::Value>(&text)
             .unwrap_or_else(|e| panic!("{} is not JSON ({e}):\n{text}", json.display()));
-        if let Some(sha) = parsed.get("sha256").and_then(Json::as_str) {
+        if let Some(sha) = parsed.get("sha256").and_then(serde_json::Value::as_str) {
             let bytes = std::fs::read(&wav).expect("read repaired wav");
             assert_eq!(
                 sha.to_ascii_lowercase(),
@@ -615,19 +615,6 @@ fn scenario_pairs_out_of_dialog_without_server() {
 
 #[test]
 fn harness_self_check() {
-    assert_eq!(
-        sha256_hex(b"abc"),
-        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-    );
-    assert_eq!(
-        sha256_hex(b""),
-        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-    );
-    let long = vec![b'a'; 1000];
-    assert_eq!(
-        sha256_hex(&long),
-        "41edece42d63e8d9bf515a9ba6932e1c20cbc9f5a5d134645adb5db1b9737ea3"
-    );
     for s in [-32768i16, -1000, -1, 0, 1, 1000, 32767] {
         let back = ulaw_to_linear(linear_to_ulaw(s));
         assert!(

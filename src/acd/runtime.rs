@@ -67,6 +67,10 @@ enum Command {
         sip_user: String,
         reachable: bool,
     },
+    Desktop {
+        agent: AgentId,
+        open: bool,
+    },
     PauseNote {
         agent: AgentId,
         note: Option<String>,
@@ -101,9 +105,11 @@ impl AcdHandle {
         self.set_available(agent, false);
     }
 
-    /// The agent's last desktop closed.
-    pub fn offline(&self, agent: AgentId) {
-        self.tell(Input::Offline { agent });
+    /// A desktop of `agent` opened (`true`) or closed: when the agent's last desktop closes,
+    /// nobody is at the desk, so the agent goes offline (after the current call) until a desktop
+    /// says "available" again. Presence is the ACD's input, not the WebSocket handler's count.
+    pub fn desktop(&self, agent: AgentId, open: bool) {
+        let _ = self.tx.send(Command::Desktop { agent, open });
     }
 
     /// A phone registered (or its last binding went away).
@@ -136,6 +142,8 @@ struct Runtime {
     calls: HashMap<CallKey, mpsc::UnboundedSender<Decision>>,
     /// What agents said when they paused ("Lunch"), shown on the wallboard.
     pause_notes: HashMap<AgentId, String>,
+    /// Open desktops per agent.
+    desktops: HashMap<AgentId, usize>,
 }
 
 /// Starts the ACD task; agents and queues are loaded before it takes calls.
@@ -156,6 +164,7 @@ pub async fn spawn(
         queues: Vec::new(),
         calls: HashMap::new(),
         pause_notes: HashMap::new(),
+        desktops: HashMap::new(),
     };
     rt.reload(Instant::now()).await;
     tokio::spawn(async move {
@@ -338,6 +347,18 @@ impl Runtime {
                 let state = self.acd.agent(agent).map(|a| a.state.clone());
                 if let Some(s @ AgentState::Paused { .. }) = state {
                     self.publish_state(agent, &s);
+                }
+            }
+            Command::Desktop { agent, open } => {
+                let n = self.desktops.entry(agent).or_insert(0);
+                if open {
+                    *n += 1;
+                } else {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.desktops.remove(&agent);
+                        self.acd.handle(now, Input::Offline { agent });
+                    }
                 }
             }
             Command::Reload => self.reload(now).await,

@@ -32,8 +32,6 @@ pub struct AppState {
     pub realm: String,
     /// Region for reading phone numbers typed without a country code.
     pub region: phonenumber::country::Id,
-    /// Open desktops per agent: when an agent's last one closes, the agent goes offline.
-    pub desktops: Arc<std::sync::Mutex<std::collections::HashMap<i64, usize>>>,
     /// Failed logins per address and per username.
     pub logins: Arc<limits::LoginGuard>,
     /// The wallboard's live view, kept from the events.
@@ -59,7 +57,6 @@ impl AppState {
             acd,
             realm,
             region,
-            desktops: Default::default(),
             logins: Arc::new(limits::LoginGuard::new(limits::LoginLimits::default())),
             plays: Arc::default(),
         }

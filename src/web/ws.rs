@@ -109,9 +109,7 @@ async fn session(s: AppState, token: Option<String>, socket: WebSocket) {
         "desktop connected"
     );
     metrics::gauge!("screenpop_desktops").increment(1.0);
-    if let Ok(mut d) = s.desktops.lock() {
-        *d.entry(me.agent_id).or_insert(0) += 1;
-    }
+    s.acd.desktop(me.agent_id, true);
     let viewer = Viewer {
         agent: me.agent_id,
         sees_all: me.role.sees_all(),
@@ -177,22 +175,7 @@ async fn session(s: AppState, token: Option<String>, socket: WebSocket) {
         }
     }
     metrics::gauge!("screenpop_desktops").decrement(1.0);
-    let last = match s.desktops.lock() {
-        Ok(mut d) => {
-            let n = d.entry(me.agent_id).or_insert(1);
-            *n = n.saturating_sub(1);
-            let last = *n == 0;
-            if last {
-                d.remove(&me.agent_id);
-            }
-            last
-        }
-        Err(_) => false,
-    };
-    if last {
-        // Nobody is at the desk: no calls until a desktop says "available" again.
-        s.acd.offline(me.agent_id);
-    }
+    s.acd.desktop(me.agent_id, false);
     info!(agent = me.agent_id, "desktop disconnected");
 }
 

@@ -10,7 +10,7 @@
 //! at the caller's tone (600 Hz, expected on the LEFT channel) and the agent's
 //! (1500 Hz, expected on the RIGHT), per 20 ms frame.
 //!
-//! Only std and hound are used. Environment knobs:
+//! std, hound, serde_json and sha2 are used. Environment knobs:
 //! - `SCREENPOP_SKIP_SIPP=1`: skip SIPp tests when `sipp` is missing (instead of failing).
 //! - `SCREENPOP_REQUIRE_SIPP=1` (set by `.ci/run`): never skip, even with the above.
 //! - `SCREENPOP_BIN`: run this server binary instead of cargo's `screenpop`.
@@ -1867,7 +1867,7 @@ pub fn check_call_recording(
 pub fn check_sidecar(files: &RecordingFiles, wav_secs: f64, call_id: Option<&str>) {
     let text = fs::read_to_string(&files.json)
         .unwrap_or_else(|e| panic!("reading {}: {e}", files.json.display()));
-    let json = Json::parse(&text)
+    let json = serde_json::from_str::<serde_json::Value>(&text)
         .unwrap_or_else(|e| panic!("{} is not JSON ({e}):\n{text}", files.json.display()));
     let ctx = || format!("{}:\n{text}", files.json.display());
     for key in [
@@ -1887,12 +1887,12 @@ pub fn check_sidecar(files: &RecordingFiles, wav_secs: f64, call_id: Option<&str
     }
     let num = |k: &str| {
         json.get(k)
-            .and_then(Json::as_f64)
+            .and_then(serde_json::Value::as_f64)
             .unwrap_or_else(|| panic!("sidecar \"{k}\" must be a number: {}", ctx()))
     };
     let string = |k: &str| {
         json.get(k)
-            .and_then(Json::as_str)
+            .and_then(serde_json::Value::as_str)
             .unwrap_or_else(|| panic!("sidecar \"{k}\" must be a string: {}", ctx()))
             .to_string()
     };
@@ -1908,7 +1908,7 @@ pub fn check_sidecar(files: &RecordingFiles, wav_secs: f64, call_id: Option<&str
     let caller = json.get("caller").expect("checked above");
     let digits = CALLER_NUMBER.trim_start_matches("+1");
     assert!(
-        caller.contains_text(digits),
+        contains_text(caller, digits),
         "sidecar caller should carry the trunk's From number {CALLER_NUMBER}: {}",
         ctx()
     );
@@ -1950,271 +1950,23 @@ pub fn check_sidecar(files: &RecordingFiles, wav_secs: f64, call_id: Option<&str
     );
 }
 
-// ---------------------------------------------------------------------------
-// Tiny JSON reader (for the sidecar; no serde in tests)
-// ---------------------------------------------------------------------------
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum Json {
-    Null,
-    Bool(bool),
-    Num(f64),
-    Str(String),
-    Arr(Vec<Json>),
-    Obj(Vec<(String, Json)>),
-}
-
-impl Json {
-    pub fn parse(text: &str) -> Result<Json, String> {
-        let mut p = JsonParser {
-            s: text.as_bytes(),
-            i: 0,
-        };
-        let v = p.value()?;
-        p.ws();
-        if p.i != p.s.len() {
-            return Err(format!("trailing data at byte {}", p.i));
-        }
-        Ok(v)
-    }
-    pub fn get(&self, key: &str) -> Option<&Json> {
-        match self {
-            Json::Obj(kv) => kv.iter().find(|(k, _)| k == key).map(|(_, v)| v),
-            _ => None,
-        }
-    }
-    pub fn as_f64(&self) -> Option<f64> {
-        match self {
-            Json::Num(n) => Some(*n),
-            _ => None,
-        }
-    }
-    /// True if any string in this value (recursively) contains `needle`.
-    pub fn contains_text(&self, needle: &str) -> bool {
-        match self {
-            Json::Str(s) => s.contains(needle),
-            Json::Arr(items) => items.iter().any(|v| v.contains_text(needle)),
-            Json::Obj(kv) => kv.iter().any(|(_, v)| v.contains_text(needle)),
-            _ => false,
-        }
-    }
-    pub fn as_str(&self) -> Option<&str> {
-        match self {
-            Json::Str(s) => Some(s),
-            _ => None,
-        }
-    }
-}
-
-struct JsonParser<'a> {
-    s: &'a [u8],
-    i: usize,
-}
-
-impl JsonParser<'_> {
-    fn ws(&mut self) {
-        while self.i < self.s.len() && matches!(self.s[self.i], b' ' | b'\t' | b'\n' | b'\r') {
-            self.i += 1;
-        }
-    }
-    fn eat(&mut self, lit: &str) -> bool {
-        if self.s[self.i..].starts_with(lit.as_bytes()) {
-            self.i += lit.len();
-            true
-        } else {
-            false
-        }
-    }
-    fn value(&mut self) -> Result<Json, String> {
-        self.ws();
-        let Some(&c) = self.s.get(self.i) else {
-            return Err("unexpected end".into());
-        };
-        match c {
-            b'{' => {
-                self.i += 1;
-                let mut kv = vec![];
-                self.ws();
-                if self.eat("}") {
-                    return Ok(Json::Obj(kv));
-                }
-                loop {
-                    self.ws();
-                    let k = self.string()?;
-                    self.ws();
-                    if !self.eat(":") {
-                        return Err(format!("expected ':' at byte {}", self.i));
-                    }
-                    let v = self.value()?;
-                    kv.push((k, v));
-                    self.ws();
-                    if self.eat(",") {
-                        continue;
-                    }
-                    if self.eat("}") {
-                        return Ok(Json::Obj(kv));
-                    }
-                    return Err(format!("expected ',' or '}}' at byte {}", self.i));
-                }
-            }
-            b'[' => {
-                self.i += 1;
-                let mut items = vec![];
-                self.ws();
-                if self.eat("]") {
-                    return Ok(Json::Arr(items));
-                }
-                loop {
-                    items.push(self.value()?);
-                    self.ws();
-                    if self.eat(",") {
-                        continue;
-                    }
-                    if self.eat("]") {
-                        return Ok(Json::Arr(items));
-                    }
-                    return Err(format!("expected ',' or ']' at byte {}", self.i));
-                }
-            }
-            b'"' => Ok(Json::Str(self.string()?)),
-            b't' if self.eat("true") => Ok(Json::Bool(true)),
-            b'f' if self.eat("false") => Ok(Json::Bool(false)),
-            b'n' if self.eat("null") => Ok(Json::Null),
-            b'-' | b'0'..=b'9' => {
-                let start = self.i;
-                while self.i < self.s.len()
-                    && matches!(
-                        self.s[self.i],
-                        b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'
-                    )
-                {
-                    self.i += 1;
-                }
-                let t = std::str::from_utf8(&self.s[start..self.i]).unwrap_or("");
-                t.parse()
-                    .map(Json::Num)
-                    .map_err(|_| format!("bad number {t:?}"))
-            }
-            _ => Err(format!("unexpected {:?} at byte {}", c as char, self.i)),
-        }
-    }
-    fn string(&mut self) -> Result<String, String> {
-        if !self.eat("\"") {
-            return Err(format!("expected a string at byte {}", self.i));
-        }
-        let mut out = String::new();
-        loop {
-            let Some(&c) = self.s.get(self.i) else {
-                return Err("unterminated string".into());
-            };
-            self.i += 1;
-            match c {
-                b'"' => return Ok(out),
-                b'\\' => {
-                    let e = *self.s.get(self.i).ok_or("bad escape")?;
-                    self.i += 1;
-                    match e {
-                        b'n' => out.push('\n'),
-                        b't' => out.push('\t'),
-                        b'r' => out.push('\r'),
-                        b'b' => out.push('\u{8}'),
-                        b'f' => out.push('\u{c}'),
-                        b'u' => {
-                            let hex = self.s.get(self.i..self.i + 4).ok_or("bad \\u")?;
-                            self.i += 4;
-                            let code =
-                                u32::from_str_radix(std::str::from_utf8(hex).unwrap_or(""), 16)
-                                    .map_err(|_| "bad \\u")?;
-                            out.push(char::from_u32(code).unwrap_or('\u{fffd}'));
-                        }
-                        other => out.push(other as char),
-                    }
-                }
-                _ => {
-                    // copy one UTF-8 sequence
-                    let start = self.i - 1;
-                    let len = match c {
-                        0x00..=0x7f => 1,
-                        0xc0..=0xdf => 2,
-                        0xe0..=0xef => 3,
-                        _ => 4,
-                    };
-                    let end = (start + len).min(self.s.len());
-                    out.push_str(&String::from_utf8_lossy(&self.s[start..end]));
-                    self.i = end;
-                }
-            }
-        }
+/// Whether any string inside `v` contains `needle`.
+fn contains_text(v: &serde_json::Value, needle: &str) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains(needle),
+        serde_json::Value::Array(items) => items.iter().any(|v| contains_text(v, needle)),
+        serde_json::Value::Object(kv) => kv.values().any(|v| contains_text(v, needle)),
+        _ => false,
     }
 }
 
 // ---------------------------------------------------------------------------
-// SHA-256 (FIPS 180-4), to check the sidecar without extra crates
+// SHA-256 of a file's bytes (the sidecar's checksum)
 // ---------------------------------------------------------------------------
 
 pub fn sha256_hex(data: &[u8]) -> String {
-    const K: [u32; 64] = [
-        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
-        0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
-        0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
-        0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
-        0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
-        0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
-        0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
-        0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
-        0xc67178f2,
-    ];
-    let mut h: [u32; 8] = [
-        0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
-        0x5be0cd19,
-    ];
-    let mut msg = data.to_vec();
-    let bit_len = (data.len() as u64).wrapping_mul(8);
-    msg.push(0x80);
-    while msg.len() % 64 != 56 {
-        msg.push(0);
-    }
-    msg.extend_from_slice(&bit_len.to_be_bytes());
-    for block in msg.chunks_exact(64) {
-        let mut w = [0u32; 64];
-        for (i, word) in block.chunks_exact(4).enumerate() {
-            w[i] = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
-        }
-        for i in 16..64 {
-            let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
-            let s1 = w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
-            w[i] = w[i - 16]
-                .wrapping_add(s0)
-                .wrapping_add(w[i - 7])
-                .wrapping_add(s1);
-        }
-        let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut hh] = h;
-        for i in 0..64 {
-            let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
-            let ch = (e & f) ^ (!e & g);
-            let t1 = hh
-                .wrapping_add(s1)
-                .wrapping_add(ch)
-                .wrapping_add(K[i])
-                .wrapping_add(w[i]);
-            let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
-            let maj = (a & b) ^ (a & c) ^ (b & c);
-            let t2 = s0.wrapping_add(maj);
-            hh = g;
-            g = f;
-            f = e;
-            e = d.wrapping_add(t1);
-            d = c;
-            c = b;
-            b = a;
-            a = t1.wrapping_add(t2);
-        }
-        for (x, y) in h.iter_mut().zip([a, b, c, d, e, f, g, hh]) {
-            *x = x.wrapping_add(y);
-        }
-    }
-    h.iter().map(|x| format!("{x:08x}")).collect()
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
 }
 
 /// Writes a stereo 16-bit 8 kHz WAV (for the harness self-check).
