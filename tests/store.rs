@@ -114,6 +114,61 @@ on_both!(customers_round_trip, |store: Store| async move {
     assert!(store.customer(c.id + 1000).await.unwrap().is_none());
 });
 
+on_both!(
+    unknown_callers_become_customers_withheld_ones_never,
+    |store: Store| async move {
+        use screenpop::crm::caller::match_or_create;
+        use screenpop::sip::caller_id::CallerId;
+        let us = region("US").unwrap();
+        let caller = |number: Option<&str>, name: Option<&str>, withheld: bool| CallerId {
+            raw: format!("<sip:{}@gw>", number.unwrap_or("anonymous")),
+            number: number.map(str::to_string),
+            name: name.map(str::to_string),
+            withheld,
+        };
+        // An unknown number becomes a customer named after the caller's display name.
+        let first = match_or_create(
+            &store,
+            &caller(Some("4155550100"), Some("Bo Li"), false),
+            us,
+            true,
+        )
+        .await;
+        assert!(first.created);
+        assert_eq!(first.e164.as_deref(), Some("+14155550100"));
+        let c = first.matched.customer.clone().expect("created");
+        assert_eq!(
+            (c.name.as_str(), c.created_via),
+            ("Bo Li", CreatedVia::Call)
+        );
+        // The next call from it (another format) matches that customer, and creates nothing.
+        let again = match_or_create(
+            &store,
+            &caller(Some("+1 415 555 0100"), None, false),
+            us,
+            true,
+        )
+        .await;
+        assert!(!again.created);
+        assert_eq!(again.matched.customer.map(|c| c.id), Some(c.id));
+        // Without a display name, the number is the name; with creation off, nothing is made.
+        let off =
+            match_or_create(&store, &caller(Some("4155550111"), None, false), us, false).await;
+        assert!(!off.created && off.matched.candidates.is_empty());
+        assert_eq!(off.e164.as_deref(), Some("+14155550111"));
+        let named =
+            match_or_create(&store, &caller(Some("4155550112"), None, false), us, true).await;
+        assert_eq!(
+            named.matched.customer.map(|c| c.name),
+            Some("4155550112".to_string())
+        );
+        // A withheld number never matches and never creates, even when it carries digits.
+        let hidden =
+            match_or_create(&store, &caller(Some("4155550100"), None, true), us, true).await;
+        assert!(!hidden.created && hidden.e164.is_none() && hidden.matched.candidates.is_empty());
+    }
+);
+
 on_both!(caller_matching, |store: Store| async move {
     let us = region("US").unwrap();
     let ann = store

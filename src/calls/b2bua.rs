@@ -23,7 +23,6 @@ use crate::acd::runtime::AgentTarget;
 use crate::acd::runtime::{AcdHandle, Decision, RouteRequest};
 use crate::acd::Input as AcdInput;
 use crate::config::Profile;
-use crate::crm::phone::normalize;
 use crate::events::payload::{self, CallAnswered, CallWithdrawn};
 use crate::events::{Event, EventBus, Payload};
 use crate::media::g711::G711;
@@ -39,7 +38,7 @@ use crate::sip::transaction::{
 };
 use crate::sip::Uri;
 use crate::store::calls::{CallDisposition, OfferedCall};
-use crate::store::customers::{CreatedVia, NewCustomer, NewPhone, Tier};
+use crate::store::customers::Tier;
 use crate::store::Store;
 use crate::time::{civil_date, epoch_ms};
 use crate::transport::{Inbound, Peer, SipSocket};
@@ -757,61 +756,20 @@ impl Call {
     /// logged and the call goes on: a database outage must not drop calls.
     async fn log_offered(&mut self) {
         let store = self.env.store.clone();
-        let normalized = self
-            .caller
-            .number
-            .as_deref()
-            .filter(|_| !self.caller.withheld)
-            .and_then(|n| normalize(n, self.env.region).ok());
-        if let Some(n) = &normalized {
-            self.caller_e164 = n.e164.clone();
-            match store.match_caller(n).await {
-                Ok(m) => {
-                    self.candidates = m.candidates.iter().map(|c| c.id).collect();
-                    self.customer_id = m.customer.as_ref().map(|c| c.id);
-                    self.vip = m.customer.as_ref().is_some_and(|c| c.tier == Tier::Vip);
-                    self.assigned_agent = m.customer.as_ref().and_then(|c| c.assigned_agent_id);
-                    self.card = PopCard::load(&store, &m).await;
-                    if m.candidates.is_empty() && self.env.profile.create_customers_from_calls {
-                        let number = self.caller.number.clone().unwrap_or_default();
-                        let new = NewCustomer {
-                            code: None,
-                            name: self.caller.name.clone().unwrap_or_else(|| number.clone()),
-                            company: None,
-                            tier: Tier::Regular,
-                            birthday: None,
-                            anniversary: None,
-                            address: None,
-                            notes: None,
-                            assigned_agent_id: None,
-                            phones: vec![NewPhone {
-                                number,
-                                label: None,
-                            }],
-                            opt_out_sms: false,
-                            opt_out_voice: false,
-                        };
-                        match store
-                            .create_customer(&new, CreatedVia::Call, self.env.region)
-                            .await
-                        {
-                            Ok(c) => {
-                                info!(customer = c.id, "new customer from an unknown caller");
-                                self.customer_id = Some(c.id);
-                                self.candidates = vec![c.id];
-                                let m = crate::store::customers::CallerMatch {
-                                    customer: Some(c.clone()),
-                                    candidates: vec![c],
-                                };
-                                self.card = PopCard::load(&store, &m).await;
-                            }
-                            Err(e) => warn!(error = %e, "customer not created"),
-                        }
-                    }
-                }
-                Err(e) => warn!(error = %e, "caller not matched"),
-            }
-        }
+        let caller = crate::crm::caller::match_or_create(
+            &store,
+            &self.caller,
+            self.env.region,
+            self.env.profile.create_customers_from_calls,
+        )
+        .await;
+        self.caller_e164 = caller.e164;
+        let m = caller.matched;
+        self.candidates = m.candidates.iter().map(|c| c.id).collect();
+        self.customer_id = m.customer.as_ref().map(|c| c.id);
+        self.vip = m.customer.as_ref().is_some_and(|c| c.tier == Tier::Vip);
+        self.assigned_agent = m.customer.as_ref().and_then(|c| c.assigned_agent_id);
+        self.card = PopCard::load(&store, &m).await;
         let offered = OfferedCall {
             sip_call_id: self.a.call_id.clone(),
             caller_raw: self.caller.raw.clone(),

@@ -155,7 +155,7 @@ pub struct Customer {
 }
 
 /// The outcome of matching a caller's number.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CallerMatch {
     /// The best guess: the only match, or among several the one contacted most recently
     /// (`None` when several match and none was ever contacted).

@@ -1,0 +1,86 @@
+//! Who is calling: the caller's number matched to customer records, and the rule for unknown
+//! callers. A withheld number never matches and never creates a record; an unknown number
+//! becomes a customer (named after the caller's display name, else the number) unless the
+//! profile says `create_customers_from_calls = false`. The store only stores; this is the rule.
+
+use tracing::{info, warn};
+
+use phonenumber::country::Id as Region;
+
+use super::phone::normalize;
+use crate::sip::caller_id::CallerId;
+use crate::store::customers::{CallerMatch, CreatedVia, NewCustomer, NewPhone, Tier};
+use crate::store::Store;
+
+/// What the call knows about its caller after matching.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    /// The number in E.164, when it parses (never for a withheld number).
+    pub e164: Option<String>,
+    /// The best guess and every candidate (empty when withheld, unmatched or the store failed).
+    pub matched: CallerMatch,
+    /// The customer was created from this call.
+    pub created: bool,
+}
+
+/// Matches the caller, creating a customer for an unknown number when `create` allows. A store
+/// failure is logged and leaves the caller unmatched: the call goes on.
+pub async fn match_or_create(
+    store: &Store,
+    caller: &CallerId,
+    region: Region,
+    create: bool,
+) -> Caller {
+    let normalized = caller
+        .number
+        .as_deref()
+        .filter(|_| !caller.withheld)
+        .and_then(|n| normalize(n, region).ok());
+    let Some(n) = normalized else {
+        return Caller::default();
+    };
+    let mut out = Caller {
+        e164: n.e164.clone(),
+        ..Caller::default()
+    };
+    match store.match_caller(&n).await {
+        Ok(m) => out.matched = m,
+        Err(e) => {
+            warn!(error = %e, "caller not matched");
+            return out;
+        }
+    }
+    if !out.matched.candidates.is_empty() || !create {
+        return out;
+    }
+    let number = caller.number.clone().unwrap_or_default();
+    let new = NewCustomer {
+        code: None,
+        name: caller.name.clone().unwrap_or_else(|| number.clone()),
+        company: None,
+        tier: Tier::Regular,
+        birthday: None,
+        anniversary: None,
+        address: None,
+        notes: None,
+        assigned_agent_id: None,
+        phones: vec![NewPhone {
+            number,
+            label: None,
+        }],
+        opt_out_sms: false,
+        opt_out_voice: false,
+    };
+    match store.create_customer(&new, CreatedVia::Call, region).await {
+        Ok(c) => {
+            info!(customer = c.id, "new customer from an unknown caller");
+            out.matched = CallerMatch {
+                customer: Some(c.clone()),
+                candidates: vec![c],
+            };
+            out.created = true;
+        }
+        Err(e) => warn!(error = %e, "customer not created"),
+    }
+    out
+}
