@@ -9,8 +9,6 @@ mod common;
 #[path = "support/desk.rs"]
 mod desk;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{server_binary, Env, Ports, Server};
@@ -136,25 +134,7 @@ fn installed_binary_starts_on_its_defaults_and_the_first_call_pops() {
     );
 
     // The README's way to make the first admin, from the same folder, while it runs.
-    let mut child = Command::new(&bin)
-        .args(["admin", "create", "--username", "admin", "--password-stdin"])
-        .current_dir(&work)
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("admin create");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"first-admin-pw\n")
-        .expect("password");
-    let out = child.wait_with_output().expect("admin create");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::admin_create(&bin, &work, None, "admin", "first-admin-pw");
     let admin = Api::login(&base, "admin", "first-admin-pw");
 
     // An empty store has a default queue; a new agent joins it without being told.

@@ -6,12 +6,10 @@ mod common;
 #[path = "support/desk.rs"]
 mod desk;
 
-use std::io::Write;
 use std::net::UdpSocket;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{server_binary, Env, Server};
+use common::{Env, Server};
 use desk::{call, Api, Desktop};
 use serde_json::{json, Value};
 
@@ -24,23 +22,7 @@ const T: Duration = Duration::from_secs(15);
 
 fn start(env: &Env) -> (Server, Api) {
     env.write_acd_profile();
-    let mut child = Command::new(server_binary())
-        .args(["admin", "create", "--username", "root", "--password-stdin"])
-        .arg("--database")
-        .arg(format!(
-            "sqlite://{}",
-            env.dir.join("screenpop.db").display()
-        ))
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("admin create");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"root-password\n")
-        .expect("password");
-    assert!(child.wait().expect("admin create").success());
+    env.admin_create("root", "root-password");
     let server = env.start_server();
     let admin = Api::login(&env.http_base(), "root", "root-password");
     (server, admin)

@@ -657,6 +657,54 @@ fn tail(text: &str, max_lines: usize) -> String {
 // Server
 // ---------------------------------------------------------------------------
 
+/// The README's way to make the first admin: `screenpop admin create --password-stdin`, run by
+/// `bin` from `cwd` (its default database is `screenpop.db` there) or on `database`; panics with
+/// its output when it fails.
+pub fn admin_create(
+    bin: &Path,
+    cwd: &Path,
+    database: Option<&str>,
+    username: &str,
+    password: &str,
+) {
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "admin",
+        "create",
+        "--username",
+        username,
+        "--password-stdin",
+    ])
+    .current_dir(cwd)
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    if let Some(db) = database {
+        cmd.args(["--database", db]);
+    }
+    let mut child = cmd.spawn().expect("admin create");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("password");
+    let out = child.wait_with_output().expect("admin create");
+    assert!(
+        out.status.success(),
+        "admin create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Env {
+    /// Makes the first admin in this env's store (`screenpop.db` in its folder).
+    pub fn admin_create(&self, username: &str, password: &str) {
+        let db = format!("sqlite://{}", self.dir.join("screenpop.db").display());
+        admin_create(&server_binary(), &self.dir, Some(&db), username, password);
+    }
+}
+
 pub fn server_binary() -> PathBuf {
     match std::env::var_os("SCREENPOP_BIN") {
         Some(p) => PathBuf::from(p),

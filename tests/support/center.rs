@@ -3,12 +3,9 @@
 //! helpers to add queues, agents whose phones are SIPp UASes, desktops and customers.
 #![allow(dead_code)]
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use serde_json::{json, Value};
 
-use crate::common::{server_binary, Env, Ports, Server};
+use crate::common::{Env, Ports, Server};
 use crate::desk::{Api, Desktop};
 
 pub const ADMIN_PASSWORD: &str = "admin-pass-1";
@@ -23,29 +20,7 @@ pub struct Center {
 pub fn center(name: &str) -> Option<Center> {
     let env = Env::with_sipp(name)?;
     env.write_acd_profile();
-    let mut child = Command::new(server_binary())
-        .args(["admin", "create", "--username", "admin", "--password-stdin"])
-        .arg("--database")
-        .arg(format!(
-            "sqlite://{}",
-            env.dir.join("screenpop.db").display()
-        ))
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("admin create");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{ADMIN_PASSWORD}\n").as_bytes())
-        .expect("password");
-    let out = child.wait_with_output().expect("admin create");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.admin_create("admin", ADMIN_PASSWORD);
     let server = env.start_server();
     let admin = Api::login(&env.http_base(), "admin", ADMIN_PASSWORD);
     Some(Center { env, server, admin })
