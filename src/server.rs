@@ -125,7 +125,6 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         ports,
         media: MediaEngine::spawn(cfg.media_threads)?,
         recorder,
-        recordings: cfg.recordings,
         store: store.clone(),
         region,
         bus,

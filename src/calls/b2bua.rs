@@ -57,7 +57,6 @@ pub struct CallEnv {
     pub ports: Arc<PortPool>,
     pub media: MediaEngine,
     pub recorder: Arc<RecorderHandle>,
-    pub recordings: PathBuf,
     pub timers: TimerConfig,
     pub ended: mpsc::UnboundedSender<CallEnded>,
     /// Customers and contact logs.

@@ -3,7 +3,7 @@
 import { t } from './i18n.js';
 import { get, qs, agentName, queueName } from './api.js';
 import { h, debounce, tick, serverNow } from './ui.js';
-import { fmtDuration, fmtPercent, rfc3339Local, localMidnight, toMs } from './fmt.js';
+import { fmtDuration, fmtPercent, fmtTime, rfc3339Local, localMidnight, toMs } from './fmt.js';
 
 const Q_FIELDS = ['waiting', 'longest_wait', 'answered', 'abandoned', 'missed', 'service_level', 'avg_wait', 'avg_talk'];
 const A_FIELDS = ['state', 'time_in_state', 'current_call', 'calls_today', 'talk_today'];
@@ -42,10 +42,12 @@ export class Wallboard {
 
   onEvent(ev) {
     if (ev.type === 'agent.state') {
-      let a = this.agents.find((x) => x.agent_id === ev.agent_id);
+      const a = this.agents.find((x) => x.agent_id === ev.agent_id);
       if (!a) {
-        a = { agent_id: ev.agent_id, display_name: agentName(ev.agent_id), calls_today: 0, talk_secs_today: 0, current_call_id: null, current_caller: null };
-        this.agents.push(a);
+        // Not one who takes calls (a supervisor's own desktop), or an agent created since the
+        // last fetch: the server's list decides who is on the board.
+        this.refetch();
+        return;
       }
       a.state = ev.state;
       a.since = ev.since || new Date(serverNow()).toISOString();
@@ -115,7 +117,7 @@ export class Wallboard {
       h('thead', null, h('tr', null, h('th', { scope: 'col', text: t('wb.a.agent') }), A_FIELDS.map((f) => h('th', { scope: 'col', class: f.includes('today') || f === 'time_in_state' ? 'num' : '', text: t(`wb.a.${f}`) })))),
       h('tbody', null, agents.length ? agents.map((a) => this.agentRow(a))
         : h('tr', null, h('td', { colspan: A_FIELDS.length + 1, class: 'empty', text: t('wb.noAgents') }))));
-    this.updated.textContent = this.fetchedAt ? t('wb.updated', { time: new Date(this.fetchedAt).toLocaleTimeString() }) : '';
+    this.updated.textContent = this.fetchedAt ? t('wb.updated', { time: fmtTime(this.fetchedAt) }) : '';
     this.root.replaceChildren(
       h('div', { class: 'panel-head' }, h('h2', { class: 'section-title', text: t('sup.tab.wallboard') }), this.updated),
       this.error, tiles, h('div', { class: 'table-wrap' }, qTable), h('div', { class: 'table-wrap' }, aTable));
