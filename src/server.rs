@@ -15,7 +15,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::acd::runtime::AgentTarget;
-use crate::calls::b2bua::{self, CallEnv, NewCall, ALLOW};
+use crate::calls::admission::{self, CallEnv, NewCall};
+use crate::calls::call::{CallConfig, ALLOW};
 use crate::calls::dialog::LocalContact;
 use crate::calls::record::{CallRecord, RecordedFile};
 use crate::config::Profile;
@@ -67,7 +68,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let recorder = Arc::new(Recorder::spawn(cfg.recordings.clone())?);
     let (sock, mut inbound) = SipSocket::bind(cfg.sip).await?;
     let local = sock.local_addr();
-    let ip = b2bua::advertised_ip(local, cfg.profile.public_addr);
+    let ip = crate::calls::dialog::advertised_ip(local, cfg.profile.public_addr);
     let host = match ip {
         std::net::IpAddr::V6(v6) => format!("[{v6}]"),
         v4 => v4.to_string(),
@@ -77,7 +78,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         .codec_prefs()
         .map_err(|e| anyhow::anyhow!("profile codecs: {e}"))?;
     let (ended_tx, mut ended_rx) = mpsc::unbounded_channel();
-    let (routes_tx, mut routes_rx) = mpsc::unbounded_channel::<b2bua::Route>();
+    let (routes_tx, mut routes_rx) = mpsc::unbounded_channel::<admission::Route>();
     let ports = PortPool::new(cfg.rtp_ports.0, cfg.rtp_ports.1);
     info!(
         profile = %cfg.profile.name,
@@ -115,13 +116,22 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     }
     let env = Arc::new(CallEnv {
         sip: sock.clone(),
-        me: LocalContact {
-            host,
-            port: local.port(),
-        },
-        media_ip: ip,
+        call: Arc::new(CallConfig {
+            me: LocalContact {
+                host,
+                port: local.port(),
+            },
+            media_ip: ip,
+            codecs,
+            timers: TimerConfig {
+                t1: std::time::Duration::from_millis(profile.sip_t1_ms),
+                ..TimerConfig::default()
+            },
+            ring_timeout: std::time::Duration::from_secs(profile.ring_timeout_secs),
+            rtp_timeout: (profile.rtp_timeout_secs > 0)
+                .then(|| std::time::Duration::from_secs(profile.rtp_timeout_secs)),
+        }),
         profile: profile.clone(),
-        codecs,
         ports,
         media: MediaEngine::spawn(cfg.media_threads)?,
         recorder,
@@ -130,10 +140,6 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         bus,
         acd,
         routes: routes_tx,
-        timers: TimerConfig {
-            t1: std::time::Duration::from_millis(profile.sip_t1_ms),
-            ..TimerConfig::default()
-        },
         ended: ended_tx,
     });
     let mut d = Dispatcher {
@@ -460,7 +466,7 @@ impl Dispatcher {
             trunk: trunk.map(|t| t.name.clone()).unwrap_or_default(),
             agent,
         };
-        if let Some(h) = b2bua::spawn(self.env.clone(), new) {
+        if let Some(h) = admission::spawn(self.env.clone(), new) {
             for call_id in h.call_ids {
                 self.calls.insert(call_id, (h.id.clone(), h.tx.clone()));
             }
@@ -485,7 +491,7 @@ async fn start_registration(
         _ => Transport::Udp,
     };
     let peer = Peer { addr, transport };
-    let me = &env.me;
+    let me = &env.call.me;
     let cfg = RegConfig {
         registrar,
         user: r.user.clone(),
@@ -498,7 +504,7 @@ async fn start_registration(
         reliable: transport.reliable(),
     };
     let call_id = format!("reg-{:016x}@{}", rand::random::<u64>(), me.host);
-    let mut client = RegistrationClient::new(Instant::now(), cfg, call_id.clone(), env.timers);
+    let mut client = RegistrationClient::new(Instant::now(), cfg, call_id.clone(), env.call.timers);
     let (tx, mut rx) = mpsc::channel::<Inbound>(16);
     let sip = env.sip.clone();
     let span = tracing::info_span!("registration", registrar = %r.registrar, user = %r.user);

@@ -169,6 +169,25 @@ pub fn target_peer(uri: &Uri, fallback: Peer) -> Peer {
     }
 }
 
+/// The address written into SDP and Contact: the profile's `public_addr`, else the bound
+/// address, else loopback when bound to a wildcard (nothing better is known).
+pub fn advertised_ip(
+    bound: std::net::SocketAddr,
+    public: Option<std::net::IpAddr>,
+) -> std::net::IpAddr {
+    match public {
+        Some(ip) => ip,
+        None if bound.ip().is_unspecified() => {
+            if bound.is_ipv6() {
+                std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+            } else {
+                std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+            }
+        }
+        None => bound.ip(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

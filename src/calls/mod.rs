@@ -1,8 +1,10 @@
-//! Calls: one task per call glues SIP, media, the ACD and the CRM together. This is the only
-//! place that knows a whole call.
+//! Calls: the only place that knows a whole call. `call.rs` is the call as a sans-IO machine,
+//! `task.rs` the task that does its I/O, `admission.rs` decides whether an INVITE becomes a call.
 
-pub mod b2bua;
+pub mod admission;
+pub mod call;
 pub mod dial;
 pub mod dialog;
 pub mod pop;
 pub mod record;
+pub mod task;

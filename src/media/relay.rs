@@ -35,6 +35,14 @@ pub enum LegId {
 }
 
 impl LegId {
+    /// The leg across the bridge.
+    pub fn other(self) -> LegId {
+        match self {
+            LegId::Caller => LegId::Agent,
+            LegId::Agent => LegId::Caller,
+        }
+    }
+
     fn index(self) -> usize {
         match self {
             LegId::Caller => 0,

@@ -1,0 +1,2260 @@
+//! One inbound call as a sans-IO state machine: the back-to-back user agent that owns both legs'
+//! dialogs and transactions (RFC 3261 §§12–17) and their offer/answer (RFC 3264).
+//!
+//! The caller leg is the UAS side of the trunk's INVITE; the agent leg is the UAC side of the
+//! INVITE screenpop sends to the agent's phone. Media is anchored: each leg gets screenpop's own
+//! SDP, and the relay joins them.
+//!
+//! The machine is fed SIP messages, the ACD's decisions, media events, the results of the work it
+//! asked for (the caller lookup, a DNS answer) and timer ticks, always with `now`; it answers
+//! through [`Call::poll_output`] and [`Call::poll_timeout`], in the shape of `quinn-proto`'s
+//! `Connection`. It never reads a clock, a socket, the store or the random generator of the
+//! process: the same inputs give the same outputs, which is what lets `tests/call_sim.rs` run
+//! thousands of whole calls over a lossy network on fake time. `task.rs` does the I/O.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant, SystemTime};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tracing::{debug, info, warn};
+
+use super::dialog::{target_peer, Dialog, LocalContact};
+use super::pop::{self, PopCard};
+use super::record::{CallRecord, Disposition, EndedBy};
+use crate::acd::runtime::{AgentTarget, Decision};
+use crate::acd::{AgentId, CallKey, Input as AcdInput, QueueId};
+use crate::events::payload::{CallAnswered, CallWithdrawn};
+use crate::events::{Event, Payload};
+use crate::media::g711::G711;
+use crate::media::relay::{LegId, MediaEvent, RemoteMedia};
+use crate::sip::caller_id::CallerId;
+use crate::sip::headers::{HeaderName, NameAddr};
+use crate::sip::message::{Message, Method, Request, Response};
+use crate::sip::peer::{response_peer, Peer, Transport};
+use crate::sip::sdp::{self, Codec, Direction, LocalMedia, SessionDescription};
+use crate::sip::transaction::{
+    ClientState, ClientTransaction, ServerKey, ServerState, ServerTransaction, TimerConfig,
+    TxOutput,
+};
+use crate::sip::Uri;
+use crate::time::{civil_date, epoch_ms};
+
+/// Methods screenpop accepts in a call.
+pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, REGISTER";
+
+/// How long an ended call keeps absorbing retransmissions before its task goes, at most.
+const LINGER: Duration = Duration::from_secs(40);
+
+/// What every call shares and never changes while it runs.
+#[derive(Debug, Clone)]
+pub struct CallConfig {
+    pub me: LocalContact,
+    /// Address for RTP and SDP.
+    pub media_ip: IpAddr,
+    /// Codecs offered and accepted, in preference order.
+    pub codecs: Vec<Codec>,
+    pub timers: TimerConfig,
+    /// How long a fixed agent target may ring (with the ACD the queue's ring timeout applies).
+    pub ring_timeout: Duration,
+    /// Hang up when a leg stops sending RTP for this long (`None`: never).
+    pub rtp_timeout: Option<Duration>,
+}
+
+/// Everything a new call starts from; the admission checks have passed.
+pub struct CallInit {
+    /// screenpop's own id of the call (recording names, events, the ACD).
+    pub id: CallKey,
+    pub invite: Request,
+    /// The INVITE's SDP offer, already parsed by [`screen`].
+    pub offer: SessionDescription,
+    /// Where responses to the INVITE go (RFC 3261 §18.2.2).
+    pub peer: Peer,
+    /// When the INVITE came off the socket: the screen-pop latency starts here.
+    pub received: Instant,
+    /// The wall clock at `received`, the only one the call ever reads.
+    pub wall: SystemTime,
+    pub caller: CallerId,
+    pub trunk: String,
+    /// A fixed agent target (the trunk's `agent` setting); `None` routes through the ACD.
+    pub agent: Option<AgentTarget>,
+    /// The RTP ports bound for each leg.
+    pub caller_port: u16,
+    pub agent_port: u16,
+    /// Seeds the tags, Call-IDs, CSeqs and SDP session ids this call makes up.
+    pub seed: u64,
+}
+
+/// Why an INVITE is refused before a call exists, with the status that says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub why: &'static str,
+}
+
+/// The checks an INVITE passes before ports are bound for it: From and To, and an SDP offer
+/// that parses (delayed offer is not taken yet).
+pub fn screen(invite: &Request) -> Result<SessionDescription, Refusal> {
+    if invite.from().is_none() || invite.to().is_none() {
+        return Err(Refusal {
+            status: 400,
+            why: "missing From/To",
+        });
+    }
+    if invite.body.is_empty() {
+        return Err(Refusal {
+            status: 488,
+            why: "INVITE without SDP offer",
+        });
+    }
+    SessionDescription::parse(&invite.body).map_err(|e| {
+        debug!(error = %e, "bad SDP");
+        Refusal {
+            status: 400,
+            why: "malformed SDP",
+        }
+    })
+}
+
+/// The final response that refuses an INVITE (with `Accept` where the body was the problem).
+pub fn refusal_response(invite: &Request, refusal: Refusal, tag: &str) -> Response {
+    let mut r = invite.response(refusal.status, Some(tag));
+    if refusal.status == 488 || refusal.status == 415 {
+        r.headers.push(HeaderName::Accept, "application/sdp");
+    }
+    r
+}
+
+/// Who the caller is in the CRM, and the contact log row written for the call: the answer to
+/// [`Output::Lookup`].
+#[derive(Debug, Clone, Default)]
+pub struct CallerLookup {
+    pub e164: Option<String>,
+    pub customer_id: Option<i64>,
+    pub candidates: Vec<i64>,
+    pub vip: bool,
+    pub assigned_agent: Option<AgentId>,
+    pub card: PopCard,
+    /// The contact log row, when the store could write it.
+    pub log_id: Option<i64>,
+}
+
+/// What the media relay of the call is told to do.
+#[derive(Debug, Clone)]
+pub enum MediaCommand {
+    /// Where a leg's RTP goes and in which codec.
+    SetRemote(LegId, RemoteMedia),
+    /// The leg's signalling address (RTP from it is accepted before the SDP says so).
+    SignallingIp(LegId, IpAddr),
+    /// Report a leg that stays silent this long (`None`: stop watching, e.g. on hold).
+    Watch(Option<Duration>),
+}
+
+/// What the call asks its task to do, in order.
+#[derive(Debug)]
+pub enum Output {
+    /// Send SIP bytes.
+    Transmit {
+        peer: Peer,
+        bytes: Vec<u8>,
+    },
+    /// An event for the desktops.
+    Publish(Event),
+    /// Match the caller to customers and write the contact log row; answer with
+    /// [`Call::handle_lookup`]. Asked once, first.
+    Lookup {
+        caller: CallerId,
+        sip_call_id: String,
+        dialed: String,
+        offered_at_ms: u64,
+    },
+    /// Ask the ACD for an agent; its decisions come back through [`Call::handle_decision`].
+    Route {
+        dialed: String,
+        vip: bool,
+        assigned: Option<AgentId>,
+    },
+    /// Tell the ACD what happened to the call.
+    Acd(AcdInput),
+    /// Messages with this (agent-leg) Call-ID belong to this call from now on.
+    Listen {
+        call_id: String,
+    },
+    /// Resolve the agent's host name; answer with [`Call::handle_resolved`].
+    Resolve {
+        attempt: u32,
+        host: String,
+        port: u16,
+    },
+    /// The contact log names the agent being rung or who answered.
+    NoteAgent {
+        log_id: i64,
+        agent: AgentId,
+        queue: Option<QueueId>,
+    },
+    Media(MediaCommand),
+    /// The call was answered: write the provisional record beside the recording, then start
+    /// recording (`answered` is the recording's time zero).
+    Record {
+        record: Box<CallRecord>,
+        date: (i32, u32, u32),
+        answered: Instant,
+    },
+    /// The call is over: stop the media, finish the recording and the contact log from this
+    /// record; `at` is where the recording ends. Exactly once per call.
+    Ended {
+        record: Box<CallRecord>,
+        at: Instant,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Agent leg INVITE sent (or an agent awaited), caller hears ringback.
+    Ringing,
+    /// Both legs answered.
+    Up,
+    /// Over: only retransmissions are absorbed until the transactions end.
+    Ended,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    AgentInvite,
+    ReInvite,
+    Bye,
+    Cancel,
+}
+
+struct Client {
+    tx: ClientTransaction,
+    peer: Peer,
+    leg: LegId,
+    purpose: Purpose,
+    /// Which agent-leg attempt this belongs to (each agent rung is a new attempt).
+    attempt: u32,
+    /// A provisional response arrived (a CANCEL may be sent, RFC 3261 §9.1).
+    provisional: bool,
+    /// Cancel as soon as a provisional response arrives.
+    cancel_pending: bool,
+}
+
+struct Server {
+    tx: ServerTransaction,
+    peer: Peer,
+    leg: LegId,
+}
+
+/// A leg's media negotiation state.
+struct LegMedia {
+    local: LocalMedia,
+    /// The last offer we sent on this leg and await an answer to.
+    pending_offer: Option<SessionDescription>,
+    dtmf_pt: Option<u8>,
+    /// Our last answer or accepted offer body, repeated on retransmitted 2xx.
+    last_sdp: Option<Vec<u8>>,
+}
+
+/// Where the caller lookup stands: the call cannot finish its contact log before it is back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    Pending,
+    Done,
+}
+
+/// One call. See the module documentation.
+pub struct Call {
+    cfg: std::sync::Arc<CallConfig>,
+    id: CallKey,
+    rng: StdRng,
+    phase: Phase,
+    /// The caller leg's dialog.
+    caller_leg: Dialog,
+    /// The agent leg's dialog (a placeholder until an agent is rung).
+    agent_leg: Dialog,
+    invite: Request,
+    invite_key: ServerKey,
+    caller: CallerId,
+    trunk: String,
+    agent_uri: Option<Uri>,
+    codec: Codec,
+    caller_media: LegMedia,
+    agent_media: LegMedia,
+    servers: Vec<Server>,
+    clients: Vec<Client>,
+    agent_answered: bool,
+    agent_ack: Option<Vec<u8>>,
+    /// The current agent-leg attempt; earlier attempts' dialogs are kept to release a late 2xx.
+    attempt: u32,
+    old_agent_legs: Vec<(u32, Dialog)>,
+    /// Every agent-leg Call-ID this call used.
+    agent_call_ids: Vec<String>,
+    /// Routed by the ACD (no fixed agent target).
+    acd_mode: bool,
+    /// The ACD has heard of the call (it must hear how it ends).
+    routed: bool,
+    /// The agent (store id) ringing or bridged, and the queue the call waits in.
+    agent_id: Option<AgentId>,
+    queue: Option<(QueueId, String)>,
+    lookup: Lookup,
+    found: CallerLookup,
+    /// When the INVITE came off the socket, and the wall clock then.
+    received: Instant,
+    wall0: SystemTime,
+    ring_deadline: Option<Instant>,
+    linger_until: Option<Instant>,
+    answered_at: Option<Instant>,
+    ended_at: Option<Instant>,
+    ended_by: Option<LegId>,
+    /// The end's record waits for the caller lookup (the contact log row it completes).
+    end_reported: bool,
+    disposition: Option<Disposition>,
+    final_status: u16,
+    dialed: String,
+    agent_needs_dns: bool,
+    /// A leg offered sendonly/recvonly/inactive: silence is expected.
+    on_hold: bool,
+    /// The call was ended because a leg stopped sending RTP.
+    rtp_timeout: bool,
+    /// The caller ACKed our 2xx.
+    caller_acked: bool,
+    /// The call ended before the caller ACKed our 2xx: its BYE waits for the ACK or for the
+    /// 2xx's retransmissions to give up (RFC 3261 §15: no BYE before either).
+    caller_bye_deferred: bool,
+    /// The trunk INVITE's Max-Forwards; the agent leg gets one less, so a target that
+    /// points back at screenpop ends instead of looping.
+    max_forwards: u32,
+    out: VecDeque<Output>,
+}
+
+fn remote_media(rtp: Option<SocketAddr>, codec: Codec, dtmf_pt: Option<u8>) -> RemoteMedia {
+    RemoteMedia {
+        rtp,
+        codec: match codec {
+            Codec::Pcmu => G711::Pcmu,
+            Codec::Pcma => G711::Pcma,
+        },
+        dtmf_pt,
+    }
+}
+
+impl Call {
+    /// Takes the INVITE: answers 100 Trying, asks for the caller lookup and tells the relay
+    /// where the caller's audio goes. Refused (488) when no codec is shared.
+    pub fn new(cfg: std::sync::Arc<CallConfig>, init: CallInit) -> Result<Call, Refusal> {
+        let mut rng = StdRng::seed_from_u64(init.seed);
+        let now = init.received;
+        let mut caller_local = LocalMedia {
+            addr: cfg.media_ip,
+            port: init.caller_port,
+            session_id: rng.gen::<u32>() as u64,
+            session_version: 1,
+            username: "screenpop".into(),
+        };
+        let negotiated = sdp::answer(&init.offer, &caller_local, &cfg.codecs).map_err(|e| {
+            debug!(error = %e, "no common codec");
+            Refusal {
+                status: 488,
+                why: "no common codec",
+            }
+        })?;
+        caller_local.session_version = 1;
+        let invite = init.invite;
+        let (Some(from), Some(to), Some(invite_key)) =
+            (invite.from(), invite.to(), ServerKey::of(&invite))
+        else {
+            return Err(Refusal {
+                status: 400,
+                why: "missing From/To",
+            });
+        };
+        let local_tag = new_tag(&mut rng);
+        let mut local_to = to.clone();
+        local_to.set_param("tag", Some(&local_tag));
+        let caller_leg = Dialog {
+            call_id: invite.call_id().unwrap_or_default().to_string(),
+            local: local_to,
+            remote: from.clone(),
+            remote_target: invite
+                .contact()
+                .map(|c| c.uri)
+                .unwrap_or_else(|| from.uri.clone()),
+            route_set: invite
+                .headers
+                .get_all(&HeaderName::RecordRoute)
+                .map(str::to_string)
+                .collect(),
+            local_cseq: rng.gen::<u16>() as u32,
+            remote_cseq: invite.cseq().map(|c| c.seq),
+            peer: init.peer,
+        };
+        // With the ACD the agent leg is set up when an agent is offered the call; until then it
+        // is a placeholder aimed at ourselves that is never used.
+        let acd_mode = init.agent.is_none();
+        let agent = init.agent.clone().unwrap_or_else(|| AgentTarget {
+            uri: Uri::sip(None, &cfg.me.host, Some(cfg.me.port)),
+            peer: Some(init.peer),
+        });
+        let (agent_leg, agent_needs_dns) =
+            agent_dialog(&cfg.me, &mut rng, &init.caller, &agent, init.peer);
+        let agent_local = LocalMedia {
+            addr: cfg.media_ip,
+            port: init.agent_port,
+            session_id: rng.gen::<u32>() as u64,
+            session_version: 1,
+            username: "screenpop".into(),
+        };
+        let server = ServerTransaction::new(
+            invite.clone(),
+            invite_key.clone(),
+            init.peer.transport.reliable(),
+            cfg.timers,
+        );
+        let codec = negotiated.codec;
+        let mut call = Call {
+            id: init.id,
+            rng,
+            phase: Phase::Ringing,
+            agent_call_ids: if acd_mode {
+                Vec::new()
+            } else {
+                vec![agent_leg.call_id.clone()]
+            },
+            caller_leg,
+            agent_leg,
+            dialed: invite.uri.user_unescaped().unwrap_or_default(),
+            max_forwards: invite
+                .headers
+                .get(&HeaderName::MaxForwards)
+                .and_then(|m| m.trim().parse::<u32>().ok())
+                .unwrap_or(70),
+            invite,
+            invite_key,
+            caller: init.caller,
+            trunk: init.trunk,
+            agent_uri: (!acd_mode).then_some(agent.uri),
+            codec,
+            caller_media: LegMedia {
+                local: caller_local,
+                pending_offer: None,
+                dtmf_pt: negotiated.dtmf_pt,
+                last_sdp: Some(negotiated.answer.to_string().into_bytes()),
+            },
+            agent_media: LegMedia {
+                local: agent_local,
+                pending_offer: None,
+                dtmf_pt: negotiated.dtmf_pt.map(|_| 101),
+                last_sdp: None,
+            },
+            servers: vec![Server {
+                tx: server,
+                peer: init.peer,
+                leg: LegId::Caller,
+            }],
+            clients: Vec::new(),
+            agent_answered: false,
+            agent_ack: None,
+            attempt: 0,
+            old_agent_legs: Vec::new(),
+            acd_mode,
+            routed: false,
+            agent_id: None,
+            queue: None,
+            lookup: Lookup::Pending,
+            found: CallerLookup::default(),
+            received: now,
+            wall0: init.wall,
+            ring_deadline: None,
+            linger_until: None,
+            answered_at: None,
+            ended_at: None,
+            ended_by: None,
+            end_reported: false,
+            disposition: None,
+            final_status: 0,
+            agent_needs_dns,
+            on_hold: false,
+            rtp_timeout: false,
+            caller_acked: false,
+            caller_bye_deferred: false,
+            out: VecDeque::new(),
+            cfg,
+        };
+        call.media(MediaCommand::SetRemote(
+            LegId::Caller,
+            remote_media(negotiated.remote_rtp, codec, negotiated.dtmf_pt),
+        ));
+        call.media(MediaCommand::SignallingIp(
+            LegId::Caller,
+            call.caller_leg.peer.addr.ip(),
+        ));
+        // 100 Trying at once (RFC 3261 §8.2.6.1), then who the caller is.
+        let trying = call.invite.response(100, None);
+        call.respond_invite(now, trying);
+        call.out.push_back(Output::Lookup {
+            caller: call.caller.clone(),
+            sip_call_id: call.caller_leg.call_id.clone(),
+            dialed: call.dialed.clone(),
+            offered_at_ms: epoch_ms(call.wall0),
+        });
+        call.pump(now);
+        Ok(call)
+    }
+
+    /// screenpop's id of the call.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The SIP Call-IDs the call answers to (the caller leg's first).
+    pub fn call_ids(&self) -> Vec<String> {
+        let mut ids = vec![self.caller_leg.call_id.clone()];
+        ids.extend(self.agent_call_ids.iter().cloned());
+        ids
+    }
+
+    /// The next thing to do, in order.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When [`Call::handle_timeout`] wants to run next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let txs = self
+            .servers
+            .iter()
+            .filter_map(|s| s.tx.poll_timeout())
+            .chain(self.clients.iter().filter_map(|c| c.tx.poll_timeout()));
+        txs.chain(self.ring_deadline).chain(self.linger_until).min()
+    }
+
+    /// The call is over and nothing of it is left to absorb: its task may go.
+    pub fn is_done(&self, now: Instant) -> bool {
+        self.phase == Phase::Ended
+            && self.end_reported
+            && ((self.servers.is_empty() && self.clients.is_empty())
+                || self.linger_until.is_some_and(|l| now >= l))
+    }
+
+    /// The wall clock at `now`, from the one reading taken when the INVITE arrived.
+    fn wall(&self, now: Instant) -> SystemTime {
+        self.wall0 + now.saturating_duration_since(self.received)
+    }
+
+    fn media(&mut self, cmd: MediaCommand) {
+        self.out.push_back(Output::Media(cmd));
+    }
+
+    fn send(&mut self, peer: Peer, bytes: Vec<u8>) {
+        self.out.push_back(Output::Transmit { peer, bytes });
+    }
+
+    fn publish(&mut self, event: Event) {
+        self.out.push_back(Output::Publish(event));
+    }
+
+    fn tell_acd(&mut self, input: AcdInput) {
+        self.out.push_back(Output::Acd(input));
+    }
+
+    /// The caller lookup is back: the call is routed (or its fixed agent rung).
+    pub fn handle_lookup(&mut self, now: Instant, found: CallerLookup) {
+        if self.lookup == Lookup::Done {
+            return;
+        }
+        self.lookup = Lookup::Done;
+        self.found = found;
+        if self.phase == Phase::Ended {
+            // The caller left while the lookup ran: complete its contact log now.
+            self.report_end();
+        } else if self.acd_mode {
+            // The caller hears ringback while waiting for an agent (RFC 3261 §21.1.2).
+            let tag = self.caller_leg.local_tag().to_string();
+            let mut ringing = self.invite.response(180, Some(&tag));
+            ringing.headers.push(
+                HeaderName::Contact,
+                self.cfg.me.contact(&self.caller_leg.peer),
+            );
+            self.respond_invite(now, ringing);
+            if self.max_forwards == 0 {
+                self.disposition = Some(Disposition::Failed);
+                self.fail_caller(now, 483);
+                self.end(now, None);
+            } else {
+                self.routed = true;
+                self.out.push_back(Output::Route {
+                    dialed: self.dialed.clone(),
+                    vip: self.found.vip,
+                    assigned: self.found.assigned_agent,
+                });
+            }
+        } else if self.agent_needs_dns {
+            self.resolve(0);
+        } else {
+            self.ring_fixed_agent(now);
+        }
+        self.pump(now);
+    }
+
+    fn resolve(&mut self, attempt: u32) {
+        let (host, port) = self.agent_leg.remote_target.host_port();
+        self.out.push_back(Output::Resolve {
+            attempt,
+            host: host.trim_matches(['[', ']']).to_string(),
+            port,
+        });
+    }
+
+    /// The agent's host name resolved (to an address of the SIP socket's family), or not.
+    pub fn handle_resolved(&mut self, now: Instant, attempt: u32, addr: Option<SocketAddr>) {
+        if attempt != self.attempt || self.phase != Phase::Ringing {
+            return;
+        }
+        if self.acd_mode {
+            let Some(agent) = self.agent_id else { return };
+            match addr {
+                Some(addr) => {
+                    self.agent_leg.peer.addr = addr;
+                    self.ring_offered_agent(now, agent);
+                }
+                None => {
+                    self.agent_id = None;
+                    self.tell_acd(AcdInput::Refused {
+                        call: self.id.clone(),
+                        agent,
+                    });
+                }
+            }
+        } else {
+            match addr {
+                Some(addr) => {
+                    self.agent_leg.peer.addr = addr;
+                    self.ring_fixed_agent(now);
+                }
+                None => {
+                    self.disposition = Some(Disposition::Failed);
+                    self.fail_caller(now, 480);
+                    self.end(now, None);
+                }
+            }
+        }
+        self.pump(now);
+    }
+
+    fn ring_fixed_agent(&mut self, now: Instant) {
+        if self.max_forwards == 0 {
+            self.disposition = Some(Disposition::Failed);
+            self.fail_caller(now, 483);
+            self.end(now, None);
+            return;
+        }
+        self.media(MediaCommand::SignallingIp(
+            LegId::Agent,
+            self.agent_leg.peer.addr.ip(),
+        ));
+        self.ring_deadline = Some(now + self.cfg.ring_timeout);
+        self.start_agent_leg(now);
+    }
+
+    fn ring_offered_agent(&mut self, now: Instant, agent: AgentId) {
+        self.media(MediaCommand::SignallingIp(
+            LegId::Agent,
+            self.agent_leg.peer.addr.ip(),
+        ));
+        self.start_agent_leg(now);
+        self.publish_offered();
+        self.note_agent(agent);
+    }
+
+    /// Acts on the ACD's word: the queue, an agent to ring, a withdrawn offer, an overflow.
+    pub fn handle_decision(&mut self, now: Instant, d: Decision) {
+        self.on_decision(now, d);
+        self.pump(now);
+    }
+
+    fn on_decision(&mut self, now: Instant, d: Decision) {
+        match d {
+            Decision::Queued { queue, name } => {
+                // The queue goes into the contact log at the answer and at hang-up.
+                info!(queue = %name, "queued");
+                if self.phase == Phase::Ended {
+                    // The caller left before the ACD's word arrived: nobody waits.
+                    return;
+                }
+                let event = pop::queued(
+                    &self.id,
+                    queue,
+                    &name,
+                    &self.caller,
+                    self.found.e164.as_deref(),
+                    self.wall(now),
+                );
+                self.publish(event);
+                self.queue = Some((queue, name));
+            }
+            Decision::NoQueue | Decision::Overflow => {
+                if matches!(d, Decision::NoQueue) {
+                    info!(dialed = %self.dialed, "no queue for this number and no default queue");
+                } else {
+                    info!("nobody answered within the queue's maximum wait");
+                }
+                if self.phase == Phase::Ringing {
+                    self.cancel_agent(now);
+                    self.disposition = Some(Disposition::Missed);
+                    self.fail_caller(now, 480);
+                    self.end(now, None);
+                }
+            }
+            Decision::Withdraw { agent } => {
+                if self.agent_answered || self.agent_id != Some(agent) {
+                    // The agent answered first, or its offer already ended (refused).
+                    return;
+                }
+                info!(agent, "ring-no-answer: offer withdrawn");
+                self.cancel_agent(now);
+                self.withdrawn(agent, "no_answer");
+            }
+            Decision::Offer(offer) => {
+                if self.phase != Phase::Ringing || self.agent_answered {
+                    // Answered or gone meanwhile; the ACD frees the agent when it hears so.
+                    return;
+                }
+                // Never two phones ringing for one call.
+                self.cancel_agent(now);
+                let (leg, needs_dns) = agent_dialog(
+                    &self.cfg.me,
+                    &mut self.rng,
+                    &self.caller,
+                    &offer.target,
+                    self.caller_leg.peer,
+                );
+                let old = std::mem::replace(&mut self.agent_leg, leg);
+                if self.attempt > 0 {
+                    self.old_agent_legs.push((self.attempt, old));
+                }
+                self.attempt += 1;
+                self.agent_answered = false;
+                self.agent_ack = None;
+                self.agent_media.pending_offer = None;
+                self.agent_call_ids.push(self.agent_leg.call_id.clone());
+                self.out.push_back(Output::Listen {
+                    call_id: self.agent_leg.call_id.clone(),
+                });
+                self.agent_id = Some(offer.agent);
+                self.agent_uri = Some(offer.target.uri.clone());
+                info!(agent = offer.agent, name = %offer.display_name, "offered");
+                if needs_dns {
+                    self.resolve(self.attempt);
+                } else {
+                    self.ring_offered_agent(now, offer.agent);
+                }
+            }
+        }
+    }
+
+    /// The contact log names the agent being rung, and then the one who answered, so that
+    /// agent may work on the call from the pop at once (pick the customer, write notes).
+    fn note_agent(&mut self, agent: AgentId) {
+        if let Some(log_id) = self.found.log_id {
+            self.out.push_back(Output::NoteAgent {
+                log_id,
+                agent,
+                queue: self.queue.as_ref().map(|q| q.0),
+            });
+        }
+    }
+
+    /// The screen-pop, to the agent being rung (and supervisors).
+    fn publish_offered(&mut self) {
+        let event = pop::offered(pop::Offered {
+            call_id: &self.id,
+            log_id: self.found.log_id,
+            queue: self.queue.as_ref().map(|q| q.1.as_str()),
+            queue_id: self.queue.as_ref().map(|q| q.0),
+            agent_id: self.agent_id,
+            caller: &self.caller,
+            caller_e164: self.found.e164.as_deref(),
+            dialed: &self.dialed,
+            card: &self.found.card,
+            offered_at: self.wall0,
+            since: self.received,
+        });
+        self.publish(event);
+    }
+
+    /// The agent's desktop drops the pop: the offer went elsewhere.
+    fn withdrawn(&mut self, agent: AgentId, reason: &str) {
+        self.publish(Event::new(Payload::CallWithdrawn(CallWithdrawn {
+            call_id: self.id.clone(),
+            agent_id: agent,
+            reason: reason.to_string(),
+        })));
+        self.agent_id = None;
+        // Responses to the withdrawn INVITE belong to an old attempt from now on.
+        let fresh = Dialog {
+            call_id: String::new(),
+            ..self.agent_leg.clone()
+        };
+        let old = std::mem::replace(&mut self.agent_leg, fresh);
+        self.old_agent_legs.push((self.attempt, old));
+        self.attempt += 1;
+    }
+
+    fn dialog(&mut self, leg: LegId) -> &mut Dialog {
+        match leg {
+            LegId::Caller => &mut self.caller_leg,
+            LegId::Agent => &mut self.agent_leg,
+        }
+    }
+
+    fn leg_media(&mut self, leg: LegId) -> &mut LegMedia {
+        match leg {
+            LegId::Caller => &mut self.caller_media,
+            LegId::Agent => &mut self.agent_media,
+        }
+    }
+
+    fn start_agent_leg(&mut self, now: Instant) {
+        let me = self.cfg.me.clone();
+        let mut inv = self.agent_leg.request(Method::Invite, &me, None);
+        inv.headers.set(
+            HeaderName::MaxForwards,
+            self.max_forwards.saturating_sub(1).min(70).to_string(),
+        );
+        let offer = sdp::offer(
+            &self.agent_media.local,
+            &[self.codec],
+            self.agent_media.dtmf_pt,
+            Direction::SendRecv,
+        );
+        inv.headers.push(HeaderName::Allow, ALLOW);
+        if let Some(n) = &self.caller.number {
+            inv.headers.push(
+                HeaderName::PAssertedIdentity,
+                format!("<sip:{n}@{}>", me.host),
+            );
+        }
+        inv.headers.push(
+            HeaderName::Other("X-Screenpop-Call".into()),
+            self.id.clone(),
+        );
+        inv.headers.push(HeaderName::ContentType, "application/sdp");
+        inv.body = offer.to_string().into_bytes();
+        self.agent_media.pending_offer = Some(offer);
+        info!(agent = %inv.uri, peer = %self.agent_leg.peer.addr, "ringing agent");
+        self.send_client(now, inv, LegId::Agent, Purpose::AgentInvite);
+    }
+
+    fn send_client(&mut self, now: Instant, req: Request, leg: LegId, purpose: Purpose) {
+        let peer = self.leg_peer(leg);
+        let tx = ClientTransaction::new(now, req, peer.transport.reliable(), self.cfg.timers);
+        self.clients.push(Client {
+            tx,
+            peer,
+            leg,
+            purpose,
+            attempt: self.attempt,
+            provisional: false,
+            cancel_pending: false,
+        });
+    }
+
+    /// Where a leg's in-dialog requests go: the first hop of its route set, else its remote
+    /// target (caller leg) or the agent phone's known address (agent leg).
+    fn leg_peer(&self, leg: LegId) -> Peer {
+        let d = match leg {
+            LegId::Caller => &self.caller_leg,
+            LegId::Agent => &self.agent_leg,
+        };
+        if leg == LegId::Agent && d.route_set.is_empty() {
+            return d.peer;
+        }
+        target_peer(&d.next_hop(), d.peer)
+    }
+
+    /// Responds on the caller's INVITE transaction, on the wire at once (ahead of whatever
+    /// else the call asks for next: the caller hears 100 before the lookup, 180 before routing).
+    fn respond_invite(&mut self, now: Instant, resp: Response) {
+        if let Some(i) = self
+            .servers
+            .iter()
+            .position(|s| s.tx.key == self.invite_key)
+        {
+            self.servers[i].tx.respond(now, &resp);
+            self.flush_server(i);
+        }
+    }
+
+    /// The caller's INVITE still awaits its final response.
+    fn invite_pending(&self) -> bool {
+        self.servers
+            .iter()
+            .any(|s| s.tx.key == self.invite_key && matches!(s.tx.state(), ServerState::Proceeding))
+    }
+
+    /// Our 2xx to the caller is still being retransmitted for want of an ACK.
+    fn caller_ack_awaited(&self) -> bool {
+        !self.caller_acked
+            && self.servers.iter().any(|s| {
+                s.tx.key == self.invite_key && matches!(s.tx.state(), ServerState::Accepted)
+            })
+    }
+
+    /// Moves transaction outputs to the network and to the call logic until nothing is left.
+    fn pump(&mut self, now: Instant) {
+        loop {
+            let mut progressed = false;
+            let mut events: Vec<(usize, TxOutput)> = Vec::new();
+            let mut sends = Vec::new();
+            for (i, c) in self.clients.iter_mut().enumerate() {
+                while let Some(o) = c.tx.poll_output() {
+                    match o {
+                        TxOutput::Transmit(b) => sends.push((c.peer, b)),
+                        other => events.push((i, other)),
+                    }
+                }
+            }
+            let mut server_events: Vec<(usize, TxOutput)> = Vec::new();
+            for (i, s) in self.servers.iter_mut().enumerate() {
+                while let Some(o) = s.tx.poll_output() {
+                    match o {
+                        TxOutput::Transmit(b) => sends.push((s.peer, b)),
+                        other => server_events.push((i, other)),
+                    }
+                }
+            }
+            for (peer, bytes) in sends {
+                self.send(peer, bytes);
+            }
+            for (i, ev) in events {
+                progressed = true;
+                let (leg, purpose, attempt) = (
+                    self.clients[i].leg,
+                    self.clients[i].purpose,
+                    self.clients[i].attempt,
+                );
+                if let TxOutput::Response(r) = &ev {
+                    if purpose == Purpose::AgentInvite && r.status < 200 {
+                        // Any provisional allows a CANCEL (RFC 3261 §9.1).
+                        self.clients[i].provisional = true;
+                        if std::mem::take(&mut self.clients[i].cancel_pending) {
+                            self.send_cancel(now, i);
+                        }
+                    }
+                }
+                match ev {
+                    TxOutput::Response(r) if purpose == Purpose::AgentInvite => {
+                        self.on_agent_invite_response(now, attempt, r)
+                    }
+                    TxOutput::Response(r) => self.on_client_response(leg, purpose, r),
+                    TxOutput::Timeout
+                        if purpose == Purpose::AgentInvite && attempt != self.attempt => {}
+                    TxOutput::Timeout => self.on_client_timeout(now, leg, purpose),
+                    _ => {}
+                }
+            }
+            for (i, ev) in server_events {
+                progressed = true;
+                let leg = self.servers[i].leg;
+                let ours = self.servers[i].tx.key == self.invite_key;
+                match ev {
+                    TxOutput::Request(ack) => {
+                        self.on_ack(leg, ack);
+                        if ours {
+                            self.caller_acked = true;
+                            if std::mem::take(&mut self.caller_bye_deferred) {
+                                self.bye(now, LegId::Caller);
+                            }
+                        }
+                    }
+                    TxOutput::Timeout => {
+                        let invite = self.servers[i].tx.request.method == Method::Invite;
+                        if invite && self.phase != Phase::Ended {
+                            warn!(?leg, "no ACK for our final response");
+                            self.hang_up(now, None);
+                        } else if ours && std::mem::take(&mut self.caller_bye_deferred) {
+                            // The dialog is confirmed without an ACK: end it (RFC 3261 §13.3.1.4).
+                            self.bye(now, LegId::Caller);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let before = self.clients.len() + self.servers.len();
+            self.clients
+                .retain(|c| c.tx.state() != ClientState::Terminated);
+            self.servers
+                .retain(|s| s.tx.state() != ServerState::Terminated);
+            if !progressed && before == self.clients.len() + self.servers.len() {
+                break;
+            }
+        }
+    }
+
+    /// Something the relay saw: a leg gone silent ends an established call.
+    pub fn handle_media(&mut self, now: Instant, ev: MediaEvent) {
+        match ev {
+            MediaEvent::Silent { leg } if self.phase == Phase::Up => {
+                warn!(?leg, "no RTP within the timeout; hanging up");
+                self.rtp_timeout = true;
+                self.hang_up(now, None);
+            }
+            MediaEvent::Silent { .. } => {}
+        }
+        self.pump(now);
+    }
+
+    /// The silence timeout to watch with, unless a leg is on hold.
+    fn media_watch(&self) -> Option<Duration> {
+        self.cfg.rtp_timeout.filter(|_| !self.on_hold)
+    }
+
+    /// Transaction timers and the fixed agent's ring timeout.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for c in &mut self.clients {
+            c.tx.handle_timeout(now);
+        }
+        for s in &mut self.servers {
+            s.tx.handle_timeout(now);
+        }
+        if self.ring_deadline.is_some_and(|d| now >= d) {
+            self.ring_deadline = None;
+            if self.phase == Phase::Ringing {
+                info!("agent did not answer in time");
+                self.disposition = Some(Disposition::Missed);
+                self.cancel_agent(now);
+                self.fail_caller(now, 480);
+                self.end(now, None);
+            }
+        }
+        self.pump(now);
+    }
+
+    /// A SIP message on one of the call's Call-IDs, from `peer`.
+    pub fn handle_message(&mut self, now: Instant, msg: Message, peer: Peer) {
+        self.on_message(now, msg, peer);
+        self.pump(now);
+    }
+
+    fn on_message(&mut self, now: Instant, msg: Message, peer: Peer) {
+        let call_id = msg.headers().get(&HeaderName::CallId).unwrap_or("");
+        if call_id != self.agent_leg.call_id && self.agent_call_ids.iter().any(|c| c == call_id) {
+            return self.on_stale_leg(now, msg, peer);
+        }
+        let leg = if call_id == self.agent_leg.call_id {
+            LegId::Agent
+        } else {
+            LegId::Caller
+        };
+        match msg {
+            Message::Response(resp) => {
+                if let Some(c) = self.clients.iter_mut().find(|c| c.tx.matches(&resp)) {
+                    c.tx.handle_response(now, resp);
+                } else if leg == LegId::Agent
+                    && resp.status / 100 == 2
+                    && resp.cseq().is_some_and(|c| c.method == Method::Invite)
+                {
+                    // A 2xx retransmitted after the transaction ended: ACK it again.
+                    if let Some(ack) = self.agent_ack.clone() {
+                        self.send(self.agent_leg.peer, ack);
+                    }
+                }
+            }
+            Message::Request(mut req) => {
+                if peer.transport == Transport::Udp {
+                    req.stamp_source(peer.addr);
+                }
+                self.on_request(now, leg, req, peer)
+            }
+        }
+    }
+
+    /// A message on the Call-ID of an agent leg we no longer bridge (a withdrawn or released
+    /// offer): responses still complete their transactions; requests are answered without
+    /// touching the call (BYE and CANCEL 200, anything else 481).
+    fn on_stale_leg(&mut self, now: Instant, msg: Message, peer: Peer) {
+        match msg {
+            Message::Response(resp) => {
+                if let Some(c) = self.clients.iter_mut().find(|c| c.tx.matches(&resp)) {
+                    c.tx.handle_response(now, resp);
+                }
+            }
+            Message::Request(req) if req.method == Method::Ack => {}
+            Message::Request(req) => {
+                let status = match req.method {
+                    Method::Bye | Method::Cancel => 200,
+                    _ => 481,
+                };
+                let peer = response_peer(&req, peer);
+                let resp = req.response(status, None);
+                self.send(peer, Message::Response(resp).to_bytes());
+            }
+        }
+    }
+
+    fn on_request(&mut self, now: Instant, leg: LegId, req: Request, peer: Peer) {
+        let Some(key) = ServerKey::of(&req) else {
+            return;
+        };
+        // Retransmissions and ACKs belong to an existing transaction.
+        if let Some(s) = self.servers.iter_mut().find(|s| s.tx.key == key) {
+            s.tx.handle_request(now, req);
+            return;
+        }
+        if req.method == Method::Ack {
+            // The ACK for a 2xx is its own transaction with a new branch (RFC 3261 §17.1.1.3):
+            // match it to our INVITE server transaction by dialog and CSeq number.
+            let seq = req.cseq().map(|c| c.seq);
+            let ours = self.dialog(leg).local_tag().to_string();
+            let in_dialog = req.to().is_some_and(|t| t.tag() == Some(ours.as_str()));
+            if let Some(s) = self.servers.iter_mut().find(|s| {
+                s.leg == leg
+                    && s.tx.request.method == Method::Invite
+                    && s.tx.request.cseq().map(|c| c.seq) == seq
+            }) {
+                if in_dialog {
+                    s.tx.handle_request(now, req);
+                }
+            }
+            return;
+        }
+        let peer = response_peer(&req, peer);
+        let reliable = peer.transport.reliable();
+        self.servers.push(Server {
+            tx: ServerTransaction::new(req.clone(), key, reliable, self.cfg.timers),
+            peer,
+            leg,
+        });
+        let tag = self.dialog(leg).local_tag().to_string();
+        if req.method == Method::Cancel {
+            let target = ServerKey::cancelled_invite(&req);
+            let ok = req.response(200, Some(&tag));
+            if target.as_ref() == Some(&self.invite_key) && self.invite_pending() {
+                info!("caller cancelled");
+                self.caller_gave_up(now, ok);
+            } else if target.as_ref() == Some(&self.invite_key) {
+                // Too late: the INVITE already has its final response (RFC 3261 §9.2).
+                self.respond_last(now, ok);
+            } else {
+                let resp = req.response(481, Some(&tag));
+                self.respond_last(now, resp);
+            }
+            return;
+        }
+        // In-dialog request: the CSeq must advance (RFC 3261 §12.2.2).
+        let seq = req.cseq().map(|c| c.seq).unwrap_or(0);
+        if !self.dialog(leg).accept_remote_cseq(seq) {
+            let resp = req.response(500, Some(&tag));
+            self.respond_last(now, resp);
+            return;
+        }
+        match req.method {
+            Method::Bye if leg == LegId::Caller && self.phase == Phase::Ringing => {
+                // Only possible after an early dialog (183): end it like a CANCEL.
+                info!("caller hung up while ringing");
+                self.caller_gave_up(now, req.response(200, Some(&tag)));
+            }
+            Method::Bye => {
+                let resp = req.response(200, Some(&tag));
+                self.respond_last(now, resp);
+                info!(?leg, "hang-up");
+                self.hang_up(now, Some(leg));
+            }
+            Method::Invite => self.on_reinvite(now, leg, req),
+            Method::Options | Method::Info => {
+                let mut resp = req.response(200, Some(&tag));
+                resp.headers.push(HeaderName::Allow, ALLOW);
+                self.respond_last(now, resp);
+            }
+            Method::Extension(_) => {
+                let resp = req.response(501, Some(&tag));
+                self.respond_last(now, resp);
+            }
+            _ => {
+                let mut resp = req.response(405, Some(&tag));
+                resp.headers.push(HeaderName::Allow, ALLOW);
+                self.respond_last(now, resp);
+            }
+        }
+    }
+
+    /// The caller left before an answer (CANCEL, or BYE on an early dialog): `ok` answers that
+    /// request first, then the INVITE gets 487 (RFC 3261 §9.2) and the agent leg is cancelled.
+    fn caller_gave_up(&mut self, now: Instant, ok: Response) {
+        self.respond_last(now, ok);
+        self.flush_last();
+        let tag = self.caller_leg.local_tag().to_string();
+        let resp = self.invite.response(487, Some(&tag));
+        self.respond_invite(now, resp);
+        self.final_status = 487;
+        self.disposition = Some(Disposition::Abandoned);
+        self.cancel_agent(now);
+        self.end(now, Some(LegId::Caller));
+    }
+
+    /// Sends what the most recent server transaction has queued, ahead of everything else.
+    fn flush_last(&mut self) {
+        if let Some(i) = self.servers.len().checked_sub(1) {
+            self.flush_server(i);
+        }
+    }
+
+    /// Sends what server transaction `i` has queued (a response produces only transmissions).
+    fn flush_server(&mut self, i: usize) {
+        let peer = self.servers[i].peer;
+        while let Some(o) = self.servers[i].tx.poll_output() {
+            match o {
+                TxOutput::Transmit(b) => self.send(peer, b),
+                other => debug_assert!(false, "a response produced {other:?}"),
+            }
+        }
+    }
+
+    /// Responds on the most recently created server transaction.
+    fn respond_last(&mut self, now: Instant, resp: Response) {
+        if let Some(s) = self.servers.last_mut() {
+            s.tx.respond(now, &resp);
+        }
+    }
+
+    fn on_reinvite(&mut self, now: Instant, leg: LegId, req: Request) {
+        let tag = self.dialog(leg).local_tag().to_string();
+        let pending = self.clients.iter().any(|c| {
+            c.purpose == Purpose::ReInvite
+                && matches!(c.tx.state(), ClientState::Calling | ClientState::Proceeding)
+        });
+        if self.phase != Phase::Up || pending {
+            // Glare or not yet established (RFC 3261 §14.2).
+            let resp = req.response(491, Some(&tag));
+            self.respond_last(now, resp);
+            return;
+        }
+        if let Some(c) = req.contact() {
+            self.dialog(leg).remote_target = c.uri;
+        }
+        let codec = self.codec;
+        let me = self.cfg.me.clone();
+        if req.body.is_empty() {
+            // Offer in our 2xx, answer in the ACK (RFC 3264 §4).
+            let lm = self.leg_media(leg);
+            lm.local.bump_version();
+            let offer = sdp::offer(&lm.local, &[codec], lm.dtmf_pt, Direction::SendRecv);
+            lm.pending_offer = Some(offer.clone());
+            let mut resp = req.response(200, Some(&tag));
+            resp.headers
+                .push(HeaderName::Contact, me.contact(&self.dialog(leg).peer));
+            let resp = resp.with_body("application/sdp", offer.to_string().into_bytes());
+            self.respond_last(now, resp);
+            return;
+        }
+        let Ok(offer) = SessionDescription::parse(&req.body) else {
+            let resp = req.response(400, Some(&tag));
+            self.respond_last(now, resp);
+            return;
+        };
+        let lm = self.leg_media(leg);
+        lm.local.bump_version();
+        let Ok(neg) = sdp::answer(&offer, &lm.local, &[codec]) else {
+            let resp = req.response(488, Some(&tag));
+            self.respond_last(now, resp);
+            return;
+        };
+        lm.dtmf_pt = neg.dtmf_pt;
+        let body = neg.answer.to_string().into_bytes();
+        lm.last_sdp = Some(body.clone());
+        let offered_dir = neg.direction.reversed();
+        info!(?leg, direction = offered_dir.as_str(), "re-INVITE");
+        self.on_hold = offered_dir != Direction::SendRecv;
+        self.media(MediaCommand::Watch(self.media_watch()));
+        self.media(MediaCommand::SetRemote(
+            leg,
+            remote_media(neg.remote_rtp, neg.codec, neg.dtmf_pt),
+        ));
+        let mut resp = req.response(200, Some(&tag));
+        resp.headers
+            .push(HeaderName::Contact, me.contact(&self.dialog(leg).peer));
+        resp.headers.push(HeaderName::Allow, ALLOW);
+        let resp = resp.with_body("application/sdp", body);
+        self.respond_last(now, resp);
+        // Mirror the hold or resume to the other leg.
+        let other = leg.other();
+        let om = self.leg_media(other);
+        om.local.bump_version();
+        let o = sdp::offer(&om.local, &[codec], om.dtmf_pt, offered_dir);
+        om.pending_offer = Some(o.clone());
+        let mut reinvite = self.dialog(other).request(Method::Invite, &me, None);
+        reinvite
+            .headers
+            .push(HeaderName::ContentType, "application/sdp");
+        reinvite.body = o.to_string().into_bytes();
+        self.send_client(now, reinvite, other, Purpose::ReInvite);
+    }
+
+    fn on_ack(&mut self, leg: LegId, ack: Request) {
+        if !ack.body.is_empty() {
+            self.apply_answer(leg, &ack.body);
+        }
+    }
+
+    /// Takes the peer's answer to our pending offer on `leg` into the relay. False when there
+    /// was no offer pending or the answer is unusable.
+    fn apply_answer(&mut self, leg: LegId, body: &[u8]) -> bool {
+        let lm = self.leg_media(leg);
+        let (Some(offer), Ok(answer)) = (lm.pending_offer.take(), SessionDescription::parse(body))
+        else {
+            return false;
+        };
+        let Ok(acc) = sdp::accept_answer(&offer, &answer) else {
+            return false;
+        };
+        lm.dtmf_pt = acc.dtmf_pt;
+        self.media(MediaCommand::SetRemote(
+            leg,
+            remote_media(acc.remote_rtp, acc.codec, acc.dtmf_pt),
+        ));
+        true
+    }
+
+    /// Responses to our re-INVITEs, BYEs and CANCELs (agent INVITEs have their own handler).
+    fn on_client_response(&mut self, leg: LegId, purpose: Purpose, r: Response) {
+        if purpose != Purpose::ReInvite {
+            return;
+        }
+        if r.status / 100 == 2 {
+            self.ack_2xx(leg, &r);
+            self.apply_answer(leg, &r.body);
+        } else if r.status >= 300 {
+            debug!(?leg, status = r.status, "re-INVITE refused");
+            self.leg_media(leg).pending_offer = None;
+        }
+    }
+
+    /// ACKs a 2xx to an INVITE we sent on `leg` (RFC 3261 §13.2.2.4): a new transaction-less
+    /// request to the remote target, with the INVITE's CSeq number.
+    fn ack_2xx(&mut self, leg: LegId, r: &Response) {
+        let me = self.cfg.me.clone();
+        let seq = r.cseq().map(|c| c.seq).unwrap_or(1);
+        let ack = self.dialog(leg).request(Method::Ack, &me, Some(seq));
+        let peer = self.leg_peer(leg);
+        let bytes = Message::Request(ack).to_bytes();
+        if leg == LegId::Agent {
+            self.agent_ack = Some(bytes.clone());
+        }
+        self.send(peer, bytes);
+    }
+
+    fn on_agent_invite_response(&mut self, now: Instant, attempt: u32, r: Response) {
+        let status = r.status;
+        if attempt != self.attempt {
+            // An agent we stopped ringing answered anyway: ACK and release that dialog.
+            if status / 100 == 2 {
+                if let Some((_, d)) = self.old_agent_legs.iter().find(|(a, _)| *a == attempt) {
+                    let d = d.clone();
+                    self.release_dialog(now, d, &r);
+                }
+            }
+            return;
+        }
+        if status == 100 {
+            return;
+        }
+        if (101..200).contains(&status) {
+            if let Some(to) = r.to() {
+                if to.tag().is_some() {
+                    self.agent_leg.remote = to;
+                }
+            }
+            if self.phase == Phase::Ringing && self.invite_pending() {
+                let tag = self.caller_leg.local_tag().to_string();
+                let mut resp = self
+                    .invite
+                    .response(if status == 183 { 183 } else { 180 }, Some(&tag));
+                resp.headers.push(
+                    HeaderName::Contact,
+                    self.cfg.me.contact(&self.caller_leg.peer),
+                );
+                if status == 183 && !r.body.is_empty() {
+                    // Early media: relay the agent side's audio (ringback, announcements).
+                    self.accept_agent_sdp(&r.body);
+                    if let Some(body) = self.caller_media.last_sdp.clone() {
+                        resp = resp.with_body("application/sdp", body);
+                    }
+                }
+                self.respond_invite(now, resp);
+            }
+            return;
+        }
+        if status / 100 == 2 {
+            if self.agent_answered {
+                let tag = r.to().and_then(|t| t.tag().map(str::to_string));
+                if tag.as_deref() == self.agent_leg.remote_tag() {
+                    // A retransmitted 2xx: our ACK was lost.
+                    if let Some(ack) = self.agent_ack.clone() {
+                        self.send(self.agent_leg.peer, ack);
+                    }
+                } else {
+                    // A second fork answered (RFC 3261 §13.2.2.4): ACK it and release it,
+                    // leaving the bridged dialog alone.
+                    let fork = self.agent_leg.clone();
+                    self.release_dialog(now, fork, &r);
+                }
+                return;
+            }
+            self.agent_leg.establish_from(&r);
+            self.ack_2xx(LegId::Agent, &r);
+            self.agent_answered = true;
+            if self.phase != Phase::Ringing || !self.invite_pending() {
+                // The caller is gone (CANCEL or timeout crossed the answer): release the agent.
+                self.bye(now, LegId::Agent);
+                return;
+            }
+            if !self.accept_agent_sdp(&r.body) {
+                warn!("agent answered without a usable SDP answer");
+                self.bye(now, LegId::Agent);
+                self.disposition = Some(Disposition::Failed);
+                self.fail_caller(now, 488);
+                self.end(now, None);
+                return;
+            }
+            self.answer_caller(now);
+            return;
+        }
+        // Agent leg failed.
+        let mapped = match status {
+            486 | 600 => 486,
+            603 | 403 => 603,
+            488 | 606 => 488,
+            _ => 480,
+        };
+        info!(status, mapped, "agent leg failed");
+        if self.acd_mode && self.phase == Phase::Ringing {
+            // Busy, declined or gone: the ACD offers the call to the next agent.
+            if let Some(agent) = self.agent_id {
+                self.withdrawn(agent, "refused");
+                self.tell_acd(AcdInput::Refused {
+                    call: self.id.clone(),
+                    agent,
+                });
+            }
+            return;
+        }
+        if self.phase == Phase::Ringing {
+            self.disposition = Some(if mapped == 486 || mapped == 603 {
+                Disposition::Rejected
+            } else {
+                Disposition::Missed
+            });
+            self.fail_caller(now, mapped);
+            self.end(now, None);
+        }
+    }
+
+    fn bye(&mut self, now: Instant, leg: LegId) {
+        let me = self.cfg.me.clone();
+        let bye = self.dialog(leg).request(Method::Bye, &me, None);
+        self.send_client(now, bye, leg, Purpose::Bye);
+    }
+
+    /// ACKs and BYEs a 2xx we will not bridge: another fork of the agent INVITE, or an agent
+    /// whose offer was withdrawn.
+    fn release_dialog(&mut self, now: Instant, mut fork: Dialog, r: &Response) {
+        let me = self.cfg.me.clone();
+        fork.establish_from(r);
+        let seq = r.cseq().map(|c| c.seq).unwrap_or(1);
+        let peer = if fork.route_set.is_empty() {
+            fork.peer
+        } else {
+            target_peer(&fork.next_hop(), fork.peer)
+        };
+        let ack = fork.request(Method::Ack, &me, Some(seq));
+        self.send(peer, Message::Request(ack).to_bytes());
+        let bye = fork.request(Method::Bye, &me, None);
+        let tx = ClientTransaction::new(now, bye, peer.transport.reliable(), self.cfg.timers);
+        self.clients.push(Client {
+            tx,
+            peer,
+            leg: LegId::Agent,
+            purpose: Purpose::Bye,
+            attempt: 0,
+            provisional: false,
+            cancel_pending: false,
+        });
+        info!("extra answer released");
+    }
+
+    /// Reads the agent's SDP answer into the relay. Returns false when it is unusable.
+    fn accept_agent_sdp(&mut self, body: &[u8]) -> bool {
+        if self.agent_media.pending_offer.is_none() {
+            return true; // already accepted (183 then 200 with the same answer)
+        }
+        self.apply_answer(LegId::Agent, body)
+    }
+
+    fn answer_caller(&mut self, now: Instant) {
+        let tag = self.caller_leg.local_tag().to_string();
+        let mut resp = self.invite.response(200, Some(&tag));
+        resp.headers.push(
+            HeaderName::Contact,
+            self.cfg.me.contact(&self.caller_leg.peer),
+        );
+        resp.headers.push(HeaderName::Allow, ALLOW);
+        if let Some(body) = self.caller_media.last_sdp.clone() {
+            resp = resp.with_body("application/sdp", body);
+        }
+        self.respond_invite(now, resp);
+        self.phase = Phase::Up;
+        self.ring_deadline = None;
+        self.final_status = 200;
+        self.disposition = Some(Disposition::Answered);
+        self.answered_at = Some(now);
+        let wall = self.wall(now);
+        info!("answered");
+        if let (true, Some(agent)) = (self.acd_mode, self.agent_id) {
+            self.tell_acd(AcdInput::Answered {
+                call: self.id.clone(),
+                agent,
+            });
+            self.note_agent(agent);
+        }
+        self.publish(Event::new(Payload::CallAnswered(CallAnswered {
+            call_id: self.id.clone(),
+            contact_log_id: self.found.log_id,
+            agent_id: self.agent_id,
+            queue_id: self.queue.as_ref().map(|q| q.0),
+            answered_at: crate::time::rfc3339(wall),
+        })));
+        self.media(MediaCommand::Watch(self.media_watch()));
+        // A provisional record beside the recording, written before it starts (so the final
+        // record always lands after it): if screenpop dies mid-call, the restart repairs the
+        // WAV and completes this record from it.
+        let record = Box::new(self.record(now, false));
+        self.out.push_back(Output::Record {
+            record,
+            date: civil_date(wall),
+            answered: now,
+        });
+    }
+
+    /// The call's record as of `now`.
+    fn record(&self, now: Instant, complete: bool) -> CallRecord {
+        CallRecord {
+            id: self.id.clone(),
+            call_id: self.caller_leg.call_id.clone(),
+            agent_call_id: self.agent_leg.call_id.clone(),
+            trunk: self.trunk.clone(),
+            caller: self.caller.clone(),
+            dialed: self.dialed.clone(),
+            agent: self.agent_uri.as_ref().map(|u| u.to_string()),
+            agent_id: self.agent_id,
+            queue_id: self.queue.as_ref().map(|q| q.0),
+            disposition: self.disposition.unwrap_or(Disposition::Failed),
+            final_status: self.final_status,
+            offered_at_ms: epoch_ms(self.wall0),
+            answered_at_ms: self.answered_at.map(|a| epoch_ms(self.wall(a))),
+            ended_at_ms: epoch_ms(self.wall(now)),
+            duration_ms: self
+                .answered_at
+                .map(|a| now.saturating_duration_since(a).as_millis() as u64)
+                .unwrap_or(0),
+            ended_by: self.ended_by.map(EndedBy::from),
+            path: None,
+            sha256: None,
+            recording_duration_ms: None,
+            size_bytes: None,
+            dtmf: Vec::new(),
+            media: None,
+            rtp_timeout: self.rtp_timeout,
+            caller_e164: self.found.e164.clone(),
+            customer_id: self.found.customer_id,
+            candidates: self.found.candidates.clone(),
+            log_id: self.found.log_id,
+            complete,
+        }
+    }
+
+    fn fail_caller(&mut self, now: Instant, status: u16) {
+        if self.invite_pending() {
+            let tag = self.caller_leg.local_tag().to_string();
+            let resp = self.invite.response(status, Some(&tag));
+            self.respond_invite(now, resp);
+            self.final_status = status;
+        }
+    }
+
+    /// CANCELs the agent leg if it is still ringing (RFC 3261 §9.1: only after a provisional).
+    fn cancel_agent(&mut self, now: Instant) {
+        if self.agent_answered {
+            return;
+        }
+        let Some(i) = self
+            .clients
+            .iter()
+            .position(|c| c.purpose == Purpose::AgentInvite && c.attempt == self.attempt)
+        else {
+            return;
+        };
+        if self.clients[i].provisional {
+            self.send_cancel(now, i);
+        } else {
+            self.clients[i].cancel_pending = true;
+        }
+    }
+
+    /// Sends the CANCEL for the agent INVITE of client `i`.
+    fn send_cancel(&mut self, now: Instant, i: usize) {
+        let inv = &self.clients[i].tx.request;
+        let (peer, attempt) = (self.clients[i].peer, self.clients[i].attempt);
+        let mut cancel = Request::new(Method::Cancel, inv.uri.clone());
+        if let Some(v) = inv.headers.get(&HeaderName::Via) {
+            cancel.headers.push(HeaderName::Via, v);
+        }
+        for r in inv.headers.get_all(&HeaderName::Route) {
+            cancel.headers.push(HeaderName::Route, r);
+        }
+        cancel.headers.push(HeaderName::MaxForwards, "70");
+        for name in [HeaderName::From, HeaderName::To, HeaderName::CallId] {
+            if let Some(v) = inv.headers.get(&name) {
+                cancel.headers.push(name, v);
+            }
+        }
+        let seq = inv.cseq().map(|c| c.seq).unwrap_or(1);
+        cancel
+            .headers
+            .push(HeaderName::CSeq, format!("{seq} CANCEL"));
+        // The CANCEL goes where the INVITE went (RFC 3261 §9.1).
+        let tx = ClientTransaction::new(now, cancel, peer.transport.reliable(), self.cfg.timers);
+        self.clients.push(Client {
+            tx,
+            peer,
+            leg: LegId::Agent,
+            purpose: Purpose::Cancel,
+            attempt,
+            provisional: false,
+            cancel_pending: false,
+        });
+    }
+
+    fn on_client_timeout(&mut self, now: Instant, leg: LegId, purpose: Purpose) {
+        match purpose {
+            Purpose::AgentInvite if self.acd_mode && self.phase == Phase::Ringing => {
+                info!("agent phone unreachable");
+                if let Some(agent) = self.agent_id {
+                    self.withdrawn(agent, "unreachable");
+                    self.tell_acd(AcdInput::Refused {
+                        call: self.id.clone(),
+                        agent,
+                    });
+                }
+            }
+            Purpose::AgentInvite if self.phase == Phase::Ringing => {
+                info!("agent phone unreachable");
+                self.disposition = Some(Disposition::Missed);
+                self.fail_caller(now, 480);
+                self.end(now, None);
+            }
+            Purpose::ReInvite => {
+                warn!(?leg, "re-INVITE timed out; ending call");
+                self.hang_up(now, None);
+            }
+            _ => {}
+        }
+    }
+
+    /// Ends the call: BYE to every established leg other than `by` (which sent its own BYE).
+    fn hang_up(&mut self, now: Instant, by: Option<LegId>) {
+        if self.phase == Phase::Ended {
+            return;
+        }
+        // Before the answer the caller's INVITE still needs its final response.
+        self.fail_caller(now, 480);
+        if by != Some(LegId::Caller) && self.phase == Phase::Up {
+            if self.caller_ack_awaited() {
+                self.caller_bye_deferred = true;
+            } else {
+                self.bye(now, LegId::Caller);
+            }
+        }
+        if by != Some(LegId::Agent) && self.agent_answered {
+            self.bye(now, LegId::Agent);
+        }
+        self.end(now, by);
+    }
+
+    fn end(&mut self, now: Instant, by: Option<LegId>) {
+        if self.phase == Phase::Ended {
+            return;
+        }
+        self.phase = Phase::Ended;
+        self.ended_by = by;
+        self.ended_at = Some(now);
+        self.ring_deadline = None;
+        // Keep absorbing retransmissions for a while, but never forever.
+        self.linger_until = Some(now + LINGER);
+        // Media stops and the contact log is written at hang-up, not when the last
+        // transaction ends; without the lookup's contact log row it waits for that.
+        if self.lookup == Lookup::Done {
+            self.report_end();
+        }
+    }
+
+    /// The record of the end, once, followed by the ACD's word.
+    fn report_end(&mut self) {
+        let Some(at) = self.ended_at.filter(|_| !self.end_reported) else {
+            return;
+        };
+        self.end_reported = true;
+        let record = Box::new(self.record(at, true));
+        self.out.push_back(Output::Ended { record, at });
+        if self.routed {
+            let call = self.id.clone();
+            self.tell_acd(if self.answered_at.is_some() {
+                AcdInput::Ended { call }
+            } else {
+                AcdInput::Abandoned { call }
+            });
+        }
+    }
+}
+
+fn new_tag(rng: &mut StdRng) -> String {
+    format!("{:016x}", rng.gen::<u64>())
+}
+
+/// A fresh agent-leg dialog towards `agent` (new Call-ID and tag), and whether its host name
+/// must be resolved first. The peer of a host-named target is a placeholder until then.
+fn agent_dialog(
+    me: &LocalContact,
+    rng: &mut StdRng,
+    caller: &CallerId,
+    agent: &AgentTarget,
+    fallback: Peer,
+) -> (Dialog, bool) {
+    let peer = agent
+        .peer
+        .unwrap_or_else(|| target_peer(&agent.uri, fallback));
+    let needs_dns = agent.peer.is_none()
+        && agent
+            .uri
+            .host
+            .trim_matches(['[', ']'])
+            .parse::<IpAddr>()
+            .is_err();
+    let user = caller
+        .number
+        .clone()
+        .unwrap_or_else(|| "anonymous".to_string());
+    let mut from = NameAddr::new(Uri::sip(Some(&user), &me.host, None));
+    from.display = caller.name.clone();
+    from.set_param("tag", Some(&new_tag(rng)));
+    let dialog = Dialog {
+        call_id: format!("{:032x}@{}", rng.gen::<u128>(), me.host),
+        local: from,
+        remote: NameAddr::new(agent.uri.clone()),
+        remote_target: agent.uri.clone(),
+        route_set: Vec::new(),
+        local_cseq: 0,
+        remote_cseq: None,
+        peer,
+    };
+    (dialog, needs_dns)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each call flow fed byte for byte on fake time; `tests/call_sim.rs` runs whole calls over
+    //! a lossy network.
+    use super::*;
+    use crate::acd::runtime::AgentOffer;
+    use std::sync::Arc;
+
+    const TRUNK: &str = "10.0.0.1:5060";
+    const PHONE: &str = "10.0.0.10:5060";
+
+    fn peer(a: &str) -> Peer {
+        Peer {
+            addr: a.parse().expect("address"),
+            transport: Transport::Udp,
+        }
+    }
+
+    fn sdp(ip: &str, port: u16) -> String {
+        format!(
+            "v=0\r\no=t 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
+             m=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n\
+             a=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n"
+        )
+    }
+
+    fn request(text: &str) -> Message {
+        Message::parse(text.as_bytes()).expect("test message")
+    }
+
+    /// A trunk request in the caller's dialog (after the INVITE, with screenpop's To tag).
+    fn trunk(method: &str, cseq: u32, branch: &str, to_tag: Option<&str>) -> Message {
+        let tag = to_tag.map(|t| format!(";tag={t}")).unwrap_or_default();
+        request(&format!(
+            "{method} sip:100@10.0.0.2:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch={branch}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:+8613800138000@10.0.0.1>;tag=t1\r\n\
+             To: <sip:100@10.0.0.2>{tag}\r\nCall-ID: unit@10.0.0.1\r\nCSeq: {cseq} {method}\r\n\
+             Content-Length: 0\r\n\r\n"
+        ))
+    }
+
+    fn invite() -> Request {
+        let body = sdp("10.0.0.1", 40000);
+        let text = format!(
+            "INVITE sip:100@10.0.0.2:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKinv1\r\n\
+             Max-Forwards: 70\r\nFrom: \"Ann\" <sip:+8613800138000@10.0.0.1>;tag=t1\r\n\
+             To: <sip:100@10.0.0.2>\r\nCall-ID: unit@10.0.0.1\r\nCSeq: 1 INVITE\r\n\
+             Contact: <sip:trunk@{TRUNK}>\r\nContent-Type: application/sdp\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        match request(&text) {
+            Message::Request(r) => r,
+            Message::Response(_) => unreachable!(),
+        }
+    }
+
+    fn start(fixed_agent: bool) -> (Call, Instant) {
+        let t0 = Instant::now();
+        let invite = invite();
+        let cfg = Arc::new(CallConfig {
+            me: LocalContact {
+                host: "10.0.0.2".into(),
+                port: 5060,
+            },
+            media_ip: "10.0.0.2".parse().expect("ip"),
+            codecs: vec![Codec::Pcmu],
+            timers: TimerConfig::default(),
+            ring_timeout: Duration::from_secs(20),
+            rtp_timeout: Some(Duration::from_secs(30)),
+        });
+        let init = CallInit {
+            id: "c1".into(),
+            offer: screen(&invite).expect("offer"),
+            invite,
+            peer: peer(TRUNK),
+            received: t0,
+            wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            caller: crate::sip::caller_id::CallerId {
+                raw: "<sip:+8613800138000@10.0.0.1>".into(),
+                number: Some("+8613800138000".into()),
+                name: None,
+                withheld: false,
+            },
+            trunk: "t".into(),
+            agent: fixed_agent.then(|| AgentTarget {
+                uri: Uri::parse(&format!("sip:agent@{PHONE}")).expect("uri"),
+                peer: Some(peer(PHONE)),
+            }),
+            caller_port: 30000,
+            agent_port: 30002,
+            seed: 1,
+        };
+        (Call::new(cfg, init).expect("call"), t0)
+    }
+
+    /// What the call asked for, as short strings: "tx 10.0.0.1:5060 SIP/2.0 100 Trying",
+    /// "publish call.offered", "lookup", "route", "acd Answered", "record", "ended Answered".
+    fn drain(c: &mut Call) -> (Vec<String>, Vec<(Peer, Message)>) {
+        let mut said = Vec::new();
+        let mut sent = Vec::new();
+        while let Some(o) = c.poll_output() {
+            said.push(match o {
+                Output::Transmit { peer, bytes } => {
+                    let m = Message::parse(&bytes).expect("we send what we parse");
+                    let line = String::from_utf8_lossy(&bytes)
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .to_string();
+                    sent.push((peer, m));
+                    format!("tx {} {line}", peer.addr)
+                }
+                Output::Publish(e) => format!("publish {}", e.kind),
+                Output::Lookup { .. } => "lookup".into(),
+                Output::Route { .. } => "route".into(),
+                Output::Acd(i) => {
+                    format!("acd {}", format!("{i:?}").split(' ').next().unwrap_or(""))
+                }
+                Output::Listen { .. } => "listen".into(),
+                Output::Resolve { .. } => "resolve".into(),
+                Output::NoteAgent { .. } => "note agent".into(),
+                Output::Media(m) => {
+                    format!("media {}", format!("{m:?}").split('(').next().unwrap_or(""))
+                }
+                Output::Record { .. } => "record".into(),
+                Output::Ended { record, .. } => format!("ended {:?}", record.disposition),
+            });
+        }
+        (said, sent)
+    }
+
+    fn found() -> CallerLookup {
+        CallerLookup {
+            log_id: Some(9),
+            ..CallerLookup::default()
+        }
+    }
+
+    fn offer(agent: AgentId) -> Decision {
+        Decision::Offer(Box::new(AgentOffer {
+            agent,
+            display_name: "Bo".into(),
+            target: AgentTarget {
+                uri: Uri::parse(&format!("sip:agent@{PHONE}")).expect("uri"),
+                peer: Some(peer(PHONE)),
+            },
+        }))
+    }
+
+    /// The agent-leg INVITE among what was sent.
+    fn agent_invite(sent: &[(Peer, Message)]) -> Request {
+        sent.iter()
+            .find_map(|(_, m)| match m {
+                Message::Request(r) if r.method == Method::Invite => Some(r.clone()),
+                _ => None,
+            })
+            .expect("an INVITE to the agent")
+    }
+
+    fn answer(inv: &Request) -> Message {
+        let mut r = inv.response(200, Some("ptag"));
+        r.headers
+            .push(HeaderName::Contact, format!("<sip:agent@{PHONE}>"));
+        Message::Response(r.with_body("application/sdp", sdp("10.0.0.10", 42000).into_bytes()))
+    }
+
+    /// A call in the ACD rung and answered; returns the agent's INVITE.
+    fn answered() -> (Call, Instant, Request) {
+        let (mut c, t0) = start(false);
+        drain(&mut c);
+        c.handle_lookup(t0, found());
+        c.handle_decision(t0, offer(4));
+        let (_, sent) = drain(&mut c);
+        let inv = agent_invite(&sent);
+        let ringing = Message::Response(inv.response(180, Some("ptag")));
+        c.handle_message(t0, ringing, peer(PHONE));
+        c.handle_message(t0 + Duration::from_secs(2), answer(&inv), peer(PHONE));
+        drain(&mut c);
+        (c, t0, inv)
+    }
+
+    fn has(said: &[String], what: &str) -> bool {
+        said.iter().any(|s| s.contains(what))
+    }
+
+    /// Runs the clock until the call lets go; how long that took.
+    fn run_out(c: &mut Call, from: Instant) -> Duration {
+        let mut now = from;
+        while !c.is_done(now) {
+            now = c
+                .poll_timeout()
+                .expect("a call that is not done has a timer");
+            c.handle_timeout(now);
+            drain(c);
+        }
+        now - from
+    }
+
+    #[test]
+    fn a_new_call_says_trying_and_asks_who_is_calling() {
+        let (mut c, _) = start(false);
+        let (said, _) = drain(&mut c);
+        assert_eq!(
+            said,
+            [
+                "media SetRemote",
+                "media SignallingIp",
+                "tx 10.0.0.1:5060 SIP/2.0 100 Trying",
+                "lookup"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_caller_hears_ringback_while_the_acd_finds_an_agent() {
+        let (mut c, t0) = start(false);
+        drain(&mut c);
+        c.handle_lookup(t0, found());
+        let (said, _) = drain(&mut c);
+        assert_eq!(said, ["tx 10.0.0.1:5060 SIP/2.0 180 Ringing", "route"]);
+        c.handle_decision(
+            t0,
+            Decision::Queued {
+                queue: 1,
+                name: "General".into(),
+            },
+        );
+        assert_eq!(drain(&mut c).0, ["publish call.queued"]);
+        c.handle_decision(t0, offer(4));
+        let (said, sent) = drain(&mut c);
+        assert_eq!(
+            said,
+            [
+                "listen",
+                "media SignallingIp",
+                "publish call.offered",
+                "note agent",
+                "tx 10.0.0.10:5060 INVITE sip:agent@10.0.0.10:5060 SIP/2.0",
+            ]
+        );
+        let inv = agent_invite(&sent);
+        assert_eq!(inv.headers.get_named("X-Screenpop-Call"), Some("c1"));
+        assert!(c
+            .call_ids()
+            .contains(&inv.call_id().unwrap_or_default().to_string()));
+    }
+
+    #[test]
+    fn the_agents_answer_answers_the_caller_and_starts_the_recording() {
+        let (mut c, t0) = start(false);
+        drain(&mut c);
+        c.handle_lookup(t0, found());
+        c.handle_decision(t0, offer(4));
+        let (_, sent) = drain(&mut c);
+        let inv = agent_invite(&sent);
+        c.handle_message(t0, answer(&inv), peer(PHONE));
+        let (said, sent) = drain(&mut c);
+        assert_eq!(
+            said,
+            [
+                "tx 10.0.0.10:5060 ACK sip:agent@10.0.0.10:5060 SIP/2.0",
+                "media SetRemote",
+                "tx 10.0.0.1:5060 SIP/2.0 200 OK",
+                "acd Answered",
+                "note agent",
+                "publish call.answered",
+                "media Watch",
+                "record",
+            ]
+        );
+        let ok = sent
+            .iter()
+            .find_map(|(p, m)| match m {
+                Message::Response(r) if r.status == 200 => Some((p, r.clone())),
+                _ => None,
+            })
+            .expect("200 to the caller");
+        assert_eq!(ok.0.addr.to_string(), TRUNK);
+        let body = SessionDescription::parse(&ok.1.body).expect("our answer");
+        assert!(body.to_string().contains("m=audio 30000 "), "{body}");
+    }
+
+    #[test]
+    fn the_callers_bye_ends_both_legs_and_writes_one_record() {
+        let (mut c, t0, _) = answered();
+        let t = t0 + Duration::from_secs(3);
+        c.handle_message(t, trunk("ACK", 1, "z9hG4bKack1", Some("x")), peer(TRUNK));
+        // The ACK above carries another To tag: not ours, so the 2xx is still unacknowledged.
+        let tag = {
+            let (_, sent) = drain(&mut c);
+            assert!(sent.is_empty());
+            c.caller_leg.local_tag().to_string()
+        };
+        c.handle_message(t, trunk("ACK", 1, "z9hG4bKack2", Some(&tag)), peer(TRUNK));
+        drain(&mut c);
+        c.handle_message(t, trunk("BYE", 2, "z9hG4bKbye", Some(&tag)), peer(TRUNK));
+        let (said, sent) = drain(&mut c);
+        assert!(has(&said, "tx 10.0.0.1:5060 SIP/2.0 200 OK"), "{said:?}");
+        assert!(has(&said, "ended Answered"), "{said:?}");
+        assert!(has(&said, "acd Ended"), "{said:?}");
+        let bye = sent
+            .iter()
+            .find_map(|(p, m)| match m {
+                Message::Request(r) if r.method == Method::Bye => {
+                    Some((p.addr.to_string(), r.clone()))
+                }
+                _ => None,
+            })
+            .expect("a BYE to the agent");
+        assert_eq!(bye.0, PHONE);
+        // A retransmitted BYE gets the same 200 and ends nothing twice.
+        c.handle_message(t, trunk("BYE", 2, "z9hG4bKbye", Some(&tag)), peer(TRUNK));
+        let (said, _) = drain(&mut c);
+        assert_eq!(said, ["tx 10.0.0.1:5060 SIP/2.0 200 OK"]);
+        c.handle_message(t, Message::Response(bye.1.response(200, None)), peer(PHONE));
+        let took = run_out(&mut c, t);
+        assert!(took <= Duration::from_secs(40), "{took:?}");
+    }
+
+    #[test]
+    fn no_bye_to_the_caller_before_it_acked_our_answer() {
+        let (mut c, t0, inv) = answered();
+        let t = t0 + Duration::from_secs(3);
+        // The agent hangs up; the caller's ACK has not arrived (RFC 3261 §15).
+        let bye = request(&format!(
+            "BYE sip:screenpop@10.0.0.2:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE};branch=z9hG4bKpb\r\n\
+             From: <sip:agent@10.0.0.10>;tag=ptag\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 1 BYE\r\n\
+             Content-Length: 0\r\n\r\n",
+            inv.headers.get(&HeaderName::From).unwrap_or_default(),
+            inv.call_id().unwrap_or_default()
+        ));
+        c.handle_message(t, bye, peer(PHONE));
+        let (said, _) = drain(&mut c);
+        assert!(has(&said, "tx 10.0.0.10:5060 SIP/2.0 200 OK"), "{said:?}");
+        assert!(has(&said, "ended Answered"), "{said:?}");
+        assert!(!has(&said, "BYE"), "no BYE before the ACK: {said:?}");
+        let tag = c.caller_leg.local_tag().to_string();
+        c.handle_message(t, trunk("ACK", 1, "z9hG4bKack", Some(&tag)), peer(TRUNK));
+        let (said, _) = drain(&mut c);
+        assert_eq!(
+            said,
+            ["tx 10.0.0.1:5060 BYE sip:trunk@10.0.0.1:5060 SIP/2.0"]
+        );
+    }
+
+    #[test]
+    fn a_cancel_before_the_answer_is_an_abandoned_call() {
+        let (mut c, t0) = start(false);
+        drain(&mut c);
+        c.handle_lookup(t0, found());
+        c.handle_decision(t0, offer(4));
+        let (_, sent) = drain(&mut c);
+        let inv = agent_invite(&sent);
+        c.handle_message(
+            t0,
+            Message::Response(inv.response(180, Some("ptag"))),
+            peer(PHONE),
+        );
+        drain(&mut c);
+        c.handle_message(t0, trunk("CANCEL", 1, "z9hG4bKinv1", None), peer(TRUNK));
+        let (said, _) = drain(&mut c);
+        let pos = |what: &str| said.iter().position(|s| s.contains(what));
+        // 200 for the CANCEL first, then 487 for the INVITE (RFC 3261 §9.2).
+        assert!(pos("SIP/2.0 200 OK") < pos("487"), "{said:?}");
+        assert!(has(&said, "CANCEL sip:agent@"), "{said:?}");
+        assert!(has(&said, "ended Abandoned"), "{said:?}");
+        assert!(has(&said, "acd Abandoned"), "{said:?}");
+    }
+
+    #[test]
+    fn the_end_waits_for_the_contact_log_row() {
+        let (mut c, t0) = start(false);
+        drain(&mut c);
+        // The caller gives up while the store is still looking the caller up.
+        c.handle_message(t0, trunk("CANCEL", 1, "z9hG4bKinv1", None), peer(TRUNK));
+        let (said, _) = drain(&mut c);
+        assert!(has(&said, "487"), "{said:?}");
+        assert!(!has(&said, "ended"), "{said:?}");
+        assert!(!c.is_done(t0 + Duration::from_secs(3600)));
+        c.handle_lookup(t0, found());
+        let mut said = Vec::new();
+        while let Some(o) = c.poll_output() {
+            if let Output::Ended { record, .. } = o {
+                said.push((record.disposition, record.log_id));
+            } else if let Output::Route { .. } = o {
+                panic!("a call that ended is not routed");
+            }
+        }
+        assert_eq!(said, [(Disposition::Abandoned, Some(9))]);
+    }
+
+    #[test]
+    fn a_fixed_agent_that_never_answers_is_a_missed_call() {
+        let (mut c, t0) = start(true);
+        drain(&mut c);
+        c.handle_lookup(t0, found());
+        let (_, sent) = drain(&mut c);
+        let inv = agent_invite(&sent);
+        c.handle_message(
+            t0,
+            Message::Response(inv.response(180, Some("ptag"))),
+            peer(PHONE),
+        );
+        drain(&mut c);
+        let mut now = t0;
+        let mut said = Vec::new();
+        while !has(&said, "ended") {
+            now = c.poll_timeout().expect("the ring timeout");
+            c.handle_timeout(now);
+            said.extend(drain(&mut c).0);
+        }
+        assert_eq!(now - t0, Duration::from_secs(20));
+        assert!(has(&said, "CANCEL sip:agent@"), "{said:?}");
+        assert!(has(&said, "SIP/2.0 480"), "{said:?}");
+        assert!(has(&said, "ended Missed"), "{said:?}");
+    }
+
+    #[test]
+    fn a_busy_agent_hands_the_call_back_to_the_acd() {
+        let (mut c, t0) = start(false);
+        drain(&mut c);
+        c.handle_lookup(t0, found());
+        c.handle_decision(t0, offer(4));
+        let (_, sent) = drain(&mut c);
+        let inv = agent_invite(&sent);
+        c.handle_message(
+            t0,
+            Message::Response(inv.response(486, Some("ptag"))),
+            peer(PHONE),
+        );
+        let (said, _) = drain(&mut c);
+        assert!(has(&said, "ACK sip:agent@"), "{said:?}");
+        assert!(has(&said, "publish call.withdrawn"), "{said:?}");
+        assert!(has(&said, "acd Refused"), "{said:?}");
+        assert!(!has(&said, "ended"), "the caller still waits: {said:?}");
+    }
+
+    #[test]
+    fn a_second_fork_answering_is_acked_and_released() {
+        let (mut c, t0, inv) = answered();
+        let mut fork = inv.response(200, Some("other"));
+        fork.headers
+            .push(HeaderName::Contact, format!("<sip:agent@{PHONE}>"));
+        let fork = fork.with_body("application/sdp", sdp("10.0.0.10", 42002).into_bytes());
+        c.handle_message(
+            t0 + Duration::from_secs(2),
+            Message::Response(fork),
+            peer(PHONE),
+        );
+        let (said, sent) = drain(&mut c);
+        assert_eq!(said.len(), 2, "{said:?}");
+        for (_, m) in &sent {
+            let Message::Request(r) = m else {
+                panic!("{said:?}")
+            };
+            assert_eq!(
+                r.to().and_then(|t| t.tag().map(str::to_string)).as_deref(),
+                Some("other")
+            );
+        }
+        assert!(has(&said, "ACK") && has(&said, "BYE"), "{said:?}");
+    }
+
+    #[test]
+    fn glare_gets_491() {
+        let (mut c, t0, inv) = answered();
+        let tag = c.caller_leg.local_tag().to_string();
+        let t = t0 + Duration::from_secs(3);
+        c.handle_message(t, trunk("ACK", 1, "z9hG4bKack", Some(&tag)), peer(TRUNK));
+        drain(&mut c);
+        // The caller holds: screenpop mirrors it to the agent with its own re-INVITE...
+        let body = sdp("10.0.0.1", 40000).replace("sendrecv", "sendonly");
+        let hold = request(&format!(
+            "INVITE sip:100@10.0.0.2:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKre\r\n\
+             From: <sip:+8613800138000@10.0.0.1>;tag=t1\r\nTo: <sip:100@10.0.0.2>;tag={tag}\r\n\
+             Call-ID: unit@10.0.0.1\r\nCSeq: 2 INVITE\r\nContent-Type: application/sdp\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+        c.handle_message(t, hold, peer(TRUNK));
+        let (said, _) = drain(&mut c);
+        assert!(has(&said, "tx 10.0.0.10:5060 INVITE"), "{said:?}");
+        // ...while the agent's phone sends its own: it gets 491 (RFC 3261 §14.2).
+        let body = sdp("10.0.0.10", 42000);
+        let theirs = request(&format!(
+            "INVITE sip:screenpop@10.0.0.2:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE};branch=z9hG4bKp2\r\n\
+             From: <sip:agent@10.0.0.10>;tag=ptag\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 5 INVITE\r\n\
+             Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+            inv.headers.get(&HeaderName::From).unwrap_or_default(),
+            inv.call_id().unwrap_or_default(),
+            body.len()
+        ));
+        c.handle_message(t, theirs, peer(PHONE));
+        let (said, _) = drain(&mut c);
+        assert_eq!(said, ["tx 10.0.0.10:5060 SIP/2.0 491 Request Pending"]);
+    }
+}

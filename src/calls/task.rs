@@ -1,0 +1,378 @@
+//! The call's task: owns the clock, the inbox, the ACD's decisions, the media relay, the store
+//! and the files, feeds the [`Call`] machine and carries out what it asks for. Nothing here
+//! decides anything about the call.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tracing::{info, warn, Instrument};
+
+use super::admission::{CallEnded, CallEnv, Route};
+use super::call::{Call, CallerLookup, MediaCommand, Output};
+use super::pop::PopCard;
+use super::record::{CallRecord, RecordedFile};
+use crate::acd::runtime::{Decision, RouteRequest};
+use crate::crm::callback::callback_title;
+use crate::events::payload;
+use crate::events::{Event, EventBus, Payload};
+use crate::media::recorder::FinishedRecording;
+use crate::media::relay::{MediaEvent, MediaHandle, MediaReport};
+use crate::sip::caller_id::CallerId;
+use crate::store::calls::OfferedCall;
+use crate::store::customers::Tier;
+use crate::store::Store;
+use crate::transport::Inbound;
+
+/// The answers to work the task ran beside the call (the store and DNS).
+enum Done {
+    Lookup(CallerLookup),
+    Resolved(u32, Option<SocketAddr>),
+}
+
+/// One call's edges.
+pub struct CallTask {
+    env: Arc<CallEnv>,
+    call: Call,
+    media: Option<MediaHandle>,
+    /// Our own inbox, for the agent-leg Call-IDs the dispatcher must route to us.
+    inbox: mpsc::Sender<Inbound>,
+    decisions: Option<mpsc::UnboundedReceiver<Decision>>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
+}
+
+async fn next_decision(rx: &mut Option<mpsc::UnboundedReceiver<Decision>>) -> Option<Decision> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl CallTask {
+    pub fn new(
+        env: Arc<CallEnv>,
+        call: Call,
+        media: MediaHandle,
+        inbox: mpsc::Sender<Inbound>,
+    ) -> CallTask {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        CallTask {
+            env,
+            call,
+            media: Some(media),
+            inbox,
+            decisions: None,
+            done_tx,
+            done_rx,
+        }
+    }
+
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Inbound>,
+        mut media_events: mpsc::UnboundedReceiver<MediaEvent>,
+    ) {
+        loop {
+            while let Some(o) = self.call.poll_output() {
+                self.perform(o).await;
+            }
+            if self.call.is_done(Instant::now()) {
+                break;
+            }
+            let deadline = self
+                .call
+                .poll_timeout()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            // The task holds a sender of its own inbox, so `rx` never closes.
+            tokio::select! {
+                Some(m) = rx.recv() => self.call.handle_message(Instant::now(), m.msg, m.peer),
+                Some(d) = next_decision(&mut self.decisions) => {
+                    self.call.handle_decision(Instant::now(), d)
+                }
+                Some(ev) = media_events.recv() => self.call.handle_media(Instant::now(), ev),
+                Some(done) = self.done_rx.recv() => match done {
+                    Done::Lookup(found) => self.call.handle_lookup(Instant::now(), found),
+                    Done::Resolved(attempt, addr) => {
+                        self.call.handle_resolved(Instant::now(), attempt, addr)
+                    }
+                },
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    self.call.handle_timeout(Instant::now())
+                }
+            }
+        }
+        let _ = self.env.ended.send(CallEnded {
+            id: self.call.id().to_string(),
+            call_ids: self.call.call_ids(),
+        });
+    }
+
+    async fn perform(&mut self, o: Output) {
+        let env = &self.env;
+        match o {
+            Output::Transmit { peer, bytes } => env.sip.send(peer, bytes),
+            Output::Publish(event) => env.bus.publish(event),
+            Output::Lookup {
+                caller,
+                sip_call_id,
+                dialed,
+                offered_at_ms,
+            } => {
+                let offered = OfferedCall {
+                    sip_call_id,
+                    caller_raw: caller.raw.clone(),
+                    caller_e164: None,
+                    dialed,
+                    customer_id: None,
+                    offered_at: offered_at_ms as i64,
+                };
+                let (env, done) = (env.clone(), self.done_tx.clone());
+                tokio::spawn(
+                    async move {
+                        let found = lookup(&env, &caller, offered).await;
+                        let _ = done.send(Done::Lookup(found));
+                    }
+                    .in_current_span(),
+                );
+            }
+            Output::Route {
+                dialed,
+                vip,
+                assigned,
+            } => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                self.decisions = Some(rx);
+                env.acd.route(RouteRequest {
+                    call: self.call.id().to_string(),
+                    dialed,
+                    vip,
+                    assigned,
+                    decisions: tx,
+                });
+            }
+            Output::Acd(input) => env.acd.tell(input),
+            Output::Listen { call_id } => {
+                let _ = env.routes.send(Route {
+                    call_id,
+                    owner: self.call.id().to_string(),
+                    tx: self.inbox.clone(),
+                });
+            }
+            Output::Resolve {
+                attempt,
+                host,
+                port,
+            } => {
+                // Our SIP socket speaks one address family: take an address of that family.
+                let v4 = env.call.media_ip.is_ipv4();
+                let done = self.done_tx.clone();
+                tokio::spawn(
+                    async move {
+                        let addr = match tokio::net::lookup_host(format!("{host}:{port}")).await {
+                            Ok(mut addrs) => addrs.find(|a| a.is_ipv4() == v4),
+                            Err(e) => {
+                                warn!(%host, error = %e, "agent host does not resolve");
+                                None
+                            }
+                        };
+                        let _ = done.send(Done::Resolved(attempt, addr));
+                    }
+                    .in_current_span(),
+                );
+            }
+            Output::NoteAgent {
+                log_id,
+                agent,
+                queue,
+            } => {
+                // Off the pop's path: the pop went out first.
+                let store = env.store.clone();
+                tokio::spawn(
+                    async move {
+                        if let Err(e) = store.set_call_agent(log_id, agent, queue).await {
+                            warn!(error = %e, "contact log agent not noted");
+                        }
+                    }
+                    .in_current_span(),
+                );
+            }
+            Output::Media(cmd) => {
+                if let Some(m) = &self.media {
+                    match cmd {
+                        MediaCommand::SetRemote(leg, remote) => m.set_remote(leg, remote),
+                        MediaCommand::SignallingIp(leg, ip) => m.set_signalling_ip(leg, ip),
+                        MediaCommand::Watch(timeout) => m.watch(timeout),
+                    }
+                }
+            }
+            Output::Record {
+                mut record,
+                date,
+                answered,
+            } => {
+                let Some(m) = &self.media else { return };
+                // The provisional record lands before the recording starts, so the final
+                // record always lands after it.
+                if let Ok(path) = env.recorder.path_for(&record.id, date) {
+                    record.path = Some(path.display().to_string());
+                    write_record(path.with_extension("json"), *record.clone()).await;
+                }
+                match env.recorder.start(&record.id, date) {
+                    Ok(rec) => m.start_recording(rec, answered),
+                    Err(e) => warn!(error = %e, "recording could not start"),
+                }
+            }
+            Output::Ended { record, at } => {
+                // Media stops (and its ports go back) before anything else hears of the end.
+                let report = match self.media.take() {
+                    Some(m) => m.stop(at).await,
+                    None => None,
+                };
+                tokio::spawn(
+                    finalize(env.store.clone(), env.bus.clone(), *record, report).in_current_span(),
+                );
+            }
+        }
+    }
+}
+
+/// Matches the caller to customers (creating one for an unknown number when the profile says
+/// so; never for withheld numbers) and writes the contact log row. A store failure is logged and
+/// the call goes on: a database outage must not drop calls.
+async fn lookup(env: &CallEnv, caller: &CallerId, mut offered: OfferedCall) -> CallerLookup {
+    let store = &env.store;
+    let found = crate::crm::caller::match_or_create(
+        store,
+        caller,
+        env.region,
+        env.profile.create_customers_from_calls,
+    )
+    .await;
+    let m = found.matched;
+    let customer = m.customer.as_ref();
+    // The card shows the contacts before this one: it is read before this call's row exists.
+    let card = PopCard::load(store, &m).await;
+    offered.caller_e164 = found.e164.clone();
+    offered.customer_id = customer.map(|c| c.id);
+    let log_id = match store.insert_offered_call(&offered).await {
+        Ok(id) => Some(id),
+        Err(e) => {
+            warn!(error = %e, "contact log not written");
+            None
+        }
+    };
+    CallerLookup {
+        e164: found.e164,
+        customer_id: customer.map(|c| c.id),
+        candidates: m.candidates.iter().map(|c| c.id).collect(),
+        vip: customer.is_some_and(|c| c.tier == Tier::Vip),
+        assigned_agent: customer.and_then(|c| c.assigned_agent_id),
+        card,
+        log_id,
+    }
+}
+
+/// Finishes the recording and writes the call record next to it.
+async fn finalize(
+    store: Store,
+    bus: Arc<dyn EventBus>,
+    mut record: CallRecord,
+    report: Option<MediaReport>,
+) {
+    let recording = report.and_then(|r| {
+        record.media = Some(r.stats);
+        record.dtmf = r.dtmf;
+        r.recording
+    });
+    let finished: Option<FinishedRecording> = match recording {
+        Some(rec) => {
+            let rx = rec.finish();
+            match tokio::task::spawn_blocking(move || rx.recv()).await {
+                Ok(Ok(Ok(f))) => Some(f),
+                Ok(Ok(Err(e))) => {
+                    warn!(error = %e, "recording failed");
+                    None
+                }
+                _ => None,
+            }
+        }
+        None => None,
+    };
+    if let Some(f) = &finished {
+        record.set_recording(&RecordedFile {
+            path: f.path.display().to_string(),
+            duration_ms: f.duration_ms,
+            size_bytes: f.size_bytes,
+            sha256: f.sha256.clone(),
+        });
+    }
+    info!(
+        disposition = ?record.disposition,
+        duration_ms = record.duration_ms,
+        sha256 = record.sha256.as_deref().unwrap_or("-"),
+        "call ended"
+    );
+    let mut recording_id = None;
+    if let Some(log_id) = record.log_id {
+        recording_id = match record.new_recording().filter(|_| finished.is_some()) {
+            Some(r) => store
+                .insert_recording(&r)
+                .await
+                .map_err(|e| warn!(error = %e, "recording not stored"))
+                .ok(),
+            None => None,
+        };
+        let ended = record.ended_call(recording_id);
+        if let Err(e) = store.finish_call(log_id, &ended).await {
+            warn!(error = %e, "contact log not completed");
+        }
+        // Nobody answered: the caller gets called back.
+        if let Some(title) = callback_title(ended.disposition, record.caller.number.as_deref()) {
+            match store
+                .create_callback(log_id, record.customer_id, record.queue_id, &title)
+                .await
+            {
+                Ok(Some(id)) => {
+                    info!(work_order = id, "callback work order created");
+                    if let Ok(Some(wo)) = store.work_order(id).await {
+                        bus.publish(Event::new(Payload::WorkOrderCreated {
+                            work_order: Box::new(wo),
+                        }));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => warn!(error = %e, "callback work order not created"),
+            }
+        }
+    }
+    bus.publish(Event::new(Payload::CallEnded(payload::CallEnded {
+        call_id: record.id.clone(),
+        contact_log_id: record.log_id,
+        recording_id,
+        agent_id: record.agent_id,
+        queue_id: record.queue_id,
+        disposition: record.disposition,
+        wait_secs: record
+            .answered_at_ms
+            .unwrap_or(record.ended_at_ms)
+            .saturating_sub(record.offered_at_ms)
+            / 1000,
+        talk_secs: record.duration_ms / 1000,
+        duration_ms: record.duration_ms,
+        ended_at: crate::time::rfc3339_ms(record.ended_at_ms as i64),
+    })));
+    if let Some(f) = &finished {
+        write_record(f.path.with_extension("json"), record).await;
+    }
+}
+
+async fn write_record(path: PathBuf, record: CallRecord) {
+    let written =
+        tokio::task::spawn_blocking(move || record.write(&path).map_err(|e| (e, path))).await;
+    if let Ok(Err((e, path))) = written {
+        warn!(error = %e, path = %path.display(), "call record not written");
+    }
+}
