@@ -14,7 +14,7 @@ HOLD=${2:-60}
 RATE=${RATE:-50}
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-BIN=$ROOT/target/release/screenpop
+BIN=${SCREENPOP_BIN:-$ROOT/target/release/screenpop}
 [ -x "$BIN" ] || cargo build --release --bins
 command -v sipp >/dev/null || { echo "sipp (sip-tester) is required" >&2; exit 1; }
 command -v sox >/dev/null || { echo "sox is required" >&2; exit 1; }

@@ -184,16 +184,20 @@ fn main() {
     .expect("profile");
     let log = std::fs::File::create(work.join("server.log")).expect("log");
     let mut server = Reaped(
-        Command::new(env!("CARGO_BIN_EXE_screenpop"))
-            .args(["serve", "--sip", &format!("127.0.0.1:{SIP}")])
-            .args(["--http", &format!("127.0.0.1:{HTTP}")])
-            .args(["--database", &url, "--profile", "bench.toml"])
-            .args(["--recordings", "rec", "--rtp-ports", "20000-29999"])
-            .env("RUST_LOG", "info,sqlx=warn")
-            .current_dir(&work)
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("server"),
+        // SCREENPOP_BIN compares another build (e.g. the previous commit's) on the same load.
+        Command::new(
+            std::env::var_os("SCREENPOP_BIN")
+                .unwrap_or_else(|| env!("CARGO_BIN_EXE_screenpop").into()),
+        )
+        .args(["serve", "--sip", &format!("127.0.0.1:{SIP}")])
+        .args(["--http", &format!("127.0.0.1:{HTTP}")])
+        .args(["--database", &url, "--profile", "bench.toml"])
+        .args(["--recordings", "rec", "--rtp-ports", "20000-29999"])
+        .env("RUST_LOG", "info,sqlx=warn")
+        .current_dir(&work)
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("server"),
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", HTTP)).is_err() {
