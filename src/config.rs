@@ -210,7 +210,7 @@ impl Profile {
             field: "codecs",
             why,
         })?;
-        crate::crm::phone::region(&profile.default_region).map_err(|e| ConfigError::Field {
+        crate::phone::region(&profile.default_region).map_err(|e| ConfigError::Field {
             path: path.clone(),
             field: "default_region",
             why: e.to_string(),

@@ -2,11 +2,13 @@
 //! agent's phone with anchored media, and records every call. See README.md for the design.
 
 pub mod acd;
+pub mod agents;
 pub mod calls;
 pub mod config;
 pub mod crm;
 pub mod events;
 pub mod media;
+pub mod phone;
 pub mod server;
 pub mod sip;
 pub mod store;

@@ -203,7 +203,7 @@ fn main() -> anyhow::Result<()> {
                 },
         } => {
             let profile = Profile::load(&profile)?;
-            let region = screenpop::crm::phone::region(&profile.default_region)?;
+            let region = screenpop::phone::region(&profile.default_region)?;
             let data =
                 std::fs::read(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             rt.block_on(async {

@@ -94,6 +94,12 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             .iter()
             .map(|u| (u.username.clone(), u.password.clone())),
     )));
+    // The phones of agents that register with screenpop, before any REGISTER is answered.
+    match crate::agents::Agents::load(&store, &registrar).await {
+        Ok(n) if n > 0 => info!(phones = n, "agent phone credentials loaded"),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "agent phone credentials not loaded"),
+    }
     let bus: Arc<dyn EventBus> = Arc::new(LocalBus::new(4096));
     let acd = crate::acd::runtime::spawn(
         store.clone(),
@@ -102,12 +108,13 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         profile.realm.clone(),
     )
     .await;
-    let region = crate::crm::phone::region(&profile.default_region)?;
+    let region = crate::phone::region(&profile.default_region)?;
     if let Some(addr) = cfg.http {
         let state = crate::web::AppState::new(
             store.clone(),
             bus.clone(),
             acd.clone(),
+            registrar.clone(),
             profile.realm.clone(),
             region,
         );

@@ -1,12 +1,9 @@
 //! The whole path of issue 3: SIPp as the trunk and as the agents' phones, screenpop routing by
 //! its store's queues and agents, and real WebSocket clients as the desktops.
 
-#[path = "support/center.rs"]
-mod center;
 mod common;
-#[path = "support/desk.rs"]
-mod desk;
 
+use common::center;
 use std::time::Duration;
 
 use center::center;

@@ -8,12 +8,9 @@
 //! Screenshots of every page, at 1366×768 and 1920×1080, in English and Chinese, go to
 //! `target/screenshots/` (or `SCREENPOP_SHOTS`).
 
-#[path = "support/center.rs"]
-mod center;
 mod common;
-#[path = "support/desk.rs"]
-mod desk;
 
+use common::{center, desk};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

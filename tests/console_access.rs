@@ -5,9 +5,8 @@
 //! carries the security headers; the audit log records who did what from where.
 
 mod common;
-#[path = "support/desk.rs"]
-mod desk;
 
+use common::desk;
 use std::net::TcpStream;
 use std::time::Duration;
 

@@ -6,9 +6,8 @@
 //! desktop, call in" with no profile editing — pop the caller on the agent's desktop.
 
 mod common;
-#[path = "support/desk.rs"]
-mod desk;
 
+use common::desk;
 use std::time::Duration;
 
 use common::{server_binary, Env, Ports, Server};

@@ -3,9 +3,8 @@
 //! with screenpop being offered calls only while registered.
 
 mod common;
-#[path = "support/desk.rs"]
-mod desk;
 
+use common::desk;
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
@@ -530,4 +529,67 @@ fn assignee_of(admin: &Api, id: i64) -> i64 {
     admin.ok("GET", &format!("/api/work-orders/{id}"), None)["assignee_agent_id"]
         .as_i64()
         .expect("assignee")
+}
+
+/// The status of a REGISTER answered with `password` (401 when the registrar does not know the
+/// user or the password is wrong).
+fn register_status(env: &Env, user: &str, password: &str) -> Option<u16> {
+    let r = common::register_sha256(env, user, password);
+    r.answer
+        .as_deref()
+        .and_then(|a| common::status_code(a.lines().next().unwrap_or("")))
+}
+
+#[test]
+fn phone_credentials_follow_the_account() {
+    let env = Env::new("phone_credentials");
+    let (server, admin) = start(&env);
+    let carol = admin.ok(
+        "POST",
+        "/api/agents",
+        Some(
+            json!({"username": "carol", "display_name": "Carol", "password": "carol-pass-1",
+                    "sip_username": "carol-phone", "sip_password": "phone-pw-1"}),
+        ),
+    );
+    let carol_id = carol["id"].as_i64().expect("id");
+    assert_eq!(
+        register_status(&env, "carol-phone", "phone-pw-1"),
+        Some(200)
+    );
+    assert_eq!(register_status(&env, "carol-phone", "wrong"), Some(401));
+
+    // A new SIP user name: the old one no longer registers, the new one does.
+    admin.ok(
+        "PATCH",
+        &format!("/api/agents/{carol_id}"),
+        Some(json!({"sip_username": "carol-desk", "sip_password": "phone-pw-2"})),
+    );
+    assert_eq!(
+        register_status(&env, "carol-phone", "phone-pw-1"),
+        Some(401)
+    );
+    assert_eq!(register_status(&env, "carol-desk", "phone-pw-2"), Some(200));
+
+    // A deactivated account's phone can no longer register.
+    admin.ok(
+        "PATCH",
+        &format!("/api/agents/{carol_id}"),
+        Some(json!({"active": false})),
+    );
+    assert_eq!(register_status(&env, "carol-desk", "phone-pw-2"), Some(401));
+
+    // After a restart the registrar knows exactly the active accounts' phones again.
+    admin.ok(
+        "POST",
+        "/api/agents",
+        Some(
+            json!({"username": "dave", "display_name": "Dave", "password": "dave-pass-1",
+                    "sip_username": "dave-phone", "sip_password": "phone-pw-3"}),
+        ),
+    );
+    drop(server);
+    let _server = env.start_server();
+    assert_eq!(register_status(&env, "dave-phone", "phone-pw-3"), Some(200));
+    assert_eq!(register_status(&env, "carol-desk", "phone-pw-2"), Some(401));
 }

@@ -3,17 +3,17 @@
 //! network namespace with only loopback (`tests/run.sh` does that); it refuses to run
 //! otherwise, so a wrong reply can never leave the machine.
 
-mod support;
+mod common;
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use support::{status_of, TestServer};
+use common::raw::{status_of, TestServer};
 
 fn options(call_id: &str) -> Vec<u8> {
-    support::options(call_id, 0)
+    common::raw::options(call_id, 0)
 }
 
 fn vectors() -> PathBuf {

@@ -1,12 +1,12 @@
 //! Trust, trunk digest authentication and outbound registration against running servers,
 //! with `screenpop dial` and a second screenpop as the peers.
 
-mod support;
+mod common;
 
 use std::net::UdpSocket;
 use std::time::Duration;
 
-use support::{dial, invite, options, status_of, TestServer};
+use common::raw::{dial, invite, options, status_of, TestServer};
 
 const DIGEST_TRUNK: &str = r#"
 name = "digest"

@@ -862,7 +862,7 @@ fn contact_logs_match_create_and_link_recordings() {
     let known = rt.block_on(async {
         let store = screenpop::store::Store::connect(&db).await.unwrap();
         store.migrate().await.unwrap();
-        let us = screenpop::crm::phone::region("US").unwrap();
+        let us = screenpop::phone::region("US").unwrap();
         let c = screenpop::store::customers::NewCustomer {
             code: Some("K1".into()),
             name: "Known Caller".into(),

@@ -2,7 +2,7 @@
 //! machine (`SCREENPOP_TEST_POSTGRES`, default postgres://postgres@127.0.0.1:5432/test), each PostgreSQL
 //! run in a schema of its own. PostgreSQL being unreachable is a failure, not a skip.
 
-use screenpop::crm::phone::{normalize, region};
+use screenpop::phone::{normalize, region};
 use screenpop::store::customers::{CreatedVia, NewCustomer, NewPhone, Tier};
 use screenpop::store::{Store, StoreError};
 
@@ -854,3 +854,52 @@ on_both!(agents_and_queues_change, |store: Store| async move {
         other => panic!("{other:?}"),
     }
 });
+
+on_both!(
+    a_call_screenpop_could_not_put_through_stays_failed,
+    |store: Store| async move {
+        use screenpop::store::calls::*;
+        let id = store
+            .insert_offered_call(&OfferedCall {
+                sip_call_id: "failed-1".into(),
+                caller_raw: "+14155550009".into(),
+                caller_e164: Some("+14155550009".into()),
+                dialed: "8005550100".into(),
+                customer_id: None,
+                offered_at: 2_000_000,
+            })
+            .await
+            .unwrap();
+        let ended = EndedCall {
+            agent_id: None,
+            queue_id: None,
+            answered_at: None,
+            ended_at: 2_000_400,
+            disposition: CallDisposition::Failed,
+            recording_id: None,
+        };
+        store.finish_call(id, &ended).await.unwrap();
+        let logs = store
+            .contact_logs(&CallFilter {
+                disposition: Some("failed".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(logs.iter().map(|c| c.id).collect::<Vec<_>>(), [id]);
+        assert_eq!(logs[0].disposition.as_deref(), Some("failed"));
+        // Like every call nobody answered, it gets its callback.
+        let title =
+            screenpop::crm::callback::callback_title(ended.disposition, Some("+14155550009"));
+        assert_eq!(
+            title.as_deref(),
+            Some("Call back +14155550009 (failed call)")
+        );
+        assert!(store
+            .create_callback(id, None, None, title.as_deref().unwrap_or_default())
+            .await
+            .unwrap()
+            .is_some());
+    }
+);

@@ -20,15 +20,7 @@ pub type QueueId = i64;
 /// The call's id as the call tasks know it.
 pub type CallKey = String;
 
-/// Why an agent is paused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PauseReason {
-    /// The agent chose to.
-    Requested,
-    /// The agent's phone rang out without an answer.
-    NoAnswer,
-}
+pub use crate::events::payload::PauseReason;
 
 /// An agent's state; the one source of truth for who may get a call.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,7 +14,6 @@ use super::{
 };
 use crate::events::payload::AgentStateChanged;
 use crate::events::{Event, EventBus, Payload};
-use crate::sip::digest::Secret;
 use crate::sip::peer::Peer;
 use crate::sip::registrar::Registrar;
 use crate::sip::Uri;
@@ -234,22 +233,13 @@ impl Runtime {
             }
             let reachable = match &a.sip {
                 SipTarget::Uri(_) => true,
-                SipTarget::Registered {
-                    username,
-                    ha1_md5,
-                    ha1_sha256,
-                } => {
-                    let mut reg = match self.registrar.lock() {
+                // The agents service keeps the registrar's credentials; the ACD only reads
+                // whether the phone is registered.
+                SipTarget::Registered { username, .. } => {
+                    let reg = match self.registrar.lock() {
                         Ok(r) => r,
                         Err(p) => p.into_inner(),
                     };
-                    reg.set_user(
-                        username,
-                        Secret::Ha1 {
-                            md5: ha1_md5.clone(),
-                            sha256: ha1_sha256.clone(),
-                        },
-                    );
                     !reg.contacts(username, now).is_empty()
                 }
                 SipTarget::None => false,

@@ -15,35 +15,9 @@ use tracing::warn;
 
 use crate::media::relay::{DtmfDigit, LegId, RelayStats};
 use crate::sip::caller_id::CallerId;
-use crate::store::calls::{CallDisposition, EndedCall, NewRecording};
+use crate::store::calls::{EndedCall, NewRecording};
 
-/// How the call ended, as screenpop saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Disposition {
-    Answered,
-    /// The agent did not answer in time, or the agent leg failed.
-    Missed,
-    /// The caller hung up before an answer.
-    Abandoned,
-    /// The agent's phone declined or was busy.
-    Rejected,
-    /// screenpop could not take the call (no codec, no ports, no agent target).
-    Failed,
-}
-
-impl Disposition {
-    /// What the contact log stores. The log has no "failed": a call screenpop took but could not
-    /// put through is, for the caller and the callback, a call nobody answered.
-    pub fn for_contact_log(self) -> CallDisposition {
-        match self {
-            Disposition::Answered => CallDisposition::Answered,
-            Disposition::Abandoned => CallDisposition::Abandoned,
-            Disposition::Rejected => CallDisposition::Rejected,
-            Disposition::Missed | Disposition::Failed => CallDisposition::Missed,
-        }
-    }
-}
+pub use crate::events::payload::Disposition;
 
 /// Who ended the call: one of its legs, or a crash of screenpop (set by the restart).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,6 +181,7 @@ impl CallRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::calls::CallDisposition;
 
     fn provisional() -> CallRecord {
         CallRecord {
@@ -293,7 +268,7 @@ mod tests {
             (Disposition::Missed, CallDisposition::Missed),
             (Disposition::Abandoned, CallDisposition::Abandoned),
             (Disposition::Rejected, CallDisposition::Rejected),
-            (Disposition::Failed, CallDisposition::Missed),
+            (Disposition::Failed, CallDisposition::Failed),
         ] {
             assert_eq!(d.for_contact_log(), c);
         }

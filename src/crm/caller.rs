@@ -7,7 +7,7 @@ use tracing::{info, warn};
 
 use phonenumber::country::Id as Region;
 
-use super::phone::normalize;
+use crate::phone::normalize;
 use crate::sip::caller_id::CallerId;
 use crate::store::customers::{CallerMatch, CreatedVia, NewCustomer, NewPhone, Tier};
 use crate::store::Store;

@@ -4,4 +4,3 @@
 pub mod callback;
 pub mod caller;
 pub mod csv;
-pub mod phone;

@@ -6,9 +6,8 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::acd::PauseReason;
-use crate::calls::record::Disposition;
 use crate::sip::caller_id::CallerId;
+use crate::store::calls::CallDisposition;
 use crate::store::work_orders::WorkOrder;
 
 /// The caller as desktops see them: no number when withheld.
@@ -183,6 +182,45 @@ impl Payload {
             _ => None,
         }
     }
+}
+
+/// How the call ended, as screenpop saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Disposition {
+    Answered,
+    /// The agent did not answer in time, or the agent leg failed.
+    Missed,
+    /// The caller hung up before an answer.
+    Abandoned,
+    /// The agent's phone declined or was busy.
+    Rejected,
+    /// screenpop could not take the call (no codec, no ports, no agent target).
+    Failed,
+}
+
+impl Disposition {
+    /// What the contact log stores: the same outcome, one to one (a failed call stays failed;
+    /// like every call nobody answered it gets a callback).
+    pub fn for_contact_log(self) -> CallDisposition {
+        match self {
+            Disposition::Answered => CallDisposition::Answered,
+            Disposition::Abandoned => CallDisposition::Abandoned,
+            Disposition::Rejected => CallDisposition::Rejected,
+            Disposition::Missed => CallDisposition::Missed,
+            Disposition::Failed => CallDisposition::Failed,
+        }
+    }
+}
+
+/// Why an agent is paused (on the wire in `agent.state`; the ACD decides it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PauseReason {
+    /// The agent chose to.
+    Requested,
+    /// The agent's phone rang out without an answer.
+    NoAnswer,
 }
 
 /// Small events for the tests of the bus and its readers.

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use super::digest::{self, Algorithm, NonceKey, Secret, SecretKind, Verdict};
 use super::headers::{parse_scalar, HeaderName, NameAddr};
 use super::message::{Request, Response};
+use super::peer::Peer;
 use super::Uri;
-use crate::transport::Peer;
 
 /// One registered contact of a user.
 #[derive(Debug, Clone)]
@@ -71,6 +71,12 @@ impl Registrar {
     }
 
     /// Adds or replaces a user's credentials (agents created through the API).
+    /// Forgets a user and its bindings: its phone can no longer register or be rung.
+    pub fn remove_user(&mut self, user: &str) {
+        self.users.remove(user);
+        self.bindings.remove(user);
+    }
+
     pub fn set_user(&mut self, user: &str, secret: Secret) {
         self.users.insert(user.to_string(), secret);
     }

@@ -16,6 +16,9 @@ pub enum CallDisposition {
     Abandoned,
     /// The agent's phone declined.
     Rejected,
+    /// screenpop took the call but could not put it through (the agent's phone answered
+    /// without usable SDP, a loop, an agent host that does not resolve).
+    Failed,
 }
 
 impl CallDisposition {
@@ -25,6 +28,7 @@ impl CallDisposition {
             CallDisposition::Missed => "missed",
             CallDisposition::Abandoned => "abandoned",
             CallDisposition::Rejected => "rejected",
+            CallDisposition::Failed => "failed",
         }
     }
 }
@@ -428,13 +432,14 @@ impl Store {
 
     /// Per queue, the finished calls offered since `since_ms`: the wallboard's day figures.
     /// A call counts towards the service level when it was answered within its queue's
-    /// threshold; the share is of all finished calls (answered, abandoned, missed, rejected).
+    /// threshold; the share is of all finished calls. "missed" counts every call nobody
+    /// answered that the caller did not abandon: missed, rejected, failed.
     pub async fn queue_stats_since(&self, since_ms: i64) -> Result<Vec<QueueDay>, StoreError> {
         let rows = sqlx::query(
             "SELECT c.queue_id AS queue_id, \
                CAST(SUM(CASE WHEN c.disposition = 'answered' THEN 1 ELSE 0 END) AS BIGINT) AS answered, \
                CAST(SUM(CASE WHEN c.disposition = 'abandoned' THEN 1 ELSE 0 END) AS BIGINT) AS abandoned, \
-               CAST(SUM(CASE WHEN c.disposition IN ('missed', 'rejected') THEN 1 ELSE 0 END) AS BIGINT) AS missed, \
+               CAST(SUM(CASE WHEN c.disposition IN ('missed', 'rejected', 'failed') THEN 1 ELSE 0 END) AS BIGINT) AS missed, \
                CAST(SUM(CASE WHEN c.disposition = 'answered' AND COALESCE(c.wait_secs, 0) <= q.service_level_secs \
                         THEN 1 ELSE 0 END) AS BIGINT) AS within, \
                CAST(SUM(CASE WHEN c.disposition = 'answered' THEN COALESCE(c.wait_secs, 0) ELSE 0 END) AS BIGINT) AS wait_total, \

@@ -7,7 +7,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{now_ms, Store, StoreError};
-use crate::crm::phone::{normalize, NormalizedPhone};
+use crate::phone::{normalize, NormalizedPhone};
 
 /// Customer tier; VIP callers go first in queues.
 #[derive(

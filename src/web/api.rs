@@ -16,9 +16,9 @@ use utoipa::OpenApi;
 use super::auth::{self, hash_password_off_thread, ClientAddr, Principal};
 use super::error::{ApiError, ApiJson};
 use super::AppState;
-use crate::crm::phone::normalize;
+use crate::agents::PhoneSetting;
 use crate::events::{Event, Payload};
-use crate::sip::digest::Secret;
+use crate::phone::normalize;
 use crate::store::agents::{Agent, NewAgent, NewQueue, Queue, QueuePatch, Role, SipTarget};
 use crate::store::calls::{CallFilter, ContactLog, Recording};
 use crate::store::customers::{CreatedVia, Customer, CustomerFilter, CustomerPatch, NewCustomer};
@@ -362,8 +362,14 @@ async fn create_agent(
 ) -> Result<(StatusCode, Json<AgentOut>), ApiError> {
     me.require(Role::Admin)?;
     let hash = hash_password_off_thread(a.password.clone()).await?;
-    let sip =
-        sip_target(&s.realm, a.sip_uri, a.sip_username, a.sip_password)?.unwrap_or(SipTarget::None);
+    let sip = s
+        .agents
+        .sip_target(PhoneSetting {
+            uri: a.sip_uri,
+            username: a.sip_username,
+            password: a.sip_password,
+        })?
+        .unwrap_or(SipTarget::None);
     let queues = match a.queues {
         Some(q) => q.into_iter().collect(),
         None if a.role == Role::Agent => s
@@ -376,8 +382,8 @@ async fn create_agent(
         None => Default::default(),
     };
     let agent = s
-        .store
-        .create_agent(&NewAgent {
+        .agents
+        .create(&NewAgent {
             username: a.username,
             display_name: a.display_name,
             role: a.role,
@@ -396,60 +402,7 @@ async fn create_agent(
             None,
         )
         .await;
-    s.acd.reload();
     Ok((StatusCode::CREATED, Json(agent.into())))
-}
-
-/// The SIP target from `sip_uri`, or `sip_username` + `sip_password` (kept as digest HA1s for
-/// the realm); `None` when neither is given.
-fn sip_target(
-    realm: &str,
-    uri: Option<String>,
-    user: Option<String>,
-    password: Option<String>,
-) -> Result<Option<SipTarget>, ApiError> {
-    Ok(Some(match (uri, user, password) {
-        (Some(_), Some(_), _) => {
-            return Err(ApiError::invalid(
-                "sip_uri",
-                "give sip_uri or sip_username, not both",
-            ))
-        }
-        (Some(uri), None, _) => {
-            crate::sip::Uri::parse(&uri)
-                .map_err(|e| ApiError::invalid("sip_uri", e.to_string()))?;
-            SipTarget::Uri(uri)
-        }
-        (None, Some(user), Some(pw)) => {
-            if user.is_empty() || user.contains(['@', ':', ' ']) {
-                return Err(ApiError::invalid("sip_username", "a plain user name"));
-            }
-            if pw.is_empty() {
-                return Err(ApiError::invalid("sip_password", "must not be empty"));
-            }
-            match Secret::hashed(&user, realm, &pw) {
-                Secret::Ha1 { md5, sha256 } => SipTarget::Registered {
-                    username: user,
-                    ha1_md5: md5,
-                    ha1_sha256: sha256,
-                },
-                Secret::Password(_) => {
-                    return Err(ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal",
-                        "digest hashing failed",
-                    ))
-                }
-            }
-        }
-        (None, Some(_), None) => {
-            return Err(ApiError::invalid(
-                "sip_password",
-                "required with sip_username",
-            ))
-        }
-        (None, None, _) => return Ok(None),
-    }))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -486,7 +439,11 @@ async fn update_agent(
         display_name: a.display_name,
         role: a.role,
         password_hash,
-        sip: sip_target(&s.realm, a.sip_uri, a.sip_username, a.sip_password)?,
+        sip: s.agents.sip_target(PhoneSetting {
+            uri: a.sip_uri,
+            username: a.sip_username,
+            password: a.sip_password,
+        })?,
         skills: a.skills.map(|v| v.into_iter().collect()),
         queues: a.queues.map(|v| v.into_iter().collect()),
         active: a.active,
@@ -497,16 +454,11 @@ async fn update_agent(
             "you cannot deactivate yourself",
         ));
     }
-    let agent = s.store.update_agent(id, &patch).await?;
+    let agent = s.agents.update(id, &patch).await?;
     let _ = s
         .store
         .audit(&me.username, "agent.update", &format!("agent:{id}"), None)
         .await;
-    if !agent.active {
-        s.bus
-            .publish(Event::new(Payload::AgentDeactivated { agent_id: id }));
-    }
-    s.acd.reload();
     Ok(Json(agent.into()))
 }
 
@@ -805,10 +757,10 @@ async fn list_calls(
             .transpose()
     };
     if let Some(d) = &q.disposition {
-        if !["answered", "missed", "abandoned", "rejected"].contains(&d.as_str()) {
+        if !["answered", "missed", "abandoned", "rejected", "failed"].contains(&d.as_str()) {
             return Err(ApiError::invalid(
                 "disposition",
-                "one of answered, missed, abandoned, rejected",
+                "one of answered, missed, abandoned, rejected, failed",
             ));
         }
     }

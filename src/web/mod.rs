@@ -28,6 +28,8 @@ pub struct AppState {
     pub store: Store,
     pub bus: Arc<dyn EventBus>,
     pub acd: AcdHandle,
+    /// Accounts, changed together with the registrar and the ACD.
+    pub agents: Arc<crate::agents::Agents>,
     /// The SIP realm, for the HA1s of phones that register with screenpop.
     pub realm: String,
     /// Region for reading phone numbers typed without a country code.
@@ -47,10 +49,18 @@ impl AppState {
         store: Store,
         bus: Arc<dyn EventBus>,
         acd: AcdHandle,
+        registrar: Arc<std::sync::Mutex<crate::sip::registrar::Registrar>>,
         realm: String,
         region: phonenumber::country::Id,
     ) -> AppState {
         AppState {
+            agents: Arc::new(crate::agents::Agents::new(
+                store.clone(),
+                registrar,
+                acd.clone(),
+                bus.clone(),
+                realm.clone(),
+            )),
             store,
             board: stats::follow(bus.clone()),
             bus,

@@ -1,4 +1,10 @@
-//! End-to-end harness for screenpop, driven by SIPp.
+//! The one test harness for screenpop's integration tests (`mod common;` in each test).
+//!
+//! - this module: an [`Env`] per test and SIPp on both sides (below);
+//! - [`center`]: a call center made the README's way (ACD profile, first admin, queues, agents
+//!   with SIPp phones, desktops, customers);
+//! - [`desk`]: the HTTP side's real clients, the REST API and a WebSocket desktop;
+//! - [`raw`]: a server on a fixed port fed hand-written SIP (RFC 4475 on the wire, refusals).
 //!
 //! Each test gets an [`Env`]: its own temp dir (under `std::env::temp_dir()`),
 //! its own block of 64 UDP ports, a profile TOML, and the two raw G.711 audio
@@ -17,6 +23,10 @@
 //! - `SCREENPOP_KEEP_E2E=1`: keep every test's temp dir (failed tests always keep theirs).
 //! - `RUST_LOG`: passed to the server (default `debug`).
 #![allow(dead_code)]
+
+pub mod center;
+pub mod desk;
+pub mod raw;
 
 use std::collections::HashSet;
 use std::fmt::Write as _;

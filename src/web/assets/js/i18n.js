@@ -109,6 +109,7 @@ const D = {
   'outcome.missed': ['Missed', '未接'],
   'outcome.abandoned': ['Abandoned', '放弃'],
   'outcome.rejected': ['Rejected', '被拒接'],
+  'outcome.failed': ['Failed', '未接通'],
   'outcome.in_progress': ['In progress', '进行中'],
 
   'tier.vip': ['VIP', 'VIP'],

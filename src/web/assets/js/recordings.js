@@ -5,7 +5,7 @@ import { get, qs, agentName, directoryAgents, customerById } from './api.js';
 import { h, field, select, errorBox, showError } from './ui.js';
 import { fmtDateTime, fmtDuration, dateInputToRfc3339, todayInput } from './fmt.js';
 
-const OUTCOMES = ['answered', 'missed', 'abandoned', 'rejected'];
+const OUTCOMES = ['answered', 'missed', 'abandoned', 'rejected', 'failed'];
 
 export function recordingsPanel(root) {
   const state = { values: {} };

@@ -1,4 +1,5 @@
-//! A running `screenpop serve` for tests that need only the server: a temp dir with the
+//! Raw SIP for tests that need only the server and hand-written messages: a running
+//! `screenpop serve` on a fixed port with a given profile (`TestServer`): a temp dir with the
 //! profile and recordings, killed on drop, ready once it answers an OPTIONS.
 
 #![allow(dead_code)]
@@ -29,7 +30,7 @@ impl TestServer {
         std::fs::create_dir_all(&dir).expect("temp dir");
         std::fs::write(dir.join("profile.toml"), profile).expect("profile");
         let log = std::fs::File::create(dir.join("server.log")).expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_screenpop"))
+        let child = Command::new(super::server_binary())
             .args(["serve", "--sip", &format!("127.0.0.1:{port}")])
             .arg("--recordings")
             .arg(dir.join("rec"))
@@ -121,7 +122,7 @@ pub fn status_of(resp: &[u8]) -> Option<u16> {
 
 /// Runs `screenpop dial` and returns (exit success, JSON summary line).
 pub fn dial(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_screenpop"))
+    let out = Command::new(super::server_binary())
         .arg("dial")
         .args(args)
         .env("RUST_BACKTRACE", "0")

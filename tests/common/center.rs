@@ -5,8 +5,8 @@
 
 use serde_json::{json, Value};
 
-use crate::common::{Env, Ports, Server};
-use crate::desk::{Api, Desktop};
+use super::desk::{Api, Desktop};
+use super::{Env, Ports, Server};
 
 pub const ADMIN_PASSWORD: &str = "admin-pass-1";
 
