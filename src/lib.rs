@@ -7,6 +7,7 @@ pub mod calls;
 pub mod config;
 pub mod crm;
 pub mod events;
+pub mod ids;
 pub mod media;
 pub mod phone;
 pub mod server;

@@ -624,11 +624,13 @@ async fn complete_crashed_log(store: &crate::store::Store, record: &CallRecord) 
         None => None,
     };
     match store
-        .finish_call(log_id, &record.ended_call(recording_id))
+        .finish_call(log_id.get(), &record.ended_call(recording_id))
         .await
     {
-        Ok(()) => info!(log_id, "contact log completed after a crash"),
-        Err(e) => warn!(error = %e, log_id, "contact log not completed after a crash"),
+        Ok(()) => info!(log_id = log_id.get(), "contact log completed after a crash"),
+        Err(e) => {
+            warn!(error = %e, log_id = log_id.get(), "contact log not completed after a crash")
+        }
     }
 }
 

@@ -21,6 +21,7 @@ use screenpop::calls::call::{Call, CallConfig, CallInit, CallerLookup, Output};
 use screenpop::calls::dialog::LocalContact;
 use screenpop::calls::record::{CallRecord, Disposition};
 use screenpop::crm::callback::callback_title;
+use screenpop::ids::ContactLogId;
 use screenpop::sip::caller_id::CallerId;
 use screenpop::sip::headers::HeaderName;
 use screenpop::sip::message::{Message, Method, Request, Response};
@@ -1098,7 +1099,7 @@ impl World {
                 peer: Some(udp(phone_addr(0))),
             });
             let init = CallInit {
-                id: format!("call-{}", self.seed),
+                id: format!("call-{}", self.seed).into(),
                 invite,
                 offer,
                 peer: udp(from),
@@ -1158,7 +1159,7 @@ impl World {
                     self.acd.handle(
                         self.now,
                         AcdInput::CallArrived {
-                            call: id,
+                            call: id.into(),
                             queue: 1,
                             vip,
                             assigned,
@@ -1306,7 +1307,7 @@ impl World {
                     call.handle_lookup(
                         self.now,
                         CallerLookup {
-                            log_id: Some(7),
+                            log_id: Some(ContactLogId::new(7)),
                             ..CallerLookup::default()
                         },
                     );
@@ -1340,7 +1341,7 @@ impl World {
                 self.trunk.final_status, record.disposition
             ));
         }
-        if record.log_id != Some(7) {
+        if record.log_id != Some(ContactLogId::new(7)) {
             return Err("the contact log row of the lookup was not completed".into());
         }
         let expected: &[Disposition] = match (self.flow, self.acd_mode) {

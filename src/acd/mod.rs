@@ -18,7 +18,7 @@ pub mod runtime;
 pub type AgentId = i64;
 pub type QueueId = i64;
 /// The call's id as the call tasks know it.
-pub type CallKey = String;
+pub use crate::ids::CallKey;
 
 pub use crate::events::payload::PauseReason;
 

@@ -13,6 +13,7 @@ use super::task;
 use crate::acd::runtime::{AcdHandle, AgentTarget};
 use crate::config::Profile;
 use crate::events::EventBus;
+use crate::ids::CallKey;
 use crate::media::ports::PortPool;
 use crate::media::recorder::RecorderHandle;
 use crate::media::relay::MediaEngine;
@@ -121,7 +122,7 @@ pub fn spawn(env: Arc<CallEnv>, new: NewCall) -> Option<CallHandle> {
         return refuse(exhausted);
     };
     let init = CallInit {
-        id: id.clone(),
+        id: CallKey::new(id.clone()),
         invite: new.invite.clone(),
         offer,
         peer: new.peer,

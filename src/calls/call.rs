@@ -27,6 +27,7 @@ use crate::acd::runtime::{AgentTarget, Decision};
 use crate::acd::{AgentId, CallKey, Input as AcdInput, QueueId};
 use crate::events::payload::{CallAnswered, CallWithdrawn};
 use crate::events::{Event, Payload};
+use crate::ids::{ContactLogId, SipCallId};
 use crate::media::g711::G711;
 use crate::media::relay::{LegId, MediaEvent, RemoteMedia};
 use crate::sip::caller_id::CallerId;
@@ -137,7 +138,7 @@ pub struct CallerLookup {
     pub assigned_agent: Option<AgentId>,
     pub card: PopCard,
     /// The contact log row, when the store could write it.
-    pub log_id: Option<i64>,
+    pub log_id: Option<ContactLogId>,
 }
 
 /// What the media relay of the call is told to do.
@@ -165,7 +166,7 @@ pub enum Output {
     /// [`Call::handle_lookup`]. Asked once, first.
     Lookup {
         caller: CallerId,
-        sip_call_id: String,
+        sip_call_id: SipCallId,
         dialed: String,
         offered_at_ms: u64,
     },
@@ -189,7 +190,7 @@ pub enum Output {
     },
     /// The contact log names the agent being rung or who answered.
     NoteAgent {
-        log_id: i64,
+        log_id: ContactLogId,
         agent: AgentId,
         queue: Option<QueueId>,
     },
@@ -494,7 +495,7 @@ impl Call {
         call.respond_invite(now, trying);
         call.out.push_back(Output::Lookup {
             caller: call.caller.clone(),
-            sip_call_id: call.caller_leg.call_id.clone(),
+            sip_call_id: SipCallId::new(call.caller_leg.call_id.clone()),
             dialed: call.dialed.clone(),
             offered_at_ms: epoch_ms(call.wall0),
         });
@@ -503,7 +504,7 @@ impl Call {
     }
 
     /// screenpop's id of the call.
-    pub fn id(&self) -> &str {
+    pub fn id(&self) -> &CallKey {
         &self.id
     }
 
@@ -837,7 +838,7 @@ impl Call {
         }
         inv.headers.push(
             HeaderName::Other("X-Screenpop-Call".into()),
-            self.id.clone(),
+            self.id.to_string(),
         );
         inv.headers.push(HeaderName::ContentType, "application/sdp");
         inv.body = offer.to_string().into_bytes();
@@ -1540,8 +1541,8 @@ impl Call {
     fn record(&self, now: Instant, complete: bool) -> CallRecord {
         CallRecord {
             id: self.id.clone(),
-            call_id: self.caller_leg.call_id.clone(),
-            agent_call_id: self.agent_leg.call_id.clone(),
+            call_id: SipCallId::new(self.caller_leg.call_id.clone()),
+            agent_call_id: SipCallId::new(self.agent_leg.call_id.clone()),
             trunk: self.trunk.clone(),
             caller: self.caller.clone(),
             dialed: self.dialed.clone(),
@@ -1894,7 +1895,7 @@ mod tests {
 
     fn found() -> CallerLookup {
         CallerLookup {
-            log_id: Some(9),
+            log_id: Some(ContactLogId::new(9)),
             ..CallerLookup::default()
         }
     }
@@ -2149,7 +2150,7 @@ mod tests {
                 panic!("a call that ended is not routed");
             }
         }
-        assert_eq!(said, [(Disposition::Abandoned, Some(9))]);
+        assert_eq!(said, [(Disposition::Abandoned, Some(ContactLogId::new(9)))]);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use tracing::warn;
 
 use crate::events::payload::{CallOffered, CallQueued, CallerView};
 use crate::events::{Event, Payload};
+use crate::ids::{CallKey, ContactLogId};
 use crate::sip::caller_id::CallerId;
 use crate::store::customers::CallerMatch;
 use crate::store::Store;
@@ -66,8 +67,8 @@ impl PopCard {
 
 /// Everything `call.offered` carries.
 pub struct Offered<'a> {
-    pub call_id: &'a str,
-    pub log_id: Option<i64>,
+    pub call_id: &'a CallKey,
+    pub log_id: Option<ContactLogId>,
     pub queue: Option<&'a str>,
     pub queue_id: Option<i64>,
     pub agent_id: Option<i64>,
@@ -82,7 +83,7 @@ pub struct Offered<'a> {
 
 pub fn offered(o: Offered<'_>) -> Event {
     Event::new(Payload::CallOffered(Box::new(CallOffered {
-        call_id: o.call_id.to_string(),
+        call_id: o.call_id.clone(),
         contact_log_id: o.log_id,
         queue: o.queue.map(str::to_string),
         queue_id: o.queue_id,
@@ -100,7 +101,7 @@ pub fn offered(o: Offered<'_>) -> Event {
 
 /// A caller entered a queue: for the supervisors' wallboard (callers waiting, longest wait).
 pub fn queued(
-    call_id: &str,
+    call_id: &CallKey,
     queue_id: i64,
     queue: &str,
     caller: &CallerId,
@@ -108,7 +109,7 @@ pub fn queued(
     at: SystemTime,
 ) -> Event {
     Event::new(Payload::CallQueued(CallQueued {
-        call_id: call_id.to_string(),
+        call_id: call_id.clone(),
         queue: queue.to_string(),
         queue_id,
         caller: CallerView::of(caller, caller_e164),

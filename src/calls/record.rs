@@ -13,6 +13,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
+use crate::ids::{CallKey, ContactLogId, SipCallId};
 use crate::media::relay::{DtmfDigit, LegId, RelayStats};
 use crate::sip::caller_id::CallerId;
 use crate::store::calls::{EndedCall, NewRecording};
@@ -40,9 +41,12 @@ impl From<LegId> for EndedBy {
 /// The call's record, beside its recording.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CallRecord {
-    pub id: String,
-    pub call_id: String,
-    pub agent_call_id: String,
+    /// screenpop's id of the call.
+    pub id: CallKey,
+    /// The caller leg's SIP Call-ID.
+    pub call_id: SipCallId,
+    /// The last agent leg's SIP Call-ID.
+    pub agent_call_id: SipCallId,
     pub trunk: String,
     pub caller: CallerId,
     pub dialed: String,
@@ -88,7 +92,7 @@ pub struct CallRecord {
     pub candidates: Vec<i64>,
     /// The contact log row in the store.
     #[serde(default)]
-    pub log_id: Option<i64>,
+    pub log_id: Option<ContactLogId>,
     /// False in the provisional record written at answer; a restart after a crash completes
     /// it from the repaired recording.
     #[serde(default)]
@@ -216,7 +220,7 @@ mod tests {
             caller_e164: Some("+15551230001".into()),
             customer_id: Some(9),
             candidates: vec![9],
-            log_id: Some(42),
+            log_id: Some(ContactLogId::new(42)),
             complete: false,
         }
     }

@@ -18,6 +18,7 @@ use crate::acd::runtime::{Decision, RouteRequest};
 use crate::crm::callback::callback_title;
 use crate::events::payload;
 use crate::events::{Event, EventBus, Payload};
+use crate::ids::ContactLogId;
 use crate::media::recorder::FinishedRecording;
 use crate::media::relay::{MediaEvent, MediaHandle, MediaReport};
 use crate::sip::caller_id::CallerId;
@@ -122,7 +123,7 @@ impl CallTask {
                 offered_at_ms,
             } => {
                 let offered = OfferedCall {
-                    sip_call_id,
+                    sip_call_id: sip_call_id.to_string(),
                     caller_raw: caller.raw.clone(),
                     caller_e164: None,
                     dialed,
@@ -146,7 +147,7 @@ impl CallTask {
                 let (tx, rx) = mpsc::unbounded_channel();
                 self.decisions = Some(rx);
                 env.acd.route(RouteRequest {
-                    call: self.call.id().to_string(),
+                    call: self.call.id().clone(),
                     dialed,
                     vip,
                     assigned,
@@ -192,7 +193,7 @@ impl CallTask {
                 let store = env.store.clone();
                 tokio::spawn(
                     async move {
-                        if let Err(e) = store.set_call_agent(log_id, agent, queue).await {
+                        if let Err(e) = store.set_call_agent(log_id.get(), agent, queue).await {
                             warn!(error = %e, "contact log agent not noted");
                         }
                     }
@@ -216,11 +217,11 @@ impl CallTask {
                 let Some(m) = &self.media else { return };
                 // The provisional record lands before the recording starts, so the final
                 // record always lands after it.
-                if let Ok(path) = env.recorder.path_for(&record.id, date) {
+                if let Ok(path) = env.recorder.path_for(record.id.as_str(), date) {
                     record.path = Some(path.display().to_string());
                     write_record(path.with_extension("json"), *record.clone()).await;
                 }
-                match env.recorder.start(&record.id, date) {
+                match env.recorder.start(record.id.as_str(), date) {
                     Ok(rec) => m.start_recording(rec, answered),
                     Err(e) => warn!(error = %e, "recording could not start"),
                 }
@@ -258,7 +259,7 @@ async fn lookup(env: &CallEnv, caller: &CallerId, mut offered: OfferedCall) -> C
     offered.caller_e164 = found.e164.clone();
     offered.customer_id = customer.map(|c| c.id);
     let log_id = match store.insert_offered_call(&offered).await {
-        Ok(id) => Some(id),
+        Ok(id) => Some(ContactLogId::new(id)),
         Err(e) => {
             warn!(error = %e, "contact log not written");
             None
@@ -326,13 +327,13 @@ async fn finalize(
             None => None,
         };
         let ended = record.ended_call(recording_id);
-        if let Err(e) = store.finish_call(log_id, &ended).await {
+        if let Err(e) = store.finish_call(log_id.get(), &ended).await {
             warn!(error = %e, "contact log not completed");
         }
         // Nobody answered: the caller gets called back.
         if let Some(title) = callback_title(ended.disposition, record.caller.number.as_deref()) {
             match store
-                .create_callback(log_id, record.customer_id, record.queue_id, &title)
+                .create_callback(log_id.get(), record.customer_id, record.queue_id, &title)
                 .await
             {
                 Ok(Some(id)) => {

@@ -28,7 +28,7 @@ pub struct Event {
     /// The agent whose desktops get it; `None` goes to supervisors only.
     pub agent: Option<i64>,
     /// The call it is about, so the bus can keep the live calls for reconnecting desktops.
-    pub call: Option<String>,
+    pub call: Option<crate::ids::CallKey>,
     /// The JSON text sent to desktops.
     pub json: Arc<str>,
     /// When the call's INVITE arrived: a `call.offered` written to a socket records the
@@ -44,7 +44,7 @@ impl Event {
         Event {
             kind: payload.kind(),
             agent: payload.audience(),
-            call: payload.call().map(str::to_string),
+            call: payload.call().cloned(),
             json: Arc::from(json),
             since: None,
             payload,
@@ -81,10 +81,10 @@ pub trait EventBus: Send + Sync {
 #[derive(Default)]
 struct Live {
     agents: HashMap<i64, Arc<Event>>,
-    calls: BTreeMap<String, Arc<Event>>,
+    calls: BTreeMap<crate::ids::CallKey, Arc<Event>>,
     /// Callers waiting in a queue (until answered or gone), kept apart from `calls` so that a
     /// withdrawn offer still leaves its caller on the supervisors' wallboard.
-    queued: BTreeMap<String, Arc<Event>>,
+    queued: BTreeMap<crate::ids::CallKey, Arc<Event>>,
 }
 
 /// The single-node bus: a broadcast channel and the live state.
@@ -182,7 +182,7 @@ mod tests {
         assert!(sup.may_see(&first) && sup.may_see(&second));
         assert!(first.json.contains("\"type\":\"call.offered\""));
         assert_eq!(
-            (first.kind, first.call.as_deref()),
+            (first.kind, first.call.as_ref().map(|c| c.as_str())),
             ("call.offered", Some("a"))
         );
     }

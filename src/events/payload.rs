@@ -6,6 +6,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::ids::{CallKey, ContactLogId};
 use crate::sip::caller_id::CallerId;
 use crate::store::calls::CallDisposition;
 use crate::store::work_orders::WorkOrder;
@@ -38,7 +39,7 @@ impl CallerView {
 /// A caller entered a queue (supervisors: the wallboard's waiting callers).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CallQueued {
-    pub call_id: String,
+    pub call_id: CallKey,
     pub queue: String,
     pub queue_id: i64,
     pub caller: CallerView,
@@ -49,8 +50,8 @@ pub struct CallQueued {
 /// The screen-pop: the agent's phone is ringing.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CallOffered {
-    pub call_id: String,
-    pub contact_log_id: Option<i64>,
+    pub call_id: CallKey,
+    pub contact_log_id: Option<ContactLogId>,
     pub queue: Option<String>,
     pub queue_id: Option<i64>,
     pub agent_id: Option<i64>,
@@ -67,8 +68,8 @@ pub struct CallOffered {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CallAnswered {
-    pub call_id: String,
-    pub contact_log_id: Option<i64>,
+    pub call_id: CallKey,
+    pub contact_log_id: Option<ContactLogId>,
     pub agent_id: Option<i64>,
     pub queue_id: Option<i64>,
     /// RFC 3339.
@@ -78,15 +79,15 @@ pub struct CallAnswered {
 /// The offer went elsewhere (ring-no-answer, refused): the agent's pop goes away.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CallWithdrawn {
-    pub call_id: String,
+    pub call_id: CallKey,
     pub agent_id: i64,
     pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CallEnded {
-    pub call_id: String,
-    pub contact_log_id: Option<i64>,
+    pub call_id: CallKey,
+    pub contact_log_id: Option<ContactLogId>,
     pub recording_id: Option<i64>,
     pub agent_id: Option<i64>,
     pub queue_id: Option<i64>,
@@ -172,7 +173,7 @@ impl Payload {
     }
 
     /// The call it is about, for the live calls a reconnecting desktop catches up on.
-    pub fn call(&self) -> Option<&str> {
+    pub fn call(&self) -> Option<&CallKey> {
         match self {
             Payload::CallQueued(q) => Some(&q.call_id),
             Payload::CallOffered(o) => Some(&o.call_id),

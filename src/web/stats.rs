@@ -5,6 +5,7 @@
 //! [`LiveBoard`] that follows the event bus. Following the bus rather than asking the ACD keeps
 //! the board right when several nodes share one bus and one database.
 
+use crate::ids::CallKey;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -33,14 +34,14 @@ struct Waiting {
 struct AgentNow {
     state: String,
     since: Option<String>,
-    call: Option<String>,
+    call: Option<CallKey>,
     caller: Option<String>,
 }
 
 /// The live part of the wallboard, kept from the events.
 #[derive(Debug, Default)]
 pub struct LiveBoard {
-    waiting: HashMap<String, Waiting>,
+    waiting: HashMap<CallKey, Waiting>,
     agents: HashMap<i64, AgentNow>,
 }
 
@@ -83,7 +84,7 @@ impl LiveBoard {
             }
             Payload::CallWithdrawn(w) => {
                 if let Some(a) = self.agents.get_mut(&w.agent_id) {
-                    if a.call.as_deref() == Some(w.call_id.as_str()) {
+                    if a.call.as_ref() == Some(&w.call_id) {
                         a.call = None;
                         a.caller = None;
                     }
@@ -92,7 +93,7 @@ impl LiveBoard {
             Payload::CallEnded(c) => {
                 self.waiting.remove(&c.call_id);
                 for a in self.agents.values_mut() {
-                    if a.call.as_deref() == Some(c.call_id.as_str()) {
+                    if a.call.as_ref() == Some(&c.call_id) {
                         a.call = None;
                         a.caller = None;
                     }
@@ -297,7 +298,7 @@ pub async fn agents(
                     now.state
                 },
                 since: now.since,
-                current_call_id: now.call,
+                current_call_id: now.call.map(|c| c.to_string()),
                 current_caller: now.caller,
                 calls_today: d.calls,
                 talk_secs_today: d.talk_secs,
@@ -331,7 +332,7 @@ mod tests {
         b.apply(&answered("a", 7), 0);
         assert_eq!(b.queue(1), (1, Some(t0 + 5000)));
         b.apply(&state(7, "on_call"), 0);
-        assert_eq!(b.agents[&7].call.as_deref(), Some("a"));
+        assert_eq!(b.agents[&7].call.as_ref().map(|c| c.as_str()), Some("a"));
         b.apply(&ended("a", Some(7)), 0);
         assert_eq!(b.agents[&7].call, None);
         b.apply(&ended("b", None), 0);

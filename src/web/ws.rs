@@ -221,7 +221,7 @@ async fn deliver(
         metrics::histogram!("screenpop_pop_latency_seconds").record(latency.as_secs_f64());
         info!(
             target: "screenpop::pop",
-            call = e.call.as_deref().unwrap_or(""),
+            call = e.call.as_ref().map(|c| c.as_str()).unwrap_or(""),
             agent = e.agent,
             latency_us = latency.as_micros() as u64,
             "screen-pop written"
