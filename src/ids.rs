@@ -7,72 +7,54 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// screenpop's own id of a call: names its recording, its events and its place in the ACD.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct CallKey(String);
+/// A string id: constructed from its text, shown and serialized as its bare text.
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
 
-impl CallKey {
-    pub fn new(id: impl Into<String>) -> CallKey {
-        CallKey(id.into())
-    }
+        impl $name {
+            pub fn new(id: impl Into<String>) -> $name {
+                $name(id.into())
+            }
 
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> $name {
+                $name(s.to_string())
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(s: String) -> $name {
+                $name(s)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
 }
 
-impl From<&str> for CallKey {
-    fn from(s: &str) -> CallKey {
-        CallKey(s.to_string())
-    }
-}
+string_id!(
+    /// screenpop's own id of a call: names its recording, its events and its place in the ACD.
+    CallKey
+);
 
-impl From<String> for CallKey {
-    fn from(s: String) -> CallKey {
-        CallKey(s)
-    }
-}
-
-impl fmt::Display for CallKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// The Call-ID header of one leg of a call (RFC 3261 §8.1.1.4): the caller's leg has the trunk's,
-/// each agent leg one screenpop made up.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct SipCallId(String);
-
-impl SipCallId {
-    pub fn new(id: impl Into<String>) -> SipCallId {
-        SipCallId(id.into())
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<&str> for SipCallId {
-    fn from(s: &str) -> SipCallId {
-        SipCallId(s.to_string())
-    }
-}
-
-impl From<String> for SipCallId {
-    fn from(s: String) -> SipCallId {
-        SipCallId(s)
-    }
-}
-
-impl fmt::Display for SipCallId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+string_id!(
+    /// The Call-ID header of one leg of a call (RFC 3261 §8.1.1.4): the caller's leg has the
+    /// trunk's, each agent leg one screenpop made up.
+    SipCallId
+);
 
 /// The contact log row of a call (the store's `calls.id`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

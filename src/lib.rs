@@ -2,7 +2,7 @@
 //! agent's phone with anchored media, and records every call. See README.md for the design.
 
 pub mod acd;
-pub mod agents;
+pub(crate) mod agents;
 pub mod calls;
 pub mod config;
 pub mod crm;
@@ -15,4 +15,4 @@ pub mod sip;
 pub mod store;
 pub mod time;
 pub mod transport;
-pub mod web;
+pub(crate) mod web;

@@ -42,13 +42,35 @@ pub struct SipSocket {
     local: SocketAddr,
 }
 
+/// UDP and TCP on one port. With port 0 the UDP socket picks an ephemeral port and TCP takes the
+/// same number, which some other TCP socket may already hold: then another port is tried, so a
+/// client bound to port 0 (`screenpop dial`) never fails for a port it did not choose.
+async fn bind_pair(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+    let mut tries = 0;
+    loop {
+        let udp = UdpSocket::bind(addr).await?;
+        let local = udp.local_addr()?;
+        match TcpListener::bind(local).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e)
+                if addr.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse && tries < 16 =>
+            {
+                tries += 1;
+                debug!(
+                    port = local.port(),
+                    "tcp port taken; trying another ephemeral port"
+                );
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 impl SipSocket {
     /// Binds UDP and TCP on `addr` and starts the receive loops.
     pub async fn bind(addr: SocketAddr) -> std::io::Result<(SipSocket, mpsc::Receiver<Inbound>)> {
-        let udp = UdpSocket::bind(addr).await?;
+        let (udp, tcp) = bind_pair(addr).await?;
         let local = udp.local_addr()?;
-        // TCP on the same port as UDP (an ephemeral UDP port picks the TCP port too).
-        let tcp = TcpListener::bind(local).await?;
         let sock = socket2::SockRef::from(&udp);
         let _ = sock.set_recv_buffer_size(4 << 20);
         let _ = sock.set_send_buffer_size(4 << 20);

@@ -6,7 +6,7 @@ mod common;
 use std::net::UdpSocket;
 use std::time::Duration;
 
-use common::raw::{dial, invite, options, status_of, TestServer};
+use common::raw::{dial, dial_full, invite, options, status_of, TestServer};
 
 const DIGEST_TRUNK: &str = r#"
 name = "digest"
@@ -187,11 +187,18 @@ fn agent_host_name_is_resolved_and_max_forwards_zero_gets_483() {
                    [[trunks]]\nname = \"t\"\ncidrs = [\"127.0.0.0/8\"]\nagent = \"sip:agent@localhost:5996\"\n";
     let s = TestServer::start("dns", 5187, "42700-42800", profile);
     let to = format!("sip:100@127.0.0.1:{}", s.port);
-    let caller = std::thread::spawn(move || dial(&["--to", &to, "--hangup-after", "1s"]));
+    let caller = std::thread::spawn(move || dial_full(&["--to", &to, "--hangup-after", "1s"]));
     let mut buf = [0u8; 4096];
-    let (n, _) = agent
-        .recv_from(&mut buf)
-        .expect("the agent leg INVITE reaches localhost");
+    let n = match agent.recv_from(&mut buf) {
+        Ok((n, _)) => n,
+        Err(e) => {
+            let dialed = caller.join().unwrap_or_default();
+            panic!(
+                "the agent leg INVITE did not reach localhost ({e}); dial said {dialed:?}\n{}",
+                s.log()
+            );
+        }
+    };
     let text = String::from_utf8_lossy(&buf[..n]).to_string();
     assert!(
         text.starts_with("INVITE sip:agent@localhost:5996 SIP/2.0"),
@@ -201,7 +208,7 @@ fn agent_host_name_is_resolved_and_max_forwards_zero_gets_483() {
         text.contains("Max-Forwards: 69"),
         "one hop less than the trunk's 70: {text}"
     );
-    let (_, summary) = caller.join().unwrap();
+    let (_, summary, _) = caller.join().unwrap();
     assert!(summary.contains("\"final_status\":480"), "{summary}");
 
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -96,7 +96,7 @@ pub struct Refusal {
 
 /// The checks an INVITE passes before ports are bound for it: From and To, and an SDP offer
 /// that parses (delayed offer is not taken yet).
-pub fn screen(invite: &Request) -> Result<SessionDescription, Refusal> {
+pub(crate) fn screen(invite: &Request) -> Result<SessionDescription, Refusal> {
     if invite.from().is_none() || invite.to().is_none() {
         return Err(Refusal {
             status: 400,
@@ -119,7 +119,7 @@ pub fn screen(invite: &Request) -> Result<SessionDescription, Refusal> {
 }
 
 /// The final response that refuses an INVITE (with `Accept` where the body was the problem).
-pub fn refusal_response(invite: &Request, refusal: Refusal, tag: &str) -> Response {
+pub(crate) fn refusal_response(invite: &Request, refusal: Refusal, tag: &str) -> Response {
     let mut r = invite.response(refusal.status, Some(tag));
     if refusal.status == 488 || refusal.status == 415 {
         r.headers.push(HeaderName::Accept, "application/sdp");
@@ -1921,6 +1921,23 @@ mod tests {
             .expect("an INVITE to the agent")
     }
 
+    /// A call in the ACD whose agent's phone has just been sent its INVITE.
+    fn offered_to_agent() -> (Call, Instant, Request) {
+        let (mut c, t0) = start(false);
+        drain(&mut c);
+        c.handle_lookup(t0, found());
+        c.handle_decision(t0, offer(4));
+        let (_, sent) = drain(&mut c);
+        let inv = agent_invite(&sent);
+        (c, t0, inv)
+    }
+
+    /// The agent's phone answers its INVITE with `status` (no body).
+    fn phone_says(c: &mut Call, at: Instant, inv: &Request, status: u16) {
+        let r = inv.response(status, Some("ptag"));
+        c.handle_message(at, Message::Response(r), peer(PHONE));
+    }
+
     fn answer(inv: &Request) -> Message {
         let mut r = inv.response(200, Some("ptag"));
         r.headers
@@ -1930,14 +1947,8 @@ mod tests {
 
     /// A call in the ACD rung and answered; returns the agent's INVITE.
     fn answered() -> (Call, Instant, Request) {
-        let (mut c, t0) = start(false);
-        drain(&mut c);
-        c.handle_lookup(t0, found());
-        c.handle_decision(t0, offer(4));
-        let (_, sent) = drain(&mut c);
-        let inv = agent_invite(&sent);
-        let ringing = Message::Response(inv.response(180, Some("ptag")));
-        c.handle_message(t0, ringing, peer(PHONE));
+        let (mut c, t0, inv) = offered_to_agent();
+        phone_says(&mut c, t0, &inv, 180);
         c.handle_message(t0 + Duration::from_secs(2), answer(&inv), peer(PHONE));
         drain(&mut c);
         (c, t0, inv)
@@ -2011,12 +2022,7 @@ mod tests {
 
     #[test]
     fn the_agents_answer_answers_the_caller_and_starts_the_recording() {
-        let (mut c, t0) = start(false);
-        drain(&mut c);
-        c.handle_lookup(t0, found());
-        c.handle_decision(t0, offer(4));
-        let (_, sent) = drain(&mut c);
-        let inv = agent_invite(&sent);
+        let (mut c, t0, inv) = offered_to_agent();
         c.handle_message(t0, answer(&inv), peer(PHONE));
         let (said, sent) = drain(&mut c);
         assert_eq!(
@@ -2109,17 +2115,8 @@ mod tests {
 
     #[test]
     fn a_cancel_before_the_answer_is_an_abandoned_call() {
-        let (mut c, t0) = start(false);
-        drain(&mut c);
-        c.handle_lookup(t0, found());
-        c.handle_decision(t0, offer(4));
-        let (_, sent) = drain(&mut c);
-        let inv = agent_invite(&sent);
-        c.handle_message(
-            t0,
-            Message::Response(inv.response(180, Some("ptag"))),
-            peer(PHONE),
-        );
+        let (mut c, t0, inv) = offered_to_agent();
+        phone_says(&mut c, t0, &inv, 180);
         drain(&mut c);
         c.handle_message(t0, trunk("CANCEL", 1, "z9hG4bKinv1", None), peer(TRUNK));
         let (said, _) = drain(&mut c);
@@ -2160,11 +2157,7 @@ mod tests {
         c.handle_lookup(t0, found());
         let (_, sent) = drain(&mut c);
         let inv = agent_invite(&sent);
-        c.handle_message(
-            t0,
-            Message::Response(inv.response(180, Some("ptag"))),
-            peer(PHONE),
-        );
+        phone_says(&mut c, t0, &inv, 180);
         drain(&mut c);
         let mut now = t0;
         let mut said = Vec::new();
@@ -2181,17 +2174,8 @@ mod tests {
 
     #[test]
     fn a_busy_agent_hands_the_call_back_to_the_acd() {
-        let (mut c, t0) = start(false);
-        drain(&mut c);
-        c.handle_lookup(t0, found());
-        c.handle_decision(t0, offer(4));
-        let (_, sent) = drain(&mut c);
-        let inv = agent_invite(&sent);
-        c.handle_message(
-            t0,
-            Message::Response(inv.response(486, Some("ptag"))),
-            peer(PHONE),
-        );
+        let (mut c, t0, inv) = offered_to_agent();
+        phone_says(&mut c, t0, &inv, 486);
         let (said, _) = drain(&mut c);
         assert!(has(&said, "ACK sip:agent@"), "{said:?}");
         assert!(has(&said, "publish call.withdrawn"), "{said:?}");

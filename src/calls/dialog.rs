@@ -151,7 +151,7 @@ impl Dialog {
 
 /// Where a request to a URI goes: the URI's host when it is an IP literal, otherwise the
 /// peer the dialog's signalling came from (we do not resolve names on the call path).
-pub fn target_peer(uri: &Uri, fallback: Peer) -> Peer {
+pub(crate) fn target_peer(uri: &Uri, fallback: Peer) -> Peer {
     let host = uri.host.trim_start_matches('[').trim_end_matches(']');
     match host.parse::<std::net::IpAddr>() {
         Ok(ip) => {
@@ -171,7 +171,7 @@ pub fn target_peer(uri: &Uri, fallback: Peer) -> Peer {
 
 /// The address written into SDP and Contact: the profile's `public_addr`, else the bound
 /// address, else loopback when bound to a wildcard (nothing better is known).
-pub fn advertised_ip(
+pub(crate) fn advertised_ip(
     bound: std::net::SocketAddr,
     public: Option<std::net::IpAddr>,
 ) -> std::net::IpAddr {

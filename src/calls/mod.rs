@@ -1,10 +1,10 @@
 //! Calls: the only place that knows a whole call. `call.rs` is the call as a sans-IO machine,
 //! `task.rs` the task that does its I/O, `admission.rs` decides whether an INVITE becomes a call.
 
-pub mod admission;
+pub(crate) mod admission;
 pub mod call;
 pub mod dial;
 pub mod dialog;
 pub mod pop;
 pub mod record;
-pub mod task;
+pub(crate) mod task;

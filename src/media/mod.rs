@@ -2,8 +2,8 @@
 //! The packet path allocates nothing and takes no lock.
 
 pub mod dtmf;
-pub mod epoll;
+pub(crate) mod epoll;
 pub mod g711;
-pub mod ports;
+pub(crate) mod ports;
 pub mod recorder;
 pub mod relay;

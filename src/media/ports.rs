@@ -10,26 +10,19 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug)]
 pub struct PortPool {
     free: Mutex<VecDeque<u16>>,
-    total: usize,
 }
 
 impl PortPool {
     pub fn new(low: u16, high: u16) -> Arc<PortPool> {
         let start = low + (low % 2);
         let free: VecDeque<u16> = (start..high).step_by(2).collect();
-        let total = free.len();
         Arc::new(PortPool {
             free: Mutex::new(free),
-            total,
         })
     }
 
     pub fn available(&self) -> usize {
         self.free.lock().map(|f| f.len()).unwrap_or(0)
-    }
-
-    pub fn total(&self) -> usize {
-        self.total
     }
 
     /// Binds an RTP/RTCP socket pair on `ip`, skipping ports another process holds.
@@ -113,7 +106,7 @@ mod tests {
     #[test]
     fn leases_return_ports() {
         let pool = PortPool::new(41000, 41006);
-        assert_eq!(pool.total(), 3);
+        assert_eq!(pool.available(), 3);
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let a = pool.bind(ip).unwrap();
         let b = pool.bind(ip).unwrap();

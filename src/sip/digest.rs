@@ -260,12 +260,14 @@ impl NonceKey {
         }
     }
 
-    /// Sets how long issued nonces stay [`NonceStatus::Valid`].
+    /// Sets how long issued nonces stay [`NonceStatus::Valid`] (the tests shorten it).
+    #[cfg(test)]
     pub fn with_lifetime(mut self, lifetime_secs: u64) -> NonceKey {
         self.lifetime_secs = lifetime_secs;
         self
     }
 
+    #[cfg(test)]
     pub fn lifetime_secs(&self) -> u64 {
         self.lifetime_secs
     }

@@ -3,12 +3,12 @@
 //! wake; sockets and clocks live in `transport`, `server` and the call tasks.
 
 pub mod caller_id;
-pub mod digest;
+pub(crate) mod digest;
 pub mod error;
 pub mod headers;
 pub mod message;
 pub mod peer;
-pub mod registrar;
+pub(crate) mod registrar;
 pub mod registration;
 pub mod sdp;
 pub mod transaction;

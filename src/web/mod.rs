@@ -30,8 +30,6 @@ pub struct AppState {
     pub acd: AcdHandle,
     /// Accounts, changed together with the registrar and the ACD.
     pub agents: Arc<crate::agents::Agents>,
-    /// The SIP realm, for the HA1s of phones that register with screenpop.
-    pub realm: String,
     /// Region for reading phone numbers typed without a country code.
     pub region: phonenumber::country::Id,
     /// Failed logins per address and per username.
@@ -65,7 +63,6 @@ impl AppState {
             board: stats::follow(bus.clone()),
             bus,
             acd,
-            realm,
             region,
             logins: Arc::new(limits::LoginGuard::new(limits::LoginLimits::default())),
             plays: Arc::default(),

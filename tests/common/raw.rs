@@ -122,6 +122,12 @@ pub fn status_of(resp: &[u8]) -> Option<u16> {
 
 /// Runs `screenpop dial` and returns (exit success, JSON summary line).
 pub fn dial(args: &[&str]) -> (bool, String) {
+    let (ok, summary, _) = dial_full(args);
+    (ok, summary)
+}
+
+/// Runs `screenpop dial` and returns (exit success, JSON summary line, its log and errors).
+pub fn dial_full(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(super::server_binary())
         .arg("dial")
         .args(args)
@@ -131,5 +137,6 @@ pub fn dial(args: &[&str]) -> (bool, String) {
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
     )
 }
