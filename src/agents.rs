@@ -16,7 +16,7 @@ use crate::store::agents::{Agent, AgentPatch, NewAgent, SipTarget};
 use crate::store::{Store, StoreError};
 
 /// How an agent's phone is reached, as an admin gives it.
-pub struct PhoneSetting {
+pub(crate) struct PhoneSetting {
     pub uri: Option<String>,
     pub username: Option<String>,
     /// In clear, only on its way to being hashed.

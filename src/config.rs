@@ -272,7 +272,7 @@ impl Profile {
 }
 
 /// The profiles shipped in `sip-profiles/`, built into the binary.
-pub const BUILT_IN: &[(&str, &str)] = &[
+pub(crate) const BUILT_IN: &[(&str, &str)] = &[
     ("default", include_str!("../sip-profiles/default.toml")),
     ("dev", include_str!("../sip-profiles/dev.toml")),
     (

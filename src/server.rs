@@ -566,9 +566,10 @@ fn recover_crashed_calls(root: &std::path::Path) -> Vec<CallRecord> {
                 duration_ms,
                 size_bytes,
                 sha256,
-                ..
+                frames,
+                truncated_bytes,
             } => {
-                info!(path = %path.display(), duration_ms, "recording recovered after a crash");
+                info!(path = %path.display(), frames, duration_ms, truncated_bytes, "recording recovered after a crash");
                 let json = path.with_extension("json");
                 let Some(record) = CallRecord::read(&json) else {
                     warn!(path = %json.display(), "a recovered recording has no call record: its contact log stays open");

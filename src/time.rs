@@ -5,7 +5,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch of `t` (0 before the epoch).
-pub fn epoch_ms(t: SystemTime) -> u64 {
+pub(crate) fn epoch_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
@@ -17,7 +17,7 @@ pub fn now_ms() -> i64 {
 }
 
 /// (year, month, day) in UTC for the recording's directory.
-pub fn civil_date(t: SystemTime) -> (i32, u32, u32) {
+pub(crate) fn civil_date(t: SystemTime) -> (i32, u32, u32) {
     let days = (epoch_ms(t) / 86_400_000) as i64;
     // Howard Hinnant's days-to-civil algorithm.
     let z = days + 719_468;
@@ -33,7 +33,7 @@ pub fn civil_date(t: SystemTime) -> (i32, u32, u32) {
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ`.
-pub fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     let ms = t
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -42,7 +42,7 @@ pub fn rfc3339(t: SystemTime) -> String {
 }
 
 /// Formats epoch milliseconds as RFC 3339 UTC.
-pub fn rfc3339_ms(ms: i64) -> String {
+pub(crate) fn rfc3339_ms(ms: i64) -> String {
     let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
     let (y, mo, d) = civil_date(t);
     let secs = ms.div_euclid(1000);

@@ -21,7 +21,7 @@ pub use crate::sip::peer::{Peer, Transport};
 
 /// A parsed message and its source.
 #[derive(Debug)]
-pub struct Inbound {
+pub(crate) struct Inbound {
     pub msg: Message,
     pub peer: Peer,
     /// When the message came off the socket (the screen-pop latency starts here).
@@ -35,7 +35,7 @@ type ConnMap = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>;
 
 /// The sending half of the SIP sockets; cheap to clone into every call task.
 #[derive(Clone)]
-pub struct SipSocket {
+pub(crate) struct SipSocket {
     udp: Arc<UdpSocket>,
     conns: ConnMap,
     inbound: mpsc::Sender<Inbound>,

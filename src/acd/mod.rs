@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 
 pub mod runtime;
 
-pub type AgentId = i64;
-pub type QueueId = i64;
+pub(crate) type AgentId = i64;
+pub(crate) type QueueId = i64;
 /// The call's id as the call tasks know it.
-pub use crate::ids::CallKey;
+pub(crate) use crate::ids::CallKey;
 
-pub use crate::events::payload::PauseReason;
+pub(crate) use crate::events::payload::PauseReason;
 
 /// An agent's state; the one source of truth for who may get a call.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,7 +25,7 @@ use crate::time::epoch_ms;
 use crate::transport::{Inbound, Peer, SipSocket};
 
 /// What every call task shares: the edges the machine's outputs go to.
-pub struct CallEnv {
+pub(crate) struct CallEnv {
     pub sip: SipSocket,
     /// What the call machines are built with.
     pub call: Arc<CallConfig>,
@@ -54,7 +54,7 @@ pub struct Route {
 }
 
 /// A new inbound call handed over by the dispatcher.
-pub struct NewCall {
+pub(crate) struct NewCall {
     pub invite: Request,
     pub peer: Peer,
     /// When the INVITE came off the socket.
@@ -66,7 +66,7 @@ pub struct NewCall {
 }
 
 /// The call-ids a call answers to, so the dispatcher can route to it.
-pub struct CallHandle {
+pub(crate) struct CallHandle {
     pub id: String,
     pub call_ids: Vec<String>,
     pub tx: mpsc::Sender<Inbound>,

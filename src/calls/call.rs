@@ -43,7 +43,7 @@ use crate::sip::Uri;
 use crate::time::{civil_date, epoch_ms};
 
 /// Methods screenpop accepts in a call.
-pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, REGISTER";
+pub(crate) const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, REGISTER";
 
 /// How long an ended call keeps absorbing retransmissions before its task goes, at most.
 const LINGER: Duration = Duration::from_secs(40);

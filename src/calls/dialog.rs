@@ -38,7 +38,7 @@ impl LocalContact {
 
 /// A dialog's state as seen from screenpop's side.
 #[derive(Debug, Clone)]
-pub struct Dialog {
+pub(crate) struct Dialog {
     pub call_id: String,
     /// Our URI and tag (To of an incoming INVITE, From of an outgoing one).
     pub local: NameAddr,

@@ -18,7 +18,7 @@ use crate::store::customers::CallerMatch;
 use crate::store::Store;
 
 /// How many past contacts the pop shows.
-pub const RECENT_CONTACTS: i64 = 5;
+pub(crate) const RECENT_CONTACTS: i64 = 5;
 
 /// What the pop says about the caller, prepared before any agent rings.
 #[derive(Debug, Clone)]
@@ -100,7 +100,7 @@ pub fn offered(o: Offered<'_>) -> Event {
 }
 
 /// A caller entered a queue: for the supervisors' wallboard (callers waiting, longest wait).
-pub fn queued(
+pub(crate) fn queued(
     call_id: &CallKey,
     queue_id: i64,
     queue: &str,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use super::admission::{CallEnded, CallEnv, Route};
 use super::call::{Call, CallerLookup, MediaCommand, Output};
@@ -34,7 +34,7 @@ enum Done {
 }
 
 /// One call's edges.
-pub struct CallTask {
+pub(crate) struct CallTask {
     env: Arc<CallEnv>,
     call: Call,
     media: Option<MediaHandle>,
@@ -284,6 +284,10 @@ async fn finalize(
     report: Option<MediaReport>,
 ) {
     let recording = report.and_then(|r| {
+        debug!(
+            frames = r.recorded_frames,
+            "relay handed the recording over"
+        );
         record.media = Some(r.stats);
         record.dtmf = r.dtmf;
         r.recording

@@ -88,7 +88,7 @@ struct Live {
 }
 
 /// The single-node bus: a broadcast channel and the live state.
-pub struct LocalBus {
+pub(crate) struct LocalBus {
     tx: broadcast::Sender<Arc<Event>>,
     live: Mutex<Live>,
 }

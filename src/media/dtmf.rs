@@ -16,11 +16,11 @@
 use std::fmt;
 
 /// Length of one telephone-event block (RFC 4733 §2.3).
-pub const EVENT_LEN: usize = 4;
+pub(crate) const EVENT_LEN: usize = 4;
 /// Largest value of the 6-bit volume field (−63 dBm0).
-pub const MAX_VOLUME: u8 = 63;
+pub(crate) const MAX_VOLUME: u8 = 63;
 /// Clock rate of telephone-event for narrowband calls (RFC 4733 §2.1).
-pub const CLOCK_RATE: u32 = 8000;
+pub(crate) const CLOCK_RATE: u32 = 8000;
 
 /// Errors decoding or encoding a telephone-event payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -96,7 +96,7 @@ impl TelephoneEvent {
 
 /// The DTMF character of an event code (RFC 4733 §3.2 Table 3), `None` for
 /// non-DTMF events (flash, fax tones, ...).
-pub fn event_char(event: u8) -> Option<char> {
+pub(crate) fn event_char(event: u8) -> Option<char> {
     Some(match event {
         0..=9 => char::from(b'0' + event),
         10 => '*',
@@ -111,7 +111,7 @@ pub fn event_char(event: u8) -> Option<char> {
 
 /// One key press.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Digit {
+pub(crate) struct Digit {
     pub ch: char,
     /// RTP timestamp of the start of the press.
     pub rtp_ts: u32,
@@ -132,7 +132,7 @@ impl fmt::Display for Digit {
 /// Up to two digits produced by one packet (a press whose end packets were
 /// all lost is closed when the next press's end packet arrives).
 #[derive(Debug, Clone, Default)]
-pub struct Detected {
+pub(crate) struct Detected {
     digits: [Option<Digit>; 2],
     next: usize,
 }
@@ -195,7 +195,7 @@ const SEGMENT_SLACK: u32 = 1600;
 /// Feed it every telephone-event packet of one RTP stream (one SSRC) in
 /// arrival order; create a new detector when the SSRC changes.
 #[derive(Debug, Clone, Default)]
-pub struct DtmfDetector {
+pub(crate) struct DtmfDetector {
     pending: Option<Pending>,
     /// Timestamp of the last segment closed, so its redundant end packets and
     /// stragglers are recognised.
@@ -208,10 +208,6 @@ fn ts_before(a: u32, b: u32) -> bool {
 }
 
 impl DtmfDetector {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     /// Processes one packet: its RTP timestamp, parsed payload and marker
     /// bit. Returns the presses that completed.
     pub fn push(&mut self, rtp_ts: u32, ev: &TelephoneEvent, marker: bool) -> Detected {
@@ -414,7 +410,7 @@ mod tests {
 
     #[test]
     fn one_digit_per_press_despite_redundancy() {
-        let mut det = DtmfDetector::new();
+        let mut det = DtmfDetector::default();
         let mut pkts = press(1, 1000, 1600);
         pkts.extend(press(2, 4000, 800));
         pkts.extend(press(1, 6000, 1200)); // same digit again is a new press
@@ -437,7 +433,7 @@ mod tests {
 
     #[test]
     fn lost_end_packets_close_on_next_press() {
-        let mut det = DtmfDetector::new();
+        let mut det = DtmfDetector::default();
         let mut pkts: Vec<_> = press(9, 100, 1200)
             .into_iter()
             .filter(|(_, b, _)| b[1] & 0x80 == 0)
@@ -462,7 +458,7 @@ mod tests {
 
     #[test]
     fn reordered_and_stale_packets_are_ignored() {
-        let mut det = DtmfDetector::new();
+        let mut det = DtmfDetector::default();
         let mut out = Vec::new();
         out.extend(det.push(500, &ev([3, 10, 0, 0]), true));
         out.extend(det.push(500, &ev([3, 0x8A, 0x03, 0x20]), false));
@@ -476,7 +472,7 @@ mod tests {
 
     #[test]
     fn timestamps_wrap() {
-        let mut det = DtmfDetector::new();
+        let mut det = DtmfDetector::default();
         let mut pkts = press(4, u32::MAX - 100, 800);
         pkts.extend(press(5, 700, 800));
         let s: String = run(&mut det, &pkts).iter().map(|d| d.ch).collect();
@@ -485,7 +481,7 @@ mod tests {
 
     #[test]
     fn long_event_segments_merge() {
-        let mut det = DtmfDetector::new();
+        let mut det = DtmfDetector::default();
         let ts = 10_000u32;
         let mut out = Vec::new();
         out.extend(det.push(ts, &ev([0, 10, 0, 0]), true));
@@ -504,7 +500,7 @@ mod tests {
 
     #[test]
     fn expire_and_flush_close_abandoned_presses() {
-        let mut det = DtmfDetector::new();
+        let mut det = DtmfDetector::default();
         assert_eq!(det.push(0, &ev([14, 10, 0x01, 0x90]), true).count(), 0);
         assert_eq!(det.expire(400 + 8000), None);
         let d = det.expire(400 + 8001).unwrap();
@@ -517,7 +513,7 @@ mod tests {
 
     #[test]
     fn non_dtmf_events_are_tracked_but_not_reported() {
-        let mut det = DtmfDetector::new();
+        let mut det = DtmfDetector::default();
         let mut pkts = press(16, 0, 800); // flash
         pkts.extend(press(8, 2000, 800));
         let s: String = run(&mut det, &pkts).iter().map(|d| d.ch).collect();

@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 /// An epoll instance whose events carry a `u64` token.
-pub struct Epoll {
+pub(crate) struct Epoll {
     fd: OwnedFd,
 }
 
@@ -65,7 +65,7 @@ impl Epoll {
 }
 
 /// Wakes an [`Epoll`] waiter from another thread.
-pub struct EventFd {
+pub(crate) struct EventFd {
     fd: OwnedFd,
 }
 

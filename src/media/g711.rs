@@ -25,11 +25,11 @@ const ULAW_CLIP: i32 = 8159;
 
 /// Expansion table for μ-law codes, indexed by the code octet as sent on the
 /// wire (already bit-inverted per G.711 §3.2).
-pub static ULAW_TO_LINEAR: [i16; 256] = build_ulaw_table();
+pub(crate) static ULAW_TO_LINEAR: [i16; 256] = build_ulaw_table();
 
 /// Expansion table for A-law codes, indexed by the code octet as sent on the
 /// wire (even bits already inverted per G.711 §3.1).
-pub static ALAW_TO_LINEAR: [i16; 256] = build_alaw_table();
+pub(crate) static ALAW_TO_LINEAR: [i16; 256] = build_alaw_table();
 
 const fn ulaw_expand(code: u8) -> i16 {
     let u = !code;
@@ -83,13 +83,13 @@ const fn build_alaw_table() -> [i16; 256] {
 
 /// Decodes one μ-law octet to 16-bit linear PCM.
 #[inline]
-pub fn ulaw_decode(code: u8) -> i16 {
+pub(crate) fn ulaw_decode(code: u8) -> i16 {
     ULAW_TO_LINEAR[usize::from(code)]
 }
 
 /// Decodes one A-law octet to 16-bit linear PCM.
 #[inline]
-pub fn alaw_decode(code: u8) -> i16 {
+pub(crate) fn alaw_decode(code: u8) -> i16 {
     ALAW_TO_LINEAR[usize::from(code)]
 }
 

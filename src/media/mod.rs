@@ -3,7 +3,7 @@
 
 pub mod dtmf;
 pub(crate) mod epoll;
-pub mod g711;
+pub(crate) mod g711;
 pub(crate) mod ports;
 pub mod recorder;
-pub mod relay;
+pub(crate) mod relay;

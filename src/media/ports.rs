@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 /// A shared pool of even RTP ports.
 #[derive(Debug)]
-pub struct PortPool {
+pub(crate) struct PortPool {
     free: Mutex<VecDeque<u16>>,
 }
 
@@ -66,15 +66,9 @@ fn prepare(s: std::net::UdpSocket) -> std::io::Result<std::net::UdpSocket> {
 
 /// Holds a port pair; returns it to the pool on drop.
 #[derive(Debug)]
-pub struct PortLease {
+pub(crate) struct PortLease {
     pool: Arc<PortPool>,
     port: u16,
-}
-
-impl PortLease {
-    pub fn port(&self) -> u16 {
-        self.port
-    }
 }
 
 impl Drop for PortLease {
@@ -87,7 +81,7 @@ impl Drop for PortLease {
 
 /// The sockets of one call leg.
 #[derive(Debug)]
-pub struct LegSockets {
+pub(crate) struct LegSockets {
     pub rtp: std::net::UdpSocket,
     pub rtcp: std::net::UdpSocket,
     pub lease: PortLease,

@@ -61,22 +61,22 @@ use sha2::{Digest, Sha256};
 
 /// Sample rate of recordings; equal to the G.711 RTP clock, so one timestamp
 /// tick is one sample.
-pub const SAMPLE_RATE: u32 = 8000;
+pub(crate) const SAMPLE_RATE: u32 = 8000;
 /// Stereo: caller left, agent right.
-pub const CHANNELS: u16 = 2;
+pub(crate) const CHANNELS: u16 = 2;
 /// Bytes per interleaved stereo frame.
 const FRAME_BYTES: u64 = 4;
 /// Default timeline window: 4 s of frames. Must cover the drain lag (jitter
 /// allowance + drain period) plus the 500 ms re-anchor tolerance ahead.
-pub const DEFAULT_WINDOW_FRAMES: usize = 4 * SAMPLE_RATE as usize;
+pub(crate) const DEFAULT_WINDOW_FRAMES: usize = 4 * SAMPLE_RATE as usize;
 /// Default distance between timestamp-predicted and arrival position that
 /// counts as a timestamp discontinuity: 500 ms.
-pub const DEFAULT_REANCHOR_THRESHOLD: u64 = SAMPLE_RATE as u64 / 2;
+pub(crate) const DEFAULT_REANCHOR_THRESHOLD: u64 = SAMPLE_RATE as u64 / 2;
 /// How long (arrival time, in samples) a backward stray must persist before
 /// it is treated as a discontinuity rather than a late burst: 60 ms.
 const BACKWARD_CONFIRM: u64 = 480;
 /// Maximum time between header updates of an open recording.
-pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// Largest `data` chunk a RIFF file can describe: the RIFF size field
 /// (data + 36 for hound's 44-byte header) must fit in a u32.
 const MAX_DATA_BYTES: u64 = (u32::MAX as u64 - 36) / FRAME_BYTES * FRAME_BYTES;
@@ -112,6 +112,8 @@ pub enum RecorderError {
     NotRepairable { path: PathBuf, reason: &'static str },
     #[error("the recorder thread has stopped")]
     Stopped,
+    /// Only [`RecorderHandle::shutdown`] waits for the thread, and only tests call it.
+    #[cfg(test)]
     #[error("the recorder thread panicked")]
     ThreadPanicked,
 }
@@ -400,7 +402,7 @@ impl StereoTimeline {
 
 /// A finished, renamed, fsynced recording.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FinishedRecording {
+pub(crate) struct FinishedRecording {
     pub path: PathBuf,
     pub frames: u64,
     pub duration_ms: u64,
@@ -443,7 +445,7 @@ fn validate_date((y, m, d): (i32, u32, u32)) -> Result<(), RecorderError> {
 }
 
 /// The I/O half of a recording; lives on the recorder thread.
-pub struct RecordingFile {
+pub(crate) struct RecordingFile {
     writer: hound::WavWriter<BufWriter<File>>,
     part_path: PathBuf,
     final_path: PathBuf,
@@ -541,19 +543,10 @@ impl RecordingFile {
         self.writer.flush().map_err(wav_err(&self.part_path))
     }
 
-    /// Frames appended so far.
-    pub fn frames(&self) -> u64 {
-        self.frames
-    }
-
     /// Where the file is being written.
+    #[cfg(test)]
     pub fn part_path(&self) -> &Path {
         &self.part_path
-    }
-
-    /// Where it will be after [`finish`](Self::finish).
-    pub fn final_path(&self) -> &Path {
-        &self.final_path
     }
 
     /// Finalizes the header, fsyncs, renames `.wav.part` → `.wav`, fsyncs the
@@ -622,7 +615,7 @@ fn hash_file(path: &Path) -> Result<(u64, String), RecorderError> {
 
 /// What [`repair_partials`] did with one `.wav.part` file.
 #[derive(Debug)]
-pub enum RepairedRecording {
+pub(crate) enum RepairedRecording {
     /// Header sizes rewritten from the file length and renamed to `.wav`.
     Recovered {
         path: PathBuf,
@@ -744,7 +737,7 @@ fn move_aside(part: &Path, reason: String) -> RepairedRecording {
 }
 
 /// Repairs one `<id>.wav.part` left by a crash.
-pub fn repair_partial(part: &Path) -> RepairedRecording {
+pub(crate) fn repair_partial(part: &Path) -> RepairedRecording {
     let final_path = match part.to_str().and_then(|s| s.strip_suffix(".part")) {
         Some(p) => PathBuf::from(p),
         None => {
@@ -840,7 +833,7 @@ fn rewrite_header(part: &Path) -> Result<Result<HeaderFix, &'static str>, Record
 /// symlinks). Must run before any new recording starts under `root`, or it
 /// would "repair" live files: [`Recorder::spawn`] does it first thing on its
 /// thread. A missing root is not an error.
-pub fn repair_partials(root: &Path) -> Result<Vec<RepairedRecording>, RecorderError> {
+pub(crate) fn repair_partials(root: &Path) -> Result<Vec<RepairedRecording>, RecorderError> {
     let mut out = Vec::new();
     let mut dirs = vec![root.to_path_buf()];
     while let Some(dir) = dirs.pop() {
@@ -945,7 +938,7 @@ struct CallState {
 }
 
 /// The recorder thread's state: one thread owns every open recording.
-pub struct Recorder {
+pub(crate) struct Recorder {
     root: PathBuf,
     rx: Receiver<Command>,
     calls: HashMap<u64, CallState>,
@@ -1093,7 +1086,7 @@ impl Recorder {
 /// Cheap to share (`Arc<RecorderHandle>`): starting a call only sends a
 /// message. Dropping it asks the thread to finish every open recording and
 /// stop, without waiting.
-pub struct RecorderHandle {
+pub(crate) struct RecorderHandle {
     tx: Sender<Command>,
     next_call: AtomicU64,
     root: PathBuf,
@@ -1127,11 +1120,6 @@ impl RecorderHandle {
         })
     }
 
-    /// The recordings root.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// The file a recording started now with [`RecorderHandle::start`] will be kept in.
     pub fn path_for(&self, id: &str, date: (i32, u32, u32)) -> Result<PathBuf, RecorderError> {
         recording_path(&self.root, id, date)
@@ -1139,7 +1127,9 @@ impl RecorderHandle {
 
     /// Finishes every open recording (their completions get the result as
     /// usual; sinks still alive get [`RecorderError::Stopped`] afterwards)
-    /// and waits for the thread.
+    /// and waits for the thread. (The server drops the handle instead, which finishes them
+    /// without waiting; graceful shutdown is to wait here.)
+    #[cfg(test)]
     pub fn shutdown(mut self) -> Result<(), RecorderError> {
         let _ = self.tx.send(Command::Shutdown);
         match self.thread.take() {
@@ -1161,7 +1151,7 @@ impl Drop for RecorderHandle {
 ///
 /// Dropping it without [`finish`](Self::finish) still finalizes the file, so
 /// an aborted call task never leaves a `.part` behind.
-pub struct CallRecording {
+pub(crate) struct CallRecording {
     call: u64,
     id: String,
     tx: Sender<Command>,
@@ -1179,11 +1169,6 @@ impl std::fmt::Debug for CallRecording {
 }
 
 impl CallRecording {
-    /// The recording id.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
     /// Hands a drained chunk of interleaved frames to the recorder thread and
     /// returns an empty buffer to drain into next, recycled from an earlier
     /// chunk when one has come back (otherwise `Vec::new()`, which does not

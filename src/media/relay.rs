@@ -82,6 +82,18 @@ pub struct DtmfDigit {
     pub duration_ms: u64,
 }
 
+impl DtmfDigit {
+    fn new(leg: LegId, d: &super::dtmf::Digit, at_ms: u64) -> Self {
+        DtmfDigit {
+            leg,
+            digit: d.ch,
+            at_ms,
+            // RTP timestamp units of the 8 kHz telephone-event clock (RFC 4733 §2.1).
+            duration_ms: u64::from(d.duration) / 8,
+        }
+    }
+}
+
 /// Counters reported when the relay stops.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct RelayStats {
@@ -100,7 +112,7 @@ pub struct RelayStats {
 
 /// Report handed back by [`MediaHandle::stop`].
 #[derive(Debug)]
-pub struct MediaReport {
+pub(crate) struct MediaReport {
     pub stats: RelayStats,
     pub dtmf: Vec<DtmfDigit>,
     /// The recording, drained to the end of the call and ready to be finished.
@@ -143,7 +155,7 @@ impl Shared {
 /// The media engine's handle: starts calls on it. Calls are spread over the engine's poll
 /// threads; a call's four sockets always live on one thread, so no packet crosses threads.
 #[derive(Clone)]
-pub struct MediaEngine {
+pub(crate) struct MediaEngine {
     shards: Arc<Vec<Arc<Shared>>>,
     next_id: Arc<AtomicU64>,
 }
@@ -186,7 +198,6 @@ impl MediaEngine {
             shared: shard.clone(),
             id,
             stopped: false,
-            agent_port: agent.port(),
         };
         shard.send(Command::Add(Box::new(NewCall {
             id,
@@ -200,11 +211,10 @@ impl MediaEngine {
 
 /// Controls one call's relay. Not `Clone`: dropping it (a call task that ends in any way,
 /// panics included) stops the relay and returns the call's ports.
-pub struct MediaHandle {
+pub(crate) struct MediaHandle {
     shared: Arc<Shared>,
     id: u64,
     stopped: bool,
-    pub agent_port: u16,
 }
 
 impl std::fmt::Debug for MediaHandle {
@@ -326,6 +336,11 @@ impl Relay {
         let mine = self.legs[i].remote;
         if let Some(remote) = mine {
             if pt == remote.codec.payload_type() {
+                // Audio moves the clock a press whose end packets were all lost is closed by.
+                if let Some(d) = self.legs[i].dtmf.expire(ts) {
+                    let at_ms = now.saturating_duration_since(self.started).as_millis() as u64;
+                    self.digits.push(DtmfDigit::new(from, &d, at_ms));
+                }
                 if let Some((_, answered)) = &self.recording {
                     let payload = rtp.payload();
                     let n = payload.len().min(self.pcm.len());
@@ -338,12 +353,7 @@ impl Relay {
                 if let Ok(ev) = TelephoneEvent::parse(rtp.payload()) {
                     let at_ms = now.saturating_duration_since(self.started).as_millis() as u64;
                     for d in self.legs[i].dtmf.push(ts, &ev, rtp.mark()) {
-                        self.digits.push(DtmfDigit {
-                            leg: from,
-                            digit: d.ch,
-                            at_ms,
-                            duration_ms: u64::from(d.duration) / 8,
-                        });
+                        self.digits.push(DtmfDigit::new(from, &d, at_ms));
                     }
                 }
             }
@@ -400,6 +410,12 @@ impl Relay {
     }
 
     fn stop(&mut self, ended: Instant) -> MediaReport {
+        let at_ms = ended.saturating_duration_since(self.started).as_millis() as u64;
+        for leg in [LegId::Caller, LegId::Agent] {
+            if let Some(d) = self.legs[leg.index()].dtmf.flush() {
+                self.digits.push(DtmfDigit::new(leg, &d, at_ms));
+            }
+        }
         let mut frames = 0;
         let recording = self.recording.take().map(|(mut rec, answered)| {
             let end = samples_since(answered, ended);
@@ -748,6 +764,45 @@ mod tests {
         assert_eq!(r.digits.len(), 1);
         assert_eq!(r.digits[0].digit, '5');
         assert_eq!(r.digits[0].leg, LegId::Caller);
+    }
+
+    /// A press whose end packets were all lost is still reported: closed by the audio clock a
+    /// second past its last reported duration, or at the end of the call.
+    #[test]
+    fn a_press_without_end_packets_is_kept() {
+        let mut r = new_relay();
+        r.legs[0].remote = Some(remote("10.0.0.1:4000", Some(96)));
+        r.legs[1].remote = Some(remote("10.0.0.2:5000", Some(101)));
+        let t0 = Instant::now();
+        let press = |event: u8| TelephoneEvent {
+            event,
+            end: false,
+            volume: 10,
+            duration: 800,
+        };
+        let mut p = rtp(0x80 | 96, 1, 8000, 1, &press(7).to_bytes().unwrap());
+        r.on_rtp(t0, LegId::Caller, addr("10.0.0.1:4000"), &mut p);
+        // Audio half a second on: the press may still be going.
+        let mut a = rtp(0, 2, 8000 + 4000, 1, &[0xff; 160]);
+        r.on_rtp(t0, LegId::Caller, addr("10.0.0.1:4000"), &mut a);
+        assert!(r.digits.is_empty());
+        // Audio more than a second past its reported end: it is over.
+        let mut a = rtp(0, 3, 8000 + 800 + 8001, 1, &[0xff; 160]);
+        r.on_rtp(
+            t0 + Duration::from_secs(1),
+            LegId::Caller,
+            addr("10.0.0.1:4000"),
+            &mut a,
+        );
+        assert_eq!(r.digits.len(), 1);
+        assert_eq!((r.digits[0].digit, r.digits[0].duration_ms), ('7', 100));
+
+        // The agent presses 9 and the call ends before any end packet.
+        let mut p = rtp(0x80 | 101, 1, 100, 2, &press(9).to_bytes().unwrap());
+        r.on_rtp(t0, LegId::Agent, addr("10.0.0.2:5000"), &mut p);
+        let report = r.stop(t0 + Duration::from_secs(2));
+        let digits: Vec<_> = report.dtmf.iter().map(|d| (d.leg, d.digit)).collect();
+        assert_eq!(digits, [(LegId::Caller, '7'), (LegId::Agent, '9')]);
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub struct CallerId {
 }
 
 /// Reads the caller ID from `req` using `headers` in order of preference.
-pub fn extract(req: &Request, headers: &[String]) -> CallerId {
+pub(crate) fn extract(req: &Request, headers: &[String]) -> CallerId {
     let privacy_id = req.headers.get(&HeaderName::Privacy).is_some_and(|p| {
         p.split([';', ',', ' '])
             .any(|t| t.eq_ignore_ascii_case("id") || t.eq_ignore_ascii_case("full"))

@@ -41,11 +41,11 @@ type HmacSha256 = Hmac<Sha256>;
 /// How long a nonce we issue stays valid. Long enough for a phone to answer
 /// the 401 and for the following REGISTER refresh cycle of a busy phone;
 /// short enough that a captured nonce is soon useless.
-pub const DEFAULT_NONCE_LIFETIME_SECS: u64 = 300;
+pub(crate) const DEFAULT_NONCE_LIFETIME_SECS: u64 = 300;
 
 /// A nonce stamped up to this far in the future is still accepted, for
 /// cluster nodes sharing a key whose clocks differ slightly.
-pub const MAX_CLOCK_SKEW_SECS: u64 = 30;
+pub(crate) const MAX_CLOCK_SKEW_SECS: u64 = 30;
 
 const NONCE_TIMESTAMP_LEN: usize = 8;
 const NONCE_TAG_LEN: usize = 32;
@@ -63,7 +63,7 @@ fn snippet(s: &str) -> String {
 /// `Authorization` or `Proxy-Authorization` value, or why we cannot answer a
 /// challenge.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum DigestError {
+pub(crate) enum DigestError {
     /// The header value is empty or blank.
     #[error("authentication header value is empty")]
     Empty,
@@ -107,7 +107,7 @@ pub enum DigestError {
 
 /// Digest algorithm (RFC 7616 §3.3 `algorithm`, RFC 8760 for SIP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Algorithm {
+pub(crate) enum Algorithm {
     Md5,
     /// HA1 is re-hashed with the nonce and cnonce (RFC 7616 §3.4.2).
     Md5Sess,
@@ -185,7 +185,7 @@ impl fmt::Display for Algorithm {
 
 /// Quality of protection (RFC 7616 §3.3 `qop`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Qop {
+pub(crate) enum Qop {
     Auth,
     /// Recognised so that it can be refused by name; never computed.
     AuthInt,
@@ -210,7 +210,7 @@ impl Qop {
 /// cluster (and across restarts, via [`NonceKey::from_secret`]) so that a
 /// nonce issued by one node is accepted by another.
 #[derive(Clone)]
-pub struct NonceKey {
+pub(crate) struct NonceKey {
     /// HMAC-SHA256 keyed once; cloned per nonce.
     mac: HmacSha256,
     lifetime_secs: u64,
@@ -227,7 +227,7 @@ impl fmt::Debug for NonceKey {
 
 /// What a nonce we receive back turns out to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NonceStatus {
+pub(crate) enum NonceStatus {
     /// Ours, for this address, within its lifetime.
     Valid,
     /// Ours and for this address, but too old (or stamped too far ahead):
@@ -432,7 +432,7 @@ pub struct Challenge {
 }
 
 /// Parses an `Authorization` / `Proxy-Authorization` value.
-pub fn parse_authorization(value: &str) -> Result<Credentials, DigestError> {
+pub(crate) fn parse_authorization(value: &str) -> Result<Credentials, DigestError> {
     let mut params = parse_digest_params(value)?;
     let username = params.take_required("username")?;
     let realm = params.take_required("realm")?;
@@ -478,7 +478,7 @@ pub fn parse_authorization(value: &str) -> Result<Credentials, DigestError> {
 }
 
 /// Parses a `WWW-Authenticate` / `Proxy-Authenticate` value.
-pub fn parse_challenge(value: &str) -> Result<Challenge, DigestError> {
+pub(crate) fn parse_challenge(value: &str) -> Result<Challenge, DigestError> {
     let mut params = parse_digest_params(value)?;
     let realm = params.take_required("realm")?;
     let nonce = params.take_required("nonce")?;
@@ -516,7 +516,7 @@ pub fn parse_challenge(value: &str) -> Result<Challenge, DigestError> {
 
 /// Of several challenge values (one per header), the strongest one we can
 /// answer (RFC 8760 §2.4: SHA-256 before MD5).
-pub fn best_challenge<'a, I>(values: I) -> Result<Challenge, DigestError>
+pub(crate) fn best_challenge<'a, I>(values: I) -> Result<Challenge, DigestError>
 where
     I: IntoIterator<Item = &'a str>,
 {
@@ -532,7 +532,7 @@ where
 }
 
 /// A fresh client nonce: 16 random bytes as hex.
-pub fn new_cnonce() -> String {
+pub(crate) fn new_cnonce() -> String {
     let mut bytes = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut bytes);
     hex::encode(bytes)
@@ -650,7 +650,7 @@ impl Secret {
 
 /// The registrar's decision on a request carrying credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Authenticated.
     Ok,
     /// The response was right but the nonce expired: challenge again with
@@ -668,7 +668,7 @@ pub enum Verdict {
 /// whatever the nonce and realm turn out to be, so the time taken does not
 /// tell a wrong password from a bad nonce. The caller should also check
 /// `creds.uri` against the Request-URI (RFC 3261 §22.4).
-pub fn verify(
+pub(crate) fn verify(
     creds: &Credentials,
     method: &str,
     secret: &Secret,
@@ -693,7 +693,7 @@ pub fn verify(
 /// [`verify`] against a dummy secret of the store's `kind`, and returns
 /// [`Verdict::Fail`]. The registrar answers it exactly as a wrong password,
 /// so callers cannot probe which usernames exist.
-pub fn verify_unknown_user(
+pub(crate) fn verify_unknown_user(
     creds: &Credentials,
     method: &str,
     kind: SecretKind,

@@ -187,7 +187,7 @@ impl Headers {
 }
 
 /// `token` characters of RFC 3261 §25.1.
-pub fn is_token_char(b: u8) -> bool {
+pub(crate) fn is_token_char(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,
@@ -195,13 +195,16 @@ pub fn is_token_char(b: u8) -> bool {
         )
 }
 
-pub fn is_token(s: &str) -> bool {
+pub(crate) fn is_token(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(is_token_char)
 }
 
 /// Splits a list header value at commas that are outside quoted strings and `<…>`.
 /// An empty element (`a,,b`) is an error (RFC 4475 §3.1.2.1).
-pub fn split_list<'a>(value: &'a str, header: &'static str) -> Result<Vec<&'a str>, ParseError> {
+pub(crate) fn split_list<'a>(
+    value: &'a str,
+    header: &'static str,
+) -> Result<Vec<&'a str>, ParseError> {
     let mut out = Vec::new();
     let b = value.as_bytes();
     let (mut start, mut i) = (0, 0);
@@ -299,7 +302,7 @@ impl<'a> Cursor<'a> {
 }
 
 /// Generic `*( SEMI generic-param )` (RFC 3261 §25.1) with LWS around `;` and `=`.
-pub type Params = Vec<(String, Option<String>)>;
+pub(crate) type Params = Vec<(String, Option<String>)>;
 
 fn parse_params(c: &mut Cursor<'_>, header: &'static str) -> Result<Params, ParseError> {
     let mut params = Vec::new();
@@ -476,7 +479,7 @@ impl fmt::Display for NameAddr {
 }
 
 /// Resolves quoted-pairs in the raw text of a quoted-string.
-pub fn unquote(raw: &str) -> String {
+pub(crate) fn unquote(raw: &str) -> String {
     let mut out = String::with_capacity(raw.len());
     let mut chars = raw.chars();
     while let Some(ch) = chars.next() {
@@ -502,7 +505,7 @@ pub struct Via {
 }
 
 /// The RFC 3261 branch prefix that marks a transaction-unique branch (§8.1.1.7).
-pub const MAGIC_COOKIE: &str = "z9hG4bK";
+pub(crate) const MAGIC_COOKIE: &str = "z9hG4bK";
 
 impl Via {
     pub fn parse(value: &str) -> Result<Via, ParseError> {
@@ -653,7 +656,7 @@ impl fmt::Display for CSeq {
 }
 
 /// Parses a decimal scalar header such as Max-Forwards or Expires with an upper bound.
-pub fn parse_scalar(value: &str, header: &'static str, max: u64) -> Result<u64, ParseError> {
+pub(crate) fn parse_scalar(value: &str, header: &'static str, max: u64) -> Result<u64, ParseError> {
     let v = value.trim();
     if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ParseError::BadHeader {

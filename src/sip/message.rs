@@ -16,9 +16,9 @@ use super::headers::{
 use super::uri::Uri;
 
 /// Largest message accepted on any transport (UDP datagrams are smaller still).
-pub const MAX_MESSAGE: usize = 64 * 1024;
+pub(crate) const MAX_MESSAGE: usize = 64 * 1024;
 /// Largest header section accepted.
-pub const MAX_HEADERS: usize = 16 * 1024;
+pub(crate) const MAX_HEADERS: usize = 16 * 1024;
 
 /// A SIP method; extension methods keep their token (RFC 3261 §7.1).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -356,7 +356,7 @@ enum StartLine {
 }
 
 /// `SIP/` at the start, compared on bytes: slicing a `str` at 4 could split a UTF-8 character.
-pub fn starts_with_sip(s: &str) -> bool {
+pub(crate) fn starts_with_sip(s: &str) -> bool {
     s.as_bytes()
         .get(..4)
         .is_some_and(|b| b.eq_ignore_ascii_case(b"SIP/"))
@@ -475,7 +475,7 @@ fn check_headers(h: &Headers) -> Result<(), ParseError> {
 /// Why a well-formed request is still refused by a UAS, with the status to send
 /// (RFC 3261 §8.2; RFC 4475 §3.3).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RequestProblem {
+pub(crate) enum RequestProblem {
     #[error("missing mandatory header {0}")]
     Missing(&'static str),
     #[error("more than one {0} header")]
@@ -484,7 +484,7 @@ pub enum RequestProblem {
 
 /// RFC 3261 §8.1.1: To, From, CSeq, Call-ID, Via (and Max-Forwards, tolerated when missing for
 /// RFC 2543 peers) must be present once.
-pub fn check_request(req: &Request) -> Result<(), RequestProblem> {
+pub(crate) fn check_request(req: &Request) -> Result<(), RequestProblem> {
     let h = &req.headers;
     for (name, label) in [
         (HeaderName::To, "To"),
@@ -621,7 +621,7 @@ fn name_addr_of(h: &Headers, name: HeaderName) -> Option<NameAddr> {
 }
 
 /// Default reason phrases (RFC 3261 §21).
-pub fn reason_phrase(status: u16) -> &'static str {
+pub(crate) fn reason_phrase(status: u16) -> &'static str {
     match status {
         100 => "Trying",
         180 => "Ringing",

@@ -35,7 +35,7 @@ pub struct Peer {
 /// Where a response to `req` goes (RFC 3261 §18.2.2, RFC 3581 §4): over a stream, back on the
 /// connection; over UDP, to the source address when `rport` was asked for, otherwise to the
 /// source IP (`received`) and the Via's port.
-pub fn response_peer(req: &Request, source: Peer) -> Peer {
+pub(crate) fn response_peer(req: &Request, source: Peer) -> Peer {
     if source.transport == Transport::Tcp {
         return source;
     }

@@ -33,11 +33,11 @@ use thiserror::Error;
 
 /// Packetisation interval when the offer does not state one: RFC 3551 §4.5
 /// gives 20 ms as the default for G.711.
-pub const DEFAULT_PTIME_MS: u32 = 20;
+pub(crate) const DEFAULT_PTIME_MS: u32 = 20;
 
 /// The RFC 4733 events we advertise in our own offers: DTMF 0-9, *, #, A-D
 /// (0-15) and flash (16), which is what Asterisk and FreeSWITCH offer too.
-pub const DEFAULT_DTMF_EVENTS: &str = "0-16";
+pub(crate) const DEFAULT_DTMF_EVENTS: &str = "0-16";
 
 /// Offending input is quoted in errors, but never more than this many
 /// characters of it, so that a hostile body cannot flood the logs.
@@ -1144,7 +1144,7 @@ impl fmt::Display for Codec {
 /// Our codec preference, most preferred first. Dereferences to `[Codec]`, so
 /// `&prefs` can be passed wherever `&[Codec]` is expected.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CodecPrefs(pub Vec<Codec>);
+pub(crate) struct CodecPrefs(pub Vec<Codec>);
 
 impl Default for CodecPrefs {
     /// PCMU then PCMA: both are mandatory-to-implement for most trunks, and
@@ -1224,7 +1224,7 @@ impl LocalMedia {
 
 /// The origin version for the next changed offer in a session (RFC 3264 §8:
 /// "incremented by one"). Wraps at `u64::MAX`, which no dialog reaches.
-pub fn next_version(current: u64) -> u64 {
+pub(crate) fn next_version(current: u64) -> u64 {
     current.wrapping_add(1)
 }
 
@@ -1284,7 +1284,7 @@ pub fn answer(
 /// number (§6.1). `telephone-event/8000` is kept with its number and `fmtp`.
 /// The direction is the offer's, reversed (§6.1), narrowed by `local`; an
 /// offer with `c=0.0.0.0` counts as not receiving (§8.4).
-pub fn answer_with_direction(
+pub(crate) fn answer_with_direction(
     offer: &SessionDescription,
     local: &LocalMedia,
     prefs: &[Codec],
@@ -1419,7 +1419,7 @@ pub fn offer(
 /// rejected; its first codec (ignoring telephone-event and CN) must be one we
 /// offered. We send with the answer's payload type numbers, which is what the
 /// answerer expects to receive (§6.1).
-pub fn accept_answer(
+pub(crate) fn accept_answer(
     offer: &SessionDescription,
     answer: &SessionDescription,
 ) -> Result<Accepted, NegotiationError> {

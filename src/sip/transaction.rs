@@ -243,7 +243,7 @@ impl ClientTransaction {
 
 /// Builds the ACK for a non-2xx final response (RFC 3261 §17.1.1.3): same Request-URI, Call-ID,
 /// From, CSeq number and top Via as the INVITE, To from the response, Route copied.
-pub fn build_ack(invite: &Request, resp: &Response) -> Vec<u8> {
+pub(crate) fn build_ack(invite: &Request, resp: &Response) -> Vec<u8> {
     let mut ack = Request::new(Method::Ack, invite.uri.clone());
     if let Some(v) = invite.headers.get(&HeaderName::Via) {
         ack.headers.push(HeaderName::Via, v);
@@ -516,7 +516,7 @@ impl ServerTransaction {
 }
 
 /// A fresh RFC 3261 branch (magic cookie plus 64 random bits).
-pub fn new_branch() -> String {
+pub(crate) fn new_branch() -> String {
     format!("{MAGIC_COOKIE}{:016x}", rand::random::<u64>())
 }
 

@@ -202,7 +202,7 @@ fn split_hostport(s: &str) -> Result<(String, Option<u16>), ParseError> {
 
 /// Decodes `%HH` escapes; a `%` not followed by two hex digits is kept literally
 /// (RFC 4475 §3.1.1.5).
-pub fn unescape(s: &str) -> Vec<u8> {
+pub(crate) fn unescape(s: &str) -> Vec<u8> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -394,7 +394,7 @@ impl Store {
 
 /// Inserts a customer and its phones inside `tx`; returns its id. Every phone must contain
 /// digits; a missing code gets `C<id>`.
-pub async fn insert_customer(
+pub(crate) async fn insert_customer(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     c: &NewCustomer,
     via: CreatedVia,
@@ -473,7 +473,7 @@ fn no_such_agent() -> StoreError {
 }
 
 /// Checks a new customer without touching the database; returns its phones normalized.
-pub fn validate_customer(
+pub(crate) fn validate_customer(
     c: &NewCustomer,
     region: Id,
 ) -> Result<Vec<(&NewPhone, NormalizedPhone)>, StoreError> {

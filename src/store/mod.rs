@@ -114,4 +114,4 @@ impl Store {
 }
 
 /// Milliseconds since the Unix epoch, the store's time unit (see [`crate::time`]).
-pub use crate::time::now_ms;
+pub(crate) use crate::time::now_ms;

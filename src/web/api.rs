@@ -82,7 +82,7 @@ pub fn router() -> Router<AppState> {
     )),
     modifiers(&BearerAuth)
 )]
-pub struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 struct BearerAuth;
 
@@ -103,7 +103,7 @@ impl utoipa::Modify for BearerAuth {
 
 /// The error shape every endpoint uses.
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct ApiErrorBody {
+pub(crate) struct ApiErrorBody {
     /// `{"code", "message", "field"?}`
     error: serde_json::Value,
 }
@@ -114,7 +114,7 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 
 /// A page of a list.
 #[derive(Serialize)]
-pub struct Page<T> {
+pub(crate) struct Page<T> {
     items: Vec<T>,
     next: Option<String>,
 }
@@ -148,7 +148,7 @@ fn cursor_of(v: &Option<String>) -> Result<Option<i64>, ApiError> {
 
 /// Who is signed in, for the pages.
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct MeOut {
+pub(crate) struct MeOut {
     agent_id: i64,
     username: String,
     display_name: String,
@@ -183,7 +183,7 @@ async fn me(State(s): State<AppState>, me: Principal) -> Result<Json<MeOut>, Api
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct MePatch {
+pub(crate) struct MePatch {
     /// "en" or "zh".
     locale: String,
 }
@@ -258,7 +258,7 @@ async fn audit_log(
 
 /// An agent as the API shows it (never the password hash or HA1s).
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct AgentOut {
+pub(crate) struct AgentOut {
     id: i64,
     username: String,
     display_name: String,
@@ -296,7 +296,7 @@ impl From<Agent> for AgentOut {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct NewAgentIn {
+pub(crate) struct NewAgentIn {
     username: String,
     password: String,
     display_name: String,
@@ -407,7 +407,7 @@ async fn create_agent(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct AgentPatchIn {
+pub(crate) struct AgentPatchIn {
     display_name: Option<String>,
     role: Option<Role>,
     password: Option<String>,
@@ -466,7 +466,7 @@ async fn update_agent(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct QueueIn {
+pub(crate) struct QueueIn {
     name: String,
     #[serde(default)]
     dialed_numbers: Vec<String>,
@@ -647,7 +647,7 @@ async fn update_customer(
 
 /// What an import did: every rejected row with its line and reason.
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct ImportReport {
+pub(crate) struct ImportReport {
     pub imported: usize,
     pub rejected: Vec<crate::crm::csv::Rejected>,
 }
@@ -826,7 +826,7 @@ async fn get_call(
 /// The agent's notes and wrap-up code.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct CallPatch {
+pub(crate) struct CallPatch {
     notes: Option<String>,
     disposition: Option<String>,
     /// Links the call to this customer (the agent picked one of several candidates).
@@ -1095,7 +1095,7 @@ async fn list_work_orders(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct WorkOrderIn {
+pub(crate) struct WorkOrderIn {
     kind: WorkOrderKind,
     title: String,
     #[serde(default)]
@@ -1195,7 +1195,7 @@ async fn visible_work_order(s: &AppState, me: &Principal, id: i64) -> Result<Wor
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct WorkOrderPatchIn {
+pub(crate) struct WorkOrderPatchIn {
     status: Option<WorkOrderStatus>,
     priority: Option<i64>,
     /// null unassigns.

@@ -26,14 +26,14 @@ use crate::store::agents::{Agent, Role};
 use crate::store::Store;
 
 /// How long a login lasts.
-pub const TOKEN_TTL_MS: i64 = 12 * 3600 * 1000;
+pub(crate) const TOKEN_TTL_MS: i64 = 12 * 3600 * 1000;
 
 /// The shortest password an account may have.
-pub const MIN_PASSWORD_CHARS: usize = 8;
+pub(crate) const MIN_PASSWORD_CHARS: usize = 8;
 
 /// An argon2id hash (PHC string) of `password`, which must be at least
 /// [`MIN_PASSWORD_CHARS`] long.
-pub fn hash_password(password: &str) -> Result<String, ApiError> {
+pub(crate) fn hash_password(password: &str) -> Result<String, ApiError> {
     if password.chars().count() < MIN_PASSWORD_CHARS {
         return Err(ApiError::invalid(
             "password",
@@ -48,7 +48,7 @@ pub fn hash_password(password: &str) -> Result<String, ApiError> {
 }
 
 /// [`hash_password`] on the blocking pool: argon2 is deliberately slow.
-pub async fn hash_password_off_thread(password: String) -> Result<String, ApiError> {
+pub(crate) async fn hash_password_off_thread(password: String) -> Result<String, ApiError> {
     tokio::task::spawn_blocking(move || hash_password(&password))
         .await
         .map_err(|_| {
@@ -61,7 +61,7 @@ pub async fn hash_password_off_thread(password: String) -> Result<String, ApiErr
 }
 
 /// Checks a password against a stored hash; a malformed hash never verifies.
-pub fn verify_password(password: &str, hash: &str) -> bool {
+pub(crate) fn verify_password(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash)
         .map(|h| {
             Argon2::default()
@@ -78,13 +78,13 @@ fn decoy_hash() -> &'static str {
     DECOY.get_or_init(|| hash_password("decoy password").unwrap_or_default())
 }
 
-pub fn token_digest(token: &str) -> String {
+pub(crate) fn token_digest(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 /// Who is calling the API.
 #[derive(Debug, Clone)]
-pub struct Principal {
+pub(crate) struct Principal {
     pub agent_id: i64,
     pub username: String,
     pub role: Role,
@@ -119,7 +119,7 @@ impl From<&Agent> for Principal {
 }
 
 /// Resolves a bearer token.
-pub async fn principal_of(store: &Store, token: &str) -> Result<Principal, ApiError> {
+pub(crate) async fn principal_of(store: &Store, token: &str) -> Result<Principal, ApiError> {
     match store.session_agent(&token_digest(token)).await? {
         Some(a) => Ok(Principal::from(&a)),
         None => Err(ApiError::unauthorized()),
@@ -127,17 +127,17 @@ pub async fn principal_of(store: &Store, token: &str) -> Result<Principal, ApiEr
 }
 
 /// The name of the pages' session cookie.
-pub const SESSION_COOKIE: &str = "screenpop_session";
+pub(crate) const SESSION_COOKIE: &str = "screenpop_session";
 
 /// Where a request's token came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenSource {
+pub(crate) enum TokenSource {
     Bearer,
     Cookie,
 }
 
 /// The bearer token, else the session cookie.
-pub fn request_token(headers: &HeaderMap) -> Option<(String, TokenSource)> {
+pub(crate) fn request_token(headers: &HeaderMap) -> Option<(String, TokenSource)> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -170,7 +170,7 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 /// cross-origin browser request), the browser's own word (`Sec-Fetch-Site: same-origin`, which
 /// scripts cannot set, and which survives a reverse proxy that rewrites `Host`), or an `Origin`
 /// whose host and port are this request's `Host`.
-pub fn same_origin(headers: &HeaderMap) -> bool {
+pub(crate) fn same_origin(headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true;
     };
@@ -213,7 +213,7 @@ where
 
 /// The client's address (from the connection), for the audit log and the login limiter.
 #[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub Option<std::net::IpAddr>);
+pub(crate) struct ClientAddr(pub Option<std::net::IpAddr>);
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     type Rejection = std::convert::Infallible;
@@ -235,13 +235,13 @@ impl ClientAddr {
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-pub struct LoginRequest {
+pub(crate) struct LoginRequest {
     pub username: String,
     pub password: String,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct LoginResponse {
+pub(crate) struct LoginResponse {
     pub token: String,
     pub role: Role,
     pub agent_id: i64,

@@ -13,7 +13,7 @@ use tracing::warn;
 use crate::store::StoreError;
 
 #[derive(Debug)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
@@ -99,7 +99,7 @@ impl From<StoreError> for ApiError {
 }
 
 /// A JSON body whose errors come back in our error shape, naming the field.
-pub struct ApiJson<T>(pub T);
+pub(crate) struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;

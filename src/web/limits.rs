@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 /// Limits for the login guard.
 #[derive(Debug, Clone, Copy)]
-pub struct LoginLimits {
+pub(crate) struct LoginLimits {
     pub window: Duration,
     pub per_address: usize,
     pub per_username: usize,
@@ -81,7 +81,7 @@ impl Failures {
 /// Counting before the password is checked means concurrent guesses cannot all slip in
 /// between a check and its count.
 #[derive(Debug, Clone)]
-pub struct Attempt {
+pub(crate) struct Attempt {
     addr: Option<IpAddr>,
     username: String,
     at: Instant,
@@ -89,7 +89,7 @@ pub struct Attempt {
 
 /// The policy.
 #[derive(Debug, Default)]
-pub struct LoginLimiter {
+pub(crate) struct LoginLimiter {
     limits: LoginLimits,
     by_address: Failures,
     by_username: Failures,
@@ -178,7 +178,7 @@ impl LoginLimiter {
 /// The limiter shared by the login handlers, and a bound on concurrent password checks (argon2
 /// takes memory and CPU on purpose; a flood must queue, not exhaust the machine).
 #[derive(Debug)]
-pub struct LoginGuard {
+pub(crate) struct LoginGuard {
     limiter: Mutex<LoginLimiter>,
     pub checks: tokio::sync::Semaphore,
 }
@@ -217,7 +217,7 @@ impl LoginGuard {
 /// Which user played which recording when: the requests of one playback (a player fetches
 /// many ranges while seeking) make one audit entry, however they are split.
 #[derive(Debug, Default)]
-pub struct RecentPlays(Mutex<HashMap<(String, i64), Instant>>);
+pub(crate) struct RecentPlays(Mutex<HashMap<(String, i64), Instant>>);
 
 /// Requests closer together than this belong to the same playback.
 const PLAYBACK: Duration = Duration::from_secs(60);

@@ -24,7 +24,7 @@ use crate::store::Store;
 
 /// What every handler shares.
 #[derive(Clone)]
-pub struct AppState {
+pub(crate) struct AppState {
     pub store: Store,
     pub bus: Arc<dyn EventBus>,
     pub acd: AcdHandle,
@@ -71,7 +71,7 @@ impl AppState {
 }
 
 /// The process-wide Prometheus recorder (installed once; later calls share it).
-pub fn metrics_handle() -> Option<&'static PrometheusHandle> {
+pub(crate) fn metrics_handle() -> Option<&'static PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
         .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())

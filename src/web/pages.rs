@@ -24,7 +24,7 @@ struct Assets;
 
 /// The security headers every HTTP response carries: a CSP without inline script or style,
 /// no framing, no MIME sniffing, no referrer leaking call or customer ids.
-pub async fn security_headers(
+pub(crate) async fn security_headers(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -120,7 +120,7 @@ pub async fn assets(Path(path): Path<String>, headers: HeaderMap) -> Response {
     serve(&path, &headers, "public, max-age=300")
 }
 
-pub async fn favicon(headers: HeaderMap) -> Response {
+pub(crate) async fn favicon(headers: HeaderMap) -> Response {
     serve("icons/favicon.svg", &headers, "public, max-age=86400")
 }
 

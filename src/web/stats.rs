@@ -40,7 +40,7 @@ struct AgentNow {
 
 /// The live part of the wallboard, kept from the events.
 #[derive(Debug, Default)]
-pub struct LiveBoard {
+pub(crate) struct LiveBoard {
     waiting: HashMap<CallKey, Waiting>,
     agents: HashMap<i64, AgentNow>,
 }
@@ -127,10 +127,10 @@ impl LiveBoard {
 }
 
 /// The board shared by the handlers, fed by a task that follows the bus.
-pub type SharedBoard = Arc<Mutex<LiveBoard>>;
+pub(crate) type SharedBoard = Arc<Mutex<LiveBoard>>;
 
 /// Starts following `bus`; on falling behind it starts over from the bus's snapshot.
-pub fn follow(bus: Arc<dyn EventBus>) -> SharedBoard {
+pub(crate) fn follow(bus: Arc<dyn EventBus>) -> SharedBoard {
     let board: SharedBoard = Arc::default();
     let b = board.clone();
     let mut rx = bus.subscribe();
@@ -165,7 +165,7 @@ pub fn follow(bus: Arc<dyn EventBus>) -> SharedBoard {
 }
 
 #[derive(Deserialize)]
-pub struct StatsQuery {
+pub(crate) struct StatsQuery {
     /// Start of the period (RFC 3339; the page sends the user's local midnight). Default: the
     /// last midnight UTC.
     since: Option<String>,
@@ -184,7 +184,7 @@ fn since_ms(q: &StatsQuery) -> Result<i64, ApiError> {
 
 /// One queue on the wallboard.
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct QueueStats {
+pub(crate) struct QueueStats {
     queue_id: i64,
     name: String,
     waiting: i64,
@@ -202,7 +202,7 @@ pub struct QueueStats {
 
 /// One agent on the wallboard.
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct AgentStats {
+pub(crate) struct AgentStats {
     agent_id: i64,
     display_name: String,
     state: String,

@@ -24,7 +24,7 @@ use super::AppState;
 use crate::events::{Event, Payload, Viewer};
 
 #[derive(Deserialize)]
-pub struct WsQuery {
+pub(crate) struct WsQuery {
     token: Option<String>,
 }
 
