@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::sip::digest::Algorithm;
 use crate::sip::sdp::Codec;
 
 /// Errors loading a profile: each names the file and the offending field.
@@ -42,6 +43,10 @@ pub struct Profile {
     /// ISO 3166 region used to read national numbers (e.g. "US", "GB", "CN").
     #[serde(default = "default_region")]
     pub default_region: String,
+    /// The area code as written nationally (`"010"`), for a PBX that delivers local landline
+    /// numbers without it (`62345678`).
+    #[serde(default)]
+    pub area_code: Option<String>,
     /// Headers that carry the caller's number, in order of preference.
     #[serde(default = "default_caller_id_headers")]
     pub caller_id_headers: Vec<String>,
@@ -69,6 +74,12 @@ pub struct Profile {
     /// Address written into SDP and Contact when the SIP socket is bound to a wildcard.
     #[serde(default)]
     pub public_addr: Option<IpAddr>,
+    /// Digest algorithms the registrar offers phones in its 401, in this order, and the only
+    /// ones it accepts. MD5 alone by default: several phones (baresip/libre, SIPp) give up on
+    /// a REGISTER as soon as a challenge they cannot answer comes first or at all, whereas
+    /// every phone answers MD5. `["SHA-256", "MD5"]` adds RFC 8760 for phones that handle it.
+    #[serde(default = "default_digest_algorithms")]
+    pub digest_algorithms: Vec<Algorithm>,
     #[serde(default)]
     pub trust: Trust,
     #[serde(default)]
@@ -98,6 +109,11 @@ pub struct Trunk {
     /// Digest credentials a trunk that is not trusted by address must present (407 challenge).
     #[serde(default)]
     pub digest: Option<Credentials>,
+    /// The algorithms this trunk may answer the 407 with; the profile's `digest_algorithms`
+    /// when not given. The 407 goes out before the trunk is known, so it offers every digest
+    /// trunk's algorithms; the answer must use one of this trunk's own.
+    #[serde(default)]
+    pub digest_algorithms: Option<Vec<Algorithm>>,
     /// Agent target: a SIP URI (`sip:2001@pbx.local`) or `user:NAME` for a phone registered
     /// with screenpop's registrar.
     #[serde(default)]
@@ -169,6 +185,9 @@ fn default_t1_ms() -> u64 {
 fn default_expiry() -> u32 {
     3600
 }
+fn default_digest_algorithms() -> Vec<Algorithm> {
+    vec![Algorithm::Md5]
+}
 
 impl Profile {
     /// Loads a profile by name or by path. A name is looked up as `sip-profiles/NAME.toml`
@@ -215,6 +234,11 @@ impl Profile {
             field: "default_region",
             why: e.to_string(),
         })?;
+        profile.number_plan().map_err(|e| ConfigError::Field {
+            path: path.clone(),
+            field: "area_code",
+            why: e.to_string(),
+        })?;
         if !(10..=5000).contains(&profile.sip_t1_ms) {
             return Err(ConfigError::Field {
                 path,
@@ -227,7 +251,21 @@ impl Profile {
             field: "rtp_ports",
             why: format!("{:?} is not LOW-HIGH", profile.rtp_ports),
         })?;
+        if profile.digest_algorithms.is_empty() {
+            return Err(ConfigError::Field {
+                path,
+                field: "digest_algorithms",
+                why: "offers no algorithm (MD5, SHA-256)".into(),
+            });
+        }
         for t in &profile.trunks {
+            if t.digest_algorithms.as_ref().is_some_and(Vec::is_empty) {
+                return Err(ConfigError::Field {
+                    path,
+                    field: "trunks.digest_algorithms",
+                    why: format!("trunk {:?} offers no algorithm (MD5, SHA-256)", t.name),
+                });
+            }
             if let Some(a) = &t.agent {
                 if !a.starts_with("user:") && crate::sip::Uri::parse(a).is_err() {
                     return Err(ConfigError::Field {
@@ -239,6 +277,15 @@ impl Profile {
             }
         }
         Ok(profile)
+    }
+
+    /// How numbers are read: `default_region` and `area_code`.
+    pub fn number_plan(&self) -> Result<crate::phone::NumberPlan, crate::phone::PhoneError> {
+        let plan = crate::phone::NumberPlan::new(crate::phone::region(&self.default_region)?);
+        match &self.area_code {
+            Some(code) => plan.with_area_code(code),
+            None => Ok(plan),
+        }
     }
 
     /// Codec preference list, validated.
@@ -260,6 +307,27 @@ impl Profile {
                 .trunks
                 .iter()
                 .any(|t| t.cidrs.iter().any(|n| n.contains(&ip)))
+    }
+
+    /// The digest algorithms `trunk` may authenticate with.
+    pub fn trunk_algorithms<'a>(&'a self, trunk: &'a Trunk) -> &'a [Algorithm] {
+        trunk
+            .digest_algorithms
+            .as_deref()
+            .unwrap_or(&self.digest_algorithms)
+    }
+
+    /// What a 407 offers: every digest trunk's algorithms, in the order they first appear.
+    pub fn trunk_challenge_algorithms(&self) -> Vec<Algorithm> {
+        let mut offered = Vec::new();
+        for t in self.trunks.iter().filter(|t| t.digest.is_some()) {
+            for a in self.trunk_algorithms(t) {
+                if !offered.contains(a) {
+                    offered.push(*a);
+                }
+            }
+        }
+        offered
     }
 
     /// The trunk a request from `ip` belongs to (first match wins).
@@ -341,6 +409,41 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         assert!(Profile::load("no-such-profile").is_err());
         assert!(Profile::load(dir.join("missing.toml").to_str().unwrap()).is_err());
+    }
+
+    #[test]
+    fn digest_algorithms_default_to_md5_and_are_checked() {
+        let base = "name = \"t\"\n";
+        let p = Profile::parse(base, PathBuf::from("t")).unwrap();
+        assert_eq!(p.digest_algorithms, [Algorithm::Md5]);
+        let text = format!(
+            "{base}digest_algorithms = [\"SHA-256\", \"MD5\"]\n\
+             [[trunks]]\nname = \"a\"\ndigest = {{ username = \"a\", password = \"p\" }}\n\
+             [[trunks]]\nname = \"b\"\ndigest = {{ username = \"b\", password = \"p\" }}\n\
+             digest_algorithms = [\"MD5\", \"SHA-256-sess\"]\n"
+        );
+        let p = Profile::parse(&text, PathBuf::from("t")).unwrap();
+        assert_eq!(p.digest_algorithms, [Algorithm::Sha256, Algorithm::Md5]);
+        assert_eq!(p.trunk_algorithms(&p.trunks[0]), p.digest_algorithms);
+        assert_eq!(
+            p.trunk_challenge_algorithms(),
+            [Algorithm::Sha256, Algorithm::Md5, Algorithm::Sha256Sess],
+            "every digest trunk's, in the order they first appear"
+        );
+        let bad = Profile::parse(
+            &format!("{base}digest_algorithms = [\"SHA-1\"]"),
+            "t".into(),
+        );
+        let why = bad.unwrap_err().to_string();
+        assert!(
+            why.contains("digest_algorithms") && why.contains("SHA-1"),
+            "{why}"
+        );
+        let none = Profile::parse(&format!("{base}digest_algorithms = []"), "t".into());
+        assert!(none
+            .unwrap_err()
+            .to_string()
+            .contains("`digest_algorithms`"));
     }
 
     #[test]

@@ -128,7 +128,7 @@ enum CustomersCmd {
             default_value = "sqlite://screenpop.db"
         )]
         database: String,
-        /// Profile whose `default_region` reads national numbers.
+        /// Profile whose `default_region` and `area_code` read national and local numbers.
         #[arg(long, env = "SCREENPOP_PROFILE", default_value = "default")]
         profile: String,
     },
@@ -203,12 +203,12 @@ fn main() -> anyhow::Result<()> {
                 },
         } => {
             let profile = Profile::load(&profile)?;
-            let region = screenpop::phone::region(&profile.default_region)?;
+            let plan = profile.number_plan()?;
             let data =
                 std::fs::read(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             rt.block_on(async {
                 let store = open_store(&database).await?;
-                let report = screenpop::crm::csv::import(&store, &data, region).await?;
+                let report = screenpop::crm::csv::import(&store, &data, plan).await?;
                 for r in &report.rejected {
                     eprintln!(
                         "line {}: {}{}",

@@ -87,13 +87,16 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         "screenpop ready"
     );
     let profile = Arc::new(cfg.profile);
-    let registrar = Arc::new(std::sync::Mutex::new(Registrar::new(
-        &profile.realm,
-        profile
-            .users
-            .iter()
-            .map(|u| (u.username.clone(), u.password.clone())),
-    )));
+    let registrar = Arc::new(std::sync::Mutex::new(
+        Registrar::new(
+            &profile.realm,
+            profile
+                .users
+                .iter()
+                .map(|u| (u.username.clone(), u.password.clone())),
+        )
+        .with_algorithms(&profile.digest_algorithms),
+    ));
     // The phones of agents that register with screenpop, before any REGISTER is answered.
     match crate::agents::Agents::load(&store, &registrar).await {
         Ok(n) if n > 0 => info!(phones = n, "agent phone credentials loaded"),
@@ -108,7 +111,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         profile.realm.clone(),
     )
     .await;
-    let region = crate::phone::region(&profile.default_region)?;
+    let plan = profile.number_plan()?;
     if let Some(addr) = cfg.http {
         let state = crate::web::AppState::new(
             store.clone(),
@@ -116,7 +119,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             acd.clone(),
             registrar.clone(),
             profile.realm.clone(),
-            region,
+            plan,
         );
         let http = crate::web::spawn(addr, state).await?;
         first_run_hint(&store, http).await;
@@ -143,7 +146,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         media: MediaEngine::spawn(cfg.media_threads)?,
         recorder,
         store: store.clone(),
-        region,
+        plan,
         bus,
         acd,
         routes: routes_tx,
@@ -361,7 +364,7 @@ impl Dispatcher {
             let mut r = req.response(407, Some(&format!("{:08x}", rand::random::<u32>())));
             for v in digest::challenge(
                 &profile.realm,
-                &[digest::Algorithm::Sha256, digest::Algorithm::Md5],
+                &profile.trunk_challenge_algorithms(),
                 &self.trunk_nonces,
                 now_secs,
                 ip,
@@ -384,6 +387,10 @@ impl Dispatcher {
                 .as_ref()
                 .is_some_and(|d| d.username == creds.username)
         });
+        if trunk.is_some_and(|t| !profile.trunk_algorithms(t).contains(&creds.algorithm)) {
+            info!(%ip, user = %creds.username, algorithm = %creds.algorithm, "trunk answered with an algorithm it may not use");
+            return Err(challenge(false));
+        }
         let verdict = match trunk.and_then(|t| t.digest.as_ref()) {
             Some(d) => digest::verify(
                 &creds,

@@ -238,7 +238,15 @@ impl SipSocket {
                         }
                         Err(ParseError::Incomplete) => {
                             if buf.iter().all(|b| *b == b'\r' || *b == b'\n') {
-                                buf.clear();
+                                // RFC 5626 §3.5.1: a double-CRLF ping gets a CRLF pong (a
+                                // phone behind NAT learns its connection is alive); a lone
+                                // CRLF waits for its pair.
+                                if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                                    let _ = tx.try_send(b"\r\n".to_vec());
+                                    buf.clear();
+                                } else if buf.len() >= 4 {
+                                    buf.clear();
+                                }
                             }
                             if buf.len() > MAX_MESSAGE {
                                 break 'conn;

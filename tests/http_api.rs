@@ -534,7 +534,7 @@ fn assignee_of(admin: &Api, id: i64) -> i64 {
 /// The status of a REGISTER answered with `password` (401 when the registrar does not know the
 /// user or the password is wrong).
 fn register_status(env: &Env, user: &str, password: &str) -> Option<u16> {
-    let r = common::register_sha256(env, user, password);
+    let r = common::register_digest(env, user, password, "MD5");
     r.answer
         .as_deref()
         .and_then(|a| common::status_code(a.lines().next().unwrap_or("")))

@@ -80,6 +80,85 @@ fn digest_trunk_is_challenged_with_407() {
     assert_eq!(summary, dial_as(&to, "who", "nope"));
 }
 
+/// The 407 offers every digest trunk's algorithms, but each trunk may answer only with its own
+/// `digest_algorithms`; `screenpop dial` answers the strongest offered (SHA-256).
+#[test]
+fn a_trunk_authenticates_only_with_its_own_algorithms() {
+    let profile = r#"
+name = "digest-algorithms"
+ring_timeout_secs = 1
+[trust]
+cidrs = []
+[[trunks]]
+name = "modern"
+digest = { username = "modern", password = "pw-modern" }
+digest_algorithms = ["SHA-256"]
+agent = "sip:agent@127.0.0.1:5999"
+[[trunks]]
+name = "legacy"
+digest = { username = "legacy", password = "pw-legacy" }
+agent = "sip:agent@127.0.0.1:5999"
+"#;
+    let s = TestServer::start("digest-algorithms", 5188, "42800-42900", profile);
+    let to = format!("sip:100@127.0.0.1:{}", s.port);
+    let summary = dial_as(&to, "modern", "pw-modern");
+    assert!(summary.contains("\"final_status\":480"), "{summary}");
+    // The right password, hashed with SHA-256, which the MD5-only trunk may not use.
+    let summary = dial_as(&to, "legacy", "pw-legacy");
+    assert!(summary.contains("\"final_status\":407"), "{summary}");
+    assert!(
+        s.wait_log(
+            "trunk answered with an algorithm it may not use",
+            Duration::from_secs(2)
+        ),
+        "{}",
+        s.log()
+    );
+}
+
+/// Keep-alives from a phone behind NAT (RFC 5626 §3.5.1): over TCP a double-CRLF ping gets a
+/// CRLF pong, a single CRLF gets nothing, and the connection still carries SIP afterwards; over
+/// UDP a CRLF datagram is ignored and OPTIONS is answered.
+#[test]
+fn keep_alives_are_answered() {
+    use std::io::{Read, Write};
+    let s = TestServer::start("keepalive", 5189, "42900-43000", "name = \"k\"\n");
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0u8; 4096];
+    // Half a ping, then the rest: one pong.
+    tcp.write_all(b"\r\n").unwrap();
+    tcp.write_all(b"\r\n").unwrap();
+    let n = tcp.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"\r\n", "pong");
+    // A lone CRLF before a request is skipped, and the request answered.
+    tcp.write_all(b"\r\n").unwrap();
+    let req = String::from_utf8(options("ka-tcp", 0))
+        .unwrap()
+        .replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    tcp.write_all(req.as_bytes()).unwrap();
+    let n = tcp.read(&mut buf).unwrap();
+    assert_eq!(
+        status_of(&buf[..n]),
+        Some(200),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    sock.send_to(b"\r\n\r\n", ("127.0.0.1", s.port)).unwrap();
+    assert!(
+        sock.recv_from(&mut buf).is_err(),
+        "a UDP CRLF gets no answer"
+    );
+    sock.send_to(&options("ka-udp", 0), ("127.0.0.1", s.port))
+        .unwrap();
+    let (n, _) = sock.recv_from(&mut buf).unwrap();
+    assert_eq!(status_of(&buf[..n]), Some(200));
+}
+
 #[test]
 fn registration_client_registers_through_a_challenge() {
     let registrar = TestServer::start("registrar", 5182, "42200-42300", DIGEST_TRUNK);

@@ -119,7 +119,7 @@ on_both!(
     |store: Store| async move {
         use screenpop::crm::caller::match_or_create;
         use screenpop::sip::caller_id::CallerId;
-        let us = region("US").unwrap();
+        let us = screenpop::phone::NumberPlan::from(region("US").unwrap());
         let caller = |number: Option<&str>, name: Option<&str>, withheld: bool| CallerId {
             raw: format!("<sip:{}@gw>", number.unwrap_or("anonymous")),
             number: number.map(str::to_string),
@@ -457,7 +457,7 @@ on_both!(
     work_orders_move_through_their_workflow_with_history,
     |store: Store| async move {
         use screenpop::store::work_orders::*;
-        let us = region("US").unwrap();
+        let us = screenpop::phone::NumberPlan::from(region("US").unwrap());
         let c = store
             .create_customer(
                 &customer("Wu", Tier::Key, &["+14155550111"]),
@@ -647,7 +647,7 @@ on_both!(
     csv_import_is_all_or_nothing_and_round_trips,
     |store: Store| async move {
         use screenpop::crm::csv::{export, import};
-        let us = region("US").unwrap();
+        let us = screenpop::phone::NumberPlan::from(region("US").unwrap());
         // Two bad rows: every reason reported, nothing written.
         let bad = "name,code,tier,phones,birthday\n\
                王芳,K1,vip,mobile:+1 (415) 555-0100,1990-01-31\n\
@@ -729,7 +729,7 @@ on_both!(
     customers_update_and_replace_phones,
     |store: Store| async move {
         use screenpop::store::customers::CustomerPatch;
-        let us = region("US").unwrap();
+        let us = screenpop::phone::NumberPlan::from(region("US").unwrap());
         let c = store
             .create_customer(
                 &customer("Old Name", Tier::Regular, &["+14155550111"]),

@@ -36,8 +36,9 @@ pub(crate) struct CallEnv {
     pub ended: mpsc::UnboundedSender<CallEnded>,
     /// Customers and contact logs.
     pub store: Store,
-    /// Region for reading national caller numbers (the profile's `default_region`).
-    pub region: phonenumber::country::Id,
+    /// How caller numbers without their country or area code are read (the profile's
+    /// `default_region` and `area_code`).
+    pub plan: crate::phone::NumberPlan,
     /// Events for the desktops.
     pub bus: Arc<dyn EventBus>,
     /// Queues and agents: calls without a fixed agent target are routed here.

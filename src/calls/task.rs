@@ -248,7 +248,7 @@ async fn lookup(env: &CallEnv, caller: &CallerId, mut offered: OfferedCall) -> C
     let found = crate::crm::caller::match_or_create(
         store,
         caller,
-        env.region,
+        env.plan,
         env.profile.create_customers_from_calls,
     )
     .await;

@@ -5,9 +5,7 @@
 
 use tracing::{info, warn};
 
-use phonenumber::country::Id as Region;
-
-use crate::phone::normalize;
+use crate::phone::{normalize, NumberPlan};
 use crate::sip::caller_id::CallerId;
 use crate::store::customers::{CallerMatch, CreatedVia, NewCustomer, NewPhone, Tier};
 use crate::store::Store;
@@ -28,14 +26,14 @@ pub struct Caller {
 pub async fn match_or_create(
     store: &Store,
     caller: &CallerId,
-    region: Region,
+    plan: NumberPlan,
     create: bool,
 ) -> Caller {
     let normalized = caller
         .number
         .as_deref()
         .filter(|_| !caller.withheld)
-        .and_then(|n| normalize(n, region).ok());
+        .and_then(|n| normalize(n, plan).ok());
     let Some(n) = normalized else {
         return Caller::default();
     };
@@ -71,7 +69,7 @@ pub async fn match_or_create(
         opt_out_sms: false,
         opt_out_voice: false,
     };
-    match store.create_customer(&new, CreatedVia::Call, region).await {
+    match store.create_customer(&new, CreatedVia::Call, plan).await {
         Ok(c) => {
             info!(customer = c.id, "new customer from an unknown caller");
             out.matched = CallerMatch {

@@ -11,8 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use phonenumber::country::Id;
-
+use crate::phone::NumberPlan;
 use crate::store::customers::{
     insert_customer, validate_customer, CreatedVia, NewCustomer, NewPhone, Tier,
 };
@@ -42,7 +41,12 @@ fn reject(line: u64, field: Option<&str>, reason: impl Into<String>) -> Rejected
 }
 
 /// Reads, checks and (when every row is good) imports customers.
-pub async fn import(store: &Store, data: &[u8], region: Id) -> Result<Report, StoreError> {
+pub async fn import(
+    store: &Store,
+    data: &[u8],
+    plan: impl Into<NumberPlan>,
+) -> Result<Report, StoreError> {
+    let plan = plan.into();
     let data = data.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(data);
     let mut report = Report::default();
     let mut rdr = csv::ReaderBuilder::new()
@@ -101,7 +105,7 @@ pub async fn import(store: &Store, data: &[u8], region: Id) -> Result<Report, St
                         continue;
                     }
                 }
-                if let Err(e) = validate_customer(&c, region) {
+                if let Err(e) = validate_customer(&c, plan) {
                     let (field, why) = match e {
                         StoreError::Invalid { field, why } => (Some(field), why),
                         other => (None, other.to_string()),
@@ -131,7 +135,7 @@ pub async fn import(store: &Store, data: &[u8], region: Id) -> Result<Report, St
     }
     let mut tx = store.pool().begin().await?;
     for (line, c) in &rows {
-        if let Err(e) = insert_customer(&mut tx, c, CreatedVia::Import, region).await {
+        if let Err(e) = insert_customer(&mut tx, c, CreatedVia::Import, plan).await {
             tx.rollback().await?;
             let (field, why) = match e {
                 StoreError::Invalid { field, why } => (Some(field), why),

@@ -42,7 +42,7 @@ pub(crate) fn extract(req: &Request, headers: &[String]) -> CallerId {
                 .flatten()
                 .is_some_and(|p| p.eq_ignore_ascii_case("full") || p.eq_ignore_ascii_case("uri"));
         let user = match na.uri.scheme.as_str() {
-            "tel" => Some(na.uri.opaque.split(';').next().unwrap_or("").to_string()),
+            "tel" => Some(na.uri.opaque.clone()),
             _ => na.uri.user_unescaped(),
         };
         let anonymous = user
@@ -73,13 +73,26 @@ pub(crate) fn extract(req: &Request, headers: &[String]) -> CallerId {
     }
 }
 
-/// Keeps a user part that is a phone number: digits with visual separators and an optional `+`.
+/// Keeps a user part (or a tel: URI's number) that is a phone number: digits with visual
+/// separators and an optional `+`. A local number whose `phone-context` is a global number
+/// prefix (RFC 3966 §5.1.5, `62345678;phone-context=+86-10`) becomes that global number.
 fn number_of(user: &str) -> Option<String> {
-    let user = user.split(';').next().unwrap_or(user);
+    let mut parts = user.split(';');
+    let local = parts.next().unwrap_or(user);
+    let context = parts
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("phone-context"))
+        .map(|(_, v)| v.trim())
+        .filter(|v| v.starts_with('+'));
     let mut out = String::with_capacity(user.len());
+    if let (Some(prefix), false) = (context, local.starts_with('+')) {
+        out.push('+');
+        out.extend(prefix.chars().filter(char::is_ascii_digit));
+    }
+    let user = local;
     for (i, c) in user.chars().enumerate() {
         match c {
-            '+' if i == 0 => out.push('+'),
+            '+' if i == 0 && out.is_empty() => out.push('+'),
             '0'..='9' => out.push(c),
             '-' | '.' | '(' | ')' | ' ' => {}
             _ => return None,
@@ -134,5 +147,25 @@ mod tests {
             &prefs(),
         );
         assert_eq!(c.number.as_deref(), Some("+442071234567"));
+    }
+
+    #[test]
+    fn phone_context_places_a_local_number() {
+        for (header, want) in [
+            ("<tel:62345678;phone-context=+86-10>", "+861062345678"),
+            (
+                "<sip:6234-5678;phone-context=+8610@gw;user=phone>",
+                "+861062345678",
+            ),
+            // A domain context names no number prefix: the digits as they are.
+            ("<tel:62345678;phone-context=pbx.example.com>", "62345678"),
+            ("<tel:+86-10-6234-5678;phone-context=+1>", "+861062345678"),
+        ] {
+            let c = extract(
+                &req(&format!("P-Asserted-Identity: {header}\r\n")),
+                &prefs(),
+            );
+            assert_eq!(c.number.as_deref(), Some(want), "{header}");
+        }
     }
 }

@@ -107,7 +107,7 @@ pub(crate) enum DigestError {
 
 /// Digest algorithm (RFC 7616 §3.3 `algorithm`, RFC 8760 for SIP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum Algorithm {
+pub enum Algorithm {
     Md5,
     /// HA1 is re-hashed with the nonce and cnonce (RFC 7616 §3.4.2).
     Md5Sess,
@@ -180,6 +180,18 @@ impl Algorithm {
 impl fmt::Display for Algorithm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Profiles name algorithms by their header token (`"MD5"`, `"SHA-256"`, …).
+impl<'de> serde::Deserialize<'de> for Algorithm {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let token = String::deserialize(d)?;
+        Algorithm::from_token(&token).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown digest algorithm {token:?} (MD5, SHA-256, MD5-sess, SHA-256-sess)"
+            ))
+        })
     }
 }
 
@@ -326,9 +338,11 @@ impl NonceKey {
 }
 
 /// Builds the `WWW-Authenticate` (or `Proxy-Authenticate`) values for a
-/// 401/407: one per algorithm, SHA-256 ones first (RFC 8760 §2.4), all with
-/// `qop="auth"` and the same fresh nonce. An empty `algorithms` means
-/// SHA-256 and MD5. Set `stale` when [`verify`] said [`Verdict::Stale`].
+/// 401/407: one per algorithm in the order given (a profile's
+/// `digest_algorithms`; RFC 8760 §2.4 puts SHA-256 first, but a phone that
+/// gives up on the first challenge it cannot answer needs MD5 alone), all
+/// with `qop="auth"` and the same fresh nonce. An empty `algorithms` means
+/// MD5. Set `stale` when [`verify`] said [`Verdict::Stale`].
 pub fn challenge(
     realm: &str,
     algorithms: &[Algorithm],
@@ -339,7 +353,7 @@ pub fn challenge(
 ) -> Vec<String> {
     let mut algs: Vec<Algorithm> = Vec::new();
     let wanted = if algorithms.is_empty() {
-        &[Algorithm::Sha256, Algorithm::Md5][..]
+        &[Algorithm::Md5][..]
     } else {
         algorithms
     };
@@ -348,7 +362,6 @@ pub fn challenge(
             algs.push(a);
         }
     }
-    algs.sort_by_key(|a| std::cmp::Reverse(a.strength()));
     let nonce = key.nonce(now_secs, source);
     algs.into_iter()
         .map(|a| {
@@ -1094,7 +1107,8 @@ mod tests {
 
     fn signed_in(password: &str, at: u64, source: IpAddr) -> Credentials {
         let realm = "pbx.example.com";
-        let values = challenge(realm, &[], &key(), at, source, false);
+        let offered = [Algorithm::Md5, Algorithm::Sha256];
+        let values = challenge(realm, &offered, &key(), at, source, false);
         let ch = best_challenge(values.iter().map(String::as_str)).expect("usable");
         let v = respond(
             &ch,
@@ -1114,7 +1128,11 @@ mod tests {
         let realm = "pbx.example.com";
         let secret = Secret::Password("pw".to_owned());
         let creds = signed_in("pw", NOW, PHONE);
-        assert_eq!(creds.algorithm, Algorithm::Sha256, "SHA-256 chosen first");
+        assert_eq!(
+            creds.algorithm,
+            Algorithm::Sha256,
+            "the client answers the strongest, whatever the order offered"
+        );
         let check = |c: &Credentials, now: u64, src: IpAddr| {
             verify(c, "INVITE", &secret, realm, &key(), now, src)
         };
@@ -1225,11 +1243,11 @@ mod tests {
             v[0]
         );
         assert!(
-            v[0].contains("algorithm=SHA-256, qop=\"auth\", stale=true"),
-            "{}",
+            v[0].contains("algorithm=MD5, qop=\"auth\", stale=true"),
+            "offered in the order given: {}",
             v[0]
         );
-        assert!(v[1].contains("algorithm=MD5,"), "{}", v[1]);
+        assert!(v[1].contains("algorithm=SHA-256,"), "{}", v[1]);
         let ch = parse_challenge(&v[0]).expect("parses");
         assert_eq!(ch.realm, "a \"b\"");
         assert!(ch.stale);

@@ -29,6 +29,8 @@ pub struct Binding {
 
 pub struct Registrar {
     realm: String,
+    /// Offered in the 401 in this order, and the only ones accepted.
+    algorithms: Vec<Algorithm>,
     key: NonceKey,
     users: HashMap<String, Secret>,
     bindings: HashMap<String, Vec<Binding>>,
@@ -49,6 +51,7 @@ impl Registrar {
             .collect();
         Registrar {
             realm: realm.to_string(),
+            algorithms: vec![Algorithm::Md5],
             key: NonceKey::generate(),
             users,
             bindings: HashMap::new(),
@@ -96,11 +99,20 @@ impl Registrar {
         gone
     }
 
+    /// The digest algorithms to offer, in order (a profile's `digest_algorithms`; MD5 alone
+    /// until this is called). An empty list keeps MD5.
+    pub fn with_algorithms(mut self, algorithms: &[Algorithm]) -> Self {
+        if !algorithms.is_empty() {
+            self.algorithms = algorithms.to_vec();
+        }
+        self
+    }
+
     fn challenge(&self, req: &Request, now_secs: u64, ip: IpAddr, stale: bool) -> Response {
         let mut resp = req.response(401, Some(&tag_for(req)));
         for v in digest::challenge(
             &self.realm,
-            &[Algorithm::Sha256, Algorithm::Md5],
+            &self.algorithms,
             &self.key,
             now_secs,
             ip,
@@ -127,6 +139,11 @@ impl Registrar {
         let Some(creds) = creds else {
             return self.challenge(req, now_secs, ip, false);
         };
+        if !self.algorithms.contains(&creds.algorithm) {
+            // Answered with an algorithm this registrar does not offer: a profile that turned
+            // MD5 off means it.
+            return self.challenge(req, now_secs, ip, false);
+        }
         let verdict = match self.users.get(&creds.username) {
             Some(secret) => digest::verify(
                 &creds,
@@ -309,8 +326,39 @@ mod tests {
     }
 
     #[test]
-    fn register_with_md5_and_sha256() {
+    fn md5_alone_is_offered_by_default() {
         let mut reg = Registrar::new("screenpop", [("1001".to_string(), "pw".to_string())]);
+        let ch = reg.handle(Instant::now(), 1000, &register("1001", "", 1), peer());
+        let offered: Vec<_> = ch
+            .headers
+            .get_all(&HeaderName::WwwAuthenticate)
+            .map(|v| digest::parse_challenge(v).unwrap().algorithm)
+            .collect();
+        assert_eq!(offered, [Algorithm::Md5]);
+    }
+
+    #[test]
+    fn an_algorithm_not_offered_is_refused() {
+        let users = [("1001".to_string(), "pw".to_string())];
+        let mut reg = Registrar::new("screenpop", users).with_algorithms(&[Algorithm::Sha256]);
+        let now = Instant::now();
+        let ch = reg.handle(now, 1000, &register("1001", "", 1), peer());
+        let offered = ch.headers.get(&HeaderName::WwwAuthenticate).unwrap();
+        let mut md5 = digest::parse_challenge(offered).unwrap();
+        assert_eq!(md5.algorithm, Algorithm::Sha256);
+        // The right password, hashed with the algorithm this registrar turned off.
+        md5.algorithm = Algorithm::Md5;
+        let auth = digest::respond(&md5, "1001", "pw", "REGISTER", "sip:screenpop", "abc", 1);
+        let r = register("1001", &format!("Authorization: {}\r\n", auth.unwrap()), 2);
+        assert_eq!(reg.handle(now, 1001, &r, peer()).status, 401);
+        assert!(reg.contacts("1001", now).is_empty());
+    }
+
+    #[test]
+    fn register_with_md5_and_sha256() {
+        let users = [("1001".to_string(), "pw".to_string())];
+        let mut reg = Registrar::new("screenpop", users)
+            .with_algorithms(&[Algorithm::Sha256, Algorithm::Md5]);
         for (alg, cseq) in [(Algorithm::Md5, 1), (Algorithm::Sha256, 10)] {
             let ok = authorize(&mut reg, "1001", "pw", alg, "", cseq);
             assert_eq!(ok.status, 200, "{alg:?}");

@@ -2,12 +2,11 @@
 //! national significant number (which ignores trunk and international prefixes). Numbers are
 //! normalized when stored, never at lookup time.
 
-use phonenumber::country::Id;
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{now_ms, Store, StoreError};
-use crate::phone::{normalize, NormalizedPhone};
+use crate::phone::{normalize, NormalizedPhone, NumberPlan};
 
 /// Customer tier; VIP callers go first in queues.
 #[derive(
@@ -215,10 +214,10 @@ impl Store {
         &self,
         c: &NewCustomer,
         via: CreatedVia,
-        region: Id,
+        plan: impl Into<NumberPlan>,
     ) -> Result<Customer, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let id = insert_customer(&mut tx, c, via, region).await?;
+        let id = insert_customer(&mut tx, c, via, plan.into()).await?;
         tx.commit().await?;
         self.customer(id)
             .await?
@@ -398,9 +397,9 @@ pub(crate) async fn insert_customer(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     c: &NewCustomer,
     via: CreatedVia,
-    region: Id,
+    plan: NumberPlan,
 ) -> Result<i64, StoreError> {
-    let phones = validate_customer(c, region)?;
+    let phones = validate_customer(c, plan)?;
     let now = now_ms();
     // A unique placeholder code until the id is known.
     let temp_code = format!("tmp-{:016x}", rand::random::<u64>());
@@ -475,7 +474,7 @@ fn no_such_agent() -> StoreError {
 /// Checks a new customer without touching the database; returns its phones normalized.
 pub(crate) fn validate_customer(
     c: &NewCustomer,
-    region: Id,
+    plan: NumberPlan,
 ) -> Result<Vec<(&NewPhone, NormalizedPhone)>, StoreError> {
     if c.name.trim().is_empty() {
         return Err(StoreError::Invalid {
@@ -487,7 +486,7 @@ pub(crate) fn validate_customer(
     check_date("anniversary", &c.anniversary)?;
     let mut phones = Vec::with_capacity(c.phones.len());
     for (i, p) in c.phones.iter().enumerate() {
-        let n = normalize(&p.number, region).map_err(|e| StoreError::Invalid {
+        let n = normalize(&p.number, plan).map_err(|e| StoreError::Invalid {
             field: "phones",
             why: format!("phones[{i}]: {e}"),
         })?;
@@ -546,8 +545,9 @@ impl Store {
         &self,
         id: i64,
         p: &CustomerPatch,
-        region: Id,
+        plan: impl Into<NumberPlan>,
     ) -> Result<Customer, StoreError> {
+        let plan = plan.into();
         let mut cur = self
             .customer(id)
             .await?
@@ -592,7 +592,7 @@ impl Store {
             opt_out_sms: false,
             opt_out_voice: false,
         };
-        let phones = validate_customer(&check, region)?;
+        let phones = validate_customer(&check, plan)?;
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE customers SET name = $1, company = $2, tier = $3, birthday = $4, \

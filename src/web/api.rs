@@ -570,7 +570,7 @@ async fn list_customers(
     let limit = limit_of(q.limit)?;
     let phone = match q.phone.as_deref().filter(|p| !p.trim().is_empty()) {
         Some(p) => {
-            Some(normalize(p, s.region).map_err(|e| ApiError::invalid("phone", e.to_string()))?)
+            Some(normalize(p, s.plan).map_err(|e| ApiError::invalid("phone", e.to_string()))?)
         }
         None => None,
     };
@@ -606,10 +606,7 @@ async fn create_customer(
     me: Principal,
     ApiJson(c): ApiJson<NewCustomer>,
 ) -> Result<(StatusCode, Json<Customer>), ApiError> {
-    let created = s
-        .store
-        .create_customer(&c, CreatedVia::Api, s.region)
-        .await?;
+    let created = s.store.create_customer(&c, CreatedVia::Api, s.plan).await?;
     let _ = s
         .store
         .audit(
@@ -632,7 +629,7 @@ async fn update_customer(
     Path(id): Path<i64>,
     ApiJson(p): ApiJson<CustomerPatch>,
 ) -> Result<Json<Customer>, ApiError> {
-    let c = s.store.update_customer(id, &p, s.region).await?;
+    let c = s.store.update_customer(id, &p, s.plan).await?;
     let _ = s
         .store
         .audit(
@@ -662,7 +659,7 @@ async fn import_customers(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     me.require(Role::Supervisor)?;
-    let report = crate::crm::csv::import(&s.store, &body, s.region).await?;
+    let report = crate::crm::csv::import(&s.store, &body, s.plan).await?;
     let status = if report.rejected.is_empty() {
         StatusCode::OK
     } else {
@@ -776,7 +773,7 @@ async fn list_calls(
         .number
         .as_deref()
         .filter(|n| !n.trim().is_empty())
-        .map(|n| match normalize(n, s.region) {
+        .map(|n| match normalize(n, s.plan) {
             Ok(p) => p.e164.unwrap_or_else(|| n.to_string()),
             Err(_) => n.to_string(),
         });

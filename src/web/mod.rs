@@ -30,8 +30,8 @@ pub(crate) struct AppState {
     pub acd: AcdHandle,
     /// Accounts, changed together with the registrar and the ACD.
     pub agents: Arc<crate::agents::Agents>,
-    /// Region for reading phone numbers typed without a country code.
-    pub region: phonenumber::country::Id,
+    /// How numbers typed without their country or area code are read.
+    pub plan: crate::phone::NumberPlan,
     /// Failed logins per address and per username.
     pub logins: Arc<limits::LoginGuard>,
     /// The wallboard's live view, kept from the events.
@@ -49,7 +49,7 @@ impl AppState {
         acd: AcdHandle,
         registrar: Arc<std::sync::Mutex<crate::sip::registrar::Registrar>>,
         realm: String,
-        region: phonenumber::country::Id,
+        plan: crate::phone::NumberPlan,
     ) -> AppState {
         AppState {
             agents: Arc::new(crate::agents::Agents::new(
@@ -63,7 +63,7 @@ impl AppState {
             board: stats::follow(bus.clone()),
             bus,
             acd,
-            region,
+            plan,
             logins: Arc::new(limits::LoginGuard::new(limits::LoginLimits::default())),
             plays: Arc::default(),
         }

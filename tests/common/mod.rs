@@ -370,12 +370,18 @@ impl Env {
     }
 
     pub fn write_profile(&self) {
+        self.write_profile_with("");
+    }
+
+    /// The test profile with `top` (keys of the profile's top level) added.
+    pub fn write_profile_with(&self, top: &str) {
         let text = format!(
             r#"name = "test"
 realm = "screenpop"
 default_region = "US"
 codecs = ["PCMU", "PCMA"]
 ring_timeout_secs = {ring}
+{top}
 
 [trust]
 cidrs = ["127.0.0.0/8", "::1/128"]
@@ -1538,7 +1544,7 @@ pub fn parse_challenges(response: &str) -> Vec<Challenge> {
         .collect()
 }
 
-/// The result of [`register_sha256`].
+/// The result of [`register_digest`].
 #[derive(Clone, Debug)]
 pub struct RegisterExchange {
     /// The first response (the challenge) and the one to the authenticated REGISTER.
@@ -1547,17 +1553,18 @@ pub struct RegisterExchange {
     pub contact: String,
 }
 
-/// REGISTERs `user` to the server from a raw UDP socket, answering the
-/// SHA-256 challenge (RFC 8760, qop=auth) with `password`.
-pub fn register_sha256(env: &Env, user: &str, password: &str) -> RegisterExchange {
+/// REGISTERs `user` to the server from a raw UDP socket, answering the challenge for
+/// `algorithm` ("MD5" or "SHA-256" (RFC 8760), qop=auth) with `password`; no answer when the
+/// 401 does not offer it.
+pub fn register_digest(env: &Env, user: &str, password: &str, algorithm: &str) -> RegisterExchange {
     let to = env.server_addr();
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let me = sock.local_addr().unwrap();
-    let call_id = format!("reg-sha256-{}-{}@127.0.0.1", std::process::id(), me.port());
+    let call_id = format!("reg-digest-{}-{}@127.0.0.1", std::process::id(), me.port());
     let contact = format!("sip:{user}@{me}");
     let uri = format!("sip:{to}");
     // A branch is a token (RFC 3261 §25.1): no '@', so not the Call-ID.
-    let branch = format!("reg-sha256-{}-{}", std::process::id(), me.port());
+    let branch = format!("reg-digest-{}-{}", std::process::id(), me.port());
     let request = |cseq: u32, auth: Option<String>| {
         format!(
             "REGISTER {uri} SIP/2.0\r\n\
@@ -1588,7 +1595,7 @@ pub fn register_sha256(env: &Env, user: &str, password: &str) -> RegisterExchang
     );
     let Some(c) = parse_challenges(&challenge)
         .into_iter()
-        .find(|c| c.algorithm.eq_ignore_ascii_case("SHA-256"))
+        .find(|c| c.algorithm.eq_ignore_ascii_case(algorithm))
     else {
         return RegisterExchange {
             challenge,
@@ -1596,7 +1603,14 @@ pub fn register_sha256(env: &Env, user: &str, password: &str) -> RegisterExchang
             contact,
         };
     };
-    let h = |s: String| sha256_hex(s.as_bytes());
+    let h = |s: String| {
+        if algorithm.eq_ignore_ascii_case("MD5") {
+            use md5::Digest;
+            hex::encode(md5::Md5::digest(s.as_bytes()))
+        } else {
+            sha256_hex(s.as_bytes())
+        }
+    };
     let ha1 = h(format!("{user}:{}:{password}", c.realm));
     let ha2 = h(format!("REGISTER:{uri}"));
     let cnonce = format!(
@@ -1604,8 +1618,8 @@ pub fn register_sha256(env: &Env, user: &str, password: &str) -> RegisterExchang
         std::process::id() as u64 * 0x9e37_79b9 + me.port() as u64
     );
     let mut auth = format!(
-        "Digest username=\"{user}\", realm=\"{}\", nonce=\"{}\", uri=\"{uri}\", algorithm=SHA-256",
-        c.realm, c.nonce
+        "Digest username=\"{user}\", realm=\"{}\", nonce=\"{}\", uri=\"{uri}\", algorithm={}",
+        c.realm, c.nonce, c.algorithm
     );
     let response = if c
         .qop
