@@ -445,7 +445,9 @@ impl Call {
             agent_media: LegMedia {
                 local: agent_local,
                 pending_offer: None,
-                dtmf_pt: negotiated.dtmf_pt.map(|_| 101),
+                // Always offered: screenpop terminates the agent's media, so a key pressed on
+                // the phone is kept with the call even when the trunk takes no events.
+                dtmf_pt: Some(101),
                 last_sdp: None,
             },
             servers: vec![Server {

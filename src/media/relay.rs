@@ -360,12 +360,17 @@ impl Relay {
         }
         let other = self.legs[1 - i].remote;
         let dest = self.legs[1 - i].latched.or(other.and_then(|r| r.rtp));
-        // Rewrite an event's payload type when the two legs numbered it differently.
-        if let (Some(m), Some(t)) = (mine.and_then(|r| r.dtmf_pt), other.and_then(|r| r.dtmf_pt)) {
-            if pt == m && m != t {
-                if let Some(b) = pkt.get_mut(1) {
-                    *b = (*b & 0x80) | (t & 0x7f);
+        // Rewrite an event's payload type when the two legs numbered it differently; keep it
+        // from a leg that did not negotiate events (the digit is in the record already).
+        if let Some(m) = mine.and_then(|r| r.dtmf_pt).filter(|m| pt == *m) {
+            match other.and_then(|r| r.dtmf_pt) {
+                Some(t) if t != m => {
+                    if let Some(b) = pkt.get_mut(1) {
+                        *b = (*b & 0x80) | (t & 0x7f);
+                    }
                 }
+                Some(_) => {}
+                None => return None,
             }
         }
         if dest.is_none() {
@@ -764,6 +769,32 @@ mod tests {
         assert_eq!(r.digits.len(), 1);
         assert_eq!(r.digits[0].digit, '5');
         assert_eq!(r.digits[0].leg, LegId::Caller);
+    }
+
+    /// The trunk took no telephone-event but the phone did: the agent's key presses are kept
+    /// with the call and not sent to the caller as a payload type it never agreed to.
+    #[test]
+    fn events_from_the_agent_are_kept_but_not_sent_to_a_caller_without_them() {
+        let mut r = new_relay();
+        r.legs[0].remote = Some(remote("10.0.0.1:4000", None));
+        r.legs[1].remote = Some(remote("10.0.0.2:5000", Some(101)));
+        let now = Instant::now();
+        for (k, end) in [(0u16, false), (1, true)] {
+            let ev = TelephoneEvent {
+                event: 5,
+                end,
+                volume: 10,
+                duration: 160 * (k + 1),
+            };
+            let mut p = rtp(101, k, 8000, 2, &ev.to_bytes().unwrap());
+            let dest = r.on_rtp(now, LegId::Agent, addr("10.0.0.2:5000"), &mut p);
+            assert_eq!(dest, None, "not forwarded");
+        }
+        let mut audio = rtp(0, 2, 8160, 2, &[0xff; 160]);
+        let dest = r.on_rtp(now, LegId::Agent, addr("10.0.0.2:5000"), &mut audio);
+        assert_eq!(dest, Some(addr("10.0.0.1:4000")), "audio still flows");
+        assert_eq!(r.digits.len(), 1);
+        assert_eq!((r.digits[0].leg, r.digits[0].digit), (LegId::Agent, '5'));
     }
 
     /// A press whose end packets were all lost is still reported: closed by the audio clock a

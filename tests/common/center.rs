@@ -55,6 +55,29 @@ impl Center {
         )
     }
 
+    /// An agent whose phone registers with screenpop as `username` with `sip_password`;
+    /// returns the agent's own API login.
+    pub fn agent_with_phone(&self, username: &str, sip_password: &str, queues: &[i64]) -> Api {
+        self.admin.ok(
+            "POST",
+            "/api/agents",
+            Some(json!({
+                "username": username,
+                "password": format!("{username}-password"),
+                "display_name": username.to_uppercase(),
+                "role": "agent",
+                "sip_username": username,
+                "sip_password": sip_password,
+                "queues": queues,
+            })),
+        );
+        Api::login(
+            &self.env.http_base(),
+            username,
+            &format!("{username}-password"),
+        )
+    }
+
     pub fn desktop(&self, api: &Api, name: &str) -> Desktop {
         Desktop::connect(&self.env.http_base(), &api.token, name)
     }

@@ -27,6 +27,7 @@
 pub mod center;
 pub mod desk;
 pub mod raw;
+pub mod softphone;
 
 use std::collections::HashSet;
 use std::fmt::Write as _;

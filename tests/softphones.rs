@@ -1,0 +1,259 @@
+//! Real phones as agents' phones: Debian's baresip registers with screenpop by digest, rings
+//! when the ACD offers it a call, answers, is recorded on its own channel and hears the caller;
+//! its hold button and its keypad reach the call; `screenpop dial` calls it and it hears the
+//! file played. A SIPp trunk is the caller (600 Hz); the phone's microphone is a 1500 Hz WAV.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::center::center;
+use common::softphone::{softphones_or_skip, write_tone_wav, Baresip};
+use common::{analyse_channel, read_wav, server_binary, Ports, AGENT_HZ, CALLER_HZ};
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(15);
+const RECORDING_TIMEOUT: Duration = Duration::from_secs(10);
+const PHONE_SECRET: &str = "phone-secret-1";
+
+fn is(kind: &'static str) -> impl Fn(&Value) -> bool {
+    move |v| v["type"] == kind
+}
+
+fn state_of(agent: i64, state: &'static str) -> impl Fn(&Value) -> bool {
+    move |v| v["type"] == "agent.state" && v["agent_id"] == agent && v["state"] == state
+}
+
+fn for_call(kind: &'static str, call: Value) -> impl Fn(&Value) -> bool {
+    move |v| v["type"] == kind && v["call_id"] == call
+}
+
+/// The phone's microphone: a long 1500 Hz tone (baresip hangs up when its source ends).
+fn phone_mic(dir: &Path) -> std::path::PathBuf {
+    let mic = dir.join("phone_1500hz.wav");
+    write_tone_wav(&mic, AGENT_HZ, 120.0);
+    mic
+}
+
+/// The fraction of 20 ms frames of `wav`'s first channel carrying the caller's tone, and the
+/// analysis for messages.
+fn caller_tone_heard(wav: &Path) -> (f64, String) {
+    let rec = read_wav(wav).unwrap_or_else(|e| panic!("{e}"));
+    let a = analyse_channel(&rec.left);
+    (a.caller_fraction(), a.summary())
+}
+
+#[test]
+fn baresip_registers_rings_answers_is_recorded_and_hears_the_caller() {
+    let Some(c) = center("baresip_acd") else {
+        return;
+    };
+    if !softphones_or_skip("baresip_acd") {
+        return;
+    }
+    let q = c.queue(json!({"name": "support", "dialed_numbers": [common::DIALED], "wrap_up_secs": 1, "is_default": true}));
+    let alice = c.agent_with_phone("alice", PHONE_SECRET, &[q]);
+    let mut desk = c.desktop(&alice, "alice");
+    desk.set_state("available");
+    desk.wait_for(state_of(alice.agent_id, "available"), T);
+
+    let ports = Ports::allocate();
+    let phone = Baresip::start(
+        &c.env,
+        "alice-baresip",
+        &ports,
+        &phone_mic(&c.env.dir),
+        Some(("alice", PHONE_SECRET)),
+    );
+    phone.wait_registered(T);
+
+    let mut trunk = c.env.trunk("uac_call.xml", &["-d", "4000"]);
+    let offered = desk.wait_for(is("call.offered"), T);
+    let call = offered["call_id"].clone();
+    assert_eq!(offered["agent_id"], alice.agent_id, "{offered}");
+    desk.wait_for(for_call("call.answered", call.clone()), T);
+    trunk.expect_success(Duration::from_secs(20));
+    let ended = desk.wait_for(for_call("call.ended", call.clone()), T);
+    assert_eq!(ended["disposition"], "answered", "{ended}");
+
+    // The recording: the caller left, the phone right, each checked by content.
+    let recs = c.env.wait_for_recordings(1, RECORDING_TIMEOUT);
+    let rec = read_wav(&recs[0].wav).unwrap_or_else(|e| panic!("{e}"));
+    let (left, right) = (analyse_channel(&rec.left), analyse_channel(&rec.right));
+    let picture = format!(
+        "LEFT  {}\n{}\nRIGHT {}\n{}",
+        left.summary(),
+        left.timeline(),
+        right.summary(),
+        right.timeline()
+    );
+    assert!(
+        left.caller_fraction() >= 0.85 && left.caller_over_agent_db() >= 20.0,
+        "LEFT must be the caller's 600 Hz\n{picture}"
+    );
+    assert!(
+        right.agent_fraction() >= 0.85 && right.caller_over_agent_db() <= -20.0,
+        "RIGHT must be the phone's 1500 Hz\n{picture}"
+    );
+    assert!(
+        (rec.duration_secs() - 4.0).abs() < 0.5,
+        "recording {:.2} s for a 4 s call",
+        rec.duration_secs()
+    );
+
+    // The phone heard the caller.
+    let heard = common::poll(Duration::from_secs(5), || phone.heard())
+        .unwrap_or_else(|| panic!("baresip wrote no dump of what it heard:\n{}", phone.log()));
+    let (fraction, summary) = caller_tone_heard(&heard);
+    assert!(
+        fraction >= 0.75,
+        "the phone must hear the caller's 600 Hz: {summary}"
+    );
+    phone.quit();
+}
+
+/// The phone's own hold button (a re-INVITE with `a=sendonly`, then `a=sendrecv`) is mirrored
+/// to the caller, both legs stay up and the recording carries on; a key pressed on the phone
+/// (RFC 4733) is kept with the call.
+#[test]
+fn baresip_hold_resume_and_keypad_reach_the_call() {
+    let Some(c) = center("baresip_hold") else {
+        return;
+    };
+    if !softphones_or_skip("baresip_hold") {
+        return;
+    }
+    let q = c.queue(json!({"name": "support", "dialed_numbers": [common::DIALED], "wrap_up_secs": 1, "is_default": true}));
+    let bob = c.agent_with_phone("bob", PHONE_SECRET, &[q]);
+    let mut desk = c.desktop(&bob, "bob");
+    desk.set_state("available");
+    desk.wait_for(state_of(bob.agent_id, "available"), T);
+    let ports = Ports::allocate();
+    let phone = Baresip::start(
+        &c.env,
+        "bob-baresip",
+        &ports,
+        &phone_mic(&c.env.dir),
+        Some(("bob", PHONE_SECRET)),
+    );
+    phone.wait_registered(T);
+
+    // uac_call_held checks the mirrored directions and stops sending while held.
+    let mut trunk = c.env.trunk("uac_call_held.xml", &["-d", "2500"]);
+    let offered = desk.wait_for(is("call.offered"), T);
+    let call = offered["call_id"].clone();
+    desk.wait_for(for_call("call.answered", call.clone()), T);
+    let answered = Instant::now();
+    std::thread::sleep(Duration::from_millis(1500));
+    phone.command("hold", "");
+    let held = answered.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(1500));
+    phone.command("resume", "");
+    let resumed = answered.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(500));
+    phone.command("sndcode", "5");
+    trunk.expect_success(Duration::from_secs(20));
+    let ended = desk.wait_for(for_call("call.ended", call.clone()), T);
+    assert_eq!(ended["disposition"], "answered", "{ended}");
+
+    let recs = c.env.wait_for_recordings(1, RECORDING_TIMEOUT);
+    let rec = read_wav(&recs[0].wav).unwrap_or_else(|e| panic!("{e}"));
+    let (left, right) = (analyse_channel(&rec.left), analyse_channel(&rec.right));
+    let picture = format!(
+        "hold at {held:.2} s, resume at {resumed:.2} s, {:.2} s recorded\nLEFT  {}\n{}\nRIGHT {}\n{}",
+        rec.duration_secs(),
+        left.summary(),
+        left.timeline(),
+        right.summary(),
+        right.timeline()
+    );
+    let end = rec.duration_secs();
+    // One recording from answer to hang-up, hold included.
+    assert!(
+        end >= resumed + 2.0,
+        "the recording must run past the resume to the hang-up\n{picture}"
+    );
+    let (caller_before, _) = left.window(0.3, held - 0.3);
+    let (caller_after, _) = left.window(resumed + 0.6, end - 0.3);
+    let (_, phone_after) = right.window(resumed + 0.6, end - 0.3);
+    assert!(
+        caller_before >= 0.85 && caller_after >= 0.85,
+        "LEFT must have the caller before the hold ({:.0}%) and after the resume ({:.0}%)\n{picture}",
+        caller_before * 100.0,
+        caller_after * 100.0
+    );
+    assert!(
+        phone_after >= 0.85,
+        "RIGHT must have the phone after the resume ({:.0}%)\n{picture}",
+        phone_after * 100.0
+    );
+
+    // The digit pressed on the phone is kept with the call, on the agent's leg.
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(&recs[0].json).unwrap()).unwrap();
+    let digits: Vec<(String, String)> = record["dtmf"]
+        .as_array()
+        .map(|d| {
+            d.iter()
+                .map(|d| {
+                    (
+                        d["leg"].as_str().unwrap_or("").to_ascii_lowercase(),
+                        d["digit"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(digits, [("agent".to_string(), "5".to_string())], "{record}");
+    phone.quit();
+}
+
+/// `screenpop dial` calls the softphone directly and plays a file; the phone hears it, and the
+/// phone's audio comes back.
+#[test]
+fn dial_plays_a_file_to_baresip() {
+    let env = common::Env::new("baresip_dial");
+    if !softphones_or_skip("baresip_dial") {
+        return;
+    }
+    let ports = Ports::allocate();
+    let phone = Baresip::start(&env, "baresip", &ports, &phone_mic(&env.dir), None);
+    let played = env.dir.join("caller_600hz.wav");
+    write_tone_wav(&played, CALLER_HZ, 3.0);
+    let out = std::process::Command::new(server_binary())
+        .args([
+            "dial",
+            "--to",
+            &format!("sip:phone@127.0.0.1:{}", phone.sip_port),
+            "--from",
+            "+15551230001",
+            "--hangup-after",
+            "3s",
+            "--play",
+        ])
+        .arg(&played)
+        .output()
+        .expect("screenpop dial");
+    let summary = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{summary}{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        phone.log()
+    );
+    let s: Value = serde_json::from_str(summary.trim()).expect("dial summary JSON");
+    assert_eq!(s["answered"], true, "{s}");
+    assert!(
+        s["rtp_received"].as_u64().is_some_and(|n| n >= 100),
+        "the phone's audio must reach dial: {s}"
+    );
+    let heard = common::poll(Duration::from_secs(5), || phone.heard())
+        .unwrap_or_else(|| panic!("baresip wrote no dump of what it heard:\n{}", phone.log()));
+    let (fraction, summary) = caller_tone_heard(&heard);
+    assert!(
+        fraction >= 0.75,
+        "the phone must hear the played file's 600 Hz: {summary}"
+    );
+    phone.quit();
+}
