@@ -1,7 +1,8 @@
-//! Real phones as agents' phones: Debian's baresip registers with screenpop by digest, rings
-//! when the ACD offers it a call, answers, is recorded on its own channel and hears the caller;
-//! its hold button and its keypad reach the call; `screenpop dial` calls it and it hears the
-//! file played. A SIPp trunk is the caller (600 Hz); the phone's microphone is a 1500 Hz WAV.
+//! Real phones as agents' phones: Debian's baresip and linphonec each register with screenpop
+//! by digest, ring when the ACD offers them a call, answer, are recorded on their own channel
+//! and hear the caller; their hold buttons and keypads reach the call; `screenpop dial` calls
+//! baresip and it hears the file played. A SIPp trunk is the caller (600 Hz); the phone's
+//! microphone is a 1500 Hz WAV.
 
 mod common;
 
@@ -9,7 +10,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::center::center;
-use common::softphone::{softphones_or_skip, write_tone_wav, Baresip};
+use common::softphone::{
+    read_heard, softphone_or_skip, write_tone_wav, Baresip, Linphone, Phone, StartPhone,
+};
 use common::{analyse_channel, read_wav, server_binary, Ports, AGENT_HZ, CALLER_HZ};
 use serde_json::{json, Value};
 
@@ -36,20 +39,26 @@ fn phone_mic(dir: &Path) -> std::path::PathBuf {
     mic
 }
 
-/// The fraction of 20 ms frames of `wav`'s first channel carrying the caller's tone, and the
+/// The fraction of 20 ms frames of what the phone heard carrying the caller's tone, and the
 /// analysis for messages.
 fn caller_tone_heard(wav: &Path) -> (f64, String) {
-    let rec = read_wav(wav).unwrap_or_else(|e| panic!("{e}"));
-    let a = analyse_channel(&rec.left);
+    let heard =
+        read_heard(wav).unwrap_or_else(|| panic!("{} is no mono 16-bit WAV", wav.display()));
+    let a = analyse_channel(&heard);
     (a.caller_fraction(), a.summary())
 }
 
-#[test]
-fn baresip_registers_rings_answers_is_recorded_and_hears_the_caller() {
-    let Some(c) = center("baresip_acd") else {
+/// The phone registers, rings when the ACD offers it a call, answers; the recording has the
+/// caller left and the phone right, and the phone heard the caller.
+fn rings_answers_is_recorded_and_hears_the_caller<P: Phone>(
+    name: &str,
+    program: &str,
+    start: StartPhone<P>,
+) {
+    let Some(c) = center(name) else {
         return;
     };
-    if !softphones_or_skip("baresip_acd") {
+    if !softphone_or_skip(name, program) {
         return;
     }
     let q = c.queue(json!({"name": "support", "dialed_numbers": [common::DIALED], "wrap_up_secs": 1, "is_default": true}));
@@ -59,12 +68,12 @@ fn baresip_registers_rings_answers_is_recorded_and_hears_the_caller() {
     desk.wait_for(state_of(alice.agent_id, "available"), T);
 
     let ports = Ports::allocate();
-    let phone = Baresip::start(
+    let phone = start(
         &c.env,
-        "alice-baresip",
+        "alice-phone",
         &ports,
         &phone_mic(&c.env.dir),
-        Some(("alice", PHONE_SECRET)),
+        ("alice", PHONE_SECRET),
     );
     phone.wait_registered(T);
 
@@ -104,7 +113,7 @@ fn baresip_registers_rings_answers_is_recorded_and_hears_the_caller() {
 
     // The phone heard the caller.
     let heard = common::poll(Duration::from_secs(5), || phone.heard())
-        .unwrap_or_else(|| panic!("baresip wrote no dump of what it heard:\n{}", phone.log()));
+        .unwrap_or_else(|| panic!("{program} wrote nothing of what it heard:\n{}", phone.log()));
     let (fraction, summary) = caller_tone_heard(&heard);
     assert!(
         fraction >= 0.75,
@@ -113,15 +122,32 @@ fn baresip_registers_rings_answers_is_recorded_and_hears_the_caller() {
     phone.quit();
 }
 
+#[test]
+fn baresip_registers_rings_answers_is_recorded_and_hears_the_caller() {
+    rings_answers_is_recorded_and_hears_the_caller("baresip_acd", "baresip", Baresip::registered);
+}
+
+#[test]
+fn linphone_registers_rings_answers_is_recorded_and_hears_the_caller() {
+    rings_answers_is_recorded_and_hears_the_caller(
+        "linphone_acd",
+        "linphonec",
+        Linphone::registered,
+    );
+}
+
 /// The phone's own hold button (a re-INVITE with `a=sendonly`, then `a=sendrecv`) is mirrored
 /// to the caller, both legs stay up and the recording carries on; a key pressed on the phone
 /// (RFC 4733) is kept with the call.
-#[test]
-fn baresip_hold_resume_and_keypad_reach_the_call() {
-    let Some(c) = center("baresip_hold") else {
+fn hold_resume_and_keypad_reach_the_call<P: Phone>(
+    name: &str,
+    program: &str,
+    start: StartPhone<P>,
+) {
+    let Some(c) = center(name) else {
         return;
     };
-    if !softphones_or_skip("baresip_hold") {
+    if !softphone_or_skip(name, program) {
         return;
     }
     let q = c.queue(json!({"name": "support", "dialed_numbers": [common::DIALED], "wrap_up_secs": 1, "is_default": true}));
@@ -130,12 +156,12 @@ fn baresip_hold_resume_and_keypad_reach_the_call() {
     desk.set_state("available");
     desk.wait_for(state_of(bob.agent_id, "available"), T);
     let ports = Ports::allocate();
-    let phone = Baresip::start(
+    let mut phone = start(
         &c.env,
-        "bob-baresip",
+        "bob-phone",
         &ports,
         &phone_mic(&c.env.dir),
-        Some(("bob", PHONE_SECRET)),
+        ("bob", PHONE_SECRET),
     );
     phone.wait_registered(T);
 
@@ -146,13 +172,13 @@ fn baresip_hold_resume_and_keypad_reach_the_call() {
     desk.wait_for(for_call("call.answered", call.clone()), T);
     let answered = Instant::now();
     std::thread::sleep(Duration::from_millis(1500));
-    phone.command("hold", "");
+    phone.hold();
     let held = answered.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(1500));
-    phone.command("resume", "");
+    phone.resume();
     let resumed = answered.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(500));
-    phone.command("sndcode", "5");
+    phone.press('5');
     trunk.expect_success(Duration::from_secs(20));
     let ended = desk.wait_for(for_call("call.ended", call.clone()), T);
     assert_eq!(ended["disposition"], "answered", "{ended}");
@@ -209,12 +235,22 @@ fn baresip_hold_resume_and_keypad_reach_the_call() {
     phone.quit();
 }
 
+#[test]
+fn baresip_hold_resume_and_keypad_reach_the_call() {
+    hold_resume_and_keypad_reach_the_call("baresip_hold", "baresip", Baresip::registered);
+}
+
+#[test]
+fn linphone_hold_resume_and_keypad_reach_the_call() {
+    hold_resume_and_keypad_reach_the_call("linphone_hold", "linphonec", Linphone::registered);
+}
+
 /// `screenpop dial` calls the softphone directly and plays a file; the phone hears it, and the
 /// phone's audio comes back.
 #[test]
 fn dial_plays_a_file_to_baresip() {
     let env = common::Env::new("baresip_dial");
-    if !softphones_or_skip("baresip_dial") {
+    if !softphone_or_skip("baresip_dial", "baresip") {
         return;
     }
     let ports = Ports::allocate();
