@@ -1101,7 +1101,7 @@ impl World {
             let init = CallInit {
                 id: format!("call-{}", self.seed).into(),
                 invite,
-                offer,
+                offer: Some(offer),
                 peer: udp(from),
                 received: self.now,
                 wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),

@@ -101,6 +101,28 @@ fn caller_hangs_up_and_both_sides_are_recorded() {
     );
 }
 
+/// A trunk that sends its INVITE without SDP (delayed offer): screenpop offers in its 200,
+/// takes the answer from the ACK, and the call is relayed and recorded as any other.
+#[test]
+fn delayed_offer_from_the_trunk_is_taken_and_recorded() {
+    let Some(env) = Env::with_sipp("delayed_offer") else {
+        return;
+    };
+    let server = env.start_server();
+    let mut agent = env.agent("uas_answer.xml", &[]);
+    let mut trunk = env.trunk("uac_delayed_offer.xml", &["-d", &call_ms_arg()]);
+    trunk.expect_success(SIPP_TIMEOUT);
+    agent.expect_success(Duration::from_secs(10));
+    let talk = talk_time(&trunk, CALL_MS as f64 / 1000.0);
+    assert_media_anchored(&server, &trunk, &agent);
+    let recs = env.wait_for_recordings(1, RECORDING_TIMEOUT);
+    check_call_recording(
+        &env,
+        &recs[0],
+        &CallExpect::new(talk, trunk.call_id.clone()),
+    );
+}
+
 #[test]
 fn agent_hangs_up_and_caller_gets_bye() {
     let Some(env) = Env::with_sipp("agent_hangs_up") else {

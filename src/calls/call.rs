@@ -68,8 +68,10 @@ pub struct CallInit {
     /// screenpop's own id of the call (recording names, events, the ACD).
     pub id: CallKey,
     pub invite: Request,
-    /// The INVITE's SDP offer, already parsed by [`screen`].
-    pub offer: SessionDescription,
+    /// The INVITE's SDP offer, already parsed by [`screen`]; `None` for a delayed offer (an
+    /// INVITE without SDP: our offer goes in the 2xx and the answer comes in the ACK,
+    /// RFC 3261 §13.2.1, RFC 3264 §4).
+    pub offer: Option<SessionDescription>,
     /// Where responses to the INVITE go (RFC 3261 §18.2.2).
     pub peer: Peer,
     /// When the INVITE came off the socket: the screen-pop latency starts here.
@@ -95,8 +97,9 @@ pub struct Refusal {
 }
 
 /// The checks an INVITE passes before ports are bound for it: From and To, and an SDP offer
-/// that parses (delayed offer is not taken yet).
-pub(crate) fn screen(invite: &Request) -> Result<SessionDescription, Refusal> {
+/// that parses when there is one (`None`: a delayed offer, as Cisco CUCM and many Asterisk
+/// set-ups send).
+pub(crate) fn screen(invite: &Request) -> Result<Option<SessionDescription>, Refusal> {
     if invite.from().is_none() || invite.to().is_none() {
         return Err(Refusal {
             status: 400,
@@ -104,18 +107,17 @@ pub(crate) fn screen(invite: &Request) -> Result<SessionDescription, Refusal> {
         });
     }
     if invite.body.is_empty() {
-        return Err(Refusal {
-            status: 488,
-            why: "INVITE without SDP offer",
-        });
+        return Ok(None);
     }
-    SessionDescription::parse(&invite.body).map_err(|e| {
-        debug!(error = %e, "bad SDP");
-        Refusal {
-            status: 400,
-            why: "malformed SDP",
-        }
-    })
+    SessionDescription::parse(&invite.body)
+        .map(Some)
+        .map_err(|e| {
+            debug!(error = %e, "bad SDP");
+            Refusal {
+                status: 400,
+                why: "malformed SDP",
+            }
+        })
 }
 
 /// The final response that refuses an INVITE (with `Accept` where the body was the problem).
@@ -326,6 +328,9 @@ pub struct Call {
     /// The trunk INVITE's Max-Forwards; the agent leg gets one less, so a target that
     /// points back at screenpop ends instead of looping.
     max_forwards: u32,
+    /// The INVITE came without SDP: the agent leg is offered every codec we take, its answer
+    /// picks the call's codec, and our 2xx to the caller carries the offer.
+    delayed_offer: bool,
     out: VecDeque<Output>,
 }
 
@@ -353,13 +358,16 @@ impl Call {
             session_version: 1,
             username: "screenpop".into(),
         };
-        let negotiated = sdp::answer(&init.offer, &caller_local, &cfg.codecs).map_err(|e| {
-            debug!(error = %e, "no common codec");
-            Refusal {
-                status: 488,
-                why: "no common codec",
-            }
-        })?;
+        let negotiated = match &init.offer {
+            Some(offer) => Some(sdp::answer(offer, &caller_local, &cfg.codecs).map_err(|e| {
+                debug!(error = %e, "no common codec");
+                Refusal {
+                    status: 488,
+                    why: "no common codec",
+                }
+            })?),
+            None => None,
+        };
         caller_local.session_version = 1;
         let invite = init.invite;
         let (Some(from), Some(to), Some(invite_key)) =
@@ -412,7 +420,12 @@ impl Call {
             init.peer.transport.reliable(),
             cfg.timers,
         );
-        let codec = negotiated.codec;
+        // With a delayed offer the agent's answer picks the codec; until then, our first.
+        let codec = negotiated
+            .as_ref()
+            .map(|n| n.codec)
+            .or(cfg.codecs.first().copied())
+            .unwrap_or(Codec::Pcmu);
         let mut call = Call {
             id: init.id,
             rng,
@@ -436,11 +449,15 @@ impl Call {
             trunk: init.trunk,
             agent_uri: (!acd_mode).then_some(agent.uri),
             codec,
+            delayed_offer: negotiated.is_none(),
             caller_media: LegMedia {
                 local: caller_local,
                 pending_offer: None,
-                dtmf_pt: negotiated.dtmf_pt,
-                last_sdp: Some(negotiated.answer.to_string().into_bytes()),
+                // Ours is offered in the 2xx of a delayed offer.
+                dtmf_pt: negotiated.as_ref().map_or(Some(101), |n| n.dtmf_pt),
+                last_sdp: negotiated
+                    .as_ref()
+                    .map(|n| n.answer.to_string().into_bytes()),
             },
             agent_media: LegMedia {
                 local: agent_local,
@@ -484,10 +501,12 @@ impl Call {
             out: VecDeque::new(),
             cfg,
         };
-        call.media(MediaCommand::SetRemote(
-            LegId::Caller,
-            remote_media(negotiated.remote_rtp, codec, negotiated.dtmf_pt),
-        ));
+        if let Some(n) = &negotiated {
+            call.media(MediaCommand::SetRemote(
+                LegId::Caller,
+                remote_media(n.remote_rtp, codec, n.dtmf_pt),
+            ));
+        }
         call.media(MediaCommand::SignallingIp(
             LegId::Caller,
             call.caller_leg.peer.addr.ip(),
@@ -825,9 +844,14 @@ impl Call {
             HeaderName::MaxForwards,
             self.max_forwards.saturating_sub(1).min(70).to_string(),
         );
+        let codecs = if self.delayed_offer {
+            self.cfg.codecs.clone()
+        } else {
+            vec![self.codec]
+        };
         let offer = sdp::offer(
             &self.agent_media.local,
-            &[self.codec],
+            &codecs,
             self.agent_media.dtmf_pt,
             Direction::SendRecv,
         );
@@ -963,7 +987,12 @@ impl Call {
                 let ours = self.servers[i].tx.key == self.invite_key;
                 match ev {
                     TxOutput::Request(ack) => {
-                        self.on_ack(leg, ack);
+                        let answered = self.on_ack(leg, ack);
+                        if ours && !answered {
+                            // A delayed offer's ACK must carry the answer (RFC 3264 §4).
+                            warn!("the caller's ACK has no usable answer to our offer");
+                            self.hang_up(now, None);
+                        }
                         if ours {
                             self.caller_acked = true;
                             if std::mem::take(&mut self.caller_bye_deferred) {
@@ -1294,10 +1323,13 @@ impl Call {
         self.send_client(now, reinvite, other, Purpose::ReInvite);
     }
 
-    fn on_ack(&mut self, leg: LegId, ack: Request) {
-        if !ack.body.is_empty() {
-            self.apply_answer(leg, &ack.body);
+    /// False when the ACK was to answer our offer and does not.
+    fn on_ack(&mut self, leg: LegId, ack: Request) -> bool {
+        let awaited = self.leg_media(leg).pending_offer.is_some();
+        if ack.body.is_empty() {
+            return !awaited;
         }
+        self.apply_answer(leg, &ack.body) || !awaited
     }
 
     /// Takes the peer's answer to our pending offer on `leg` into the relay. False when there
@@ -1312,6 +1344,10 @@ impl Call {
             return false;
         };
         lm.dtmf_pt = acc.dtmf_pt;
+        if leg == LegId::Agent && self.delayed_offer && self.phase == Phase::Ringing {
+            // The codec both legs will use: the caller is offered only this one.
+            self.codec = acc.codec;
+        }
         self.media(MediaCommand::SetRemote(
             leg,
             remote_media(acc.remote_rtp, acc.codec, acc.dtmf_pt),
@@ -1502,6 +1538,13 @@ impl Call {
             self.cfg.me.contact(&self.caller_leg.peer),
         );
         resp.headers.push(HeaderName::Allow, ALLOW);
+        if self.delayed_offer && self.caller_media.last_sdp.is_none() {
+            // Our offer, with the agent's codec only (the relay does not transcode).
+            let cm = &mut self.caller_media;
+            let offer = sdp::offer(&cm.local, &[self.codec], cm.dtmf_pt, Direction::SendRecv);
+            cm.last_sdp = Some(offer.to_string().into_bytes());
+            cm.pending_offer = Some(offer);
+        }
         if let Some(body) = self.caller_media.last_sdp.clone() {
             resp = resp.with_body("application/sdp", body);
         }
@@ -1805,12 +1848,21 @@ mod tests {
     }
 
     fn invite() -> Request {
-        let body = sdp("10.0.0.1", 40000);
+        invite_with(&sdp("10.0.0.1", 40000))
+    }
+
+    /// The trunk's INVITE with `body` (empty: a delayed offer).
+    fn invite_with(body: &str) -> Request {
+        let ct = if body.is_empty() {
+            ""
+        } else {
+            "Content-Type: application/sdp\r\n"
+        };
         let text = format!(
             "INVITE sip:100@10.0.0.2:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKinv1\r\n\
              Max-Forwards: 70\r\nFrom: \"Ann\" <sip:+8613800138000@10.0.0.1>;tag=t1\r\n\
              To: <sip:100@10.0.0.2>\r\nCall-ID: unit@10.0.0.1\r\nCSeq: 1 INVITE\r\n\
-             Contact: <sip:trunk@{TRUNK}>\r\nContent-Type: application/sdp\r\n\
+             Contact: <sip:trunk@{TRUNK}>\r\n{ct}\
              Content-Length: {}\r\n\r\n{body}",
             body.len()
         );
@@ -1821,22 +1873,25 @@ mod tests {
     }
 
     fn start(fixed_agent: bool) -> (Call, Instant) {
+        start_with(invite(), fixed_agent, vec![Codec::Pcmu])
+    }
+
+    fn start_with(invite: Request, fixed_agent: bool, codecs: Vec<Codec>) -> (Call, Instant) {
         let t0 = Instant::now();
-        let invite = invite();
         let cfg = Arc::new(CallConfig {
             me: LocalContact {
                 host: "10.0.0.2".into(),
                 port: 5060,
             },
             media_ip: "10.0.0.2".parse().expect("ip"),
-            codecs: vec![Codec::Pcmu],
+            codecs,
             timers: TimerConfig::default(),
             ring_timeout: Duration::from_secs(20),
             rtp_timeout: Some(Duration::from_secs(30)),
         });
         let init = CallInit {
             id: "c1".into(),
-            offer: screen(&invite).expect("offer"),
+            offer: screen(&invite).expect("screened"),
             invite,
             peer: peer(TRUNK),
             received: t0,
@@ -2050,6 +2105,90 @@ mod tests {
         assert_eq!(ok.0.addr.to_string(), TRUNK);
         let body = SessionDescription::parse(&ok.1.body).expect("our answer");
         assert!(body.to_string().contains("m=audio 30000 "), "{body}");
+    }
+
+    /// An INVITE without SDP (RFC 3261 §13.2.1): the agent is offered every codec we take,
+    /// its answer picks one, our 200 offers the caller that one, and the ACK's answer sets the
+    /// caller's media.
+    fn delayed_offer_answered() -> (Call, Instant, Response) {
+        let (mut c, t0) = start_with(invite_with(""), false, vec![Codec::Pcma, Codec::Pcmu]);
+        let (said, _) = drain(&mut c);
+        assert!(
+            !has(&said, "media SetRemote"),
+            "no caller media yet: {said:?}"
+        );
+        c.handle_lookup(t0, found());
+        c.handle_decision(t0, offer(4));
+        let (_, sent) = drain(&mut c);
+        let inv = agent_invite(&sent);
+        let to_agent = String::from_utf8_lossy(&inv.body).to_string();
+        assert!(
+            to_agent.contains("RTP/AVP 8 0 101"),
+            "the agent is offered every codec: {to_agent}"
+        );
+        // The phone takes PCMU.
+        c.handle_message(t0, answer(&inv), peer(PHONE));
+        let (said, sent) = drain(&mut c);
+        assert_eq!(
+            said.iter().filter(|s| *s == "media SetRemote").count(),
+            1,
+            "the agent's media only: {said:?}"
+        );
+        let ok = sent
+            .iter()
+            .find_map(|(_, m)| match m {
+                Message::Response(r) if r.status == 200 => Some(r.clone()),
+                _ => None,
+            })
+            .expect("200 to the caller");
+        let ours = String::from_utf8_lossy(&ok.body).to_string();
+        assert!(
+            ours.contains("m=audio 30000 RTP/AVP 0 101\r\n") && ours.contains("a=sendrecv"),
+            "our offer in the 200 has the agent's codec only: {ours}"
+        );
+        (c, t0, ok)
+    }
+
+    #[test]
+    fn a_delayed_offer_is_made_in_our_200_and_answered_in_the_ack() {
+        let (mut c, t0, ok) = delayed_offer_answered();
+        let tag = c.caller_leg.local_tag().to_string();
+        let Message::Request(mut ack) = trunk("ACK", 1, "z9hG4bKack", Some(&tag)) else {
+            unreachable!()
+        };
+        let body = sdp("10.0.0.1", 40000).into_bytes();
+        ack.headers.set(HeaderName::ContentType, "application/sdp");
+        ack.headers
+            .set(HeaderName::ContentLength, body.len().to_string());
+        ack.body = body;
+        c.handle_message(
+            t0 + Duration::from_millis(100),
+            Message::Request(ack),
+            peer(TRUNK),
+        );
+        let (said, _) = drain(&mut c);
+        assert_eq!(said, ["media SetRemote"], "the caller's media from the ACK");
+        assert_eq!(c.phase, Phase::Up);
+        // A retransmitted 200 (lost ACK) would repeat the same offer.
+        assert_eq!(c.caller_media.last_sdp.as_deref(), Some(&ok.body[..]));
+    }
+
+    #[test]
+    fn a_delayed_offer_whose_ack_has_no_answer_is_hung_up() {
+        let (mut c, t0, _) = delayed_offer_answered();
+        let tag = c.caller_leg.local_tag().to_string();
+        let t = t0 + Duration::from_millis(100);
+        c.handle_message(t, trunk("ACK", 1, "z9hG4bKack", Some(&tag)), peer(TRUNK));
+        let (said, _) = drain(&mut c);
+        assert!(
+            has(&said, "tx 10.0.0.10:5060 BYE"),
+            "the agent's leg: {said:?}"
+        );
+        assert!(
+            has(&said, "tx 10.0.0.1:5060 BYE"),
+            "the caller's leg: {said:?}"
+        );
+        assert!(!has(&said, "media SetRemote"), "{said:?}");
     }
 
     #[test]
