@@ -67,6 +67,10 @@ pub struct Profile {
     /// numbers).
     #[serde(default = "yes")]
     pub create_customers_from_calls: bool,
+    /// The smallest session interval taken from a trunk (RFC 4028 `Min-SE`, seconds): a
+    /// shorter `Session-Expires` gets 422. 90 is the RFC's floor; lower it only in tests.
+    #[serde(default = "default_min_se")]
+    pub min_se_secs: u64,
     /// SIP timer T1 in milliseconds (RFC 3261 §17.1.1.1: 500; lower it only on networks whose
     /// round trip is known to be short). Every transaction timer scales with it.
     #[serde(default = "default_t1_ms")]
@@ -178,6 +182,9 @@ fn yes() -> bool {
 }
 fn default_rtp_timeout() -> u64 {
     60
+}
+fn default_min_se() -> u64 {
+    90
 }
 fn default_t1_ms() -> u64 {
     500

@@ -49,7 +49,7 @@ pub struct ServeConfig {
 }
 
 /// Option tags screenpop implements (none yet beyond the base spec).
-const SUPPORTED: &[&str] = &[];
+const SUPPORTED: &[&str] = &["timer"];
 
 pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.recordings)?;
@@ -140,6 +140,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             ring_timeout: std::time::Duration::from_secs(profile.ring_timeout_secs),
             rtp_timeout: (profile.rtp_timeout_secs > 0)
                 .then(|| std::time::Duration::from_secs(profile.rtp_timeout_secs)),
+            min_se_secs: profile.min_se_secs,
         }),
         profile: profile.clone(),
         ports,

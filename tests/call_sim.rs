@@ -350,6 +350,7 @@ impl World {
             timers: timers(),
             ring_timeout: Duration::from_secs(8),
             rtp_timeout: Some(Duration::from_secs(30)),
+            min_se_secs: 90,
         });
         let mut acd = Acd::new();
         acd.handle(

@@ -123,6 +123,37 @@ fn delayed_offer_from_the_trunk_is_taken_and_recorded() {
     );
 }
 
+/// Session timers (RFC 4028) on short intervals (`min_se_secs = 2`): the trunk asks for 4 s
+/// with itself as refresher, refreshes once, then goes quiet; screenpop ends the call with BYE
+/// both ways and the record says why. An interval under Min-SE gets 422 with Min-SE.
+#[test]
+fn a_session_whose_refresher_goes_silent_is_ended_and_a_short_one_refused() {
+    let Some(env) = Env::with_sipp("session_timer") else {
+        return;
+    };
+    env.write_profile_with("min_se_secs = 2");
+    let _server = env.start_server();
+    let mut trunk = env.trunk("uac_session_422.xml", &[]);
+    trunk.expect_success(SIPP_TIMEOUT);
+
+    let mut agent = env.agent("uas_answer.xml", &[]);
+    let mut trunk = env.trunk("uac_session_timer.xml", &[]);
+    trunk.expect_success(SIPP_TIMEOUT);
+    agent.expect_success(Duration::from_secs(10));
+    let recs = env.wait_for_recordings(1, RECORDING_TIMEOUT);
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&recs[0].json).unwrap()).unwrap();
+    assert_eq!(record["session_expired"], true, "{record}");
+    assert_eq!(record["disposition"], "answered", "{record}");
+    assert!(record["ended_by"].is_null(), "ended by screenpop: {record}");
+    // Answered, refreshed at 1.5 s, ended 4 − 4/3 s after the refresh.
+    let secs = record["duration_ms"].as_u64().unwrap_or(0) as f64 / 1000.0;
+    assert!(
+        (3.8..5.5).contains(&secs),
+        "the call lasted {secs:.2} s: {record}"
+    );
+}
+
 #[test]
 fn agent_hangs_up_and_caller_gets_bye() {
     let Some(env) = Env::with_sipp("agent_hangs_up") else {

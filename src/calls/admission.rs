@@ -97,7 +97,7 @@ pub fn spawn(env: Arc<CallEnv>, new: NewCall) -> Option<CallHandle> {
         let tag = format!("{:016x}", rand::random::<u64>());
         server.respond(
             Instant::now(),
-            &call::refusal_response(&new.invite, refusal, &tag),
+            &call::refusal_response(&new.invite, refusal, &tag, env.call.min_se_secs),
         );
         while let Some(o) = server.poll_output() {
             if let TxOutput::Transmit(b) = o {
@@ -108,7 +108,7 @@ pub fn spawn(env: Arc<CallEnv>, new: NewCall) -> Option<CallHandle> {
         // statelessly again by the dispatcher.
         None
     };
-    let offer = match call::screen(&new.invite) {
+    let offer = match call::screen(&new.invite, env.call.min_se_secs) {
         Ok(offer) => offer,
         Err(r) => return refuse(r),
     };

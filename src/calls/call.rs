@@ -35,6 +35,9 @@ use crate::sip::headers::{HeaderName, NameAddr};
 use crate::sip::message::{Message, Method, Request, Response};
 use crate::sip::peer::{response_peer, Peer, Transport};
 use crate::sip::sdp::{self, Codec, Direction, LocalMedia, SessionDescription};
+use crate::sip::session_timer::{
+    negotiate_uas, Due, Refresher, SessionExpires, SessionTimer, UasNegotiation,
+};
 use crate::sip::transaction::{
     ClientState, ClientTransaction, ServerKey, ServerState, ServerTransaction, TimerConfig,
     TxOutput,
@@ -43,7 +46,7 @@ use crate::sip::Uri;
 use crate::time::{civil_date, epoch_ms};
 
 /// Methods screenpop accepts in a call.
-pub(crate) const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, REGISTER";
+pub(crate) const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, REGISTER";
 
 /// How long an ended call keeps absorbing retransmissions before its task goes, at most.
 const LINGER: Duration = Duration::from_secs(40);
@@ -61,6 +64,8 @@ pub struct CallConfig {
     pub ring_timeout: Duration,
     /// Hang up when a leg stops sending RTP for this long (`None`: never).
     pub rtp_timeout: Option<Duration>,
+    /// The smallest `Session-Expires` taken, in seconds (RFC 4028 `Min-SE`; 90 by default).
+    pub min_se_secs: u64,
 }
 
 /// Everything a new call starts from; the admission checks have passed.
@@ -99,11 +104,20 @@ pub struct Refusal {
 /// The checks an INVITE passes before ports are bound for it: From and To, and an SDP offer
 /// that parses when there is one (`None`: a delayed offer, as Cisco CUCM and many Asterisk
 /// set-ups send).
-pub(crate) fn screen(invite: &Request) -> Result<Option<SessionDescription>, Refusal> {
+pub(crate) fn screen(
+    invite: &Request,
+    min_se_secs: u64,
+) -> Result<Option<SessionDescription>, Refusal> {
     if invite.from().is_none() || invite.to().is_none() {
         return Err(Refusal {
             status: 400,
             why: "missing From/To",
+        });
+    }
+    if let UasNegotiation::TooSmall { .. } = negotiate_uas(invite, min_se_secs) {
+        return Err(Refusal {
+            status: 422,
+            why: "Session-Expires below Min-SE",
         });
     }
     if invite.body.is_empty() {
@@ -120,11 +134,20 @@ pub(crate) fn screen(invite: &Request) -> Result<Option<SessionDescription>, Ref
         })
 }
 
-/// The final response that refuses an INVITE (with `Accept` where the body was the problem).
-pub(crate) fn refusal_response(invite: &Request, refusal: Refusal, tag: &str) -> Response {
+/// The final response that refuses an INVITE (with `Accept` where the body was the problem,
+/// `Min-SE` where the session interval was, RFC 4028 §6).
+pub(crate) fn refusal_response(
+    invite: &Request,
+    refusal: Refusal,
+    tag: &str,
+    min_se_secs: u64,
+) -> Response {
     let mut r = invite.response(refusal.status, Some(tag));
     if refusal.status == 488 || refusal.status == 415 {
         r.headers.push(HeaderName::Accept, "application/sdp");
+    }
+    if refusal.status == 422 {
+        r.headers.push(HeaderName::MinSe, min_se_secs.to_string());
     }
     r
 }
@@ -226,6 +249,8 @@ enum Phase {
 enum Purpose {
     AgentInvite,
     ReInvite,
+    /// Our session refresh to the caller (RFC 4028 §7.4): a re-INVITE with the same SDP.
+    Refresh,
     Bye,
     Cancel,
 }
@@ -331,6 +356,14 @@ pub struct Call {
     /// The INVITE came without SDP: the agent leg is offered every codec we take, its answer
     /// picks the call's codec, and our 2xx to the caller carries the offer.
     delayed_offer: bool,
+    /// The caller's session timer terms from its INVITE, started by our 2xx, and the timer.
+    session_terms: Option<(SessionExpires, bool)>,
+    session: Option<SessionTimer>,
+    /// Ended because the caller's side stopped refreshing the session.
+    session_expired: bool,
+    /// The direction last offered to each leg (caller, agent) when mirroring the other's hold
+    /// or resume: a refresh that changes nothing is not mirrored.
+    mirrored: [Direction; 2],
     out: VecDeque<Output>,
 }
 
@@ -370,6 +403,13 @@ impl Call {
         };
         caller_local.session_version = 1;
         let invite = init.invite;
+        let session_terms = match negotiate_uas(&invite, cfg.min_se_secs) {
+            UasNegotiation::Timed {
+                expires,
+                uac_supports,
+            } => Some((expires, uac_supports)),
+            _ => None,
+        };
         let (Some(from), Some(to), Some(invite_key)) =
             (invite.from(), invite.to(), ServerKey::of(&invite))
         else {
@@ -450,6 +490,10 @@ impl Call {
             agent_uri: (!acd_mode).then_some(agent.uri),
             codec,
             delayed_offer: negotiated.is_none(),
+            session_terms,
+            session: None,
+            session_expired: false,
+            mirrored: [Direction::SendRecv; 2],
             caller_media: LegMedia {
                 local: caller_local,
                 pending_offer: None,
@@ -548,7 +592,15 @@ impl Call {
             .iter()
             .filter_map(|s| s.tx.poll_timeout())
             .chain(self.clients.iter().filter_map(|c| c.tx.poll_timeout()));
-        txs.chain(self.ring_deadline).chain(self.linger_until).min()
+        let session = self
+            .session
+            .as_ref()
+            .filter(|_| self.phase == Phase::Up)
+            .map(SessionTimer::deadline);
+        txs.chain(self.ring_deadline)
+            .chain(self.linger_until)
+            .chain(session)
+            .min()
     }
 
     /// The call is over and nothing of it is left to absorb: its task may go.
@@ -974,7 +1026,7 @@ impl Call {
                     TxOutput::Response(r) if purpose == Purpose::AgentInvite => {
                         self.on_agent_invite_response(now, attempt, r)
                     }
-                    TxOutput::Response(r) => self.on_client_response(leg, purpose, r),
+                    TxOutput::Response(r) => self.on_client_response(now, leg, purpose, r),
                     TxOutput::Timeout
                         if purpose == Purpose::AgentInvite && attempt != self.attempt => {}
                     TxOutput::Timeout => self.on_client_timeout(now, leg, purpose),
@@ -1060,7 +1112,74 @@ impl Call {
                 self.end(now, None);
             }
         }
+        if self.phase == Phase::Up {
+            match self.session.as_mut().and_then(|s| s.on_timeout(now)) {
+                Some(Due::Refresh) => self.refresh_session(now),
+                Some(Due::Expired) => {
+                    warn!("session expired: the caller's side stopped refreshing (RFC 4028)");
+                    self.session_expired = true;
+                    self.hang_up(now, None);
+                }
+                None => {}
+            }
+        }
         self.pump(now);
+    }
+
+    /// We are the refresher: a re-INVITE to the caller with the SDP it has (version bumped).
+    fn refresh_session(&mut self, now: Instant) {
+        let Some((expires, _)) = self.session_terms else {
+            return;
+        };
+        let (codec, me, dir) = (self.codec, self.cfg.me.clone(), self.mirrored_for_caller());
+        let cm = &mut self.caller_media;
+        cm.local.bump_version();
+        let offer = sdp::offer(&cm.local, &[codec], cm.dtmf_pt, dir);
+        cm.pending_offer = Some(offer.clone());
+        let mut reinvite = self.caller_leg.request(Method::Invite, &me, None);
+        reinvite
+            .headers
+            .push(HeaderName::SessionExpires, expires.value());
+        reinvite.headers.push(HeaderName::Supported, "timer");
+        reinvite
+            .headers
+            .push(HeaderName::ContentType, "application/sdp");
+        reinvite.body = offer.to_string().into_bytes();
+        info!("refreshing the session");
+        self.send_client(now, reinvite, LegId::Caller, Purpose::Refresh);
+    }
+
+    /// The direction we last offered the caller (a hold mirrored from the agent stays held).
+    fn mirrored_for_caller(&self) -> Direction {
+        self.mirrored[LegId::Caller.index()]
+    }
+
+    /// A refresh from the caller (re-INVITE or UPDATE, RFC 4028 §9): the 2xx echoes its
+    /// interval and the timer restarts.
+    fn session_refreshed(&mut self, now: Instant, leg: LegId, req: &Request, resp: &mut Response) {
+        if leg != LegId::Caller || self.session.is_none() {
+            return;
+        }
+        let terms = match negotiate_uas(req, self.cfg.min_se_secs) {
+            UasNegotiation::Timed {
+                expires,
+                uac_supports,
+            } => (expires, uac_supports),
+            // Without Session-Expires the interval stays as it was.
+            _ => match self.session_terms {
+                Some(t) => t,
+                None => return,
+            },
+        };
+        self.session_terms = Some(terms);
+        resp.headers
+            .push(HeaderName::SessionExpires, terms.0.value());
+        if terms.1 {
+            resp.headers.push(HeaderName::Require, "timer");
+        }
+        if let Some(s) = self.session.as_mut() {
+            s.refreshed(now, terms.0.secs, terms.0.refresher == Some(Refresher::Uas));
+        }
     }
 
     /// A SIP message on one of the call's Call-IDs, from `peer`.
@@ -1194,6 +1313,7 @@ impl Call {
                 self.hang_up(now, Some(leg));
             }
             Method::Invite => self.on_reinvite(now, leg, req),
+            Method::Update => self.on_update(now, leg, req),
             Method::Options | Method::Info => {
                 let mut resp = req.response(200, Some(&tag));
                 resp.headers.push(HeaderName::Allow, ALLOW);
@@ -1253,13 +1373,16 @@ impl Call {
     fn on_reinvite(&mut self, now: Instant, leg: LegId, req: Request) {
         let tag = self.dialog(leg).local_tag().to_string();
         let pending = self.clients.iter().any(|c| {
-            c.purpose == Purpose::ReInvite
+            matches!(c.purpose, Purpose::ReInvite | Purpose::Refresh)
                 && matches!(c.tx.state(), ClientState::Calling | ClientState::Proceeding)
         });
         if self.phase != Phase::Up || pending {
             // Glare or not yet established (RFC 3261 §14.2).
             let resp = req.response(491, Some(&tag));
             self.respond_last(now, resp);
+            return;
+        }
+        if self.refuse_short_session(now, leg, &req, &tag) {
             return;
         }
         if let Some(c) = req.contact() {
@@ -1276,6 +1399,7 @@ impl Call {
             let mut resp = req.response(200, Some(&tag));
             resp.headers
                 .push(HeaderName::Contact, me.contact(&self.dialog(leg).peer));
+            self.session_refreshed(now, leg, &req, &mut resp);
             let resp = resp.with_body("application/sdp", offer.to_string().into_bytes());
             self.respond_last(now, resp);
             return;
@@ -1307,10 +1431,88 @@ impl Call {
         resp.headers
             .push(HeaderName::Contact, me.contact(&self.dialog(leg).peer));
         resp.headers.push(HeaderName::Allow, ALLOW);
+        self.session_refreshed(now, leg, &req, &mut resp);
         let resp = resp.with_body("application/sdp", body);
         self.respond_last(now, resp);
-        // Mirror the hold or resume to the other leg.
+        self.mirror(now, leg, offered_dir);
+    }
+
+    /// A re-INVITE or UPDATE on `leg` whose `Session-Expires` is below our Min-SE gets 422
+    /// (RFC 4028 §9); true when it did.
+    fn refuse_short_session(&mut self, now: Instant, leg: LegId, req: &Request, tag: &str) -> bool {
+        if leg != LegId::Caller {
+            return false;
+        }
+        let UasNegotiation::TooSmall { min_se } = negotiate_uas(req, self.cfg.min_se_secs) else {
+            return false;
+        };
+        let mut resp = req.response(422, Some(tag));
+        resp.headers.push(HeaderName::MinSe, min_se.to_string());
+        self.respond_last(now, resp);
+        true
+    }
+
+    /// An UPDATE within the dialog (RFC 3311): without a body it is a session refresh; with
+    /// an offer it is answered like a re-INVITE's, and a change of direction reaches the other
+    /// leg as a re-INVITE (which every phone takes; UPDATE support varies).
+    fn on_update(&mut self, now: Instant, leg: LegId, req: Request) {
+        let tag = self.dialog(leg).local_tag().to_string();
+        if self.phase != Phase::Up && !req.body.is_empty() {
+            // An early-dialog offer: we make no early media offers, so none can cross it.
+            let resp = req.response(491, Some(&tag));
+            self.respond_last(now, resp);
+            return;
+        }
+        if self.refuse_short_session(now, leg, &req, &tag) {
+            return;
+        }
+        let mut resp = req.response(200, Some(&tag));
+        let peer = self.dialog(leg).peer;
+        resp.headers
+            .push(HeaderName::Contact, self.cfg.me.contact(&peer));
+        resp.headers.push(HeaderName::Allow, ALLOW);
+        if req.body.is_empty() {
+            self.session_refreshed(now, leg, &req, &mut resp);
+            self.respond_last(now, resp);
+            return;
+        }
+        let codec = self.codec;
+        let offer = SessionDescription::parse(&req.body);
+        let lm = self.leg_media(leg);
+        let Ok(neg) = offer.map_err(|_| ()).and_then(|o| {
+            lm.local.bump_version();
+            sdp::answer(&o, &lm.local, &[codec]).map_err(|_| ())
+        }) else {
+            let resp = req.response(488, Some(&tag));
+            self.respond_last(now, resp);
+            return;
+        };
+        lm.dtmf_pt = neg.dtmf_pt;
+        let body = neg.answer.to_string().into_bytes();
+        lm.last_sdp = Some(body.clone());
+        let offered_dir = neg.direction.reversed();
+        info!(?leg, direction = offered_dir.as_str(), "UPDATE");
+        self.on_hold = offered_dir != Direction::SendRecv;
+        self.media(MediaCommand::Watch(self.media_watch()));
+        self.media(MediaCommand::SetRemote(
+            leg,
+            remote_media(neg.remote_rtp, neg.codec, neg.dtmf_pt),
+        ));
+        self.session_refreshed(now, leg, &req, &mut resp);
+        let resp = resp.with_body("application/sdp", body);
+        self.respond_last(now, resp);
+        self.mirror(now, leg, offered_dir);
+    }
+
+    /// Offers `offered_dir` to the leg other than `leg` (a hold or resume on `leg`), unless
+    /// that is what it already has.
+    fn mirror(&mut self, now: Instant, leg: LegId, offered_dir: Direction) {
         let other = leg.other();
+        if self.mirrored[other.index()] == offered_dir {
+            return;
+        }
+        self.mirrored[other.index()] = offered_dir;
+        let (codec, me) = (self.codec, self.cfg.me.clone());
         let om = self.leg_media(other);
         om.local.bump_version();
         let o = sdp::offer(&om.local, &[codec], om.dtmf_pt, offered_dir);
@@ -1356,16 +1558,33 @@ impl Call {
     }
 
     /// Responses to our re-INVITEs, BYEs and CANCELs (agent INVITEs have their own handler).
-    fn on_client_response(&mut self, leg: LegId, purpose: Purpose, r: Response) {
-        if purpose != Purpose::ReInvite {
+    fn on_client_response(&mut self, now: Instant, leg: LegId, purpose: Purpose, r: Response) {
+        if !matches!(purpose, Purpose::ReInvite | Purpose::Refresh) {
             return;
         }
         if r.status / 100 == 2 {
             self.ack_2xx(leg, &r);
             self.apply_answer(leg, &r.body);
+            if purpose == Purpose::Refresh {
+                // The caller may have moved the interval or the refresher (RFC 4028 §7.2).
+                let se = r
+                    .headers
+                    .get(&HeaderName::SessionExpires)
+                    .and_then(SessionExpires::parse);
+                let terms = self.session_terms.map(|(t, uac)| (se.unwrap_or(t), uac));
+                if let (Some(s), Some((t, uac))) = (self.session.as_mut(), terms) {
+                    s.refreshed(now, t.secs, t.refresher != Some(Refresher::Uac));
+                    self.session_terms = Some((t, uac));
+                }
+            }
         } else if r.status >= 300 {
             debug!(?leg, status = r.status, "re-INVITE refused");
             self.leg_media(leg).pending_offer = None;
+            if purpose == Purpose::Refresh {
+                if let Some(s) = self.session.as_mut() {
+                    s.refresh_failed();
+                }
+            }
         }
     }
 
@@ -1545,6 +1764,18 @@ impl Call {
             cm.last_sdp = Some(offer.to_string().into_bytes());
             cm.pending_offer = Some(offer);
         }
+        if let Some((expires, uac_supports)) = self.session_terms {
+            resp.headers
+                .push(HeaderName::SessionExpires, expires.value());
+            if uac_supports {
+                resp.headers.push(HeaderName::Require, "timer");
+            }
+            self.session = Some(SessionTimer::new(
+                now,
+                expires.secs,
+                expires.refresher == Some(Refresher::Uas),
+            ));
+        }
         if let Some(body) = self.caller_media.last_sdp.clone() {
             resp = resp.with_body("application/sdp", body);
         }
@@ -1611,6 +1842,7 @@ impl Call {
             dtmf: Vec::new(),
             media: None,
             rtp_timeout: self.rtp_timeout,
+            session_expired: self.session_expired,
             caller_e164: self.found.e164.clone(),
             customer_id: self.found.customer_id,
             candidates: self.found.candidates.clone(),
@@ -1699,7 +1931,7 @@ impl Call {
                 self.fail_caller(now, 480);
                 self.end(now, None);
             }
-            Purpose::ReInvite => {
+            Purpose::ReInvite | Purpose::Refresh => {
                 warn!(?leg, "re-INVITE timed out; ending call");
                 self.hang_up(now, None);
             }
@@ -1853,6 +2085,11 @@ mod tests {
 
     /// The trunk's INVITE with `body` (empty: a delayed offer).
     fn invite_with(body: &str) -> Request {
+        invite_full("", body)
+    }
+
+    /// The trunk's INVITE with `extra` header lines and `body`.
+    fn invite_full(extra: &str, body: &str) -> Request {
         let ct = if body.is_empty() {
             ""
         } else {
@@ -1862,7 +2099,7 @@ mod tests {
             "INVITE sip:100@10.0.0.2:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKinv1\r\n\
              Max-Forwards: 70\r\nFrom: \"Ann\" <sip:+8613800138000@10.0.0.1>;tag=t1\r\n\
              To: <sip:100@10.0.0.2>\r\nCall-ID: unit@10.0.0.1\r\nCSeq: 1 INVITE\r\n\
-             Contact: <sip:trunk@{TRUNK}>\r\n{ct}\
+             Contact: <sip:trunk@{TRUNK}>\r\n{extra}{ct}\
              Content-Length: {}\r\n\r\n{body}",
             body.len()
         );
@@ -1888,10 +2125,11 @@ mod tests {
             timers: TimerConfig::default(),
             ring_timeout: Duration::from_secs(20),
             rtp_timeout: Some(Duration::from_secs(30)),
+            min_se_secs: 90,
         });
         let init = CallInit {
             id: "c1".into(),
-            offer: screen(&invite).expect("screened"),
+            offer: screen(&invite, 90).expect("screened"),
             invite,
             peer: peer(TRUNK),
             received: t0,
@@ -2189,6 +2427,190 @@ mod tests {
             "the caller's leg: {said:?}"
         );
         assert!(!has(&said, "media SetRemote"), "{said:?}");
+    }
+
+    /// A call in the ACD answered by the agent after an INVITE with `extra` headers; returns
+    /// the 200 sent to the caller and the agent's INVITE.
+    fn answered_with(extra: &str) -> (Call, Instant, Response, Request) {
+        let invite = invite_full(extra, &sdp("10.0.0.1", 40000));
+        let (mut c, t0) = start_with(invite, false, vec![Codec::Pcmu]);
+        drain(&mut c);
+        c.handle_lookup(t0, found());
+        c.handle_decision(t0, offer(4));
+        let (_, sent) = drain(&mut c);
+        let inv = agent_invite(&sent);
+        c.handle_message(t0, answer(&inv), peer(PHONE));
+        let (_, sent) = drain(&mut c);
+        let ok = sent
+            .iter()
+            .find_map(|(_, m)| match m {
+                Message::Response(r) if r.status == 200 => Some(r.clone()),
+                _ => None,
+            })
+            .expect("200 to the caller");
+        let tag = c.caller_leg.local_tag().to_string();
+        c.handle_message(t0, trunk("ACK", 1, "z9hG4bKack", Some(&tag)), peer(TRUNK));
+        drain(&mut c);
+        (c, t0, ok, inv)
+    }
+
+    /// The caller's re-INVITE refreshing the session (same SDP, RFC 4028 §7.4).
+    fn caller_refresh(c: &Call, cseq: u32, extra: &str) -> Message {
+        let tag = c.caller_leg.local_tag().to_string();
+        let body = sdp("10.0.0.1", 40000);
+        request(&format!(
+            "INVITE sip:100@10.0.0.2:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKref{cseq}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:+8613800138000@10.0.0.1>;tag=t1\r\n\
+             To: <sip:100@10.0.0.2>;tag={tag}\r\nCall-ID: unit@10.0.0.1\r\nCSeq: {cseq} INVITE\r\n\
+             Contact: <sip:trunk@{TRUNK}>\r\n{extra}Content-Type: application/sdp\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        ))
+    }
+
+    #[test]
+    fn a_session_the_caller_refreshes_ends_when_it_stops() {
+        let (mut c, t0, ok, _) =
+            answered_with("Session-Expires: 90;refresher=uac\r\nSupported: timer\r\n");
+        assert_eq!(
+            ok.headers.get(&HeaderName::SessionExpires),
+            Some("90;refresher=uac")
+        );
+        assert_eq!(ok.headers.get(&HeaderName::Require), Some("timer"));
+        // The refresh at 40 s: answered with the interval, not mirrored to the agent.
+        let t = t0 + Duration::from_secs(40);
+        let se = "Session-Expires: 90;refresher=uac\r\nSupported: timer\r\n";
+        c.handle_message(t, caller_refresh(&c, 2, se), peer(TRUNK));
+        let (said, sent) = drain(&mut c);
+        assert!(!has(&said, "tx 10.0.0.10:5060 INVITE"), "{said:?}");
+        let refreshed = sent
+            .iter()
+            .find_map(|(_, m)| match m {
+                Message::Response(r) if r.status == 200 => Some(r.clone()),
+                _ => None,
+            })
+            .expect("200 to the refresh");
+        assert_eq!(
+            refreshed.headers.get(&HeaderName::SessionExpires),
+            Some("90;refresher=uac")
+        );
+        let tag = c.caller_leg.local_tag().to_string();
+        c.handle_message(t, trunk("ACK", 2, "z9hG4bKack2", Some(&tag)), peer(TRUNK));
+        drain(&mut c);
+        // No refresh since: the session ends 90 − 30 s after the last one, BYE both ways.
+        let quiet = t + Duration::from_secs(59);
+        c.handle_timeout(quiet);
+        assert!(!has(&drain(&mut c).0, "BYE"), "not yet");
+        c.handle_timeout(t + Duration::from_secs(60));
+        let (said, _) = drain(&mut c);
+        assert!(has(&said, "tx 10.0.0.1:5060 BYE"), "{said:?}");
+        assert!(has(&said, "tx 10.0.0.10:5060 BYE"), "{said:?}");
+        let record = c.record(t + Duration::from_secs(60), true);
+        assert!(record.session_expired && record.ended_by.is_none());
+        assert_eq!(record.disposition, Disposition::Answered);
+    }
+
+    #[test]
+    fn we_refresh_a_session_when_the_caller_does_not_support_timers() {
+        let (mut c, t0, ok, _) = answered_with("Session-Expires: 120\r\n");
+        assert_eq!(
+            ok.headers.get(&HeaderName::SessionExpires),
+            Some("120;refresher=uas")
+        );
+        assert_eq!(ok.headers.get(&HeaderName::Require), None);
+        c.handle_timeout(t0 + Duration::from_secs(60));
+        let (_, sent) = drain(&mut c);
+        let refresh = sent
+            .iter()
+            .find_map(|(p, m)| match m {
+                Message::Request(r) if r.method == Method::Invite => Some((p, r.clone())),
+                _ => None,
+            })
+            .expect("our refresh re-INVITE");
+        assert_eq!(refresh.0.addr.to_string(), TRUNK);
+        assert_eq!(
+            refresh.1.headers.get(&HeaderName::SessionExpires),
+            Some("120;refresher=uas")
+        );
+        assert!(String::from_utf8_lossy(&refresh.1.body).contains("m=audio 30000 "));
+        // The caller answers: the timer restarts from there.
+        let t = t0 + Duration::from_secs(61);
+        let mut r = refresh.1.response(200, Some("t1"));
+        r.headers
+            .push(HeaderName::Contact, format!("<sip:trunk@{TRUNK}>"));
+        let r = r.with_body("application/sdp", sdp("10.0.0.1", 40000).into_bytes());
+        c.handle_message(t, Message::Response(r), peer(TRUNK));
+        let (said, _) = drain(&mut c);
+        assert!(has(&said, "tx 10.0.0.1:5060 ACK"), "{said:?}");
+        let timer = c.session.as_ref().expect("timed");
+        assert_eq!(
+            timer.deadline(),
+            t + Duration::from_secs(60),
+            "next refresh"
+        );
+    }
+
+    #[test]
+    fn a_session_interval_below_min_se_gets_422() {
+        let invite = invite_full("Session-Expires: 30\r\n", &sdp("10.0.0.1", 40000));
+        let refusal = screen(&invite, 90).expect_err("too short");
+        assert_eq!(refusal.status, 422);
+        let r = refusal_response(&invite, refusal, "x", 90);
+        assert_eq!(r.headers.get(&HeaderName::MinSe), Some("90"));
+    }
+
+    #[test]
+    fn an_update_refreshes_and_one_with_an_offer_is_answered_and_mirrored() {
+        let (mut c, t0, _, _) = answered_with("Session-Expires: 90;refresher=uac\r\n");
+        let tag = c.caller_leg.local_tag().to_string();
+        let update = |cseq: u32, extra: &str, body: &str| {
+            let ct = if body.is_empty() {
+                ""
+            } else {
+                "Content-Type: application/sdp\r\n"
+            };
+            request(&format!(
+                "UPDATE sip:screenpop@10.0.0.2:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKup{cseq}\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:+8613800138000@10.0.0.1>;tag=t1\r\n\
+                 To: <sip:100@10.0.0.2>;tag={tag}\r\nCall-ID: unit@10.0.0.1\r\nCSeq: {cseq} UPDATE\r\n\
+                 Contact: <sip:trunk@{TRUNK}>\r\n{extra}{ct}Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            ))
+        };
+        let t = t0 + Duration::from_secs(40);
+        c.handle_message(
+            t,
+            update(2, "Session-Expires: 90;refresher=uac\r\n", ""),
+            peer(TRUNK),
+        );
+        let (said, _) = drain(&mut c);
+        assert_eq!(said, ["tx 10.0.0.1:5060 SIP/2.0 200 OK"]);
+        let timer = c.session.as_ref().expect("timed");
+        assert_eq!(
+            timer.deadline(),
+            t + Duration::from_secs(60),
+            "expiry moved"
+        );
+        // An UPDATE putting the agent on hold: answered recvonly, mirrored as a re-INVITE.
+        let held = sdp("10.0.0.1", 40000).replace("a=sendrecv", "a=sendonly");
+        c.handle_message(t, update(3, "", &held), peer(TRUNK));
+        let (said, sent) = drain(&mut c);
+        let ok = sent
+            .iter()
+            .find_map(|(_, m)| match m {
+                Message::Response(r) if r.status == 200 => Some(r.clone()),
+                _ => None,
+            })
+            .expect("200 to the UPDATE");
+        assert!(String::from_utf8_lossy(&ok.body).contains("a=recvonly"));
+        let mirrored = sent
+            .iter()
+            .find_map(|(_, m)| match m {
+                Message::Request(r) if r.method == Method::Invite => Some(r.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("a re-INVITE to the agent: {said:?}"));
+        assert!(String::from_utf8_lossy(&mirrored.body).contains("a=sendonly"));
     }
 
     #[test]

@@ -81,6 +81,9 @@ pub struct CallRecord {
     /// Ended by screenpop because a leg stopped sending RTP (see `rtp_timeout_secs`).
     #[serde(default)]
     pub rtp_timeout: bool,
+    /// Ended by screenpop because the session's refresher went silent (RFC 4028).
+    #[serde(default)]
+    pub session_expired: bool,
     /// The caller's number in E.164, when it parses.
     #[serde(default)]
     pub caller_e164: Option<String>,
@@ -217,6 +220,7 @@ mod tests {
             dtmf: Vec::new(),
             media: None,
             rtp_timeout: false,
+            session_expired: false,
             caller_e164: Some("+15551230001".into()),
             customer_id: Some(9),
             candidates: vec![9],

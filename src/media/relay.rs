@@ -43,7 +43,7 @@ impl LegId {
         }
     }
 
-    fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         match self {
             LegId::Caller => 0,
             LegId::Agent => 1,

@@ -11,6 +11,7 @@ pub mod peer;
 pub(crate) mod registrar;
 pub mod registration;
 pub mod sdp;
+pub mod session_timer;
 pub mod transaction;
 pub mod uri;
 
