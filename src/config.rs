@@ -246,6 +246,13 @@ impl Profile {
             field: "area_code",
             why: e.to_string(),
         })?;
+        if profile.min_se_secs == 0 {
+            return Err(ConfigError::Field {
+                path,
+                field: "min_se_secs",
+                why: "must be at least 1 (RFC 4028 recommends 90)".into(),
+            });
+        }
         if !(10..=5000).contains(&profile.sip_t1_ms) {
             return Err(ConfigError::Field {
                 path,

@@ -287,6 +287,9 @@ impl Dispatcher {
             let unsupported: Vec<&str> = req
                 .headers
                 .get_all(&HeaderName::Require)
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
                 .filter(|t| !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(t)))
                 .collect();
             if !unsupported.is_empty() {

@@ -36,7 +36,7 @@ use crate::sip::message::{Message, Method, Request, Response};
 use crate::sip::peer::{response_peer, Peer, Transport};
 use crate::sip::sdp::{self, Codec, Direction, LocalMedia, SessionDescription};
 use crate::sip::session_timer::{
-    negotiate_uas, Due, Refresher, SessionExpires, SessionTimer, UasNegotiation,
+    negotiate_uas, Due, SessionExpires, SessionTimer, Terms, UasNegotiation,
 };
 use crate::sip::transaction::{
     ClientState, ClientTransaction, ServerKey, ServerState, ServerTransaction, TimerConfig,
@@ -114,7 +114,7 @@ pub(crate) fn screen(
             why: "missing From/To",
         });
     }
-    if let UasNegotiation::TooSmall { .. } = negotiate_uas(invite, min_se_secs) {
+    if let UasNegotiation::TooSmall { .. } = negotiate_uas(invite, min_se_secs, None) {
         return Err(Refusal {
             status: 422,
             why: "Session-Expires below Min-SE",
@@ -357,13 +357,24 @@ pub struct Call {
     /// picks the call's codec, and our 2xx to the caller carries the offer.
     delayed_offer: bool,
     /// The caller's session timer terms from its INVITE, started by our 2xx, and the timer.
-    session_terms: Option<(SessionExpires, bool)>,
+    session_terms: Option<Terms>,
     session: Option<SessionTimer>,
     /// Ended because the caller's side stopped refreshing the session.
     session_expired: bool,
-    /// The direction last offered to each leg (caller, agent) when mirroring the other's hold
-    /// or resume: a refresh that changes nothing is not mirrored.
-    mirrored: [Direction; 2],
+    /// Our media direction on each leg (caller, agent): what we last answered or offered
+    /// there. A hold or resume already in place is not mirrored again, and our refresh
+    /// repeats it.
+    local_dir: [Direction; 2],
+    /// The peer on each leg holds (it offered other than sendrecv): silence is expected.
+    held: [bool; 2],
+    /// A mirrored re-INVITE on that leg is unanswered: the direction before it, restored if
+    /// it fails.
+    mirror_inflight: [Option<Direction>; 2],
+    /// A hold or resume to mirror to that leg once its INVITE in progress (or, for the caller,
+    /// the ACK of our 2xx) is done: two INVITEs never overlap on a dialog (RFC 3261 §14.1).
+    mirror_deferred: [Option<Direction>; 2],
+    /// Our 2xx to a delayed offer carried our offer: the caller's ACK must answer it.
+    ack_answer_awaited: bool,
     out: VecDeque<Output>,
 }
 
@@ -403,11 +414,8 @@ impl Call {
         };
         caller_local.session_version = 1;
         let invite = init.invite;
-        let session_terms = match negotiate_uas(&invite, cfg.min_se_secs) {
-            UasNegotiation::Timed {
-                expires,
-                uac_supports,
-            } => Some((expires, uac_supports)),
+        let session_terms = match negotiate_uas(&invite, cfg.min_se_secs, None) {
+            UasNegotiation::Timed(terms) => Some(terms),
             _ => None,
         };
         let (Some(from), Some(to), Some(invite_key)) =
@@ -493,7 +501,11 @@ impl Call {
             session_terms,
             session: None,
             session_expired: false,
-            mirrored: [Direction::SendRecv; 2],
+            local_dir: [Direction::SendRecv; 2],
+            held: [false; 2],
+            mirror_inflight: [None; 2],
+            mirror_deferred: [None; 2],
+            ack_answer_awaited: false,
             caller_media: LegMedia {
                 local: caller_local,
                 pending_offer: None,
@@ -1047,6 +1059,9 @@ impl Call {
                         }
                         if ours {
                             self.caller_acked = true;
+                            if let Some(d) = self.mirror_deferred[LegId::Caller.index()] {
+                                self.mirror_to(now, LegId::Caller, d);
+                            }
                             if std::mem::take(&mut self.caller_bye_deferred) {
                                 self.bye(now, LegId::Caller);
                             }
@@ -1126,12 +1141,20 @@ impl Call {
         self.pump(now);
     }
 
-    /// We are the refresher: a re-INVITE to the caller with the SDP it has (version bumped).
+    /// We are the refresher: a re-INVITE to the caller repeating the session it has (version
+    /// bumped, direction kept), unless an INVITE or offer is still open on that dialog.
     fn refresh_session(&mut self, now: Instant) {
-        let Some((expires, _)) = self.session_terms else {
+        let Some(terms) = self.session_terms else {
             return;
         };
-        let (codec, me, dir) = (self.codec, self.cfg.me.clone(), self.mirrored_for_caller());
+        if self.offer_open(LegId::Caller) || !self.caller_acked {
+            if let Some(s) = self.session.as_mut() {
+                s.refresh_failed(now);
+            }
+            return;
+        }
+        let (codec, me) = (self.codec, self.cfg.me.clone());
+        let dir = self.local_dir[LegId::Caller.index()];
         let cm = &mut self.caller_media;
         cm.local.bump_version();
         let offer = sdp::offer(&cm.local, &[codec], cm.dtmf_pt, dir);
@@ -1139,7 +1162,7 @@ impl Call {
         let mut reinvite = self.caller_leg.request(Method::Invite, &me, None);
         reinvite
             .headers
-            .push(HeaderName::SessionExpires, expires.value());
+            .push(HeaderName::SessionExpires, terms.request_value());
         reinvite.headers.push(HeaderName::Supported, "timer");
         reinvite
             .headers
@@ -1149,9 +1172,18 @@ impl Call {
         self.send_client(now, reinvite, LegId::Caller, Purpose::Refresh);
     }
 
-    /// The direction we last offered the caller (a hold mirrored from the agent stays held).
-    fn mirrored_for_caller(&self) -> Direction {
-        self.mirrored[LegId::Caller.index()]
+    /// An INVITE of ours is in progress on `leg`, or an offer of ours there awaits its answer.
+    fn offer_open(&self, leg: LegId) -> bool {
+        let inviting = self.clients.iter().any(|c| {
+            c.leg == leg
+                && matches!(c.purpose, Purpose::ReInvite | Purpose::Refresh)
+                && matches!(c.tx.state(), ClientState::Calling | ClientState::Proceeding)
+        });
+        let lm = match leg {
+            LegId::Caller => &self.caller_media,
+            LegId::Agent => &self.agent_media,
+        };
+        inviting || lm.pending_offer.is_some()
     }
 
     /// A refresh from the caller (re-INVITE or UPDATE, RFC 4028 §9): the 2xx echoes its
@@ -1160,25 +1192,20 @@ impl Call {
         if leg != LegId::Caller || self.session.is_none() {
             return;
         }
-        let terms = match negotiate_uas(req, self.cfg.min_se_secs) {
-            UasNegotiation::Timed {
-                expires,
-                uac_supports,
-            } => (expires, uac_supports),
-            // Without Session-Expires the interval stays as it was.
-            _ => match self.session_terms {
-                Some(t) => t,
-                None => return,
-            },
+        // The §9 rules again, for this request (without Session-Expires the interval stays).
+        let UasNegotiation::Timed(terms) =
+            negotiate_uas(req, self.cfg.min_se_secs, self.session_terms)
+        else {
+            return;
         };
         self.session_terms = Some(terms);
         resp.headers
-            .push(HeaderName::SessionExpires, terms.0.value());
-        if terms.1 {
+            .push(HeaderName::SessionExpires, terms.answer_value());
+        if terms.peer_supports {
             resp.headers.push(HeaderName::Require, "timer");
         }
         if let Some(s) = self.session.as_mut() {
-            s.refreshed(now, terms.0.secs, terms.0.refresher == Some(Refresher::Uas));
+            s.refreshed(now, terms);
         }
     }
 
@@ -1376,7 +1403,7 @@ impl Call {
             matches!(c.purpose, Purpose::ReInvite | Purpose::Refresh)
                 && matches!(c.tx.state(), ClientState::Calling | ClientState::Proceeding)
         });
-        if self.phase != Phase::Up || pending {
+        if self.phase != Phase::Up || pending || self.leg_media(leg).pending_offer.is_some() {
             // Glare or not yet established (RFC 3261 §14.2).
             let resp = req.response(491, Some(&tag));
             self.respond_last(now, resp);
@@ -1421,7 +1448,7 @@ impl Call {
         lm.last_sdp = Some(body.clone());
         let offered_dir = neg.direction.reversed();
         info!(?leg, direction = offered_dir.as_str(), "re-INVITE");
-        self.on_hold = offered_dir != Direction::SendRecv;
+        self.peer_direction(leg, neg.direction, offered_dir);
         self.media(MediaCommand::Watch(self.media_watch()));
         self.media(MediaCommand::SetRemote(
             leg,
@@ -1443,7 +1470,9 @@ impl Call {
         if leg != LegId::Caller {
             return false;
         }
-        let UasNegotiation::TooSmall { min_se } = negotiate_uas(req, self.cfg.min_se_secs) else {
+        let UasNegotiation::TooSmall { min_se } =
+            negotiate_uas(req, self.cfg.min_se_secs, self.session_terms)
+        else {
             return false;
         };
         let mut resp = req.response(422, Some(tag));
@@ -1457,14 +1486,36 @@ impl Call {
     /// leg as a re-INVITE (which every phone takes; UPDATE support varies).
     fn on_update(&mut self, now: Instant, leg: LegId, req: Request) {
         let tag = self.dialog(leg).local_tag().to_string();
-        if self.phase != Phase::Up && !req.body.is_empty() {
-            // An early-dialog offer: we make no early media offers, so none can cross it.
-            let resp = req.response(491, Some(&tag));
+        if self.phase == Phase::Ended {
+            let resp = req.response(481, Some(&tag));
             self.respond_last(now, resp);
             return;
         }
+        if !req.body.is_empty() {
+            let status = if self.offer_open(leg) {
+                // Our offer there awaits its answer (RFC 3311 §5.2).
+                Some(491)
+            } else if self.phase != Phase::Up {
+                // Early: the caller's offer has no reliable answer yet (RFC 3311 §5.2).
+                Some(500)
+            } else {
+                None
+            };
+            if let Some(status) = status {
+                let mut resp = req.response(status, Some(&tag));
+                if status == 500 {
+                    resp.headers.push(HeaderName::RetryAfter, "1");
+                }
+                self.respond_last(now, resp);
+                return;
+            }
+        }
         if self.refuse_short_session(now, leg, &req, &tag) {
             return;
+        }
+        // UPDATE is a target refresh request (RFC 3311 §5.2, RFC 3261 §12.2).
+        if let Some(c) = req.contact() {
+            self.dialog(leg).remote_target = c.uri;
         }
         let mut resp = req.response(200, Some(&tag));
         let peer = self.dialog(leg).peer;
@@ -1492,7 +1543,7 @@ impl Call {
         lm.last_sdp = Some(body.clone());
         let offered_dir = neg.direction.reversed();
         info!(?leg, direction = offered_dir.as_str(), "UPDATE");
-        self.on_hold = offered_dir != Direction::SendRecv;
+        self.peer_direction(leg, neg.direction, offered_dir);
         self.media(MediaCommand::Watch(self.media_watch()));
         self.media(MediaCommand::SetRemote(
             leg,
@@ -1504,14 +1555,35 @@ impl Call {
         self.mirror(now, leg, offered_dir);
     }
 
-    /// Offers `offered_dir` to the leg other than `leg` (a hold or resume on `leg`), unless
-    /// that is what it already has.
+    /// The peer on `leg` changed direction: we answered `ours`, it offered `theirs`.
+    fn peer_direction(&mut self, leg: LegId, ours: Direction, theirs: Direction) {
+        self.local_dir[leg.index()] = ours;
+        self.held[leg.index()] = theirs != Direction::SendRecv;
+        self.on_hold = self.held.iter().any(|h| *h);
+    }
+
+    /// Offers `offered_dir` to the leg other than `leg` (a hold or resume on `leg`).
     fn mirror(&mut self, now: Instant, leg: LegId, offered_dir: Direction) {
-        let other = leg.other();
-        if self.mirrored[other.index()] == offered_dir {
+        self.mirror_to(now, leg.other(), offered_dir);
+    }
+
+    /// Offers `dir` on `other` unless that is what it already has; waits while an INVITE or
+    /// offer is open there (or, on the caller's leg, until our 2xx is ACKed).
+    fn mirror_to(&mut self, now: Instant, other: LegId, offered_dir: Direction) {
+        let i = other.index();
+        if self.phase != Phase::Up {
             return;
         }
-        self.mirrored[other.index()] = offered_dir;
+        if self.offer_open(other) || (other == LegId::Caller && !self.caller_acked) {
+            self.mirror_deferred[i] = Some(offered_dir);
+            return;
+        }
+        self.mirror_deferred[i] = None;
+        if self.local_dir[i] == offered_dir {
+            return;
+        }
+        self.mirror_inflight[i] = Some(self.local_dir[i]);
+        self.local_dir[i] = offered_dir;
         let (codec, me) = (self.codec, self.cfg.me.clone());
         let om = self.leg_media(other);
         om.local.bump_version();
@@ -1525,13 +1597,19 @@ impl Call {
         self.send_client(now, reinvite, other, Purpose::ReInvite);
     }
 
-    /// False when the ACK was to answer our offer and does not.
+    /// False when the ACK had to answer the offer in our 2xx to a delayed offer and does not.
     fn on_ack(&mut self, leg: LegId, ack: Request) -> bool {
-        let awaited = self.leg_media(leg).pending_offer.is_some();
-        if ack.body.is_empty() {
-            return !awaited;
+        if leg == LegId::Caller && std::mem::take(&mut self.ack_answer_awaited) {
+            return !ack.body.is_empty() && self.apply_answer(leg, &ack.body);
         }
-        self.apply_answer(leg, &ack.body) || !awaited
+        if ack.body.is_empty() {
+            // An offer in our 2xx to a re-INVITE without SDP stays unanswered: drop it rather
+            // than refuse every later offer as glare.
+            self.leg_media(leg).pending_offer = None;
+        } else {
+            self.apply_answer(leg, &ack.body);
+        }
+        true
     }
 
     /// Takes the peer's answer to our pending offer on `leg` into the relay. False when there
@@ -1562,29 +1640,48 @@ impl Call {
         if !matches!(purpose, Purpose::ReInvite | Purpose::Refresh) {
             return;
         }
+        if r.status < 200 {
+            return;
+        }
+        let i = leg.index();
         if r.status / 100 == 2 {
             self.ack_2xx(leg, &r);
             self.apply_answer(leg, &r.body);
+            self.mirror_inflight[i] = None;
             if purpose == Purpose::Refresh {
                 // The caller may have moved the interval or the refresher (RFC 4028 §7.2).
                 let se = r
                     .headers
                     .get(&HeaderName::SessionExpires)
                     .and_then(SessionExpires::parse);
-                let terms = self.session_terms.map(|(t, uac)| (se.unwrap_or(t), uac));
-                if let (Some(s), Some((t, uac))) = (self.session.as_mut(), terms) {
-                    s.refreshed(now, t.secs, t.refresher != Some(Refresher::Uac));
-                    self.session_terms = Some((t, uac));
+                if let Some(terms) = self.session_terms.map(|t| t.after_our_refresh(se)) {
+                    self.session_terms = Some(terms);
+                    if let Some(s) = self.session.as_mut() {
+                        s.refreshed(now, terms);
+                    }
                 }
             }
-        } else if r.status >= 300 {
+        } else {
             debug!(?leg, status = r.status, "re-INVITE refused");
             self.leg_media(leg).pending_offer = None;
+            if let Some(prev) = self.mirror_inflight[i].take() {
+                self.local_dir[i] = prev;
+            }
             if purpose == Purpose::Refresh {
+                if matches!(r.status, 408 | 481) {
+                    // The dialog is gone (RFC 4028 §10).
+                    warn!(status = r.status, "session refresh failed; ending call");
+                    self.session_expired = true;
+                    self.hang_up(now, None);
+                    return;
+                }
                 if let Some(s) = self.session.as_mut() {
-                    s.refresh_failed();
+                    s.refresh_failed(now);
                 }
             }
+        }
+        if let Some(d) = self.mirror_deferred[i] {
+            self.mirror_to(now, leg, d);
         }
     }
 
@@ -1763,18 +1860,15 @@ impl Call {
             let offer = sdp::offer(&cm.local, &[self.codec], cm.dtmf_pt, Direction::SendRecv);
             cm.last_sdp = Some(offer.to_string().into_bytes());
             cm.pending_offer = Some(offer);
+            self.ack_answer_awaited = true;
         }
-        if let Some((expires, uac_supports)) = self.session_terms {
+        if let Some(terms) = self.session_terms {
             resp.headers
-                .push(HeaderName::SessionExpires, expires.value());
-            if uac_supports {
+                .push(HeaderName::SessionExpires, terms.answer_value());
+            if terms.peer_supports {
                 resp.headers.push(HeaderName::Require, "timer");
             }
-            self.session = Some(SessionTimer::new(
-                now,
-                expires.secs,
-                expires.refresher == Some(Refresher::Uas),
-            ));
+            self.session = Some(SessionTimer::new(now, terms));
         }
         if let Some(body) = self.caller_media.last_sdp.clone() {
             resp = resp.with_body("application/sdp", body);
@@ -2530,7 +2624,8 @@ mod tests {
         assert_eq!(refresh.0.addr.to_string(), TRUNK);
         assert_eq!(
             refresh.1.headers.get(&HeaderName::SessionExpires),
-            Some("120;refresher=uas")
+            Some("120;refresher=uac"),
+            "in our refresh we are the UAC, and still the refresher"
         );
         assert!(String::from_utf8_lossy(&refresh.1.body).contains("m=audio 30000 "));
         // The caller answers: the timer restarts from there.
@@ -2561,7 +2656,8 @@ mod tests {
 
     #[test]
     fn an_update_refreshes_and_one_with_an_offer_is_answered_and_mirrored() {
-        let (mut c, t0, _, _) = answered_with("Session-Expires: 90;refresher=uac\r\n");
+        let (mut c, t0, _, _) =
+            answered_with("Session-Expires: 90;refresher=uac\r\nSupported: timer\r\n");
         let tag = c.caller_leg.local_tag().to_string();
         let update = |cseq: u32, extra: &str, body: &str| {
             let ct = if body.is_empty() {
@@ -2580,7 +2676,11 @@ mod tests {
         let t = t0 + Duration::from_secs(40);
         c.handle_message(
             t,
-            update(2, "Session-Expires: 90;refresher=uac\r\n", ""),
+            update(
+                2,
+                "Session-Expires: 90;refresher=uac\r\nSupported: timer\r\n",
+                "",
+            ),
             peer(TRUNK),
         );
         let (said, _) = drain(&mut c);
@@ -2770,6 +2870,42 @@ mod tests {
             );
         }
         assert!(has(&said, "ACK") && has(&said, "BYE"), "{said:?}");
+    }
+
+    /// Two INVITEs never overlap on the caller's dialog (RFC 3261 §14.1): a hold from the
+    /// agent before the caller has ACKed our 200 reaches the caller after the ACK.
+    #[test]
+    fn a_hold_before_the_callers_ack_is_mirrored_after_it() {
+        let (mut c, t0, inv) = answered();
+        let body = sdp("10.0.0.10", 42000).replace("sendrecv", "sendonly");
+        let hold = request(&format!(
+            "INVITE sip:screenpop@10.0.0.2:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE};branch=z9hG4bKph\r\n\
+             From: <sip:agent@10.0.0.10>;tag=ptag\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 5 INVITE\r\n\
+             Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+            inv.headers.get(&HeaderName::From).unwrap_or_default(),
+            inv.call_id().unwrap_or_default(),
+            body.len()
+        ));
+        let t = t0 + Duration::from_secs(3);
+        c.handle_message(t, hold, peer(PHONE));
+        let (said, _) = drain(&mut c);
+        assert!(has(&said, "tx 10.0.0.10:5060 SIP/2.0 200 OK"), "{said:?}");
+        assert!(
+            !has(&said, "tx 10.0.0.1:5060 INVITE"),
+            "not before the ACK: {said:?}"
+        );
+        let tag = c.caller_leg.local_tag().to_string();
+        c.handle_message(t, trunk("ACK", 1, "z9hG4bKack", Some(&tag)), peer(TRUNK));
+        let (said, sent) = drain(&mut c);
+        assert!(has(&said, "tx 10.0.0.1:5060 INVITE"), "{said:?}");
+        let mirrored = sent
+            .iter()
+            .find_map(|(_, m)| match m {
+                Message::Request(r) if r.method == Method::Invite => Some(r.clone()),
+                _ => None,
+            })
+            .expect("the mirrored hold");
+        assert!(String::from_utf8_lossy(&mirrored.body).contains("a=sendonly"));
     }
 
     #[test]
