@@ -71,6 +71,10 @@ pub struct Profile {
     /// shorter `Session-Expires` gets 422. 90 is the RFC's floor; lower it only in tests.
     #[serde(default = "default_min_se")]
     pub min_se_secs: u64,
+    /// The session interval asked of agents' phones (RFC 4028 as UAC, seconds): a phone
+    /// that dies mid-call without a BYE is found by its missing refreshes. 0 asks for none.
+    #[serde(default = "default_session_expires")]
+    pub session_expires_secs: u64,
     /// SIP timer T1 in milliseconds (RFC 3261 §17.1.1.1: 500; lower it only on networks whose
     /// round trip is known to be short). Every transaction timer scales with it.
     #[serde(default = "default_t1_ms")]
@@ -182,6 +186,9 @@ fn yes() -> bool {
 }
 fn default_rtp_timeout() -> u64 {
     60
+}
+fn default_session_expires() -> u64 {
+    1800
 }
 fn default_min_se() -> u64 {
     90

@@ -141,6 +141,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             rtp_timeout: (profile.rtp_timeout_secs > 0)
                 .then(|| std::time::Duration::from_secs(profile.rtp_timeout_secs)),
             min_se_secs: profile.min_se_secs,
+            session_expires_secs: profile.session_expires_secs,
         }),
         profile: profile.clone(),
         ports,

@@ -351,6 +351,7 @@ impl World {
             ring_timeout: Duration::from_secs(8),
             rtp_timeout: Some(Duration::from_secs(30)),
             min_se_secs: 90,
+            session_expires_secs: 1800,
         });
         let mut acd = Acd::new();
         acd.handle(

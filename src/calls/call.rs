@@ -66,6 +66,8 @@ pub struct CallConfig {
     pub rtp_timeout: Option<Duration>,
     /// The smallest `Session-Expires` taken, in seconds (RFC 4028 `Min-SE`; 90 by default).
     pub min_se_secs: u64,
+    /// The session interval asked of agents' phones (RFC 4028 as UAC); 0 asks for none.
+    pub session_expires_secs: u64,
 }
 
 /// Everything a new call starts from; the admission checks have passed.
@@ -356,10 +358,11 @@ pub struct Call {
     /// The INVITE came without SDP: the agent leg is offered every codec we take, its answer
     /// picks the call's codec, and our 2xx to the caller carries the offer.
     delayed_offer: bool,
-    /// The caller's session timer terms from its INVITE, started by our 2xx, and the timer.
-    session_terms: Option<Terms>,
-    session: Option<SessionTimer>,
-    /// Ended because the caller's side stopped refreshing the session.
+    /// Each leg's session timer terms (caller, agent) and its timer: the caller's from its
+    /// INVITE, started by our 2xx; the agent's from its phone's 2xx to our INVITE.
+    session_terms: [Option<Terms>; 2],
+    session: [Option<SessionTimer>; 2],
+    /// Ended because a leg's refreshes stopped (or its refresh was refused as gone).
     session_expired: bool,
     /// Our media direction on each leg (caller, agent): what we last answered or offered
     /// there. A hold or resume already in place is not mirrored again, and our refresh
@@ -498,8 +501,8 @@ impl Call {
             agent_uri: (!acd_mode).then_some(agent.uri),
             codec,
             delayed_offer: negotiated.is_none(),
-            session_terms,
-            session: None,
+            session_terms: [session_terms, None],
+            session: [None, None],
             session_expired: false,
             local_dir: [Direction::SendRecv; 2],
             held: [false; 2],
@@ -606,7 +609,8 @@ impl Call {
             .chain(self.clients.iter().filter_map(|c| c.tx.poll_timeout()));
         let session = self
             .session
-            .as_ref()
+            .iter()
+            .flatten()
             .filter(|_| self.phase == Phase::Up)
             .map(SessionTimer::deadline);
         txs.chain(self.ring_deadline)
@@ -920,6 +924,19 @@ impl Call {
             Direction::SendRecv,
         );
         inv.headers.push(HeaderName::Allow, ALLOW);
+        if self.cfg.session_expires_secs > 0 {
+            // The phone picks the refresher (RFC 4028 §9); a dead phone is found by it.
+            inv.headers.push(HeaderName::Supported, "timer");
+            inv.headers.push(
+                HeaderName::SessionExpires,
+                self.cfg
+                    .session_expires_secs
+                    .max(self.cfg.min_se_secs)
+                    .to_string(),
+            );
+            inv.headers
+                .push(HeaderName::MinSe, self.cfg.min_se_secs.to_string());
+        }
         if let Some(n) = &self.caller.number {
             inv.headers.push(
                 HeaderName::PAssertedIdentity,
@@ -1127,11 +1144,17 @@ impl Call {
                 self.end(now, None);
             }
         }
-        if self.phase == Phase::Up {
-            match self.session.as_mut().and_then(|s| s.on_timeout(now)) {
-                Some(Due::Refresh) => self.refresh_session(now),
+        for leg in [LegId::Caller, LegId::Agent] {
+            if self.phase != Phase::Up {
+                break;
+            }
+            let due = self.session[leg.index()]
+                .as_mut()
+                .and_then(|s| s.on_timeout(now));
+            match due {
+                Some(Due::Refresh) => self.refresh_session(now, leg),
                 Some(Due::Expired) => {
-                    warn!("session expired: the caller's side stopped refreshing (RFC 4028)");
+                    warn!(?leg, "session expired: its refreshes stopped (RFC 4028)");
                     self.session_expired = true;
                     self.hang_up(now, None);
                 }
@@ -1141,25 +1164,26 @@ impl Call {
         self.pump(now);
     }
 
-    /// We are the refresher: a re-INVITE to the caller repeating the session it has (version
+    /// We are the refresher on `leg`: a re-INVITE repeating the session it has (version
     /// bumped, direction kept), unless an INVITE or offer is still open on that dialog.
-    fn refresh_session(&mut self, now: Instant) {
-        let Some(terms) = self.session_terms else {
+    fn refresh_session(&mut self, now: Instant, leg: LegId) {
+        let i = leg.index();
+        let Some(terms) = self.session_terms[i] else {
             return;
         };
-        if self.offer_open(LegId::Caller) || !self.caller_acked {
-            if let Some(s) = self.session.as_mut() {
+        if self.offer_open(leg) || (leg == LegId::Caller && !self.caller_acked) {
+            if let Some(s) = self.session[i].as_mut() {
                 s.refresh_failed(now);
             }
             return;
         }
         let (codec, me) = (self.codec, self.cfg.me.clone());
-        let dir = self.local_dir[LegId::Caller.index()];
-        let cm = &mut self.caller_media;
-        cm.local.bump_version();
-        let offer = sdp::offer(&cm.local, &[codec], cm.dtmf_pt, dir);
-        cm.pending_offer = Some(offer.clone());
-        let mut reinvite = self.caller_leg.request(Method::Invite, &me, None);
+        let dir = self.local_dir[i];
+        let lm = self.leg_media(leg);
+        lm.local.bump_version();
+        let offer = sdp::offer(&lm.local, &[codec], lm.dtmf_pt, dir);
+        lm.pending_offer = Some(offer.clone());
+        let mut reinvite = self.dialog(leg).request(Method::Invite, &me, None);
         reinvite
             .headers
             .push(HeaderName::SessionExpires, terms.request_value());
@@ -1168,8 +1192,34 @@ impl Call {
             .headers
             .push(HeaderName::ContentType, "application/sdp");
         reinvite.body = offer.to_string().into_bytes();
-        info!("refreshing the session");
-        self.send_client(now, reinvite, LegId::Caller, Purpose::Refresh);
+        info!(?leg, "refreshing the session");
+        self.send_client(now, reinvite, leg, Purpose::Refresh);
+    }
+
+    /// The phone's 2xx to our INVITE set the agent leg's session timer (RFC 4028 §7.2): none
+    /// without `Session-Expires`; `refresher=uac` is us.
+    fn agent_session(&mut self, now: Instant, r: &Response) {
+        let Some(se) = r
+            .headers
+            .get(&HeaderName::SessionExpires)
+            .and_then(SessionExpires::parse)
+        else {
+            return;
+        };
+        let terms = Terms {
+            secs: 0,
+            we_refresh: true,
+            peer_supports: true,
+        }
+        .after_our_refresh(Some(se));
+        info!(
+            secs = terms.secs,
+            we_refresh = terms.we_refresh,
+            "agent leg session timer"
+        );
+        let i = LegId::Agent.index();
+        self.session_terms[i] = Some(terms);
+        self.session[i] = Some(SessionTimer::new(now, terms));
     }
 
     /// An INVITE of ours is in progress on `leg`, or an offer of ours there awaits its answer.
@@ -1186,25 +1236,26 @@ impl Call {
         inviting || lm.pending_offer.is_some()
     }
 
-    /// A refresh from the caller (re-INVITE or UPDATE, RFC 4028 §9): the 2xx echoes its
-    /// interval and the timer restarts.
+    /// A refresh from the peer on `leg` (re-INVITE or UPDATE, RFC 4028 §9; we are its UAS):
+    /// the 2xx echoes its interval and the timer restarts.
     fn session_refreshed(&mut self, now: Instant, leg: LegId, req: &Request, resp: &mut Response) {
-        if leg != LegId::Caller || self.session.is_none() {
+        let i = leg.index();
+        if self.session[i].is_none() {
             return;
         }
         // The §9 rules again, for this request (without Session-Expires the interval stays).
         let UasNegotiation::Timed(terms) =
-            negotiate_uas(req, self.cfg.min_se_secs, self.session_terms)
+            negotiate_uas(req, self.cfg.min_se_secs, self.session_terms[i])
         else {
             return;
         };
-        self.session_terms = Some(terms);
+        self.session_terms[i] = Some(terms);
         resp.headers
             .push(HeaderName::SessionExpires, terms.answer_value());
         if terms.peer_supports {
             resp.headers.push(HeaderName::Require, "timer");
         }
-        if let Some(s) = self.session.as_mut() {
+        if let Some(s) = self.session[i].as_mut() {
             s.refreshed(now, terms);
         }
     }
@@ -1467,11 +1518,8 @@ impl Call {
     /// A re-INVITE or UPDATE on `leg` whose `Session-Expires` is below our Min-SE gets 422
     /// (RFC 4028 §9); true when it did.
     fn refuse_short_session(&mut self, now: Instant, leg: LegId, req: &Request, tag: &str) -> bool {
-        if leg != LegId::Caller {
-            return false;
-        }
         let UasNegotiation::TooSmall { min_se } =
-            negotiate_uas(req, self.cfg.min_se_secs, self.session_terms)
+            negotiate_uas(req, self.cfg.min_se_secs, self.session_terms[leg.index()])
         else {
             return false;
         };
@@ -1654,9 +1702,9 @@ impl Call {
                     .headers
                     .get(&HeaderName::SessionExpires)
                     .and_then(SessionExpires::parse);
-                if let Some(terms) = self.session_terms.map(|t| t.after_our_refresh(se)) {
-                    self.session_terms = Some(terms);
-                    if let Some(s) = self.session.as_mut() {
+                if let Some(terms) = self.session_terms[i].map(|t| t.after_our_refresh(se)) {
+                    self.session_terms[i] = Some(terms);
+                    if let Some(s) = self.session[i].as_mut() {
                         s.refreshed(now, terms);
                     }
                 }
@@ -1675,7 +1723,7 @@ impl Call {
                     self.hang_up(now, None);
                     return;
                 }
-                if let Some(s) = self.session.as_mut() {
+                if let Some(s) = self.session[i].as_mut() {
                     s.refresh_failed(now);
                 }
             }
@@ -1772,6 +1820,7 @@ impl Call {
                 self.end(now, None);
                 return;
             }
+            self.agent_session(now, &r);
             self.answer_caller(now);
             return;
         }
@@ -1862,13 +1911,13 @@ impl Call {
             cm.pending_offer = Some(offer);
             self.ack_answer_awaited = true;
         }
-        if let Some(terms) = self.session_terms {
+        if let Some(terms) = self.session_terms[LegId::Caller.index()] {
             resp.headers
                 .push(HeaderName::SessionExpires, terms.answer_value());
             if terms.peer_supports {
                 resp.headers.push(HeaderName::Require, "timer");
             }
-            self.session = Some(SessionTimer::new(now, terms));
+            self.session[LegId::Caller.index()] = Some(SessionTimer::new(now, terms));
         }
         if let Some(body) = self.caller_media.last_sdp.clone() {
             resp = resp.with_body("application/sdp", body);
@@ -2220,6 +2269,7 @@ mod tests {
             ring_timeout: Duration::from_secs(20),
             rtp_timeout: Some(Duration::from_secs(30)),
             min_se_secs: 90,
+            session_expires_secs: 1800,
         });
         let init = CallInit {
             id: "c1".into(),
@@ -2637,11 +2687,47 @@ mod tests {
         c.handle_message(t, Message::Response(r), peer(TRUNK));
         let (said, _) = drain(&mut c);
         assert!(has(&said, "tx 10.0.0.1:5060 ACK"), "{said:?}");
-        let timer = c.session.as_ref().expect("timed");
+        let timer = c.session[0].as_ref().expect("timed");
         assert_eq!(
             timer.deadline(),
             t + Duration::from_secs(60),
             "next refresh"
+        );
+    }
+
+    /// As UAC on the agent's leg: the INVITE asks for a session interval, and a phone that
+    /// makes us the refresher is refreshed at half of it (RFC 4028 §7).
+    #[test]
+    fn the_agents_leg_is_refreshed_when_its_phone_makes_us_the_refresher() {
+        let (mut c, t0, inv) = offered_to_agent();
+        assert_eq!(inv.headers.get(&HeaderName::SessionExpires), Some("1800"));
+        assert_eq!(inv.headers.get(&HeaderName::Supported), Some("timer"));
+        let Message::Response(mut ok) = answer(&inv) else {
+            unreachable!()
+        };
+        ok.headers
+            .push(HeaderName::SessionExpires, "90;refresher=uac");
+        ok.headers.push(HeaderName::Require, "timer");
+        c.handle_message(t0, Message::Response(ok), peer(PHONE));
+        drain(&mut c);
+        let tag = c.caller_leg.local_tag().to_string();
+        c.handle_message(t0, trunk("ACK", 1, "z9hG4bKack", Some(&tag)), peer(TRUNK));
+        drain(&mut c);
+        c.handle_timeout(t0 + Duration::from_secs(44));
+        assert!(!has(&drain(&mut c).0, "INVITE"), "not before half");
+        c.handle_timeout(t0 + Duration::from_secs(45));
+        let (_, sent) = drain(&mut c);
+        let refresh = sent
+            .iter()
+            .find_map(|(p, m)| match m {
+                Message::Request(r) if r.method == Method::Invite => Some((p, r.clone())),
+                _ => None,
+            })
+            .expect("a refresh to the phone");
+        assert_eq!(refresh.0.addr.to_string(), PHONE);
+        assert_eq!(
+            refresh.1.headers.get(&HeaderName::SessionExpires),
+            Some("90;refresher=uac")
         );
     }
 
@@ -2685,7 +2771,7 @@ mod tests {
         );
         let (said, _) = drain(&mut c);
         assert_eq!(said, ["tx 10.0.0.1:5060 SIP/2.0 200 OK"]);
-        let timer = c.session.as_ref().expect("timed");
+        let timer = c.session[0].as_ref().expect("timed");
         assert_eq!(
             timer.deadline(),
             t + Duration::from_secs(60),
