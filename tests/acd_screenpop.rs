@@ -7,22 +7,11 @@ use common::center;
 use std::time::Duration;
 
 use center::center;
+use common::desk::{for_call, is, state_of};
 use common::{Ports, DIALED};
-use serde_json::{json, Value};
+use serde_json::json;
 
 const BILLING: &str = "8005550199";
-
-fn is(kind: &'static str) -> impl Fn(&Value) -> bool {
-    move |v| v["type"] == kind
-}
-
-fn state_of(agent: i64, state: &'static str) -> impl Fn(&Value) -> bool {
-    move |v| v["type"] == "agent.state" && v["agent_id"] == agent && v["state"] == state
-}
-
-fn for_call(kind: &'static str, call: Value) -> impl Fn(&Value) -> bool {
-    move |v| v["type"] == kind && v["call_id"] == call
-}
 
 const T: Duration = Duration::from_secs(15);
 

@@ -9,7 +9,8 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::center::center;
+use common::center::{center, Center};
+use common::desk::{for_call, is, state_of, Api, Desktop};
 use common::softphone::{
     read_heard, softphone_or_skip, write_tone_wav, Baresip, Linphone, Phone, StartPhone,
 };
@@ -19,18 +20,6 @@ use serde_json::{json, Value};
 const T: Duration = Duration::from_secs(15);
 const RECORDING_TIMEOUT: Duration = Duration::from_secs(10);
 const PHONE_SECRET: &str = "phone-secret-1";
-
-fn is(kind: &'static str) -> impl Fn(&Value) -> bool {
-    move |v| v["type"] == kind
-}
-
-fn state_of(agent: i64, state: &'static str) -> impl Fn(&Value) -> bool {
-    move |v| v["type"] == "agent.state" && v["agent_id"] == agent && v["state"] == state
-}
-
-fn for_call(kind: &'static str, call: Value) -> impl Fn(&Value) -> bool {
-    move |v| v["type"] == kind && v["call_id"] == call
-}
 
 /// The phone's microphone: a long 1500 Hz tone (baresip hangs up when its source ends).
 fn phone_mic(dir: &Path) -> std::path::PathBuf {
@@ -48,6 +37,35 @@ fn caller_tone_heard(wav: &Path) -> (f64, String) {
     (a.caller_fraction(), a.summary())
 }
 
+/// A call center whose agent `user` is available on its desktop and whose phone, started
+/// with `start`, has registered.
+fn agent_on_phone<P: Phone>(
+    name: &str,
+    program: &str,
+    start: StartPhone<P>,
+    user: &str,
+) -> Option<(Center, Api, Desktop, P)> {
+    let c = center(name)?;
+    if !softphone_or_skip(name, program) {
+        return None;
+    }
+    let q = c.queue(json!({"name": "support", "dialed_numbers": [common::DIALED], "wrap_up_secs": 1, "is_default": true}));
+    let agent = c.agent_with_phone(user, PHONE_SECRET, &[q]);
+    let mut desk = c.desktop(&agent, user);
+    desk.set_state("available");
+    desk.wait_for(state_of(agent.agent_id, "available"), T);
+    let ports = Ports::allocate();
+    let phone = start(
+        &c.env,
+        &format!("{user}-phone"),
+        &ports,
+        &phone_mic(&c.env.dir),
+        (user, PHONE_SECRET),
+    );
+    phone.wait_registered(T);
+    Some((c, agent, desk, phone))
+}
+
 /// The phone registers, rings when the ACD offers it a call, answers; the recording has the
 /// caller left and the phone right, and the phone heard the caller.
 fn rings_answers_is_recorded_and_hears_the_caller<P: Phone>(
@@ -55,27 +73,9 @@ fn rings_answers_is_recorded_and_hears_the_caller<P: Phone>(
     program: &str,
     start: StartPhone<P>,
 ) {
-    let Some(c) = center(name) else {
+    let Some((c, alice, mut desk, phone)) = agent_on_phone(name, program, start, "alice") else {
         return;
     };
-    if !softphone_or_skip(name, program) {
-        return;
-    }
-    let q = c.queue(json!({"name": "support", "dialed_numbers": [common::DIALED], "wrap_up_secs": 1, "is_default": true}));
-    let alice = c.agent_with_phone("alice", PHONE_SECRET, &[q]);
-    let mut desk = c.desktop(&alice, "alice");
-    desk.set_state("available");
-    desk.wait_for(state_of(alice.agent_id, "available"), T);
-
-    let ports = Ports::allocate();
-    let phone = start(
-        &c.env,
-        "alice-phone",
-        &ports,
-        &phone_mic(&c.env.dir),
-        ("alice", PHONE_SECRET),
-    );
-    phone.wait_registered(T);
 
     let mut trunk = c.env.trunk("uac_call.xml", &["-d", "4000"]);
     let offered = desk.wait_for(is("call.offered"), T);
@@ -144,26 +144,9 @@ fn hold_resume_and_keypad_reach_the_call<P: Phone>(
     program: &str,
     start: StartPhone<P>,
 ) {
-    let Some(c) = center(name) else {
+    let Some((c, _bob, mut desk, mut phone)) = agent_on_phone(name, program, start, "bob") else {
         return;
     };
-    if !softphone_or_skip(name, program) {
-        return;
-    }
-    let q = c.queue(json!({"name": "support", "dialed_numbers": [common::DIALED], "wrap_up_secs": 1, "is_default": true}));
-    let bob = c.agent_with_phone("bob", PHONE_SECRET, &[q]);
-    let mut desk = c.desktop(&bob, "bob");
-    desk.set_state("available");
-    desk.wait_for(state_of(bob.agent_id, "available"), T);
-    let ports = Ports::allocate();
-    let mut phone = start(
-        &c.env,
-        "bob-phone",
-        &ports,
-        &phone_mic(&c.env.dir),
-        ("bob", PHONE_SECRET),
-    );
-    phone.wait_registered(T);
 
     // uac_call_held checks the mirrored directions and stops sending while held.
     let mut trunk = c.env.trunk("uac_call_held.xml", &["-d", "2500"]);

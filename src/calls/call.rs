@@ -1482,15 +1482,23 @@ impl Call {
             self.respond_last(now, resp);
             return;
         }
+        self.answer_offer(now, leg, &req, &tag);
+    }
+
+    /// Answers the offer in a re-INVITE or UPDATE on `leg` (400 when it does not parse, 488
+    /// when nothing is in common), takes the peer's new media and mirrors a change of
+    /// direction to the other leg.
+    fn answer_offer(&mut self, now: Instant, leg: LegId, req: &Request, tag: &str) {
         let Ok(offer) = SessionDescription::parse(&req.body) else {
-            let resp = req.response(400, Some(&tag));
+            let resp = req.response(400, Some(tag));
             self.respond_last(now, resp);
             return;
         };
+        let codec = self.codec;
         let lm = self.leg_media(leg);
         lm.local.bump_version();
         let Ok(neg) = sdp::answer(&offer, &lm.local, &[codec]) else {
-            let resp = req.response(488, Some(&tag));
+            let resp = req.response(488, Some(tag));
             self.respond_last(now, resp);
             return;
         };
@@ -1498,18 +1506,19 @@ impl Call {
         let body = neg.answer.to_string().into_bytes();
         lm.last_sdp = Some(body.clone());
         let offered_dir = neg.direction.reversed();
-        info!(?leg, direction = offered_dir.as_str(), "re-INVITE");
+        info!(?leg, method = %req.method, direction = offered_dir.as_str(), "new offer");
         self.peer_direction(leg, neg.direction, offered_dir);
         self.media(MediaCommand::Watch(self.media_watch()));
         self.media(MediaCommand::SetRemote(
             leg,
             remote_media(neg.remote_rtp, neg.codec, neg.dtmf_pt),
         ));
-        let mut resp = req.response(200, Some(&tag));
+        let mut resp = req.response(200, Some(tag));
+        let peer = self.dialog(leg).peer;
         resp.headers
-            .push(HeaderName::Contact, me.contact(&self.dialog(leg).peer));
+            .push(HeaderName::Contact, self.cfg.me.contact(&peer));
         resp.headers.push(HeaderName::Allow, ALLOW);
-        self.session_refreshed(now, leg, &req, &mut resp);
+        self.session_refreshed(now, leg, req, &mut resp);
         let resp = resp.with_body("application/sdp", body);
         self.respond_last(now, resp);
         self.mirror(now, leg, offered_dir);
@@ -1565,42 +1574,17 @@ impl Call {
         if let Some(c) = req.contact() {
             self.dialog(leg).remote_target = c.uri;
         }
+        if !req.body.is_empty() {
+            self.answer_offer(now, leg, &req, &tag);
+            return;
+        }
         let mut resp = req.response(200, Some(&tag));
         let peer = self.dialog(leg).peer;
         resp.headers
             .push(HeaderName::Contact, self.cfg.me.contact(&peer));
         resp.headers.push(HeaderName::Allow, ALLOW);
-        if req.body.is_empty() {
-            self.session_refreshed(now, leg, &req, &mut resp);
-            self.respond_last(now, resp);
-            return;
-        }
-        let codec = self.codec;
-        let offer = SessionDescription::parse(&req.body);
-        let lm = self.leg_media(leg);
-        let Ok(neg) = offer.map_err(|_| ()).and_then(|o| {
-            lm.local.bump_version();
-            sdp::answer(&o, &lm.local, &[codec]).map_err(|_| ())
-        }) else {
-            let resp = req.response(488, Some(&tag));
-            self.respond_last(now, resp);
-            return;
-        };
-        lm.dtmf_pt = neg.dtmf_pt;
-        let body = neg.answer.to_string().into_bytes();
-        lm.last_sdp = Some(body.clone());
-        let offered_dir = neg.direction.reversed();
-        info!(?leg, direction = offered_dir.as_str(), "UPDATE");
-        self.peer_direction(leg, neg.direction, offered_dir);
-        self.media(MediaCommand::Watch(self.media_watch()));
-        self.media(MediaCommand::SetRemote(
-            leg,
-            remote_media(neg.remote_rtp, neg.codec, neg.dtmf_pt),
-        ));
         self.session_refreshed(now, leg, &req, &mut resp);
-        let resp = resp.with_body("application/sdp", body);
         self.respond_last(now, resp);
-        self.mirror(now, leg, offered_dir);
     }
 
     /// The peer on `leg` changed direction: we answered `ours`, it offered `theirs`.

@@ -35,42 +35,31 @@ impl Center {
 
     /// An agent whose phone is a SIPp UAS on `ports`; returns the agent's own API login.
     pub fn agent(&self, username: &str, ports: &Ports, skills: &[&str], queues: &[i64]) -> Api {
-        self.admin.ok(
-            "POST",
-            "/api/agents",
-            Some(json!({
-                "username": username,
-                "password": format!("{username}-password"),
-                "display_name": username.to_uppercase(),
-                "role": "agent",
-                "sip_uri": format!("sip:{username}@127.0.0.1:{}", ports.agent_sip()),
-                "skills": skills,
-                "queues": queues,
-            })),
-        );
-        Api::login(
-            &self.env.http_base(),
-            username,
-            &format!("{username}-password"),
-        )
+        let uri = format!("sip:{username}@127.0.0.1:{}", ports.agent_sip());
+        self.new_agent(username, json!({"sip_uri": uri}), skills, queues)
     }
 
     /// An agent whose phone registers with screenpop as `username` with `sip_password`;
     /// returns the agent's own API login.
     pub fn agent_with_phone(&self, username: &str, sip_password: &str, queues: &[i64]) -> Api {
-        self.admin.ok(
-            "POST",
-            "/api/agents",
-            Some(json!({
-                "username": username,
-                "password": format!("{username}-password"),
-                "display_name": username.to_uppercase(),
-                "role": "agent",
-                "sip_username": username,
-                "sip_password": sip_password,
-                "queues": queues,
-            })),
-        );
+        let phone = json!({"sip_username": username, "sip_password": sip_password});
+        self.new_agent(username, phone, &[], queues)
+    }
+
+    /// Creates an agent with `phone` (its SIP fields) and logs in as it.
+    fn new_agent(&self, username: &str, phone: Value, skills: &[&str], queues: &[i64]) -> Api {
+        let mut body = json!({
+            "username": username,
+            "password": format!("{username}-password"),
+            "display_name": username.to_uppercase(),
+            "role": "agent",
+            "skills": skills,
+            "queues": queues,
+        });
+        if let (Some(b), Some(p)) = (body.as_object_mut(), phone.as_object()) {
+            b.extend(p.clone());
+        }
+        self.admin.ok("POST", "/api/agents", Some(body));
         Api::login(
             &self.env.http_base(),
             username,

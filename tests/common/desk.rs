@@ -159,3 +159,18 @@ impl Desktop {
         self.seen.iter().filter(|v| v["type"] == kind).collect()
     }
 }
+
+/// Matches an event of `kind`.
+pub fn is(kind: &'static str) -> impl Fn(&Value) -> bool {
+    move |v| v["type"] == kind
+}
+
+/// Matches `agent` entering `state`.
+pub fn state_of(agent: i64, state: &'static str) -> impl Fn(&Value) -> bool {
+    move |v| v["type"] == "agent.state" && v["agent_id"] == agent && v["state"] == state
+}
+
+/// Matches an event of `kind` about `call`.
+pub fn for_call(kind: &'static str, call: Value) -> impl Fn(&Value) -> bool {
+    move |v| v["type"] == kind && v["call_id"] == call
+}
