@@ -79,14 +79,15 @@ fn call_longer_than_64_t1_is_not_torn_down() {
     assert!(json.contains("\"ended_by\": \"caller\""), "{json}");
 }
 
-#[test]
-fn caller_hangs_up_and_both_sides_are_recorded() {
-    let Some(env) = Env::with_sipp("caller_hangs_up") else {
+/// The trunk's `scenario` call (the caller hangs up after `-d`) against an answering agent:
+/// media anchored, one recording checked by content.
+fn answered_call_is_recorded(name: &str, scenario: &str) {
+    let Some(env) = Env::with_sipp(name) else {
         return;
     };
     let server = env.start_server();
     let mut agent = env.agent("uas_answer.xml", &[]);
-    let mut trunk = env.trunk("uac_call.xml", &["-d", &call_ms_arg()]);
+    let mut trunk = env.trunk(scenario, &["-d", &call_ms_arg()]);
     trunk.expect_success(SIPP_TIMEOUT);
     agent.expect_success(Duration::from_secs(10));
     let talk = talk_time(&trunk, CALL_MS as f64 / 1000.0);
@@ -101,57 +102,16 @@ fn caller_hangs_up_and_both_sides_are_recorded() {
     );
 }
 
+#[test]
+fn caller_hangs_up_and_both_sides_are_recorded() {
+    answered_call_is_recorded("caller_hangs_up", "uac_call.xml");
+}
+
 /// A trunk that sends its INVITE without SDP (delayed offer): screenpop offers in its 200,
 /// takes the answer from the ACK, and the call is relayed and recorded as any other.
 #[test]
 fn delayed_offer_from_the_trunk_is_taken_and_recorded() {
-    let Some(env) = Env::with_sipp("delayed_offer") else {
-        return;
-    };
-    let server = env.start_server();
-    let mut agent = env.agent("uas_answer.xml", &[]);
-    let mut trunk = env.trunk("uac_delayed_offer.xml", &["-d", &call_ms_arg()]);
-    trunk.expect_success(SIPP_TIMEOUT);
-    agent.expect_success(Duration::from_secs(10));
-    let talk = talk_time(&trunk, CALL_MS as f64 / 1000.0);
-    assert_media_anchored(&server, &trunk, &agent);
-    let recs = env.wait_for_recordings(1, RECORDING_TIMEOUT);
-    check_call_recording(
-        &env,
-        &recs[0],
-        &CallExpect::new(talk, trunk.call_id.clone()),
-    );
-}
-
-/// Session timers (RFC 4028) on short intervals (`min_se_secs = 2`): the trunk asks for 4 s
-/// with itself as refresher, refreshes once, then goes quiet; screenpop ends the call with BYE
-/// both ways and the record says why. An interval under Min-SE gets 422 with Min-SE.
-#[test]
-fn a_session_whose_refresher_goes_silent_is_ended_and_a_short_one_refused() {
-    let Some(env) = Env::with_sipp("session_timer") else {
-        return;
-    };
-    env.write_profile_with("min_se_secs = 2");
-    let _server = env.start_server();
-    let mut trunk = env.trunk("uac_session_422.xml", &[]);
-    trunk.expect_success(SIPP_TIMEOUT);
-
-    let mut agent = env.agent("uas_answer.xml", &[]);
-    let mut trunk = env.trunk("uac_session_timer.xml", &[]);
-    trunk.expect_success(SIPP_TIMEOUT);
-    agent.expect_success(Duration::from_secs(10));
-    let recs = env.wait_for_recordings(1, RECORDING_TIMEOUT);
-    let record: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&recs[0].json).unwrap()).unwrap();
-    assert_eq!(record["session_expired"], true, "{record}");
-    assert_eq!(record["disposition"], "answered", "{record}");
-    assert!(record["ended_by"].is_null(), "ended by screenpop: {record}");
-    // Answered, refreshed at 1.5 s, ended 4 − 4/3 s after the refresh.
-    let secs = record["duration_ms"].as_u64().unwrap_or(0) as f64 / 1000.0;
-    assert!(
-        (3.8..5.5).contains(&secs),
-        "the call lasted {secs:.2} s: {record}"
-    );
+    answered_call_is_recorded("delayed_offer", "uac_delayed_offer.xml");
 }
 
 #[test]

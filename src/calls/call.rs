@@ -2334,14 +2334,24 @@ mod tests {
         }))
     }
 
-    /// The agent-leg INVITE among what was sent.
+    /// The first 200 among `sent`.
+    fn first_ok(sent: &[(Peer, Message)]) -> Response {
+        sent.iter()
+            .find_map(|(_, m)| match m {
+                Message::Response(r) if r.status == 200 => Some(r.clone()),
+                _ => None,
+            })
+            .expect("a 200")
+    }
+
+    /// The first INVITE among what was sent (the agent leg's, or a re-INVITE).
     fn agent_invite(sent: &[(Peer, Message)]) -> Request {
         sent.iter()
             .find_map(|(_, m)| match m {
                 Message::Request(r) if r.method == Method::Invite => Some(r.clone()),
                 _ => None,
             })
-            .expect("an INVITE to the agent")
+            .expect("an INVITE")
     }
 
     /// A call in the ACD whose agent's phone has just been sent its INVITE.
@@ -2500,13 +2510,7 @@ mod tests {
             1,
             "the agent's media only: {said:?}"
         );
-        let ok = sent
-            .iter()
-            .find_map(|(_, m)| match m {
-                Message::Response(r) if r.status == 200 => Some(r.clone()),
-                _ => None,
-            })
-            .expect("200 to the caller");
+        let ok = first_ok(&sent);
         let ours = String::from_utf8_lossy(&ok.body).to_string();
         assert!(
             ours.contains("m=audio 30000 RTP/AVP 0 101\r\n") && ours.contains("a=sendrecv"),
@@ -2569,13 +2573,7 @@ mod tests {
         let inv = agent_invite(&sent);
         c.handle_message(t0, answer(&inv), peer(PHONE));
         let (_, sent) = drain(&mut c);
-        let ok = sent
-            .iter()
-            .find_map(|(_, m)| match m {
-                Message::Response(r) if r.status == 200 => Some(r.clone()),
-                _ => None,
-            })
-            .expect("200 to the caller");
+        let ok = first_ok(&sent);
         let tag = c.caller_leg.local_tag().to_string();
         c.handle_message(t0, trunk("ACK", 1, "z9hG4bKack", Some(&tag)), peer(TRUNK));
         drain(&mut c);
@@ -2611,13 +2609,7 @@ mod tests {
         c.handle_message(t, caller_refresh(&c, 2, se), peer(TRUNK));
         let (said, sent) = drain(&mut c);
         assert!(!has(&said, "tx 10.0.0.10:5060 INVITE"), "{said:?}");
-        let refreshed = sent
-            .iter()
-            .find_map(|(_, m)| match m {
-                Message::Response(r) if r.status == 200 => Some(r.clone()),
-                _ => None,
-            })
-            .expect("200 to the refresh");
+        let refreshed = first_ok(&sent);
         assert_eq!(
             refreshed.headers.get(&HeaderName::SessionExpires),
             Some("90;refresher=uac")
@@ -2764,22 +2756,10 @@ mod tests {
         // An UPDATE putting the agent on hold: answered recvonly, mirrored as a re-INVITE.
         let held = sdp("10.0.0.1", 40000).replace("a=sendrecv", "a=sendonly");
         c.handle_message(t, update(3, "", &held), peer(TRUNK));
-        let (said, sent) = drain(&mut c);
-        let ok = sent
-            .iter()
-            .find_map(|(_, m)| match m {
-                Message::Response(r) if r.status == 200 => Some(r.clone()),
-                _ => None,
-            })
-            .expect("200 to the UPDATE");
+        let (_, sent) = drain(&mut c);
+        let ok = first_ok(&sent);
         assert!(String::from_utf8_lossy(&ok.body).contains("a=recvonly"));
-        let mirrored = sent
-            .iter()
-            .find_map(|(_, m)| match m {
-                Message::Request(r) if r.method == Method::Invite => Some(r.clone()),
-                _ => None,
-            })
-            .unwrap_or_else(|| panic!("a re-INVITE to the agent: {said:?}"));
+        let mirrored = agent_invite(&sent);
         assert!(String::from_utf8_lossy(&mirrored.body).contains("a=sendonly"));
     }
 
@@ -2968,13 +2948,7 @@ mod tests {
         c.handle_message(t, trunk("ACK", 1, "z9hG4bKack", Some(&tag)), peer(TRUNK));
         let (said, sent) = drain(&mut c);
         assert!(has(&said, "tx 10.0.0.1:5060 INVITE"), "{said:?}");
-        let mirrored = sent
-            .iter()
-            .find_map(|(_, m)| match m {
-                Message::Request(r) if r.method == Method::Invite => Some(r.clone()),
-                _ => None,
-            })
-            .expect("the mirrored hold");
+        let mirrored = agent_invite(&sent);
         assert!(String::from_utf8_lossy(&mirrored.body).contains("a=sendonly"));
     }
 
