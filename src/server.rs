@@ -48,8 +48,9 @@ pub struct ServeConfig {
     pub http: Option<SocketAddr>,
 }
 
-/// Option tags screenpop implements (none yet beyond the base spec).
-const SUPPORTED: &[&str] = &["timer"];
+/// Option tags a request may require of screenpop: session timers (RFC 4028) and reliable
+/// provisional responses (RFC 3262).
+const SUPPORTED: &[&str] = &["timer", crate::sip::reliable::TAG];
 
 pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.recordings)?;

@@ -82,11 +82,19 @@ fn call_longer_than_64_t1_is_not_torn_down() {
 /// The trunk's `scenario` call (the caller hangs up after `-d`) against an answering agent:
 /// media anchored, one recording checked by content.
 fn answered_call_is_recorded(name: &str, scenario: &str) {
-    let Some(env) = Env::with_sipp(name) else {
-        return;
-    };
+    let _ = answered_call_is_recorded_by(name, scenario, "uas_answer.xml");
+}
+
+/// As [`answered_call_is_recorded`], with the agent's phone running `agent_scenario`; returns
+/// the trunk (and its files' owner) for further checks of its message log.
+fn answered_call_is_recorded_by(
+    name: &str,
+    scenario: &str,
+    agent_scenario: &str,
+) -> Option<(Env, Sipp)> {
+    let env = Env::with_sipp(name)?;
     let server = env.start_server();
-    let mut agent = env.agent("uas_answer.xml", &[]);
+    let mut agent = env.agent(agent_scenario, &[]);
     let mut trunk = env.trunk(scenario, &["-d", &call_ms_arg()]);
     trunk.expect_success(SIPP_TIMEOUT);
     agent.expect_success(Duration::from_secs(10));
@@ -100,6 +108,7 @@ fn answered_call_is_recorded(name: &str, scenario: &str) {
         &recs[0],
         &CallExpect::new(talk, trunk.call_id.clone()),
     );
+    Some((env, trunk))
 }
 
 #[test]
@@ -112,6 +121,46 @@ fn caller_hangs_up_and_both_sides_are_recorded() {
 #[test]
 fn delayed_offer_from_the_trunk_is_taken_and_recorded() {
     answered_call_is_recorded("delayed_offer", "uac_delayed_offer.xml");
+}
+
+/// A carrier that requires reliable provisionals (RFC 3262): the ringback 180 is retransmitted
+/// until PRACKed, the phone's early media goes out as a reliable 183 with the next RSeq, the
+/// answer waits for its PRACK, and the call is relayed and recorded as any other.
+#[test]
+fn reliable_provisionals_to_a_100rel_trunk_are_pracked_and_the_call_recorded() {
+    let Some((_env, trunk)) =
+        answered_call_is_recorded_by("rel100", "uac_100rel.xml", "uas_early_media.xml")
+    else {
+        return;
+    };
+    // The trunk held its PRACK back for 800 ms: screenpop sent the 180 again after T1.
+    let log = trunk.messages();
+    let first_prack = log
+        .iter()
+        .position(|m| m.sent && m.first_line.starts_with("PRACK"))
+        .unwrap_or_else(|| panic!("the trunk sent no PRACK\n{}", trunk.report()));
+    let ringing: Vec<_> = log[..first_prack]
+        .iter()
+        .filter(|m| !m.sent && m.status() == Some(180))
+        .collect();
+    assert!(
+        ringing.len() >= 2,
+        "the unacknowledged 180 must be retransmitted\n{}",
+        trunk.report()
+    );
+    let rseq = |m: &LoggedMessage| {
+        m.text
+            .lines()
+            .find_map(|l| l.strip_prefix("RSeq:"))
+            .map(|v| v.trim().to_string())
+    };
+    assert!(rseq(ringing[0]).is_some(), "{}", trunk.report());
+    assert!(ringing.iter().all(|m| rseq(m) == rseq(ringing[0])));
+    let gap = ringing[1].time - ringing[0].time;
+    assert!(
+        (0.4..0.7).contains(&gap),
+        "retransmitted after T1 (0.5 s), not {gap:.3} s"
+    );
 }
 
 #[test]

@@ -34,6 +34,7 @@ use crate::sip::caller_id::CallerId;
 use crate::sip::headers::{HeaderName, NameAddr};
 use crate::sip::message::{Message, Method, Request, Response};
 use crate::sip::peer::{response_peer, Peer, Transport};
+use crate::sip::reliable::{self, Prack, RAck, Reliable};
 use crate::sip::sdp::{self, Codec, Direction, LocalMedia, SessionDescription};
 use crate::sip::session_timer::{
     negotiate_uas, Due, SessionExpires, SessionTimer, Terms, UasNegotiation,
@@ -46,7 +47,7 @@ use crate::sip::Uri;
 use crate::time::{civil_date, epoch_ms};
 
 /// Methods screenpop accepts in a call.
-pub(crate) const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, REGISTER";
+pub(crate) const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, PRACK, REGISTER";
 
 /// How long an ended call keeps absorbing retransmissions before its task goes, at most.
 const LINGER: Duration = Duration::from_secs(40);
@@ -364,6 +365,10 @@ pub struct Call {
     session: [Option<SessionTimer>; 2],
     /// Ended because a leg's refreshes stopped (or its refresh was refused as gone).
     session_expired: bool,
+    /// The caller asked for reliable provisionals (RFC 3262): our 18x wait for its PRACKs.
+    reliable: Option<Reliable>,
+    /// Our 2xx to the caller, held until the PRACK of a provisional that carried SDP.
+    held_2xx: Option<Response>,
     /// Our media direction on each leg (caller, agent): what we last answered or offered
     /// there. A hold or resume already in place is not mirrored again, and our refresh
     /// repeats it.
@@ -421,6 +426,10 @@ impl Call {
             UasNegotiation::Timed(terms) => Some(terms),
             _ => None,
         };
+        let reliable = reliable::requested(&invite).then(|| {
+            let cseq = invite.cseq().map_or(1, |c| c.seq);
+            Reliable::new(cfg.timers.t1, cseq, rng.gen_range(1..1 << 30))
+        });
         let (Some(from), Some(to), Some(invite_key)) =
             (invite.from(), invite.to(), ServerKey::of(&invite))
         else {
@@ -504,6 +513,8 @@ impl Call {
             session_terms: [session_terms, None],
             session: [None, None],
             session_expired: false,
+            reliable,
+            held_2xx: None,
             local_dir: [Direction::SendRecv; 2],
             held: [false; 2],
             mirror_inflight: [None; 2],
@@ -615,6 +626,7 @@ impl Call {
             .map(SessionTimer::deadline);
         txs.chain(self.ring_deadline)
             .chain(self.linger_until)
+            .chain(self.reliable.as_ref().and_then(Reliable::poll_timeout))
             .chain(session)
             .min()
     }
@@ -984,6 +996,28 @@ impl Call {
     /// Responds on the caller's INVITE transaction, on the wire at once (ahead of whatever
     /// else the call asks for next: the caller hears 100 before the lookup, 180 before routing).
     fn respond_invite(&mut self, now: Instant, resp: Response) {
+        let resp = match (self.reliable.as_mut(), resp.status) {
+            (Some(rel), 101..=199) => match rel.provisional(now, resp) {
+                Some(r) => r,
+                None => return, // it waits for a PRACK, or adds nothing
+            },
+            (Some(rel), 200..=299) if rel.holds_2xx() => {
+                debug!("2xx held until the early media's PRACK (RFC 3262 §3)");
+                self.held_2xx = Some(resp);
+                return;
+            }
+            (Some(rel), 200..) => {
+                rel.finish();
+                self.held_2xx = None;
+                resp
+            }
+            _ => resp,
+        };
+        self.send_on_invite(now, resp);
+    }
+
+    /// Puts a response on the caller's INVITE transaction as it is.
+    fn send_on_invite(&mut self, now: Instant, resp: Response) {
         if let Some(i) = self
             .servers
             .iter()
@@ -1133,6 +1167,26 @@ impl Call {
         }
         for s in &mut self.servers {
             s.tx.handle_timeout(now);
+        }
+        match self.reliable.as_mut().and_then(|r| r.on_timeout(now)) {
+            Some(reliable::Due::Retransmit(r)) if self.invite_pending() => {
+                self.send_on_invite(now, r)
+            }
+            Some(reliable::Due::GiveUp) if self.invite_pending() => {
+                warn!("no PRACK for a reliable provisional in 64*T1: the call is refused (RFC 3262 §3)");
+                self.held_2xx = None;
+                self.disposition = Some(Disposition::Failed);
+                self.cancel_agent(now);
+                if self.agent_answered {
+                    self.bye(now, LegId::Agent);
+                }
+                let tag = self.caller_leg.local_tag().to_string();
+                let resp = self.invite.response(500, Some(&tag));
+                self.send_on_invite(now, resp);
+                self.final_status = 500;
+                self.end(now, None);
+            }
+            _ => {}
         }
         if self.ring_deadline.is_some_and(|d| now >= d) {
             self.ring_deadline = None;
@@ -1392,6 +1446,7 @@ impl Call {
             }
             Method::Invite => self.on_reinvite(now, leg, req),
             Method::Update => self.on_update(now, leg, req),
+            Method::Prack => self.on_prack(now, leg, req),
             Method::Options | Method::Info => {
                 let mut resp = req.response(200, Some(&tag));
                 resp.headers.push(HeaderName::Allow, ALLOW);
@@ -1445,6 +1500,35 @@ impl Call {
     fn respond_last(&mut self, now: Instant, resp: Response) {
         if let Some(s) = self.servers.last_mut() {
             s.tx.respond(now, &resp);
+        }
+    }
+
+    /// A PRACK for one of our reliable provisionals (RFC 3262 §3): 200, then whatever waited
+    /// for it (the next provisional, or the held 2xx). Anything unmatched gets 481.
+    fn on_prack(&mut self, now: Instant, leg: LegId, req: Request) {
+        let tag = self.dialog(leg).local_tag().to_string();
+        let acked = match (leg, self.reliable.as_mut(), RAck::of(&req)) {
+            (LegId::Caller, Some(rel), Some(rack)) => rel.prack(now, rack),
+            _ => Prack::NoMatch,
+        };
+        let Prack::Acked { next } = acked else {
+            let resp = req.response(481, Some(&tag));
+            self.respond_last(now, resp);
+            return;
+        };
+        let resp = req.response(200, Some(&tag));
+        self.respond_last(now, resp);
+        self.flush_last();
+        if !self.invite_pending() {
+            return;
+        }
+        if let Some(next) = next {
+            self.send_on_invite(now, next);
+        }
+        if self.reliable.as_ref().is_some_and(|r| !r.holds_2xx()) {
+            if let Some(ok) = self.held_2xx.take() {
+                self.respond_invite(now, ok);
+            }
         }
     }
 
@@ -2984,5 +3068,142 @@ mod tests {
         c.handle_message(t, theirs, peer(PHONE));
         let (said, _) = drain(&mut c);
         assert_eq!(said, ["tx 10.0.0.10:5060 SIP/2.0 491 Request Pending"]);
+    }
+
+    /// The trunk's PRACK for RSeq `rseq` of our INVITE's provisionals.
+    fn prack(c: &Call, cseq: u32, rseq: u32) -> Message {
+        let tag = c.caller_leg.local_tag().to_string();
+        request(&format!(
+            "PRACK sip:100@10.0.0.2:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKpr{cseq}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:+8613800138000@10.0.0.1>;tag=t1\r\n\
+             To: <sip:100@10.0.0.2>;tag={tag}\r\nCall-ID: unit@10.0.0.1\r\nCSeq: {cseq} PRACK\r\n\
+             RAck: {rseq} 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+        ))
+    }
+
+    fn rseq_of(sent: &[(Peer, Message)], status: u16) -> u32 {
+        sent.iter()
+            .find_map(|(_, m)| match m {
+                Message::Response(r) if r.status == status => {
+                    assert_eq!(r.headers.get(&HeaderName::Require), Some("100rel"));
+                    r.headers.get_named("RSeq").and_then(|v| v.parse().ok())
+                }
+                _ => None,
+            })
+            .expect("a reliable provisional with an RSeq")
+    }
+
+    /// A trunk asking for 100rel: the ringback 180 is retransmitted until PRACKed, the phone's
+    /// 183 with early media waits its turn, and the 2xx waits for the 183's PRACK.
+    #[test]
+    fn reliable_provisionals_wait_for_their_prack_and_hold_the_answer() {
+        let invite = invite_full("Require: 100rel\r\n", &sdp("10.0.0.1", 40000));
+        let (mut c, t0) = start_with(invite, false, vec![Codec::Pcmu]);
+        drain(&mut c);
+        c.handle_lookup(t0, found());
+        let (said, sent) = drain(&mut c);
+        assert_eq!(said, ["tx 10.0.0.1:5060 SIP/2.0 180 Ringing", "route"]);
+        let first = rseq_of(&sent, 180);
+        let t1 = TimerConfig::default().t1;
+        assert_eq!(c.poll_timeout(), Some(t0 + t1));
+        c.handle_timeout(t0 + t1);
+        let (said, sent) = drain(&mut c);
+        assert_eq!(said, ["tx 10.0.0.1:5060 SIP/2.0 180 Ringing"]);
+        assert_eq!(
+            rseq_of(&sent, 180),
+            first,
+            "a retransmission keeps its RSeq"
+        );
+
+        c.handle_decision(t0 + t1, offer(4));
+        let (_, sent) = drain(&mut c);
+        let inv = agent_invite(&sent);
+        let early = inv
+            .response(183, Some("ptag"))
+            .with_body("application/sdp", sdp("10.0.0.10", 42000).into_bytes());
+        c.handle_message(t0 + t1, Message::Response(early), peer(PHONE));
+        let (said, _) = drain(&mut c);
+        assert!(
+            !has(&said, "183"),
+            "the 183 waits for the 180's PRACK: {said:?}"
+        );
+
+        // A PRACK for an RSeq we never sent is 481 and releases nothing.
+        c.handle_message(t0 + t1, prack(&c, 2, first + 7), peer(TRUNK));
+        let (said, _) = drain(&mut c);
+        assert_eq!(
+            said,
+            ["tx 10.0.0.1:5060 SIP/2.0 481 Call/Transaction Does Not Exist"]
+        );
+
+        c.handle_message(t0 + t1, prack(&c, 3, first), peer(TRUNK));
+        let (said, sent) = drain(&mut c);
+        assert_eq!(
+            said,
+            [
+                "tx 10.0.0.1:5060 SIP/2.0 200 OK",
+                "tx 10.0.0.1:5060 SIP/2.0 183 Session Progress"
+            ]
+        );
+        assert_eq!(rseq_of(&sent, 183), first + 1);
+
+        // The phone answers before the trunk PRACKed the early media: the 2xx waits.
+        let t = t0 + Duration::from_secs(2);
+        c.handle_message(t, answer(&inv), peer(PHONE));
+        let (said, _) = drain(&mut c);
+        assert!(!has(&said, "tx 10.0.0.1:5060 SIP/2.0 200"), "{said:?}");
+        c.handle_message(t, prack(&c, 4, first + 1), peer(TRUNK));
+        let (said, sent) = drain(&mut c);
+        assert_eq!(
+            said.iter()
+                .filter(|s| s.starts_with("tx 10.0.0.1"))
+                .collect::<Vec<_>>(),
+            [
+                "tx 10.0.0.1:5060 SIP/2.0 200 OK",
+                "tx 10.0.0.1:5060 SIP/2.0 200 OK"
+            ]
+        );
+        let ok = sent
+            .iter()
+            .filter_map(|(_, m)| match m {
+                Message::Response(r) => Some(r.clone()),
+                _ => None,
+            })
+            .next_back()
+            .expect("the 2xx");
+        assert_eq!(ok.cseq().map(|c| c.method), Some(Method::Invite));
+        assert!(!ok.body.is_empty(), "the 2xx repeats the answer");
+        // From now on only the 2xx is retransmitted (until the ACK), no provisional.
+        for k in 1..4 {
+            c.handle_timeout(t + t1 * k);
+            let (said, _) = drain(&mut c);
+            assert!(said.iter().all(|s| !s.contains(" 18")), "{said:?}");
+        }
+    }
+
+    /// A caller that never PRACKs is refused with 500 after 64*T1 (RFC 3262 §3), and the
+    /// agent's phone stops ringing.
+    #[test]
+    fn no_prack_in_64_t1_refuses_the_call() {
+        let invite = invite_full("Supported: 100rel\r\n", &sdp("10.0.0.1", 40000));
+        let (mut c, t0) = start_with(invite, false, vec![Codec::Pcmu]);
+        drain(&mut c);
+        c.handle_lookup(t0, found());
+        c.handle_decision(t0, offer(4));
+        let (_, sent) = drain(&mut c);
+        let inv = agent_invite(&sent);
+        phone_says(&mut c, t0, &inv, 180);
+        drain(&mut c);
+        let t64 = t0 + TimerConfig::default().t1 * 64;
+        let mut said = Vec::new();
+        while let Some(w) = c.poll_timeout().filter(|w| *w <= t64) {
+            c.handle_timeout(w);
+            said.extend(drain(&mut c).0);
+        }
+        let ringing = said.iter().filter(|s| s.contains("180 Ringing")).count();
+        assert_eq!(ringing, 6, "{said:?}");
+        assert!(has(&said, "SIP/2.0 500"), "{said:?}");
+        assert!(has(&said, "CANCEL sip:agent"), "{said:?}");
+        assert!(has(&said, "ended Failed"), "{said:?}");
     }
 }

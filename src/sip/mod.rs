@@ -10,6 +10,7 @@ pub mod message;
 pub mod peer;
 pub(crate) mod registrar;
 pub mod registration;
+pub mod reliable;
 pub mod sdp;
 pub mod session_timer;
 pub mod transaction;
