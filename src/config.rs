@@ -96,6 +96,38 @@ pub struct Profile {
     pub users: Vec<User>,
     #[serde(default)]
     pub registrations: Vec<Registration>,
+    /// SIP over TLS: a listener (port 5061 by default) with this certificate and key, reloaded
+    /// on SIGHUP; TLS to trunks and registrars checks their certificates against `ca` and the
+    /// system's store. Relative paths are read from the profile's folder. Absent: no TLS.
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsSettings>,
+    /// When agents' phones are offered SRTP (SDES, RFC 4568): `"tls"` (phones reached over
+    /// TLS, where the keys in the SDP are protected), `"always"` or `"never"`.
+    #[serde(default)]
+    pub agent_srtp: AgentSrtp,
+}
+
+/// When screenpop offers SRTP to an agent's phone. Trunks that offer SRTP get it back
+/// whatever this says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentSrtp {
+    Never,
+    /// Only to phones reached over TLS: SDES keys sent in clear SIP protect nothing.
+    #[default]
+    Tls,
+    Always,
+}
+
+impl AgentSrtp {
+    /// Whether a phone reached over `transport` is offered SRTP.
+    pub fn offers(self, transport: crate::sip::peer::Transport) -> bool {
+        match self {
+            AgentSrtp::Never => false,
+            AgentSrtp::Tls => transport == crate::sip::peer::Transport::Tls,
+            AgentSrtp::Always => true,
+        }
+    }
 }
 
 /// Peers whose requests are accepted without authentication.
@@ -234,10 +266,20 @@ impl Profile {
 
     /// Parses and checks a profile's text; `path` names it in errors.
     pub fn parse(text: &str, path: PathBuf) -> Result<Profile, ConfigError> {
-        let profile: Profile = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut profile: Profile = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.clone(),
             message: e.to_string(),
         })?;
+        if let (Some(tls), Some(dir)) = (profile.tls.as_mut(), path.parent()) {
+            for file in [Some(&mut tls.cert), Some(&mut tls.key), tls.ca.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                if file.is_relative() {
+                    *file = dir.join(&*file);
+                }
+            }
+        }
         profile.codec_prefs().map_err(|why| ConfigError::Field {
             path: path.clone(),
             field: "codecs",

@@ -14,5 +14,6 @@ pub mod server;
 pub mod sip;
 pub mod store;
 pub mod time;
+pub mod tls;
 pub mod transport;
 pub(crate) mod web;

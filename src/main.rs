@@ -288,10 +288,12 @@ fn main() -> anyhow::Result<()> {
         } => {
             let to =
                 screenpop::sip::Uri::parse(&to).map_err(|e| anyhow::anyhow!("--to {to:?}: {e}"))?;
-            let transport = match to.param("transport").flatten() {
-                Some(t) if t.eq_ignore_ascii_case("tcp") => screenpop::transport::Transport::Tcp,
-                _ => screenpop::transport::Transport::Udp,
-            };
+            use screenpop::transport::Transport;
+            let transport = Transport::of_uri(&to).unwrap_or(Transport::Udp);
+            anyhow::ensure!(
+                transport != Transport::Tls,
+                "--to {to}: `screenpop dial` calls over UDP or TCP only"
+            );
             let summary = rt.block_on(screenpop::calls::dial::dial(
                 screenpop::calls::dial::DialOptions {
                     to,

@@ -67,7 +67,11 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         complete_crashed_log(&store, &record).await;
     }
     let recorder = Arc::new(Recorder::spawn(cfg.recordings.clone())?);
-    let (sock, mut inbound) = SipSocket::bind(cfg.sip).await?;
+    let tls = match &cfg.profile.tls {
+        Some(settings) => Some(crate::tls::Tls::load(settings)?),
+        None => None,
+    };
+    let (sock, mut inbound) = SipSocket::bind(cfg.sip, tls.clone()).await?;
     let local = sock.local_addr();
     let ip = crate::calls::dialog::advertised_ip(local, cfg.profile.public_addr);
     let host = match ip {
@@ -131,6 +135,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             me: LocalContact {
                 host,
                 port: local.port(),
+                tls_port: sock.tls_local_addr().map(|a| a.port()),
             },
             media_ip: ip,
             codecs,
@@ -143,6 +148,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                 .then(|| std::time::Duration::from_secs(profile.rtp_timeout_secs)),
             min_se_secs: profile.min_se_secs,
             session_expires_secs: profile.session_expires_secs,
+            agent_srtp: profile.agent_srtp,
         }),
         profile: profile.clone(),
         ports,
@@ -171,6 +177,8 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         }
     }
     let mut expiry = tokio::time::interval(std::time::Duration::from_secs(30));
+    // SIGHUP re-reads the TLS certificate and key (a renewal); calls and connections stay up.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {
         tokio::select! {
             // A call registers an agent-leg Call-ID before sending the INVITE: taking routes
@@ -194,6 +202,13 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                     d.env.acd.registered(&user, false);
                 }
             }
+            _ = hangup.recv() => match &tls {
+                Some(t) => match t.reload() {
+                    Ok(()) => info!("SIGHUP: tls certificate reloaded"),
+                    Err(e) => warn!(error = %format!("{e:#}"), "SIGHUP: tls certificate not reloaded; the old one stays in use"),
+                },
+                None => info!("SIGHUP: nothing to reload (no [tls] in the profile)"),
+            },
             _ = tokio::signal::ctrl_c() => {
                 info!("shutting down");
                 break;
@@ -501,15 +516,21 @@ async fn start_registration(
     r: &crate::config::Registration,
 ) -> anyhow::Result<(String, mpsc::Sender<Inbound>)> {
     let registrar = Uri::parse(&r.registrar).map_err(|e| anyhow::anyhow!("registrar URI: {e}"))?;
-    let (host, port) = registrar.host_port();
-    let addr = tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
+    let transport = Transport::of_uri(&registrar).unwrap_or(Transport::Udp);
+    let host = registrar.host.trim_matches(['[', ']']).to_string();
+    let port = registrar.port.unwrap_or(transport.default_port());
+    let addr = tokio::net::lookup_host((host.as_str(), port))
         .await?
         .next()
         .ok_or_else(|| anyhow::anyhow!("registrar {host} does not resolve"))?;
-    let transport = match registrar.param("transport").flatten() {
-        Some(t) if t.eq_ignore_ascii_case("tcp") => Transport::Tcp,
-        _ => Transport::Udp,
-    };
+    if transport == Transport::Tls {
+        anyhow::ensure!(
+            env.profile.tls.is_some(),
+            "registrar {} needs TLS: add a [tls] section to the profile",
+            r.registrar
+        );
+        env.sip.name_tls_peer(addr, &host);
+    }
     let peer = Peer { addr, transport };
     let me = &env.call.me;
     let cfg = RegConfig {
@@ -518,9 +539,11 @@ async fn start_registration(
         auth_user: r.auth_user.clone().unwrap_or_else(|| r.user.clone()),
         password: r.password.clone(),
         expires: r.expires,
-        sent_by: format!("{}:{}", me.host, me.port),
+        sent_by: format!("{}:{}", me.host, me.port_for(&peer)),
         transport: transport.as_str(),
-        contact: format!("<sip:{}@{}:{}>", r.user, me.host, me.port),
+        contact: me
+            .contact(&peer)
+            .replacen("screenpop@", &format!("{}@", r.user), 1),
         reliable: transport.reliable(),
     };
     let call_id = format!("reg-{:016x}@{}", rand::random::<u64>(), me.host);

@@ -1,4 +1,5 @@
-//! SIP over UDP and TCP on one port (RFC 3261 §18), the edge where bytes meet sockets.
+//! SIP over UDP and TCP on one port, and TLS on another (RFC 3261 §18, §26.2), the edge where
+//! bytes meet sockets.
 //!
 //! Receive loops parse each datagram or stream frame; a request that fails to parse is answered
 //! with 400 (505 for a bad version) built from its raw Via/From/To/Call-ID/CSeq lines when those
@@ -9,13 +10,14 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::sip::message::{reason_phrase, MAX_MESSAGE};
 use crate::sip::{Message, ParseError};
+use crate::tls::Tls;
 
 pub use crate::sip::peer::{Peer, Transport};
 
@@ -31,7 +33,11 @@ pub(crate) struct Inbound {
 /// How long a TCP connection may stay silent before it is closed.
 const TCP_IDLE: std::time::Duration = std::time::Duration::from_secs(600);
 
-type ConnMap = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>;
+/// How long a TLS client may take over its handshake before the connection is dropped.
+const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Writers of open stream connections (TCP and TLS), by peer.
+type ConnMap = Arc<Mutex<HashMap<Peer, mpsc::Sender<Vec<u8>>>>>;
 
 /// The sending half of the SIP sockets; cheap to clone into every call task.
 #[derive(Clone)]
@@ -40,6 +46,11 @@ pub(crate) struct SipSocket {
     conns: ConnMap,
     inbound: mpsc::Sender<Inbound>,
     local: SocketAddr,
+    tls: Option<Tls>,
+    tls_local: Option<SocketAddr>,
+    /// Host names to check a TLS server's certificate against, by address: learned where a URI
+    /// was resolved (a registrar, a trunk); an address without one is checked as an IP.
+    tls_names: Arc<Mutex<HashMap<SocketAddr, String>>>,
 }
 
 /// UDP and TCP on one port. With port 0 the UDP socket picks an ephemeral port and TCP takes the
@@ -67,10 +78,22 @@ async fn bind_pair(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)
 }
 
 impl SipSocket {
-    /// Binds UDP and TCP on `addr` and starts the receive loops.
-    pub async fn bind(addr: SocketAddr) -> std::io::Result<(SipSocket, mpsc::Receiver<Inbound>)> {
+    /// Binds UDP and TCP on `addr`, and with `tls` a TLS listener on its port at the same
+    /// address, and starts the receive loops.
+    pub async fn bind(
+        addr: SocketAddr,
+        tls: Option<Tls>,
+    ) -> std::io::Result<(SipSocket, mpsc::Receiver<Inbound>)> {
         let (udp, tcp) = bind_pair(addr).await?;
         let local = udp.local_addr()?;
+        let tls_listener = match &tls {
+            Some(t) => Some(TcpListener::bind(SocketAddr::new(addr.ip(), t.port())).await?),
+            None => None,
+        };
+        let tls_local = match &tls_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
         let sock = socket2::SockRef::from(&udp);
         let _ = sock.set_recv_buffer_size(4 << 20);
         let _ = sock.set_send_buffer_size(4 << 20);
@@ -80,15 +103,35 @@ impl SipSocket {
             conns: Arc::default(),
             inbound: tx,
             local,
+            tls: tls.clone(),
+            tls_local,
+            tls_names: Arc::default(),
         };
         tokio::spawn(me.clone().udp_loop());
         tokio::spawn(me.clone().accept_loop(tcp));
         info!(%local, "sip listening on udp and tcp");
+        if let (Some(l), Some(t)) = (tls_listener, tls) {
+            tokio::spawn(me.clone().tls_accept_loop(l, t));
+            info!(local = ?tls_local, "sip listening on tls");
+        }
         Ok((me, rx))
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// The TLS listener's address, when there is one.
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.tls_local
+    }
+
+    /// Checks a TLS connection opened to `addr` against `host`'s certificate (the host part of
+    /// the URI that resolved to it).
+    pub fn name_tls_peer(&self, addr: SocketAddr, host: &str) {
+        if let Ok(mut m) = self.tls_names.lock() {
+            m.insert(addr, host.trim_matches(['[', ']']).to_string());
+        }
     }
 
     /// Sends bytes to a peer. UDP sends are immediate; TCP goes through the connection's
@@ -102,31 +145,72 @@ impl SipSocket {
                     debug!(peer = %peer.addr, error = %e, "udp send failed");
                 }
             }
-            Transport::Tcp => {
-                let existing = self
-                    .conns
-                    .lock()
-                    .ok()
-                    .and_then(|m| m.get(&peer.addr).cloned());
+            Transport::Tcp | Transport::Tls => {
+                let existing = self.conns.lock().ok().and_then(|m| m.get(&peer).cloned());
                 match existing {
                     Some(tx) => {
                         if tx.try_send(bytes).is_err() {
-                            warn!(peer = %peer.addr, "tcp connection backlogged or closed");
+                            warn!(peer = %peer.addr, "stream connection backlogged or closed");
                         }
                     }
                     None => {
                         let me = self.clone();
                         tokio::spawn(async move {
-                            match TcpStream::connect(peer.addr).await {
-                                Ok(stream) => {
-                                    let tx = me.clone().spawn_conn(stream, peer.addr);
-                                    let _ = tx.send(bytes).await;
-                                }
-                                Err(e) => debug!(peer = %peer.addr, error = %e, "tcp connect"),
+                            if let Some(tx) = me.connect(peer).await {
+                                let _ = tx.send(bytes).await;
                             }
                         });
                     }
                 }
+            }
+        }
+    }
+
+    /// Opens a stream connection to `peer` (TLS: checked against the name the address was
+    /// learned under, else its IP) and starts its reader and writer.
+    async fn connect(&self, peer: Peer) -> Option<mpsc::Sender<Vec<u8>>> {
+        let stream = match TcpStream::connect(peer.addr).await {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(peer = %peer.addr, error = %e, "connect");
+                return None;
+            }
+        };
+        if peer.transport == Transport::Tcp {
+            return Some(self.clone().spawn_conn(stream, peer));
+        }
+        let Some(tls) = &self.tls else {
+            warn!(peer = %peer.addr, "a message for a TLS peer, but the profile has no [tls]");
+            return None;
+        };
+        let host = self
+            .tls_names
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&peer.addr).cloned())
+            .unwrap_or_else(|| peer.addr.ip().to_string());
+        let Some(name) = crate::tls::server_name(&host) else {
+            warn!(%host, "not a name a TLS certificate can be checked against");
+            return None;
+        };
+        let _ = stream.set_nodelay(true);
+        match tokio::time::timeout(TLS_HANDSHAKE, tls.connector().connect(name, stream)).await {
+            Ok(Ok(s)) => {
+                metrics::counter!("screenpop_tls_handshakes_total", "side" => "client")
+                    .increment(1);
+                Some(self.clone().spawn_conn(s, peer))
+            }
+            Ok(Err(e)) => {
+                metrics::counter!("screenpop_tls_handshake_failures_total", "side" => "client")
+                    .increment(1);
+                warn!(peer = %peer.addr, %host, error = %e, "tls handshake failed");
+                None
+            }
+            Err(_) => {
+                metrics::counter!("screenpop_tls_handshake_failures_total", "side" => "client")
+                    .increment(1);
+                warn!(peer = %peer.addr, %host, "tls handshake timed out");
+                None
             }
         }
     }
@@ -178,7 +262,12 @@ impl SipSocket {
         loop {
             match listener.accept().await {
                 Ok((stream, addr)) => {
-                    self.clone().spawn_conn(stream, addr);
+                    let _ = stream.set_nodelay(true);
+                    let peer = Peer {
+                        addr,
+                        transport: Transport::Tcp,
+                    };
+                    self.clone().spawn_conn(stream, peer);
                 }
                 Err(e) => {
                     warn!(error = %e, "tcp accept");
@@ -188,13 +277,59 @@ impl SipSocket {
         }
     }
 
-    /// Starts the reader and writer of one TCP connection and registers its writer.
-    fn spawn_conn(self, stream: TcpStream, addr: SocketAddr) -> mpsc::Sender<Vec<u8>> {
-        let _ = stream.set_nodelay(true);
-        let (mut rd, mut wr) = stream.into_split();
+    /// Accepts TLS clients: each handshake runs in its own task under a deadline, so a client
+    /// that stalls or fails it holds up nobody; failures are counted and logged.
+    async fn tls_accept_loop(self, listener: TcpListener, tls: Tls) {
+        loop {
+            let (stream, addr) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "tls accept");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            // The certificate in force when the client connected (SIGHUP swaps it for later
+            // ones).
+            let acceptor = tls.acceptor();
+            let me = self.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => {
+                        metrics::counter!("screenpop_tls_handshakes_total", "side" => "server")
+                            .increment(1);
+                        let peer = Peer {
+                            addr,
+                            transport: Transport::Tls,
+                        };
+                        me.spawn_conn(s, peer);
+                    }
+                    Ok(Err(e)) => {
+                        metrics::counter!("screenpop_tls_handshake_failures_total", "side" => "server")
+                            .increment(1);
+                        info!(peer = %addr, error = %e, "tls handshake failed");
+                    }
+                    Err(_) => {
+                        metrics::counter!("screenpop_tls_handshake_failures_total", "side" => "server")
+                            .increment(1);
+                        info!(peer = %addr, "tls handshake timed out");
+                    }
+                }
+            });
+        }
+    }
+
+    /// Starts the reader and writer of one stream connection (TCP, or TLS over it) and
+    /// registers its writer.
+    fn spawn_conn<S>(self, stream: S, peer: Peer) -> mpsc::Sender<Vec<u8>>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (mut rd, mut wr) = tokio::io::split(stream);
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
         if let Ok(mut m) = self.conns.lock() {
-            m.insert(addr, tx.clone());
+            m.insert(peer, tx.clone());
         }
         tokio::spawn(async move {
             while let Some(b) = rx.recv().await {
@@ -202,13 +337,11 @@ impl SipSocket {
                     break;
                 }
             }
+            // TLS: close_notify before the TCP FIN.
+            let _ = wr.shutdown().await;
         });
         let ret = tx.clone();
         tokio::spawn(async move {
-            let peer = Peer {
-                addr,
-                transport: Transport::Tcp,
-            };
             let mut buf: Vec<u8> = Vec::with_capacity(8192);
             let mut chunk = vec![0u8; 16384];
             'conn: loop {
@@ -265,8 +398,8 @@ impl SipSocket {
             // keep the writer registered a little longer, then let it close the connection.
             tokio::time::sleep(std::time::Duration::from_secs(2)).await;
             if let Ok(mut m) = self.conns.lock() {
-                if m.get(&addr).is_some_and(|s| s.same_channel(&tx)) {
-                    m.remove(&addr);
+                if m.get(&peer).is_some_and(|s| s.same_channel(&tx)) {
+                    m.remove(&peer);
                 }
             }
         });

@@ -344,6 +344,7 @@ impl World {
             me: LocalContact {
                 host: "10.0.0.2".into(),
                 port: 5060,
+                tls_port: None,
             },
             media_ip: addr(SCREENPOP).ip(),
             codecs: vec![Codec::Pcmu, Codec::Pcma],
@@ -352,6 +353,7 @@ impl World {
             rtp_timeout: Some(Duration::from_secs(30)),
             min_se_secs: 90,
             session_expires_secs: 1800,
+            agent_srtp: screenpop::config::AgentSrtp::Tls,
         });
         let mut acd = Acd::new();
         acd.handle(

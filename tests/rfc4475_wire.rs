@@ -1,4 +1,4 @@
-//! RFC 4475 torture messages sent to a running server over UDP and TCP. These messages name
+//! RFC 4475 torture messages sent to a running server over UDP, TCP and TLS. These messages name
 //! foreign hosts (192.0.2.x, example.com, 255.255.255.255), so this test must run inside a
 //! network namespace with only loopback (`tests/run.sh` does that); it refuses to run
 //! otherwise, so a wrong reply can never leave the machine.
@@ -149,11 +149,59 @@ fn torture_over_tcp() {
         "run inside `unshare -n` (tests/run.sh): these messages name foreign hosts"
     );
     let _server = start_server(5081, "41200-41400", "tcp");
-    let mut failures = Vec::new();
-    for (file, verdict, bytes) in corpus() {
-        let mut conn = TcpStream::connect("127.0.0.1:5081").unwrap();
+    torture_over_stream(|| {
+        let conn = TcpStream::connect("127.0.0.1:5081").unwrap();
         conn.set_read_timeout(Some(Duration::from_millis(400)))
             .unwrap();
+        conn
+    });
+}
+
+/// The same corpus over TLS (RFC 3261 §26.2), after a client that never finishes its
+/// handshake and one that sends plain SIP to the TLS port: both cost their connection only.
+#[test]
+fn torture_over_tls() {
+    assert!(
+        loopback_only(),
+        "run inside `unshare -n` (tests/run.sh): these messages name foreign hosts"
+    );
+    let dir = std::env::temp_dir().join(format!("screenpop-4475-certs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = common::tls::make_cert(&dir, "server");
+    let profile = format!(
+        "{PROFILE}[tls]\nport = 5084\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert.cert.display(),
+        cert.key.display()
+    );
+    let server = TestServer::start("4475-tls", 5083, "41400-41600", &profile);
+    let stalled = TcpStream::connect("127.0.0.1:5084").unwrap();
+    let mut plain = TcpStream::connect("127.0.0.1:5084").unwrap();
+    plain.write_all(&options("plain-to-tls")).unwrap();
+    let cfg = common::tls::client_config(&cert.cert);
+    torture_over_stream(|| {
+        let s = common::tls::connect(5084, &cfg).unwrap_or_else(|e| {
+            panic!("tls handshake: {e}\n{}", server.log());
+        });
+        s.sock
+            .set_read_timeout(Some(Duration::from_millis(400)))
+            .unwrap();
+        s
+    });
+    assert!(
+        server.wait_log("tls handshake failed", Duration::from_secs(2)),
+        "the plain client is refused at the handshake:\n{}",
+        server.log()
+    );
+    drop(stalled);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Sends each message of the corpus on a fresh connection from `connect` and checks the
+/// answer; then the server must still answer an OPTIONS.
+fn torture_over_stream<S: Read + Write>(connect: impl Fn() -> S) {
+    let mut failures = Vec::new();
+    for (file, verdict, bytes) in corpus() {
+        let mut conn = connect();
         conn.write_all(&bytes).unwrap();
         let mut buf = [0u8; 8192];
         let got = match conn.read(&mut buf) {
@@ -175,9 +223,8 @@ fn torture_over_tcp() {
             failures.push(format!("{file} ({verdict}): want {want:?}, got {got:?}"));
         }
     }
-    let mut conn = TcpStream::connect("127.0.0.1:5081").unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    conn.write_all(&options("after-tcp")).unwrap();
+    let mut conn = connect();
+    conn.write_all(&options("after-stream")).unwrap();
     let mut buf = [0u8; 2048];
     let n = conn.read(&mut buf).unwrap();
     assert_eq!(status_of(&buf[..n]), Some(200));

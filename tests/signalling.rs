@@ -312,3 +312,136 @@ fn agent_host_name_is_resolved_and_max_forwards_zero_gets_483() {
         assert!(!t.contains("Max-Forwards: 0") && !t.contains("mf0"), "{t}");
     }
 }
+
+/// A `[tls]` section for a profile: listener on `port`, this certificate, and `ca` to check
+/// the registrars and trunks screenpop itself connects to.
+fn tls_section(port: u16, cert: &common::tls::TestCert, ca: Option<&std::path::Path>) -> String {
+    let ca = ca
+        .map(|p| format!("ca = \"{}\"\n", p.display()))
+        .unwrap_or_default();
+    format!(
+        "[tls]\nport = {port}\ncert = \"{}\"\nkey = \"{}\"\n{ca}",
+        cert.cert.display(),
+        cert.key.display()
+    )
+}
+
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("screenpop-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// SIGHUP swaps the TLS certificate (a renewal): the next handshake presents the new one, a
+/// connection made before keeps working, and a broken renewal keeps the one in use.
+#[test]
+fn tls_certificate_reloads_on_sighup_without_dropping_connections() {
+    use common::tls::{client_config, connect, exchange, make_cert, presented};
+    let dir = temp_dir("tls-hup-certs");
+    let old = make_cert(&dir, "old");
+    let new = make_cert(&dir, "new");
+    let live = make_cert(&dir, "live");
+    let ca = dir.join("ca.pem");
+    let both = [&old, &new]
+        .iter()
+        .map(|c| std::fs::read_to_string(&c.cert).unwrap())
+        .collect::<String>();
+    std::fs::write(&ca, both).unwrap();
+    std::fs::copy(&old.cert, &live.cert).unwrap();
+    std::fs::copy(&old.key, &live.key).unwrap();
+    let profile = format!(
+        "name = \"tls\"\n[trust]\ncidrs = [\"127.0.0.0/8\"]\n{}",
+        tls_section(5187, &live, None)
+    );
+    let s = TestServer::start("tls-hup", 5186, "42600-42700", &profile);
+    let cfg = client_config(&ca);
+    let mut before = connect(5187, &cfg).unwrap_or_else(|e| panic!("{e}\n{}", s.log()));
+    assert_eq!(presented(&before), old.der);
+    let r = exchange(&mut before, &options("tls-before", 0)).unwrap();
+    assert_eq!(status_of(&r), Some(200), "{}", String::from_utf8_lossy(&r));
+
+    std::fs::copy(&new.key, &live.key).unwrap();
+    std::fs::copy(&new.cert, &live.cert).unwrap();
+    s.signal(libc::SIGHUP);
+    assert!(
+        s.wait_log("tls certificate reloaded", Duration::from_secs(5)),
+        "{}",
+        s.log()
+    );
+    let after = connect(5187, &cfg).unwrap();
+    assert_eq!(presented(&after), new.der, "the renewed certificate");
+    let r = exchange(&mut before, &options("tls-still", 0)).unwrap();
+    assert_eq!(
+        status_of(&r),
+        Some(200),
+        "the old connection is still served"
+    );
+
+    std::fs::write(&live.key, "not a key").unwrap();
+    s.signal(libc::SIGHUP);
+    assert!(
+        s.wait_log("tls certificate not reloaded", Duration::from_secs(5)),
+        "{}",
+        s.log()
+    );
+    let again = connect(5187, &cfg).unwrap();
+    assert_eq!(
+        presented(&again),
+        new.der,
+        "a broken renewal keeps the one in use"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Outbound registration over TLS (`transport=tls`) to a registrar whose certificate the
+/// profile's `ca` vouches for; with another `ca` the handshake fails and nothing is sent.
+#[test]
+fn registration_over_tls_checks_the_registrars_certificate() {
+    let dir = temp_dir("tls-reg-certs");
+    let registrar_cert = common::tls::make_cert(&dir, "registrar");
+    let client_cert = common::tls::make_cert(&dir, "client");
+    let stranger = common::tls::make_cert(&dir, "stranger");
+    let registrar = TestServer::start(
+        "tls-registrar",
+        5188,
+        "42700-42800",
+        &format!("{DIGEST_TRUNK}{}", tls_section(5189, &registrar_cert, None)),
+    );
+    let client_profile = |ca: &std::path::Path| {
+        format!(
+            "name = \"client\"\n[trust]\ncidrs = [\"127.0.0.0/8\"]\n[[registrations]]\n\
+             registrar = \"sip:127.0.0.1:5189;transport=tls\"\nuser = \"1001\"\n\
+             password = \"pw1001\"\nexpires = 60\n{}",
+            tls_section(5191, &client_cert, Some(ca))
+        )
+    };
+    let client = TestServer::start(
+        "tls-registrant",
+        5190,
+        "42800-42900",
+        &client_profile(&registrar_cert.cert),
+    );
+    assert!(
+        client.wait_log("registered", Duration::from_secs(5)),
+        "client log:\n{}\nregistrar log:\n{}",
+        client.log(),
+        registrar.log()
+    );
+    let log = registrar.log();
+    assert!(log.contains("status=200"), "accepted over TLS:\n{log}");
+    drop(client);
+    let fooled = TestServer::start(
+        "tls-registrant-bad-ca",
+        5192,
+        "42900-43000",
+        &client_profile(&stranger.cert),
+    );
+    assert!(
+        fooled.wait_log("tls handshake failed", Duration::from_secs(5)),
+        "{}",
+        fooled.log()
+    );
+    assert!(!fooled.log().contains("registered expires"));
+    std::fs::remove_dir_all(&dir).ok();
+}

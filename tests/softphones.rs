@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::center::{center, Center};
+use common::center::{center, center_tls, Center};
 use common::desk::{for_call, is, state_of, Api, Desktop};
 use common::softphone::{
     read_heard, softphone_or_skip, write_tone_wav, Baresip, Linphone, Phone, StartPhone,
@@ -45,7 +45,18 @@ fn agent_on_phone<P: Phone>(
     start: StartPhone<P>,
     user: &str,
 ) -> Option<(Center, Api, Desktop, P)> {
-    let c = center(name)?;
+    agent_on_phone_at(center, name, program, start, user)
+}
+
+/// As [`agent_on_phone`], in the call center `make_center` sets up.
+fn agent_on_phone_at<P: Phone>(
+    make_center: fn(&str) -> Option<Center>,
+    name: &str,
+    program: &str,
+    start: StartPhone<P>,
+    user: &str,
+) -> Option<(Center, Api, Desktop, P)> {
+    let c = make_center(name)?;
     if !softphone_or_skip(name, program) {
         return None;
     }
@@ -73,7 +84,25 @@ fn rings_answers_is_recorded_and_hears_the_caller<P: Phone>(
     program: &str,
     start: StartPhone<P>,
 ) {
-    let Some((c, alice, mut desk, phone)) = agent_on_phone(name, program, start, "alice") else {
+    rings_answers_is_recorded_and_hears_the_caller_at(
+        center, name, program, start, None, [false; 2],
+    );
+}
+
+/// As [`rings_answers_is_recorded_and_hears_the_caller`], in the call center `make_center`
+/// sets up; `registered_by` must appear in the phone's log (how it registered), and the call
+/// record must say which legs (caller, agent) ran SRTP.
+fn rings_answers_is_recorded_and_hears_the_caller_at<P: Phone>(
+    make_center: fn(&str) -> Option<Center>,
+    name: &str,
+    program: &str,
+    start: StartPhone<P>,
+    registered_by: Option<&str>,
+    srtp: [bool; 2],
+) {
+    let Some((c, alice, mut desk, phone)) =
+        agent_on_phone_at(make_center, name, program, start, "alice")
+    else {
         return;
     };
 
@@ -88,6 +117,13 @@ fn rings_answers_is_recorded_and_hears_the_caller<P: Phone>(
 
     // The recording: the caller left, the phone right, each checked by content.
     let recs = c.env.wait_for_recordings(1, RECORDING_TIMEOUT);
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(&recs[0].json).unwrap()).unwrap();
+    assert_eq!(
+        record["media"]["srtp"],
+        json!(srtp),
+        "SRTP on (caller, agent): {record}"
+    );
     let rec = read_wav(&recs[0].wav).unwrap_or_else(|e| panic!("{e}"));
     let (left, right) = (analyse_channel(&rec.left), analyse_channel(&rec.right));
     let picture = format!(
@@ -119,12 +155,33 @@ fn rings_answers_is_recorded_and_hears_the_caller<P: Phone>(
         fraction >= 0.75,
         "the phone must hear the caller's 600 Hz: {summary}"
     );
+    if let Some(how) = registered_by {
+        assert!(phone.log().contains(how), "{how:?}:\n{}", phone.log());
+    }
     phone.quit();
 }
 
 #[test]
 fn baresip_registers_rings_answers_is_recorded_and_hears_the_caller() {
     rings_answers_is_recorded_and_hears_the_caller("baresip_acd", "baresip", Baresip::registered);
+}
+
+/// The same over TLS with SRTP: baresip registers to screenpop's TLS listener (checking its
+/// certificate), is rung over that connection with an SRTP offer (SDES), which it insists on;
+/// what it says is decrypted into the recording and what it hears was encrypted for it.
+#[test]
+fn baresip_over_tls_with_srtp_registers_rings_answers_is_recorded_and_hears_the_caller() {
+    rings_answers_is_recorded_and_hears_the_caller_at(
+        center_tls,
+        "baresip_tls",
+        "baresip",
+        Baresip::registered_tls,
+        // baresip's line for a registration's 200 names the transport it used.
+        Some("alice@127.0.0.1: {0/TLS/v4} 200 OK"),
+        // The phone insists on SRTP (`mediaenc=srtp-mand`): the agent's leg is encrypted, the
+        // recording is made from the decrypted audio.
+        [false, true],
+    );
 }
 
 #[test]

@@ -25,19 +25,21 @@ use super::pop::{self, PopCard};
 use super::record::{CallRecord, Disposition, EndedBy};
 use crate::acd::runtime::{AgentTarget, Decision};
 use crate::acd::{AgentId, CallKey, Input as AcdInput, QueueId};
+use crate::config::AgentSrtp;
 use crate::events::payload::{CallAnswered, CallWithdrawn};
 use crate::events::{Event, Payload};
 use crate::ids::{ContactLogId, SipCallId};
 use crate::media::g711::G711;
 use crate::media::relay::{LegId, MediaEvent, RemoteMedia};
+use crate::media::srtp::MasterKey;
 use crate::sip::caller_id::CallerId;
 use crate::sip::headers::{HeaderName, NameAddr};
 use crate::sip::message::{Message, Method, Request, Response};
 use crate::sip::peer::{response_peer, Peer, Transport};
 use crate::sip::reliable::{self, Prack, RAck, Reliable};
-use crate::sip::sdp::{self, Codec, Direction, LocalMedia, SessionDescription};
+use crate::sip::sdp::{self, Codec, Direction, LocalMedia, SessionDescription, SrtpKeys};
 use crate::sip::session_timer::{
-    negotiate_uas, Due, SessionExpires, SessionTimer, Terms, UasNegotiation,
+    negotiate_uas, Due, SessionExpires, SessionTimer, Terms, UasNegotiation, MAX_SESSION_SECS,
 };
 use crate::sip::transaction::{
     ClientState, ClientTransaction, ServerKey, ServerState, ServerTransaction, TimerConfig,
@@ -69,6 +71,8 @@ pub struct CallConfig {
     pub min_se_secs: u64,
     /// The session interval asked of agents' phones (RFC 4028 as UAC); 0 asks for none.
     pub session_expires_secs: u64,
+    /// When agents' phones are offered SRTP.
+    pub agent_srtp: AgentSrtp,
 }
 
 /// Everything a new call starts from; the admission checks have passed.
@@ -365,6 +369,10 @@ pub struct Call {
     session: [Option<SessionTimer>; 2],
     /// Ended because a leg's refreshes stopped (or its refresh was refused as gone).
     session_expired: bool,
+    /// The phone being rung refused our SRTP offer (488): it is offered plain RTP instead.
+    agent_plain_only: bool,
+    /// The phone being rung answered 422 with this Min-SE: it is asked again with it.
+    agent_min_se: Option<u64>,
     /// The caller asked for reliable provisionals (RFC 3262): our 18x wait for its PRACKs.
     reliable: Option<Reliable>,
     /// Our 2xx to the caller, held until the PRACK of a provisional that carried SDP.
@@ -386,8 +394,14 @@ pub struct Call {
     out: VecDeque<Output>,
 }
 
-fn remote_media(rtp: Option<SocketAddr>, codec: Codec, dtmf_pt: Option<u8>) -> RemoteMedia {
+fn remote_media(
+    rtp: Option<SocketAddr>,
+    codec: Codec,
+    dtmf_pt: Option<u8>,
+    srtp: Option<SrtpKeys>,
+) -> RemoteMedia {
     RemoteMedia {
+        srtp,
         rtp,
         codec: match codec {
             Codec::Pcmu => G711::Pcmu,
@@ -409,6 +423,12 @@ impl Call {
             session_id: rng.gen::<u32>() as u64,
             session_version: 1,
             username: "screenpop".into(),
+            // Our key, should the trunk offer SRTP: it gets SRTP back (RFC 4568).
+            srtp: init
+                .offer
+                .as_ref()
+                .filter(|o| sdp::offers_srtp(o))
+                .map(|_| MasterKey::new(rng.gen(), rng.gen())),
         };
         let negotiated = match &init.offer {
             Some(offer) => Some(sdp::answer(offer, &caller_local, &cfg.codecs).map_err(|e| {
@@ -473,6 +493,7 @@ impl Call {
             session_id: rng.gen::<u32>() as u64,
             session_version: 1,
             username: "screenpop".into(),
+            srtp: None,
         };
         let server = ServerTransaction::new(
             invite.clone(),
@@ -515,6 +536,8 @@ impl Call {
             session_expired: false,
             reliable,
             held_2xx: None,
+            agent_plain_only: false,
+            agent_min_se: None,
             local_dir: [Direction::SendRecv; 2],
             held: [false; 2],
             mirror_inflight: [None; 2],
@@ -574,7 +597,7 @@ impl Call {
         if let Some(n) = &negotiated {
             call.media(MediaCommand::SetRemote(
                 LegId::Caller,
-                remote_media(n.remote_rtp, codec, n.dtmf_pt),
+                remote_media(n.remote_rtp, codec, n.dtmf_pt, n.srtp),
             ));
         }
         call.media(MediaCommand::SignallingIp(
@@ -836,6 +859,8 @@ impl Call {
                     self.old_agent_legs.push((self.attempt, old));
                 }
                 self.attempt += 1;
+                self.agent_plain_only = false;
+                self.agent_min_se = None;
                 self.agent_answered = false;
                 self.agent_ack = None;
                 self.agent_media.pending_offer = None;
@@ -929,6 +954,15 @@ impl Call {
         } else {
             vec![self.codec]
         };
+        // SDES keys travel in the SDP: SRTP is offered where the signalling is encrypted (or
+        // wherever the profile says), with a fresh key for each phone rung.
+        let transport = self.agent_leg.peer.transport;
+        self.agent_media.local.srtp = self
+            .cfg
+            .agent_srtp
+            .offers(transport)
+            .then(|| MasterKey::new(self.rng.gen(), self.rng.gen()))
+            .filter(|_| !self.agent_plain_only);
         let offer = sdp::offer(
             &self.agent_media.local,
             &codecs,
@@ -939,15 +973,13 @@ impl Call {
         if self.cfg.session_expires_secs > 0 {
             // The phone picks the refresher (RFC 4028 §9); a dead phone is found by it.
             inv.headers.push(HeaderName::Supported, "timer");
+            // After a 422 the phone's Min-SE is the floor (RFC 4028 §7.4).
+            let min_se = self.cfg.min_se_secs.max(self.agent_min_se.unwrap_or(0));
             inv.headers.push(
                 HeaderName::SessionExpires,
-                self.cfg
-                    .session_expires_secs
-                    .max(self.cfg.min_se_secs)
-                    .to_string(),
+                self.cfg.session_expires_secs.max(min_se).to_string(),
             );
-            inv.headers
-                .push(HeaderName::MinSe, self.cfg.min_se_secs.to_string());
+            inv.headers.push(HeaderName::MinSe, min_se.to_string());
         }
         if let Some(n) = &self.caller.number {
             inv.headers.push(
@@ -1595,7 +1627,7 @@ impl Call {
         self.media(MediaCommand::Watch(self.media_watch()));
         self.media(MediaCommand::SetRemote(
             leg,
-            remote_media(neg.remote_rtp, neg.codec, neg.dtmf_pt),
+            remote_media(neg.remote_rtp, neg.codec, neg.dtmf_pt, neg.srtp),
         ));
         let mut resp = req.response(200, Some(tag));
         let peer = self.dialog(leg).peer;
@@ -1746,7 +1778,7 @@ impl Call {
         }
         self.media(MediaCommand::SetRemote(
             leg,
-            remote_media(acc.remote_rtp, acc.codec, acc.dtmf_pt),
+            remote_media(acc.remote_rtp, acc.codec, acc.dtmf_pt, acc.srtp),
         ));
         true
     }
@@ -1890,6 +1922,47 @@ impl Call {
             }
             self.agent_session(now, &r);
             self.answer_caller(now);
+            return;
+        }
+        if status == 422 && self.phase == Phase::Ringing && self.invite_pending() {
+            // RFC 4028 §7.4: the phone wants a longer interval; ask again with its Min-SE, once
+            // per value (a phone that keeps raising it is refused like any other failure).
+            let asked = self
+                .cfg
+                .session_expires_secs
+                .max(self.cfg.min_se_secs)
+                .max(self.agent_min_se.unwrap_or(0));
+            let wanted = r
+                .headers
+                .get(&HeaderName::MinSe)
+                .and_then(|v| v.split(';').next())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .filter(|m| *m > asked && *m <= MAX_SESSION_SECS);
+            if let Some(min) = wanted.filter(|_| self.cfg.session_expires_secs > 0) {
+                info!(
+                    min_se = min,
+                    "the phone wants a longer session interval: asking again"
+                );
+                self.agent_min_se = Some(min);
+                self.agent_leg.remote.remove_param("tag");
+                self.agent_media.pending_offer = None;
+                self.start_agent_leg(now);
+                return;
+            }
+        }
+        if matches!(status, 488 | 606)
+            && self.agent_media.local.srtp.is_some()
+            && self.cfg.agent_srtp == AgentSrtp::Tls
+            && self.phase == Phase::Ringing
+            && self.invite_pending()
+        {
+            // A phone on TLS without SRTP: ring it again with plain RTP (RFC 3261 §14.1 lets a
+            // UAC retry a refused INVITE in the same dialog set, CSeq advanced, no To tag).
+            info!(status, "the phone refused SRTP: offering it plain RTP");
+            self.agent_plain_only = true;
+            self.agent_leg.remote.remove_param("tag");
+            self.agent_media.pending_offer = None;
+            self.start_agent_leg(now);
             return;
         }
         // Agent leg failed.
@@ -2330,6 +2403,7 @@ mod tests {
             me: LocalContact {
                 host: "10.0.0.2".into(),
                 port: 5060,
+                tls_port: None,
             },
             media_ip: "10.0.0.2".parse().expect("ip"),
             codecs,
@@ -2338,6 +2412,7 @@ mod tests {
             rtp_timeout: Some(Duration::from_secs(30)),
             min_se_secs: 90,
             session_expires_secs: 1800,
+            agent_srtp: AgentSrtp::Tls,
         });
         let init = CallInit {
             id: "c1".into(),
@@ -3205,5 +3280,156 @@ mod tests {
         assert!(has(&said, "SIP/2.0 500"), "{said:?}");
         assert!(has(&said, "CANCEL sip:agent"), "{said:?}");
         assert!(has(&said, "ended Failed"), "{said:?}");
+    }
+
+    /// A trunk that offers SRTP (SDES) gets SRTP back with our key, and the relay decrypts its
+    /// leg with the trunk's; the phone, reached over UDP, is offered plain RTP.
+    #[test]
+    fn a_trunk_offering_srtp_gets_srtp_and_a_udp_phone_plain_rtp() {
+        const KEY: &str = "WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz";
+        let body = format!(
+            "v=0\r\no=t 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n\
+             m=audio 40000 RTP/SAVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n\
+             a=rtpmap:101 telephone-event/8000\r\n\
+             a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY}\r\na=sendrecv\r\n"
+        );
+        let (mut c, t0) = start_with(invite_with(&body), false, vec![Codec::Pcmu]);
+        let mut remotes = Vec::new();
+        while let Some(o) = c.poll_output() {
+            if let Output::Media(MediaCommand::SetRemote(leg, r)) = o {
+                remotes.push((leg, r));
+            }
+        }
+        let (leg, caller) = remotes.first().copied().expect("the caller's media");
+        assert_eq!(leg, LegId::Caller);
+        let keys = caller.srtp.expect("the trunk's leg runs SRTP");
+        assert_eq!(keys.theirs, MasterKey::from_inline(KEY).unwrap());
+        c.handle_lookup(t0, found());
+        c.handle_decision(t0, offer(4));
+        let (_, sent) = drain(&mut c);
+        let inv = agent_invite(&sent);
+        let phone_offer = String::from_utf8_lossy(&inv.body).to_string();
+        assert!(
+            phone_offer.contains("RTP/AVP") && !phone_offer.contains("a=crypto"),
+            "{phone_offer}"
+        );
+        c.handle_message(t0, answer(&inv), peer(PHONE));
+        let (_, sent) = drain(&mut c);
+        let ok = String::from_utf8_lossy(&first_ok(&sent).body).to_string();
+        assert!(ok.contains("m=audio 30000 RTP/SAVP 0 101\r\n"), "{ok}");
+        let ours = format!(
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{}\r\n",
+            keys.ours.inline()
+        );
+        assert!(ok.contains(&ours), "{ok}");
+    }
+
+    /// A phone reached over TLS is offered SRTP; one that refuses it (488) is rung again in the
+    /// same dialog set with plain RTP, and the call goes on.
+    #[test]
+    fn a_phone_on_tls_that_refuses_srtp_is_rung_again_with_plain_rtp() {
+        let (mut c, t0) = start(false);
+        drain(&mut c);
+        c.handle_lookup(t0, found());
+        let mut o = offer(4);
+        if let Decision::Offer(a) = &mut o {
+            a.target.peer = Some(Peer {
+                addr: PHONE.parse().expect("address"),
+                transport: Transport::Tls,
+            });
+        }
+        c.handle_decision(t0, o);
+        let (_, sent) = drain(&mut c);
+        let inv = agent_invite(&sent);
+        let body = String::from_utf8_lossy(&inv.body).to_string();
+        assert!(
+            body.contains("RTP/SAVP")
+                && body.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"),
+            "{body}"
+        );
+        assert!(inv
+            .headers
+            .get(&HeaderName::Via)
+            .is_some_and(|v| v.starts_with("SIP/2.0/TLS ")));
+        phone_says(&mut c, t0, &inv, 488);
+        let (said, sent) = drain(&mut c);
+        assert!(
+            !has(&said, "tx 10.0.0.1:"),
+            "the caller hears nothing of it: {said:?}"
+        );
+        let again = sent
+            .iter()
+            .filter_map(|(_, m)| match m {
+                Message::Request(r) if r.method == Method::Invite => Some(r.clone()),
+                _ => None,
+            })
+            .next_back()
+            .expect("the phone is rung again");
+        let body = String::from_utf8_lossy(&again.body).to_string();
+        assert!(
+            body.contains("RTP/AVP") && !body.contains("a=crypto"),
+            "{body}"
+        );
+        assert_eq!(again.call_id(), inv.call_id());
+        assert_eq!(again.cseq().map(|c| c.seq), inv.cseq().map(|c| c.seq + 1));
+        assert_eq!(again.to().and_then(|t| t.tag().map(str::to_string)), None);
+        c.handle_message(t0, answer(&again), peer(PHONE));
+        let (said, _) = drain(&mut c);
+        assert!(has(&said, "tx 10.0.0.1:5060 SIP/2.0 200 OK"), "{said:?}");
+        // A second refusal is final: the ACD hears of it.
+        let (mut c, t0) = start(false);
+        drain(&mut c);
+        c.handle_lookup(t0, found());
+        let mut o = offer(4);
+        if let Decision::Offer(a) = &mut o {
+            a.target.peer = Some(Peer {
+                addr: PHONE.parse().expect("address"),
+                transport: Transport::Tls,
+            });
+        }
+        c.handle_decision(t0, o);
+        let (_, sent) = drain(&mut c);
+        phone_says(&mut c, t0, &agent_invite(&sent), 488);
+        let (_, sent) = drain(&mut c);
+        let again = sent
+            .iter()
+            .filter_map(|(_, m)| match m {
+                Message::Request(r) if r.method == Method::Invite => Some(r.clone()),
+                _ => None,
+            })
+            .next_back()
+            .expect("rung again");
+        phone_says(&mut c, t0, &again, 488);
+        let (said, _) = drain(&mut c);
+        assert!(has(&said, "acd Refused"), "{said:?}");
+    }
+
+    /// A phone that answers 422 (its Min-SE above the interval we asked) is asked again with
+    /// its Min-SE as the interval (RFC 4028 §7.4); the same 422 twice is a failure.
+    #[test]
+    fn a_phone_that_wants_a_longer_session_is_asked_again() {
+        let (mut c, t0, inv) = offered_to_agent();
+        assert_eq!(inv.headers.get(&HeaderName::SessionExpires), Some("1800"));
+        let mut too_short = inv.response(422, Some("ptag"));
+        too_short.headers.push(HeaderName::MinSe, "3600");
+        c.handle_message(t0, Message::Response(too_short), peer(PHONE));
+        let (said, sent) = drain(&mut c);
+        assert!(!has(&said, "tx 10.0.0.1:"), "{said:?}");
+        let again = sent
+            .iter()
+            .filter_map(|(_, m)| match m {
+                Message::Request(r) if r.method == Method::Invite => Some(r.clone()),
+                _ => None,
+            })
+            .next_back()
+            .expect("asked again");
+        assert_eq!(again.headers.get(&HeaderName::SessionExpires), Some("3600"));
+        assert_eq!(again.headers.get(&HeaderName::MinSe), Some("3600"));
+        assert_eq!(again.cseq().map(|c| c.seq), inv.cseq().map(|c| c.seq + 1));
+        let mut same = again.response(422, Some("ptag2"));
+        same.headers.push(HeaderName::MinSe, "3600");
+        c.handle_message(t0, Message::Response(same), peer(PHONE));
+        let (said, _) = drain(&mut c);
+        assert!(has(&said, "acd Refused"), "{said:?}");
     }
 }

@@ -92,11 +92,12 @@ pub async fn dial(opts: DialOptions) -> anyhow::Result<DialSummary> {
         Some(p) => load_wav(p)?,
         None => Vec::new(),
     };
-    let (sock, mut inbound) = SipSocket::bind(opts.bind).await?;
+    let (sock, mut inbound) = SipSocket::bind(opts.bind, None).await?;
     let local = sock.local_addr();
     let me = LocalContact {
         host: local.ip().to_string(),
         port: local.port(),
+        tls_port: None,
     };
     let rtp = UdpSocket::bind(SocketAddr::new(local.ip(), 0)).await?;
     let rtp_port = rtp.local_addr()?.port();
@@ -132,6 +133,7 @@ pub async fn dial(opts: DialOptions) -> anyhow::Result<DialSummary> {
         session_id: rand::random::<u32>() as u64,
         session_version: 1,
         username: "dial".into(),
+        srtp: None,
     };
     local_media.bump_version();
     let offer = sdp::offer(

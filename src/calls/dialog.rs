@@ -5,33 +5,42 @@ use crate::sip::headers::{HeaderName, NameAddr};
 use crate::sip::message::{Method, Request, Response};
 use crate::sip::transaction::new_branch;
 use crate::sip::Uri;
-use crate::transport::Peer;
+use crate::transport::{Peer, Transport};
 
 /// Where and how screenpop presents itself in Via and Contact.
 #[derive(Debug, Clone)]
 pub struct LocalContact {
     pub host: String,
+    /// The UDP and TCP port.
     pub port: u16,
+    /// The TLS listener's port, when there is one.
+    pub tls_port: Option<u16>,
 }
 
 impl LocalContact {
+    /// The port a peer reaches us on over its transport.
+    pub(crate) fn port_for(&self, peer: &Peer) -> u16 {
+        match peer.transport {
+            Transport::Tls => self.tls_port.unwrap_or(self.port),
+            _ => self.port,
+        }
+    }
+
     pub fn via(&self, peer: &Peer, branch: &str) -> String {
         format!(
             "SIP/2.0/{} {}:{};branch={branch};rport",
             peer.transport.as_str(),
             self.host,
-            self.port
+            self.port_for(peer)
         )
     }
 
     pub fn contact(&self, peer: &Peer) -> String {
+        let (host, port) = (&self.host, self.port_for(peer));
         match peer.transport {
-            crate::transport::Transport::Udp => {
-                format!("<sip:screenpop@{}:{}>", self.host, self.port)
-            }
-            crate::transport::Transport::Tcp => {
-                format!("<sip:screenpop@{}:{};transport=tcp>", self.host, self.port)
-            }
+            Transport::Udp => format!("<sip:screenpop@{host}:{port}>"),
+            Transport::Tcp => format!("<sip:screenpop@{host}:{port};transport=tcp>"),
+            Transport::Tls => format!("<sip:screenpop@{host}:{port};transport=tls>"),
         }
     }
 }
@@ -155,13 +164,9 @@ pub(crate) fn target_peer(uri: &Uri, fallback: Peer) -> Peer {
     let host = uri.host.trim_start_matches('[').trim_end_matches(']');
     match host.parse::<std::net::IpAddr>() {
         Ok(ip) => {
-            let transport = match uri.param("transport").flatten() {
-                Some(t) if t.eq_ignore_ascii_case("tcp") => crate::transport::Transport::Tcp,
-                Some(_) => crate::transport::Transport::Udp,
-                None => fallback.transport,
-            };
+            let transport = Transport::of_uri(uri).unwrap_or(fallback.transport);
             Peer {
-                addr: std::net::SocketAddr::new(ip, uri.port.unwrap_or(5060)),
+                addr: std::net::SocketAddr::new(ip, uri.port.unwrap_or(transport.default_port())),
                 transport,
             }
         }
@@ -213,6 +218,7 @@ mod tests {
         LocalContact {
             host: "10.0.0.9".into(),
             port: 5060,
+            tls_port: None,
         }
     }
 

@@ -7,3 +7,4 @@ pub(crate) mod g711;
 pub(crate) mod ports;
 pub mod recorder;
 pub(crate) mod relay;
+pub mod srtp;

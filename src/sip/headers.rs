@@ -461,6 +461,10 @@ impl NameAddr {
         find_param(&self.params, name)
     }
 
+    pub fn remove_param(&mut self, name: &str) {
+        self.params.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+    }
+
     pub fn set_param(&mut self, name: &str, value: Option<&str>) {
         self.params.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
         self.params

@@ -4,12 +4,13 @@
 
 use std::net::SocketAddr;
 
-use super::Request;
+use super::{Request, Uri};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
     Udp,
     Tcp,
+    Tls,
 }
 
 impl Transport {
@@ -17,11 +18,32 @@ impl Transport {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
         }
     }
     /// Reliable transports run no retransmission timers (RFC 3261 §17.1.1.2).
     pub fn reliable(self) -> bool {
-        self == Transport::Tcp
+        self != Transport::Udp
+    }
+
+    /// The transport a URI asks for: its `transport` parameter, else TLS for `sips:`
+    /// (RFC 3261 §26.2.2); `None` leaves the choice to the caller.
+    pub fn of_uri(uri: &Uri) -> Option<Transport> {
+        match uri.param("transport").flatten() {
+            Some(t) if t.eq_ignore_ascii_case("tcp") => Some(Transport::Tcp),
+            Some(t) if t.eq_ignore_ascii_case("tls") => Some(Transport::Tls),
+            Some(_) => Some(Transport::Udp),
+            None if uri.scheme == "sips" => Some(Transport::Tls),
+            None => None,
+        }
+    }
+
+    /// The port a URI without one means on this transport (RFC 3263 §4.2).
+    pub fn default_port(self) -> u16 {
+        match self {
+            Transport::Tls => 5061,
+            _ => 5060,
+        }
     }
 }
 
@@ -36,7 +58,7 @@ pub struct Peer {
 /// connection; over UDP, to the source address when `rport` was asked for, otherwise to the
 /// source IP (`received`) and the Via's port.
 pub(crate) fn response_peer(req: &Request, source: Peer) -> Peer {
-    if source.transport == Transport::Tcp {
+    if source.transport.reliable() {
         return source;
     }
     match req.top_via() {

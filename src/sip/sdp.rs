@@ -18,8 +18,9 @@
 //! * DTMF as RFC 4733 `telephone-event/8000`, kept with the offerer's payload
 //!   type number and `fmtp`.
 //!
-//! Only G.711 (PCMU/PCMA) over plain `RTP/AVP` is negotiated: the media engine
-//! anchors and records G.711 and does not do SRTP.
+//! Only G.711 (PCMU/PCMA) is negotiated, over `RTP/AVP` or, with SDES keys
+//! (RFC 4568, `AES_CM_128_HMAC_SHA1_80`/`_32`), over `RTP/SAVP`: the media
+//! engine anchors, decrypts, records and re-encrypts G.711 itself.
 //!
 //! Nothing here panics on input: every malformed line is reported as an
 //! [`SdpError`] naming the line and what is wrong with it.
@@ -30,6 +31,8 @@ use std::ops::Deref;
 use std::str::FromStr;
 
 use thiserror::Error;
+
+use crate::media::srtp::{Crypto, MasterKey, Suite};
 
 /// Packetisation interval when the offer does not state one: RFC 3551 §4.5
 /// gives 20 ms as the default for G.711.
@@ -155,6 +158,45 @@ pub enum NegotiationError {
     /// RFC 3264 §6.1: the answer may only use codecs from the offer.
     #[error("answer uses payload type {payload_type} ({encoding}), which was not offered")]
     CodecNotOffered { payload_type: u8, encoding: String },
+    /// An `RTP/SAVP` stream without an `a=crypto` line we can use (RFC 4568: a
+    /// supported suite, one inline key, no MKI), or an answer that does not
+    /// take the one we offered.
+    #[error("no usable SDES a=crypto line on the RTP/SAVP stream")]
+    NoUsableCrypto,
+}
+
+/// SDES-SRTP settled on a stream (RFC 4568): both directions use `suite`; we
+/// encrypt with `ours` and decrypt with `theirs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SrtpKeys {
+    pub suite: Suite,
+    pub ours: MasterKey,
+    pub theirs: MasterKey,
+}
+
+/// The profile SRTP runs over.
+const SAVP: &str = "RTP/SAVP";
+/// The tag of the one `a=crypto` line in our offers.
+const OUR_CRYPTO_TAG: u32 = 1;
+
+/// The `a=crypto` lines of a stream that we can use, in the order offered.
+fn usable_crypto(m: &MediaDescription) -> impl Iterator<Item = Crypto> + '_ {
+    m.attributes
+        .iter()
+        .filter(|a| a.name.eq_ignore_ascii_case("crypto"))
+        .filter_map(|a| a.value.as_deref())
+        .filter_map(|v| Crypto::parse(v).ok())
+}
+
+/// Whether an offer's audio is SRTP we can answer: its first active audio stream
+/// over `RTP/SAVP` carries a usable key (a leg that offers it gets it back).
+pub fn offers_srtp(offer: &SessionDescription) -> bool {
+    offer
+        .media
+        .iter()
+        .filter(|m| m.kind == MediaKind::Audio && m.port != 0)
+        .find(|m| m.proto.eq_ignore_ascii_case(SAVP))
+        .is_some_and(|m| usable_crypto(m).next().is_some())
 }
 
 /// Media direction, RFC 8866 §6.7 / RFC 3264 §5.1, always seen from the side
@@ -1175,6 +1217,9 @@ pub struct LocalMedia {
     pub session_version: u64,
     /// The `o=` username; `-` when empty.
     pub username: String,
+    /// Our SDES key when this leg runs SRTP: offers and answers are then
+    /// `RTP/SAVP` with it in `a=crypto`; `None` is plain `RTP/AVP`.
+    pub srtp: Option<MasterKey>,
 }
 
 impl LocalMedia {
@@ -1246,6 +1291,8 @@ pub struct Negotiated {
     /// The offerer does not want to receive media: `a=sendonly`,
     /// `a=inactive` or `c=0.0.0.0`.
     pub remote_hold: bool,
+    /// The stream is SRTP with these keys.
+    pub srtp: Option<SrtpKeys>,
 }
 
 /// What an answer to one of our offers settled.
@@ -1264,6 +1311,8 @@ pub struct Accepted {
     pub direction: Direction,
     /// We offered to send but the answerer does not want to receive.
     pub remote_hold: bool,
+    /// We offered SRTP and the answer took it, with these keys.
+    pub srtp: Option<SrtpKeys>,
 }
 
 /// Answers `offer` with a sendrecv willingness on our side; see
@@ -1290,9 +1339,20 @@ pub(crate) fn answer_with_direction(
     prefs: &[Codec],
     local_direction: Direction,
 ) -> Result<Negotiated, NegotiationError> {
-    let index = select_audio(offer)?;
+    let index = select_audio(offer, local.srtp.is_some())?;
     let Some(stream) = offer.media.get(index) else {
         return Err(NegotiationError::NoAudioStream);
+    };
+    // RFC 4568 §6.1: the answer takes the first offered line it can use,
+    // echoing its tag and suite with our own key.
+    let srtp = match local.srtp {
+        Some(ours) => {
+            let theirs = usable_crypto(stream)
+                .next()
+                .ok_or(NegotiationError::NoUsableCrypto)?;
+            Some((theirs.tag, theirs.suite, theirs.key, ours))
+        }
+        None => None,
     };
 
     let (codec, payload_type) = prefs
@@ -1323,7 +1383,7 @@ pub(crate) fn answer_with_direction(
     let remote_rtp = (!held_by_address).then(|| SocketAddr::new(remote_ip, stream.port));
 
     let ptime = effective_ptime(stream);
-    let audio = audio_stream(
+    let mut audio = audio_stream(
         local.port,
         codec,
         payload_type,
@@ -1331,6 +1391,9 @@ pub(crate) fn answer_with_direction(
         ptime,
         direction,
     );
+    if let Some((tag, suite, _, ours)) = srtp {
+        add_crypto(&mut audio, tag, suite, ours);
+    }
 
     let media = offer
         .media
@@ -1354,7 +1417,22 @@ pub(crate) fn answer_with_direction(
         remote_rtp,
         direction,
         remote_hold: !offered.receives(),
+        srtp: srtp.map(|(_, suite, theirs, ours)| SrtpKeys {
+            suite,
+            ours,
+            theirs,
+        }),
     })
+}
+
+/// Makes `m` an `RTP/SAVP` stream keyed with `key` (RFC 4568 §9.1).
+fn add_crypto(m: &mut MediaDescription, tag: u32, suite: Suite, key: MasterKey) {
+    m.proto = SAVP.to_owned();
+    let line = Crypto { tag, suite, key };
+    m.attributes.push(Attribute {
+        name: "crypto".to_owned(),
+        value: Some(line.to_attr()),
+    });
 }
 
 /// Builds one of our own offers: a single `RTP/AVP` audio stream with the
@@ -1410,6 +1488,9 @@ pub fn offer(
     if let Some(pt) = dtmf_pt {
         add_telephone_event(&mut media, pt, Some(DEFAULT_DTMF_EVENTS));
     }
+    if let Some(key) = local.srtp {
+        add_crypto(&mut media, OUR_CRYPTO_TAG, Suite::AesCm128HmacSha1_80, key);
+    }
     local.session(vec![media])
 }
 
@@ -1429,7 +1510,11 @@ pub(crate) fn accept_answer(
             answered: answer.media.len(),
         });
     }
-    let index = select_audio(offer)?;
+    let savp = offer
+        .media
+        .iter()
+        .any(|m| m.kind == MediaKind::Audio && m.port != 0 && m.proto.eq_ignore_ascii_case(SAVP));
+    let index = select_audio(offer, savp)?;
     let (Some(ours), Some(theirs)) = (offer.media.get(index), answer.media.get(index)) else {
         return Err(NegotiationError::NoAudioStream);
     };
@@ -1489,6 +1574,21 @@ pub(crate) fn accept_answer(
     };
     let ours_dir = offer.media_direction(index);
     let direction = ours_dir.restrict(answered.reversed());
+    // Our offer's key, and the answer's line for its tag and suite (RFC 4568 §7.1.3).
+    let srtp = match usable_crypto(ours).next() {
+        Some(mine) if savp => {
+            let theirs = usable_crypto(theirs)
+                .find(|c| c.tag == mine.tag && c.suite == mine.suite)
+                .filter(|_| theirs.proto.eq_ignore_ascii_case(SAVP))
+                .ok_or(NegotiationError::NoUsableCrypto)?;
+            Some(SrtpKeys {
+                suite: mine.suite,
+                ours: mine.key,
+                theirs: theirs.key,
+            })
+        }
+        _ => None,
+    };
 
     Ok(Accepted {
         codec,
@@ -1498,12 +1598,14 @@ pub(crate) fn accept_answer(
         remote_rtp: (!held_by_address).then(|| SocketAddr::new(remote_ip, theirs.port)),
         direction,
         remote_hold: ours_dir.sends() && !answered.receives(),
+        srtp,
     })
 }
 
 /// Index of the stream we negotiate: the first active audio stream over
-/// plain RTP/AVP.
-fn select_audio(sdp: &SessionDescription) -> Result<usize, NegotiationError> {
+/// `RTP/SAVP` when `srtp`, else over plain `RTP/AVP`.
+fn select_audio(sdp: &SessionDescription, srtp: bool) -> Result<usize, NegotiationError> {
+    let proto = if srtp { SAVP } else { "RTP/AVP" };
     let mut active = sdp
         .media
         .iter()
@@ -1515,7 +1617,7 @@ fn select_audio(sdp: &SessionDescription) -> Result<usize, NegotiationError> {
         None => return Err(NegotiationError::NoAudioStream),
     };
     active
-        .find(|(_, m)| m.proto.eq_ignore_ascii_case("RTP/AVP"))
+        .find(|(_, m)| m.proto.eq_ignore_ascii_case(proto))
         .map(|(i, _)| i)
         .ok_or(NegotiationError::UnsupportedTransport { proto: first_proto })
 }
@@ -1607,6 +1709,7 @@ mod tests {
             session_id: 4242,
             session_version: 1,
             username: "screenpop".to_owned(),
+            srtp: None,
         }
     }
 
@@ -1870,6 +1973,114 @@ m=image 0 udptl t38
                 address: "media.example.com".to_owned()
             })
         );
+    }
+
+    const KEY_A: &str = "WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz";
+    const KEY_B: &str = "PS1uQCVeeCFCanVmcHlmYlRxTHF5d2l3dk14fHx8";
+
+    fn srtp_local() -> LocalMedia {
+        LocalMedia {
+            srtp: Some(MasterKey::new([7; 16], [9; 14])),
+            ..local()
+        }
+    }
+
+    /// A trunk offering SRTP (RFC 4568 §9.1): the first line we can use is taken, its tag and
+    /// suite echoed with our key, and the keys are settled both ways.
+    #[test]
+    fn an_srtp_offer_is_answered_with_our_key_for_the_first_usable_line() {
+        let offer = parse(&format!(
+            "v=0\no=- 1 1 IN IP4 10.0.0.1\ns=-\nc=IN IP4 10.0.0.1\nt=0 0\n\
+             m=audio 5000 RTP/SAVP 0\n\
+             a=crypto:1 AES_256_CM_HMAC_SHA1_80 inline:{KEY_A}{KEY_A}\n\
+             a=crypto:2 AES_CM_128_HMAC_SHA1_80 inline:{KEY_B}|2^31\n\
+             a=crypto:3 AES_CM_128_HMAC_SHA1_32 inline:{KEY_A}\n"
+        ));
+        assert!(offers_srtp(&offer));
+        let n = answer(&offer, &srtp_local(), &CodecPrefs::default()).unwrap();
+        let keys = n.srtp.expect("SRTP settled");
+        assert_eq!(keys.suite, Suite::AesCm128HmacSha1_80);
+        assert_eq!(keys.theirs, MasterKey::from_inline(KEY_B).unwrap());
+        assert_eq!(keys.ours, MasterKey::new([7; 16], [9; 14]));
+        let text = n.answer.to_string();
+        assert!(text.contains("m=audio 40000 RTP/SAVP 0\r\n"), "{text}");
+        let ours = keys.ours.inline();
+        assert!(
+            text.contains(&format!(
+                "a=crypto:2 AES_CM_128_HMAC_SHA1_80 inline:{ours}\r\n"
+            )),
+            "{text}"
+        );
+        // Without a key of ours (a plain leg) the same offer is refused: 488.
+        assert_eq!(
+            answer(&offer, &local(), &CodecPrefs::default()),
+            Err(NegotiationError::UnsupportedTransport {
+                proto: "RTP/SAVP".to_owned()
+            })
+        );
+        // SAVP whose only line has an MKI or an unknown suite is not SRTP we can answer.
+        let mki = parse(&format!(
+            "v=0\no=- 1 1 IN IP4 10.0.0.1\ns=-\nc=IN IP4 10.0.0.1\nt=0 0\n\
+             m=audio 5000 RTP/SAVP 0\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY_A}|2^20|1:4\n"
+        ));
+        assert!(!offers_srtp(&mki));
+        assert_eq!(
+            answer(&mki, &srtp_local(), &CodecPrefs::default()),
+            Err(NegotiationError::NoUsableCrypto)
+        );
+    }
+
+    /// Our SRTP offer carries one line with our key; the answer must take it (same tag and
+    /// suite, RTP/SAVP) and its key is the peer's.
+    #[test]
+    fn our_srtp_offer_and_the_answer_to_it() {
+        let mine = srtp_local();
+        let o = offer(&mine, &[Codec::Pcmu], Some(101), Direction::SendRecv);
+        let text = o.to_string();
+        assert!(text.contains("m=audio 40000 RTP/SAVP 0 101\r\n"), "{text}");
+        let inline = MasterKey::new([7; 16], [9; 14]).inline();
+        assert!(
+            text.contains(&format!(
+                "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{inline}\r\n"
+            )),
+            "{text}"
+        );
+        let reply = |proto: &str, line: &str| {
+            parse(&format!(
+                "v=0\no=- 2 1 IN IP4 10.0.0.2\ns=-\nc=IN IP4 10.0.0.2\nt=0 0\n\
+                 m=audio 6000 {proto} 0\na=rtpmap:0 PCMU/8000\n{line}"
+            ))
+        };
+        let good = reply(
+            "RTP/SAVP",
+            &format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY_B}\n"),
+        );
+        let acc = accept_answer(&o, &good).unwrap();
+        assert_eq!(
+            acc.srtp,
+            Some(SrtpKeys {
+                suite: Suite::AesCm128HmacSha1_80,
+                ours: MasterKey::new([7; 16], [9; 14]),
+                theirs: MasterKey::from_inline(KEY_B).unwrap(),
+            })
+        );
+        for bad in [
+            reply("RTP/AVP", ""),
+            reply(
+                "RTP/SAVP",
+                &format!("a=crypto:2 AES_CM_128_HMAC_SHA1_80 inline:{KEY_B}\n"),
+            ),
+            reply(
+                "RTP/SAVP",
+                &format!("a=crypto:1 AES_CM_128_HMAC_SHA1_32 inline:{KEY_B}\n"),
+            ),
+        ] {
+            assert!(accept_answer(&o, &bad).is_err(), "{bad}");
+        }
+        // A plain offer stays plain, and its answer settles no keys.
+        let o = offer(&local(), &[Codec::Pcmu], None, Direction::SendRecv);
+        assert!(o.to_string().contains("RTP/AVP"));
+        assert_eq!(accept_answer(&o, &reply("RTP/AVP", "")).unwrap().srtp, None);
     }
 
     fn offer_with(dir_lines: &str, conn: &str) -> SessionDescription {

@@ -26,6 +26,26 @@ pub fn center(name: &str) -> Option<Center> {
     Some(Center { env, server, admin })
 }
 
+/// As [`center`], with a TLS listener on `env.ports.tls()` presenting a certificate made now
+/// (`env.dir/server.pem`, which a phone trusts as its CA).
+pub fn center_tls(name: &str) -> Option<Center> {
+    let env = Env::with_sipp(name)?;
+    env.write_acd_profile();
+    let cert = super::tls::make_cert(&env.dir, "server");
+    let mut profile = std::fs::read_to_string(&env.profile).expect("profile");
+    profile.push_str(&format!(
+        "\n[tls]\nport = {}\ncert = \"{}\"\nkey = \"{}\"\n",
+        env.ports.tls(),
+        cert.cert.display(),
+        cert.key.display()
+    ));
+    std::fs::write(&env.profile, profile).expect("profile");
+    env.admin_create("admin", ADMIN_PASSWORD);
+    let server = env.start_server();
+    let admin = Api::login(&env.http_base(), "admin", ADMIN_PASSWORD);
+    Some(Center { env, server, admin })
+}
+
 impl Center {
     pub fn queue(&self, body: Value) -> i64 {
         self.admin.ok("POST", "/api/queues", Some(body))["id"]

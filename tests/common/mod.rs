@@ -28,6 +28,7 @@ pub mod center;
 pub mod desk;
 pub mod raw;
 pub mod softphone;
+pub mod tls;
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -188,6 +189,10 @@ impl Ports {
     }
     pub fn server_sip(&self) -> u16 {
         self.base
+    }
+    /// The server's TLS listener (TCP), when its profile has one.
+    pub fn tls(&self) -> u16 {
+        self.base + 7
     }
     pub fn agent_sip(&self) -> u16 {
         self.base + 1

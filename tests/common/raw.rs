@@ -60,6 +60,14 @@ impl TestServer {
         panic!("server did not come up:\n{}", server.log());
     }
 
+    /// Sends the server a signal (`libc::SIGHUP`, …).
+    pub fn signal(&self, sig: i32) {
+        let pid = self.child.id() as i32;
+        // SAFETY: kill(2) on our own child's pid; no memory is shared.
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(rc, 0, "kill({pid}, {sig})");
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
     }

@@ -177,6 +177,19 @@ impl Baresip {
         mic: &Path,
         account: Option<(&str, &str)>,
     ) -> Baresip {
+        Baresip::start_on(env, name, ports, mic, account, None)
+    }
+
+    /// As [`Baresip::start`]; with `tls = Some(ca)` the account registers over TLS to the
+    /// server's TLS port, trusting `ca`.
+    fn start_on(
+        env: &Env,
+        name: &str,
+        ports: &Ports,
+        mic: &Path,
+        account: Option<(&str, &str)>,
+        tls: Option<&Path>,
+    ) -> Baresip {
         let dir = env.dir.join(name);
         let heard_dir = dir.join("heard");
         std::fs::create_dir_all(&heard_dir).expect("baresip dir");
@@ -209,27 +222,40 @@ impl Baresip {
              module_app\t\tmenu.so\n\
              module_app\t\tctrl_tcp.so\n\
              ctrl_tcp_listen\t\t127.0.0.1:{ctrl_port}\n\
-             snd_path\t\t{heard}\n",
+             snd_path\t\t{heard}\n{cafile}",
             media + 14,
             mic = mic.display(),
             heard = heard_dir.display(),
+            // Over TLS the phone insists on SRTP (SDES), as a secure deployment would.
+            cafile = tls
+                .map(|ca| format!("sip_cafile\t\t{}\nmodule\t\t\tsrtp.so\n", ca.display()))
+                .unwrap_or_default(),
         );
         std::fs::write(dir.join("config"), config).expect("baresip config");
         let common = "answermode=auto;audio_codecs=PCMU,PCMA;medianat=;mwi=no";
-        let (user, account) = match account {
-            Some((user, password)) => (
-                user.to_string(),
-                format!(
-                    "<sip:{user}@127.0.0.1:{server};transport=udp>;auth_user={user};\
-                     auth_pass={password};{common};regint=60\n",
-                    server = env.ports.server_sip()
+        let (user, account) =
+            match account {
+                Some((user, password)) => {
+                    (
+                        user.to_string(),
+                        format!(
+                    "<sip:{user}@127.0.0.1:{server};transport={transport}>;auth_user={user};\
+                     auth_pass={password};{common};regint=60{srtp}\n",
+                    server = if tls.is_some() {
+                        env.ports.tls()
+                    } else {
+                        env.ports.server_sip()
+                    },
+                    transport = if tls.is_some() { "tls" } else { "udp" },
+                    srtp = if tls.is_some() { ";mediaenc=srtp-mand" } else { "" },
                 ),
-            ),
-            None => (
-                "phone".to_string(),
-                format!("<sip:phone@127.0.0.1:{sip_port}>;{common};regint=0\n"),
-            ),
-        };
+                    )
+                }
+                None => (
+                    "phone".to_string(),
+                    format!("<sip:phone@127.0.0.1:{sip_port}>;{common};regint=0\n"),
+                ),
+            };
         std::fs::write(dir.join("accounts"), account).expect("baresip accounts");
         let log = dir.join("baresip.log");
         let out = std::fs::File::create(&log).expect("baresip log");
@@ -273,6 +299,19 @@ impl Baresip {
         account: (&str, &str),
     ) -> Baresip {
         Baresip::start(env, name, ports, mic, Some(account))
+    }
+
+    /// A baresip registering over TLS (the env's server must have been started with
+    /// `center_tls`, whose certificate it trusts).
+    pub fn registered_tls(
+        env: &Env,
+        name: &str,
+        ports: &Ports,
+        mic: &Path,
+        account: (&str, &str),
+    ) -> Baresip {
+        let ca = env.dir.join("server.pem");
+        Baresip::start_on(env, name, ports, mic, Some(account), Some(&ca))
     }
 
     /// Sends one `ctrl_tcp` command (netstring-framed JSON) and returns its response.
