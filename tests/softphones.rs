@@ -333,3 +333,79 @@ fn dial_plays_a_file_to_baresip() {
     );
     phone.quit();
 }
+
+/// A trunk over TLS that insists on SRTP (baresip dialling in with `mediaenc=srtp-mand`) and a
+/// plain agent's phone (SIPp): the trunk's leg is SRTP and the phone's plain RTP; the recording
+/// has the caller's decrypted audio left and the phone's right, and the trunk hears the phone
+/// through the encryption screenpop did for it.
+#[test]
+fn a_tls_trunk_with_srtp_is_bridged_to_a_plain_phone_and_recorded() {
+    let Some(env) = common::Env::with_sipp("tls_srtp_trunk") else {
+        return;
+    };
+    if !softphone_or_skip("tls_srtp_trunk", "baresip") {
+        return;
+    }
+    let cert = common::tls::make_cert(&env.dir, "server");
+    let mut profile = std::fs::read_to_string(&env.profile).unwrap();
+    profile.push_str(&format!(
+        "\n[tls]\nport = {}\ncert = \"{}\"\nkey = \"{}\"\n",
+        env.ports.tls(),
+        cert.cert.display(),
+        cert.key.display()
+    ));
+    std::fs::write(&env.profile, profile).unwrap();
+    let _server = env.start_server();
+    let mut agent = env.agent("uas_answer.xml", &[]);
+    let mic = env.dir.join("trunk_600hz.wav");
+    write_tone_wav(&mic, CALLER_HZ, 120.0);
+    let ports = Ports::allocate();
+    let trunk = Baresip::caller_tls(&env, "trunk", &ports, &mic, &cert.cert);
+    let to = format!(
+        "sip:{}@127.0.0.1:{};transport=tls",
+        common::DIALED,
+        env.ports.tls()
+    );
+    trunk.command("dial", &to);
+    std::thread::sleep(Duration::from_secs(5));
+    trunk.command("hangup", "");
+    agent.expect_success(Duration::from_secs(10));
+
+    let recs = env.wait_for_recordings(1, RECORDING_TIMEOUT);
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(&recs[0].json).unwrap()).unwrap();
+    assert_eq!(record["media"]["srtp"], json!([true, false]), "{record}");
+    assert_eq!(record["media"]["srtp_rejected"], json!([0, 0]), "{record}");
+    let rec = read_wav(&recs[0].wav).unwrap_or_else(|e| panic!("{e}"));
+    let (left, right) = (analyse_channel(&rec.left), analyse_channel(&rec.right));
+    let picture = format!(
+        "LEFT  {}\n{}\nRIGHT {}\n{}",
+        left.summary(),
+        left.timeline(),
+        right.summary(),
+        right.timeline()
+    );
+    assert!(
+        left.caller_fraction() >= 0.85 && left.caller_over_agent_db() >= 20.0,
+        "LEFT must be the trunk's 600 Hz, decrypted\n{picture}"
+    );
+    assert!(
+        right.agent_fraction() >= 0.85 && right.caller_over_agent_db() <= -20.0,
+        "RIGHT must be the phone's 1500 Hz\n{picture}"
+    );
+    let heard = common::poll(Duration::from_secs(5), || trunk.heard())
+        .unwrap_or_else(|| panic!("baresip wrote nothing of what it heard:\n{}", trunk.log()));
+    let samples = read_heard(&heard).expect("heard WAV");
+    let a = analyse_channel(&samples);
+    assert!(
+        a.agent_fraction() >= 0.75,
+        "the trunk must hear the phone's 1500 Hz through SRTP: {}",
+        a.summary()
+    );
+    assert!(
+        trunk.log().contains("SRTP is Enabled"),
+        "the trunk ran SRTP:\n{}",
+        trunk.log()
+    );
+    trunk.quit();
+}

@@ -37,7 +37,9 @@ use crate::sip::headers::{HeaderName, NameAddr};
 use crate::sip::message::{Message, Method, Request, Response};
 use crate::sip::peer::{response_peer, Peer, Transport};
 use crate::sip::reliable::{self, Prack, RAck, Reliable};
-use crate::sip::sdp::{self, Codec, Direction, LocalMedia, SessionDescription, SrtpKeys};
+use crate::sip::sdp::{
+    self, Codec, Direction, LocalMedia, LocalSrtp, SessionDescription, SrtpKeys,
+};
 use crate::sip::session_timer::{
     negotiate_uas, Due, SessionExpires, SessionTimer, Terms, UasNegotiation, MAX_SESSION_SECS,
 };
@@ -394,6 +396,13 @@ pub struct Call {
     out: VecDeque<Output>,
 }
 
+/// Our later offers on a leg propose the suite its SRTP was negotiated with.
+fn keep_suite(local: &mut LocalMedia, settled: Option<SrtpKeys>) {
+    if let (Some(l), Some(k)) = (local.srtp.as_mut(), settled) {
+        l.suite = k.suite;
+    }
+}
+
 fn remote_media(
     rtp: Option<SocketAddr>,
     codec: Codec,
@@ -423,12 +432,14 @@ impl Call {
             session_id: rng.gen::<u32>() as u64,
             session_version: 1,
             username: "screenpop".into(),
-            // Our key, should the trunk offer SRTP: it gets SRTP back (RFC 4568).
+            // Our key, should the trunk offer SRTP: it gets SRTP back (RFC 4568). Keys come
+            // from the OS-seeded generator, never from the call's seeded one (whose output
+            // shows on the wire as tags).
             srtp: init
                 .offer
                 .as_ref()
                 .filter(|o| sdp::offers_srtp(o))
-                .map(|_| MasterKey::new(rng.gen(), rng.gen())),
+                .map(|_| LocalSrtp::new(MasterKey::generate())),
         };
         let negotiated = match &init.offer {
             Some(offer) => Some(sdp::answer(offer, &caller_local, &cfg.codecs).map_err(|e| {
@@ -595,6 +606,7 @@ impl Call {
             cfg,
         };
         if let Some(n) = &negotiated {
+            keep_suite(&mut call.caller_media.local, n.srtp);
             call.media(MediaCommand::SetRemote(
                 LegId::Caller,
                 remote_media(n.remote_rtp, codec, n.dtmf_pt, n.srtp),
@@ -961,7 +973,7 @@ impl Call {
             .cfg
             .agent_srtp
             .offers(transport)
-            .then(|| MasterKey::new(self.rng.gen(), self.rng.gen()))
+            .then(|| LocalSrtp::new(MasterKey::generate()))
             .filter(|_| !self.agent_plain_only);
         let offer = sdp::offer(
             &self.agent_media.local,
@@ -1022,7 +1034,17 @@ impl Call {
         if leg == LegId::Agent && d.route_set.is_empty() {
             return d.peer;
         }
-        target_peer(&d.next_hop(), d.peer)
+        let target = target_peer(&d.next_hop(), d.peer);
+        // A dialog that came in over TLS is answered over that connection when its target is
+        // the same host: a trunk rarely accepts TLS it did not open, and its certificate
+        // seldom names its IP (RFC 5923 reuses connections by alias for the same reason).
+        if d.peer.transport == Transport::Tls
+            && target.transport == Transport::Tls
+            && target.addr.ip() == d.peer.addr.ip()
+        {
+            return d.peer;
+        }
+        target
     }
 
     /// Responds on the caller's INVITE transaction, on the wire at once (ahead of whatever
@@ -1507,6 +1529,10 @@ impl Call {
         self.final_status = 487;
         self.disposition = Some(Disposition::Abandoned);
         self.cancel_agent(now);
+        if self.agent_answered {
+            // The phone answered while our 2xx waited for a PRACK (RFC 3262).
+            self.bye(now, LegId::Agent);
+        }
         self.end(now, Some(LegId::Caller));
     }
 
@@ -1619,6 +1645,7 @@ impl Call {
             return;
         };
         lm.dtmf_pt = neg.dtmf_pt;
+        keep_suite(&mut lm.local, neg.srtp);
         let body = neg.answer.to_string().into_bytes();
         lm.last_sdp = Some(body.clone());
         let offered_dir = neg.direction.reversed();
@@ -1772,6 +1799,7 @@ impl Call {
             return false;
         };
         lm.dtmf_pt = acc.dtmf_pt;
+        keep_suite(&mut lm.local, acc.srtp);
         if leg == LegId::Agent && self.delayed_offer && self.phase == Phase::Ringing {
             // The codec both legs will use: the caller is offered only this one.
             self.codec = acc.codec;
@@ -1924,9 +1952,13 @@ impl Call {
             self.answer_caller(now);
             return;
         }
-        if status == 422 && self.phase == Phase::Ringing && self.invite_pending() {
+        if status == 422
+            && self.agent_min_se.is_none()
+            && self.phase == Phase::Ringing
+            && self.invite_pending()
+        {
             // RFC 4028 §7.4: the phone wants a longer interval; ask again with its Min-SE, once
-            // per value (a phone that keeps raising it is refused like any other failure).
+            // (a second 422 is refused like any other failure).
             let asked = self
                 .cfg
                 .session_expires_secs
@@ -2149,11 +2181,12 @@ impl Call {
         if self.agent_answered {
             return;
         }
-        let Some(i) = self
-            .clients
-            .iter()
-            .position(|c| c.purpose == Purpose::AgentInvite && c.attempt == self.attempt)
-        else {
+        // The latest INVITE of the attempt: a retry (after 422 or 488) follows a finished one.
+        let Some(i) = self.clients.iter().rposition(|c| {
+            c.purpose == Purpose::AgentInvite
+                && c.attempt == self.attempt
+                && matches!(c.tx.state(), ClientState::Calling | ClientState::Proceeding)
+        }) else {
             return;
         };
         if self.clients[i].provisional {
@@ -2228,9 +2261,11 @@ impl Call {
         if self.phase == Phase::Ended {
             return;
         }
-        // Before the answer the caller's INVITE still needs its final response.
+        // Before the answer the caller's INVITE still needs its final response (also when its
+        // 2xx was held for a PRACK: then there is no dialog to BYE).
+        let confirmed = !self.invite_pending();
         self.fail_caller(now, 480);
-        if by != Some(LegId::Caller) && self.phase == Phase::Up {
+        if by != Some(LegId::Caller) && self.phase == Phase::Up && confirmed {
             if self.caller_ack_awaited() {
                 self.caller_bye_deferred = true;
             } else {
@@ -2292,9 +2327,13 @@ fn agent_dialog(
     agent: &AgentTarget,
     fallback: Peer,
 ) -> (Dialog, bool) {
-    let peer = agent
-        .peer
-        .unwrap_or_else(|| target_peer(&agent.uri, fallback));
+    // RFC 3263 §4.1: a target without a transport parameter is UDP (TLS for `sips:`), however
+    // the caller reached us.
+    let udp = Peer {
+        transport: Transport::Udp,
+        ..fallback
+    };
+    let peer = agent.peer.unwrap_or_else(|| target_peer(&agent.uri, udp));
     let needs_dns = agent.peer.is_none()
         && agent
             .uri
@@ -3426,10 +3465,73 @@ mod tests {
         assert_eq!(again.headers.get(&HeaderName::SessionExpires), Some("3600"));
         assert_eq!(again.headers.get(&HeaderName::MinSe), Some("3600"));
         assert_eq!(again.cseq().map(|c| c.seq), inv.cseq().map(|c| c.seq + 1));
-        let mut same = again.response(422, Some("ptag2"));
-        same.headers.push(HeaderName::MinSe, "3600");
-        c.handle_message(t0, Message::Response(same), peer(PHONE));
+        // The caller cancels while the retried INVITE rings: that one is cancelled, not the
+        // finished first one.
+        phone_says(&mut c, t0, &again, 180);
+        drain(&mut c);
+        c.handle_message(t0, trunk("CANCEL", 1, "z9hG4bKinv1", None), peer(TRUNK));
+        let (_, sent) = drain(&mut c);
+        let cancel = sent
+            .iter()
+            .find_map(|(_, m)| match m {
+                Message::Request(r) if r.method == Method::Cancel => Some(r.clone()),
+                _ => None,
+            })
+            .expect("a CANCEL to the phone");
+        assert_eq!(cancel.cseq().map(|c| c.seq), again.cseq().map(|c| c.seq));
+        assert_eq!(
+            cancel.headers.get(&HeaderName::Via),
+            again.headers.get(&HeaderName::Via)
+        );
+        // A second 422 is final.
+        let (mut c, t0, inv) = offered_to_agent();
+        for tag in ["p1", "p2"] {
+            let (_, sent) = drain(&mut c);
+            let inv = sent
+                .iter()
+                .filter_map(|(_, m)| match m {
+                    Message::Request(r) if r.method == Method::Invite => Some(r.clone()),
+                    _ => None,
+                })
+                .next_back()
+                .unwrap_or_else(|| inv.clone());
+            let mut r = inv.response(422, Some(tag));
+            r.headers
+                .push(HeaderName::MinSe, if tag == "p1" { "3600" } else { "7200" });
+            c.handle_message(t0, Message::Response(r), peer(PHONE));
+        }
         let (said, _) = drain(&mut c);
         assert!(has(&said, "acd Refused"), "{said:?}");
+    }
+
+    /// The caller cancels while our 2xx waits for the PRACK of the early media: the caller
+    /// gets 487 and the phone that already answered gets a BYE.
+    #[test]
+    fn a_cancel_while_the_2xx_waits_for_a_prack_releases_the_phone() {
+        let invite = invite_full("Require: 100rel\r\n", &sdp("10.0.0.1", 40000));
+        let (mut c, t0) = start_with(invite, false, vec![Codec::Pcmu]);
+        drain(&mut c);
+        c.handle_lookup(t0, found());
+        let (_, sent) = drain(&mut c);
+        let ringing = rseq_of(&sent, 180);
+        c.handle_message(t0, prack(&c, 2, ringing), peer(TRUNK));
+        drain(&mut c);
+        c.handle_decision(t0, offer(4));
+        let (_, sent) = drain(&mut c);
+        let inv = agent_invite(&sent);
+        let early = inv
+            .response(183, Some("ptag"))
+            .with_body("application/sdp", sdp("10.0.0.10", 42000).into_bytes());
+        c.handle_message(t0, Message::Response(early), peer(PHONE));
+        c.handle_message(t0, answer(&inv), peer(PHONE));
+        let (said, _) = drain(&mut c);
+        assert!(
+            !has(&said, "tx 10.0.0.1:5060 SIP/2.0 200"),
+            "held: {said:?}"
+        );
+        c.handle_message(t0, trunk("CANCEL", 1, "z9hG4bKinv1", None), peer(TRUNK));
+        let (said, _) = drain(&mut c);
+        assert!(has(&said, "SIP/2.0 487"), "{said:?}");
+        assert!(has(&said, "tx 10.0.0.10:5060 BYE sip:agent"), "{said:?}");
     }
 }

@@ -114,9 +114,12 @@ pub struct RelayStats {
     /// Packets that could not be sent (no destination yet or a full socket buffer).
     pub unsent: [u64; 2],
     pub rtcp: [u64; 2],
-    /// SRTP or SRTCP packets that failed authentication or the replay check (dropped).
+    /// SRTP packets that failed authentication or the replay check (dropped).
     #[serde(default)]
     pub srtp_rejected: [u64; 2],
+    /// The same for SRTCP (some phones also send a short plain RTCP packet at start).
+    #[serde(default)]
+    pub srtcp_rejected: [u64; 2],
     /// The legs that ran SRTP.
     #[serde(default)]
     pub srtp: [bool; 2],
@@ -315,6 +318,18 @@ impl LegSrtp {
             rx: SrtpContext::new(&keys.theirs, keys.suite),
             tx: SrtpContext::new(&keys.ours, keys.suite),
         }
+    }
+
+    /// A renegotiation: each direction starts afresh only if its own key or the suite changed
+    /// (a peer that re-keys its side leaves our sending rollover counter alone).
+    fn rekey(&mut self, keys: SrtpKeys) {
+        if keys.suite != self.keys.suite || keys.theirs != self.keys.theirs {
+            self.rx = SrtpContext::new(&keys.theirs, keys.suite);
+        }
+        if keys.suite != self.keys.suite || keys.ours != self.keys.ours {
+            self.tx = SrtpContext::new(&keys.ours, keys.suite);
+        }
+        self.keys = keys;
     }
 }
 
@@ -615,8 +630,13 @@ fn relay_one(slot: &mut Slot, sock_i: usize, now: Instant, buf: &mut [u8], scrat
             } else {
                 s.rx.unprotect_rtcp(&buf[..n], &mut scratch.clear)
             };
-            if opened.is_err() {
-                slot.relay.stats.srtp_rejected[i] += 1;
+            if let Err(e) = opened {
+                if rtp {
+                    slot.relay.stats.srtp_rejected[i] += 1;
+                } else {
+                    slot.relay.stats.srtcp_rejected[i] += 1;
+                }
+                debug!(leg = ?from, rtcp = !rtp, len = n, error = %e, "srtp packet dropped");
                 return;
             }
             &mut scratch.clear[..]
@@ -700,8 +720,9 @@ fn handle_command(
                     st.latched = None;
                     st.rtcp_latched = None;
                 }
-                if st.srtp.as_ref().map(|s| s.keys) != remote.srtp {
-                    st.srtp = remote.srtp.map(LegSrtp::new);
+                match (st.srtp.as_mut(), remote.srtp) {
+                    (Some(s), Some(keys)) => s.rekey(keys),
+                    (_, keys) => st.srtp = keys.map(LegSrtp::new),
                 }
                 st.remote = Some(remote);
                 slot.relay.stats.srtp[leg.index()] |= remote.srtp.is_some();

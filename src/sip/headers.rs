@@ -87,6 +87,19 @@ header_names! {
 }
 
 impl HeaderName {
+    /// List headers whose whole value may be empty (RFC 3261 §25.1: `Allow`, `Supported` and
+    /// the `Accept` family are `HCOLON [ … ]`); an empty `Accept` means nothing is acceptable.
+    pub fn may_be_empty(&self) -> bool {
+        matches!(
+            self,
+            HeaderName::Allow
+                | HeaderName::Supported
+                | HeaderName::Accept
+                | HeaderName::AcceptEncoding
+                | HeaderName::AcceptLanguage
+        )
+    }
+
     /// Headers whose value is a comma-separated list (RFC 3261 §7.3.1), split on arrival.
     /// Authorization-style headers and Date contain commas that are not separators.
     pub fn is_list(&self) -> bool {

@@ -240,7 +240,10 @@ fn parse_inner(buf: &[u8], stream: bool) -> Result<(Message, usize), ParseError>
         }
         let value = line[colon + 1..].trim_matches([' ', '\t']);
         let name = HeaderName::from_wire(name);
-        if name.is_list() && !(name == HeaderName::Contact && value == "*") {
+        if value.is_empty() && name.may_be_empty() {
+            // `Supported:` with nothing after it is valid (baresip 1.0 sends it).
+            headers.push(name, value);
+        } else if name.is_list() && !(name == HeaderName::Contact && value == "*") {
             let static_name = static_name(&name);
             for v in split_list(value, static_name)? {
                 headers.push(name.clone(), v);
@@ -689,6 +692,26 @@ Content-Length: 4\r\n\r\nbodyEXTRA";
         assert_eq!(r.headers.get(&HeaderName::Subject), Some("folded line"));
         assert_eq!(r.body, b"body");
         assert_eq!(r.cseq().unwrap().seq, 314159);
+    }
+
+    /// `Supported:`, `Allow:` and `Accept:` may be empty (RFC 3261 §25.1); `Require:` and
+    /// `Via:` may not, nor may any list hold an empty element.
+    #[test]
+    fn empty_optional_lists_parse_and_empty_elements_do_not() {
+        let with = |line: &str| {
+            let raw = String::from_utf8_lossy(INVITE).replace("Subject: folded\r\n  line", line);
+            Message::parse(raw.as_bytes())
+        };
+        for ok in ["Supported:", "Allow: ", "Accept:", "k:"] {
+            let Ok(Message::Request(r)) = with(ok) else {
+                panic!("{ok:?} must parse")
+            };
+            let name = HeaderName::from_wire(ok.trim_end_matches([':', ' ']));
+            assert_eq!(r.headers.get(&name), Some(""), "{ok:?}");
+        }
+        for bad in ["Require:", "Supported: timer,,100rel", "Proxy-Require:"] {
+            assert!(with(bad).is_err(), "{bad:?} must be refused");
+        }
     }
 
     #[test]

@@ -174,6 +174,24 @@ pub struct SrtpKeys {
     pub theirs: MasterKey,
 }
 
+/// Our side of SRTP on a leg: our key, and the suite our offers propose (the one negotiated,
+/// so a re-offer to a peer that took `_32` does not switch it to `_80`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalSrtp {
+    pub key: MasterKey,
+    pub suite: Suite,
+}
+
+impl LocalSrtp {
+    /// A key for a first offer or answer, proposing `AES_CM_128_HMAC_SHA1_80`.
+    pub fn new(key: MasterKey) -> LocalSrtp {
+        LocalSrtp {
+            key,
+            suite: Suite::AesCm128HmacSha1_80,
+        }
+    }
+}
+
 /// The profile SRTP runs over.
 const SAVP: &str = "RTP/SAVP";
 /// The tag of the one `a=crypto` line in our offers.
@@ -1219,7 +1237,7 @@ pub struct LocalMedia {
     pub username: String,
     /// Our SDES key when this leg runs SRTP: offers and answers are then
     /// `RTP/SAVP` with it in `a=crypto`; `None` is plain `RTP/AVP`.
-    pub srtp: Option<MasterKey>,
+    pub srtp: Option<LocalSrtp>,
 }
 
 impl LocalMedia {
@@ -1345,7 +1363,7 @@ pub(crate) fn answer_with_direction(
     };
     // RFC 4568 §6.1: the answer takes the first offered line it can use,
     // echoing its tag and suite with our own key.
-    let srtp = match local.srtp {
+    let srtp = match local.srtp.map(|l| l.key) {
         Some(ours) => {
             let theirs = usable_crypto(stream)
                 .next()
@@ -1488,8 +1506,8 @@ pub fn offer(
     if let Some(pt) = dtmf_pt {
         add_telephone_event(&mut media, pt, Some(DEFAULT_DTMF_EVENTS));
     }
-    if let Some(key) = local.srtp {
-        add_crypto(&mut media, OUR_CRYPTO_TAG, Suite::AesCm128HmacSha1_80, key);
+    if let Some(l) = local.srtp {
+        add_crypto(&mut media, OUR_CRYPTO_TAG, l.suite, l.key);
     }
     local.session(vec![media])
 }
@@ -1980,7 +1998,7 @@ m=image 0 udptl t38
 
     fn srtp_local() -> LocalMedia {
         LocalMedia {
-            srtp: Some(MasterKey::new([7; 16], [9; 14])),
+            srtp: Some(LocalSrtp::new(MasterKey::new([7; 16], [9; 14]))),
             ..local()
         }
     }

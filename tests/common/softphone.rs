@@ -253,7 +253,14 @@ impl Baresip {
                 }
                 None => (
                     "phone".to_string(),
-                    format!("<sip:phone@127.0.0.1:{sip_port}>;{common};regint=0\n"),
+                    format!(
+                        "<sip:phone@127.0.0.1:{sip_port}>;{common};regint=0{srtp}\n",
+                        srtp = if tls.is_some() {
+                            ";mediaenc=srtp-mand"
+                        } else {
+                            ""
+                        },
+                    ),
                 ),
             };
         std::fs::write(dir.join("accounts"), account).expect("baresip accounts");
@@ -299,6 +306,12 @@ impl Baresip {
         account: (&str, &str),
     ) -> Baresip {
         Baresip::start(env, name, ports, mic, Some(account))
+    }
+
+    /// A baresip that registers nowhere and calls over TLS trusting `ca`, insisting on SRTP:
+    /// a trunk or PBX that only speaks TLS and SRTP.
+    pub fn caller_tls(env: &Env, name: &str, ports: &Ports, mic: &Path, ca: &Path) -> Baresip {
+        Baresip::start_on(env, name, ports, mic, None, Some(ca))
     }
 
     /// A baresip registering over TLS (the env's server must have been started with
