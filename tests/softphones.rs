@@ -37,6 +37,29 @@ fn caller_tone_heard(wav: &Path) -> (f64, String) {
     (a.caller_fraction(), a.summary())
 }
 
+/// The recording holds the caller's 600 Hz on the left and the phone's 1500 Hz on the right,
+/// each checked per 20 ms frame (the other tone at least 20 dB down); returned for more checks.
+fn caller_left_phone_right(wav: &Path) -> common::Recording {
+    let rec = read_wav(wav).unwrap_or_else(|e| panic!("{e}"));
+    let (left, right) = (analyse_channel(&rec.left), analyse_channel(&rec.right));
+    let picture = format!(
+        "LEFT  {}\n{}\nRIGHT {}\n{}",
+        left.summary(),
+        left.timeline(),
+        right.summary(),
+        right.timeline()
+    );
+    assert!(
+        left.caller_fraction() >= 0.85 && left.caller_over_agent_db() >= 20.0,
+        "LEFT must be the caller's 600 Hz\n{picture}"
+    );
+    assert!(
+        right.agent_fraction() >= 0.85 && right.caller_over_agent_db() <= -20.0,
+        "RIGHT must be the phone's 1500 Hz\n{picture}"
+    );
+    rec
+}
+
 /// A call center whose agent `user` is available on its desktop and whose phone, started
 /// with `start`, has registered.
 fn agent_on_phone<P: Phone>(
@@ -124,23 +147,7 @@ fn rings_answers_is_recorded_and_hears_the_caller_at<P: Phone>(
         json!(srtp),
         "SRTP on (caller, agent): {record}"
     );
-    let rec = read_wav(&recs[0].wav).unwrap_or_else(|e| panic!("{e}"));
-    let (left, right) = (analyse_channel(&rec.left), analyse_channel(&rec.right));
-    let picture = format!(
-        "LEFT  {}\n{}\nRIGHT {}\n{}",
-        left.summary(),
-        left.timeline(),
-        right.summary(),
-        right.timeline()
-    );
-    assert!(
-        left.caller_fraction() >= 0.85 && left.caller_over_agent_db() >= 20.0,
-        "LEFT must be the caller's 600 Hz\n{picture}"
-    );
-    assert!(
-        right.agent_fraction() >= 0.85 && right.caller_over_agent_db() <= -20.0,
-        "RIGHT must be the phone's 1500 Hz\n{picture}"
-    );
+    let rec = caller_left_phone_right(&recs[0].wav);
     assert!(
         (rec.duration_secs() - 4.0).abs() < 0.5,
         "recording {:.2} s for a 4 s call",
@@ -376,23 +383,7 @@ fn a_tls_trunk_with_srtp_is_bridged_to_a_plain_phone_and_recorded() {
         serde_json::from_str(&std::fs::read_to_string(&recs[0].json).unwrap()).unwrap();
     assert_eq!(record["media"]["srtp"], json!([true, false]), "{record}");
     assert_eq!(record["media"]["srtp_rejected"], json!([0, 0]), "{record}");
-    let rec = read_wav(&recs[0].wav).unwrap_or_else(|e| panic!("{e}"));
-    let (left, right) = (analyse_channel(&rec.left), analyse_channel(&rec.right));
-    let picture = format!(
-        "LEFT  {}\n{}\nRIGHT {}\n{}",
-        left.summary(),
-        left.timeline(),
-        right.summary(),
-        right.timeline()
-    );
-    assert!(
-        left.caller_fraction() >= 0.85 && left.caller_over_agent_db() >= 20.0,
-        "LEFT must be the trunk's 600 Hz, decrypted\n{picture}"
-    );
-    assert!(
-        right.agent_fraction() >= 0.85 && right.caller_over_agent_db() <= -20.0,
-        "RIGHT must be the phone's 1500 Hz\n{picture}"
-    );
+    caller_left_phone_right(&recs[0].wav);
     let heard = common::poll(Duration::from_secs(5), || trunk.heard())
         .unwrap_or_else(|| panic!("baresip wrote nothing of what it heard:\n{}", trunk.log()));
     let samples = read_heard(&heard).expect("heard WAV");

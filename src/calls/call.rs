@@ -488,6 +488,7 @@ impl Call {
             local_cseq: rng.gen::<u16>() as u32,
             remote_cseq: invite.cseq().map(|c| c.seq),
             peer: init.peer,
+            secure: invite.uri.scheme == "sips" && init.peer.transport == Transport::Tls,
         };
         // With the ACD the agent leg is set up when an agent is offered the call; until then it
         // is a placeholder aimed at ourselves that is never used.
@@ -709,10 +710,9 @@ impl Call {
             // The caller hears ringback while waiting for an agent (RFC 3261 §21.1.2).
             let tag = self.caller_leg.local_tag().to_string();
             let mut ringing = self.invite.response(180, Some(&tag));
-            ringing.headers.push(
-                HeaderName::Contact,
-                self.cfg.me.contact(&self.caller_leg.peer),
-            );
+            ringing
+                .headers
+                .push(HeaderName::Contact, self.caller_leg.contact(&self.cfg.me));
             self.respond_invite(now, ringing);
             if self.max_forwards == 0 {
                 self.disposition = Some(Disposition::Failed);
@@ -938,6 +938,14 @@ impl Call {
         let old = std::mem::replace(&mut self.agent_leg, fresh);
         self.old_agent_legs.push((self.attempt, old));
         self.attempt += 1;
+    }
+
+    /// Our Contact on `leg`.
+    fn leg_contact(&self, leg: LegId) -> String {
+        match leg {
+            LegId::Caller => self.caller_leg.contact(&self.cfg.me),
+            LegId::Agent => self.agent_leg.contact(&self.cfg.me),
+        }
     }
 
     fn dialog(&mut self, leg: LegId) -> &mut Dialog {
@@ -1618,7 +1626,7 @@ impl Call {
             lm.pending_offer = Some(offer.clone());
             let mut resp = req.response(200, Some(&tag));
             resp.headers
-                .push(HeaderName::Contact, me.contact(&self.dialog(leg).peer));
+                .push(HeaderName::Contact, self.dialog(leg).contact(&me));
             self.session_refreshed(now, leg, &req, &mut resp);
             let resp = resp.with_body("application/sdp", offer.to_string().into_bytes());
             self.respond_last(now, resp);
@@ -1657,9 +1665,8 @@ impl Call {
             remote_media(neg.remote_rtp, neg.codec, neg.dtmf_pt, neg.srtp),
         ));
         let mut resp = req.response(200, Some(tag));
-        let peer = self.dialog(leg).peer;
-        resp.headers
-            .push(HeaderName::Contact, self.cfg.me.contact(&peer));
+        let contact = self.leg_contact(leg);
+        resp.headers.push(HeaderName::Contact, contact);
         resp.headers.push(HeaderName::Allow, ALLOW);
         self.session_refreshed(now, leg, req, &mut resp);
         let resp = resp.with_body("application/sdp", body);
@@ -1722,9 +1729,8 @@ impl Call {
             return;
         }
         let mut resp = req.response(200, Some(&tag));
-        let peer = self.dialog(leg).peer;
-        resp.headers
-            .push(HeaderName::Contact, self.cfg.me.contact(&peer));
+        let contact = self.leg_contact(leg);
+        resp.headers.push(HeaderName::Contact, contact);
         resp.headers.push(HeaderName::Allow, ALLOW);
         self.session_refreshed(now, leg, &req, &mut resp);
         self.respond_last(now, resp);
@@ -1901,10 +1907,8 @@ impl Call {
                 let mut resp = self
                     .invite
                     .response(if status == 183 { 183 } else { 180 }, Some(&tag));
-                resp.headers.push(
-                    HeaderName::Contact,
-                    self.cfg.me.contact(&self.caller_leg.peer),
-                );
+                resp.headers
+                    .push(HeaderName::Contact, self.caller_leg.contact(&self.cfg.me));
                 if status == 183 && !r.body.is_empty() {
                     // Early media: relay the agent side's audio (ringback, announcements).
                     self.accept_agent_sdp(&r.body);
@@ -2071,10 +2075,8 @@ impl Call {
     fn answer_caller(&mut self, now: Instant) {
         let tag = self.caller_leg.local_tag().to_string();
         let mut resp = self.invite.response(200, Some(&tag));
-        resp.headers.push(
-            HeaderName::Contact,
-            self.cfg.me.contact(&self.caller_leg.peer),
-        );
+        resp.headers
+            .push(HeaderName::Contact, self.caller_leg.contact(&self.cfg.me));
         resp.headers.push(HeaderName::Allow, ALLOW);
         if self.delayed_offer && self.caller_media.last_sdp.is_none() {
             // Our offer, with the agent's codec only (the relay does not transcode).
@@ -2356,6 +2358,7 @@ fn agent_dialog(
         route_set: Vec::new(),
         local_cseq: 0,
         remote_cseq: None,
+        secure: agent.uri.scheme == "sips" && peer.transport == Transport::Tls,
         peer,
     };
     (dialog, needs_dns)
@@ -2437,6 +2440,16 @@ mod tests {
     }
 
     fn start_with(invite: Request, fixed_agent: bool, codecs: Vec<Codec>) -> (Call, Instant) {
+        start_from(invite, fixed_agent, codecs, peer(TRUNK))
+    }
+
+    /// As [`start_with`], the INVITE having come from `from`.
+    fn start_from(
+        invite: Request,
+        fixed_agent: bool,
+        codecs: Vec<Codec>,
+        from: Peer,
+    ) -> (Call, Instant) {
         let t0 = Instant::now();
         let cfg = Arc::new(CallConfig {
             me: LocalContact {
@@ -2457,7 +2470,7 @@ mod tests {
             id: "c1".into(),
             offer: screen(&invite, 90).expect("screened"),
             invite,
-            peer: peer(TRUNK),
+            peer: from,
             received: t0,
             wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
             caller: crate::sip::caller_id::CallerId {
@@ -3363,10 +3376,19 @@ mod tests {
         assert!(ok.contains(&ours), "{ok}");
     }
 
-    /// A phone reached over TLS is offered SRTP; one that refuses it (488) is rung again in the
-    /// same dialog set with plain RTP, and the call goes on.
-    #[test]
-    fn a_phone_on_tls_that_refuses_srtp_is_rung_again_with_plain_rtp() {
+    /// The last INVITE among what was sent (a retried one).
+    fn last_invite(sent: &[(Peer, Message)], what: &str) -> Request {
+        sent.iter()
+            .rev()
+            .find_map(|(_, m)| match m {
+                Message::Request(r) if r.method == Method::Invite => Some(r.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{what}"))
+    }
+
+    /// A call in the ACD offered to a phone registered over TLS; what was sent then.
+    fn offered_to_a_phone_on_tls() -> (Call, Instant, Vec<(Peer, Message)>) {
         let (mut c, t0) = start(false);
         drain(&mut c);
         c.handle_lookup(t0, found());
@@ -3379,6 +3401,14 @@ mod tests {
         }
         c.handle_decision(t0, o);
         let (_, sent) = drain(&mut c);
+        (c, t0, sent)
+    }
+
+    /// A phone reached over TLS is offered SRTP; one that refuses it (488) is rung again in the
+    /// same dialog set with plain RTP, and the call goes on.
+    #[test]
+    fn a_phone_on_tls_that_refuses_srtp_is_rung_again_with_plain_rtp() {
+        let (mut c, t0, sent) = offered_to_a_phone_on_tls();
         let inv = agent_invite(&sent);
         let body = String::from_utf8_lossy(&inv.body).to_string();
         assert!(
@@ -3396,14 +3426,7 @@ mod tests {
             !has(&said, "tx 10.0.0.1:"),
             "the caller hears nothing of it: {said:?}"
         );
-        let again = sent
-            .iter()
-            .filter_map(|(_, m)| match m {
-                Message::Request(r) if r.method == Method::Invite => Some(r.clone()),
-                _ => None,
-            })
-            .next_back()
-            .expect("the phone is rung again");
+        let again = last_invite(&sent, "the phone is rung again");
         let body = String::from_utf8_lossy(&again.body).to_string();
         assert!(
             body.contains("RTP/AVP") && !body.contains("a=crypto"),
@@ -3416,28 +3439,10 @@ mod tests {
         let (said, _) = drain(&mut c);
         assert!(has(&said, "tx 10.0.0.1:5060 SIP/2.0 200 OK"), "{said:?}");
         // A second refusal is final: the ACD hears of it.
-        let (mut c, t0) = start(false);
-        drain(&mut c);
-        c.handle_lookup(t0, found());
-        let mut o = offer(4);
-        if let Decision::Offer(a) = &mut o {
-            a.target.peer = Some(Peer {
-                addr: PHONE.parse().expect("address"),
-                transport: Transport::Tls,
-            });
-        }
-        c.handle_decision(t0, o);
-        let (_, sent) = drain(&mut c);
+        let (mut c, t0, sent) = offered_to_a_phone_on_tls();
         phone_says(&mut c, t0, &agent_invite(&sent), 488);
         let (_, sent) = drain(&mut c);
-        let again = sent
-            .iter()
-            .filter_map(|(_, m)| match m {
-                Message::Request(r) if r.method == Method::Invite => Some(r.clone()),
-                _ => None,
-            })
-            .next_back()
-            .expect("rung again");
+        let again = last_invite(&sent, "rung again");
         phone_says(&mut c, t0, &again, 488);
         let (said, _) = drain(&mut c);
         assert!(has(&said, "acd Refused"), "{said:?}");
@@ -3454,14 +3459,7 @@ mod tests {
         c.handle_message(t0, Message::Response(too_short), peer(PHONE));
         let (said, sent) = drain(&mut c);
         assert!(!has(&said, "tx 10.0.0.1:"), "{said:?}");
-        let again = sent
-            .iter()
-            .filter_map(|(_, m)| match m {
-                Message::Request(r) if r.method == Method::Invite => Some(r.clone()),
-                _ => None,
-            })
-            .next_back()
-            .expect("asked again");
+        let again = last_invite(&sent, "asked again");
         assert_eq!(again.headers.get(&HeaderName::SessionExpires), Some("3600"));
         assert_eq!(again.headers.get(&HeaderName::MinSe), Some("3600"));
         assert_eq!(again.cseq().map(|c| c.seq), inv.cseq().map(|c| c.seq + 1));
@@ -3489,11 +3487,11 @@ mod tests {
             let (_, sent) = drain(&mut c);
             let inv = sent
                 .iter()
-                .filter_map(|(_, m)| match m {
+                .rev()
+                .find_map(|(_, m)| match m {
                     Message::Request(r) if r.method == Method::Invite => Some(r.clone()),
                     _ => None,
                 })
-                .next_back()
                 .unwrap_or_else(|| inv.clone());
             let mut r = inv.response(422, Some(tag));
             r.headers
@@ -3533,5 +3531,34 @@ mod tests {
         let (said, _) = drain(&mut c);
         assert!(has(&said, "SIP/2.0 487"), "{said:?}");
         assert!(has(&said, "tx 10.0.0.10:5060 BYE sip:agent"), "{said:?}");
+    }
+
+    /// A `sips:` INVITE over TLS makes a SIPS dialog: our Contact in it is a SIPS URI
+    /// (RFC 3261 §8.1.1.8); the same INVITE as `sip:` over TLS gets `transport=tls`.
+    #[test]
+    fn a_sips_dialog_gets_a_sips_contact() {
+        let tls = Peer {
+            addr: TRUNK.parse().expect("address"),
+            transport: Transport::Tls,
+        };
+        for (scheme, want) in [
+            ("sips", "<sips:screenpop@10.0.0.2:5060>"),
+            ("sip", "<sip:screenpop@10.0.0.2:5060;transport=tls>"),
+        ] {
+            let mut invite = invite();
+            invite.uri = Uri::parse(&format!("{scheme}:100@10.0.0.2")).expect("uri");
+            let (mut c, t0) = start_from(invite, false, vec![Codec::Pcmu], tls);
+            drain(&mut c);
+            c.handle_lookup(t0, found());
+            let (_, sent) = drain(&mut c);
+            let ringing = sent
+                .iter()
+                .find_map(|(_, m)| match m {
+                    Message::Response(r) if r.status == 180 => Some(r.clone()),
+                    _ => None,
+                })
+                .expect("a 180");
+            assert_eq!(ringing.headers.get(&HeaderName::Contact), Some(want));
+        }
     }
 }

@@ -126,6 +126,7 @@ pub async fn dial(opts: DialOptions) -> anyhow::Result<DialSummary> {
         local_cseq: 0,
         remote_cseq: None,
         peer,
+        secure: false,
     };
     let mut local_media = LocalMedia {
         addr: local.ip(),

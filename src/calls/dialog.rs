@@ -61,9 +61,22 @@ pub(crate) struct Dialog {
     pub remote_cseq: Option<u32>,
     /// Where the peer's signalling reaches us from (responses and in-dialog requests go here).
     pub peer: Peer,
+    /// A SIPS dialog (RFC 3261 §12.1.1: a `sips:` Request-URI over TLS): our Contact in it
+    /// must be a SIPS URI too (§8.1.1.8).
+    pub secure: bool,
 }
 
 impl Dialog {
+    /// Our Contact in this dialog.
+    pub fn contact(&self, me: &LocalContact) -> String {
+        let plain = me.contact(&self.peer);
+        if self.secure {
+            format!("<sips:screenpop@{}:{}>", me.host, me.port_for(&self.peer))
+        } else {
+            plain
+        }
+    }
+
     pub fn local_tag(&self) -> &str {
         self.local.tag().unwrap_or("")
     }
@@ -112,7 +125,7 @@ impl Dialog {
         r.headers.push(HeaderName::CallId, self.call_id.clone());
         r.headers.push(HeaderName::CSeq, format!("{seq} {method}"));
         if matches!(method, Method::Invite) {
-            r.headers.push(HeaderName::Contact, me.contact(&self.peer));
+            r.headers.push(HeaderName::Contact, self.contact(me));
         }
         r
     }
@@ -211,6 +224,7 @@ mod tests {
                 addr: "10.0.0.2:5070".parse().unwrap(),
                 transport: Transport::Udp,
             },
+            secure: false,
         }
     }
 
