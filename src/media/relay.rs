@@ -309,6 +309,56 @@ struct LegSrtp {
     keys: SrtpKeys,
     rx: SrtpContext,
     tx: SrtpContext,
+    /// What we send this leg is renumbered across jumps (see [`Renumber`]).
+    renumber: Renumber,
+}
+
+/// A jump in sequence numbers larger than this (in either direction) on one SSRC is a restart,
+/// not loss or reordering: 3,000 packets is a minute of 20 ms audio.
+const MAX_SEQ_JUMP: u16 = 3000;
+
+/// Keeps the sequence numbers we send an SRTP leg continuous. SRTP's packet index (RFC 3711
+/// §3.3.1) is guessed from them: a plain source that restarts its numbering without changing
+/// its SSRC (an SBC or PBX moving the media) would leave the receiver's rollover counter wrong
+/// and every packet refused. The offset re-anchors such a jump so the stream carries on.
+#[derive(Default)]
+struct Renumber {
+    last: Option<(u32, u16)>,
+    offset: u16,
+}
+
+impl Renumber {
+    fn apply(&mut self, pkt: &mut [u8]) {
+        let (Some(ssrc), Some(seq)) = (pkt.get(8..12), pkt.get(2..4)) else {
+            return;
+        };
+        let ssrc = u32::from_be_bytes([ssrc[0], ssrc[1], ssrc[2], ssrc[3]]);
+        let seq = u16::from_be_bytes([seq[0], seq[1]]);
+        match self.last {
+            Some((s, last)) if s == ssrc => {
+                let ahead = seq.wrapping_sub(last);
+                let behind = last.wrapping_sub(seq);
+                if ahead > MAX_SEQ_JUMP && behind > MAX_SEQ_JUMP {
+                    // Carry on from the last number sent.
+                    self.offset = last
+                        .wrapping_add(self.offset)
+                        .wrapping_add(1)
+                        .wrapping_sub(seq);
+                }
+                if ahead <= MAX_SEQ_JUMP || behind > MAX_SEQ_JUMP {
+                    self.last = Some((ssrc, seq));
+                }
+            }
+            // A new SSRC is a new stream with its own index: numbers pass as they are.
+            _ => {
+                self.offset = 0;
+                self.last = Some((ssrc, seq));
+            }
+        }
+        let out = seq.wrapping_add(self.offset).to_be_bytes();
+        pkt[2] = out[0];
+        pkt[3] = out[1];
+    }
 }
 
 impl LegSrtp {
@@ -317,6 +367,7 @@ impl LegSrtp {
             keys,
             rx: SrtpContext::new(&keys.theirs, keys.suite),
             tx: SrtpContext::new(&keys.ours, keys.suite),
+            renumber: Renumber::default(),
         }
     }
 
@@ -654,6 +705,7 @@ fn relay_one(slot: &mut Slot, sock_i: usize, now: Instant, buf: &mut [u8], scrat
     let bytes: &[u8] = match slot.relay.legs[1 - i].srtp.as_mut() {
         Some(s) => {
             let sealed = if rtp {
+                s.renumber.apply(pkt);
                 s.tx.protect(pkt, &mut scratch.sealed)
             } else {
                 s.tx.protect_rtcp(pkt, &mut scratch.sealed)
@@ -1092,5 +1144,28 @@ mod tests {
         assert_eq!(report.stats.srtp, [false, true]);
         assert!(report.stats.srtp_rejected[1] >= 2, "{:?}", report.stats);
         assert_eq!(report.stats.forwarded, [1, 1], "{:?}", report.stats);
+    }
+
+    /// What goes to an SRTP leg keeps continuous numbers across a restart of the source's
+    /// numbering on one SSRC (else the receiver's rollover counter goes wrong); loss and
+    /// reordering pass as they are, and a new SSRC keeps its own numbers.
+    #[test]
+    fn sequence_jumps_to_an_srtp_leg_are_renumbered() {
+        let mut r = Renumber::default();
+        let mut out = |seq: u16, ssrc: u32| {
+            let mut p = rtp(0, seq, 0, ssrc, &[0; 4]);
+            r.apply(&mut p);
+            u16::from_be_bytes([p[2], p[3]])
+        };
+        assert_eq!(out(100, 7), 100);
+        assert_eq!(out(103, 7), 103, "loss passes");
+        assert_eq!(out(102, 7), 102, "reordering passes");
+        assert_eq!(out(40_000, 7), 104, "a restart continues the numbering");
+        assert_eq!(out(40_001, 7), 105);
+        assert_eq!(out(39_999, 7), 103, "reordering around it too");
+        assert_eq!(out(65_535, 7), 106, "and a second one");
+        assert_eq!(out(0, 7), 107, "across the wrap");
+        assert_eq!(out(5, 9), 5, "a new SSRC keeps its own numbers");
+        assert_eq!(out(6, 9), 6);
     }
 }
