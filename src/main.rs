@@ -78,7 +78,7 @@ enum Cmd {
         /// Caller number presented in From.
         #[arg(long, default_value = "anonymous")]
         from: String,
-        /// WAV to play (8 kHz, 16-bit; the left channel of stereo).
+        /// WAV to play: PCM at any rate (resampled to 8 kHz), mono or stereo (mixed), or G.711.
         #[arg(long)]
         play: Option<PathBuf>,
         /// Hang up after this long (10s, 500ms, 2m).

@@ -70,26 +70,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// Reads a WAV as 8 kHz mono 16-bit samples (the left channel of a stereo file).
-fn load_wav(path: &PathBuf) -> anyhow::Result<Vec<i16>> {
-    let mut r = hound::WavReader::open(path).with_context(|| format!("{}", path.display()))?;
-    let spec = r.spec();
-    if spec.sample_rate != 8000 || spec.bits_per_sample != 16 {
-        bail!(
-            "{}: need 8 kHz 16-bit PCM, got {} Hz {}-bit (convert with: sox IN -r 8000 -b 16 -c 1 OUT.wav)",
-            path.display(),
-            spec.sample_rate,
-            spec.bits_per_sample
-        );
-    }
-    let ch = spec.channels.max(1) as usize;
-    let all: Result<Vec<i16>, _> = r.samples::<i16>().collect();
-    Ok(all?.into_iter().step_by(ch).collect())
-}
-
 pub async fn dial(opts: DialOptions) -> anyhow::Result<DialSummary> {
     let audio = match &opts.play {
-        Some(p) => load_wav(p)?,
+        // Any common WAV (PCM at any rate, mono or stereo, G.711), as 8 kHz mono.
+        Some(p) => crate::media::player::Clip::load(p)?.pcm().to_vec(),
         None => Vec::new(),
     };
     let (sock, mut inbound) = SipSocket::bind(opts.bind, None).await?;
