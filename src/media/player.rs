@@ -134,8 +134,9 @@ fn decode_wav(bytes: &[u8]) -> Result<(u32, Vec<i16>), String> {
     let tag = u16::from_le_bytes([fmt[0], fmt[1]]);
     let channels = u16::from_le_bytes([fmt[2], fmt[3]]).max(1) as usize;
     let rate = u32::from_le_bytes([fmt[4], fmt[5], fmt[6], fmt[7]]);
-    if rate == 0 {
-        return Err("sample rate 0".into());
+    // A rate far outside audio (a corrupt header) would make resampling allocate without bound.
+    if !(4000..=192_000).contains(&rate) {
+        return Err(format!("sample rate {rate} Hz"));
     }
     let law = match tag {
         6 => Some(G711::Pcma),
@@ -301,7 +302,8 @@ impl Player {
             pos: 0,
             due: now,
             first: true,
-            finished: false,
+            // An empty clip has nothing to send (and nothing to loop over).
+            finished: clip.pcm.is_empty(),
         }
     }
 
@@ -563,6 +565,27 @@ mod tests {
         want.extend_from_slice(&enc[..80]);
         assert_eq!(&out[12..], &want[..]);
         assert_eq!(p.next_seq_ts(), (2, 4_294_967_200u32.wrapping_add(480)));
+    }
+
+    #[test]
+    fn an_empty_clip_or_an_absurd_rate_sends_nothing() {
+        let mut p = Player::new(
+            &Clip::from_pcm(Vec::new()),
+            G711::Pcmu,
+            Repeat::Loop,
+            Instant::now(),
+            (1, 1, 0),
+        );
+        assert!(p.is_finished());
+        assert!(!p.poll_packet(Instant::now(), &mut Vec::new()));
+        let d = dir().join("rate");
+        std::fs::create_dir_all(&d).unwrap();
+        write_pcm(&d.join("1hz.wav"), 1, 1, &[0; 64]);
+        assert!(matches!(
+            Clip::load(&d.join("1hz.wav")),
+            Err(ClipError::Format { .. })
+        ));
+        std::fs::remove_dir_all(&d).ok();
     }
 
     #[test]
