@@ -105,6 +105,13 @@ pub struct Profile {
     /// TLS, where the keys in the SDP are protected), `"always"` or `"never"`.
     #[serde(default)]
     pub agent_srtp: AgentSrtp,
+    /// A WAV callers hear on hold (any common format; converted once at start). Absent: a
+    /// built-in chime. Relative paths are read from the profile's folder.
+    #[serde(default)]
+    pub hold_music: Option<PathBuf>,
+    /// A WAV queued callers hear (as early media) instead of ringback. Absent: ringback.
+    #[serde(default)]
+    pub queue_music: Option<PathBuf>,
 }
 
 /// When screenpop offers SRTP to an agent's phone. Trunks that offer SRTP get it back
@@ -270,6 +277,16 @@ impl Profile {
             path: path.clone(),
             message: e.to_string(),
         })?;
+        if let Some(dir) = path.parent() {
+            for file in [profile.hold_music.as_mut(), profile.queue_music.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                if file.is_relative() {
+                    *file = dir.join(&*file);
+                }
+            }
+        }
         if let (Some(tls), Some(dir)) = (profile.tls.as_mut(), path.parent()) {
             for file in [Some(&mut tls.cert), Some(&mut tls.key), tls.ca.as_mut()]
                 .into_iter()

@@ -17,3 +17,4 @@ pub mod time;
 pub mod tls;
 pub mod transport;
 pub(crate) mod web;
+pub mod webhooks;

@@ -117,8 +117,13 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     )
     .await;
     let plan = profile.number_plan()?;
+    let controls = crate::calls::control::Controls::new();
+    let music = crate::media::music::MusicFiles::load(
+        profile.hold_music.as_ref(),
+        profile.queue_music.as_ref(),
+    )?;
     if let Some(addr) = cfg.http {
-        let state = crate::web::AppState::new(
+        let mut state = crate::web::AppState::new(
             store.clone(),
             bus.clone(),
             acd.clone(),
@@ -126,6 +131,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             profile.realm.clone(),
             plan,
         );
+        state.controls = controls.clone();
         let http = crate::web::spawn(addr, state).await?;
         first_run_hint(&store, http).await;
     }
@@ -149,6 +155,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             min_se_secs: profile.min_se_secs,
             session_expires_secs: profile.session_expires_secs,
             agent_srtp: profile.agent_srtp,
+            queue_music: music.queue.is_some(),
         }),
         profile: profile.clone(),
         ports,
@@ -160,6 +167,8 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         acd,
         routes: routes_tx,
         ended: ended_tx,
+        controls,
+        music,
     });
     let mut d = Dispatcher {
         trunk_nonces: NonceKey::generate(),

@@ -18,7 +18,10 @@ const T: Duration = Duration::from_secs(15);
 #[test]
 fn known_caller_pops_on_the_agents_desktops_and_leaves_a_complete_contact_log() {
     let Some(c) = center("pop_known") else { return };
-    let q = c.queue(json!({"name": "support", "dialed_numbers": [DIALED], "wrap_up_secs": 1, "is_default": true}));
+    let q = c.queue(
+        json!({"name": "support", "dialed_numbers": [DIALED], "wrap_up_secs": 1, "is_default": true,
+        "crm_url": "https://crm.example/customers?phone={e164}&call={call_id}"}),
+    );
     let (pa, pb) = (Ports::allocate(), Ports::allocate());
     let alice = c.agent("alice", &pa, &[], &[q]);
     let bob = c.agent("bob", &pb, &[], &[q]);
@@ -46,6 +49,15 @@ fn known_caller_pops_on_the_agents_desktops_and_leaves_a_complete_contact_log() 
     assert_eq!(offered["queue"], "support");
     assert_eq!(offered["dialed"], DIALED);
     assert_eq!(offered["agent_id"], alice.agent_id);
+    // The queue's CRM link, filled in for this caller and call.
+    assert_eq!(
+        offered["crm_url"],
+        format!(
+            "https://crm.example/customers?phone=%2B12125550123&call={}",
+            call.as_str().unwrap_or_default()
+        ),
+        "{offered}"
+    );
     assert!(offered["candidates"]
         .as_array()
         .is_some_and(|c| c.len() == 1));

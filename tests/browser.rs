@@ -202,11 +202,11 @@ fn agent_desktop_and_supervisor_console_in_chromium() {
     assert_eq!(line, "CALL", "{line}");
     let mut phone = c
         .env
-        .agent_phone("lina-phone", phone_ports, "uas_answer_slow.xml", &[]);
+        .agent_phone("lina-phone", phone_ports, "uas_reinvite_slow.xml", &[]);
     let invited = now_ms();
     let mut trunk = c
         .env
-        .trunk_from("2125550123", "uac_call_from.xml", &["-d", "7000"]);
+        .trunk_from("2125550123", "uac_call_from.xml", &["-d", "10000"]);
     script.say(&format!("GO {invited}"));
     let result = script.finish(&c.server.log);
     trunk.expect_success(Duration::from_secs(30));

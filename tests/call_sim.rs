@@ -354,6 +354,7 @@ impl World {
             min_se_secs: 90,
             session_expires_secs: 1800,
             agent_srtp: screenpop::config::AgentSrtp::Tls,
+            queue_music: false,
         });
         let mut acd = Acd::new();
         acd.handle(
@@ -1158,6 +1159,7 @@ impl World {
                         Ev::Decision(Decision::Queued {
                             queue: 1,
                             name: "General".into(),
+                            crm_url: None,
                         }),
                     );
                     self.acd.handle(
@@ -1173,7 +1175,7 @@ impl World {
                 Output::Acd(input) => self.acd.handle(self.now, input),
                 Output::Listen { call_id } => self.call_ids.push(call_id),
                 Output::Resolve { host, .. } => panic!("no DNS in the simulation: {host}"),
-                Output::NoteAgent { .. } | Output::Media(_) => {}
+                Output::NoteAgent { .. } | Output::Media(_) | Output::Reply { .. } => {}
                 Output::Record { .. } => self.recordings += 1,
                 Output::Ended { record, .. } => self.ended.push(*record),
             }

@@ -259,6 +259,31 @@ fn auth_errors_openapi_csv_metrics_and_health() {
         (q["is_default"].as_bool(), q["dialed_numbers"][0].as_str()),
         (Some(true), Some("8005550177"))
     );
+    // A CRM link template naming a field that does not exist, or not a web address: 422.
+    for bad in ["https://crm.example/c?phone={phone}", "javascript:alert(1)"] {
+        let (st, e) = admin.req(
+            "PATCH",
+            &format!("/api/queues/{qid}"),
+            Some(&json!({ "crm_url": bad })),
+        );
+        assert_eq!(
+            (st, e["error"]["field"].as_str()),
+            (422, Some("crm_url")),
+            "{e}"
+        );
+    }
+    let q = admin.ok(
+        "PATCH",
+        &format!("/api/queues/{qid}"),
+        Some(json!({"crm_url": "https://crm.example/c?phone={e164}"})),
+    );
+    assert_eq!(q["crm_url"], "https://crm.example/c?phone={e164}", "{q}");
+    let q = admin.ok(
+        "PATCH",
+        &format!("/api/queues/{qid}"),
+        Some(json!({"crm_url": ""})),
+    );
+    assert!(q["crm_url"].is_null(), "an empty template removes it: {q}");
     assert_eq!(
         amy.req(
             "PATCH",
@@ -290,6 +315,10 @@ fn auth_errors_openapi_csv_metrics_and_health() {
         "/api/agents",
         "/api/queues",
         "/api/customers/import",
+        "/api/calls/{id}/hold",
+        "/api/calls/{id}/resume",
+        "/api/calls/{id}/hangup",
+        "/api/webhooks",
     ] {
         assert!(doc["paths"].get(p).is_some(), "openapi lacks {p}");
     }

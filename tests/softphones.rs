@@ -200,9 +200,10 @@ fn linphone_registers_rings_answers_is_recorded_and_hears_the_caller() {
     );
 }
 
-/// The phone's own hold button (a re-INVITE with `a=sendonly`, then `a=sendrecv`) is mirrored
-/// to the caller, both legs stay up and the recording carries on; a key pressed on the phone
-/// (RFC 4733) is kept with the call.
+/// The phone's own hold button (a re-INVITE with `a=sendonly`, then `a=sendrecv`) holds the
+/// call as the desktop's Hold would: the caller hears music (not a re-INVITE), the desktop gets
+/// `call.held` and `call.resumed` (by the phone), both legs stay up and the recording carries
+/// on and marks the hold; a key pressed on the phone (RFC 4733) is kept with the call.
 fn hold_resume_and_keypad_reach_the_call<P: Phone>(
     name: &str,
     program: &str,
@@ -212,8 +213,8 @@ fn hold_resume_and_keypad_reach_the_call<P: Phone>(
         return;
     };
 
-    // uac_call_held checks the mirrored directions and stops sending while held.
-    let mut trunk = c.env.trunk("uac_call_held.xml", &["-d", "2500"]);
+    // The trunk talks throughout; it is not re-INVITEd (it hears music instead).
+    let mut trunk = c.env.trunk("uac_call.xml", &["-d", "6000"]);
     let offered = desk.wait_for(is("call.offered"), T);
     let call = offered["call_id"].clone();
     desk.wait_for(for_call("call.answered", call.clone()), T);
@@ -221,9 +222,12 @@ fn hold_resume_and_keypad_reach_the_call<P: Phone>(
     std::thread::sleep(Duration::from_millis(1500));
     phone.hold();
     let held = answered.elapsed().as_secs_f64();
+    let ev = desk.wait_for(for_call("call.held", call.clone()), T);
+    assert_eq!(ev["by"], "phone", "{ev}");
     std::thread::sleep(Duration::from_millis(1500));
     phone.resume();
     let resumed = answered.elapsed().as_secs_f64();
+    desk.wait_for(for_call("call.resumed", call.clone()), T);
     std::thread::sleep(Duration::from_millis(500));
     phone.press('5');
     trunk.expect_success(Duration::from_secs(20));
@@ -279,6 +283,22 @@ fn hold_resume_and_keypad_reach_the_call<P: Phone>(
         })
         .unwrap_or_default();
     assert_eq!(digits, [("agent".to_string(), "5".to_string())], "{record}");
+    let holds = record["holds"].as_array().cloned().unwrap_or_default();
+    assert!(
+        holds.len() == 1 && holds[0]["by"] == "phone",
+        "one hold, by the phone: {record}"
+    );
+    assert!(
+        record["media"]["played"][0].as_u64().unwrap_or(0) > 50,
+        "the caller was played music while held: {record}"
+    );
+    assert!(
+        !trunk
+            .messages()
+            .iter()
+            .any(|m| !m.sent && m.first_line.starts_with("INVITE")),
+        "the trunk is not re-INVITEd"
+    );
     phone.quit();
 }
 

@@ -380,9 +380,14 @@ on_both!(agents_queues_and_sessions, |store: Store| async move {
             is_default: true,
             service_level_secs: 20,
             active: true,
+            crm_url: Some("https://crm.example/c?phone={e164}".into()),
         })
         .await
         .unwrap();
+    assert_eq!(
+        q.crm_url.as_deref(),
+        Some("https://crm.example/c?phone={e164}")
+    );
     assert!(q.is_default);
     let mut a = agent("alice", SipTarget::Uri("sip:alice@10.0.0.5".into()));
     a.queues.insert(q.id);
@@ -427,6 +432,7 @@ on_both!(agents_queues_and_sessions, |store: Store| async move {
             is_default: true,
             service_level_secs: 20,
             active: true,
+            crm_url: None,
         })
         .await
         .unwrap();
@@ -810,6 +816,7 @@ on_both!(agents_and_queues_change, |store: Store| async move {
         is_default: false,
         service_level_secs: 20,
         active: true,
+        crm_url: None,
     };
     let q1 = store.create_queue(&nq("one")).await.unwrap();
     let q2 = store.create_queue(&nq("two")).await.unwrap();
@@ -901,5 +908,208 @@ on_both!(
             .await
             .unwrap()
             .is_some());
+    }
+);
+
+on_both!(
+    webhook_deliveries_keep_order_per_subject,
+    |store: Store| async move {
+        use screenpop::store::webhooks::{DeliveryStatus, NewDelivery, NewWebhook, Outcome};
+        let hook = store
+            .create_webhook(
+                &NewWebhook {
+                    url: "https://crm.example/hook".into(),
+                    events: vec!["call.offered".into(), "call.ended".into()],
+                    secret: "0123456789abcdef".into(),
+                },
+                "root",
+                1_000,
+            )
+            .await
+            .unwrap();
+        assert_eq!(hook.events, ["call.offered", "call.ended"]);
+        assert_eq!(store.webhooks().await.unwrap(), vec![hook.clone()]);
+        let d = |subject: &'static str, kind: &'static str| NewDelivery {
+            webhook_id: hook.id,
+            event_type: kind,
+            subject,
+            body: "{}",
+        };
+        // Call a: three events; call b: one; one for a webhook that does not exist (dropped).
+        let ids = store
+            .enqueue_webhook_deliveries(
+                &[
+                    d("call:a", "call.offered"),
+                    d("call:b", "call.offered"),
+                    d("call:a", "call.answered"),
+                    NewDelivery {
+                        webhook_id: hook.id + 100,
+                        ..d("call:c", "call.offered")
+                    },
+                ],
+                2_000,
+            )
+            .await
+            .unwrap();
+        assert_eq!(ids.len(), 3);
+        let a3 = store
+            .enqueue_webhook_deliveries(&[d("call:a", "call.ended")], 2_001)
+            .await
+            .unwrap()[0];
+        let (a1, b1, a2) = (ids[0], ids[1], ids[2]);
+        assert_eq!(store.next_webhook_attempt_at().await.unwrap(), Some(2_000));
+
+        // Only the oldest pending of each subject is due; a claimed one is leased.
+        let c = store
+            .claim_webhook_deliveries(hook.id, 2_500, 60_000, 10)
+            .await
+            .unwrap();
+        assert_eq!(c.iter().map(|c| c.id).collect::<Vec<_>>(), [a1, b1]);
+        assert_eq!((c[0].subject.as_str(), c[0].attempts), ("call:a", 0));
+        assert!(store
+            .claim_webhook_deliveries(hook.id, 2_600, 60_000, 10)
+            .await
+            .unwrap()
+            .is_empty());
+
+        // a1 fails: retried later, a2 still waits. b1 is delivered.
+        store
+            .finish_webhook_delivery(
+                a1,
+                3_000,
+                &Outcome::Retry {
+                    at: 4_000,
+                    status: Some(503),
+                    error: "HTTP 503".into(),
+                },
+            )
+            .await
+            .unwrap();
+        store
+            .finish_webhook_delivery(b1, 3_000, &Outcome::Delivered { status: 200 })
+            .await
+            .unwrap();
+        assert!(store
+            .claim_webhook_deliveries(hook.id, 3_500, 60_000, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        let h = store.webhook_health(hook.id).await.unwrap();
+        assert_eq!((h.delivered, h.pending, h.failing, h.failed), (1, 3, 1, 0));
+        assert_eq!(h.last_success_at, Some(3_000));
+        assert_eq!(
+            (h.last_error.as_deref(), h.last_error_at),
+            (Some("HTTP 503"), Some(3_000))
+        );
+
+        // The retry is due at 4000; delivered, it releases a2, whose give-up releases a3.
+        let c = store
+            .claim_webhook_deliveries(hook.id, 4_000, 60_000, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            c.iter().map(|c| (c.id, c.attempts)).collect::<Vec<_>>(),
+            [(a1, 1)]
+        );
+        store
+            .finish_webhook_delivery(a1, 4_100, &Outcome::Delivered { status: 204 })
+            .await
+            .unwrap();
+        let c = store
+            .claim_webhook_deliveries(hook.id, 4_200, 60_000, 10)
+            .await
+            .unwrap();
+        assert_eq!(c.iter().map(|c| c.id).collect::<Vec<_>>(), [a2]);
+        store
+            .finish_webhook_delivery(
+                a2,
+                4_300,
+                &Outcome::Failed {
+                    status: None,
+                    error: "connection refused".into(),
+                },
+            )
+            .await
+            .unwrap();
+        let c = store
+            .claim_webhook_deliveries(hook.id, 4_400, 60_000, 10)
+            .await
+            .unwrap();
+        assert_eq!(c.iter().map(|c| c.id).collect::<Vec<_>>(), [a3]);
+
+        // A lease that runs out (the process died mid-attempt) makes it due again.
+        let again = store
+            .claim_webhook_deliveries(hook.id, 60_000 + 4_400, 200_000, 10)
+            .await
+            .unwrap();
+        assert_eq!(again.iter().map(|c| c.id).collect::<Vec<_>>(), [a3]);
+
+        let list = store
+            .webhook_deliveries(hook.id, None, None, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            list.iter().map(|d| (d.id, d.status)).collect::<Vec<_>>(),
+            [
+                (a3, DeliveryStatus::Pending),
+                (a2, DeliveryStatus::Failed),
+                (b1, DeliveryStatus::Delivered),
+                (a1, DeliveryStatus::Delivered),
+            ]
+        );
+        assert_eq!(list[3].attempts, 2);
+        assert_eq!(list[3].delivered_at, Some(4_100));
+        assert_eq!(list[1].last_error.as_deref(), Some("connection refused"));
+        let failed = store
+            .webhook_deliveries(hook.id, Some(DeliveryStatus::Failed), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(failed.iter().map(|d| d.id).collect::<Vec<_>>(), [a2]);
+        let page = store
+            .webhook_deliveries(hook.id, None, Some(a2), 10)
+            .await
+            .unwrap();
+        assert_eq!(page.iter().map(|d| d.id).collect::<Vec<_>>(), [b1, a1]);
+
+        // A waiting delivery with nothing before it is released by the safety net.
+        let x = store
+            .enqueue_webhook_deliveries(
+                &[d("call:x", "call.offered"), d("call:x", "call.ended")],
+                5_000,
+            )
+            .await
+            .unwrap();
+        sqlx::query("UPDATE webhook_deliveries SET status = 'delivered' WHERE id = $1")
+            .bind(x[0])
+            .execute(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .release_stranded_webhook_deliveries(6_000)
+                .await
+                .unwrap(),
+            1
+        );
+        let c = store
+            .claim_webhook_deliveries(hook.id, 6_000, 60_000, 10)
+            .await
+            .unwrap();
+        assert_eq!(c.iter().map(|c| c.id).collect::<Vec<_>>(), [x[1]]);
+
+        // Pruning forgets finished deliveries only; deleting the webhook takes the rest.
+        assert_eq!(store.prune_webhook_deliveries(4_500).await.unwrap(), 3);
+        assert_eq!(store.webhook_health(hook.id).await.unwrap().pending, 2);
+        store.delete_webhook(hook.id).await.unwrap();
+        assert!(matches!(
+            store.delete_webhook(hook.id).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(store
+            .webhook_deliveries(hook.id, None, None, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(store.next_webhook_attempt_at().await.unwrap(), None);
     }
 );

@@ -24,7 +24,12 @@ use crate::store::Store;
 #[derive(Debug, Clone)]
 pub enum Decision {
     /// The call waits in this queue.
-    Queued { queue: QueueId, name: String },
+    Queued {
+        queue: QueueId,
+        name: String,
+        /// The queue's CRM link template, for the pop.
+        crm_url: Option<String>,
+    },
     /// No queue takes calls to this number (no default queue either).
     NoQueue,
     /// Ring this agent.
@@ -293,6 +298,7 @@ impl Runtime {
                 let _ = r.decisions.send(Decision::Queued {
                     queue: q.id,
                     name: q.name.clone(),
+                    crm_url: q.crm_url.clone(),
                 });
                 let queue = q.id;
                 self.calls.insert(r.call.clone(), r.decisions);

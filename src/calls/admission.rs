@@ -45,6 +45,10 @@ pub(crate) struct CallEnv {
     pub acd: AcdHandle,
     /// New Call-IDs a call answers to (each agent it rings gets a fresh agent-leg Call-ID).
     pub routes: mpsc::UnboundedSender<Route>,
+    /// The live calls the desktops and the API control.
+    pub controls: Arc<super::control::Controls>,
+    /// Music on hold and in queues.
+    pub music: crate::media::music::MusicFiles,
 }
 
 /// Tells the dispatcher to send a Call-ID's messages to a call task.
@@ -145,7 +149,9 @@ pub fn spawn(env: Arc<CallEnv>, new: NewCall) -> Option<CallHandle> {
     let (tx, rx) = mpsc::channel(64);
     let call_ids = call.call_ids();
     drop(_enter);
+    let (control_tx, control_rx) = mpsc::channel(8);
+    env.controls.register(&id, control_tx);
     let task = task::CallTask::new(env, call, media, tx.clone());
-    tokio::spawn(task.run(rx, media_events).instrument(span));
+    tokio::spawn(task.run(rx, media_events, control_rx).instrument(span));
     Some(CallHandle { id, call_ids, tx })
 }

@@ -20,13 +20,14 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tracing::{debug, info, warn};
 
+use super::control::{Control, ControlError, Controller};
 use super::dialog::{target_peer, Dialog, LocalContact};
 use super::pop::{self, PopCard};
-use super::record::{CallRecord, Disposition, EndedBy};
+use super::record::{CallRecord, Disposition, EndedBy, HoldSpan};
 use crate::acd::runtime::{AgentTarget, Decision};
 use crate::acd::{AgentId, CallKey, Input as AcdInput, QueueId};
 use crate::config::AgentSrtp;
-use crate::events::payload::{CallAnswered, CallWithdrawn};
+use crate::events::payload::{CallAnswered, CallHold, CallWithdrawn};
 use crate::events::{Event, Payload};
 use crate::ids::{ContactLogId, SipCallId};
 use crate::media::g711::G711;
@@ -75,6 +76,8 @@ pub struct CallConfig {
     pub session_expires_secs: u64,
     /// When agents' phones are offered SRTP.
     pub agent_srtp: AgentSrtp,
+    /// Queued callers hear music (as early media, 183 with SDP) instead of ringback.
+    pub queue_music: bool,
 }
 
 /// Everything a new call starts from; the admission checks have passed.
@@ -184,6 +187,44 @@ pub enum MediaCommand {
     SignallingIp(LegId, IpAddr),
     /// Report a leg that stays silent this long (`None`: stop watching, e.g. on hold).
     Watch(Option<Duration>),
+    /// Play music into a leg in place of the other leg's audio, round and round.
+    Play(LegId, Music),
+    /// Stop what plays into a leg: it hears the other leg again.
+    StopPlaying(LegId),
+}
+
+/// Which music: the task maps it to a file from the profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Music {
+    /// Music on hold.
+    Hold,
+    /// Music for callers waiting in a queue.
+    Queue,
+}
+
+/// Who put the call on hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HoldBy {
+    /// The desktop or the API: we hold the agent's phone by re-INVITE.
+    Desk,
+    /// The agent's phone (its hold button): it re-INVITEd us.
+    Phone,
+}
+
+impl HoldBy {
+    fn as_str(self) -> &'static str {
+        match self {
+            HoldBy::Desk => "desk",
+            HoldBy::Phone => "phone",
+        }
+    }
+}
+
+/// The caller hears music while the agent is away.
+#[derive(Debug, Clone, Copy)]
+struct Hold {
+    by: HoldBy,
+    since: Instant,
 }
 
 /// What the call asks its task to do, in order.
@@ -241,6 +282,11 @@ pub enum Output {
     Ended {
         record: Box<CallRecord>,
         at: Instant,
+    },
+    /// The answer to the control request `token` ([`Call::handle_control`]).
+    Reply {
+        token: u64,
+        result: Result<(), ControlError>,
     },
 }
 
@@ -393,6 +439,19 @@ pub struct Call {
     mirror_deferred: [Option<Direction>; 2],
     /// Our 2xx to a delayed offer carried our offer: the caller's ACK must answer it.
     ack_answer_awaited: bool,
+    /// On hold: music plays to the caller.
+    hold: Option<Hold>,
+    /// Holds that are over, for the record.
+    holds: Vec<HoldSpan>,
+    /// A hold or resume from the desktop waiting for the agent phone's answer to our
+    /// re-INVITE: its token.
+    control_pending: Option<(u64, Control)>,
+    /// Queue music plays to the caller (early media) until an agent answers.
+    queue_music_on: bool,
+    /// Hung up from the desktop or the API.
+    hung_up_from_desk: bool,
+    /// The queue's CRM link template, filled in for each `call.offered`.
+    crm_template: Option<String>,
     out: VecDeque<Output>,
 }
 
@@ -555,6 +614,12 @@ impl Call {
             mirror_inflight: [None; 2],
             mirror_deferred: [None; 2],
             ack_answer_awaited: false,
+            hold: None,
+            holds: Vec::new(),
+            control_pending: None,
+            queue_music_on: false,
+            hung_up_from_desk: false,
+            crm_template: None,
             caller_media: LegMedia {
                 local: caller_local,
                 pending_offer: None,
@@ -707,12 +772,26 @@ impl Call {
             // The caller left while the lookup ran: complete its contact log now.
             self.report_end();
         } else if self.acd_mode {
-            // The caller hears ringback while waiting for an agent (RFC 3261 §21.1.2).
+            // The caller hears ringback while waiting for an agent (RFC 3261 §21.1.2), or the
+            // queue's music as early media: a 183 with our answer (RFC 3960 §2). A delayed
+            // offer has no answer to put there, so it keeps ringback.
             let tag = self.caller_leg.local_tag().to_string();
-            let mut ringing = self.invite.response(180, Some(&tag));
+            let music = self
+                .caller_media
+                .last_sdp
+                .clone()
+                .filter(|_| self.cfg.queue_music && !self.delayed_offer);
+            let mut ringing = self
+                .invite
+                .response(if music.is_some() { 183 } else { 180 }, Some(&tag));
             ringing
                 .headers
                 .push(HeaderName::Contact, self.caller_leg.contact(&self.cfg.me));
+            if let Some(body) = music {
+                ringing = ringing.with_body("application/sdp", body);
+                self.queue_music_on = true;
+                self.media(MediaCommand::Play(LegId::Caller, Music::Queue));
+            }
             self.respond_invite(now, ringing);
             if self.max_forwards == 0 {
                 self.disposition = Some(Disposition::Failed);
@@ -812,7 +891,11 @@ impl Call {
 
     fn on_decision(&mut self, now: Instant, d: Decision) {
         match d {
-            Decision::Queued { queue, name } => {
+            Decision::Queued {
+                queue,
+                name,
+                crm_url,
+            } => {
                 // The queue goes into the contact log at the answer and at hang-up.
                 info!(queue = %name, "queued");
                 if self.phase == Phase::Ended {
@@ -829,6 +912,7 @@ impl Call {
                 );
                 self.publish(event);
                 self.queue = Some((queue, name));
+                self.crm_template = crm_url;
             }
             Decision::NoQueue | Decision::Overflow => {
                 if matches!(d, Decision::NoQueue) {
@@ -918,6 +1002,19 @@ impl Call {
             card: &self.found.card,
             offered_at: self.wall0,
             since: self.received,
+            crm_url: self.crm_template.as_deref().map(|t| {
+                crate::crm::link::fill(
+                    t,
+                    &crate::crm::link::LinkFields {
+                        e164: self.found.e164.as_deref(),
+                        number: self.caller.number.as_deref(),
+                        call_id: self.id.as_str(),
+                        contact_log_id: self.found.log_id.map(|l| l.get()),
+                        customer_id: self.found.customer_id,
+                        dialed: &self.dialed,
+                    },
+                )
+            }),
         });
         self.publish(event);
     }
@@ -1212,7 +1309,7 @@ impl Call {
                 self.rtp_timeout = true;
                 self.hang_up(now, None);
             }
-            MediaEvent::Silent { .. } => {}
+            MediaEvent::Silent { .. } | MediaEvent::Played { .. } => {}
         }
         self.pump(now);
     }
@@ -1671,6 +1768,15 @@ impl Call {
         self.session_refreshed(now, leg, req, &mut resp);
         let resp = resp.with_body("application/sdp", body);
         self.respond_last(now, resp);
+        if leg == LegId::Agent {
+            // The phone's own hold button: the caller hears music, as with the desktop's.
+            match (offered_dir == Direction::SendRecv, self.hold) {
+                (false, None) => self.start_hold(now, HoldBy::Phone),
+                (true, Some(h)) if h.by == HoldBy::Phone => self.end_hold(now),
+                _ => {}
+            }
+            return;
+        }
         self.mirror(now, leg, offered_dir);
     }
 
@@ -1740,7 +1846,7 @@ impl Call {
     fn peer_direction(&mut self, leg: LegId, ours: Direction, theirs: Direction) {
         self.local_dir[leg.index()] = ours;
         self.held[leg.index()] = theirs != Direction::SendRecv;
-        self.on_hold = self.held.iter().any(|h| *h);
+        self.on_hold = self.held.iter().any(|h| *h) || self.hold.is_some();
     }
 
     /// Offers `offered_dir` to the leg other than `leg` (a hold or resume on `leg`).
@@ -1826,6 +1932,9 @@ impl Call {
             return;
         }
         let i = leg.index();
+        if leg == LegId::Agent && purpose == Purpose::ReInvite {
+            self.settle_control(now, r.status);
+        }
         if r.status / 100 == 2 {
             self.ack_2xx(leg, &r);
             self.apply_answer(leg, &r.body);
@@ -1902,7 +2011,7 @@ impl Call {
                     self.agent_leg.remote = to;
                 }
             }
-            if self.phase == Phase::Ringing && self.invite_pending() {
+            if self.phase == Phase::Ringing && self.invite_pending() && !self.queue_music_on {
                 let tag = self.caller_leg.local_tag().to_string();
                 let mut resp = self
                     .invite
@@ -2098,6 +2207,9 @@ impl Call {
             resp = resp.with_body("application/sdp", body);
         }
         self.respond_invite(now, resp);
+        if std::mem::take(&mut self.queue_music_on) {
+            self.media(MediaCommand::StopPlaying(LegId::Caller));
+        }
         self.phase = Phase::Up;
         self.ring_deadline = None;
         self.final_status = 200;
@@ -2131,6 +2243,202 @@ impl Call {
         });
     }
 
+    /// A request from the desktop or the API (see [`Control`]). The answer comes out as
+    /// [`Output::Reply`] with `token`: at once, or, for a hold or resume that re-INVITEs the
+    /// agent's phone, when the phone has answered (a refusal leaves the call as it was).
+    pub fn handle_control(&mut self, now: Instant, token: u64, by: Controller, control: Control) {
+        match self.control(now, token, by, control) {
+            Ok(true) => self.reply(token, Ok(())),
+            Ok(false) => {}
+            Err(e) => self.reply(token, Err(e)),
+        }
+        self.pump(now);
+    }
+
+    /// Carries out `control`; true when it is done, false when the answer waits for the phone.
+    fn control(
+        &mut self,
+        now: Instant,
+        token: u64,
+        by: Controller,
+        control: Control,
+    ) -> Result<bool, ControlError> {
+        let mine = by.supervisor || (by.agent.is_some() && by.agent == self.agent_id);
+        if self.phase == Phase::Ended || !mine || (self.phase == Phase::Ringing && !by.supervisor) {
+            // A call being offered is not the agent's until answered (they answer on the phone).
+            return Err(ControlError::NotFound);
+        }
+        if self.phase != Phase::Up {
+            return Err(ControlError::Conflict("the call is not answered yet"));
+        }
+        if self.control_pending.is_some() {
+            return Err(ControlError::Conflict(
+                "another request on this call is in progress",
+            ));
+        }
+        match control {
+            Control::Hangup => {
+                info!("hung up from the desktop");
+                self.hung_up_from_desk = true;
+                self.hang_up(now, None);
+                Ok(true)
+            }
+            Control::Hold => {
+                if self.hold.is_some() {
+                    return Err(ControlError::Conflict("the call is on hold already"));
+                }
+                if self.offer_open(LegId::Agent) {
+                    return Err(ControlError::Conflict("the phone is being re-INVITEd"));
+                }
+                // The music starts at once; the desktops hear of the hold when the phone took it.
+                self.start_hold(now, HoldBy::Desk);
+                if self.hold_agent_phone(now, token, Control::Hold, Direction::SendOnly) {
+                    return Ok(false);
+                }
+                self.publish_hold(now, HoldBy::Desk, true);
+                Ok(true)
+            }
+            Control::Resume => {
+                let Some(hold) = self.hold else {
+                    return Err(ControlError::Conflict("the call is not on hold"));
+                };
+                if hold.by == HoldBy::Phone {
+                    return Err(ControlError::Conflict(
+                        "the phone holds the call: resume it on the phone",
+                    ));
+                }
+                if self.offer_open(LegId::Agent) {
+                    return Err(ControlError::Conflict("the phone is being re-INVITEd"));
+                }
+                // A caller that holds us keeps the agent's phone held (mirrored).
+                let dir = if self.held[LegId::Caller.index()] {
+                    Direction::SendOnly
+                } else {
+                    Direction::SendRecv
+                };
+                if self.hold_agent_phone(now, token, Control::Resume, dir) {
+                    return Ok(false);
+                }
+                self.end_hold(now);
+                Ok(true)
+            }
+        }
+    }
+
+    /// Offers `dir` to the agent's phone unless it has it already; true when a re-INVITE went
+    /// out and `token` waits for its answer.
+    fn hold_agent_phone(
+        &mut self,
+        now: Instant,
+        token: u64,
+        control: Control,
+        dir: Direction,
+    ) -> bool {
+        if self.local_dir[LegId::Agent.index()] == dir {
+            return false;
+        }
+        self.control_pending = Some((token, control));
+        self.mirror_to(now, LegId::Agent, dir);
+        true
+    }
+
+    /// The agent's phone answered our hold or resume re-INVITE with `status`.
+    fn settle_control(&mut self, now: Instant, status: u16) {
+        if status < 200 {
+            return;
+        }
+        let Some((token, control)) = self.control_pending.take() else {
+            return;
+        };
+        let ok = status / 100 == 2;
+        match (control, ok) {
+            (Control::Hold, true) => self.publish_hold(now, HoldBy::Desk, true),
+            // The phone stays as it was: so does the caller.
+            (Control::Hold, false) => self.drop_hold(now, false),
+            (Control::Resume, true) => self.end_hold(now),
+            (Control::Resume, false) | (Control::Hangup, _) => {}
+        }
+        let result = if ok {
+            Ok(())
+        } else {
+            Err(ControlError::PhoneRefused(status))
+        };
+        self.reply(token, result);
+    }
+
+    /// The caller hears music; the desktops hear of it.
+    fn start_hold(&mut self, now: Instant, by: HoldBy) {
+        info!(by = by.as_str(), "on hold");
+        self.hold = Some(Hold { by, since: now });
+        self.on_hold = true;
+        self.media(MediaCommand::Watch(self.media_watch()));
+        self.media(MediaCommand::Play(LegId::Caller, Music::Hold));
+        if by == HoldBy::Phone {
+            self.publish_hold(now, by, true);
+        }
+    }
+
+    /// The caller hears the agent again.
+    fn end_hold(&mut self, now: Instant) {
+        self.drop_hold(now, true);
+    }
+
+    /// Ends the hold; `happened` keeps it in the record and tells the desktops (a hold the
+    /// phone refused never happened).
+    fn drop_hold(&mut self, now: Instant, happened: bool) {
+        let Some(hold) = self.hold.take() else {
+            return;
+        };
+        self.media(MediaCommand::StopPlaying(LegId::Caller));
+        self.on_hold = self.held.iter().any(|h| *h);
+        self.media(MediaCommand::Watch(self.media_watch()));
+        if happened {
+            info!("resumed");
+            if let Some(span) = self.hold_span(hold, now) {
+                self.holds.push(span);
+            }
+            self.publish_hold(now, hold.by, false);
+        } else {
+            info!("hold undone: the phone refused it");
+        }
+    }
+
+    fn publish_hold(&mut self, now: Instant, by: HoldBy, held: bool) {
+        let hold = CallHold {
+            call_id: self.id.clone(),
+            contact_log_id: self.found.log_id,
+            agent_id: self.agent_id,
+            by: by.as_str(),
+            at: crate::time::rfc3339(self.wall(now)),
+        };
+        self.publish(Event::new(if held {
+            Payload::CallHeld(hold)
+        } else {
+            Payload::CallResumed(hold)
+        }));
+    }
+
+    fn hold_span(&self, hold: Hold, end: Instant) -> Option<HoldSpan> {
+        let answered = self.answered_at?;
+        let ms = |t: Instant| t.saturating_duration_since(answered).as_millis() as u64;
+        Some(HoldSpan {
+            start_ms: ms(hold.since),
+            end_ms: ms(end),
+            by: hold.by.as_str().to_string(),
+        })
+    }
+
+    /// The holds so far, one still running ending at `now`.
+    fn hold_spans(&self, now: Instant) -> Vec<HoldSpan> {
+        let mut spans = self.holds.clone();
+        spans.extend(self.hold.and_then(|h| self.hold_span(h, now)));
+        spans
+    }
+
+    fn reply(&mut self, token: u64, result: Result<(), ControlError>) {
+        self.out.push_back(Output::Reply { token, result });
+    }
+
     /// The call's record as of `now`.
     fn record(&self, now: Instant, complete: bool) -> CallRecord {
         CallRecord {
@@ -2152,12 +2460,17 @@ impl Call {
                 .answered_at
                 .map(|a| now.saturating_duration_since(a).as_millis() as u64)
                 .unwrap_or(0),
-            ended_by: self.ended_by.map(EndedBy::from),
+            ended_by: if self.hung_up_from_desk {
+                Some(EndedBy::Desk)
+            } else {
+                self.ended_by.map(EndedBy::from)
+            },
             path: None,
             sha256: None,
             recording_duration_ms: None,
             size_bytes: None,
             dtmf: Vec::new(),
+            holds: self.hold_spans(now),
             media: None,
             rtp_timeout: self.rtp_timeout,
             session_expired: self.session_expired,
@@ -2283,6 +2596,9 @@ impl Call {
     fn end(&mut self, now: Instant, by: Option<LegId>) {
         if self.phase == Phase::Ended {
             return;
+        }
+        if let Some((token, _)) = self.control_pending.take() {
+            self.reply(token, Err(ControlError::NotFound));
         }
         self.phase = Phase::Ended;
         self.ended_by = by;
@@ -2465,6 +2781,7 @@ mod tests {
             min_se_secs: 90,
             session_expires_secs: 1800,
             agent_srtp: AgentSrtp::Tls,
+            queue_music: false,
         });
         let init = CallInit {
             id: "c1".into(),
@@ -2522,6 +2839,7 @@ mod tests {
                 }
                 Output::Record { .. } => "record".into(),
                 Output::Ended { record, .. } => format!("ended {:?}", record.disposition),
+                Output::Reply { result, .. } => format!("reply {result:?}"),
             });
         }
         (said, sent)
@@ -2642,6 +2960,7 @@ mod tests {
             Decision::Queued {
                 queue: 1,
                 name: "General".into(),
+                crm_url: Some("https://crm.example/c?phone={e164}&call={call_id}".into()),
             },
         );
         assert_eq!(drain(&mut c).0, ["publish call.queued"]);
@@ -3135,32 +3454,212 @@ mod tests {
 
     /// Two INVITEs never overlap on the caller's dialog (RFC 3261 §14.1): a hold from the
     /// agent before the caller has ACKed our 200 reaches the caller after the ACK.
-    #[test]
-    fn a_hold_before_the_callers_ack_is_mirrored_after_it() {
-        let (mut c, t0, inv) = answered();
-        let body = sdp("10.0.0.10", 42000).replace("sendrecv", "sendonly");
-        let hold = request(&format!(
-            "INVITE sip:screenpop@10.0.0.2:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE};branch=z9hG4bKph\r\n\
-             From: <sip:agent@10.0.0.10>;tag=ptag\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 5 INVITE\r\n\
+    /// The agent's phone re-INVITEs with `dir` (its hold or resume button), CSeq `cseq`.
+    fn phone_reinvite(inv: &Request, cseq: u32, dir: &str) -> Message {
+        let body = sdp("10.0.0.10", 42000).replace("sendrecv", dir);
+        request(&format!(
+            "INVITE sip:screenpop@10.0.0.2:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE};branch=z9hG4bKph{cseq}\r\n\
+             From: <sip:agent@10.0.0.10>;tag=ptag\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} INVITE\r\n\
              Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
             inv.headers.get(&HeaderName::From).unwrap_or_default(),
             inv.call_id().unwrap_or_default(),
             body.len()
-        ));
+        ))
+    }
+
+    /// The phone's hold button puts the caller on music (no re-INVITE to the trunk, whose
+    /// gateway would otherwise play its own idea of hold) and tells the desktop; its resume
+    /// button takes the music away.
+    #[test]
+    fn the_phones_hold_button_plays_music_to_the_caller_and_tells_the_desktop() {
+        let (mut c, t0, inv) = answered();
         let t = t0 + Duration::from_secs(3);
-        c.handle_message(t, hold, peer(PHONE));
-        let (said, _) = drain(&mut c);
-        assert!(has(&said, "tx 10.0.0.10:5060 SIP/2.0 200 OK"), "{said:?}");
-        assert!(
-            !has(&said, "tx 10.0.0.1:5060 INVITE"),
-            "not before the ACK: {said:?}"
-        );
-        let tag = c.caller_leg.local_tag().to_string();
-        c.handle_message(t, trunk("ACK", 1, "z9hG4bKack", Some(&tag)), peer(TRUNK));
+        c.handle_message(t, phone_reinvite(&inv, 5, "sendonly"), peer(PHONE));
         let (said, sent) = drain(&mut c);
-        assert!(has(&said, "tx 10.0.0.1:5060 INVITE"), "{said:?}");
-        let mirrored = agent_invite(&sent);
-        assert!(String::from_utf8_lossy(&mirrored.body).contains("a=sendonly"));
+        assert!(has(&said, "tx 10.0.0.10:5060 SIP/2.0 200 OK"), "{said:?}");
+        assert!(String::from_utf8_lossy(&first_ok(&sent).body).contains("a=recvonly"));
+        assert!(has(&said, "media Play"), "{said:?}");
+        assert!(has(&said, "publish call.held"), "{said:?}");
+        assert!(!has(&said, "tx 10.0.0.1:5060 INVITE"), "{said:?}");
+        // The desktop cannot resume a hold the phone holds: they would disagree.
+        let agent = Controller {
+            agent: Some(4),
+            supervisor: false,
+        };
+        c.handle_control(t, 1, agent, Control::Resume);
+        let (said, _) = drain(&mut c);
+        assert!(has(&said, "reply Err(Conflict"), "{said:?}");
+        let t2 = t + Duration::from_secs(5);
+        c.handle_message(t2, phone_reinvite(&inv, 6, "sendrecv"), peer(PHONE));
+        let (said, _) = drain(&mut c);
+        assert!(has(&said, "media StopPlaying"), "{said:?}");
+        assert!(has(&said, "publish call.resumed"), "{said:?}");
+        let rec = c.record(t2, false);
+        assert_eq!(
+            rec.holds,
+            vec![HoldSpan {
+                start_ms: 1000,
+                end_ms: 6000,
+                by: "phone".into()
+            }]
+        );
+    }
+
+    /// The desk's hold: music at once, the phone held by re-INVITE (sendonly), the answer
+    /// when the phone took it; resume re-INVITEs sendrecv and stops the music.
+    #[test]
+    fn a_hold_from_the_desk_holds_the_phone_and_the_music_stops_on_resume() {
+        let (mut c, t0, _) = answered();
+        let t = t0 + Duration::from_secs(3);
+        let agent = Controller {
+            agent: Some(4),
+            supervisor: false,
+        };
+        c.handle_control(t, 7, agent, Control::Hold);
+        let (said, sent) = drain(&mut c);
+        assert!(has(&said, "media Play"), "{said:?}");
+        assert!(!has(&said, "reply"), "waits for the phone: {said:?}");
+        assert!(
+            !has(&said, "call.held"),
+            "not before the phone took it: {said:?}"
+        );
+        let reinv = agent_invite(&sent);
+        assert!(String::from_utf8_lossy(&reinv.body).contains("a=sendonly"));
+        // A second request meanwhile is refused.
+        c.handle_control(t, 8, agent, Control::Resume);
+        let (said, _) = drain(&mut c);
+        assert!(has(&said, "reply Err(Conflict"), "{said:?}");
+        let ok = reinv.response(200, Some("ptag")).with_body(
+            "application/sdp",
+            sdp("10.0.0.10", 42000)
+                .replace("sendrecv", "recvonly")
+                .into_bytes(),
+        );
+        c.handle_message(t, Message::Response(ok), peer(PHONE));
+        let (said, _) = drain(&mut c);
+        assert!(has(&said, "tx 10.0.0.10:5060 ACK"), "{said:?}");
+        assert!(has(&said, "publish call.held"), "{said:?}");
+        assert!(has(&said, "reply Ok(())"), "{said:?}");
+        // Resume.
+        let t2 = t + Duration::from_secs(2);
+        c.handle_control(t2, 9, agent, Control::Resume);
+        let (_, sent) = drain(&mut c);
+        let reinv = agent_invite(&sent);
+        assert!(String::from_utf8_lossy(&reinv.body).contains("a=sendrecv"));
+        let ok = reinv
+            .response(200, Some("ptag"))
+            .with_body("application/sdp", sdp("10.0.0.10", 42000).into_bytes());
+        c.handle_message(t2, Message::Response(ok), peer(PHONE));
+        let (said, _) = drain(&mut c);
+        assert!(has(&said, "media StopPlaying"), "{said:?}");
+        assert!(has(&said, "publish call.resumed"), "{said:?}");
+        assert!(has(&said, "reply Ok(())"), "{said:?}");
+        assert_eq!(c.record(t2, false).holds.len(), 1);
+    }
+
+    /// A phone that refuses the hold (488) leaves the call as it was: music off, no event,
+    /// the answer says so, and the next hold may try again.
+    #[test]
+    fn a_phone_that_refuses_the_hold_leaves_the_call_as_it_was() {
+        let (mut c, t0, _) = answered();
+        let t = t0 + Duration::from_secs(3);
+        let sup = Controller {
+            agent: Some(1),
+            supervisor: true,
+        };
+        c.handle_control(t, 1, sup, Control::Hold);
+        let (_, sent) = drain(&mut c);
+        let reinv = agent_invite(&sent);
+        c.handle_message(
+            t,
+            Message::Response(reinv.response(488, Some("ptag"))),
+            peer(PHONE),
+        );
+        let (said, _) = drain(&mut c);
+        assert!(has(&said, "media StopPlaying"), "{said:?}");
+        assert!(has(&said, "reply Err(PhoneRefused(488))"), "{said:?}");
+        assert!(!has(&said, "publish"), "{said:?}");
+        assert!(c.hold.is_none() && c.record(t, false).holds.is_empty());
+        c.handle_control(t, 2, sup, Control::Hold);
+        let (said, _) = drain(&mut c);
+        assert!(
+            has(&said, "tx 10.0.0.10:5060 INVITE"),
+            "tried again: {said:?}"
+        );
+    }
+
+    /// Another agent's desktop cannot control the call (404, as if it did not exist); an
+    /// offer still ringing is not the agent's yet; the desk's hang-up BYEs both legs.
+    #[test]
+    fn only_the_agent_with_the_call_or_a_supervisor_controls_it() {
+        let (mut c, t0, inv) = offered_to_agent();
+        let mine = Controller {
+            agent: Some(4),
+            supervisor: false,
+        };
+        c.handle_control(t0, 1, mine, Control::Hangup);
+        let (said, _) = drain(&mut c);
+        assert_eq!(said, ["reply Err(NotFound)"]);
+        c.handle_message(t0 + Duration::from_secs(1), answer(&inv), peer(PHONE));
+        drain(&mut c);
+        let other = Controller {
+            agent: Some(5),
+            supervisor: false,
+        };
+        let t = t0 + Duration::from_secs(4);
+        c.handle_control(t, 2, other, Control::Hold);
+        let (said, _) = drain(&mut c);
+        assert_eq!(said, ["reply Err(NotFound)"]);
+        c.handle_control(t, 3, mine, Control::Hangup);
+        let (said, _) = drain(&mut c);
+        assert!(has(&said, "tx 10.0.0.10:5060 BYE"), "{said:?}");
+        assert!(
+            has(&said, "tx 10.0.0.1:5060 BYE") || c.caller_bye_deferred,
+            "{said:?}"
+        );
+        assert!(has(&said, "reply Ok(())"), "{said:?}");
+        assert_eq!(c.record(t, true).ended_by, Some(EndedBy::Desk));
+    }
+
+    /// With queue music, a queued caller gets 183 with our answer and the music; the agent's
+    /// ringing is not passed on (it would start the gateway's own ringback over the music);
+    /// the answer stops the music.
+    #[test]
+    fn queued_callers_hear_the_queue_music_as_early_media() {
+        let (mut c, t0) = start(false);
+        let mut cfg = (*c.cfg).clone();
+        cfg.queue_music = true;
+        c.cfg = Arc::new(cfg);
+        drain(&mut c);
+        c.handle_lookup(t0, found());
+        let (said, sent) = drain(&mut c);
+        assert!(
+            has(&said, "tx 10.0.0.1:5060 SIP/2.0 183 Session Progress"),
+            "{said:?}"
+        );
+        let early = sent
+            .iter()
+            .find_map(|(_, m)| match m {
+                Message::Response(r) if r.status == 183 => Some(r.clone()),
+                _ => None,
+            })
+            .expect("183");
+        assert!(String::from_utf8_lossy(&early.body).contains("m=audio 30000"));
+        assert!(has(&said, "media Play"), "{said:?}");
+        c.handle_decision(t0, offer(4));
+        let (_, sent) = drain(&mut c);
+        let inv = agent_invite(&sent);
+        phone_says(&mut c, t0, &inv, 180);
+        let (said, _) = drain(&mut c);
+        assert!(!has(&said, "180"), "{said:?}");
+        c.handle_message(t0 + Duration::from_secs(2), answer(&inv), peer(PHONE));
+        let (said, sent) = drain(&mut c);
+        assert!(has(&said, "media StopPlaying"), "{said:?}");
+        assert_eq!(
+            first_ok(&sent).body,
+            early.body,
+            "the 200 repeats the answer"
+        );
     }
 
     #[test]

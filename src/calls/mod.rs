@@ -3,6 +3,7 @@
 
 pub(crate) mod admission;
 pub mod call;
+pub mod control;
 pub mod dial;
 pub mod dialog;
 pub mod pop;

@@ -79,6 +79,8 @@ pub struct Offered<'a> {
     pub offered_at: SystemTime,
     /// When the INVITE arrived (latency is measured from here).
     pub since: Instant,
+    /// The queue's CRM link, filled in.
+    pub crm_url: Option<String>,
 }
 
 pub fn offered(o: Offered<'_>) -> Event {
@@ -95,6 +97,7 @@ pub fn offered(o: Offered<'_>) -> Event {
         recent_contacts: o.card.recent_contacts.clone(),
         open_work_orders: o.card.open_work_orders.clone(),
         offered_at: rfc3339(o.offered_at),
+        crm_url: o.crm_url,
     })))
     .since(o.since)
 }

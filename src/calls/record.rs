@@ -27,6 +27,18 @@ pub enum EndedBy {
     Caller,
     Agent,
     Crash,
+    /// The agent's desktop or the API (`POST /api/calls/{id}/hangup`).
+    Desk,
+}
+
+/// A stretch of the call the caller spent on hold, in milliseconds from the answer (the
+/// recording's time zero), so a player can mark it on the recording's timeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldSpan {
+    pub start_ms: u64,
+    pub end_ms: u64,
+    /// `desk` or `phone`.
+    pub by: String,
 }
 
 impl From<LegId> for EndedBy {
@@ -76,6 +88,9 @@ pub struct CallRecord {
     pub size_bytes: Option<u64>,
     #[serde(default)]
     pub dtmf: Vec<DtmfDigit>,
+    /// When the caller was on hold.
+    #[serde(default)]
+    pub holds: Vec<HoldSpan>,
     #[serde(default)]
     pub media: Option<RelayStats>,
     /// Ended by screenpop because a leg stopped sending RTP (see `rtp_timeout_secs`).
@@ -218,6 +233,7 @@ mod tests {
             recording_duration_ms: None,
             size_bytes: None,
             dtmf: Vec::new(),
+            holds: Vec::new(),
             media: None,
             rtp_timeout: false,
             session_expired: false,

@@ -11,7 +11,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn, Instrument};
 
 use super::admission::{CallEnded, CallEnv, Route};
-use super::call::{Call, CallerLookup, MediaCommand, Output};
+use super::call::{Call, CallerLookup, MediaCommand, Music, Output};
+use super::control::{ControlError, ControlRequest};
 use super::pop::PopCard;
 use super::record::{CallRecord, RecordedFile};
 use crate::acd::runtime::{Decision, RouteRequest};
@@ -43,6 +44,9 @@ pub(crate) struct CallTask {
     decisions: Option<mpsc::UnboundedReceiver<Decision>>,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
+    /// Control requests waiting for the call's answer, by token.
+    replies: std::collections::HashMap<u64, tokio::sync::oneshot::Sender<Result<(), ControlError>>>,
+    next_token: u64,
 }
 
 async fn next_decision(rx: &mut Option<mpsc::UnboundedReceiver<Decision>>) -> Option<Decision> {
@@ -68,6 +72,8 @@ impl CallTask {
             decisions: None,
             done_tx,
             done_rx,
+            replies: Default::default(),
+            next_token: 0,
         }
     }
 
@@ -75,6 +81,7 @@ impl CallTask {
         mut self,
         mut rx: mpsc::Receiver<Inbound>,
         mut media_events: mpsc::UnboundedReceiver<MediaEvent>,
+        mut controls: mpsc::Receiver<ControlRequest>,
     ) {
         loop {
             while let Some(o) = self.call.poll_output() {
@@ -94,8 +101,19 @@ impl CallTask {
                     self.call.handle_decision(Instant::now(), d)
                 }
                 Some(ev) = media_events.recv() => self.call.handle_media(Instant::now(), ev),
+                Some(req) = controls.recv() => {
+                    self.next_token += 1;
+                    let token = self.next_token;
+                    self.replies.insert(token, req.reply);
+                    self.call.handle_control(Instant::now(), token, req.by, req.control)
+                }
                 Some(done) = self.done_rx.recv() => match done {
-                    Done::Lookup(found) => self.call.handle_lookup(Instant::now(), found),
+                    Done::Lookup(found) => {
+                        if let Some(log) = found.log_id {
+                            self.env.controls.link_log(self.call.id().as_str(), log.get());
+                        }
+                        self.call.handle_lookup(Instant::now(), found)
+                    }
                     Done::Resolved(attempt, addr) => {
                         self.call.handle_resolved(Instant::now(), attempt, addr)
                     }
@@ -105,6 +123,7 @@ impl CallTask {
                 }
             }
         }
+        self.env.controls.remove(self.call.id().as_str());
         let _ = self.env.ended.send(CallEnded {
             id: self.call.id().to_string(),
             call_ids: self.call.call_ids(),
@@ -114,6 +133,11 @@ impl CallTask {
     async fn perform(&mut self, o: Output) {
         let env = &self.env;
         match o {
+            Output::Reply { token, result } => {
+                if let Some(tx) = self.replies.remove(&token) {
+                    let _ = tx.send(result);
+                }
+            }
             Output::Transmit { peer, bytes } => env.sip.send(peer, bytes),
             Output::Publish(event) => env.bus.publish(event),
             Output::Lookup {
@@ -206,6 +230,16 @@ impl CallTask {
                         MediaCommand::SetRemote(leg, remote) => m.set_remote(leg, remote),
                         MediaCommand::SignallingIp(leg, ip) => m.set_signalling_ip(leg, ip),
                         MediaCommand::Watch(timeout) => m.watch(timeout),
+                        MediaCommand::Play(leg, music) => {
+                            let clip = match music {
+                                Music::Hold => Some(&env.music.hold),
+                                Music::Queue => env.music.queue.as_ref(),
+                            };
+                            if let Some(clip) = clip {
+                                m.play(leg, clip.clone(), crate::media::player::Repeat::Loop);
+                            }
+                        }
+                        MediaCommand::StopPlaying(leg) => m.stop_playing(leg),
                     }
                 }
             }

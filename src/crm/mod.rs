@@ -4,3 +4,4 @@
 pub mod callback;
 pub mod caller;
 pub mod csv;
+pub mod link;

@@ -85,6 +85,8 @@ struct Live {
     /// Callers waiting in a queue (until answered or gone), kept apart from `calls` so that a
     /// withdrawn offer still leaves its caller on the supervisors' wallboard.
     queued: BTreeMap<crate::ids::CallKey, Arc<Event>>,
+    /// Calls on hold: a reconnecting desktop learns it after the call's own event.
+    held: BTreeMap<crate::ids::CallKey, Arc<Event>>,
 }
 
 /// The single-node bus: a broadcast channel and the live state.
@@ -129,6 +131,13 @@ impl EventBus for LocalBus {
                 Payload::CallEnded(c) => {
                     live.queued.remove(&c.call_id);
                     live.calls.remove(&c.call_id);
+                    live.held.remove(&c.call_id);
+                }
+                Payload::CallHeld(h) => {
+                    live.held.insert(h.call_id.clone(), e.clone());
+                }
+                Payload::CallResumed(h) => {
+                    live.held.remove(&h.call_id);
                 }
                 _ => {}
             }
@@ -152,6 +161,7 @@ impl EventBus for LocalBus {
             .into_iter()
             .chain(live.queued.values().filter(|e| viewer.may_see(e)))
             .chain(live.calls.values().filter(|e| viewer.may_see(e)))
+            .chain(live.held.values().filter(|e| viewer.may_see(e)))
             .cloned()
             .collect()
     }

@@ -64,6 +64,8 @@ pub struct CallOffered {
     pub open_work_orders: Value,
     /// When the INVITE arrived (RFC 3339): a desktop measures the whole path from it.
     pub offered_at: String,
+    /// The queue's CRM link for this caller, to open beside the card (null: none).
+    pub crm_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -74,6 +76,18 @@ pub struct CallAnswered {
     pub queue_id: Option<i64>,
     /// RFC 3339.
     pub answered_at: String,
+}
+
+/// The caller was put on hold (music) or taken off it, from the desktop or the phone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CallHold {
+    pub call_id: CallKey,
+    pub contact_log_id: Option<ContactLogId>,
+    pub agent_id: Option<i64>,
+    /// `desk` (the desktop or the API) or `phone` (the phone's own hold button).
+    pub by: &'static str,
+    /// RFC 3339.
+    pub at: String,
 }
 
 /// The offer went elsewhere (ring-no-answer, refused): the agent's pop goes away.
@@ -129,6 +143,10 @@ pub enum Payload {
     CallWithdrawn(CallWithdrawn),
     #[serde(rename = "call.ended")]
     CallEnded(CallEnded),
+    #[serde(rename = "call.held")]
+    CallHeld(CallHold),
+    #[serde(rename = "call.resumed")]
+    CallResumed(CallHold),
     #[serde(rename = "agent.state")]
     AgentState(AgentStateChanged),
     /// The account was deactivated: its desktops close.
@@ -149,6 +167,8 @@ impl Payload {
             Payload::CallAnswered(_) => "call.answered",
             Payload::CallWithdrawn(_) => "call.withdrawn",
             Payload::CallEnded(_) => "call.ended",
+            Payload::CallHeld(_) => "call.held",
+            Payload::CallResumed(_) => "call.resumed",
             Payload::AgentState(_) => "agent.state",
             Payload::AgentDeactivated { .. } => "agent.deactivated",
             Payload::WorkOrderCreated { .. } => "work_order.created",
@@ -164,6 +184,7 @@ impl Payload {
             Payload::CallAnswered(a) => a.agent_id,
             Payload::CallWithdrawn(w) => Some(w.agent_id),
             Payload::CallEnded(e) => e.agent_id,
+            Payload::CallHeld(h) | Payload::CallResumed(h) => h.agent_id,
             Payload::AgentState(s) => Some(s.agent_id),
             Payload::AgentDeactivated { agent_id } => Some(*agent_id),
             Payload::WorkOrderCreated { work_order } | Payload::WorkOrderUpdated { work_order } => {
@@ -180,6 +201,7 @@ impl Payload {
             Payload::CallAnswered(a) => Some(&a.call_id),
             Payload::CallWithdrawn(w) => Some(&w.call_id),
             Payload::CallEnded(e) => Some(&e.call_id),
+            Payload::CallHeld(h) | Payload::CallResumed(h) => Some(&h.call_id),
             _ => None,
         }
     }
@@ -268,6 +290,7 @@ pub(crate) mod sample {
             recent_contacts: serde_json::json!([]),
             open_work_orders: serde_json::json!([]),
             offered_at: at.into(),
+            crm_url: None,
         }))
     }
 

@@ -4,6 +4,7 @@
 pub mod dtmf;
 pub(crate) mod epoll;
 pub(crate) mod g711;
+pub mod music;
 pub mod player;
 pub(crate) mod ports;
 pub mod recorder;

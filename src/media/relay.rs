@@ -25,6 +25,7 @@ use tracing::{debug, warn};
 
 use super::dtmf::{DtmfDetector, TelephoneEvent};
 use super::g711::G711;
+use super::player::{Clip, Player, Repeat};
 use super::ports::LegSockets;
 use super::recorder::{CallRecording, Channel, StereoTimeline};
 use super::srtp::SrtpContext;
@@ -77,6 +78,8 @@ pub struct RemoteMedia {
 pub enum MediaEvent {
     /// No RTP from `leg` for the watch timeout while the call was up and not on hold.
     Silent { leg: LegId },
+    /// A clip played once into `leg` is over.
+    Played { leg: LegId },
 }
 
 /// A DTMF digit seen on a leg, in milliseconds since the relay started.
@@ -123,6 +126,9 @@ pub struct RelayStats {
     /// The legs that ran SRTP.
     #[serde(default)]
     pub srtp: [bool; 2],
+    /// Packets played into each leg (music, announcements) instead of the other leg's audio.
+    #[serde(default)]
+    pub played: [u64; 2],
 }
 
 /// Report handed back by [`MediaHandle::stop`].
@@ -142,6 +148,8 @@ enum Command {
     SignallingIp(u64, LegId, std::net::IpAddr),
     Watch(u64, Option<Duration>, Instant),
     StartRecording(u64, CallRecording, Instant),
+    Play(u64, LegId, Arc<Clip>, Repeat),
+    StopPlaying(u64, LegId),
     Stop(u64, Instant, oneshot::Sender<MediaReport>),
 }
 
@@ -260,6 +268,18 @@ impl MediaHandle {
     pub fn start_recording(&self, rec: CallRecording, answered: Instant) {
         self.shared
             .send(Command::StartRecording(self.id, rec, answered));
+    }
+
+    /// Plays `clip` into `leg` (music on hold, queue music, an announcement) in place of what
+    /// the other leg sends, until [`MediaHandle::stop_playing`] or, played once, its end
+    /// ([`MediaEvent::Played`]). The other leg's audio is still recorded, only not heard.
+    pub fn play(&self, leg: LegId, clip: Arc<Clip>, repeat: Repeat) {
+        self.shared.send(Command::Play(self.id, leg, clip, repeat));
+    }
+
+    /// Stops what plays into `leg`: the other leg is heard again.
+    pub fn stop_playing(&self, leg: LegId) {
+        self.shared.send(Command::StopPlaying(self.id, leg));
     }
 
     /// Stops the relay and releases the call's ports; the recording ends exactly at `ended`.
@@ -555,9 +575,53 @@ struct Slot {
     events: tokio::sync::mpsc::UnboundedSender<MediaEvent>,
     /// Silence timeout and when watching began; `None` when not watching.
     watch: Option<(Duration, Instant)>,
+    /// What plays into each leg (caller, agent) in place of the other leg's audio.
+    players: [Option<Player>; 2],
 }
 
 impl Slot {
+    /// When the next packet of a player is due.
+    fn next_play(&self) -> Option<Instant> {
+        self.players
+            .iter()
+            .flatten()
+            .filter_map(Player::poll_timeout)
+            .min()
+    }
+
+    /// Sends every packet the players owe by `now` (a late wake-up sends the missed ones, as
+    /// a jitter buffer expects); a clip played once that is over is reported and dropped.
+    fn play(&mut self, now: Instant, scratch: &mut Scratch) {
+        for leg in [LegId::Caller, LegId::Agent] {
+            let i = leg.index();
+            let Some(player) = self.players[i].as_mut() else {
+                continue;
+            };
+            let st = &mut self.relay.legs[i];
+            let dest = st.latched.or(st.remote.and_then(|r| r.rtp));
+            while player.poll_packet(now, &mut scratch.play) {
+                let Some(dest) = dest else { continue };
+                let bytes: &[u8] = match st.srtp.as_mut() {
+                    Some(s) => {
+                        s.renumber.apply(&mut scratch.play);
+                        if s.tx.protect(&scratch.play, &mut scratch.sealed).is_err() {
+                            continue;
+                        }
+                        &scratch.sealed
+                    }
+                    None => &scratch.play,
+                };
+                if self.sockets[i].send_to(bytes, dest).is_ok() {
+                    self.relay.stats.played[i] += 1;
+                }
+            }
+            if player.is_finished() {
+                self.players[i] = None;
+                let _ = self.events.send(MediaEvent::Played { leg });
+            }
+        }
+    }
+
     /// Reports a leg that has been silent longer than the watch timeout, once.
     fn check_silence(&mut self, now: Instant) {
         let Some((timeout, since)) = self.watch else {
@@ -598,10 +662,18 @@ fn run(poll: Epoll, rx: mpsc::Receiver<Command>, shared: Arc<Shared>) {
     let mut scratch = Scratch {
         clear: Vec::with_capacity(2048),
         sealed: Vec::with_capacity(2048),
+        play: Vec::with_capacity(256),
     };
+    // The slots with a player: only they have timers of their own.
+    let mut playing: Vec<usize> = Vec::new();
     let mut next_flush = Instant::now() + Duration::from_secs(1);
     loop {
-        let timeout = next_flush.saturating_duration_since(Instant::now());
+        let wake = playing
+            .iter()
+            .filter_map(|i| slots.get(*i).and_then(Option::as_ref))
+            .filter_map(Slot::next_play)
+            .fold(next_flush, Instant::min);
+        let timeout = wake.saturating_duration_since(Instant::now());
         let n = match poll.wait(&mut events, timeout) {
             Ok(n) => n,
             Err(e) => {
@@ -631,11 +703,22 @@ fn run(poll: Epoll, rx: mpsc::Receiver<Command>, shared: Arc<Shared>) {
             shared.waker.reset();
             loop {
                 match rx.try_recv() {
-                    Ok(cmd) => handle_command(cmd, &poll, &mut slots, &mut free, &mut by_id),
+                    Ok(cmd) => {
+                        handle_command(cmd, &poll, &mut slots, &mut free, &mut by_id, &mut playing)
+                    }
                     Err(mpsc::TryRecvError::Empty) => break,
                     Err(mpsc::TryRecvError::Disconnected) => return,
                 }
             }
+        }
+        if !playing.is_empty() {
+            playing.retain(|i| match slots.get_mut(*i).and_then(Option::as_mut) {
+                Some(slot) => {
+                    slot.play(now, &mut scratch);
+                    slot.players.iter().any(Option::is_some)
+                }
+                None => false,
+            });
         }
         if now >= next_flush {
             for slot in slots.iter_mut().flatten() {
@@ -652,6 +735,8 @@ fn run(poll: Epoll, rx: mpsc::Receiver<Command>, shared: Arc<Shared>) {
 struct Scratch {
     clear: Vec<u8>,
     sealed: Vec<u8>,
+    /// The next packet a player sends.
+    play: Vec<u8>,
 }
 
 /// Reads one packet from a readable socket (level-triggered: if more is queued the next poll
@@ -702,6 +787,10 @@ fn relay_one(slot: &mut Slot, sock_i: usize, now: Instant, buf: &mut [u8], scrat
     let Some(dest) = dest else {
         return;
     };
+    if slot.players[1 - i].is_some() {
+        // The other leg hears the player (music on hold): this leg is recorded, not heard.
+        return;
+    }
     let bytes: &[u8] = match slot.relay.legs[1 - i].srtp.as_mut() {
         Some(s) => {
             let sealed = if rtp {
@@ -733,6 +822,7 @@ fn handle_command(
     slots: &mut Vec<Option<Slot>>,
     free: &mut Vec<usize>,
     by_id: &mut HashMap<u64, usize>,
+    playing: &mut Vec<usize>,
 ) {
     match cmd {
         Command::Add(new) => {
@@ -760,6 +850,7 @@ fn handle_command(
                     relay: new_relay(),
                     events,
                     watch: None,
+                    players: [None, None],
                 });
                 by_id.insert(id, index);
             }
@@ -795,10 +886,33 @@ fn handle_command(
                 slot.relay.recording = Some((rec, answered));
             }
         }
+        Command::Play(id, leg, clip, repeat) => {
+            let Some(&index) = by_id.get(&id) else {
+                return;
+            };
+            if let Some(slot) = slot_of(slots, by_id, id) {
+                let codec = slot.relay.legs[leg.index()]
+                    .remote
+                    .map_or(G711::Pcmu, |r| r.codec);
+                // A stream of its own: a new SSRC with random first numbers (RFC 3550 §5.1).
+                let start = (rand::random(), rand::random(), rand::random());
+                let now = Instant::now();
+                slot.players[leg.index()] = Some(Player::new(&clip, codec, repeat, now, start));
+                if !playing.contains(&index) {
+                    playing.push(index);
+                }
+            }
+        }
+        Command::StopPlaying(id, leg) => {
+            if let Some(slot) = slot_of(slots, by_id, id) {
+                slot.players[leg.index()] = None;
+            }
+        }
         Command::Stop(id, ended, reply) => {
             let Some(index) = by_id.remove(&id) else {
                 return;
             };
+            playing.retain(|i| *i != index);
             if let Some(mut slot) = slots.get_mut(index).and_then(Option::take) {
                 for s in &slot.sockets {
                     let _ = poll.remove(s.as_raw_fd());
@@ -1144,6 +1258,101 @@ mod tests {
         assert_eq!(report.stats.srtp, [false, true]);
         assert!(report.stats.srtp_rejected[1] >= 2, "{:?}", report.stats);
         assert_eq!(report.stats.forwarded, [1, 1], "{:?}", report.stats);
+    }
+
+    /// Music played into the caller's leg on loopback: 20 ms packets of the clip's audio with
+    /// consecutive numbers and timestamps and the marker on the first; the agent's audio is
+    /// not heard meanwhile but still counted; after the stop the agent is heard again.
+    #[test]
+    fn a_clip_plays_into_a_leg_in_place_of_the_other() {
+        use std::net::UdpSocket;
+        let pool = super::super::ports::PortPool::new(46200, 46299);
+        let ip = "127.0.0.1".parse().unwrap();
+        let (caller, agent) = (pool.bind(ip).unwrap(), pool.bind(ip).unwrap());
+        let to_agent_leg = agent.rtp.local_addr().unwrap();
+        let engine = MediaEngine::spawn(1).unwrap();
+        let (handle, _events) = engine.add_call(caller, agent);
+        let trunk = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
+        trunk
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let remote = |a: SocketAddr| RemoteMedia {
+            rtp: Some(a),
+            codec: G711::Pcmu,
+            dtmf_pt: None,
+            srtp: None,
+        };
+        handle.set_remote(LegId::Caller, remote(trunk.local_addr().unwrap()));
+        handle.set_remote(LegId::Agent, remote(phone.local_addr().unwrap()));
+        // A ramp, so each packet's place in the clip shows in its bytes.
+        let pcm: Vec<i16> = (0..1600)
+            .map(|i| ((i % 400) * 50 - 10_000) as i16)
+            .collect();
+        let clip = Arc::new(Clip::from_pcm(pcm));
+        let encoded = clip.encoded(G711::Pcmu);
+        handle.play(LegId::Caller, clip.clone(), Repeat::Loop);
+        let mut buf = [0u8; 2048];
+        let mut got = Vec::new();
+        let started = Instant::now();
+        while got.len() < 25 {
+            // The phone talks all the while: none of it may reach the caller.
+            let _ = phone.send_to(&rtp(0, got.len() as u16, 0, 77, &[0x11; 160]), to_agent_leg);
+            let (n, _) = trunk.recv_from(&mut buf).expect("music packets");
+            got.push((Instant::now(), buf[..n].to_vec()));
+        }
+        let took = got[24].0 - got[0].0;
+        assert!(
+            took >= Duration::from_millis(440) && took < Duration::from_millis(700),
+            "24 intervals of 20 ms took {took:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let first = rtp_rs::RtpReader::new(&got[0].1).unwrap();
+        assert!(first.mark(), "the marker starts the stream");
+        let ssrc = first.ssrc();
+        for (k, (_, p)) in got.iter().enumerate() {
+            let r = rtp_rs::RtpReader::new(p).unwrap();
+            assert_eq!(r.ssrc(), ssrc, "one stream, not the phone's");
+            assert_eq!(r.sequence_number(), first.sequence_number() + (k as u16));
+            assert_eq!(
+                r.timestamp(),
+                first.timestamp().wrapping_add(160 * k as u32)
+            );
+            let at = (k * 160) % encoded.len();
+            assert_eq!(
+                r.payload(),
+                &encoded[at..at + 160],
+                "packet {k} is the clip's"
+            );
+        }
+        handle.stop_playing(LegId::Caller);
+        // Drain what was in flight, then the phone is heard again.
+        std::thread::sleep(Duration::from_millis(60));
+        let mut heard = false;
+        for seq in 0..20 {
+            let _ = phone.send_to(&rtp(0, seq, 0, 78, &[0x22; 160]), to_agent_leg);
+            while let Ok((n, _)) = trunk.recv_from(&mut buf) {
+                if n == 172 && buf[8..12] == [0, 0, 0, 78] {
+                    heard = true;
+                    break;
+                }
+            }
+            if heard {
+                break;
+            }
+        }
+        assert!(heard, "the phone is heard again after the music stops");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let report = rt.block_on(handle.stop(Instant::now())).unwrap();
+        assert!(report.stats.played[0] >= 25, "{:?}", report.stats);
+        assert!(report.stats.received[1] >= 25, "{:?}", report.stats);
+        assert!(
+            report.stats.forwarded[1] >= 1,
+            "heard after the stop: {:?}",
+            report.stats
+        );
     }
 
     /// What goes to an SRTP leg keeps continuous numbers across a restart of the source's

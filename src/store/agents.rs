@@ -156,6 +156,8 @@ pub struct Queue {
     pub service_level_secs: i64,
     /// A deactivated queue takes no calls (its dialed numbers fall to the default queue).
     pub active: bool,
+    /// A link template for the desktop to open beside the pop (`{e164}`, `{call_id}`, …).
+    pub crm_url: Option<String>,
 }
 
 /// A new queue.
@@ -170,6 +172,7 @@ pub struct NewQueue {
     pub is_default: bool,
     pub service_level_secs: i64,
     pub active: bool,
+    pub crm_url: Option<String>,
 }
 
 impl NewQueue {
@@ -185,6 +188,7 @@ impl NewQueue {
             is_default: true,
             service_level_secs: 20,
             active: true,
+            crm_url: None,
         }
     }
 }
@@ -241,6 +245,7 @@ fn queue_of(row: &AnyRow) -> Result<Queue, sqlx::Error> {
         is_default: row.try_get::<i64, _>("is_default")? != 0,
         service_level_secs: row.try_get("service_level_secs")?,
         active: row.try_get::<i64, _>("active")? != 0,
+        crm_url: row.try_get("crm_url")?,
     })
 }
 
@@ -372,8 +377,8 @@ impl Store {
         }
         let row = sqlx::query(
             "INSERT INTO queues (name, dialed_numbers, ring_timeout_secs, max_wait_secs, \
-             wrap_up_secs, required_skills, is_default, service_level_secs, active) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+             wrap_up_secs, required_skills, is_default, service_level_secs, active, crm_url) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
         )
         .bind(q.name.trim().to_string())
         .bind(serde_json::to_string(&q.dialed_numbers).unwrap_or_else(|_| "[]".into()))
@@ -384,6 +389,7 @@ impl Store {
         .bind(i64::from(q.is_default))
         .bind(q.service_level_secs)
         .bind(i64::from(q.active))
+        .bind(q.crm_url.clone())
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| match &e {
@@ -404,7 +410,8 @@ impl Store {
     pub async fn queues(&self) -> Result<Vec<Queue>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, name, dialed_numbers, ring_timeout_secs, max_wait_secs, wrap_up_secs, \
-             required_skills, is_default, service_level_secs, active FROM queues ORDER BY id",
+             required_skills, is_default, service_level_secs, active, crm_url FROM queues \
+             ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -678,6 +685,12 @@ impl Store {
             is_default: p.is_default.unwrap_or(cur.is_default),
             service_level_secs: p.service_level_secs.unwrap_or(cur.service_level_secs),
             active: p.active.unwrap_or(cur.active),
+            // An empty string takes the link away.
+            crm_url: match &p.crm_url {
+                Some(u) if u.trim().is_empty() => None,
+                Some(u) => Some(u.trim().to_string()),
+                None => cur.crm_url,
+            },
         };
         check_queue(&next)?;
         let mut tx = self.pool.begin().await?;
@@ -689,7 +702,7 @@ impl Store {
         sqlx::query(
             "UPDATE queues SET name = $1, dialed_numbers = $2, ring_timeout_secs = $3, \
              max_wait_secs = $4, wrap_up_secs = $5, required_skills = $6, is_default = $7, \
-             service_level_secs = $8, active = $9 WHERE id = $10",
+             service_level_secs = $8, active = $9, crm_url = $10 WHERE id = $11",
         )
         .bind(next.name.trim().to_string())
         .bind(serde_json::to_string(&next.dialed_numbers).unwrap_or_else(|_| "[]".into()))
@@ -700,6 +713,7 @@ impl Store {
         .bind(i64::from(next.is_default))
         .bind(next.service_level_secs)
         .bind(i64::from(next.active))
+        .bind(next.crm_url.clone())
         .bind(id)
         .execute(&mut *tx)
         .await
@@ -757,6 +771,8 @@ pub struct QueuePatch {
     pub is_default: Option<bool>,
     pub service_level_secs: Option<i64>,
     pub active: Option<bool>,
+    /// A CRM link template; `""` removes it.
+    pub crm_url: Option<String>,
 }
 
 fn check_queue(q: &NewQueue) -> Result<(), StoreError> {
@@ -772,6 +788,9 @@ fn check_queue(q: &NewQueue) -> Result<(), StoreError> {
         if !(min..=86_400).contains(&v) {
             return Err(invalid(field, format!("must be between {min} and 86400")));
         }
+    }
+    if let Some(u) = &q.crm_url {
+        crate::crm::link::check(u).map_err(|why| invalid("crm_url", why))?;
     }
     Ok(())
 }

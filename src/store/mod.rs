@@ -7,6 +7,7 @@
 pub mod agents;
 pub mod calls;
 pub mod customers;
+pub mod webhooks;
 pub mod work_orders;
 
 use std::str::FromStr;

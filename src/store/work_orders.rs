@@ -316,7 +316,14 @@ impl Store {
         actor: &str,
     ) -> Result<WorkOrder, StoreError> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        // This transaction reads before it writes: on SQLite it must hold the write lock from
+        // the start, or any write committed by another connection in between (a call's record,
+        // a webhook delivery) fails it at once with SQLITE_BUSY, which no busy timeout waits
+        // out.
+        let mut tx = match self.backend {
+            super::Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            super::Backend::Postgres => self.pool.begin().await?,
+        };
         // Lock the row on PostgreSQL so two updates cannot both pass the status check.
         let lock = match self.backend {
             super::Backend::Postgres => " FOR UPDATE",

@@ -48,6 +48,9 @@ pub fn router() -> Router<AppState> {
         .route("/customers/{id}", get(get_customer).patch(update_customer))
         .route("/calls", get(list_calls))
         .route("/calls/{id}", get(get_call).patch(annotate_call))
+        .route("/calls/{id}/hangup", post(hangup_call))
+        .route("/calls/{id}/hold", post(hold_call))
+        .route("/calls/{id}/resume", post(resume_call))
         .route("/recordings/{id}", get(get_recording))
         .route("/recordings/{id}/audio", get(recording_audio))
         .route(
@@ -70,15 +73,19 @@ pub fn router() -> Router<AppState> {
         create_queue, update_queue,
         list_customers, create_customer, get_customer, update_customer, import_customers,
         export_customers,
-        list_calls, get_call, annotate_call, get_recording, recording_audio,
+        list_calls, get_call, annotate_call, hangup_call, hold_call, resume_call, get_recording, recording_audio,
         list_work_orders, create_work_order, get_work_order, update_work_order,
-        work_order_history
+        work_order_history,
+        super::webhooks::create_webhook, super::webhooks::list_webhooks, super::webhooks::get_webhook,
+        super::webhooks::delete_webhook, super::webhooks::list_deliveries
     ),
     components(schemas(
         AgentOut, NewAgentIn, AgentPatchIn, QueueIn, QueuePatch, Queue, Customer, NewCustomer, CustomerPatch, ContactLog, CallPatch,
         Recording, WorkOrder, WorkOrderIn, WorkOrderPatchIn, WorkOrderChange, ImportReport,
         ApiErrorBody, MeOut, MePatch, crate::store::agents::AuditEntry,
-        super::stats::QueueStats, super::stats::AgentStats
+        super::stats::QueueStats, super::stats::AgentStats, ControlOut,
+        super::webhooks::WebhookIn, super::webhooks::WebhookOut, super::webhooks::DeliveryOut,
+        crate::store::webhooks::DeliveryStatus
     )),
     modifiers(&BearerAuth)
 )]
@@ -483,6 +490,10 @@ pub(crate) struct QueueIn {
     /// Seconds within which an answer counts towards the service level.
     #[serde(default = "d20")]
     service_level_secs: i64,
+    /// A link the desktop opens beside the pop: `https://crm.example/customers?phone={e164}`
+    /// with `{e164}`, `{number}`, `{call_id}`, `{contact_log_id}`, `{customer_id}`, `{dialed}`.
+    #[serde(default)]
+    crm_url: Option<String>,
 }
 
 fn d20() -> i64 {
@@ -521,6 +532,7 @@ async fn create_queue(
             is_default: q.is_default,
             service_level_secs: q.service_level_secs,
             active: true,
+            crm_url: q.crm_url.filter(|u| !u.trim().is_empty()),
         })
         .await?;
     s.acd.reload();
@@ -818,6 +830,103 @@ async fn get_call(
     Path(id): Path<i64>,
 ) -> Result<Json<ContactLog>, ApiError> {
     Ok(Json(own_call(&s, &me, id).await?))
+}
+
+// ---------------------------------------------------------------- call control
+
+/// What a call-control request did.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ControlOut {
+    call_id: String,
+    /// `hangup`, `hold` or `resume`.
+    done: &'static str,
+}
+
+impl From<crate::calls::control::ControlError> for ApiError {
+    fn from(e: crate::calls::control::ControlError) -> ApiError {
+        use crate::calls::control::ControlError as E;
+        match e {
+            E::NotFound => ApiError::not_found("call in progress"),
+            E::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            E::PhoneRefused(_) => {
+                ApiError::new(StatusCode::CONFLICT, "phone_refused", e.to_string())
+            }
+        }
+    }
+}
+
+/// Carries `control` to the live call `id` (screenpop's call id from the events, or the
+/// contact log id) on behalf of `me`.
+async fn control_call(
+    s: &AppState,
+    me: &Principal,
+    id: &str,
+    control: crate::calls::control::Control,
+    done: &'static str,
+) -> Result<Json<ControlOut>, ApiError> {
+    let by = crate::calls::control::Controller {
+        agent: Some(me.agent_id),
+        supervisor: me.role.sees_all(),
+    };
+    s.controls.send(id, control, by).await?;
+    Ok(Json(ControlOut {
+        call_id: id.to_string(),
+        done,
+    }))
+}
+
+/// Hangs up a call in progress: BYE to the caller and to the agent's phone.
+#[utoipa::path(post, path = "/api/calls/{id}/hangup",
+    params(("id" = String, Path, description = "The call id of the events, or the contact log id")),
+    responses((status = 200, body = ControlOut), (status = 404, body = ApiErrorBody),
+        (status = 409, body = ApiErrorBody)))]
+async fn hangup_call(
+    State(s): State<AppState>,
+    me: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<ControlOut>, ApiError> {
+    control_call(
+        &s,
+        &me,
+        &id,
+        crate::calls::control::Control::Hangup,
+        "hangup",
+    )
+    .await
+}
+
+/// Puts the caller on hold: music to the caller, the agent's phone held by re-INVITE. Answers
+/// once the phone took it; a phone that refuses leaves the call as it was (409).
+#[utoipa::path(post, path = "/api/calls/{id}/hold",
+    params(("id" = String, Path, description = "The call id of the events, or the contact log id")),
+    responses((status = 200, body = ControlOut), (status = 404, body = ApiErrorBody),
+        (status = 409, body = ApiErrorBody)))]
+async fn hold_call(
+    State(s): State<AppState>,
+    me: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<ControlOut>, ApiError> {
+    control_call(&s, &me, &id, crate::calls::control::Control::Hold, "hold").await
+}
+
+/// Takes the caller off hold.
+#[utoipa::path(post, path = "/api/calls/{id}/resume",
+    params(("id" = String, Path, description = "The call id of the events, or the contact log id")),
+    responses((status = 200, body = ControlOut), (status = 404, body = ApiErrorBody),
+        (status = 409, body = ApiErrorBody)))]
+async fn resume_call(
+    State(s): State<AppState>,
+    me: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<ControlOut>, ApiError> {
+    control_call(
+        &s,
+        &me,
+        &id,
+        crate::calls::control::Control::Resume,
+        "resume",
+    )
+    .await
 }
 
 /// The agent's notes and wrap-up code.

@@ -8,6 +8,7 @@ pub mod error;
 pub mod limits;
 pub mod pages;
 pub mod stats;
+pub mod webhooks;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -38,11 +39,15 @@ pub(crate) struct AppState {
     pub board: stats::SharedBoard,
     /// Recent playbacks, so that one playback is one audit entry.
     pub plays: Arc<limits::RecentPlays>,
+    /// Webhook delivery, which the API's changes to webhooks reach at once.
+    pub webhooks: crate::webhooks::Webhooks,
+    /// The live calls on this node, for call control.
+    pub controls: Arc<crate::calls::control::Controls>,
 }
 
 impl AppState {
     /// The state for a server on `store`, `bus` and `acd`; starts following the bus for the
-    /// wallboard.
+    /// wallboard and for webhooks.
     pub fn new(
         store: Store,
         bus: Arc<dyn EventBus>,
@@ -59,6 +64,7 @@ impl AppState {
                 bus.clone(),
                 realm.clone(),
             )),
+            webhooks: crate::webhooks::Webhooks::spawn(store.clone(), bus.clone()),
             store,
             board: stats::follow(bus.clone()),
             bus,
@@ -66,6 +72,7 @@ impl AppState {
             plan,
             logins: Arc::new(limits::LoginGuard::new(limits::LoginLimits::default())),
             plays: Arc::default(),
+            controls: crate::calls::control::Controls::new(),
         }
     }
 }
@@ -89,7 +96,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/ws", get(ws::upgrade))
-        .nest("/api", api::router())
+        .nest("/api", api::router().merge(webhooks::router()))
         .layer(axum::middleware::from_fn(pages::security_headers))
         .with_state(state)
 }

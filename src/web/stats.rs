@@ -36,6 +36,8 @@ struct AgentNow {
     since: Option<String>,
     call: Option<CallKey>,
     caller: Option<String>,
+    /// The agent's caller is on hold.
+    on_hold: bool,
 }
 
 /// The live part of the wallboard, kept from the events.
@@ -87,6 +89,7 @@ impl LiveBoard {
                     if a.call.as_ref() == Some(&w.call_id) {
                         a.call = None;
                         a.caller = None;
+                        a.on_hold = false;
                     }
                 }
             }
@@ -96,6 +99,7 @@ impl LiveBoard {
                     if a.call.as_ref() == Some(&c.call_id) {
                         a.call = None;
                         a.caller = None;
+                        a.on_hold = false;
                     }
                 }
             }
@@ -106,6 +110,15 @@ impl LiveBoard {
                 if matches!(st.state, "available" | "paused" | "offline") {
                     now.call = None;
                     now.caller = None;
+                    now.on_hold = false;
+                }
+            }
+            Payload::CallHeld(h) | Payload::CallResumed(h) => {
+                let held = matches!(e, Payload::CallHeld(_));
+                for a in self.agents.values_mut() {
+                    if a.call.as_ref() == Some(&h.call_id) {
+                        a.on_hold = held;
+                    }
                 }
             }
             Payload::AgentDeactivated { .. }
@@ -209,6 +222,8 @@ pub(crate) struct AgentStats {
     since: Option<String>,
     current_call_id: Option<String>,
     current_caller: Option<String>,
+    /// The current caller is on hold (hearing music).
+    on_hold: bool,
     calls_today: i64,
     talk_secs_today: i64,
 }
@@ -300,6 +315,7 @@ pub async fn agents(
                 since: now.since,
                 current_call_id: now.call.map(|c| c.to_string()),
                 current_caller: now.caller,
+                on_hold: now.on_hold,
                 calls_today: d.calls,
                 talk_secs_today: d.talk_secs,
             }

@@ -141,6 +141,22 @@ try {
   result.work_order_id = Number((await created.textContent()).match(/#(\d+)/)[1]);
   await shot(agent, 'agent-on-call');
 
+  // Hold and resume from the card: the phone is re-INVITEd (SIPp checks sendonly, then
+  // sendrecv) and the card follows the events.
+  await agent.getByRole('button', { name: 'Hold', exact: true }).click();
+  await agent.locator('.pop-status-text').filter({ hasText: 'On hold' }).waitFor({ timeout: T });
+  await agent.getByText('The caller hears music.').waitFor({ timeout: T });
+  check(true, 'Hold puts the call on hold');
+  await agent.locator('.pop-status-text').scrollIntoViewIfNeeded();
+  await shot(agent, 'agent-on-hold');
+  await agent.getByRole('button', { name: '中文' }).click();
+  await agent.getByRole('button', { name: '恢复通话' }).waitFor({ timeout: T });
+  await shot(agent, 'agent-on-hold');
+  await agent.getByRole('button', { name: 'English' }).click();
+  await agent.getByRole('button', { name: 'Resume', exact: true }).click();
+  await agent.locator('.pop-status-text').filter({ hasText: 'On call' }).waitFor({ timeout: T });
+  check(await agent.getByRole('button', { name: 'Hang up' }).isVisible(), 'Resume brings the call back, Hang up is offered');
+
   // The caller hangs up; the wrap-up runs out and the agent is available again.
   await agent.getByText('Call ended').first().waitFor({ timeout: 20_000 });
   await agent.locator('.pop-wrapup .countdown').waitFor({ timeout: T });

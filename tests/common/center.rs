@@ -18,8 +18,18 @@ pub struct Center {
 
 /// An ACD profile, a first admin made with `screenpop admin create`, and a running server.
 pub fn center(name: &str) -> Option<Center> {
+    center_with(name, "")
+}
+
+/// As [`center`], with `top` (keys of the profile's top level, such as `hold_music`) added.
+pub fn center_with(name: &str, top: &str) -> Option<Center> {
     let env = Env::with_sipp(name)?;
     env.write_acd_profile();
+    if !top.is_empty() {
+        let profile = std::fs::read_to_string(&env.profile).expect("profile");
+        let profile = profile.replacen("\n[trust]", &format!("\n{top}\n\n[trust]"), 1);
+        std::fs::write(&env.profile, profile).expect("profile");
+    }
     env.admin_create("admin", ADMIN_PASSWORD);
     let server = env.start_server();
     let admin = Api::login(&env.http_base(), "admin", ADMIN_PASSWORD);

@@ -71,6 +71,10 @@ function onEvent(ev) {
     case 'call.answered':
       if (mine(ev) && !card.answered(ev)) card.adopt(ev);
       break;
+    case 'call.held':
+    case 'call.resumed':
+      if (mine(ev)) card.held(ev, ev.type === 'call.held');
+      break;
     case 'call.withdrawn':
       if (mine(ev)) card.withdrawn(ev);
       break;

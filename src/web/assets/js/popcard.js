@@ -61,6 +61,30 @@ export class PopCard {
     return true;
   }
 
+  /** call.held / call.resumed: the caller hears music, or the agent again. */
+  held(ev, on) {
+    const c = this.call;
+    if (!c || c.id !== ev.call_id || c.status === 'ended' || c.status === 'withdrawn') return;
+    c.status = on ? 'held' : 'on_call';
+    this.updateStatus();
+  }
+
+  /** Hold, resume or hang up from the desktop; a refusal (the phone said no) is shown. */
+  async control(what) {
+    const c = this.call;
+    const box = this.root.querySelector('.control-error');
+    const buttons = this.root.querySelectorAll('.call-controls button');
+    for (const b of buttons) b.disabled = true;
+    try {
+      await post(`/api/calls/${encodeURIComponent(c.id)}/${what}`, {});
+      showError(box, null);
+    } catch (e) {
+      showError(box, e);
+    } finally {
+      for (const b of buttons) b.disabled = false;
+    }
+  }
+
   withdrawn(ev) {
     if (!this.call || this.call.id !== ev.call_id || this.call.status === 'ended') return;
     this.call.status = 'withdrawn';
@@ -143,7 +167,8 @@ export class PopCard {
     if (cust && cust.tier === 'vip') nameRow.append(tierBadge('vip'));
     const badges = h('div', { class: 'pop-badges' },
       cust && cust.company ? h('span', { class: 'company', text: cust.company }) : null,
-      cust && cust.tier !== 'vip' ? tierBadge(cust.tier) : null, this.hints());
+      cust && cust.tier !== 'vip' ? tierBadge(cust.tier) : null, this.hints(),
+      /^https?:\/\//.test(c.ev.crm_url || '') ? h('a', { class: 'btn small crm-link', href: c.ev.crm_url, target: '_blank', rel: 'noopener noreferrer', text: t('card.openCrm') }) : null);
     head.append(badges);
     card.append(this.facts());
     if (c.candidates.length > 1) card.append(this.candidatesBox());
@@ -152,6 +177,8 @@ export class PopCard {
     const wrap = h('p', { class: 'pop-wrapup', role: 'timer' });
     this.fillWrapUp(wrap);
     card.prepend(h('div', { class: 'dismiss-row' }));
+    head.after(h('div', { class: 'call-controls', role: 'group', 'aria-label': t('card.controls') }), errorBox());
+    card.querySelector('.call-controls + .form-error').classList.add('control-error');
     card.append(wrap, this.notesForm(keep), this.lists());
     this.updateStatus();
   }
@@ -165,6 +192,15 @@ export class PopCard {
     card.querySelector('.pop-status').replaceWith(this.statusLine());
     const row = card.querySelector('.dismiss-row');
     row.replaceChildren();
+    const controls = card.querySelector('.call-controls');
+    controls.replaceChildren();
+    if (c.status === 'on_call' || c.status === 'held') {
+      const held = c.status === 'held';
+      controls.append(
+        h('button', { type: 'button', class: `btn ${held ? 'primary' : ''}`, text: t(held ? 'btn.resume' : 'btn.hold'), onclick: () => this.control(held ? 'resume' : 'hold') }),
+        h('button', { type: 'button', class: 'btn danger', text: t('btn.hangup'), onclick: () => this.control('hangup') }),
+        held ? h('span', { class: 'muted', text: t('card.heldHint') }) : null);
+    }
     if (c.status === 'ended' || c.status === 'withdrawn') {
       row.append(h('button', { type: 'button', class: 'btn small', text: t('card.dismiss'), onclick: () => { this.idle(); if (this.hooks.onDismiss) this.hooks.onDismiss(); } }));
     }

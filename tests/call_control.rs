@@ -1,0 +1,239 @@
+//! Call control from the desktop's API (issue 11): hold with music and resume, hang-up, the
+//! music queued callers hear, and what is refused. The caller is baresip dialling in as a trunk
+//! (it records what it hears, so the music is checked by content); agents' phones are SIPp.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::center::center_with;
+use common::desk::{for_call, is, state_of};
+use common::softphone::{read_heard, softphone_or_skip, write_tone_wav, Baresip, Phone};
+use common::{tone_level, Ports, AGENT_HZ, CALLER_HZ, DIALED, FRAME, TONE_PRESENT};
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(15);
+/// The music's tone, apart from the caller's 600 Hz and the agent's 1500 Hz.
+const MUSIC_HZ: f64 = 1000.0;
+
+/// The music file: 16 kHz stereo 16-bit PCM (screenpop converts it to 8 kHz G.711 once).
+fn write_music(path: &Path) {
+    let rate = 16_000u32;
+    let n = rate as usize * 2;
+    let mut data = Vec::with_capacity(n * 4);
+    for i in 0..n {
+        let v = ((2.0 * std::f64::consts::PI * MUSIC_HZ * i as f64 / f64::from(rate)).sin()
+            * 0.4
+            * 32767.0) as i16;
+        data.extend_from_slice(&v.to_le_bytes());
+        data.extend_from_slice(&v.to_le_bytes());
+    }
+    let mut wav = Vec::new();
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16u32.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes());
+    wav.extend_from_slice(&2u16.to_le_bytes());
+    wav.extend_from_slice(&rate.to_le_bytes());
+    wav.extend_from_slice(&(rate * 4).to_le_bytes());
+    wav.extend_from_slice(&4u16.to_le_bytes());
+    wav.extend_from_slice(&16u16.to_le_bytes());
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    wav.extend_from_slice(&data);
+    std::fs::write(path, wav).expect("music file");
+}
+
+/// One character per 20 ms frame of what the caller heard: `M` music, `A` the agent, `.`
+/// neither (both would be `B`).
+fn picture(heard: &[i16]) -> String {
+    heard
+        .chunks_exact(FRAME)
+        .map(|f| {
+            match (
+                tone_level(f, MUSIC_HZ) >= TONE_PRESENT,
+                tone_level(f, AGENT_HZ) >= TONE_PRESENT,
+            ) {
+                (true, true) => 'B',
+                (true, false) => 'M',
+                (false, true) => 'A',
+                (false, false) => '.',
+            }
+        })
+        .collect()
+}
+
+/// The longest run of `c` in `p`, in frames.
+fn longest_run(p: &str, c: char) -> usize {
+    p.split(|x| x != c).map(str::len).max().unwrap_or(0)
+}
+
+/// A caller: baresip on its own ports, its microphone the caller's 600 Hz, calling the
+/// server's trunk port.
+fn caller(env: &common::Env) -> Baresip {
+    let mic = env.dir.join("caller_600hz.wav");
+    write_tone_wav(&mic, CALLER_HZ, 120.0);
+    Baresip::start(env, "caller", &Ports::allocate(), &mic, None)
+}
+
+fn dial(trunk: &Baresip, env: &common::Env) {
+    trunk.command(
+        "dial",
+        &format!("sip:{DIALED}@127.0.0.1:{}", env.ports.server_sip()),
+    );
+}
+
+fn heard(trunk: &Baresip) -> Vec<i16> {
+    let path = common::poll(Duration::from_secs(5), || trunk.heard())
+        .unwrap_or_else(|| panic!("baresip wrote nothing of what it heard:\n{}", trunk.log()));
+    read_heard(&path).expect("heard WAV")
+}
+
+/// The agent holds from the desktop: the caller hears the hold music (by content), the
+/// agent's phone gets a re-INVITE with sendonly, then sendrecv on resume (SIPp checks both),
+/// and the caller hears the agent again; the events say so, the recording runs through and
+/// marks the hold; the desk's hang-up sends BYE to the phone and ends the call once.
+#[test]
+fn hold_from_the_desk_plays_music_to_the_caller_and_resume_brings_the_agent_back() {
+    let name = "desk_hold";
+    let dir = std::env::temp_dir().join(format!("screenpop-music-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("music dir");
+    let music = dir.join("hold.wav");
+    write_music(&music);
+    let Some(c) = center_with(name, &format!("hold_music = \"{}\"", music.display())) else {
+        return;
+    };
+    if !softphone_or_skip(name, "baresip") {
+        return;
+    }
+    let q = c.queue(
+        json!({"name": "support", "dialed_numbers": [DIALED], "wrap_up_secs": 1, "is_default": true}),
+    );
+    let pa = Ports::allocate();
+    let alice = c.agent("alice", &pa, &[], &[q]);
+    let bob = c.agent("bob", &Ports::allocate(), &[], &[q]);
+    let mut desk = c.desktop(&alice, "alice");
+    desk.set_state("available");
+    desk.wait_for(state_of(alice.agent_id, "available"), T);
+    let mut phone = c
+        .env
+        .agent_phone("alice-phone", pa, "uas_reinvite.xml", &[]);
+
+    let trunk = caller(&c.env);
+    dial(&trunk, &c.env);
+    let offered = desk.wait_for(is("call.offered"), T);
+    let call = offered["call_id"].clone();
+    let id = call.as_str().expect("call id").to_string();
+    desk.wait_for(for_call("call.answered", call.clone()), T);
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // Another agent cannot touch the call: it does not exist for them.
+    let (status, body) = bob.req("POST", &format!("/api/calls/{id}/hold"), None);
+    assert_eq!(status, 404, "{body}");
+    // Not on hold: nothing to resume.
+    let (status, body) = alice.req("POST", &format!("/api/calls/{id}/resume"), None);
+    assert_eq!(status, 409, "{body}");
+
+    let (status, body) = alice.req("POST", &format!("/api/calls/{id}/hold"), None);
+    assert_eq!(status, 200, "{body}");
+    let held = desk.wait_for(for_call("call.held", call.clone()), T);
+    assert_eq!(held["by"], "desk", "{held}");
+    let (status, body) = alice.req("POST", &format!("/api/calls/{id}/hold"), None);
+    assert_eq!(status, 409, "on hold already: {body}");
+    std::thread::sleep(Duration::from_millis(2500));
+    let (status, body) = alice.req("POST", &format!("/api/calls/{id}/resume"), None);
+    assert_eq!(status, 200, "{body}");
+    desk.wait_for(for_call("call.resumed", call.clone()), T);
+    std::thread::sleep(Duration::from_millis(2000));
+    // The contact log id names the call too.
+    let log_id = offered["contact_log_id"].as_i64().expect("contact log id");
+    let (status, body) = alice.req("POST", &format!("/api/calls/{log_id}/hangup"), None);
+    assert_eq!(status, 200, "{body}");
+    let ended = desk.wait_for(for_call("call.ended", call.clone()), T);
+    assert_eq!(ended["disposition"], "answered", "{ended}");
+    phone.expect_success(T);
+    let (status, body) = alice.req("POST", &format!("/api/calls/{id}/hangup"), None);
+    assert_eq!(status, 404, "the call is over: {body}");
+
+    let heard = heard(&trunk);
+    let p = picture(&heard);
+    let music_run = longest_run(&p, 'M');
+    assert!(
+        music_run >= 100,
+        "the caller must hear the music for most of the 2.5 s hold (longest run {} ms):\n{p}",
+        music_run * 20
+    );
+    let (before, after) = p.split_at(p.find(&"M".repeat(music_run)).unwrap_or(0));
+    assert!(
+        longest_run(before, 'A') >= 40 && longest_run(&after[music_run..], 'A') >= 50,
+        "the caller hears the agent before the hold and after the resume:\n{p}"
+    );
+    assert!(
+        !after[music_run..].contains("MMMMM"),
+        "the music stops at the resume:\n{p}"
+    );
+
+    let recs = c.env.wait_for_recordings(1, Duration::from_secs(10));
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(&recs[0].json).unwrap()).unwrap();
+    let holds = record["holds"].as_array().expect("holds").clone();
+    assert_eq!(holds.len(), 1, "{record}");
+    let span = holds[0]["end_ms"].as_u64().unwrap() - holds[0]["start_ms"].as_u64().unwrap();
+    assert!((2300..4000).contains(&span), "{record}");
+    assert_eq!(record["ended_by"], "desk", "{record}");
+    assert!(
+        record["media"]["played"][0].as_u64().unwrap_or(0) >= 110,
+        "{record}"
+    );
+    trunk.quit();
+}
+
+/// With `queue_music` set, a caller waiting for an agent hears it (as early media) instead
+/// of ringback; when an agent becomes available and answers, the caller hears the agent.
+#[test]
+fn a_queued_caller_hears_the_queue_music_until_an_agent_answers() {
+    let name = "queue_music";
+    let dir = std::env::temp_dir().join(format!("screenpop-qmusic-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("music dir");
+    let music = dir.join("queue.wav");
+    write_music(&music);
+    let Some(c) = center_with(name, &format!("queue_music = \"{}\"", music.display())) else {
+        return;
+    };
+    if !softphone_or_skip(name, "baresip") {
+        return;
+    }
+    let q = c.queue(
+        json!({"name": "support", "dialed_numbers": [DIALED], "wrap_up_secs": 1, "is_default": true}),
+    );
+    let pa = Ports::allocate();
+    let alice = c.agent("alice", &pa, &[], &[q]);
+    let mut desk = c.desktop(&alice, "alice");
+    let mut phone = c.env.agent_phone("alice-phone", pa, "uas_answer.xml", &[]);
+    let trunk = caller(&c.env);
+    dial(&trunk, &c.env);
+    std::thread::sleep(Duration::from_millis(3000));
+    desk.set_state("available");
+    let offered = desk.wait_for(is("call.offered"), T);
+    let call = offered["call_id"].clone();
+    desk.wait_for(for_call("call.answered", call.clone()), T);
+    std::thread::sleep(Duration::from_millis(2000));
+    trunk.command("hangup", "");
+    desk.wait_for(for_call("call.ended", call), T);
+    phone.expect_success(T);
+    let p = picture(&heard(&trunk));
+    let music = p.find("MMMMMMMMMM").unwrap_or_else(|| {
+        panic!("the queued caller must hear the music:\n{p}");
+    });
+    assert!(
+        longest_run(&p, 'M') >= 100,
+        "the music plays while the caller waits (3 s):\n{p}"
+    );
+    assert!(
+        longest_run(&p[music..], 'A') >= 50,
+        "then the agent is heard:\n{p}"
+    );
+    trunk.quit();
+}
