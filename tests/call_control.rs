@@ -237,3 +237,119 @@ fn a_queued_caller_hears_the_queue_music_until_an_agent_answers() {
     );
     trunk.quit();
 }
+
+/// A blind transfer from the desktop: Alice's phone gets a BYE, Bob's phone rings and his
+/// desktop pops with the same customer, the caller then talks to Bob; one recording, one
+/// contact log (Bob's), the call record lists both agents; bad targets are refused.
+#[test]
+fn a_blind_transfer_hands_the_caller_to_another_agent() {
+    let Some(c) = center_with("blind_transfer", "") else {
+        return;
+    };
+    let q = c.queue(
+        json!({"name": "support", "dialed_numbers": [DIALED], "wrap_up_secs": 1, "is_default": true}),
+    );
+    let (pa, pb) = (Ports::allocate(), Ports::allocate());
+    let alice = c.agent("alice", &pa, &[], &[q]);
+    let bob = c.agent("bob", &pb, &[], &[q]);
+    let cust =
+        c.customer(json!({"name": "Transfer Test", "phones": [{"number": common::CALLER_NUMBER}]}));
+    let mut a_desk = c.desktop(&alice, "alice");
+    let mut b_desk = c.desktop(&bob, "bob");
+    a_desk.set_state("available");
+    a_desk.wait_for(state_of(alice.agent_id, "available"), T);
+    let mut a_phone = c.env.agent_phone("alice-phone", pa, "uas_answer.xml", &[]);
+    let mut b_phone = c.env.agent_phone("bob-phone", pb, "uas_answer.xml", &[]);
+    let mut trunk = c.env.trunk("uac_call.xml", &["-d", "8000"]);
+    let offered = a_desk.wait_for(is("call.offered"), T);
+    let call = offered["call_id"].clone();
+    let id = call.as_str().expect("call id").to_string();
+    a_desk.wait_for(for_call("call.answered", call.clone()), T);
+
+    // Bob is not available yet: 409; unknown targets and attended mode: 422 naming the field.
+    let path = format!("/api/calls/{id}/transfer");
+    let (st, e) = alice.req(
+        "POST",
+        &path,
+        Some(&json!({"to": {"agent_id": bob.agent_id}})),
+    );
+    assert_eq!(st, 409, "{e}");
+    for (body, field) in [
+        (json!({"to": {"agent_id": 999_999}}), "to.agent_id"),
+        (json!({"to": {"queue_id": 999_999}}), "to.queue_id"),
+        (json!({"to": {}}), "to"),
+        (
+            json!({"to": {"agent_id": bob.agent_id}, "mode": "attended"}),
+            "mode",
+        ),
+    ] {
+        let (st, e) = alice.req("POST", &path, Some(&body));
+        assert_eq!(
+            (st, e["error"]["field"].as_str()),
+            (422, Some(field)),
+            "{e}"
+        );
+    }
+    b_desk.set_state("available");
+    b_desk.wait_for(state_of(bob.agent_id, "available"), T);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (st, e) = alice.req(
+        "POST",
+        &path,
+        Some(&json!({"to": {"agent_id": bob.agent_id}, "mode": "blind"})),
+    );
+    assert_eq!(st, 200, "{e}");
+    let moved = a_desk.wait_for(for_call("call.transferred", call.clone()), T);
+    assert_eq!(moved["to_agent_id"], bob.agent_id, "{moved}");
+    a_phone.expect_success(T);
+    let popped = b_desk.wait_for(for_call("call.offered", call.clone()), T);
+    assert_eq!(
+        popped["customer"]["id"], cust["id"],
+        "the same card: {popped}"
+    );
+    assert_eq!(popped["agent_id"], bob.agent_id);
+    b_desk.wait_for(for_call("call.answered", call.clone()), T);
+    // Alice no longer controls the call; Bob does.
+    let (st, _) = alice.req("POST", &format!("/api/calls/{id}/hold"), None);
+    assert_eq!(st, 404);
+
+    trunk.expect_success(Duration::from_secs(30));
+    b_phone.expect_success(T);
+    let ended = b_desk.wait_for(for_call("call.ended", call.clone()), T);
+    assert_eq!(ended["agent_id"], bob.agent_id, "{ended}");
+    assert_eq!(ended["disposition"], "answered");
+    a_desk.pump(Duration::from_millis(300));
+    assert!(
+        a_desk.events("call.ended").is_empty(),
+        "call.ended goes to the agent who had the call at the end"
+    );
+
+    let recs = c.env.wait_for_recordings(1, Duration::from_secs(10));
+    assert_eq!(recs.len(), 1, "one recording follows the caller");
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(&recs[0].json).unwrap()).unwrap();
+    let agents: Vec<i64> = record["agents"]
+        .as_array()
+        .expect("agents")
+        .iter()
+        .filter_map(|a| a["agent_id"].as_i64())
+        .collect();
+    assert_eq!(agents, [alice.agent_id, bob.agent_id], "{record}");
+    let rec = common::read_wav(&recs[0].wav).unwrap_or_else(|e| panic!("{e}"));
+    let right = common::analyse_channel(&rec.right);
+    let bob_from = record["agents"][1]["start_ms"].as_u64().unwrap() as f64 / 1000.0;
+    let (_, before) = right.window(0.3, 1.3);
+    let (_, after) = right.window(bob_from + 0.5, rec.duration_secs() - 0.3);
+    assert!(
+        before >= 0.85 && after >= 0.85,
+        "the agent side has Alice, then Bob (from {bob_from:.1} s): {}",
+        right.timeline()
+    );
+    let log = c.admin.ok(
+        "GET",
+        &format!("/api/calls/{}", ended["contact_log_id"]),
+        None,
+    );
+    assert_eq!(log["agent_id"], bob.agent_id, "{log}");
+    assert_eq!(log["customer_id"], cust["id"], "{log}");
+}

@@ -150,6 +150,14 @@ pub enum Input {
     Ended {
         call: CallKey,
     },
+    /// The agent on the call handed it on (a blind transfer): that agent goes to wrap-up and
+    /// the caller waits in `queue` again, ahead of new callers, offered first to `to` (an
+    /// agent's transfer target) and to the rest of the queue when `to` cannot take it.
+    Transfer {
+        call: CallKey,
+        queue: QueueId,
+        to: Option<AgentId>,
+    },
     /// The caller hung up while waiting or ringing.
     Abandoned {
         call: CallKey,
@@ -342,6 +350,28 @@ impl Acd {
                     w.offered_to = None;
                     w.tried.insert(agent);
                     self.release(agent, now);
+                }
+            }
+            Input::Transfer { call, queue, to } => {
+                let agent = self.agents.values().find_map(|a| match &a.state {
+                    AgentState::OnCall { call: c, wrap_up } if *c == call => Some((a.id, *wrap_up)),
+                    _ => None,
+                });
+                let mut tried = BTreeSet::new();
+                if let Some((agent, wrap)) = agent {
+                    self.set_state(agent, AgentState::WrapUp { until: now + wrap }, now);
+                    tried.insert(agent);
+                }
+                if !self.waiting.iter().any(|w| w.call == call) {
+                    self.waiting.push(Waiting {
+                        call,
+                        queue,
+                        vip: true,
+                        assigned: to,
+                        entered: now,
+                        tried,
+                        offered_to: None,
+                    });
                 }
             }
             Input::Ended { call } => {
@@ -569,6 +599,46 @@ mod tests {
                 assigned: None,
             },
         );
+    }
+
+    /// A blind transfer: the first agent goes to wrap-up, the target is offered the call
+    /// first, and when the target refuses the rest of the queue is (never the first agent).
+    #[test]
+    fn a_transferred_call_goes_to_its_target_then_to_the_queue() {
+        let t0 = Instant::now();
+        let mut a = acd(t0);
+        agent(&mut a, t0, 1, &[], &[1]);
+        agent(&mut a, t0 + Duration::from_secs(1), 2, &[], &[1]);
+        agent(&mut a, t0 + Duration::from_secs(2), 3, &[], &[1]);
+        offers(&mut a);
+        arrive(&mut a, t0 + Duration::from_secs(5), "c", 1, false);
+        assert_eq!(offers(&mut a), vec![("c".into(), 1)]);
+        a.handle(
+            t0 + Duration::from_secs(6),
+            Input::Answered {
+                call: "c".into(),
+                agent: 1,
+            },
+        );
+        let t = t0 + Duration::from_secs(30);
+        a.handle(
+            t,
+            Input::Transfer {
+                call: "c".into(),
+                queue: 1,
+                to: Some(3),
+            },
+        );
+        assert_eq!(a.agent(1).unwrap().state.name(), "wrap_up");
+        assert_eq!(offers(&mut a), vec![("c".into(), 3)], "the target first");
+        a.handle(
+            t,
+            Input::Refused {
+                call: "c".into(),
+                agent: 3,
+            },
+        );
+        assert_eq!(offers(&mut a), vec![("c".into(), 2)], "then the queue");
     }
 
     #[test]

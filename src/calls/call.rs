@@ -20,14 +20,14 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tracing::{debug, info, warn};
 
-use super::control::{Control, ControlError, Controller};
+use super::control::{Control, ControlError, Controller, TransferTo};
 use super::dialog::{target_peer, Dialog, LocalContact};
 use super::pop::{self, PopCard};
-use super::record::{CallRecord, Disposition, EndedBy, HoldSpan};
+use super::record::{AgentSpan, CallRecord, Disposition, EndedBy, HoldSpan};
 use crate::acd::runtime::{AgentTarget, Decision};
 use crate::acd::{AgentId, CallKey, Input as AcdInput, QueueId};
 use crate::config::AgentSrtp;
-use crate::events::payload::{CallAnswered, CallHold, CallWithdrawn};
+use crate::events::payload::{CallAnswered, CallHold, CallTransferred, CallWithdrawn};
 use crate::events::{Event, Payload};
 use crate::ids::{ContactLogId, SipCallId};
 use crate::media::g711::G711;
@@ -452,6 +452,11 @@ pub struct Call {
     hung_up_from_desk: bool,
     /// The queue's CRM link template, filled in for each `call.offered`.
     crm_template: Option<String>,
+    /// A blind transfer in progress: the caller hears music until the ACD's next agent
+    /// answers.
+    transferring: bool,
+    /// Every agent who had the call: (agent, answered, left), for the record.
+    agents_had: Vec<(AgentId, Instant, Option<Instant>)>,
     out: VecDeque<Output>,
 }
 
@@ -620,6 +625,8 @@ impl Call {
             queue_music_on: false,
             hung_up_from_desk: false,
             crm_template: None,
+            transferring: false,
+            agents_had: Vec::new(),
             caller_media: LegMedia {
                 local: caller_local,
                 pending_offer: None,
@@ -824,7 +831,7 @@ impl Call {
 
     /// The agent's host name resolved (to an address of the SIP socket's family), or not.
     pub fn handle_resolved(&mut self, now: Instant, attempt: u32, addr: Option<SocketAddr>) {
-        if attempt != self.attempt || self.phase != Phase::Ringing {
+        if attempt != self.attempt || !(self.phase == Phase::Ringing || self.transferring) {
             return;
         }
         if self.acd_mode {
@@ -925,6 +932,10 @@ impl Call {
                     self.disposition = Some(Disposition::Missed);
                     self.fail_caller(now, 480);
                     self.end(now, None);
+                } else if self.transferring {
+                    // Nobody took the transferred caller within the queue's maximum wait.
+                    self.cancel_agent(now);
+                    self.hang_up(now, None);
                 }
             }
             Decision::Withdraw { agent } => {
@@ -937,7 +948,7 @@ impl Call {
                 self.withdrawn(agent, "no_answer");
             }
             Decision::Offer(offer) => {
-                if self.phase != Phase::Ringing || self.agent_answered {
+                if !(self.phase == Phase::Ringing || self.transferring) || self.agent_answered {
                     // Answered or gone meanwhile; the ACD frees the agent when it hears so.
                     return;
                 }
@@ -1066,7 +1077,7 @@ impl Call {
             HeaderName::MaxForwards,
             self.max_forwards.saturating_sub(1).min(70).to_string(),
         );
-        let codecs = if self.delayed_offer {
+        let codecs = if self.delayed_offer && self.phase == Phase::Ringing {
             self.cfg.codecs.clone()
         } else {
             vec![self.codec]
@@ -2048,6 +2059,10 @@ impl Call {
             self.agent_leg.establish_from(&r);
             self.ack_2xx(LegId::Agent, &r);
             self.agent_answered = true;
+            if self.transferring && self.phase == Phase::Up {
+                self.transfer_answered(now, &r);
+                return;
+            }
             if self.phase != Phase::Ringing || !self.invite_pending() {
                 // The caller is gone (CANCEL or timeout crossed the answer): release the agent.
                 self.bye(now, LegId::Agent);
@@ -2065,11 +2080,7 @@ impl Call {
             self.answer_caller(now);
             return;
         }
-        if status == 422
-            && self.agent_min_se.is_none()
-            && self.phase == Phase::Ringing
-            && self.invite_pending()
-        {
+        if status == 422 && self.agent_min_se.is_none() && self.ringing_an_agent() {
             // RFC 4028 §7.4: the phone wants a longer interval; ask again with its Min-SE, once
             // (a second 422 is refused like any other failure).
             let asked = self
@@ -2098,8 +2109,7 @@ impl Call {
         if matches!(status, 488 | 606)
             && self.agent_media.local.srtp.is_some()
             && self.cfg.agent_srtp == AgentSrtp::Tls
-            && self.phase == Phase::Ringing
-            && self.invite_pending()
+            && self.ringing_an_agent()
         {
             // A phone on TLS without SRTP: ring it again with plain RTP (RFC 3261 §14.1 lets a
             // UAC retry a refused INVITE in the same dialog set, CSeq advanced, no To tag).
@@ -2118,7 +2128,7 @@ impl Call {
             _ => 480,
         };
         info!(status, mapped, "agent leg failed");
-        if self.acd_mode && self.phase == Phase::Ringing {
+        if self.acd_mode && (self.phase == Phase::Ringing || self.transferring) {
             // Busy, declined or gone: the ACD offers the call to the next agent.
             if let Some(agent) = self.agent_id {
                 self.withdrawn(agent, "refused");
@@ -2215,6 +2225,9 @@ impl Call {
         self.final_status = 200;
         self.disposition = Some(Disposition::Answered);
         self.answered_at = Some(now);
+        if let Some(agent) = self.agent_id {
+            self.agents_had.push((agent, now, None));
+        }
         let wall = self.wall(now);
         info!("answered");
         if let (true, Some(agent)) = (self.acd_mode, self.agent_id) {
@@ -2298,6 +2311,10 @@ impl Call {
                 self.publish_hold(now, HoldBy::Desk, true);
                 Ok(true)
             }
+            Control::Transfer(to) => {
+                self.transfer(now, to)?;
+                Ok(true)
+            }
             Control::Resume => {
                 let Some(hold) = self.hold else {
                     return Err(ControlError::Conflict("the call is not on hold"));
@@ -2323,6 +2340,143 @@ impl Call {
                 Ok(true)
             }
         }
+    }
+
+    /// A blind transfer: the agent's phone is hung up, the caller hears music, and the ACD
+    /// offers the call to the target (then, should the target not take it, to the queue).
+    fn transfer(&mut self, now: Instant, to: TransferTo) -> Result<(), ControlError> {
+        if !self.acd_mode {
+            return Err(ControlError::Conflict(
+                "calls on this trunk ring a fixed phone: there is no queue to transfer through",
+            ));
+        }
+        if self.transferring {
+            return Err(ControlError::Conflict(
+                "a transfer of this call is in progress",
+            ));
+        }
+        if self.offer_open(LegId::Agent) {
+            return Err(ControlError::Conflict("the phone is being re-INVITEd"));
+        }
+        let from = self.agent_id;
+        let (queue, target) = match to {
+            TransferTo::Agent(a) if Some(a) == from => {
+                return Err(ControlError::Conflict(
+                    "the call is with that agent already",
+                ));
+            }
+            TransferTo::Agent(a) => (self.queue.as_ref().map(|q| q.0), Some(a)),
+            TransferTo::Queue(q) => (Some(q), None),
+        };
+        let Some(queue) = queue else {
+            return Err(ControlError::Conflict("the call is in no queue"));
+        };
+        info!(?from, to = ?to, "blind transfer");
+        if let Some(hold) = self.hold.take() {
+            // The hold ends here; the music plays on for the transfer.
+            if let Some(span) = self.hold_span(hold, now) {
+                self.holds.push(span);
+            }
+        }
+        if self.agent_answered {
+            self.bye(now, LegId::Agent);
+        }
+        self.agent_answered = false;
+        self.close_agent_span(now);
+        // The next phone gets a leg of its own: its own session timer and direction.
+        let a = LegId::Agent.index();
+        self.session[a] = None;
+        self.session_terms[a] = None;
+        self.local_dir[a] = Direction::SendRecv;
+        self.held[a] = false;
+        self.mirror_inflight[a] = None;
+        self.mirror_deferred[a] = None;
+        self.transferring = true;
+        self.on_hold = true;
+        self.media(MediaCommand::Watch(self.media_watch()));
+        self.media(MediaCommand::Play(LegId::Caller, Music::Hold));
+        self.publish(Event::new(Payload::CallTransferred(CallTransferred {
+            call_id: self.id.clone(),
+            contact_log_id: self.found.log_id,
+            agent_id: from,
+            to_agent_id: target,
+            to_queue_id: matches!(to, TransferTo::Queue(_)).then_some(queue),
+            at: crate::time::rfc3339(self.wall(now)),
+        })));
+        self.agent_id = None;
+        self.tell_acd(AcdInput::Transfer {
+            call: self.id.clone(),
+            queue,
+            to: target,
+        });
+        Ok(())
+    }
+
+    /// The transfer's target answered: the caller hears them.
+    fn transfer_answered(&mut self, now: Instant, r: &Response) {
+        if !self.accept_agent_sdp(&r.body) {
+            warn!("transfer target answered without a usable SDP answer");
+            self.bye(now, LegId::Agent);
+            self.agent_answered = false;
+            if let Some(agent) = self.agent_id {
+                self.tell_acd(AcdInput::Refused {
+                    call: self.id.clone(),
+                    agent,
+                });
+            }
+            return;
+        }
+        self.agent_session(now, r);
+        self.transferring = false;
+        self.media(MediaCommand::StopPlaying(LegId::Caller));
+        self.on_hold = self.held.iter().any(|h| *h);
+        self.media(MediaCommand::Watch(self.media_watch()));
+        info!(agent = ?self.agent_id, "transfer answered");
+        if let Some(agent) = self.agent_id {
+            self.tell_acd(AcdInput::Answered {
+                call: self.id.clone(),
+                agent,
+            });
+            self.note_agent(agent);
+            self.agents_had.push((agent, now, None));
+        }
+        self.publish(Event::new(Payload::CallAnswered(CallAnswered {
+            call_id: self.id.clone(),
+            contact_log_id: self.found.log_id,
+            agent_id: self.agent_id,
+            queue_id: self.queue.as_ref().map(|q| q.0),
+            answered_at: crate::time::rfc3339(self.wall(now)),
+        })));
+    }
+
+    /// The agent who had the call leaves it now.
+    fn close_agent_span(&mut self, now: Instant) {
+        if let Some(last) = self.agents_had.last_mut() {
+            if last.2.is_none() {
+                last.2 = Some(now);
+            }
+        }
+    }
+
+    /// The agents so far, one still on the call ending at `now`.
+    fn agent_spans(&self, now: Instant) -> Vec<AgentSpan> {
+        let Some(answered) = self.answered_at else {
+            return Vec::new();
+        };
+        let ms = |t: Instant| t.saturating_duration_since(answered).as_millis() as u64;
+        self.agents_had
+            .iter()
+            .map(|(agent, from, to)| AgentSpan {
+                agent_id: *agent,
+                start_ms: ms(*from),
+                end_ms: ms(to.unwrap_or(now)),
+            })
+            .collect()
+    }
+
+    /// An agent's phone is being rung for the call: before the answer, or for a transfer.
+    fn ringing_an_agent(&self) -> bool {
+        (self.phase == Phase::Ringing && self.invite_pending()) || self.transferring
     }
 
     /// Offers `dir` to the agent's phone unless it has it already; true when a re-INVITE went
@@ -2356,7 +2510,7 @@ impl Call {
             // The phone stays as it was: so does the caller.
             (Control::Hold, false) => self.drop_hold(now, false),
             (Control::Resume, true) => self.end_hold(now),
-            (Control::Resume, false) | (Control::Hangup, _) => {}
+            (Control::Resume, false) | (Control::Hangup, _) | (Control::Transfer(_), _) => {}
         }
         let result = if ok {
             Ok(())
@@ -2471,6 +2625,7 @@ impl Call {
             size_bytes: None,
             dtmf: Vec::new(),
             holds: self.hold_spans(now),
+            agents: self.agent_spans(now),
             media: None,
             rtp_timeout: self.rtp_timeout,
             session_expired: self.session_expired,
@@ -2590,6 +2745,10 @@ impl Call {
         if by != Some(LegId::Agent) && self.agent_answered {
             self.bye(now, LegId::Agent);
         }
+        if self.transferring {
+            // The transfer's target is still ringing.
+            self.cancel_agent(now);
+        }
         self.end(now, by);
     }
 
@@ -2623,7 +2782,7 @@ impl Call {
         self.out.push_back(Output::Ended { record, at });
         if self.routed {
             let call = self.id.clone();
-            self.tell_acd(if self.answered_at.is_some() {
+            self.tell_acd(if self.answered_at.is_some() && !self.transferring {
                 AcdInput::Ended { call }
             } else {
                 AcdInput::Abandoned { call }
@@ -3619,6 +3778,88 @@ mod tests {
         );
         assert!(has(&said, "reply Ok(())"), "{said:?}");
         assert_eq!(c.record(t, true).ended_by, Some(EndedBy::Desk));
+    }
+
+    /// A blind transfer: the first phone gets a BYE, the caller music, the ACD the transfer;
+    /// the target is rung on a new leg with the call's codec only, and its answer brings the
+    /// caller back to talking; the record lists both agents.
+    #[test]
+    fn a_blind_transfer_hangs_up_the_first_phone_and_bridges_the_target() {
+        let (mut c, t0, _) = answered();
+        c.queue = Some((1, "General".into()));
+        let t = t0 + Duration::from_secs(10);
+        let alice = Controller {
+            agent: Some(4),
+            supervisor: false,
+        };
+        c.handle_control(t, 1, alice, Control::Transfer(TransferTo::Agent(4)));
+        assert!(
+            has(&drain(&mut c).0, "reply Err(Conflict"),
+            "not to oneself"
+        );
+        c.handle_control(t, 2, alice, Control::Transfer(TransferTo::Agent(5)));
+        let (said, _) = drain(&mut c);
+        for what in [
+            "tx 10.0.0.10:5060 BYE",
+            "media Play",
+            "publish call.transferred",
+            "acd Transfer",
+            "reply Ok(())",
+        ] {
+            assert!(has(&said, what), "{what}: {said:?}");
+        }
+        // The transfer is the first agent's last word on the call.
+        c.handle_control(t, 3, alice, Control::Hangup);
+        assert!(has(&drain(&mut c).0, "reply Err(NotFound)"));
+        c.handle_decision(t, offer(5));
+        let (said, sent) = drain(&mut c);
+        assert!(has(&said, "publish call.offered"), "{said:?}");
+        let inv = agent_invite(&sent);
+        assert!(String::from_utf8_lossy(&inv.body).contains("RTP/AVP 0 101"));
+        let t2 = t + Duration::from_secs(3);
+        c.handle_message(t2, answer(&inv), peer(PHONE));
+        let (said, _) = drain(&mut c);
+        for what in [
+            "tx 10.0.0.10:5060 ACK",
+            "media StopPlaying",
+            "acd Answered",
+            "publish call.answered",
+        ] {
+            assert!(has(&said, what), "{what}: {said:?}");
+        }
+        let rec = c.record(t2 + Duration::from_secs(4), false);
+        assert_eq!(rec.agent_id, Some(5));
+        let spans: Vec<(i64, u64, u64)> = rec
+            .agents
+            .iter()
+            .map(|a| (a.agent_id, a.start_ms, a.end_ms))
+            .collect();
+        assert_eq!(spans, [(4, 0, 8000), (5, 11_000, 15_000)]);
+    }
+
+    /// The caller hanging up while the transfer's target rings: the target is cancelled and
+    /// the ACD hears the call was abandoned (so the target is freed).
+    #[test]
+    fn a_caller_leaving_during_a_transfer_cancels_the_target() {
+        let (mut c, t0, _) = answered();
+        let t = t0 + Duration::from_secs(10);
+        let sup = Controller {
+            agent: Some(1),
+            supervisor: true,
+        };
+        c.handle_control(t, 1, sup, Control::Transfer(TransferTo::Queue(1)));
+        drain(&mut c);
+        c.handle_decision(t, offer(5));
+        let (_, sent) = drain(&mut c);
+        let inv = agent_invite(&sent);
+        phone_says(&mut c, t, &inv, 180);
+        drain(&mut c);
+        let tag = c.caller_leg.local_tag().to_string();
+        c.handle_message(t, trunk("ACK", 1, "z9hG4bKack", Some(&tag)), peer(TRUNK));
+        c.handle_message(t, trunk("BYE", 2, "z9hG4bKbye", Some(&tag)), peer(TRUNK));
+        let (said, _) = drain(&mut c);
+        assert!(has(&said, "tx 10.0.0.10:5060 CANCEL"), "{said:?}");
+        assert!(has(&said, "acd Abandoned"), "{said:?}");
     }
 
     /// With queue music, a queued caller gets 183 with our answer and the music; the agent's

@@ -18,6 +18,18 @@ pub enum Control {
     Hold,
     /// Back to talking.
     Resume,
+    /// Hand the caller over at once (a blind transfer): the agent's leg is hung up, the caller
+    /// hears music while the target rings.
+    Transfer(TransferTo),
+}
+
+/// Where a blind transfer goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferTo {
+    /// This agent's phone (and the call's queue, should it not answer).
+    Agent(AgentId),
+    /// Back into a queue.
+    Queue(crate::acd::QueueId),
 }
 
 /// Who asks: only the agent who has the call, or a supervisor, controls it.

@@ -31,6 +31,15 @@ pub enum EndedBy {
     Desk,
 }
 
+/// One agent who had the call: when they answered and when they left it, in milliseconds
+/// from the call's answer (a transferred call lists each agent in turn).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentSpan {
+    pub agent_id: i64,
+    pub start_ms: u64,
+    pub end_ms: u64,
+}
+
 /// A stretch of the call the caller spent on hold, in milliseconds from the answer (the
 /// recording's time zero), so a player can mark it on the recording's timeline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +100,9 @@ pub struct CallRecord {
     /// When the caller was on hold.
     #[serde(default)]
     pub holds: Vec<HoldSpan>,
+    /// Every agent who had the call, in turn, with their time on it.
+    #[serde(default)]
+    pub agents: Vec<AgentSpan>,
     #[serde(default)]
     pub media: Option<RelayStats>,
     /// Ended by screenpop because a leg stopped sending RTP (see `rtp_timeout_secs`).
@@ -234,6 +246,7 @@ mod tests {
             size_bytes: None,
             dtmf: Vec::new(),
             holds: Vec::new(),
+            agents: Vec::new(),
             media: None,
             rtp_timeout: false,
             session_expired: false,

@@ -139,6 +139,11 @@ impl EventBus for LocalBus {
                 Payload::CallResumed(h) => {
                     live.held.remove(&h.call_id);
                 }
+                Payload::CallTransferred(t) => {
+                    // The target's offer follows with the call's new state.
+                    live.calls.remove(&t.call_id);
+                    live.held.remove(&t.call_id);
+                }
                 _ => {}
             }
         }

@@ -90,6 +90,21 @@ pub struct CallHold {
     pub at: String,
 }
 
+/// The agent handed the caller on (a blind transfer): the first agent's card closes, the
+/// target's desktop gets its own `call.offered` with the same customer card.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CallTransferred {
+    pub call_id: CallKey,
+    pub contact_log_id: Option<ContactLogId>,
+    /// The agent who had the call (whose desktops get this event).
+    pub agent_id: Option<i64>,
+    /// The target: an agent, or a queue.
+    pub to_agent_id: Option<i64>,
+    pub to_queue_id: Option<i64>,
+    /// RFC 3339.
+    pub at: String,
+}
+
 /// The offer went elsewhere (ring-no-answer, refused): the agent's pop goes away.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CallWithdrawn {
@@ -147,6 +162,8 @@ pub enum Payload {
     CallHeld(CallHold),
     #[serde(rename = "call.resumed")]
     CallResumed(CallHold),
+    #[serde(rename = "call.transferred")]
+    CallTransferred(CallTransferred),
     #[serde(rename = "agent.state")]
     AgentState(AgentStateChanged),
     /// The account was deactivated: its desktops close.
@@ -169,6 +186,7 @@ impl Payload {
             Payload::CallEnded(_) => "call.ended",
             Payload::CallHeld(_) => "call.held",
             Payload::CallResumed(_) => "call.resumed",
+            Payload::CallTransferred(_) => "call.transferred",
             Payload::AgentState(_) => "agent.state",
             Payload::AgentDeactivated { .. } => "agent.deactivated",
             Payload::WorkOrderCreated { .. } => "work_order.created",
@@ -185,6 +203,7 @@ impl Payload {
             Payload::CallWithdrawn(w) => Some(w.agent_id),
             Payload::CallEnded(e) => e.agent_id,
             Payload::CallHeld(h) | Payload::CallResumed(h) => h.agent_id,
+            Payload::CallTransferred(t) => t.agent_id,
             Payload::AgentState(s) => Some(s.agent_id),
             Payload::AgentDeactivated { agent_id } => Some(*agent_id),
             Payload::WorkOrderCreated { work_order } | Payload::WorkOrderUpdated { work_order } => {
@@ -202,6 +221,7 @@ impl Payload {
             Payload::CallWithdrawn(w) => Some(&w.call_id),
             Payload::CallEnded(e) => Some(&e.call_id),
             Payload::CallHeld(h) | Payload::CallResumed(h) => Some(&h.call_id),
+            Payload::CallTransferred(t) => Some(&t.call_id),
             _ => None,
         }
     }

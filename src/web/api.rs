@@ -51,6 +51,7 @@ pub fn router() -> Router<AppState> {
         .route("/calls/{id}/hangup", post(hangup_call))
         .route("/calls/{id}/hold", post(hold_call))
         .route("/calls/{id}/resume", post(resume_call))
+        .route("/calls/{id}/transfer", post(transfer_call))
         .route("/recordings/{id}", get(get_recording))
         .route("/recordings/{id}/audio", get(recording_audio))
         .route(
@@ -73,7 +74,7 @@ pub fn router() -> Router<AppState> {
         create_queue, update_queue,
         list_customers, create_customer, get_customer, update_customer, import_customers,
         export_customers,
-        list_calls, get_call, annotate_call, hangup_call, hold_call, resume_call, get_recording, recording_audio,
+        list_calls, get_call, annotate_call, hangup_call, hold_call, resume_call, transfer_call, get_recording, recording_audio,
         list_work_orders, create_work_order, get_work_order, update_work_order,
         work_order_history,
         super::webhooks::create_webhook, super::webhooks::list_webhooks, super::webhooks::get_webhook,
@@ -83,7 +84,7 @@ pub fn router() -> Router<AppState> {
         AgentOut, NewAgentIn, AgentPatchIn, QueueIn, QueuePatch, Queue, Customer, NewCustomer, CustomerPatch, ContactLog, CallPatch,
         Recording, WorkOrder, WorkOrderIn, WorkOrderPatchIn, WorkOrderChange, ImportReport,
         ApiErrorBody, MeOut, MePatch, crate::store::agents::AuditEntry,
-        super::stats::QueueStats, super::stats::AgentStats, ControlOut,
+        super::stats::QueueStats, super::stats::AgentStats, ControlOut, TransferIn, TransferTarget,
         super::webhooks::WebhookIn, super::webhooks::WebhookOut, super::webhooks::DeliveryOut,
         crate::store::webhooks::DeliveryStatus
     )),
@@ -927,6 +928,104 @@ async fn resume_call(
         "resume",
     )
     .await
+}
+
+/// Where a transfer goes: exactly one of the three.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TransferTarget {
+    agent_id: Option<i64>,
+    queue_id: Option<i64>,
+    /// An outside number (needs an outbound trunk).
+    number: Option<String>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TransferIn {
+    to: TransferTarget,
+    /// `blind` (the default): the caller is handed over at once.
+    #[serde(default)]
+    mode: Option<String>,
+}
+
+/// Hands the caller over at once (a blind transfer) to an agent's phone or into a queue: the
+/// agent's leg is hung up, the caller hears music while the target rings; a target agent who
+/// does not answer leaves the caller in the call's queue. The target's desktop gets its own
+/// `call.offered` with the same customer card.
+#[utoipa::path(post, path = "/api/calls/{id}/transfer", request_body = TransferIn,
+    params(("id" = String, Path, description = "The call id of the events, or the contact log id")),
+    responses((status = 200, body = ControlOut), (status = 404, body = ApiErrorBody),
+        (status = 409, body = ApiErrorBody), (status = 422, body = ApiErrorBody)))]
+async fn transfer_call(
+    State(s): State<AppState>,
+    me: Principal,
+    Path(id): Path<String>,
+    ApiJson(t): ApiJson<TransferIn>,
+) -> Result<Json<ControlOut>, ApiError> {
+    use crate::calls::control::{Control, TransferTo};
+    match t.mode.as_deref().unwrap_or("blind") {
+        "blind" => {}
+        "attended" => {
+            return Err(ApiError::invalid(
+                "mode",
+                "attended transfer is not available yet; use blind",
+            ))
+        }
+        other => {
+            return Err(ApiError::invalid(
+                "mode",
+                format!("{other:?} is not blind or attended"),
+            ))
+        }
+    }
+    let to =
+        match (t.to.agent_id, t.to.queue_id, &t.to.number) {
+            (Some(agent), None, None) => {
+                let known = s.store.agent(agent).await?.is_some_and(|a| a.active);
+                if !known {
+                    return Err(ApiError::invalid("to.agent_id", "no such agent"));
+                }
+                let state = s
+                    .board
+                    .lock()
+                    .map_err(|_| ApiError::internal("board"))?
+                    .agent_state(agent)
+                    .unwrap_or("offline")
+                    .to_string();
+                if state != "available" {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "agent_not_available",
+                        format!("that agent is {state}, not available"),
+                    ));
+                }
+                TransferTo::Agent(agent)
+            }
+            (None, Some(queue), None) => {
+                let known = s
+                    .store
+                    .queues()
+                    .await?
+                    .iter()
+                    .any(|q| q.id == queue && q.active);
+                if !known {
+                    return Err(ApiError::invalid("to.queue_id", "no such queue"));
+                }
+                TransferTo::Queue(queue)
+            }
+            (None, None, Some(_)) => return Err(ApiError::invalid(
+                "to.number",
+                "transfers to outside numbers need an outbound trunk, which is not available yet",
+            )),
+            _ => {
+                return Err(ApiError::invalid(
+                    "to",
+                    "give exactly one of agent_id, queue_id and number",
+                ))
+            }
+        };
+    control_call(&s, &me, &id, Control::Transfer(to), "transfer").await
 }
 
 /// The agent's notes and wrap-up code.

@@ -121,10 +121,27 @@ impl LiveBoard {
                     }
                 }
             }
+            Payload::CallTransferred(t) => {
+                for a in self.agents.values_mut() {
+                    if a.call.as_ref() == Some(&t.call_id) {
+                        a.call = None;
+                        a.caller = None;
+                        a.on_hold = false;
+                    }
+                }
+            }
             Payload::AgentDeactivated { .. }
             | Payload::WorkOrderCreated { .. }
             | Payload::WorkOrderUpdated { .. } => {}
         }
+    }
+
+    /// An agent's state as the desktops last heard it (`available`, `on_call`, …).
+    pub fn agent_state(&self, agent: i64) -> Option<&str> {
+        self.agents
+            .get(&agent)
+            .map(|a| a.state.as_str())
+            .filter(|s| !s.is_empty())
     }
 
     /// (callers waiting, oldest wait start) for a queue.

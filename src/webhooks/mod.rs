@@ -52,6 +52,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "call.ended",
     "call.held",
     "call.resumed",
+    "call.transferred",
     "agent.state",
     "agent.deactivated",
     "work_order.created",

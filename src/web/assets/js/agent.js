@@ -75,6 +75,9 @@ function onEvent(ev) {
     case 'call.resumed':
       if (mine(ev)) card.held(ev, ev.type === 'call.held');
       break;
+    case 'call.transferred':
+      if (mine(ev)) { card.transferred(ev); reloadCalls(); }
+      break;
     case 'call.withdrawn':
       if (mine(ev)) card.withdrawn(ev);
       break;

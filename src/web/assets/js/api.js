@@ -104,6 +104,9 @@ export function queueName(id) {
 export function directoryAgents() {
   return directory ? directory.agents : [];
 }
+export function directoryQueues() {
+  return directory ? directory.queues : [];
+}
 
 // ---- customers by id (names in lists), cached briefly
 const customers = new Map();

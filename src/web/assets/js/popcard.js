@@ -2,7 +2,7 @@
 // arrives), then the customer's card, candidates, the unknown-caller form, recent contacts,
 // open work orders, notes and disposition, and "Create work order".
 import { t } from './i18n.js';
-import { get, patch, post, qs, agentName, queueName, rememberCustomer } from './api.js';
+import { get, patch, post, qs, agentName, queueName, rememberCustomer, directoryAgents, directoryQueues } from './api.js';
 import { h, field, select, errorBox, showError, flash, tick } from './ui.js';
 import { fmtDateTime, fmtDuration, toMs, isAnniversaryToday } from './fmt.js';
 import { workOrderList, workOrderForm } from './workorders.js';
@@ -64,25 +64,47 @@ export class PopCard {
   /** call.held / call.resumed: the caller hears music, or the agent again. */
   held(ev, on) {
     const c = this.call;
-    if (!c || c.id !== ev.call_id || c.status === 'ended' || c.status === 'withdrawn') return;
+    if (!c || c.id !== ev.call_id || c.status === 'ended' || c.status === 'withdrawn' || c.status === 'transferred') return;
     c.status = on ? 'held' : 'on_call';
     this.updateStatus();
   }
 
-  /** Hold, resume or hang up from the desktop; a refusal (the phone said no) is shown. */
-  async control(what) {
+  /** Hold, resume, transfer or hang up from the desktop; a refusal (the phone said no) is shown. */
+  async control(what, body = {}) {
     const c = this.call;
     const box = this.root.querySelector('.control-error');
     const buttons = this.root.querySelectorAll('.call-controls button');
     for (const b of buttons) b.disabled = true;
     try {
-      await post(`/api/calls/${encodeURIComponent(c.id)}/${what}`, {});
+      await post(`/api/calls/${encodeURIComponent(c.id)}/${what}`, body);
       showError(box, null);
     } catch (e) {
       showError(box, e);
     } finally {
       for (const b of buttons) b.disabled = false;
     }
+  }
+
+  /** A blind transfer: to another agent or into a queue. */
+  transferBox() {
+    const options = [['', t('card.transferPick')]];
+    for (const a of directoryAgents()) if (a.active && a.id !== this.me.agent_id) options.push([`a:${a.id}`, a.display_name]);
+    for (const q of directoryQueues()) if (q.active) options.push([`q:${q.id}`, t('card.queue', { q: q.name })]);
+    const target = select(options, { 'aria-label': t('card.transferTo'), class: 'compact' });
+    const go = h('button', { type: 'button', class: 'btn', text: t('btn.transfer'), onclick: () => {
+      const [kind, id] = target.value.split(':');
+      if (!id) { target.focus(); return; }
+      this.control('transfer', { to: kind === 'a' ? { agent_id: Number(id) } : { queue_id: Number(id) }, mode: 'blind' });
+    } });
+    return h('span', { class: 'transfer-box' }, target, go);
+  }
+
+  /** call.transferred: the call went to someone else; this card is done with it. */
+  transferred(ev) {
+    const c = this.call;
+    if (!c || c.id !== ev.call_id) return;
+    c.status = 'transferred';
+    this.updateStatus();
   }
 
   withdrawn(ev) {
@@ -118,7 +140,7 @@ export class PopCard {
   /** After a reconnect: a call the snapshot no longer lists has ended or gone elsewhere. */
   async reconcile(liveIds) {
     const c = this.call;
-    if (!c || c.status === 'ended' || c.status === 'withdrawn' || liveIds.has(c.id)) return;
+    if (!c || c.status === 'ended' || c.status === 'withdrawn' || c.status === 'transferred' || liveIds.has(c.id)) return;
     let log = null;
     if (c.logId) { try { log = await get(`/api/calls/${c.logId}`); } catch (e) { log = null; } }
     if (this.call !== c) return;
@@ -199,9 +221,10 @@ export class PopCard {
       controls.append(
         h('button', { type: 'button', class: `btn ${held ? 'primary' : ''}`, text: t(held ? 'btn.resume' : 'btn.hold'), onclick: () => this.control(held ? 'resume' : 'hold') }),
         h('button', { type: 'button', class: 'btn danger', text: t('btn.hangup'), onclick: () => this.control('hangup') }),
+        this.transferBox(),
         held ? h('span', { class: 'muted', text: t('card.heldHint') }) : null);
     }
-    if (c.status === 'ended' || c.status === 'withdrawn') {
+    if (c.status === 'ended' || c.status === 'withdrawn' || c.status === 'transferred') {
       row.append(h('button', { type: 'button', class: 'btn small', text: t('card.dismiss'), onclick: () => { this.idle(); if (this.hooks.onDismiss) this.hooks.onDismiss(); } }));
     }
     tick();
