@@ -91,26 +91,32 @@ fn heard(trunk: &Baresip) -> Vec<i16> {
     read_heard(&path).expect("heard WAV")
 }
 
+/// A call center whose profile plays `write_music`'s file as `key` (`hold_music` or
+/// `queue_music`), with baresip at hand as the caller and one queue (returned).
+fn music_center(name: &str, key: &str) -> Option<(common::center::Center, i64)> {
+    let dir = std::env::temp_dir().join(format!("screenpop-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("music dir");
+    let music = dir.join("music.wav");
+    write_music(&music);
+    let c = center_with(name, &format!("{key} = \"{}\"", music.display()))?;
+    if !softphone_or_skip(name, "baresip") {
+        return None;
+    }
+    let q = c.queue(
+        json!({"name": "support", "dialed_numbers": [DIALED], "wrap_up_secs": 1, "is_default": true}),
+    );
+    Some((c, q))
+}
+
 /// The agent holds from the desktop: the caller hears the hold music (by content), the
 /// agent's phone gets a re-INVITE with sendonly, then sendrecv on resume (SIPp checks both),
 /// and the caller hears the agent again; the events say so, the recording runs through and
 /// marks the hold; the desk's hang-up sends BYE to the phone and ends the call once.
 #[test]
 fn hold_from_the_desk_plays_music_to_the_caller_and_resume_brings_the_agent_back() {
-    let name = "desk_hold";
-    let dir = std::env::temp_dir().join(format!("screenpop-music-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("music dir");
-    let music = dir.join("hold.wav");
-    write_music(&music);
-    let Some(c) = center_with(name, &format!("hold_music = \"{}\"", music.display())) else {
+    let Some((c, q)) = music_center("desk_hold", "hold_music") else {
         return;
     };
-    if !softphone_or_skip(name, "baresip") {
-        return;
-    }
-    let q = c.queue(
-        json!({"name": "support", "dialed_numbers": [DIALED], "wrap_up_secs": 1, "is_default": true}),
-    );
     let pa = Ports::allocate();
     let alice = c.agent("alice", &pa, &[], &[q]);
     let bob = c.agent("bob", &Ports::allocate(), &[], &[q]);
@@ -194,20 +200,9 @@ fn hold_from_the_desk_plays_music_to_the_caller_and_resume_brings_the_agent_back
 /// of ringback; when an agent becomes available and answers, the caller hears the agent.
 #[test]
 fn a_queued_caller_hears_the_queue_music_until_an_agent_answers() {
-    let name = "queue_music";
-    let dir = std::env::temp_dir().join(format!("screenpop-qmusic-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("music dir");
-    let music = dir.join("queue.wav");
-    write_music(&music);
-    let Some(c) = center_with(name, &format!("queue_music = \"{}\"", music.display())) else {
+    let Some((c, q)) = music_center("queue_music", "queue_music") else {
         return;
     };
-    if !softphone_or_skip(name, "baresip") {
-        return;
-    }
-    let q = c.queue(
-        json!({"name": "support", "dialed_numbers": [DIALED], "wrap_up_secs": 1, "is_default": true}),
-    );
     let pa = Ports::allocate();
     let alice = c.agent("alice", &pa, &[], &[q]);
     let mut desk = c.desktop(&alice, "alice");

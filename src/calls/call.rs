@@ -1259,6 +1259,11 @@ impl Call {
                     TxOutput::Response(r) if purpose == Purpose::AgentInvite => {
                         self.on_agent_invite_response(now, attempt, r)
                     }
+                    // A re-INVITE on an agent leg since retired (transferred away): over.
+                    TxOutput::Response(_)
+                        if leg == LegId::Agent
+                            && attempt != self.attempt
+                            && matches!(purpose, Purpose::ReInvite | Purpose::Refresh) => {}
                     TxOutput::Response(r) => self.on_client_response(now, leg, purpose, r),
                     TxOutput::Timeout
                         if purpose == Purpose::AgentInvite && attempt != self.attempt => {}
@@ -1533,7 +1538,21 @@ impl Call {
                     c.tx.handle_response(now, resp);
                 }
             }
-            Message::Request(req) if req.method == Method::Ack => {}
+            Message::Request(req) if req.method == Method::Ack => {
+                // The ACK of our final response to a request on the old leg ends that
+                // transaction (else its timer would fire as if our answer were lost).
+                let seq = req.cseq().map(|c| c.seq);
+                let call_id = req.call_id().map(str::to_string);
+                let key = ServerKey::of(&req);
+                if let Some(s) = self.servers.iter_mut().find(|s| {
+                    Some(&s.tx.key) == key.as_ref()
+                        || (s.tx.request.method == Method::Invite
+                            && s.tx.request.cseq().map(|c| c.seq) == seq
+                            && s.tx.request.call_id().map(str::to_string) == call_id)
+                }) {
+                    s.tx.handle_request(now, req);
+                }
+            }
             Message::Request(req) => {
                 let status = match req.method {
                     Method::Bye | Method::Cancel => 200,
@@ -1781,7 +1800,10 @@ impl Call {
         self.respond_last(now, resp);
         if leg == LegId::Agent {
             // The phone's own hold button: the caller hears music, as with the desktop's.
-            match (offered_dir == Direction::SendRecv, self.hold) {
+            // It holds when it stops receiving (sendonly, inactive); a phone we hold that
+            // refreshes its session offers recvonly and is not pressing anything.
+            let receives = matches!(offered_dir, Direction::SendRecv | Direction::RecvOnly);
+            match (receives, self.hold) {
                 (false, None) => self.start_hold(now, HoldBy::Phone),
                 (true, Some(h)) if h.by == HoldBy::Phone => self.end_hold(now),
                 _ => {}
@@ -1857,7 +1879,7 @@ impl Call {
     fn peer_direction(&mut self, leg: LegId, ours: Direction, theirs: Direction) {
         self.local_dir[leg.index()] = ours;
         self.held[leg.index()] = theirs != Direction::SendRecv;
-        self.on_hold = self.held.iter().any(|h| *h) || self.hold.is_some();
+        self.on_hold = self.held.iter().any(|h| *h) || self.hold.is_some() || self.transferring;
     }
 
     /// Offers `offered_dir` to the leg other than `leg` (a hold or resume on `leg`).
@@ -1872,10 +1894,24 @@ impl Call {
         if self.phase != Phase::Up {
             return;
         }
-        if self.offer_open(other) || (other == LegId::Caller && !self.caller_acked) {
+        if self.offer_open(other)
+            || (other == LegId::Caller && !self.caller_acked)
+            || (other == LegId::Agent && self.transferring)
+        {
             self.mirror_deferred[i] = Some(offered_dir);
             return;
         }
+        // A hold from the desk keeps the phone held whatever the caller's side does (its
+        // session refreshes repeat sendrecv).
+        let offered_dir = match (other, self.hold) {
+            (LegId::Agent, Some(h)) if h.by == HoldBy::Desk && self.control_pending.is_none() => {
+                match offered_dir {
+                    Direction::SendRecv | Direction::SendOnly => Direction::SendOnly,
+                    _ => Direction::Inactive,
+                }
+            }
+            _ => offered_dir,
+        };
         self.mirror_deferred[i] = None;
         if self.local_dir[i] == offered_dir {
             return;
@@ -2277,16 +2313,23 @@ impl Call {
         control: Control,
     ) -> Result<bool, ControlError> {
         let mine = by.supervisor || (by.agent.is_some() && by.agent == self.agent_id);
-        if self.phase == Phase::Ended || !mine || (self.phase == Phase::Ringing && !by.supervisor) {
+        // A call being offered (first, or after a transfer) is not the agent's until answered.
+        let offered = self.phase == Phase::Ringing || (self.transferring && !self.agent_answered);
+        if self.phase == Phase::Ended || !mine || (offered && !by.supervisor) {
             // A call being offered is not the agent's until answered (they answer on the phone).
             return Err(ControlError::NotFound);
         }
         if self.phase != Phase::Up {
             return Err(ControlError::Conflict("the call is not answered yet"));
         }
-        if self.control_pending.is_some() {
+        if self.control_pending.is_some() && control != Control::Hangup {
             return Err(ControlError::Conflict(
                 "another request on this call is in progress",
+            ));
+        }
+        if self.transferring && control != Control::Hangup {
+            return Err(ControlError::Conflict(
+                "a transfer of this call is in progress",
             ));
         }
         match control {
@@ -2383,6 +2426,16 @@ impl Call {
         }
         self.agent_answered = false;
         self.close_agent_span(now);
+        // The first phone's dialog is over: its late messages (a crossing BYE, a retransmitted
+        // 2xx, its hold button) find a stale leg, not the call's agent leg.
+        let fresh = Dialog {
+            call_id: String::new(),
+            ..self.agent_leg.clone()
+        };
+        let old = std::mem::replace(&mut self.agent_leg, fresh);
+        self.old_agent_legs.push((self.attempt, old));
+        self.attempt += 1;
+        self.agent_media.pending_offer = None;
         // The next phone gets a leg of its own: its own session timer and direction.
         let a = LegId::Agent.index();
         self.session[a] = None;
@@ -2432,6 +2485,10 @@ impl Call {
         self.on_hold = self.held.iter().any(|h| *h);
         self.media(MediaCommand::Watch(self.media_watch()));
         info!(agent = ?self.agent_id, "transfer answered");
+        // A caller hold that came during the transfer reaches the new phone now.
+        if let Some(d) = self.mirror_deferred[LegId::Agent.index()] {
+            self.mirror_to(now, LegId::Agent, d);
+        }
         if let Some(agent) = self.agent_id {
             self.tell_acd(AcdInput::Answered {
                 call: self.id.clone(),
@@ -2544,7 +2601,7 @@ impl Call {
             return;
         };
         self.media(MediaCommand::StopPlaying(LegId::Caller));
-        self.on_hold = self.held.iter().any(|h| *h);
+        self.on_hold = self.held.iter().any(|h| *h) || self.transferring;
         self.media(MediaCommand::Watch(self.media_watch()));
         if happened {
             info!("resumed");
@@ -2702,7 +2759,9 @@ impl Call {
 
     fn on_client_timeout(&mut self, now: Instant, leg: LegId, purpose: Purpose) {
         match purpose {
-            Purpose::AgentInvite if self.acd_mode && self.phase == Phase::Ringing => {
+            Purpose::AgentInvite
+                if self.acd_mode && (self.phase == Phase::Ringing || self.transferring) =>
+            {
                 info!("agent phone unreachable");
                 if let Some(agent) = self.agent_id {
                     self.withdrawn(agent, "unreachable");
@@ -3835,6 +3894,82 @@ mod tests {
             .map(|a| (a.agent_id, a.start_ms, a.end_ms))
             .collect();
         assert_eq!(spans, [(4, 0, 8000), (5, 11_000, 15_000)]);
+    }
+
+    /// The trunk's re-INVITE with `dir` (a session refresh says sendrecv), CSeq `cseq`.
+    fn caller_reinvite(c: &Call, cseq: u32, dir: &str) -> Message {
+        let tag = c.caller_leg.local_tag().to_string();
+        let body = sdp("10.0.0.1", 40000).replace("sendrecv", dir);
+        request(&format!(
+            "INVITE sip:100@10.0.0.2:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKre{cseq}\r\n\
+             From: <sip:+8613800138000@10.0.0.1>;tag=t1\r\nTo: <sip:100@10.0.0.2>;tag={tag}\r\n\
+             Call-ID: unit@10.0.0.1\r\nCSeq: {cseq} INVITE\r\nContent-Type: application/sdp\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        ))
+    }
+
+    /// Review findings: a trunk's session refresh (sendrecv) during a desk hold does not take
+    /// the phone off hold; a phone we hold that refreshes (recvonly) is not pressing hold; the
+    /// first phone's late BYE after a transfer does not end the call.
+    #[test]
+    fn holds_and_transfers_survive_refreshes_and_late_messages() {
+        let (mut c, t0, inv) = answered();
+        c.queue = Some((1, "General".into()));
+        let t = t0 + Duration::from_secs(3);
+        let tag = c.caller_leg.local_tag().to_string();
+        c.handle_message(t, trunk("ACK", 1, "z9hG4bKack", Some(&tag)), peer(TRUNK));
+        let agent = Controller {
+            agent: Some(4),
+            supervisor: false,
+        };
+        c.handle_control(t, 1, agent, Control::Hold);
+        let (_, sent) = drain(&mut c);
+        let reinv = agent_invite(&sent);
+        let ok = reinv.response(200, Some("ptag")).with_body(
+            "application/sdp",
+            sdp("10.0.0.10", 42000)
+                .replace("sendrecv", "recvonly")
+                .into_bytes(),
+        );
+        c.handle_message(t, Message::Response(ok), peer(PHONE));
+        drain(&mut c);
+        c.handle_message(t, caller_reinvite(&c, 2, "sendrecv"), peer(TRUNK));
+        let (said, _) = drain(&mut c);
+        assert!(
+            !has(&said, "tx 10.0.0.10:5060 INVITE"),
+            "the refresh must not take the phone off hold: {said:?}"
+        );
+        // The phone refreshes while we hold it: recvonly is not its hold button.
+        c.handle_message(t, phone_reinvite(&inv, 7, "recvonly"), peer(PHONE));
+        let (said, _) = drain(&mut c);
+        assert!(!has(&said, "publish call.held"), "{said:?}");
+        assert_eq!(c.hold.map(|h| h.by), Some(HoldBy::Desk));
+        // A transfer while on hold; the first phone's BYE crosses ours.
+        c.handle_control(t, 2, agent, Control::Transfer(TransferTo::Queue(1)));
+        drain(&mut c);
+        let late_bye = request(&format!(
+            "BYE sip:screenpop@10.0.0.2:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE};branch=z9hG4bKlate\r\n\
+             From: <sip:agent@10.0.0.10>;tag=ptag\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 9 BYE\r\n\
+             Content-Length: 0\r\n\r\n",
+            inv.headers.get(&HeaderName::From).unwrap_or_default(),
+            inv.call_id().unwrap_or_default(),
+        ));
+        c.handle_message(t, late_bye, peer(PHONE));
+        let (said, _) = drain(&mut c);
+        assert!(has(&said, "tx 10.0.0.10:5060 SIP/2.0 200 OK"), "{said:?}");
+        assert!(
+            !has(&said, "tx 10.0.0.1:5060 BYE"),
+            "the caller stays: {said:?}"
+        );
+        assert!(c.transferring && c.phase == Phase::Up);
+        // Nobody may hold the call meanwhile: the music is the transfer's.
+        let sup = Controller {
+            agent: Some(1),
+            supervisor: true,
+        };
+        c.handle_control(t, 3, sup, Control::Hold);
+        assert!(has(&drain(&mut c).0, "reply Err(Conflict"));
     }
 
     /// The caller hanging up while the transfer's target rings: the target is cancelled and

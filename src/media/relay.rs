@@ -602,8 +602,9 @@ impl Slot {
             while player.poll_packet(now, &mut scratch.play) {
                 let Some(dest) = dest else { continue };
                 let bytes: &[u8] = match st.srtp.as_mut() {
+                    // The player's numbers are continuous already, and passing them through
+                    // the renumbering would reset the offset kept for the other leg's stream.
                     Some(s) => {
-                        s.renumber.apply(&mut scratch.play);
                         if s.tx.protect(&scratch.play, &mut scratch.sealed).is_err() {
                             continue;
                         }
@@ -664,15 +665,22 @@ fn run(poll: Epoll, rx: mpsc::Receiver<Command>, shared: Arc<Shared>) {
         sealed: Vec::with_capacity(2048),
         play: Vec::with_capacity(256),
     };
-    // The slots with a player: only they have timers of their own.
+    // The slots with a player: only they have timers of their own. Every player starts on this
+    // thread's 20 ms grid, so one wake-up serves them all; the next one due is kept, not
+    // searched for on every turn of the loop.
     let mut playing: Vec<usize> = Vec::new();
-    let mut next_flush = Instant::now() + Duration::from_secs(1);
-    loop {
-        let wake = playing
+    let grid = Instant::now();
+    let mut next_play: Option<Instant> = None;
+    let next_play_of = |playing: &[usize], slots: &[Option<Slot>]| {
+        playing
             .iter()
             .filter_map(|i| slots.get(*i).and_then(Option::as_ref))
             .filter_map(Slot::next_play)
-            .fold(next_flush, Instant::min);
+            .min()
+    };
+    let mut next_flush = Instant::now() + Duration::from_secs(1);
+    loop {
+        let wake = next_play.map_or(next_flush, |p| p.min(next_flush));
         let timeout = wake.saturating_duration_since(Instant::now());
         let n = match poll.wait(&mut events, timeout) {
             Ok(n) => n,
@@ -703,15 +711,21 @@ fn run(poll: Epoll, rx: mpsc::Receiver<Command>, shared: Arc<Shared>) {
             shared.waker.reset();
             loop {
                 match rx.try_recv() {
-                    Ok(cmd) => {
-                        handle_command(cmd, &poll, &mut slots, &mut free, &mut by_id, &mut playing)
-                    }
+                    Ok(cmd) => handle_command(
+                        cmd,
+                        &poll,
+                        &mut slots,
+                        &mut free,
+                        &mut by_id,
+                        (&mut playing, grid),
+                    ),
                     Err(mpsc::TryRecvError::Empty) => break,
                     Err(mpsc::TryRecvError::Disconnected) => return,
                 }
             }
+            next_play = next_play_of(&playing, &slots);
         }
-        if !playing.is_empty() {
+        if next_play.is_some_and(|p| now >= p) {
             playing.retain(|i| match slots.get_mut(*i).and_then(Option::as_mut) {
                 Some(slot) => {
                     slot.play(now, &mut scratch);
@@ -719,6 +733,7 @@ fn run(poll: Epoll, rx: mpsc::Receiver<Command>, shared: Arc<Shared>) {
                 }
                 None => false,
             });
+            next_play = next_play_of(&playing, &slots);
         }
         if now >= next_flush {
             for slot in slots.iter_mut().flatten() {
@@ -822,7 +837,7 @@ fn handle_command(
     slots: &mut Vec<Option<Slot>>,
     free: &mut Vec<usize>,
     by_id: &mut HashMap<u64, usize>,
-    playing: &mut Vec<usize>,
+    (playing, grid): (&mut Vec<usize>, Instant),
 ) {
     match cmd {
         Command::Add(new) => {
@@ -896,8 +911,11 @@ fn handle_command(
                     .map_or(G711::Pcmu, |r| r.codec);
                 // A stream of its own: a new SSRC with random first numbers (RFC 3550 §5.1).
                 let start = (rand::random(), rand::random(), rand::random());
-                let now = Instant::now();
-                slot.players[leg.index()] = Some(Player::new(&clip, codec, repeat, now, start));
+                // The next tick of the thread's 20 ms grid.
+                let since = Instant::now().saturating_duration_since(grid).as_micros();
+                let ticks = u32::try_from(since.div_ceil(20_000)).unwrap_or(u32::MAX);
+                let at = grid + Duration::from_millis(20) * ticks;
+                slot.players[leg.index()] = Some(Player::new(&clip, codec, repeat, at, start));
                 if !playing.contains(&index) {
                     playing.push(index);
                 }

@@ -68,6 +68,7 @@ const D = {
   'card.status.held': ['On hold', '保持中'],
   'card.controls': ['Call control', '通话控制'],
   'card.heldHint': ['The caller hears music.', '客户正在听等待音乐。'],
+  'card.heldOnPhone': ['Held on your phone: the caller hears music. Resume it on the phone.', '已在话机上保持，客户正在听等待音乐。请在话机上恢复通话。'],
   'btn.hold': ['Hold', '保持'],
   'btn.transfer': ['Transfer', '转接'],
   'card.transferTo': ['Transfer to', '转接给'],

@@ -66,6 +66,7 @@ export class PopCard {
     const c = this.call;
     if (!c || c.id !== ev.call_id || c.status === 'ended' || c.status === 'withdrawn' || c.status === 'transferred') return;
     c.status = on ? 'held' : 'on_call';
+    c.heldBy = on ? ev.by : null;
     this.updateStatus();
   }
 
@@ -218,11 +219,13 @@ export class PopCard {
     controls.replaceChildren();
     if (c.status === 'on_call' || c.status === 'held') {
       const held = c.status === 'held';
+      // A hold made on the phone is resumed on the phone (the server would refuse it here).
+      const onPhone = held && c.heldBy === 'phone';
       controls.append(
-        h('button', { type: 'button', class: `btn ${held ? 'primary' : ''}`, text: t(held ? 'btn.resume' : 'btn.hold'), onclick: () => this.control(held ? 'resume' : 'hold') }),
+        onPhone ? null : h('button', { type: 'button', class: `btn ${held ? 'primary' : ''}`, text: t(held ? 'btn.resume' : 'btn.hold'), onclick: () => this.control(held ? 'resume' : 'hold') }),
         h('button', { type: 'button', class: 'btn danger', text: t('btn.hangup'), onclick: () => this.control('hangup') }),
         this.transferBox(),
-        held ? h('span', { class: 'muted', text: t('card.heldHint') }) : null);
+        held ? h('span', { class: 'muted', text: t(onPhone ? 'card.heldOnPhone' : 'card.heldHint') }) : null);
     }
     if (c.status === 'ended' || c.status === 'withdrawn' || c.status === 'transferred') {
       row.append(h('button', { type: 'button', class: 'btn small', text: t('card.dismiss'), onclick: () => { this.idle(); if (this.hooks.onDismiss) this.hooks.onDismiss(); } }));
