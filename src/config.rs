@@ -112,6 +112,54 @@ pub struct Profile {
     /// A WAV queued callers hear (as early media) instead of ringback. Absent: ringback.
     #[serde(default)]
     pub queue_music: Option<PathBuf>,
+    /// The gateway screenpop places calls through (click-to-dial, transfers to numbers,
+    /// campaigns). Absent: screenpop never calls out.
+    #[serde(default)]
+    pub outbound: Option<Outbound>,
+}
+
+/// `[outbound]`: the gateway for calls screenpop places, and what it may call.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outbound {
+    /// The Request-URI, `sip:{number}@host:port`; `{number}` is written per `number_format`
+    /// (`{e164}` and `{national}` are there too).
+    pub uri: String,
+    #[serde(default)]
+    pub number_format: NumberFormat,
+    /// Digest credentials, when the gateway challenges (401 or 407).
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// The number presented to the called party (From and P-Asserted-Identity).
+    #[serde(default)]
+    pub caller_id: Option<String>,
+    /// What may be called: `national` (fixed-line and mobile numbers of `default_region`),
+    /// `mobile`, `toll_free`, or E.164 prefixes like `"+44*"` (a number without `*` is that
+    /// number only). Absent: `["national"]`.
+    #[serde(default)]
+    pub allow: Option<Vec<String>>,
+    /// How long the called number may ring before screenpop gives up.
+    #[serde(default = "default_outbound_ring")]
+    pub ring_timeout_secs: u64,
+}
+
+/// How `{number}` is written in the gateway's URI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NumberFormat {
+    /// `+8613800138000`.
+    #[default]
+    E164,
+    /// E.164 without the plus: `8613800138000`.
+    Digits,
+    /// As dialled inside the country: `13800138000`, `2015550123`.
+    National,
+}
+
+fn default_outbound_ring() -> u64 {
+    60
 }
 
 /// When screenpop offers SRTP to an agent's phone. Trunks that offer SRTP get it back
@@ -312,6 +360,20 @@ impl Profile {
             field: "area_code",
             why: e.to_string(),
         })?;
+        if let Some(o) = &profile.outbound {
+            let plan = profile.number_plan().map_err(|e| ConfigError::Field {
+                path: path.clone(),
+                field: "area_code",
+                why: e.to_string(),
+            })?;
+            crate::calls::dialplan::DialPlan::new(o, plan).map_err(|(field, why)| {
+                ConfigError::Field {
+                    path: path.clone(),
+                    field,
+                    why,
+                }
+            })?;
+        }
         if profile.min_se_secs == 0 {
             return Err(ConfigError::Field {
                 path,

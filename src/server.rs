@@ -122,6 +122,16 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         profile.hold_music.as_ref(),
         profile.queue_music.as_ref(),
     )?;
+    let (dialer, dialer_inbox) = crate::calls::placing::Dialer::new();
+    let dial_plan = profile
+        .outbound
+        .as_ref()
+        .map(|o| crate::calls::dialplan::DialPlan::new(o, plan))
+        .transpose()
+        .map_err(|(field, why)| anyhow::anyhow!("profile {field}: {why}"))?;
+    if let Some(o) = &profile.outbound {
+        info!(gateway = %o.uri, "click-to-dial places calls through [outbound]");
+    }
     if let Some(addr) = cfg.http {
         let mut state = crate::web::AppState::new(
             store.clone(),
@@ -132,6 +142,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             plan,
         );
         state.controls = controls.clone();
+        state.dialer = Some(dialer.clone());
         let http = crate::web::spawn(addr, state).await?;
         first_run_hint(&store, http).await;
     }
@@ -170,6 +181,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         controls,
         music,
     });
+    crate::calls::placing::serve(env.clone(), dial_plan, dialer_inbox);
     let mut d = Dispatcher {
         trunk_nonces: NonceKey::generate(),
         registrar,

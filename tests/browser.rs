@@ -295,3 +295,49 @@ fn agent_page_survives_a_restart_and_an_expired_session() {
     let result = script.finish(&c.server.log);
     eprintln!("browser resilience: {result}");
 }
+
+/// Click-to-dial from the agent desktop (`tests/browser/dial.mjs`): the Call button beside a
+/// customer's number rings the agent's phone (SIPp), the gateway (SIPp, digest) is called and
+/// hangs up after 5 s; the card goes Calling → On call (Outbound) → Call ended, and the store
+/// has an outbound contact log on the customer.
+#[test]
+fn click_to_dial_from_the_agent_desktop_in_chromium() {
+    if !browser_or_skip() {
+        return;
+    }
+    let gw = Ports::allocate();
+    let outbound = format!(
+        "[outbound]\nuri = \"sip:{{number}}@127.0.0.1:{}\"\nusername = \"acct\"\npassword = \"gwpass\"\ncaller_id = \"+12015550100\"",
+        gw.agent_sip()
+    );
+    let Some(c) = center::center_with("browser_dial", &outbound) else {
+        return;
+    };
+    let q = c.queue(json!({"name": "support", "is_default": true}));
+    let phone_ports = Ports::allocate();
+    let ada = c.agent("ada", &phone_ports, &[], &[q]);
+    let cust = c.customer(json!({"name": "Grace Hopper", "phones": [{"number": "201-555-0123"}]}));
+    let mut phone = c
+        .env
+        .agent_phone("ada-phone", phone_ports, "uas_answer.xml", &[]);
+    let mut gateway = c
+        .env
+        .agent_phone("gateway", gw, "uas_gateway_auth.xml", &["-d", "5000"]);
+    let config = json!({
+        "base": c.env.http_base(),
+        "shots": shots_dir(),
+        "agent": {"username": "ada", "password": "ada-password"},
+        "customer": "Grace Hopper",
+        "number": "+12015550123",
+    });
+    let script = Script::start("dial.mjs", &config);
+    script.finish(&c.server.log);
+    gateway.expect_success(Duration::from_secs(30));
+    phone.expect_success(Duration::from_secs(30));
+    let calls = c.admin.ok("GET", "/api/calls?limit=5", None);
+    let call = &calls["items"][0];
+    assert_eq!(call["direction"], "outbound", "{call}");
+    assert_eq!(call["customer_id"], cust["id"], "{call}");
+    assert_eq!(call["agent_id"], ada.agent_id, "{call}");
+    assert_eq!(call["disposition"], "answered", "{call}");
+}

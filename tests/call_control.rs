@@ -348,3 +348,151 @@ fn a_blind_transfer_hands_the_caller_to_another_agent() {
     assert_eq!(log["agent_id"], bob.agent_id, "{log}");
     assert_eq!(log["customer_id"], cust["id"], "{log}");
 }
+
+/// Click-to-dial: the agent's own phone (baresip, registered with screenpop) rings first and
+/// the desktop pops with the customer about to be called; when the agent answers, the gateway
+/// (SIPp) gets an INVITE for the E.164 number with the configured caller ID, challenges it and
+/// takes the digest; the agent hears ringback, then the customer (by content); the recording
+/// has the customer left and the agent right; the contact log is outbound on the customer.
+/// Numbers outside `outbound.allow`, an unknown customer and a second dial while busy are
+/// refused with the reason.
+#[test]
+fn click_to_dial_rings_the_agent_then_calls_the_number_through_the_gateway() {
+    let pg = Ports::allocate();
+    let outbound = format!(
+        "[outbound]\nuri = \"sip:{{number}}@127.0.0.1:{}\"\nusername = \"acct\"\npassword = \"gwpass\"\ncaller_id = \"+12015550100\"",
+        pg.agent_sip()
+    );
+    let Some(c) = center_with("click_to_dial", &outbound) else {
+        return;
+    };
+    if !softphone_or_skip("click_to_dial", "baresip") {
+        return;
+    }
+    let q = c.queue(json!({"name": "support", "dialed_numbers": [DIALED], "is_default": true}));
+    let alice = c.agent_with_phone("alice", "alice-phone-pw", &[q]);
+    let cust =
+        c.customer(json!({"name": "Ada Lovelace", "phones": [{"number": "+1 201 555 0123"}]}));
+    let mut desk = c.desktop(&alice, "alice");
+    desk.set_state("available");
+    desk.wait_for(state_of(alice.agent_id, "available"), T);
+    let mic = c.env.dir.join("alice_1500hz.wav");
+    write_tone_wav(&mic, AGENT_HZ, 120.0);
+    let phone = Baresip::registered(
+        &c.env,
+        "alice-phone",
+        &Ports::allocate(),
+        &mic,
+        ("alice", "alice-phone-pw"),
+    );
+    phone.wait_registered(T);
+
+    for (body, field, why) in [
+        (json!({"number": "+44 20 7946 0018"}), "number", "outside"),
+        (json!({"number": "1-900-555-0123"}), "number", "premium"),
+        (json!({"number": "hello"}), "number", "not a phone number"),
+        (
+            json!({"number": "201 555 0123", "customer_id": 999_999}),
+            "customer_id",
+            "no customer",
+        ),
+    ] {
+        let (st, e) = alice.req("POST", "/api/dial", Some(&body));
+        assert_eq!(
+            (st, e["error"]["field"].as_str()),
+            (422, Some(field)),
+            "{body}: {e}"
+        );
+        let msg = e["error"]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains(why), "{body}: {msg}");
+    }
+
+    let mut gateway = c
+        .env
+        .agent_phone("gateway", pg, "uas_gateway_auth.xml", &["-d", "4000"]);
+    let (st, placed) = alice.req(
+        "POST",
+        "/api/dial",
+        Some(&json!({"number": "(201) 555-0123"})),
+    );
+    assert_eq!(st, 202, "{placed}");
+    assert_eq!(placed["number"], "+12015550123");
+    assert_eq!(
+        placed["customer_id"], cust["id"],
+        "found by the number: {placed}"
+    );
+    let call = placed["call_id"].clone();
+    let popped = desk.wait_for(for_call("call.offered", call.clone()), T);
+    assert_eq!(popped["direction"], "outbound", "{popped}");
+    assert_eq!(popped["customer"]["name"], "Ada Lovelace", "{popped}");
+    // Busy with this call: a second one is refused.
+    let (st, e) = alice.req(
+        "POST",
+        "/api/dial",
+        Some(&json!({"number": "201 555 0124"})),
+    );
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (409, Some("agent_busy")),
+        "{e}"
+    );
+
+    desk.wait_for(
+        for_call("call.answered", call.clone()),
+        Duration::from_secs(20),
+    );
+    gateway.expect_success(Duration::from_secs(30));
+    let ended = desk.wait_for(for_call("call.ended", call.clone()), T);
+    assert_eq!(ended["disposition"], "answered", "{ended}");
+    let log_id = ended["contact_log_id"].clone();
+    assert_eq!(log_id, placed["contact_log_id"]);
+
+    // The agent heard ringback, then the customer's 600 Hz.
+    let heard = common::poll(Duration::from_secs(10), || phone.heard())
+        .and_then(|p| read_heard(&p))
+        .unwrap_or_else(|| panic!("baresip wrote nothing of what it heard:\n{}", phone.log()));
+    let ringback: String = heard
+        .chunks_exact(FRAME)
+        .map(|f| {
+            if tone_level(f, 440.0) >= TONE_PRESENT {
+                'R'
+            } else {
+                '.'
+            }
+        })
+        .collect();
+    assert!(
+        longest_run(&ringback, 'R') >= 20,
+        "ringback before the answer: {ringback}"
+    );
+    let a = common::analyse_channel(&heard);
+    let secs = heard.len() as f64 / 8000.0;
+    let (customer, _) = a.window(secs - 3.3, secs - 0.3);
+    assert!(
+        customer >= 0.85,
+        "the agent hears the customer: {}",
+        a.timeline()
+    );
+
+    let recs = c.env.wait_for_recordings(1, Duration::from_secs(10));
+    let rec = common::read_wav(&recs[0].wav).unwrap_or_else(|e| panic!("{e}"));
+    let (left, right) = (
+        common::analyse_channel(&rec.left),
+        common::analyse_channel(&rec.right),
+    );
+    assert!(
+        left.caller_fraction() >= 0.85 && right.agent_fraction() >= 0.85,
+        "customer left, agent right:\nLEFT  {}\nRIGHT {}",
+        left.timeline(),
+        right.timeline()
+    );
+    let log = c.admin.ok("GET", &format!("/api/calls/{log_id}"), None);
+    assert_eq!(log["direction"], "outbound", "{log}");
+    assert_eq!(log["customer_id"], cust["id"], "{log}");
+    assert_eq!(log["agent_id"], alice.agent_id, "{log}");
+    assert_eq!(log["caller_e164"], "+12015550123", "{log}");
+    assert!(log["recording_id"].as_i64().is_some(), "{log}");
+    // No callback work order for a call the agent placed, and the agent is free again.
+    desk.wait_for(state_of(alice.agent_id, "available"), T);
+    phone.quit();
+}

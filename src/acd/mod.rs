@@ -162,6 +162,13 @@ pub enum Input {
     Abandoned {
         call: CallKey,
     },
+    /// The agent places a call (click-to-dial): busy with it until it ends, then back to what
+    /// they were (available, or paused) without wrap-up. Ignored for an agent already ringing
+    /// or on a call (the runtime refuses the dial first).
+    Outbound {
+        call: CallKey,
+        agent: AgentId,
+    },
 }
 
 /// What the ACD asks for.
@@ -381,6 +388,25 @@ impl Acd {
                 });
                 if let Some((agent, wrap)) = agent {
                     self.set_state(agent, AgentState::WrapUp { until: now + wrap }, now);
+                }
+            }
+            Input::Outbound { call, agent } => {
+                if let Some(a) = self.agents.get_mut(&agent) {
+                    let back = match a.state {
+                        AgentState::Ringing { .. } | AgentState::OnCall { .. } => return,
+                        AgentState::Paused { .. } => Some(AfterCall::Pause),
+                        AgentState::Offline => Some(AfterCall::Offline),
+                        AgentState::Available | AgentState::WrapUp { .. } => None,
+                    };
+                    a.after_call = a.after_call.or(back);
+                    self.set_state(
+                        agent,
+                        AgentState::OnCall {
+                            call,
+                            wrap_up: Duration::ZERO,
+                        },
+                        now,
+                    );
                 }
             }
             Input::Abandoned { call } => {
@@ -639,6 +665,59 @@ mod tests {
             },
         );
         assert_eq!(offers(&mut a), vec![("c".into(), 2)], "then the queue");
+    }
+
+    /// An agent on a call they placed is not offered callers, and afterwards is what they
+    /// were before (available at once, no wrap-up; a paused agent stays paused).
+    #[test]
+    fn an_agent_dialling_out_is_busy_until_the_call_ends_then_as_before() {
+        let t0 = Instant::now();
+        let mut a = acd(t0);
+        agent(&mut a, t0, 1, &[], &[1]);
+        agent(&mut a, t0, 2, &[], &[1]);
+        a.handle(
+            t0,
+            Input::SetAvailable {
+                agent: 2,
+                available: false,
+            },
+        );
+        offers(&mut a);
+        for id in [1, 2] {
+            a.handle(
+                t0,
+                Input::Outbound {
+                    call: format!("out{id}").as_str().into(),
+                    agent: id,
+                },
+            );
+            assert_eq!(a.agent(id).unwrap().state.name(), "on_call");
+        }
+        arrive(&mut a, t0 + Duration::from_secs(1), "in", 1, true);
+        assert_eq!(offers(&mut a), vec![], "nobody free");
+        // A second dial while on the call changes nothing.
+        a.handle(
+            t0,
+            Input::Outbound {
+                call: "again".into(),
+                agent: 1,
+            },
+        );
+        let t = t0 + Duration::from_secs(5);
+        for id in [1, 2] {
+            a.handle(
+                t,
+                Input::Ended {
+                    call: format!("out{id}").as_str().into(),
+                },
+            );
+        }
+        assert_eq!(a.agent(2).unwrap().state.name(), "paused");
+        assert_eq!(
+            offers(&mut a),
+            vec![("in".into(), 1)],
+            "agent 1 is free again"
+        );
     }
 
     #[test]

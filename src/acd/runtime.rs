@@ -80,6 +80,22 @@ enum Command {
         note: Option<String>,
     },
     Reload,
+    DialOut {
+        agent: AgentId,
+        call: CallKey,
+        reply: tokio::sync::oneshot::Sender<Result<AgentOffer, DialOutError>>,
+    },
+}
+
+/// Why an agent cannot place a call now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DialOutError {
+    #[error("not an active agent")]
+    NotAnAgent,
+    #[error("the agent is ringing or on a call")]
+    Busy,
+    #[error("the agent's phone is not registered or has no SIP address")]
+    Unreachable,
 }
 
 /// The way in: cheap to clone, never blocks.
@@ -122,6 +138,19 @@ impl AcdHandle {
             sip_user: sip_user.to_string(),
             reachable,
         });
+    }
+
+    /// Click-to-dial: marks `agent` busy with `call` and returns where to ring their phone,
+    /// or why they cannot place a call now. Asked of the ACD so that a caller is never offered
+    /// to an agent in the same instant the agent starts dialling.
+    pub async fn dial_out(
+        &self,
+        agent: AgentId,
+        call: CallKey,
+    ) -> Result<AgentOffer, DialOutError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let _ = self.tx.send(Command::DialOut { agent, call, reply });
+        rx.await.unwrap_or(Err(DialOutError::NotAnAgent))
     }
 
     /// Re-reads agents and queues from the store (after the API changed them).
@@ -358,6 +387,30 @@ impl Runtime {
                 }
             }
             Command::Reload => self.reload(now).await,
+            Command::DialOut { agent, call, reply } => {
+                let result = match self.acd.agent(agent).map(|a| &a.state) {
+                    None => Err(DialOutError::NotAnAgent),
+                    Some(AgentState::Ringing { .. } | AgentState::OnCall { .. }) => {
+                        Err(DialOutError::Busy)
+                    }
+                    Some(_) => match self.target(agent) {
+                        None => Err(DialOutError::Unreachable),
+                        Some(target) => {
+                            self.acd.handle(now, Input::Outbound { call, agent });
+                            Ok(AgentOffer {
+                                agent,
+                                display_name: self
+                                    .agents
+                                    .get(&agent)
+                                    .map(|a| a.display_name.clone())
+                                    .unwrap_or_default(),
+                                target,
+                            })
+                        }
+                    },
+                };
+                let _ = reply.send(result);
+            }
         }
     }
 

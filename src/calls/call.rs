@@ -200,6 +200,8 @@ pub enum Music {
     Hold,
     /// Music for callers waiting in a queue.
     Queue,
+    /// The ringback tone an agent hears while a number screenpop dials rings.
+    Ringback,
 }
 
 /// Who put the call on hold.
@@ -1013,6 +1015,7 @@ impl Call {
             card: &self.found.card,
             offered_at: self.wall0,
             since: self.received,
+            outbound: false,
             crm_url: self.crm_template.as_deref().map(|t| {
                 crate::crm::link::fill(
                     t,
@@ -2690,6 +2693,7 @@ impl Call {
             customer_id: self.found.customer_id,
             candidates: self.found.candidates.clone(),
             log_id: self.found.log_id,
+            outbound: false,
             complete,
         }
     }

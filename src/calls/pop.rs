@@ -81,6 +81,8 @@ pub struct Offered<'a> {
     pub since: Instant,
     /// The queue's CRM link, filled in.
     pub crm_url: Option<String>,
+    /// A call screenpop places for the agent (click-to-dial), not one coming in.
+    pub outbound: bool,
 }
 
 pub fn offered(o: Offered<'_>) -> Event {
@@ -98,6 +100,7 @@ pub fn offered(o: Offered<'_>) -> Event {
         open_work_orders: o.card.open_work_orders.clone(),
         offered_at: rfc3339(o.offered_at),
         crm_url: o.crm_url,
+        direction: if o.outbound { "outbound" } else { "inbound" },
     })))
     .since(o.since)
 }

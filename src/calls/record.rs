@@ -123,6 +123,9 @@ pub struct CallRecord {
     /// The contact log row in the store.
     #[serde(default)]
     pub log_id: Option<ContactLogId>,
+    /// A call screenpop placed (click-to-dial): the caller fields describe the number called.
+    #[serde(default)]
+    pub outbound: bool,
     /// False in the provisional record written at answer; a restart after a crash completes
     /// it from the repaired recording.
     #[serde(default)]
@@ -254,6 +257,7 @@ mod tests {
             customer_id: Some(9),
             candidates: vec![9],
             log_id: Some(ContactLogId::new(42)),
+            outbound: false,
             complete: false,
         }
     }

@@ -12,7 +12,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::admission::{CallEnded, CallEnv, Route};
 use super::call::{Call, CallerLookup, MediaCommand, Music, Output};
-use super::control::{ControlError, ControlRequest};
+use super::control::{Control, ControlError, ControlRequest, Controller};
 use super::pop::PopCard;
 use super::record::{CallRecord, RecordedFile};
 use crate::acd::runtime::{Decision, RouteRequest};
@@ -34,10 +34,81 @@ enum Done {
     Resolved(u32, Option<SocketAddr>),
 }
 
+/// A call as its task drives it: the inbound [`Call`] or a placed
+/// [`super::outbound::OutboundCall`]. Both speak [`Output`]; inputs a machine never asks for
+/// (the ACD's decisions, a caller lookup, DNS) default to nothing.
+pub(crate) trait Machine: Send + 'static {
+    fn key(&self) -> &crate::ids::CallKey;
+    fn call_ids(&self) -> Vec<String>;
+    fn poll_output(&mut self) -> Option<Output>;
+    fn poll_timeout(&self) -> Option<Instant>;
+    fn is_done(&self, now: Instant) -> bool;
+    fn handle_message(
+        &mut self,
+        now: Instant,
+        msg: crate::sip::message::Message,
+        peer: crate::transport::Peer,
+    );
+    fn handle_media(&mut self, now: Instant, ev: MediaEvent);
+    fn handle_control(&mut self, now: Instant, token: u64, by: Controller, control: Control);
+    fn handle_timeout(&mut self, now: Instant);
+    fn handle_decision(&mut self, _now: Instant, _d: Decision) {}
+    fn handle_lookup(&mut self, _now: Instant, _found: CallerLookup) {}
+    fn handle_resolved(&mut self, _now: Instant, _attempt: u32, _addr: Option<SocketAddr>) {}
+}
+
+macro_rules! machine {
+    ($t:ty { $($extra:tt)* }) => {
+        impl Machine for $t {
+            fn key(&self) -> &crate::ids::CallKey {
+                self.id()
+            }
+            fn call_ids(&self) -> Vec<String> {
+                <$t>::call_ids(self)
+            }
+            fn poll_output(&mut self) -> Option<Output> {
+                <$t>::poll_output(self)
+            }
+            fn poll_timeout(&self) -> Option<Instant> {
+                <$t>::poll_timeout(self)
+            }
+            fn is_done(&self, now: Instant) -> bool {
+                <$t>::is_done(self, now)
+            }
+            fn handle_message(&mut self, now: Instant, msg: crate::sip::message::Message, peer: crate::transport::Peer) {
+                <$t>::handle_message(self, now, msg, peer)
+            }
+            fn handle_media(&mut self, now: Instant, ev: MediaEvent) {
+                <$t>::handle_media(self, now, ev)
+            }
+            fn handle_control(&mut self, now: Instant, token: u64, by: Controller, control: Control) {
+                <$t>::handle_control(self, now, token, by, control)
+            }
+            fn handle_timeout(&mut self, now: Instant) {
+                <$t>::handle_timeout(self, now)
+            }
+            $($extra)*
+        }
+    };
+}
+
+machine!(Call {
+    fn handle_decision(&mut self, now: Instant, d: Decision) {
+        Call::handle_decision(self, now, d)
+    }
+    fn handle_lookup(&mut self, now: Instant, found: CallerLookup) {
+        Call::handle_lookup(self, now, found)
+    }
+    fn handle_resolved(&mut self, now: Instant, attempt: u32, addr: Option<SocketAddr>) {
+        Call::handle_resolved(self, now, attempt, addr)
+    }
+});
+machine!(super::outbound::OutboundCall {});
+
 /// One call's edges.
-pub(crate) struct CallTask {
+pub(crate) struct CallTask<M: Machine> {
     env: Arc<CallEnv>,
-    call: Call,
+    call: M,
     media: Option<MediaHandle>,
     /// Our own inbox, for the agent-leg Call-IDs the dispatcher must route to us.
     inbox: mpsc::Sender<Inbound>,
@@ -56,13 +127,13 @@ async fn next_decision(rx: &mut Option<mpsc::UnboundedReceiver<Decision>>) -> Op
     }
 }
 
-impl CallTask {
+impl<M: Machine> CallTask<M> {
     pub fn new(
         env: Arc<CallEnv>,
-        call: Call,
+        call: M,
         media: MediaHandle,
         inbox: mpsc::Sender<Inbound>,
-    ) -> CallTask {
+    ) -> CallTask<M> {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         CallTask {
             env,
@@ -110,7 +181,7 @@ impl CallTask {
                 Some(done) = self.done_rx.recv() => match done {
                     Done::Lookup(found) => {
                         if let Some(log) = found.log_id {
-                            self.env.controls.link_log(self.call.id().as_str(), log.get());
+                            self.env.controls.link_log(self.call.key().as_str(), log.get());
                         }
                         self.call.handle_lookup(Instant::now(), found)
                     }
@@ -123,9 +194,9 @@ impl CallTask {
                 }
             }
         }
-        self.env.controls.remove(self.call.id().as_str());
+        self.env.controls.remove(self.call.key().as_str());
         let _ = self.env.ended.send(CallEnded {
-            id: self.call.id().to_string(),
+            id: self.call.key().to_string(),
             call_ids: self.call.call_ids(),
         });
     }
@@ -171,7 +242,7 @@ impl CallTask {
                 let (tx, rx) = mpsc::unbounded_channel();
                 self.decisions = Some(rx);
                 env.acd.route(RouteRequest {
-                    call: self.call.id().clone(),
+                    call: self.call.key().clone(),
                     dialed,
                     vip,
                     assigned,
@@ -182,7 +253,7 @@ impl CallTask {
             Output::Listen { call_id } => {
                 let _ = env.routes.send(Route {
                     call_id,
-                    owner: self.call.id().to_string(),
+                    owner: self.call.key().to_string(),
                     tx: self.inbox.clone(),
                 });
             }
@@ -234,6 +305,7 @@ impl CallTask {
                             let clip = match music {
                                 Music::Hold => Some(&env.music.hold),
                                 Music::Queue => env.music.queue.as_ref(),
+                                Music::Ringback => Some(&env.music.ringback),
                             };
                             if let Some(clip) = clip {
                                 m.play(leg, clip.clone(), crate::media::player::Repeat::Loop);
@@ -368,8 +440,10 @@ async fn finalize(
         if let Err(e) = store.finish_call(log_id.get(), &ended).await {
             warn!(error = %e, "contact log not completed");
         }
-        // Nobody answered: the caller gets called back.
-        if let Some(title) = callback_title(ended.disposition, record.caller.number.as_deref()) {
+        // Nobody answered: the caller gets called back (not a number an agent dialled).
+        let callback = callback_title(ended.disposition, record.caller.number.as_deref())
+            .filter(|_| !record.outbound);
+        if let Some(title) = callback {
             match store
                 .create_callback(log_id.get(), record.customer_id, record.queue_id, &title)
                 .await

@@ -66,6 +66,9 @@ pub struct CallOffered {
     pub offered_at: String,
     /// The queue's CRM link for this caller, to open beside the card (null: none).
     pub crm_url: Option<String>,
+    /// `inbound`, or `outbound` for a call the agent placed (click-to-dial): the card then
+    /// shows whom the agent's phone is about to call.
+    pub direction: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -311,6 +314,7 @@ pub(crate) mod sample {
             open_work_orders: serde_json::json!([]),
             offered_at: at.into(),
             crm_url: None,
+            direction: "inbound",
         }))
     }
 

@@ -14,6 +14,9 @@ pub struct MusicFiles {
     pub hold: Arc<Clip>,
     /// Queue music: the profile's `queue_music`; none keeps ringback (180).
     pub queue: Option<Arc<Clip>>,
+    /// What an agent hears while a number screenpop dials for them rings (without early
+    /// media from the gateway).
+    pub ringback: Arc<Clip>,
 }
 
 impl MusicFiles {
@@ -23,8 +26,26 @@ impl MusicFiles {
             None => Arc::new(chime()),
         };
         let queue = queue.map(|p| Clip::load(p).map(Arc::new)).transpose()?;
-        Ok(MusicFiles { hold, queue })
+        Ok(MusicFiles {
+            hold,
+            queue,
+            ringback: Arc::new(ringback()),
+        })
     }
+}
+
+/// The North American ringback tone (440 + 480 Hz, 2 s on, 4 s off; ITU-T E.180), looped.
+pub fn ringback() -> Clip {
+    const RATE: f64 = 8000.0;
+    let on = (RATE * 2.0) as usize;
+    let mut pcm = vec![0i16; (RATE * 6.0) as usize];
+    for (n, s) in pcm.iter_mut().take(on).enumerate() {
+        let t = n as f64 / RATE;
+        let v = (2.0 * std::f64::consts::PI * 440.0 * t).sin()
+            + (2.0 * std::f64::consts::PI * 480.0 * t).sin();
+        *s = (v * 4000.0) as i16;
+    }
+    Clip::from_pcm(pcm)
 }
 
 /// A soft arpeggio (C major, bell-like decay), so a fresh install puts callers on hold with

@@ -68,10 +68,20 @@ pub struct NewRecording {
 impl Store {
     /// Writes the contact log row of a call being offered; returns its id.
     pub async fn insert_offered_call(&self, c: &OfferedCall) -> Result<i64, StoreError> {
+        self.insert_call(c, "inbound").await
+    }
+
+    /// Writes the contact log row of a call screenpop places (click-to-dial): `caller_*` and
+    /// `dialed` are the number called, `customer_id` whom it is for.
+    pub async fn insert_placed_call(&self, c: &OfferedCall) -> Result<i64, StoreError> {
+        self.insert_call(c, "outbound").await
+    }
+
+    async fn insert_call(&self, c: &OfferedCall, direction: &str) -> Result<i64, StoreError> {
         let row = sqlx::query(
             "INSERT INTO calls (sip_call_id, direction, caller_raw, caller_e164, dialed, \
              customer_id, offered_at, created_by) \
-             VALUES ($1, 'inbound', $2, $3, $4, $5, $6, 'screenpop') RETURNING id",
+             VALUES ($1, $7, $2, $3, $4, $5, $6, 'screenpop') RETURNING id",
         )
         .bind(c.sip_call_id.clone())
         .bind(c.caller_raw.clone())
@@ -79,6 +89,7 @@ impl Store {
         .bind(c.dialed.clone())
         .bind(c.customer_id)
         .bind(c.offered_at)
+        .bind(direction)
         .fetch_one(&self.pool)
         .await?;
         Ok(row.try_get("id")?)

@@ -52,6 +52,7 @@ pub fn router() -> Router<AppState> {
         .route("/calls/{id}/hold", post(hold_call))
         .route("/calls/{id}/resume", post(resume_call))
         .route("/calls/{id}/transfer", post(transfer_call))
+        .route("/dial", post(dial))
         .route("/recordings/{id}", get(get_recording))
         .route("/recordings/{id}/audio", get(recording_audio))
         .route(
@@ -74,7 +75,7 @@ pub fn router() -> Router<AppState> {
         create_queue, update_queue,
         list_customers, create_customer, get_customer, update_customer, import_customers,
         export_customers,
-        list_calls, get_call, annotate_call, hangup_call, hold_call, resume_call, transfer_call, get_recording, recording_audio,
+        list_calls, get_call, annotate_call, hangup_call, hold_call, resume_call, transfer_call, dial, get_recording, recording_audio,
         list_work_orders, create_work_order, get_work_order, update_work_order,
         work_order_history,
         super::webhooks::create_webhook, super::webhooks::list_webhooks, super::webhooks::get_webhook,
@@ -84,7 +85,7 @@ pub fn router() -> Router<AppState> {
         AgentOut, NewAgentIn, AgentPatchIn, QueueIn, QueuePatch, Queue, Customer, NewCustomer, CustomerPatch, ContactLog, CallPatch,
         Recording, WorkOrder, WorkOrderIn, WorkOrderPatchIn, WorkOrderChange, ImportReport,
         ApiErrorBody, MeOut, MePatch, crate::store::agents::AuditEntry,
-        super::stats::QueueStats, super::stats::AgentStats, ControlOut, TransferIn, TransferTarget,
+        super::stats::QueueStats, super::stats::AgentStats, ControlOut, TransferIn, TransferTarget, DialIn, DialOut,
         super::webhooks::WebhookIn, super::webhooks::WebhookOut, super::webhooks::DeliveryOut,
         crate::store::webhooks::DeliveryStatus
     )),
@@ -928,6 +929,87 @@ async fn resume_call(
         "resume",
     )
     .await
+}
+
+/// A call to place for the signed-in agent.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DialIn {
+    /// As typed or stored: national, E.164, with spaces or dashes.
+    number: String,
+    /// The customer the call is for; found by the number when absent.
+    #[serde(default)]
+    customer_id: Option<i64>,
+}
+
+/// The call placed: the agent's phone is ringing; the events follow under `call_id`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct DialOut {
+    call_id: String,
+    contact_log_id: Option<i64>,
+    /// The number called, in E.164.
+    number: String,
+    customer_id: Option<i64>,
+}
+
+impl From<crate::calls::placing::DialFailure> for ApiError {
+    fn from(e: crate::calls::placing::DialFailure) -> ApiError {
+        use crate::acd::runtime::DialOutError as A;
+        use crate::calls::placing::DialFailure as F;
+        match &e {
+            F::NotConfigured => {
+                ApiError::new(StatusCode::CONFLICT, "no_outbound_gateway", e.to_string())
+            }
+            F::Number(_) => ApiError::invalid("number", e.to_string()),
+            F::UnknownCustomer(_) => ApiError::invalid("customer_id", e.to_string()),
+            F::Agent(A::NotAnAgent) => ApiError::forbidden("only an active agent places calls"),
+            F::Agent(A::Busy) => ApiError::new(StatusCode::CONFLICT, "agent_busy", e.to_string()),
+            F::Agent(A::Unreachable) => {
+                ApiError::new(StatusCode::CONFLICT, "phone_unreachable", e.to_string())
+            }
+            F::Unavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            ),
+        }
+    }
+}
+
+/// Click-to-dial: rings the signed-in agent's own phone (the desktop gets `call.offered` with
+/// the customer's card at once), and when the agent answers calls the number through the
+/// profile's `[outbound]` gateway and bridges the two, recorded, logged as an outbound contact.
+/// Numbers outside `outbound.allow` are refused (422 naming `number`, with the reason).
+#[utoipa::path(post, path = "/api/dial", request_body = DialIn,
+    responses((status = 202, body = DialOut), (status = 409, body = ApiErrorBody),
+        (status = 422, body = ApiErrorBody)))]
+async fn dial(
+    State(s): State<AppState>,
+    me: Principal,
+    ApiJson(d): ApiJson<DialIn>,
+) -> Result<(StatusCode, Json<DialOut>), ApiError> {
+    if d.number.trim().is_empty() {
+        return Err(ApiError::invalid("number", "a number is required"));
+    }
+    let Some(dialer) = &s.dialer else {
+        return Err(crate::calls::placing::DialFailure::NotConfigured.into());
+    };
+    let placed = dialer
+        .dial(crate::calls::placing::DialRequest {
+            agent: me.agent_id,
+            number: d.number,
+            customer_id: d.customer_id,
+        })
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(DialOut {
+            call_id: placed.call_id.to_string(),
+            contact_log_id: placed.contact_log_id.map(|l| l.get()),
+            number: placed.number,
+            customer_id: placed.customer_id,
+        }),
+    ))
 }
 
 /// Where a transfer goes: exactly one of the three.

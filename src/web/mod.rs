@@ -43,6 +43,8 @@ pub(crate) struct AppState {
     pub webhooks: crate::webhooks::Webhooks,
     /// The live calls on this node, for call control.
     pub controls: Arc<crate::calls::control::Controls>,
+    /// Places calls for agents (click-to-dial); `None` without SIP.
+    pub dialer: Option<crate::calls::placing::Dialer>,
 }
 
 impl AppState {
@@ -73,6 +75,7 @@ impl AppState {
             logins: Arc::new(limits::LoginGuard::new(limits::LoginLimits::default())),
             plays: Arc::default(),
             controls: crate::calls::control::Controls::new(),
+            dialer: None,
         }
     }
 }

@@ -5,7 +5,7 @@ import { get, patch, qs, agentName, directoryAgents, rememberCustomer, customerB
 import { h, field, select, errorBox, showError, flash, clear } from './ui.js';
 import { fmtDateTime, fmtDuration } from './fmt.js';
 import { renderWorkOrders, workOrderForm } from './workorders.js';
-import { tierBadge } from './popcard.js';
+import { tierBadge, dialButton } from './popcard.js';
 
 const looksLikePhone = (q) => /^[+()\d\s.\-/]+$/.test(q) && (q.match(/\d/g) || []).length >= 3;
 const looksLikeCode = (q) => /^[\p{L}\p{N}_\-.]{1,64}$/u.test(q);
@@ -121,6 +121,7 @@ export function customerPanel(root, opts) {
     });
     detail.replaceChildren(backButton(), heading,
       h('p', { class: 'muted small', text: `${t('cust.code')}: ${c.code} · ${t(`via.${c.created_via}`, {}, c.created_via)}` }),
+      h('div', { class: 'dial-row' }, (c.phones || []).map((p) => dialButton(p.e164 || p.number, c.id, `${t('btn.dial')} ${p.e164 || p.number}`))),
       editForm(c, (updated) => { heading.firstChild.textContent = updated.name; }),
       h('h4', { class: 'sub', text: t('cust.history') }), audio, history,
       h('div', { class: 'sub-row' }, h('h4', { class: 'sub', text: t('cust.workOrders') }), newWo), woSlot, wos);

@@ -18,6 +18,32 @@ export function tierBadge(tier, small) {
 
 const phoneLike = (s) => !s || /^[+\d\s().\-]+$/.test(s);
 
+/**
+ * Click-to-dial: screenpop rings the agent's own phone, and when it is answered calls `number`
+ * (the card pops as an outbound call). A refusal (a number outside what may be called, the
+ * agent already on a call) is shown beside the button.
+ */
+export function dialButton(number, customerId, label) {
+  const err = h('span', { class: 'form-error dial-error', role: 'alert', hidden: true });
+  const b = h('button', { type: 'button', class: 'btn small dial-btn', 'data-testid': 'dial', 'data-number': number,
+    title: t('dial.title', { n: number }), 'aria-label': t('dial.title', { n: number }) },
+  h('img', { src: '/assets/icons/phone.svg', alt: '', class: 'icon' }), label || t('btn.dial'));
+  b.addEventListener('click', async () => {
+    b.disabled = true;
+    try {
+      await post('/api/dial', customerId ? { number, customer_id: customerId } : { number });
+      showError(err, null);
+    } catch (e) {
+      // Refusals with a code of their own read better in the agent's language.
+      const mine = t(`dial.err.${e.code}`, {}, '');
+      showError(err, mine ? { message: mine } : e);
+    } finally {
+      b.disabled = false;
+    }
+  });
+  return h('span', { class: 'dial' }, b, err);
+}
+
 export class PopCard {
   constructor(root, me, hooks = {}) {
     this.root = root;
@@ -40,7 +66,7 @@ export class PopCard {
   offered(ev) {
     if (this.call && this.call.id === ev.call_id && this.call.status !== 'withdrawn') return;
     this.call = {
-      id: ev.call_id, logId: ev.contact_log_id, ev, status: 'ringing', customer: ev.customer || null,
+      id: ev.call_id, logId: ev.contact_log_id, ev, status: ev.direction === 'outbound' ? 'dialling' : 'ringing', customer: ev.customer || null,
       candidates: ev.candidates || [], recent: ev.recent_contacts || [], wos: ev.open_work_orders || [],
       offeredAt: toMs(ev.offered_at) || Date.now(), answeredAt: null, ended: null,
     };
@@ -148,7 +174,7 @@ export class PopCard {
     if (log && log.ended_at) {
       c.status = 'ended';
       c.ended = { disposition: log.disposition, talk: log.talk_secs, at: log.ended_at };
-    } else if (c.status === 'ringing') {
+    } else if (c.status === 'ringing' || c.status === 'dialling') {
       c.status = 'withdrawn';
     } else return;
     this.updateStatus();
@@ -217,7 +243,11 @@ export class PopCard {
     row.replaceChildren();
     const controls = card.querySelector('.call-controls');
     controls.replaceChildren();
-    if (c.status === 'on_call' || c.status === 'held') {
+    const outbound = c.ev.direction === 'outbound';
+    if (outbound && (c.status === 'dialling' || c.status === 'on_call')) {
+      // A call the agent placed: hang up (or give up before the number answers).
+      controls.append(h('button', { type: 'button', class: 'btn danger', text: t('btn.hangup'), onclick: () => this.control('hangup') }));
+    } else if (c.status === 'on_call' || c.status === 'held') {
       const held = c.status === 'held';
       // A hold made on the phone is resumed on the phone (the server would refuse it here).
       const onPhone = held && c.heldBy === 'phone';
@@ -237,7 +267,8 @@ export class PopCard {
     const c = this.call;
     const ev = c.ev;
     const bits = [h('span', { class: 'status-dot', 'aria-hidden': 'true' }), h('span', { class: 'pop-status-text', text: t(`card.status.${c.status}`) })];
-    if (c.status === 'ringing') bits.push(h('span', { class: 'timer', dataset: { since: String(c.offeredAt) } }));
+    if (c.status === 'ringing' || c.status === 'dialling') bits.push(h('span', { class: 'timer', dataset: { since: String(c.offeredAt) } }));
+    if (ev.direction === 'outbound' && c.status !== 'dialling') bits.push(h('span', { class: 'badge outbound-badge', text: t('card.outbound') }));
     if (c.status === 'on_call') bits.push(h('span', { class: 'timer', dataset: { since: String(c.answeredAt) } }));
     if (c.status === 'ended' && c.ended) {
       if (c.ended.disposition) bits.push(h('span', { class: `outcome outcome-${c.ended.disposition}`, text: t(`outcome.${c.ended.disposition}`, {}, c.ended.disposition) }));
@@ -259,17 +290,18 @@ export class PopCard {
   facts() {
     const { ev, customer: cust } = this.call;
     const caller = ev.caller || {};
-    const rows = [[t('card.number'), caller.withheld ? t('card.withheld') : (caller.number || caller.raw || '—')]];
+    const rows = [[t(ev.direction === 'outbound' ? 'card.numberCalled' : 'card.number'), caller.withheld ? t('card.withheld') : (caller.number || caller.raw || '—')]];
     if (cust) {
       rows.push([t('card.code'), cust.code]);
       rows.push([t('card.assigned'), cust.assigned_agent_id ? agentName(cust.assigned_agent_id) : t('card.noAgent')]);
-      const phones = (cust.phones || []).map((p) => `${p.e164 || p.number}${p.label ? ` (${p.label})` : ''}`).join('\n');
-      rows.push([t('card.phones'), phones || '—']);
+      const phones = (cust.phones || []).map((p) => h('span', { class: 'phone-line' },
+        `${p.e164 || p.number}${p.label ? ` (${p.label})` : ''}`, ' ', dialButton(p.e164 || p.number, cust.id)));
+      rows.push([t('card.phones'), phones.length ? phones : '—']);
       if (cust.address) rows.push([t('card.address'), cust.address]);
       if (cust.notes) rows.push([t('card.remarks'), cust.notes]);
     }
     if (caller.name && cust && caller.name !== cust.name) rows.push([t('card.callerName'), caller.name]);
-    return h('dl', { class: 'facts' }, rows.map(([k, v]) => h('div', null, h('dt', { text: k }), h('dd', { text: v }))));
+    return h('dl', { class: 'facts' }, rows.map(([k, v]) => h('div', null, h('dt', { text: k }), Array.isArray(v) ? h('dd', null, v) : h('dd', { text: v }))));
   }
 
   candidatesBox() {

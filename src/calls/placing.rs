@@ -1,0 +1,274 @@
+//! Click-to-dial at the edge: the API asks the [`Dialer`] to place a call for an agent; this
+//! checks the number against the outbound rules, finds the customer, has the ACD mark the agent
+//! busy (and say where the phone is), resolves the phone and the gateway, binds the ports,
+//! writes the outbound contact log and starts an [`OutboundCall`] in a call task. Each refusal
+//! comes back with its reason before anything rings.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, info_span, warn, Instrument};
+
+use super::admission::{CallEnv, Route};
+use super::dialog::target_peer;
+use super::dialplan::{DialError, DialPlan};
+use super::outbound::{Gateway, OutboundCall, OutboundInit};
+use super::pop::PopCard;
+use super::task::CallTask;
+use crate::acd::runtime::DialOutError;
+use crate::acd::{AgentId, Input as AcdInput};
+use crate::ids::{CallKey, ContactLogId};
+use crate::sip::caller_id::CallerId;
+use crate::sip::peer::{Peer, Transport};
+use crate::sip::Uri;
+use crate::store::calls::OfferedCall;
+use crate::time::epoch_ms;
+
+/// A call to place for an agent.
+#[derive(Debug, Clone)]
+pub struct DialRequest {
+    pub agent: AgentId,
+    pub number: String,
+    /// The customer the call is for; found by the number when absent.
+    pub customer_id: Option<i64>,
+}
+
+/// A call placed: the agent's phone is ringing.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Placed {
+    pub call_id: CallKey,
+    pub contact_log_id: Option<ContactLogId>,
+    /// The number called, in E.164.
+    pub number: String,
+    pub customer_id: Option<i64>,
+}
+
+/// Why a call was not placed; each maps to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum DialFailure {
+    #[error("screenpop places no calls: the profile has no [outbound] gateway")]
+    NotConfigured,
+    #[error(transparent)]
+    Number(#[from] DialError),
+    #[error("no customer {0}")]
+    UnknownCustomer(i64),
+    #[error("{0}")]
+    Agent(#[from] DialOutError),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+struct Job {
+    req: DialRequest,
+    reply: oneshot::Sender<Result<Placed, DialFailure>>,
+}
+
+/// The API's way to place calls; cheap to clone.
+#[derive(Clone)]
+pub struct Dialer {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Dialer {
+    /// A dialer and the receiving end [`serve`] takes once the call environment exists.
+    pub(crate) fn new() -> (Dialer, DialerInbox) {
+        let (tx, rx) = mpsc::channel(64);
+        (Dialer { tx }, DialerInbox(rx))
+    }
+
+    pub async fn dial(&self, req: DialRequest) -> Result<Placed, DialFailure> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job { req, reply })
+            .await
+            .map_err(|_| DialFailure::Unavailable("SIP is not running".into()))?;
+        rx.await
+            .unwrap_or_else(|_| Err(DialFailure::Unavailable("the call could not start".into())))
+    }
+}
+
+/// Requests waiting for the SIP side.
+pub(crate) struct DialerInbox(mpsc::Receiver<Job>);
+
+/// Places each request in its own task (a slow DNS answer for one never holds up another).
+pub(crate) fn serve(env: Arc<CallEnv>, plan: Option<DialPlan>, mut inbox: DialerInbox) {
+    let plan = plan.map(Arc::new);
+    tokio::spawn(async move {
+        while let Some(job) = inbox.0.recv().await {
+            let (env, plan) = (env.clone(), plan.clone());
+            tokio::spawn(async move {
+                let result = match plan {
+                    Some(plan) => place(env, &plan, job.req).await,
+                    None => Err(DialFailure::NotConfigured),
+                };
+                let _ = job.reply.send(result);
+            });
+        }
+    });
+}
+
+/// Where a SIP URI is reached: an IP as is, a host name through DNS (of our socket's family).
+async fn resolve(uri: &Uri, peer: Option<Peer>, v4: bool) -> Option<Peer> {
+    if let Some(p) = peer {
+        return Some(p);
+    }
+    let fallback = Peer {
+        addr: SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 5060),
+        transport: Transport::Udp,
+    };
+    let p = target_peer(uri, fallback);
+    if !p.addr.ip().is_unspecified() {
+        return Some(p);
+    }
+    let host = uri.host.trim_matches(['[', ']']);
+    let port = uri.port.unwrap_or(5060);
+    let mut addrs = tokio::net::lookup_host((host, port)).await.ok()?;
+    let addr = addrs.find(|a| a.is_ipv4() == v4)?;
+    Some(Peer { addr, ..p })
+}
+
+async fn place(
+    env: Arc<CallEnv>,
+    plan: &DialPlan,
+    req: DialRequest,
+) -> Result<Placed, DialFailure> {
+    let number = plan.check(&req.number)?;
+    let store = &env.store;
+    // Whom the call is for: the customer named, or whoever has the number.
+    let (customer, card) = match req.customer_id {
+        Some(id) => {
+            let c = store
+                .customer(id)
+                .await
+                .map_err(|e| DialFailure::Unavailable(format!("store: {e}")))?
+                .ok_or(DialFailure::UnknownCustomer(id))?;
+            let m = crate::store::customers::CallerMatch {
+                customer: Some(c.clone()),
+                candidates: vec![c],
+            };
+            let card = PopCard::load(store, &m).await;
+            (m.customer, card)
+        }
+        None => {
+            let as_caller = CallerId {
+                raw: number.e164.clone(),
+                number: Some(number.e164.clone()),
+                name: None,
+                withheld: false,
+            };
+            let found =
+                crate::crm::caller::match_or_create(store, &as_caller, env.plan, false).await;
+            let card = PopCard::load(store, &found.matched).await;
+            (found.matched.customer, card)
+        }
+    };
+    let wall = SystemTime::now();
+    let id = CallKey::new(format!("{}-{:08x}", epoch_ms(wall), rand::random::<u32>()));
+    let offer = env.acd.dial_out(req.agent, id.clone()).await?;
+    // From here on the agent is busy with `id`: every way out tells the ACD.
+    let release = |why: String| {
+        env.acd.tell(AcdInput::Ended { call: id.clone() });
+        DialFailure::Unavailable(why)
+    };
+    let v4 = env.call.media_ip.is_ipv4();
+    let Some(agent_peer) = resolve(&offer.target.uri, offer.target.peer, v4).await else {
+        return Err(release(format!(
+            "the agent's phone {} does not resolve",
+            offer.target.uri
+        )));
+    };
+    let Some(gw_peer) = resolve(&number.uri, None, v4).await else {
+        return Err(release(format!(
+            "the gateway {} does not resolve",
+            number.uri.host
+        )));
+    };
+    let (Some(caller_sock), Some(agent_sock)) = (
+        env.ports.bind(env.call.media_ip),
+        env.ports.bind(env.call.media_ip),
+    ) else {
+        return Err(release("no RTP ports free".into()));
+    };
+    let outbound = env.profile.outbound.as_ref();
+    let gateway_call_id = format!("{:032x}@{}", rand::random::<u128>(), env.call.me.host);
+    let log_id = match store
+        .insert_placed_call(&OfferedCall {
+            sip_call_id: gateway_call_id.clone(),
+            caller_raw: req.number.clone(),
+            caller_e164: Some(number.e164.clone()),
+            dialed: number.e164.clone(),
+            customer_id: customer.as_ref().map(|c| c.id),
+            offered_at: epoch_ms(wall) as i64,
+        })
+        .await
+    {
+        Ok(id) => Some(ContactLogId::new(id)),
+        Err(e) => {
+            // The call goes on: a database outage must not stop the agent from calling.
+            warn!(error = %e, "outbound contact log not written");
+            None
+        }
+    };
+    if let Some(log) = log_id {
+        if let Err(e) = store.set_call_agent(log.get(), req.agent, None).await {
+            warn!(error = %e, "contact log agent not noted");
+        }
+    }
+    let span = info_span!("call", call_id = %gateway_call_id, id = %id, outbound = true);
+    let init = OutboundInit {
+        id: id.clone(),
+        now: Instant::now(),
+        wall,
+        agent: req.agent,
+        agent_target: offer.target,
+        agent_peer,
+        gateway: Gateway {
+            uri: number.uri.clone(),
+            peer: gw_peer,
+            credentials: outbound.and_then(|o| o.username.clone().zip(o.password.clone())),
+            caller_id: outbound
+                .and_then(|o| o.caller_id.clone())
+                .unwrap_or_else(|| "screenpop".into()),
+            ring_timeout: Duration::from_secs(outbound.map_or(60, |o| o.ring_timeout_secs)),
+        },
+        gateway_call_id,
+        e164: number.e164.clone(),
+        name: customer.as_ref().map(|c| c.name.clone()),
+        customer_id: customer.as_ref().map(|c| c.id),
+        card,
+        log_id,
+        caller_port: caller_sock.port(),
+        agent_port: agent_sock.port(),
+        seed: rand::random(),
+    };
+    let call = {
+        let _enter = span.enter();
+        info!(number = %number.e164, agent = req.agent, "placing a call");
+        OutboundCall::new(env.call.clone(), init)
+    };
+    let (media, media_events) = env.media.add_call(caller_sock, agent_sock);
+    let (tx, rx) = mpsc::channel(64);
+    for call_id in call.call_ids() {
+        let _ = env.routes.send(Route {
+            call_id,
+            owner: id.to_string(),
+            tx: tx.clone(),
+        });
+    }
+    let (control_tx, control_rx) = mpsc::channel(8);
+    env.controls.register(id.as_str(), control_tx);
+    if let Some(log) = log_id {
+        env.controls.link_log(id.as_str(), log.get());
+    }
+    let placed = Placed {
+        call_id: id,
+        contact_log_id: log_id,
+        number: number.e164,
+        customer_id: customer.map(|c| c.id),
+    };
+    let task = CallTask::new(env, call, media, tx);
+    tokio::spawn(task.run(rx, media_events, control_rx).instrument(span));
+    Ok(placed)
+}
