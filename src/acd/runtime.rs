@@ -397,15 +397,7 @@ impl Runtime {
                         None => Err(DialOutError::Unreachable),
                         Some(target) => {
                             self.acd.handle(now, Input::Outbound { call, agent });
-                            Ok(AgentOffer {
-                                agent,
-                                display_name: self
-                                    .agents
-                                    .get(&agent)
-                                    .map(|a| a.display_name.clone())
-                                    .unwrap_or_default(),
-                                target,
-                            })
+                            Ok(self.offer(agent, target))
                         }
                     },
                 };
@@ -436,6 +428,18 @@ impl Runtime {
         }
     }
 
+    fn offer(&self, agent: AgentId, target: AgentTarget) -> AgentOffer {
+        AgentOffer {
+            agent,
+            display_name: self
+                .agents
+                .get(&agent)
+                .map(|a| a.display_name.clone())
+                .unwrap_or_default(),
+            target,
+        }
+    }
+
     fn drain(&mut self) {
         while let Some(out) = self.acd.poll_output() {
             match out {
@@ -453,15 +457,7 @@ impl Runtime {
                             .handle(Instant::now(), Input::Refused { call, agent });
                         continue;
                     };
-                    let offer = AgentOffer {
-                        agent,
-                        display_name: self
-                            .agents
-                            .get(&agent)
-                            .map(|a| a.display_name.clone())
-                            .unwrap_or_default(),
-                        target,
-                    };
+                    let offer = self.offer(agent, target);
                     self.send(&call, Decision::Offer(Box::new(offer)));
                 }
                 Output::Withdraw { call, agent } => self.send(&call, Decision::Withdraw { agent }),

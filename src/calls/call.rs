@@ -2731,23 +2731,7 @@ impl Call {
     fn send_cancel(&mut self, now: Instant, i: usize) {
         let inv = &self.clients[i].tx.request;
         let (peer, attempt) = (self.clients[i].peer, self.clients[i].attempt);
-        let mut cancel = Request::new(Method::Cancel, inv.uri.clone());
-        if let Some(v) = inv.headers.get(&HeaderName::Via) {
-            cancel.headers.push(HeaderName::Via, v);
-        }
-        for r in inv.headers.get_all(&HeaderName::Route) {
-            cancel.headers.push(HeaderName::Route, r);
-        }
-        cancel.headers.push(HeaderName::MaxForwards, "70");
-        for name in [HeaderName::From, HeaderName::To, HeaderName::CallId] {
-            if let Some(v) = inv.headers.get(&name) {
-                cancel.headers.push(name, v);
-            }
-        }
-        let seq = inv.cseq().map(|c| c.seq).unwrap_or(1);
-        cancel
-            .headers
-            .push(HeaderName::CSeq, format!("{seq} CANCEL"));
+        let cancel = super::dialog::cancel_of(inv);
         // The CANCEL goes where the INVITE went (RFC 3261 §9.1).
         let tx = ClientTransaction::new(now, cancel, peer.transport.reliable(), self.cfg.timers);
         self.clients.push(Client {

@@ -173,6 +173,29 @@ impl Dialog {
 
 /// Where a request to a URI goes: the URI's host when it is an IP literal, otherwise the
 /// peer the dialog's signalling came from (we do not resolve names on the call path).
+/// The CANCEL of one of our INVITEs (RFC 3261 §9.1): its Request-URI, top Via, Route, From,
+/// To, Call-ID and CSeq number; it goes where the INVITE went.
+pub(crate) fn cancel_of(inv: &Request) -> Request {
+    let mut cancel = Request::new(Method::Cancel, inv.uri.clone());
+    if let Some(v) = inv.headers.get(&HeaderName::Via) {
+        cancel.headers.push(HeaderName::Via, v);
+    }
+    for r in inv.headers.get_all(&HeaderName::Route) {
+        cancel.headers.push(HeaderName::Route, r);
+    }
+    cancel.headers.push(HeaderName::MaxForwards, "70");
+    for name in [HeaderName::From, HeaderName::To, HeaderName::CallId] {
+        if let Some(v) = inv.headers.get(&name) {
+            cancel.headers.push(name, v);
+        }
+    }
+    let seq = inv.cseq().map(|c| c.seq).unwrap_or(1);
+    cancel
+        .headers
+        .push(HeaderName::CSeq, format!("{seq} CANCEL"));
+    cancel
+}
+
 pub(crate) fn target_peer(uri: &Uri, fallback: Peer) -> Peer {
     let host = uri.host.trim_start_matches('[').trim_end_matches(']');
     match host.parse::<std::net::IpAddr>() {

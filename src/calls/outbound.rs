@@ -886,22 +886,7 @@ impl OutboundCall {
     fn send_cancel(&mut self, now: Instant, i: usize) {
         let inv = &self.clients[i].tx.request;
         let (peer, leg) = (self.clients[i].peer, self.clients[i].leg);
-        let mut cancel = Request::new(Method::Cancel, inv.uri.clone());
-        for name in [
-            HeaderName::Via,
-            HeaderName::From,
-            HeaderName::To,
-            HeaderName::CallId,
-        ] {
-            if let Some(v) = inv.headers.get(&name) {
-                cancel.headers.push(name, v);
-            }
-        }
-        cancel.headers.push(HeaderName::MaxForwards, "70");
-        let seq = inv.cseq().map(|c| c.seq).unwrap_or(1);
-        cancel
-            .headers
-            .push(HeaderName::CSeq, format!("{seq} CANCEL"));
+        let cancel = super::dialog::cancel_of(inv);
         self.send_client(now, cancel, leg, Purpose::Cancel, peer);
     }
 
