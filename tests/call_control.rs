@@ -496,3 +496,60 @@ fn click_to_dial_rings_the_agent_then_calls_the_number_through_the_gateway() {
     desk.wait_for(state_of(alice.agent_id, "available"), T);
     phone.quit();
 }
+
+/// The phone's own transfer button: Alice's phone (SIPp) sends REFER to `bob`; screenpop
+/// answers 202, NOTIFYs 100 then 200 (terminated), hangs the phone up and hands the caller to
+/// Bob exactly as a blind transfer from the desktop does (Alice's desktop gets
+/// `call.transferred`, Bob's pops with the same customer and answers; one contact log).
+#[test]
+fn a_refer_from_the_agents_phone_transfers_the_call() {
+    let Some(c) = center_with("phone_refer", "") else {
+        return;
+    };
+    let q = c.queue(
+        json!({"name": "support", "dialed_numbers": [DIALED], "wrap_up_secs": 1, "is_default": true}),
+    );
+    let (pa, pb) = (Ports::allocate(), Ports::allocate());
+    let alice = c.agent("alice", &pa, &[], &[q]);
+    let bob = c.agent("bob", &pb, &[], &[q]);
+    let cust =
+        c.customer(json!({"name": "Refer Test", "phones": [{"number": common::CALLER_NUMBER}]}));
+    let mut a_desk = c.desktop(&alice, "alice");
+    let mut b_desk = c.desktop(&bob, "bob");
+    a_desk.set_state("available");
+    a_desk.wait_for(state_of(alice.agent_id, "available"), T);
+    std::thread::sleep(Duration::from_millis(1100));
+    b_desk.set_state("available");
+    b_desk.wait_for(state_of(bob.agent_id, "available"), T);
+    let mut a_phone = c.env.agent_phone(
+        "alice-phone",
+        pa,
+        "uas_refer.xml",
+        &["-d", "2000", "-key", "target", "bob"],
+    );
+    let mut b_phone = c.env.agent_phone("bob-phone", pb, "uas_answer.xml", &[]);
+    let mut trunk = c.env.trunk("uac_call.xml", &["-d", "8000"]);
+    let offered = a_desk.wait_for(is("call.offered"), T);
+    let call = offered["call_id"].clone();
+    assert_eq!(offered["agent_id"], alice.agent_id, "{offered}");
+    let moved = a_desk.wait_for(for_call("call.transferred", call.clone()), T);
+    assert_eq!(moved["to_agent_id"], bob.agent_id, "{moved}");
+    a_phone.expect_success(T);
+    let popped = b_desk.wait_for(for_call("call.offered", call.clone()), T);
+    assert_eq!(popped["customer"]["id"], cust["id"], "{popped}");
+    b_desk.wait_for(for_call("call.answered", call.clone()), T);
+    trunk.expect_success(Duration::from_secs(30));
+    b_phone.expect_success(T);
+    let ended = b_desk.wait_for(for_call("call.ended", call.clone()), T);
+    assert_eq!(ended["agent_id"], bob.agent_id, "{ended}");
+    let recs = c.env.wait_for_recordings(1, Duration::from_secs(10));
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(&recs[0].json).unwrap()).unwrap();
+    let agents: Vec<i64> = record["agents"]
+        .as_array()
+        .expect("agents")
+        .iter()
+        .filter_map(|a| a["agent_id"].as_i64())
+        .collect();
+    assert_eq!(agents, [alice.agent_id, bob.agent_id], "{record}");
+}

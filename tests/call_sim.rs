@@ -1175,6 +1175,7 @@ impl World {
                 Output::Acd(input) => self.acd.handle(self.now, input),
                 Output::Listen { call_id } => self.call_ids.push(call_id),
                 Output::Resolve { host, .. } => panic!("no DNS in the simulation: {host}"),
+                Output::Refer { target } => panic!("the simulated phones never REFER: {target}"),
                 Output::NoteAgent { .. } | Output::Media(_) | Output::Reply { .. } => {}
                 Output::Record { .. } => self.recordings += 1,
                 Output::Ended { record, .. } => self.ended.push(*record),

@@ -52,7 +52,8 @@ use crate::sip::Uri;
 use crate::time::{civil_date, epoch_ms};
 
 /// Methods screenpop accepts in a call.
-pub(crate) const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, PRACK, REGISTER";
+pub(crate) const ALLOW: &str =
+    "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, PRACK, REFER, NOTIFY, REGISTER";
 
 /// How long an ended call keeps absorbing retransmissions before its task goes, at most.
 const LINGER: Duration = Duration::from_secs(40);
@@ -290,6 +291,18 @@ pub enum Output {
         token: u64,
         result: Result<(), ControlError>,
     },
+    /// The agent's phone asks to transfer the call (REFER) to this URI: find the agent or
+    /// queue it names and answer with [`Call::handle_refer`].
+    Refer {
+        target: Uri,
+    },
+}
+
+/// Why a phone's REFER target is not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReferRefused {
+    /// Neither an agent nor a queue's number.
+    Unknown,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -310,6 +323,8 @@ enum Purpose {
     Refresh,
     Bye,
     Cancel,
+    /// The progress of a REFER (RFC 3515 §2.4.4).
+    Notify,
 }
 
 struct Client {
@@ -459,6 +474,9 @@ pub struct Call {
     transferring: bool,
     /// Every agent who had the call: (agent, answered, left), for the record.
     agents_had: Vec<(AgentId, Instant, Option<Instant>)>,
+    /// A REFER from the agent's phone waiting for its target to be looked up: the NOTIFY that
+    /// ends its implicit subscription goes out before the phone's leg is hung up.
+    refer_pending: bool,
     out: VecDeque<Output>,
 }
 
@@ -629,6 +647,7 @@ impl Call {
             crm_template: None,
             transferring: false,
             agents_had: Vec::new(),
+            refer_pending: false,
             caller_media: LegMedia {
                 local: caller_local,
                 pending_offer: None,
@@ -1637,6 +1656,7 @@ impl Call {
                 self.hang_up(now, Some(leg));
             }
             Method::Invite => self.on_reinvite(now, leg, req),
+            Method::Refer if leg == LegId::Agent => self.on_refer(now, req, &tag),
             Method::Update => self.on_update(now, leg, req),
             Method::Prack => self.on_prack(now, leg, req),
             Method::Options | Method::Info => {
@@ -2388,6 +2408,88 @@ impl Call {
         }
     }
 
+    /// A REFER from the agent's phone (its transfer button): a blind transfer, the same as
+    /// from the desktop, so the two never disagree. 202 at once with a NOTIFY `100 Trying`
+    /// (RFC 3515); the target is looked up by the task; the final NOTIFY says how it went.
+    fn on_refer(&mut self, now: Instant, req: Request, tag: &str) {
+        let target = req
+            .headers
+            .get(&HeaderName::ReferTo)
+            .and_then(|v| NameAddr::parse(v, "Refer-To").ok());
+        let refusal = if self.phase != Phase::Up || !self.agent_answered {
+            Some((403, "the call is not up"))
+        } else if !self.acd_mode {
+            Some((403, "calls on this trunk ring a fixed phone"))
+        } else if self.transferring || self.refer_pending || self.control_pending.is_some() {
+            Some((491, "a transfer or hold is in progress"))
+        } else if target.is_none() {
+            Some((400, "missing or malformed Refer-To"))
+        } else {
+            None
+        };
+        if let Some((status, why)) = refusal {
+            info!(status, why, "REFER refused");
+            let mut r = req.response(status, Some(tag));
+            r.headers
+                .push(HeaderName::Warning, format!("399 screenpop \"{why}\""));
+            self.respond_last(now, r);
+            return;
+        }
+        let Some(target) = target else { return };
+        info!(to = %target.uri, "REFER from the phone");
+        self.respond_last(now, req.response(202, Some(tag)));
+        // The 202 is on the wire before the first NOTIFY.
+        self.flush_last();
+        self.refer_pending = true;
+        self.notify_refer(now, "100 Trying", false);
+        self.out.push_back(Output::Refer { target: target.uri });
+    }
+
+    /// The task's answer to [`Output::Refer`].
+    pub fn handle_refer(&mut self, now: Instant, target: Result<TransferTo, ReferRefused>) {
+        if !std::mem::take(&mut self.refer_pending) || self.phase != Phase::Up {
+            self.pump(now);
+            return;
+        }
+        self.refer_pending = true;
+        match target {
+            Ok(to) => {
+                if let Err(e) = self.transfer(now, to) {
+                    info!(error = %e, "REFER not carried out");
+                    self.refer_pending = false;
+                    self.notify_refer(now, "503 Service Unavailable", true);
+                }
+            }
+            Err(ReferRefused::Unknown) => {
+                info!("REFER to nobody screenpop knows");
+                self.refer_pending = false;
+                self.notify_refer(now, "404 Not Found", true);
+            }
+        }
+        self.pump(now);
+    }
+
+    /// A NOTIFY of the REFER's progress on the agent's leg (`status` as a sipfrag status line).
+    fn notify_refer(&mut self, now: Instant, status: &str, last: bool) {
+        let me = self.cfg.me.clone();
+        let mut n = self.agent_leg.request(Method::Notify, &me, None);
+        n.headers.push(HeaderName::Event, "refer");
+        n.headers.push(
+            HeaderName::Other("Subscription-State".into()),
+            if last {
+                "terminated;reason=noresource"
+            } else {
+                "active;expires=60"
+            },
+        );
+        n.headers
+            .push(HeaderName::Contact, self.agent_leg.contact(&me));
+        n.headers
+            .push(HeaderName::ContentType, "message/sipfrag;version=2.0");
+        n.body = format!("SIP/2.0 {status}\r\n").into_bytes();
+        self.send_client(now, n, LegId::Agent, Purpose::Notify);
+    }
+
     /// A blind transfer: the agent's phone is hung up, the caller hears music, and the ACD
     /// offers the call to the target (then, should the target not take it, to the queue).
     fn transfer(&mut self, now: Instant, to: TransferTo) -> Result<(), ControlError> {
@@ -2423,6 +2525,10 @@ impl Call {
             if let Some(span) = self.hold_span(hold, now) {
                 self.holds.push(span);
             }
+        }
+        if std::mem::take(&mut self.refer_pending) {
+            // The phone asked for it: tell it the transfer is done before its leg ends.
+            self.notify_refer(now, "200 OK", true);
         }
         if self.agent_answered {
             self.bye(now, LegId::Agent);
@@ -3046,6 +3152,7 @@ mod tests {
                 Output::Record { .. } => "record".into(),
                 Output::Ended { record, .. } => format!("ended {:?}", record.disposition),
                 Output::Reply { result, .. } => format!("reply {result:?}"),
+                Output::Refer { target } => format!("refer {target}"),
             });
         }
         (said, sent)
@@ -3885,6 +3992,79 @@ mod tests {
     }
 
     /// The trunk's re-INVITE with `dir` (a session refresh says sendrecv), CSeq `cseq`.
+    fn phone_refer(inv: &Request, cseq: u32, to: &str) -> Message {
+        request(&format!(
+            "REFER sip:screenpop@10.0.0.2:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE};branch=z9hG4bKrf{cseq}\r\n\
+             From: <sip:agent@10.0.0.10>;tag=ptag\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} REFER\r\n\
+             Refer-To: <{to}>\r\nContent-Length: 0\r\n\r\n",
+            inv.headers.get(&HeaderName::From).unwrap_or_default(),
+            inv.call_id().unwrap_or_default(),
+        ))
+    }
+
+    /// The phone's transfer button (REFER) is a blind transfer like the desktop's: 202 and a
+    /// NOTIFY 100 at once, the target looked up by the task, then NOTIFY 200 (terminated)
+    /// before the phone's leg gets its BYE; an unknown target gets NOTIFY 404 and the call
+    /// stays as it was.
+    #[test]
+    fn a_refer_from_the_phone_is_a_blind_transfer() {
+        let (mut c, t0, inv) = answered();
+        c.queue = Some((1, "General".into()));
+        let t = t0 + Duration::from_secs(5);
+        c.handle_message(t, phone_refer(&inv, 20, "sip:nobody@10.0.0.2"), peer(PHONE));
+        let (said, _) = drain(&mut c);
+        for what in [
+            "10.0.0.10:5060 SIP/2.0 202",
+            "tx 10.0.0.10:5060 NOTIFY",
+            "refer sip:nobody@",
+        ] {
+            assert!(has(&said, what), "{what}: {said:?}");
+        }
+        let at = |what: &str| said.iter().position(|s| s.contains(what));
+        assert!(
+            at("SIP/2.0 202") < at("NOTIFY"),
+            "202 before the NOTIFY: {said:?}"
+        );
+        c.handle_refer(t, Err(ReferRefused::Unknown));
+        let (said, sent) = drain(&mut c);
+        assert!(!has(&said, "BYE"), "{said:?}");
+        let frag = sent
+            .iter()
+            .find_map(|(_, m)| match m {
+                Message::Request(r) if r.method == Method::Notify => {
+                    Some(String::from_utf8_lossy(&r.body).to_string())
+                }
+                _ => None,
+            })
+            .expect("a final NOTIFY");
+        assert!(frag.starts_with("SIP/2.0 404"), "{frag}");
+
+        c.handle_message(t, phone_refer(&inv, 21, "sip:bob@10.0.0.2"), peer(PHONE));
+        drain(&mut c);
+        c.handle_refer(t, Ok(TransferTo::Agent(5)));
+        let (said, sent) = drain(&mut c);
+        let at = |what: &str| said.iter().position(|s| s.contains(what));
+        let (notify, bye) = (at("NOTIFY"), at("tx 10.0.0.10:5060 BYE"));
+        assert!(
+            notify.is_some() && bye.is_some() && notify < bye,
+            "{said:?}"
+        );
+        assert!(
+            has(&said, "acd Transfer") && has(&said, "publish call.transferred"),
+            "{said:?}"
+        );
+        let done = sent.iter().find_map(|(_, m)| match m {
+            Message::Request(r) if r.method == Method::Notify => Some(r.clone()),
+            _ => None,
+        });
+        let done = done.expect("NOTIFY 200");
+        assert!(String::from_utf8_lossy(&done.body).starts_with("SIP/2.0 200"));
+        assert!(done
+            .headers
+            .get(&HeaderName::Other("Subscription-State".into()))
+            .is_some_and(|v| v.starts_with("terminated")));
+    }
+
     fn caller_reinvite(c: &Call, cseq: u32, dir: &str) -> Message {
         let tag = c.caller_leg.local_tag().to_string();
         let body = sdp("10.0.0.1", 40000).replace("sendrecv", dir);

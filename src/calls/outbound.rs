@@ -517,6 +517,15 @@ impl OutboundCall {
                 resp.headers.push(HeaderName::Allow, ALLOW);
                 self.respond_last(now, resp);
             }
+            Method::Refer => {
+                // Hold and transfer are not offered on a placed call yet.
+                let mut r = req.response(403, Some(&tag));
+                r.headers.push(
+                    HeaderName::Warning,
+                    "399 screenpop \"no transfer on a placed call\"",
+                );
+                self.respond_last(now, r);
+            }
             Method::Extension(_) => self.respond_last(now, req.response(501, Some(&tag))),
             _ => {
                 let mut resp = req.response(405, Some(&tag));

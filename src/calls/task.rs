@@ -11,8 +11,9 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn, Instrument};
 
 use super::admission::{CallEnded, CallEnv, Route};
+use super::call::ReferRefused;
 use super::call::{Call, CallerLookup, MediaCommand, Music, Output};
-use super::control::{Control, ControlError, ControlRequest, Controller};
+use super::control::{Control, ControlError, ControlRequest, Controller, TransferTo};
 use super::pop::PopCard;
 use super::record::{CallRecord, RecordedFile};
 use crate::acd::runtime::{Decision, RouteRequest};
@@ -32,6 +33,7 @@ use crate::transport::Inbound;
 enum Done {
     Lookup(CallerLookup),
     Resolved(u32, Option<SocketAddr>),
+    Refer(Result<TransferTo, ReferRefused>),
 }
 
 /// A call as its task drives it: the inbound [`Call`] or a placed
@@ -55,6 +57,7 @@ pub(crate) trait Machine: Send + 'static {
     fn handle_decision(&mut self, _now: Instant, _d: Decision) {}
     fn handle_lookup(&mut self, _now: Instant, _found: CallerLookup) {}
     fn handle_resolved(&mut self, _now: Instant, _attempt: u32, _addr: Option<SocketAddr>) {}
+    fn handle_refer(&mut self, _now: Instant, _to: Result<TransferTo, ReferRefused>) {}
 }
 
 macro_rules! machine {
@@ -101,6 +104,9 @@ machine!(Call {
     }
     fn handle_resolved(&mut self, now: Instant, attempt: u32, addr: Option<SocketAddr>) {
         Call::handle_resolved(self, now, attempt, addr)
+    }
+    fn handle_refer(&mut self, now: Instant, to: Result<TransferTo, ReferRefused>) {
+        Call::handle_refer(self, now, to)
     }
 });
 machine!(super::outbound::OutboundCall {});
@@ -188,6 +194,7 @@ impl<M: Machine> CallTask<M> {
                     Done::Resolved(attempt, addr) => {
                         self.call.handle_resolved(Instant::now(), attempt, addr)
                     }
+                    Done::Refer(to) => self.call.handle_refer(Instant::now(), to),
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => {
                     self.call.handle_timeout(Instant::now())
@@ -210,6 +217,16 @@ impl<M: Machine> CallTask<M> {
                 }
             }
             Output::Transmit { peer, bytes } => env.sip.send(peer, bytes),
+            Output::Refer { target } => {
+                let (store, done) = (env.store.clone(), self.done_tx.clone());
+                tokio::spawn(
+                    async move {
+                        let to = refer_target(&store, &target).await;
+                        let _ = done.send(Done::Refer(to));
+                    }
+                    .in_current_span(),
+                );
+            }
             Output::Publish(event) => env.bus.publish(event),
             Output::Lookup {
                 caller,
@@ -344,6 +361,45 @@ impl<M: Machine> CallTask<M> {
             }
         }
     }
+}
+
+/// Whom a phone's REFER names, by the user part of its Refer-To: an active agent (by the
+/// phone's SIP username, the login, or the user of the agent's PBX URI), else a queue (by one of
+/// its dialed numbers).
+async fn refer_target(store: &Store, target: &crate::sip::Uri) -> Result<TransferTo, ReferRefused> {
+    let Some(user) = target.user.as_deref().filter(|u| !u.is_empty()) else {
+        return Err(ReferRefused::Unknown);
+    };
+    let agents = store.agents().await.map_err(|e| {
+        warn!(error = %e, "REFER target not looked up");
+        ReferRefused::Unknown
+    })?;
+    use crate::store::agents::SipTarget;
+    let agent = agents.iter().filter(|a| a.active).find(|a| {
+        a.username == user
+            || match &a.sip {
+                SipTarget::Registered { username, .. } => username == user,
+                SipTarget::Uri(u) => crate::sip::Uri::parse(u)
+                    .ok()
+                    .is_some_and(|u| u.user.as_deref() == Some(user)),
+                SipTarget::None => false,
+            }
+    });
+    if let Some(a) = agent {
+        return Ok(TransferTo::Agent(a.id));
+    }
+    let digits = |s: &str| -> String { s.chars().filter(char::is_ascii_digit).collect() };
+    let queues = store.queues().await.map_err(|_| ReferRefused::Unknown)?;
+    queues
+        .iter()
+        .filter(|q| q.active)
+        .find(|q| {
+            q.dialed_numbers
+                .iter()
+                .any(|n| n == user || (!digits(user).is_empty() && digits(n) == digits(user)))
+        })
+        .map(|q| TransferTo::Queue(q.id))
+        .ok_or(ReferRefused::Unknown)
 }
 
 /// Matches the caller to customers (creating one for an unknown number when the profile says
