@@ -553,3 +553,81 @@ fn a_refer_from_the_agents_phone_transfers_the_call() {
         .collect();
     assert_eq!(agents, [alice.agent_id, bob.agent_id], "{record}");
 }
+
+/// A blind transfer out to a number: refused with the reason outside `outbound.allow`; to an
+/// allowed number the first phone is hung up, the gateway (SIPp) gets an INVITE for the E.164
+/// number with the configured caller ID, takes the digest and answers; the far end's audio is
+/// on the agent side of the one recording; the far end's BYE ends the call for the caller.
+#[test]
+fn a_blind_transfer_to_an_outside_number_goes_out_through_the_gateway() {
+    let pg = Ports::allocate();
+    let outbound = format!(
+        "[outbound]\nuri = \"sip:{{number}}@127.0.0.1:{}\"\nusername = \"acct\"\npassword = \"gwpass\"\ncaller_id = \"+12015550100\"",
+        pg.agent_sip()
+    );
+    let Some(c) = center_with("transfer_out", &outbound) else {
+        return;
+    };
+    let q = c.queue(
+        json!({"name": "support", "dialed_numbers": [DIALED], "wrap_up_secs": 1, "is_default": true}),
+    );
+    let pa = Ports::allocate();
+    let alice = c.agent("alice", &pa, &[], &[q]);
+    let mut desk = c.desktop(&alice, "alice");
+    desk.set_state("available");
+    desk.wait_for(state_of(alice.agent_id, "available"), T);
+    let mut phone = c.env.agent_phone("alice-phone", pa, "uas_answer.xml", &[]);
+    let mut trunk = c.env.trunk("uac_agent_bye.xml", &[]);
+    let offered = desk.wait_for(is("call.offered"), T);
+    let call = offered["call_id"].clone();
+    let id = call.as_str().expect("call id").to_string();
+    desk.wait_for(for_call("call.answered", call.clone()), T);
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let path = format!("/api/calls/{id}/transfer");
+    let (st, e) = alice.req(
+        "POST",
+        &path,
+        Some(&json!({"to": {"number": "+44 20 7946 0018"}})),
+    );
+    assert_eq!(
+        (st, e["error"]["field"].as_str()),
+        (422, Some("to.number")),
+        "{e}"
+    );
+    let mut gateway = c
+        .env
+        .agent_phone("gateway", pg, "uas_gateway_auth.xml", &["-d", "3000"]);
+    let (st, e) = alice.req(
+        "POST",
+        &path,
+        Some(&json!({"to": {"number": "(201) 555-0123"}})),
+    );
+    assert_eq!(st, 200, "{e}");
+    let moved = desk.wait_for(for_call("call.transferred", call.clone()), T);
+    assert_eq!(moved["to_number"], "+12015550123", "{moved}");
+    phone.expect_success(T);
+    gateway.expect_success(Duration::from_secs(30));
+    trunk.expect_success(T);
+
+    let recs = c.env.wait_for_recordings(1, Duration::from_secs(10));
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(&recs[0].json).unwrap()).unwrap();
+    let rec = common::read_wav(&recs[0].wav).unwrap_or_else(|e| panic!("{e}"));
+    let right = common::analyse_channel(&rec.right);
+    let secs = rec.duration_secs();
+    // The last 3 s of the agent side are the far end (600 Hz from the gateway); before the
+    // transfer, Alice's phone (1500 Hz).
+    let (far, _) = right.window(secs - 2.7, secs - 0.3);
+    let (_, alice_part) = right.window(0.3, 1.3);
+    assert!(
+        far >= 0.85 && alice_part >= 0.85,
+        "Alice, then the number called: {}\n{record}",
+        right.timeline()
+    );
+    let log = c
+        .admin
+        .ok("GET", &format!("/api/calls/{}", record["log_id"]), None);
+    assert_eq!(log["agent_id"], alice.agent_id, "{log}");
+    assert_eq!(log["disposition"], "answered", "{log}");
+}

@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use super::control::{Control, ControlError, Controller, TransferTo};
 use super::dialog::{target_peer, Dialog, LocalContact};
+use super::outbound::{challenge_answer, Gateway};
 use super::pop::{self, PopCard};
 use super::record::{AgentSpan, CallRecord, Disposition, EndedBy, HoldSpan};
 use crate::acd::runtime::{AgentTarget, Decision};
@@ -477,6 +478,11 @@ pub struct Call {
     /// A REFER from the agent's phone waiting for its target to be looked up: the NOTIFY that
     /// ends its implicit subscription goes out before the phone's leg is hung up.
     refer_pending: bool,
+    /// A transfer out through the gateway: the agent leg rings this number, answering the
+    /// gateway's challenge with `agent_auth` (counted in `gateway_tries`).
+    number_target: Option<Box<Gateway>>,
+    gateway_tries: u32,
+    agent_auth: Option<(HeaderName, String)>,
     out: VecDeque<Output>,
 }
 
@@ -648,6 +654,9 @@ impl Call {
             transferring: false,
             agents_had: Vec::new(),
             refer_pending: false,
+            number_target: None,
+            gateway_tries: 0,
+            agent_auth: None,
             caller_media: LegMedia {
                 local: caller_local,
                 pending_offer: None,
@@ -1131,11 +1140,18 @@ impl Call {
             );
             inv.headers.push(HeaderName::MinSe, min_se.to_string());
         }
-        if let Some(n) = &self.caller.number {
+        let presented = match &self.number_target {
+            Some(gw) => Some(&gw.caller_id),
+            None => self.caller.number.as_ref(),
+        };
+        if let Some(n) = presented {
             inv.headers.push(
                 HeaderName::PAssertedIdentity,
                 format!("<sip:{n}@{}>", me.host),
             );
+        }
+        if let Some((name, value)) = self.agent_auth.take() {
+            inv.headers.push(name, value);
         }
         inv.headers.push(
             HeaderName::Other("X-Screenpop-Call".into()),
@@ -1387,7 +1403,10 @@ impl Call {
         }
         if self.ring_deadline.is_some_and(|d| now >= d) {
             self.ring_deadline = None;
-            if self.phase == Phase::Ringing {
+            if self.transferring && self.number_target.is_some() {
+                self.cancel_agent(now);
+                self.number_failed(now);
+            } else if self.phase == Phase::Ringing {
                 info!("agent did not answer in time");
                 self.disposition = Some(Disposition::Missed);
                 self.cancel_agent(now);
@@ -2139,6 +2158,18 @@ impl Call {
             self.answer_caller(now);
             return;
         }
+        if matches!(status, 401 | 407) && self.transferring {
+            if let Some(gw) = self.number_target.clone() {
+                let uri = self.agent_leg.remote_target.to_string();
+                if let Some(auth) = challenge_answer(&gw, &r, &uri, &mut self.gateway_tries) {
+                    self.agent_auth = Some(auth);
+                    self.agent_leg.remote.remove_param("tag");
+                    self.agent_media.pending_offer = None;
+                    self.start_agent_leg(now);
+                    return;
+                }
+            }
+        }
         if status == 422 && self.agent_min_se.is_none() && self.ringing_an_agent() {
             // RFC 4028 §7.4: the phone wants a longer interval; ask again with its Min-SE, once
             // (a second 422 is refused like any other failure).
@@ -2187,6 +2218,10 @@ impl Call {
             _ => 480,
         };
         info!(status, mapped, "agent leg failed");
+        if self.transferring && self.number_target.is_some() {
+            self.number_failed(now);
+            return;
+        }
         if self.acd_mode && (self.phase == Phase::Ringing || self.transferring) {
             // Busy, declined or gone: the ACD offers the call to the next agent.
             if let Some(agent) = self.agent_id {
@@ -2493,7 +2528,7 @@ impl Call {
     /// A blind transfer: the agent's phone is hung up, the caller hears music, and the ACD
     /// offers the call to the target (then, should the target not take it, to the queue).
     fn transfer(&mut self, now: Instant, to: TransferTo) -> Result<(), ControlError> {
-        if !self.acd_mode {
+        if !self.acd_mode && !matches!(to, TransferTo::Number(_)) {
             return Err(ControlError::Conflict(
                 "calls on this trunk ring a fixed phone: there is no queue to transfer through",
             ));
@@ -2507,18 +2542,19 @@ impl Call {
             return Err(ControlError::Conflict("the phone is being re-INVITEd"));
         }
         let from = self.agent_id;
-        let (queue, target) = match to {
-            TransferTo::Agent(a) if Some(a) == from => {
+        let (queue, target, number) = match &to {
+            TransferTo::Agent(a) if Some(*a) == from => {
                 return Err(ControlError::Conflict(
                     "the call is with that agent already",
                 ));
             }
-            TransferTo::Agent(a) => (self.queue.as_ref().map(|q| q.0), Some(a)),
-            TransferTo::Queue(q) => (Some(q), None),
+            TransferTo::Agent(a) => (self.queue.as_ref().map(|q| q.0), Some(*a), None),
+            TransferTo::Queue(q) => (Some(*q), None, None),
+            TransferTo::Number(gw) => (self.queue.as_ref().map(|q| q.0), None, Some(gw.clone())),
         };
-        let Some(queue) = queue else {
+        if queue.is_none() && number.is_none() {
             return Err(ControlError::Conflict("the call is in no queue"));
-        };
+        }
         info!(?from, to = ?to, "blind transfer");
         if let Some(hold) = self.hold.take() {
             // The hold ends here; the music plays on for the transfer.
@@ -2562,16 +2598,95 @@ impl Call {
             contact_log_id: self.found.log_id,
             agent_id: from,
             to_agent_id: target,
-            to_queue_id: matches!(to, TransferTo::Queue(_)).then_some(queue),
+            to_queue_id: if matches!(to, TransferTo::Queue(_)) {
+                queue
+            } else {
+                None
+            },
+            to_number: number.as_ref().map(|g| g.number.clone()),
             at: crate::time::rfc3339(self.wall(now)),
         })));
         self.agent_id = None;
-        self.tell_acd(AcdInput::Transfer {
-            call: self.id.clone(),
-            queue,
-            to: target,
-        });
+        match (number, queue) {
+            (Some(gw), _) => {
+                if self.routed {
+                    // The first agent is done with the call (wrap-up); the ACD has no part in
+                    // ringing an outside number.
+                    self.tell_acd(AcdInput::Ended {
+                        call: self.id.clone(),
+                    });
+                }
+                self.ring_number(now, gw);
+            }
+            (None, Some(queue)) => self.tell_acd(AcdInput::Transfer {
+                call: self.id.clone(),
+                queue,
+                to: target,
+            }),
+            (None, None) => {}
+        }
         Ok(())
+    }
+
+    /// Rings an outside number through the gateway on a fresh agent leg, presenting the
+    /// profile's caller ID; the caller hears music until it answers.
+    fn ring_number(&mut self, now: Instant, gw: Box<Gateway>) {
+        let presented = CallerId {
+            raw: gw.caller_id.clone(),
+            number: Some(gw.caller_id.clone()),
+            name: None,
+            withheld: false,
+        };
+        let target = AgentTarget {
+            uri: gw.uri.clone(),
+            peer: Some(gw.peer),
+        };
+        let (leg, _) = agent_dialog(
+            &self.cfg.me,
+            &mut self.rng,
+            &presented,
+            &target,
+            self.caller_leg.peer,
+        );
+        self.agent_leg = leg;
+        // Gateways take RTP/AVP: no SRTP offer, whatever `agent_srtp` says for phones.
+        self.agent_plain_only = true;
+        self.agent_min_se = None;
+        self.agent_answered = false;
+        self.agent_ack = None;
+        self.agent_auth = None;
+        self.gateway_tries = 0;
+        self.agent_call_ids.push(self.agent_leg.call_id.clone());
+        self.out.push_back(Output::Listen {
+            call_id: self.agent_leg.call_id.clone(),
+        });
+        self.agent_uri = Some(gw.uri.clone());
+        self.media(MediaCommand::SignallingIp(LegId::Agent, gw.peer.addr.ip()));
+        self.ring_deadline = Some(now + gw.ring_timeout);
+        info!(number = %gw.number, "transfer out through the gateway");
+        self.number_target = Some(gw);
+        self.start_agent_leg(now);
+    }
+
+    /// The outside number did not take the transferred caller (refused, no answer, no
+    /// response): back into the call's queue, ahead of new callers, or hung up without one.
+    fn number_failed(&mut self, now: Instant) {
+        self.number_target = None;
+        self.ring_deadline = None;
+        match self.queue.as_ref().map(|q| q.0) {
+            Some(queue) if self.acd_mode => {
+                info!("the outside number did not answer: back into the queue");
+                self.tell_acd(AcdInput::Transfer {
+                    call: self.id.clone(),
+                    queue,
+                    to: None,
+                });
+            }
+            _ => {
+                info!("the outside number did not answer: hanging up");
+                self.hang_up(now, None);
+            }
+        }
     }
 
     /// The transfer's target answered: the caller hears them.
@@ -2853,6 +2968,10 @@ impl Call {
 
     fn on_client_timeout(&mut self, now: Instant, leg: LegId, purpose: Purpose) {
         match purpose {
+            Purpose::AgentInvite if self.transferring && self.number_target.is_some() => {
+                info!("the gateway does not answer");
+                self.number_failed(now);
+            }
             Purpose::AgentInvite
                 if self.acd_mode && (self.phase == Phase::Ringing || self.transferring) =>
             {
@@ -3992,6 +4111,73 @@ mod tests {
     }
 
     /// The trunk's re-INVITE with `dir` (a session refresh says sendrecv), CSeq `cseq`.
+    /// A blind transfer out to a number: the phone is hung up, the gateway rung with the
+    /// profile's caller ID and its 407 answered; a busy number puts the caller back in the
+    /// queue (music on, the ACD told), never leaving the caller alone with music.
+    #[test]
+    fn a_transfer_to_a_number_rings_the_gateway_and_falls_back_to_the_queue() {
+        let (mut c, t0, _) = answered();
+        c.queue = Some((1, "General".into()));
+        let t = t0 + Duration::from_secs(5);
+        let gw = Gateway {
+            number: "+12015550123".into(),
+            uri: Uri::parse("sip:+12015550123@10.0.0.50:5060").unwrap(),
+            peer: peer("10.0.0.50:5060"),
+            credentials: Some(("acct".into(), "pw".into())),
+            caller_id: "+12015550100".into(),
+            ring_timeout: Duration::from_secs(60),
+        };
+        let alice = Controller {
+            agent: Some(4),
+            supervisor: false,
+        };
+        c.handle_control(
+            t,
+            1,
+            alice,
+            Control::Transfer(TransferTo::Number(Box::new(gw))),
+        );
+        let (said, sent) = drain(&mut c);
+        for what in [
+            "tx 10.0.0.10:5060 BYE",
+            "tx 10.0.0.50:5060 INVITE sip:+12015550123@10.0.0.50:5060",
+            "publish call.transferred",
+            "acd Ended",
+            "reply Ok(())",
+        ] {
+            assert!(has(&said, what), "{what}: {said:?}");
+        }
+        let inv = last_invite(&sent, "the gateway's INVITE");
+        assert!(inv
+            .headers
+            .get(&HeaderName::From)
+            .unwrap()
+            .contains("+12015550100"));
+        assert!(!String::from_utf8_lossy(&inv.body).contains("crypto"));
+        let mut challenge = inv.response(407, Some("gw"));
+        challenge.headers.push(
+            HeaderName::ProxyAuthenticate,
+            "Digest realm=\"gw\", nonce=\"n1\", qop=\"auth\"",
+        );
+        let challenge = Message::parse(&Message::Response(challenge).to_bytes()).unwrap();
+        c.handle_message(t, challenge, peer("10.0.0.50:5060"));
+        let (_, sent) = drain(&mut c);
+        let again = last_invite(&sent, "INVITE with credentials");
+        let auth = again
+            .headers
+            .get(&HeaderName::ProxyAuthorization)
+            .unwrap_or_default();
+        assert!(auth.contains("username=\"acct\""), "{auth}");
+        c.handle_message(
+            t,
+            Message::Response(again.response(486, Some("gw"))),
+            peer("10.0.0.50:5060"),
+        );
+        let (said, _) = drain(&mut c);
+        assert!(has(&said, "acd Transfer"), "back into the queue: {said:?}");
+        assert!(!has(&said, "BYE"), "the caller stays: {said:?}");
+    }
+
     fn phone_refer(inv: &Request, cseq: u32, to: &str) -> Message {
         request(&format!(
             "REFER sip:screenpop@10.0.0.2:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE};branch=z9hG4bKrf{cseq}\r\n\

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::acd::AgentId;
 
 /// A request from a desktop or the API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
     /// End the call: BYE to both legs.
     Hangup,
@@ -24,12 +24,15 @@ pub enum Control {
 }
 
 /// Where a blind transfer goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransferTo {
     /// This agent's phone (and the call's queue, should it not answer).
     Agent(AgentId),
     /// Back into a queue.
     Queue(crate::acd::QueueId),
+    /// Out through the `[outbound]` gateway (the number already checked and the gateway
+    /// resolved by the dialer).
+    Number(Box<crate::calls::outbound::Gateway>),
 }
 
 /// Who asks: only the agent who has the call, or a supervisor, controls it.

@@ -44,9 +44,11 @@ use crate::time::{civil_date, epoch_ms};
 /// How long an ended call keeps absorbing retransmissions, at most.
 const LINGER: Duration = Duration::from_secs(40);
 
-/// The gateway and how to present ourselves to it.
-#[derive(Debug, Clone)]
+/// The gateway and how to present ourselves to it, for one number.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Gateway {
+    /// The number called, in E.164.
+    pub number: String,
     /// The Request-URI (the number filled in).
     pub uri: Uri,
     /// Where it is reached (resolved before the call starts).
@@ -159,6 +161,46 @@ pub struct OutboundCall {
     final_status: u16,
     ringback: bool,
     out: VecDeque<Output>,
+}
+
+/// The Authorization (after 401) or Proxy-Authorization (after 407) header answering the
+/// gateway's challenge `r` to an INVITE for `uri`; `None` when [outbound] has no credentials,
+/// the challenge cannot be answered, or the same credentials were refused already (`tries`
+/// counts the answers; a stale nonce is answered again).
+pub(crate) fn challenge_answer(
+    gw: &Gateway,
+    r: &Response,
+    uri: &str,
+    tries: &mut u32,
+) -> Option<(HeaderName, String)> {
+    let Some((user, pass)) = gw.credentials.as_ref() else {
+        warn!("the gateway asks for credentials and [outbound] has none");
+        return None;
+    };
+    let (ch_name, auth_name) = if r.status == 401 {
+        (HeaderName::WwwAuthenticate, HeaderName::Authorization)
+    } else {
+        (
+            HeaderName::ProxyAuthenticate,
+            HeaderName::ProxyAuthorization,
+        )
+    };
+    let Ok(ch) = digest::best_challenge(r.headers.get_all(&ch_name)) else {
+        warn!("the gateway's challenge cannot be answered");
+        return None;
+    };
+    if *tries >= 1 && !ch.stale {
+        warn!("the gateway refused the [outbound] credentials");
+        return None;
+    }
+    *tries += 1;
+    match digest::respond(&ch, user, pass, "INVITE", uri, &digest::new_cnonce(), 1) {
+        Ok(value) => Some((auth_name, value)),
+        Err(e) => {
+            warn!(error = %e, "the gateway's challenge cannot be answered");
+            None
+        }
+    }
 }
 
 fn remote_media(rtp: Option<std::net::SocketAddr>, codec: Codec, dtmf: Option<u8>) -> RemoteMedia {
@@ -672,39 +714,15 @@ impl OutboundCall {
     /// Sends the INVITE again with credentials for the gateway's challenge; false when there
     /// are none, or the same credentials were refused already (a stale nonce is retried).
     fn answer_challenge(&mut self, now: Instant, r: &Response) -> bool {
-        let Some((user, pass)) = self.gateway.credentials.clone() else {
-            warn!("the gateway asks for credentials and [outbound] has none");
-            return false;
-        };
-        let (ch_name, auth_name) = if r.status == 401 {
-            (HeaderName::WwwAuthenticate, HeaderName::Authorization)
-        } else {
-            (
-                HeaderName::ProxyAuthenticate,
-                HeaderName::ProxyAuthorization,
-            )
-        };
-        let Ok(ch) = digest::best_challenge(r.headers.get_all(&ch_name)) else {
-            warn!("the gateway's challenge cannot be answered");
-            return false;
-        };
-        let l = self.leg(LegId::Caller);
-        if l.auth_tries >= 1 && !ch.stale {
-            warn!("the gateway refused the [outbound] credentials");
-            return false;
-        }
-        l.auth_tries += 1;
+        let l = &mut self.legs[LegId::Caller.index()];
         let uri = l.dialog.remote_target.to_string();
-        match digest::respond(&ch, &user, &pass, "INVITE", &uri, &digest::new_cnonce(), 1) {
-            Ok(value) => {
+        match challenge_answer(&self.gateway, r, &uri, &mut l.auth_tries) {
+            Some(auth) => {
                 let codec = [self.codec];
-                self.invite(now, LegId::Caller, &codec, Some((auth_name, value)));
+                self.invite(now, LegId::Caller, &codec, Some(auth));
                 true
             }
-            Err(e) => {
-                warn!(error = %e, "the gateway's challenge cannot be answered");
-                false
-            }
+            None => false,
         }
     }
 
@@ -1035,6 +1053,7 @@ mod tests {
                 },
                 agent_peer: peer(PHONE),
                 gateway: Gateway {
+                    number: "+12015550123".into(),
                     uri: Uri::parse("sip:+12015550123@10.0.0.1:5060").unwrap(),
                     peer: peer(GW),
                     credentials: credentials.then(|| ("acct".into(), "secret".into())),

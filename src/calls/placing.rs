@@ -60,9 +60,15 @@ pub enum DialFailure {
     Unavailable(String),
 }
 
-struct Job {
-    req: DialRequest,
-    reply: oneshot::Sender<Result<Placed, DialFailure>>,
+enum Job {
+    Dial {
+        req: DialRequest,
+        reply: oneshot::Sender<Result<Placed, DialFailure>>,
+    },
+    Gateway {
+        number: String,
+        reply: oneshot::Sender<Result<Gateway, DialFailure>>,
+    },
 }
 
 /// The API's way to place calls; cheap to clone.
@@ -80,8 +86,24 @@ impl Dialer {
 
     pub async fn dial(&self, req: DialRequest) -> Result<Placed, DialFailure> {
         let (reply, rx) = oneshot::channel();
+        self.ask(Job::Dial { req, reply }, rx).await
+    }
+
+    /// The gateway leg for an outside number (a transfer out): the number checked against
+    /// `outbound.allow`, the gateway resolved.
+    pub async fn gateway_for(&self, number: &str) -> Result<Gateway, DialFailure> {
+        let (reply, rx) = oneshot::channel();
+        let number = number.to_string();
+        self.ask(Job::Gateway { number, reply }, rx).await
+    }
+
+    async fn ask<T>(
+        &self,
+        job: Job,
+        rx: oneshot::Receiver<Result<T, DialFailure>>,
+    ) -> Result<T, DialFailure> {
         self.tx
-            .send(Job { req, reply })
+            .send(job)
             .await
             .map_err(|_| DialFailure::Unavailable("SIP is not running".into()))?;
         rx.await
@@ -99,11 +121,22 @@ pub(crate) fn serve(env: Arc<CallEnv>, plan: Option<DialPlan>, mut inbox: Dialer
         while let Some(job) = inbox.0.recv().await {
             let (env, plan) = (env.clone(), plan.clone());
             tokio::spawn(async move {
-                let result = match plan {
-                    Some(plan) => place(env, &plan, job.req).await,
-                    None => Err(DialFailure::NotConfigured),
-                };
-                let _ = job.reply.send(result);
+                match job {
+                    Job::Dial { req, reply } => {
+                        let result = match plan {
+                            Some(plan) => place(env, &plan, req).await,
+                            None => Err(DialFailure::NotConfigured),
+                        };
+                        let _ = reply.send(result);
+                    }
+                    Job::Gateway { number, reply } => {
+                        let result = match plan {
+                            Some(plan) => gateway(&env, &plan, &number).await,
+                            None => Err(DialFailure::NotConfigured),
+                        };
+                        let _ = reply.send(result);
+                    }
+                }
             });
         }
     });
@@ -127,6 +160,27 @@ async fn resolve(uri: &Uri, peer: Option<Peer>, v4: bool) -> Option<Peer> {
     let mut addrs = tokio::net::lookup_host((host, port)).await.ok()?;
     let addr = addrs.find(|a| a.is_ipv4() == v4)?;
     Some(Peer { addr, ..p })
+}
+
+/// The gateway leg for `number`: checked, filled in, resolved, with the profile's credentials
+/// and caller ID.
+async fn gateway(env: &CallEnv, plan: &DialPlan, number: &str) -> Result<Gateway, DialFailure> {
+    let n = plan.check(number)?;
+    let v4 = env.call.media_ip.is_ipv4();
+    let peer = resolve(&n.uri, None, v4).await.ok_or_else(|| {
+        DialFailure::Unavailable(format!("the gateway {} does not resolve", n.uri.host))
+    })?;
+    let o = env.profile.outbound.as_ref();
+    Ok(Gateway {
+        number: n.e164,
+        uri: n.uri,
+        peer,
+        credentials: o.and_then(|o| o.username.clone().zip(o.password.clone())),
+        caller_id: o
+            .and_then(|o| o.caller_id.clone())
+            .unwrap_or_else(|| "screenpop".into()),
+        ring_timeout: Duration::from_secs(o.map_or(60, |o| o.ring_timeout_secs)),
+    })
 }
 
 async fn place(
@@ -179,11 +233,12 @@ async fn place(
             offer.target.uri
         )));
     };
-    let Some(gw_peer) = resolve(&number.uri, None, v4).await else {
-        return Err(release(format!(
-            "the gateway {} does not resolve",
-            number.uri.host
-        )));
+    let gw = match gateway(&env, plan, &req.number).await {
+        Ok(gw) => gw,
+        Err(e) => {
+            env.acd.tell(AcdInput::Ended { call: id.clone() });
+            return Err(e);
+        }
     };
     let (Some(caller_sock), Some(agent_sock)) = (
         env.ports.bind(env.call.media_ip),
@@ -191,7 +246,6 @@ async fn place(
     ) else {
         return Err(release("no RTP ports free".into()));
     };
-    let outbound = env.profile.outbound.as_ref();
     let gateway_call_id = format!("{:032x}@{}", rand::random::<u128>(), env.call.me.host);
     let log_id = match store
         .insert_placed_call(&OfferedCall {
@@ -224,15 +278,7 @@ async fn place(
         agent: req.agent,
         agent_target: offer.target,
         agent_peer,
-        gateway: Gateway {
-            uri: number.uri.clone(),
-            peer: gw_peer,
-            credentials: outbound.and_then(|o| o.username.clone().zip(o.password.clone())),
-            caller_id: outbound
-                .and_then(|o| o.caller_id.clone())
-                .unwrap_or_else(|| "screenpop".into()),
-            ring_timeout: Duration::from_secs(outbound.map_or(60, |o| o.ring_timeout_secs)),
-        },
+        gateway: gw,
         gateway_call_id,
         e164: number.e164.clone(),
         name: customer.as_ref().map(|c| c.name.clone()),

@@ -101,9 +101,10 @@ pub struct CallTransferred {
     pub contact_log_id: Option<ContactLogId>,
     /// The agent who had the call (whose desktops get this event).
     pub agent_id: Option<i64>,
-    /// The target: an agent, or a queue.
+    /// The target: an agent, a queue, or an outside number (E.164).
     pub to_agent_id: Option<i64>,
     pub to_queue_id: Option<i64>,
+    pub to_number: Option<String>,
     /// RFC 3339.
     pub at: String,
 }

@@ -1018,7 +1018,8 @@ async fn dial(
 pub(crate) struct TransferTarget {
     agent_id: Option<i64>,
     queue_id: Option<i64>,
-    /// An outside number (needs an outbound trunk).
+    /// An outside number, called through the profile's `[outbound]` gateway (checked against
+    /// `outbound.allow`).
     number: Option<String>,
 }
 
@@ -1061,52 +1062,59 @@ async fn transfer_call(
             ))
         }
     }
-    let to =
-        match (t.to.agent_id, t.to.queue_id, &t.to.number) {
-            (Some(agent), None, None) => {
-                let known = s.store.agent(agent).await?.is_some_and(|a| a.active);
-                if !known {
-                    return Err(ApiError::invalid("to.agent_id", "no such agent"));
-                }
-                let state = s
-                    .board
-                    .lock()
-                    .map_err(|_| ApiError::internal("board"))?
-                    .agent_state(agent)
-                    .unwrap_or("offline")
-                    .to_string();
-                if state != "available" {
-                    return Err(ApiError::new(
-                        StatusCode::CONFLICT,
-                        "agent_not_available",
-                        format!("that agent is {state}, not available"),
-                    ));
-                }
-                TransferTo::Agent(agent)
+    let to = match (t.to.agent_id, t.to.queue_id, &t.to.number) {
+        (Some(agent), None, None) => {
+            let known = s.store.agent(agent).await?.is_some_and(|a| a.active);
+            if !known {
+                return Err(ApiError::invalid("to.agent_id", "no such agent"));
             }
-            (None, Some(queue), None) => {
-                let known = s
-                    .store
-                    .queues()
-                    .await?
-                    .iter()
-                    .any(|q| q.id == queue && q.active);
-                if !known {
-                    return Err(ApiError::invalid("to.queue_id", "no such queue"));
+            let state = s
+                .board
+                .lock()
+                .map_err(|_| ApiError::internal("board"))?
+                .agent_state(agent)
+                .unwrap_or("offline")
+                .to_string();
+            if state != "available" {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "agent_not_available",
+                    format!("that agent is {state}, not available"),
+                ));
+            }
+            TransferTo::Agent(agent)
+        }
+        (None, Some(queue), None) => {
+            let known = s
+                .store
+                .queues()
+                .await?
+                .iter()
+                .any(|q| q.id == queue && q.active);
+            if !known {
+                return Err(ApiError::invalid("to.queue_id", "no such queue"));
+            }
+            TransferTo::Queue(queue)
+        }
+        (None, None, Some(number)) => {
+            let Some(dialer) = &s.dialer else {
+                return Err(crate::calls::placing::DialFailure::NotConfigured.into());
+            };
+            match dialer.gateway_for(number).await {
+                Ok(gw) => TransferTo::Number(Box::new(gw)),
+                Err(crate::calls::placing::DialFailure::Number(e)) => {
+                    return Err(ApiError::invalid("to.number", e.to_string()))
                 }
-                TransferTo::Queue(queue)
+                Err(e) => return Err(e.into()),
             }
-            (None, None, Some(_)) => return Err(ApiError::invalid(
-                "to.number",
-                "transfers to outside numbers need an outbound trunk, which is not available yet",
-            )),
-            _ => {
-                return Err(ApiError::invalid(
-                    "to",
-                    "give exactly one of agent_id, queue_id and number",
-                ))
-            }
-        };
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                "to",
+                "give exactly one of agent_id, queue_id and number",
+            ))
+        }
+    };
     control_call(&s, &me, &id, Control::Transfer(to), "transfer").await
 }
 

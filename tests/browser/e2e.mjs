@@ -158,11 +158,16 @@ try {
   check(await agent.getByRole('button', { name: 'Hang up' }).isVisible(), 'Resume brings the call back, Hang up is offered');
   // Transfer lists the other agents and the queues (pressing it is tested over the API in
   // tests/call_control.rs, with a second phone).
-  const transferTo = agent.getByLabel('Transfer to');
+  const transferTo = agent.getByLabel('Transfer to', { exact: true });
   const targets = await transferTo.locator('option').allTextContents();
   check(targets.some((t) => t.toLowerCase().includes('wang')) && targets.some((t) => t.includes('support')),
     `Transfer offers the other agent and the queue (${targets.join(', ')})`);
   check(!targets.some((t) => t.toLowerCase().includes('lina')), 'but not the agent herself');
+  await transferTo.selectOption('n:');
+  check(await agent.getByLabel('Number to transfer to').isVisible(), 'an outside number can be typed');
+  check(!(await agent.locator('.call-controls').textContent()).includes('null'), 'no stray "null" among the controls');
+  await shot(agent, 'agent-transfer-number');
+  await transferTo.selectOption('');
 
   // The caller hangs up; the wrap-up runs out and the agent is available again.
   await agent.getByText('Call ended').first().waitFor({ timeout: 20_000 });

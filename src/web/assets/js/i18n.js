@@ -73,6 +73,8 @@ const D = {
   'btn.transfer': ['Transfer', '转接'],
   'card.transferTo': ['Transfer to', '转接给'],
   'card.transferPick': ['Transfer to…', '转接给…'],
+  'card.transferNumber': ['An outside number…', '外部号码…'],
+  'card.transferNumberLabel': ['Number to transfer to', '转接号码'],
   'card.status.transferred': ['Transferred', '已转接'],
   'card.status.dialling': ['Calling — answer your phone to place the call', '外呼中——请接听您的话机以拨出'],
   'card.outbound': ['Outbound call', '外呼'],

@@ -117,13 +117,21 @@ export class PopCard {
     const options = [['', t('card.transferPick')]];
     for (const a of directoryAgents()) if (a.active && a.id !== this.me.agent_id) options.push([`a:${a.id}`, a.display_name]);
     for (const q of directoryQueues()) if (q.active) options.push([`q:${q.id}`, t('card.queue', { q: q.name })]);
+    options.push(['n:', t('card.transferNumber')]);
     const target = select(options, { 'aria-label': t('card.transferTo'), class: 'compact' });
+    const number = h('input', { type: 'tel', class: 'compact transfer-number', 'aria-label': t('card.transferNumberLabel'), placeholder: t('card.transferNumberLabel'), hidden: true });
+    target.addEventListener('change', () => { number.hidden = target.value !== 'n:'; if (!number.hidden) number.focus(); });
     const go = h('button', { type: 'button', class: 'btn', text: t('btn.transfer'), onclick: () => {
       const [kind, id] = target.value.split(':');
+      if (kind === 'n') {
+        if (!number.value.trim()) { number.focus(); return; }
+        this.control('transfer', { to: { number: number.value.trim() }, mode: 'blind' });
+        return;
+      }
       if (!id) { target.focus(); return; }
       this.control('transfer', { to: kind === 'a' ? { agent_id: Number(id) } : { queue_id: Number(id) }, mode: 'blind' });
     } });
-    return h('span', { class: 'transfer-box' }, target, go);
+    return h('span', { class: 'transfer-box' }, target, number, go);
   }
 
   /** call.transferred: the call went to someone else; this card is done with it. */
@@ -251,11 +259,12 @@ export class PopCard {
       const held = c.status === 'held';
       // A hold made on the phone is resumed on the phone (the server would refuse it here).
       const onPhone = held && c.heldBy === 'phone';
-      controls.append(
+      // (Element.append writes a null as the text "null": only what is there goes in.)
+      controls.append(...[
         onPhone ? null : h('button', { type: 'button', class: `btn ${held ? 'primary' : ''}`, text: t(held ? 'btn.resume' : 'btn.hold'), onclick: () => this.control(held ? 'resume' : 'hold') }),
         h('button', { type: 'button', class: 'btn danger', text: t('btn.hangup'), onclick: () => this.control('hangup') }),
         this.transferBox(),
-        held ? h('span', { class: 'muted', text: t(onPhone ? 'card.heldOnPhone' : 'card.heldHint') }) : null);
+        held ? h('span', { class: 'muted', text: t(onPhone ? 'card.heldOnPhone' : 'card.heldHint') }) : null].filter(Boolean));
     }
     if (c.status === 'ended' || c.status === 'withdrawn' || c.status === 'transferred') {
       row.append(h('button', { type: 'button', class: 'btn small', text: t('card.dismiss'), onclick: () => { this.idle(); if (this.hooks.onDismiss) this.hooks.onDismiss(); } }));
