@@ -347,6 +347,24 @@ fn a_blind_transfer_hands_the_caller_to_another_agent() {
     );
     assert_eq!(log["agent_id"], bob.agent_id, "{log}");
     assert_eq!(log["customer_id"], cust["id"], "{log}");
+    // The contact log lists both agents in turn, each with their talk time.
+    let turns: Vec<(i64, i64)> = log["agents"]
+        .as_array()
+        .expect("agents")
+        .iter()
+        .map(|a| {
+            (
+                a["agent_id"].as_i64().unwrap(),
+                a["talk_secs"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        turns.iter().map(|t| t.0).collect::<Vec<_>>(),
+        [alice.agent_id, bob.agent_id],
+        "{log}"
+    );
+    assert!(turns.iter().all(|t| t.1 >= 1), "each talked: {log}");
 }
 
 /// Click-to-dial: the agent's own phone (baresip, registered with screenpop) rings first and

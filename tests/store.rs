@@ -1113,3 +1113,40 @@ on_both!(
         assert_eq!(store.next_webhook_attempt_at().await.unwrap(), None);
     }
 );
+
+on_both!(
+    a_contact_log_lists_every_agent_who_had_the_call,
+    |store: Store| async move {
+        use screenpop::store::calls::*;
+        let a = store
+            .create_agent(&agent("turn-a", screenpop::store::agents::SipTarget::None))
+            .await
+            .unwrap();
+        let b = store
+            .create_agent(&agent("turn-b", screenpop::store::agents::SipTarget::None))
+            .await
+            .unwrap();
+        let id = store
+            .insert_offered_call(&OfferedCall {
+                sip_call_id: "turns-1".into(),
+                caller_raw: "+14155550010".into(),
+                caller_e164: Some("+14155550010".into()),
+                dialed: "8005550100".into(),
+                customer_id: None,
+                offered_at: 3_000_000,
+            })
+            .await
+            .unwrap();
+        let turns = [(a.id, 0, 12_400), (b.id, 14_000, 75_900)];
+        store.set_call_agents(id, &turns).await.unwrap();
+        // Written again after a crash: nothing doubles.
+        store.set_call_agents(id, &turns).await.unwrap();
+        let log = store.contact_log(id).await.unwrap().expect("the log");
+        let got: Vec<(i64, i64)> = log
+            .agents
+            .iter()
+            .map(|t| (t.agent_id, t.talk_secs))
+            .collect();
+        assert_eq!(got, [(a.id, 12), (b.id, 61)]);
+    }
+);

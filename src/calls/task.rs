@@ -496,6 +496,14 @@ async fn finalize(
         if let Err(e) = store.finish_call(log_id.get(), &ended).await {
             warn!(error = %e, "contact log not completed");
         }
+        let agents: Vec<(i64, i64, i64)> = record
+            .agents
+            .iter()
+            .map(|a| (a.agent_id, a.start_ms as i64, a.end_ms as i64))
+            .collect();
+        if let Err(e) = store.set_call_agents(log_id.get(), &agents).await {
+            warn!(error = %e, "the call's agents not recorded");
+        }
         // Nobody answered: the caller gets called back (not a number an agent dialled).
         let callback = callback_title(ended.disposition, record.caller.number.as_deref())
             .filter(|_| !record.outbound);

@@ -214,6 +214,19 @@ pub struct ContactLog {
     pub recording_id: Option<i64>,
     pub notes: Option<String>,
     pub created_by: String,
+    /// Every agent who had the call, in turn, with their talk time (a transferred call lists
+    /// each). Filled in for one contact log (`GET /api/calls/{id}`), empty in lists.
+    pub agents: Vec<CallAgent>,
+}
+
+/// One agent's turn on a call.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct CallAgent {
+    pub agent_id: i64,
+    /// From the answer, in milliseconds (the recording's time).
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub talk_secs: i64,
 }
 
 /// Filters for listing contact logs; all optional, newest first.
@@ -291,6 +304,7 @@ fn log_of(r: &sqlx::any::AnyRow) -> Result<ContactLog, sqlx::Error> {
         recording_id: r.try_get("recording_id")?,
         notes: r.try_get("notes")?,
         created_by: r.try_get("created_by")?,
+        agents: Vec::new(),
     })
 }
 
@@ -320,7 +334,55 @@ impl Store {
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.as_ref().map(log_of).transpose()?)
+        let Some(mut log) = row.as_ref().map(log_of).transpose()? else {
+            return Ok(None);
+        };
+        log.agents = self.call_agents(id).await?;
+        Ok(Some(log))
+    }
+
+    /// Records who had the call in turn, as `(agent, start_ms, end_ms)` from the answer. Written
+    /// once at the end (again after a crash: the same rows are kept).
+    pub async fn set_call_agents(
+        &self,
+        id: i64,
+        agents: &[(i64, i64, i64)],
+    ) -> Result<(), StoreError> {
+        for (seq, (agent, start, end)) in agents.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO call_agents (call_id, seq, agent_id, start_ms, end_ms) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (call_id, seq) DO NOTHING",
+            )
+            .bind(id)
+            .bind(seq as i32)
+            .bind(*agent)
+            .bind(*start)
+            .bind(*end)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn call_agents(&self, id: i64) -> Result<Vec<CallAgent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT agent_id, start_ms, end_ms FROM call_agents WHERE call_id = $1 ORDER BY seq",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let (start, end): (i64, i64) = (r.try_get("start_ms")?, r.try_get("end_ms")?);
+                Ok(CallAgent {
+                    agent_id: r.try_get("agent_id")?,
+                    start_ms: start,
+                    end_ms: end,
+                    talk_secs: (end - start).max(0) / 1000,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
     }
 
     pub async fn contact_logs(&self, f: &CallFilter) -> Result<Vec<ContactLog>, StoreError> {

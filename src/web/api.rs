@@ -82,7 +82,7 @@ pub fn router() -> Router<AppState> {
         super::webhooks::delete_webhook, super::webhooks::list_deliveries
     ),
     components(schemas(
-        AgentOut, NewAgentIn, AgentPatchIn, QueueIn, QueuePatch, Queue, Customer, NewCustomer, CustomerPatch, ContactLog, CallPatch,
+        AgentOut, NewAgentIn, AgentPatchIn, QueueIn, QueuePatch, Queue, Customer, NewCustomer, CustomerPatch, ContactLog, crate::store::calls::CallAgent, CallPatch,
         Recording, WorkOrder, WorkOrderIn, WorkOrderPatchIn, WorkOrderChange, ImportReport,
         ApiErrorBody, MeOut, MePatch, crate::store::agents::AuditEntry,
         super::stats::QueueStats, super::stats::AgentStats, ControlOut, TransferIn, TransferTarget, DialIn, DialOut,
