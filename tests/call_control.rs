@@ -203,6 +203,42 @@ fn a_queued_caller_hears_the_queue_music_until_an_agent_answers() {
     let Some((c, q)) = music_center("queue_music", "queue_music") else {
         return;
     };
+    queued_caller_hears_music_then_the_agent(&c, q);
+}
+
+/// A queue with music of its own (set through the API, a file the server reads) plays it to
+/// its waiting callers, with no `queue_music` in the profile; a file that cannot be read is
+/// refused when the queue is saved (422 `music`).
+#[test]
+fn a_queue_plays_its_own_music_to_waiting_callers() {
+    let Some(c) = center_with("queue_own_music", "") else {
+        return;
+    };
+    if !softphone_or_skip("queue_own_music", "baresip") {
+        return;
+    }
+    let music = c.env.dir.join("sales-music.wav");
+    write_music(&music);
+    let (st, e) = c.admin.req(
+        "POST",
+        "/api/queues",
+        Some(&json!({"name": "sales", "music": "/nonexistent/music.wav"})),
+    );
+    assert_eq!(
+        (st, e["error"]["field"].as_str()),
+        (422, Some("music")),
+        "{e}"
+    );
+    let q = c.queue(
+        json!({"name": "sales", "dialed_numbers": [DIALED], "wrap_up_secs": 1,
+                           "is_default": true, "music": music.display().to_string()}),
+    );
+    queued_caller_hears_music_then_the_agent(&c, q);
+}
+
+/// A caller (baresip) waits 3 s in queue `q` before an agent goes available: the caller hears
+/// the music (by content) while waiting, then the agent.
+fn queued_caller_hears_music_then_the_agent(c: &common::center::Center, q: i64) {
     let pa = Ports::allocate();
     let alice = c.agent("alice", &pa, &[], &[q]);
     let mut desk = c.desktop(&alice, "alice");

@@ -1160,6 +1160,7 @@ impl World {
                             queue: 1,
                             name: "General".into(),
                             crm_url: None,
+                            music: None,
                         }),
                     );
                     self.acd.handle(

@@ -381,6 +381,7 @@ on_both!(agents_queues_and_sessions, |store: Store| async move {
             service_level_secs: 20,
             active: true,
             crm_url: Some("https://crm.example/c?phone={e164}".into()),
+            music: None,
         })
         .await
         .unwrap();
@@ -433,6 +434,7 @@ on_both!(agents_queues_and_sessions, |store: Store| async move {
             service_level_secs: 20,
             active: true,
             crm_url: None,
+            music: None,
         })
         .await
         .unwrap();
@@ -817,6 +819,7 @@ on_both!(agents_and_queues_change, |store: Store| async move {
         service_level_secs: 20,
         active: true,
         crm_url: None,
+        music: None,
     };
     let q1 = store.create_queue(&nq("one")).await.unwrap();
     let q2 = store.create_queue(&nq("two")).await.unwrap();

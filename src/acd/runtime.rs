@@ -29,6 +29,8 @@ pub enum Decision {
         name: String,
         /// The queue's CRM link template, for the pop.
         crm_url: Option<String>,
+        /// The queue's own music for waiting callers (else the profile's, or ringback).
+        music: Option<Arc<crate::media::player::Clip>>,
     },
     /// No queue takes calls to this number (no default queue either).
     NoQueue,
@@ -177,6 +179,8 @@ struct Runtime {
     pause_notes: HashMap<AgentId, String>,
     /// Open desktops per agent.
     desktops: HashMap<AgentId, usize>,
+    /// Each queue's music, decoded once (and again when the queue is changed).
+    music: HashMap<QueueId, Arc<crate::media::player::Clip>>,
 }
 
 /// Starts the ACD task; agents and queues are loaded before it takes calls.
@@ -198,6 +202,7 @@ pub async fn spawn(
         calls: HashMap::new(),
         pause_notes: HashMap::new(),
         desktops: HashMap::new(),
+        music: HashMap::new(),
     };
     rt.reload(Instant::now()).await;
     tokio::spawn(async move {
@@ -249,6 +254,28 @@ impl Runtime {
             );
         }
         self.queues = queues.into_iter().filter(|q| q.active).collect();
+        // Decoded off the ACD's task: a long WAV must not hold up routing.
+        let files: Vec<(QueueId, String)> = self
+            .queues
+            .iter()
+            .filter_map(|q| q.music.clone().map(|m| (q.id, m)))
+            .collect();
+        self.music = tokio::task::spawn_blocking(move || {
+            files
+                .into_iter()
+                .filter_map(|(id, path)| {
+                    match crate::media::player::Clip::load(std::path::Path::new(&path)) {
+                        Ok(c) => Some((id, Arc::new(c))),
+                        Err(e) => {
+                            warn!(queue = id, error = %e, "queue music not loaded; the profile's plays");
+                            None
+                        }
+                    }
+                })
+                .collect()
+        })
+        .await
+        .unwrap_or_default();
         for a in agents {
             if !a.active {
                 // Deactivated: in no queue, never reachable, and logged off.
@@ -328,6 +355,7 @@ impl Runtime {
                     queue: q.id,
                     name: q.name.clone(),
                     crm_url: q.crm_url.clone(),
+                    music: self.music.get(&q.id).cloned(),
                 });
                 let queue = q.id;
                 self.calls.insert(r.call.clone(), r.decisions);

@@ -191,6 +191,8 @@ pub enum MediaCommand {
     Watch(Option<Duration>),
     /// Play music into a leg in place of the other leg's audio, round and round.
     Play(LegId, Music),
+    /// The same with a clip of the call's own (a queue's music).
+    PlayClip(LegId, std::sync::Arc<crate::media::player::Clip>),
     /// Stop what plays into a leg: it hears the other leg again.
     StopPlaying(LegId),
 }
@@ -932,6 +934,7 @@ impl Call {
                 queue,
                 name,
                 crm_url,
+                music,
             } => {
                 // The queue goes into the contact log at the answer and at hang-up.
                 info!(queue = %name, "queued");
@@ -950,6 +953,9 @@ impl Call {
                 self.publish(event);
                 self.queue = Some((queue, name));
                 self.crm_template = crm_url;
+                if let Some(clip) = music {
+                    self.queue_clip(now, clip);
+                }
             }
             Decision::NoQueue | Decision::Overflow => {
                 if matches!(d, Decision::NoQueue) {
@@ -1015,6 +1021,27 @@ impl Call {
                 }
             }
         }
+    }
+
+    /// The queue has music of its own: the caller hears it (as early media) in place of the
+    /// profile's music or of ringback. A delayed offer has no answer for a 183: ringback stays.
+    fn queue_clip(&mut self, now: Instant, clip: std::sync::Arc<crate::media::player::Clip>) {
+        if self.phase != Phase::Ringing || !self.invite_pending() || self.delayed_offer {
+            return;
+        }
+        if !self.queue_music_on {
+            let Some(body) = self.caller_media.last_sdp.clone() else {
+                return;
+            };
+            let tag = self.caller_leg.local_tag().to_string();
+            let mut early = self.invite.response(183, Some(&tag));
+            early
+                .headers
+                .push(HeaderName::Contact, self.caller_leg.contact(&self.cfg.me));
+            self.respond_invite(now, early.with_body("application/sdp", body));
+            self.queue_music_on = true;
+        }
+        self.media(MediaCommand::PlayClip(LegId::Caller, clip));
     }
 
     /// The contact log names the agent being rung, and then the one who answered, so that
@@ -3393,6 +3420,7 @@ mod tests {
                 queue: 1,
                 name: "General".into(),
                 crm_url: Some("https://crm.example/c?phone={e164}&call={call_id}".into()),
+                music: None,
             },
         );
         assert_eq!(drain(&mut c).0, ["publish call.queued"]);
@@ -4354,6 +4382,48 @@ mod tests {
     /// With queue music, a queued caller gets 183 with our answer and the music; the agent's
     /// ringing is not passed on (it would start the gateway's own ringback over the music);
     /// the answer stops the music.
+    #[test]
+    fn a_queue_with_music_of_its_own_plays_it_as_early_media_after_ringback() {
+        let (mut c, t0) = start(false);
+        drain(&mut c);
+        c.handle_lookup(t0, found());
+        let (said, _) = drain(&mut c);
+        assert_eq!(said, ["tx 10.0.0.1:5060 SIP/2.0 180 Ringing", "route"]);
+        let clip = std::sync::Arc::new(crate::media::music::chime());
+        c.handle_decision(
+            t0,
+            Decision::Queued {
+                queue: 1,
+                name: "Sales".into(),
+                crm_url: None,
+                music: Some(clip),
+            },
+        );
+        let (said, sent) = drain(&mut c);
+        assert_eq!(
+            said,
+            [
+                "publish call.queued",
+                "tx 10.0.0.1:5060 SIP/2.0 183 Session Progress",
+                "media PlayClip"
+            ]
+        );
+        let early = match &sent[0].1 {
+            Message::Response(r) => r.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert!(String::from_utf8_lossy(&early.body).contains("m=audio"));
+        // The agent's answer stops it and the 200 repeats the same answer.
+        c.handle_decision(t0, offer(4));
+        let (_, sent) = drain(&mut c);
+        let inv = agent_invite(&sent);
+        c.handle_message(t0 + Duration::from_secs(2), answer(&inv), peer(PHONE));
+        let (said, sent) = drain(&mut c);
+        assert!(has(&said, "media StopPlaying"), "{said:?}");
+        let ok = first_ok(&sent);
+        assert_eq!(ok.body, early.body);
+    }
+
     #[test]
     fn queued_callers_hear_the_queue_music_as_early_media() {
         let (mut c, t0) = start(false);

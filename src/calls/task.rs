@@ -328,6 +328,9 @@ impl<M: Machine> CallTask<M> {
                                 m.play(leg, clip.clone(), crate::media::player::Repeat::Loop);
                             }
                         }
+                        MediaCommand::PlayClip(leg, clip) => {
+                            m.play(leg, clip, crate::media::player::Repeat::Loop)
+                        }
                         MediaCommand::StopPlaying(leg) => m.stop_playing(leg),
                     }
                 }

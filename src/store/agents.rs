@@ -158,6 +158,8 @@ pub struct Queue {
     pub active: bool,
     /// A link template for the desktop to open beside the pop (`{e164}`, `{call_id}`, …).
     pub crm_url: Option<String>,
+    /// The queue's own music for waiting callers: a WAV on the server (any common format).
+    pub music: Option<String>,
 }
 
 /// A new queue.
@@ -173,6 +175,7 @@ pub struct NewQueue {
     pub service_level_secs: i64,
     pub active: bool,
     pub crm_url: Option<String>,
+    pub music: Option<String>,
 }
 
 impl NewQueue {
@@ -189,6 +192,7 @@ impl NewQueue {
             service_level_secs: 20,
             active: true,
             crm_url: None,
+            music: None,
         }
     }
 }
@@ -246,6 +250,7 @@ fn queue_of(row: &AnyRow) -> Result<Queue, sqlx::Error> {
         service_level_secs: row.try_get("service_level_secs")?,
         active: row.try_get::<i64, _>("active")? != 0,
         crm_url: row.try_get("crm_url")?,
+        music: row.try_get("music")?,
     })
 }
 
@@ -377,8 +382,8 @@ impl Store {
         }
         let row = sqlx::query(
             "INSERT INTO queues (name, dialed_numbers, ring_timeout_secs, max_wait_secs, \
-             wrap_up_secs, required_skills, is_default, service_level_secs, active, crm_url) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+             wrap_up_secs, required_skills, is_default, service_level_secs, active, crm_url, music) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
         )
         .bind(q.name.trim().to_string())
         .bind(serde_json::to_string(&q.dialed_numbers).unwrap_or_else(|_| "[]".into()))
@@ -390,6 +395,7 @@ impl Store {
         .bind(q.service_level_secs)
         .bind(i64::from(q.active))
         .bind(q.crm_url.clone())
+        .bind(q.music.clone())
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| match &e {
@@ -410,7 +416,7 @@ impl Store {
     pub async fn queues(&self) -> Result<Vec<Queue>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, name, dialed_numbers, ring_timeout_secs, max_wait_secs, wrap_up_secs, \
-             required_skills, is_default, service_level_secs, active, crm_url FROM queues \
+             required_skills, is_default, service_level_secs, active, crm_url, music FROM queues \
              ORDER BY id",
         )
         .fetch_all(&self.pool)
@@ -691,6 +697,12 @@ impl Store {
                 Some(u) => Some(u.trim().to_string()),
                 None => cur.crm_url,
             },
+            // An empty string takes the music away (the profile's, or ringback, again).
+            music: match &p.music {
+                Some(m) if m.trim().is_empty() => None,
+                Some(m) => Some(m.trim().to_string()),
+                None => cur.music,
+            },
         };
         check_queue(&next)?;
         let mut tx = self.pool.begin().await?;
@@ -702,7 +714,7 @@ impl Store {
         sqlx::query(
             "UPDATE queues SET name = $1, dialed_numbers = $2, ring_timeout_secs = $3, \
              max_wait_secs = $4, wrap_up_secs = $5, required_skills = $6, is_default = $7, \
-             service_level_secs = $8, active = $9, crm_url = $10 WHERE id = $11",
+             service_level_secs = $8, active = $9, crm_url = $10, music = $12 WHERE id = $11",
         )
         .bind(next.name.trim().to_string())
         .bind(serde_json::to_string(&next.dialed_numbers).unwrap_or_else(|_| "[]".into()))
@@ -715,6 +727,7 @@ impl Store {
         .bind(i64::from(next.active))
         .bind(next.crm_url.clone())
         .bind(id)
+        .bind(next.music.clone())
         .execute(&mut *tx)
         .await
         .map_err(|e| match &e {
@@ -773,6 +786,8 @@ pub struct QueuePatch {
     pub active: Option<bool>,
     /// A CRM link template; `""` removes it.
     pub crm_url: Option<String>,
+    /// The queue's music (a WAV on the server); `""` removes it.
+    pub music: Option<String>,
 }
 
 fn check_queue(q: &NewQueue) -> Result<(), StoreError> {
@@ -791,6 +806,11 @@ fn check_queue(q: &NewQueue) -> Result<(), StoreError> {
     }
     if let Some(u) = &q.crm_url {
         crate::crm::link::check(u).map_err(|why| invalid("crm_url", why))?;
+    }
+    // A file that cannot be played is refused now, not found out by the first caller.
+    if let Some(m) = &q.music {
+        crate::media::player::Clip::load(std::path::Path::new(m))
+            .map_err(|e| invalid("music", e.to_string()))?;
     }
     Ok(())
 }

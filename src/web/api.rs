@@ -496,6 +496,11 @@ pub(crate) struct QueueIn {
     /// with `{e164}`, `{number}`, `{call_id}`, `{contact_log_id}`, `{customer_id}`, `{dialed}`.
     #[serde(default)]
     crm_url: Option<String>,
+    /// The queue's own music for waiting callers: the path of a WAV on the server (PCM at any
+    /// rate, mono or stereo, or G.711), played as early media; a file that cannot be read is
+    /// refused (422 `music`).
+    #[serde(default)]
+    music: Option<String>,
 }
 
 fn d20() -> i64 {
@@ -535,6 +540,7 @@ async fn create_queue(
             service_level_secs: q.service_level_secs,
             active: true,
             crm_url: q.crm_url.filter(|u| !u.trim().is_empty()),
+            music: q.music.filter(|m| !m.trim().is_empty()),
         })
         .await?;
     s.acd.reload();

@@ -142,16 +142,23 @@ export function adminPanel(root, me) {
     const sl = num('service_level_secs', q ? q.service_level_secs ?? 20 : 20);
     const skills = h('input', { type: 'text', name: 'required_skills', value: q ? (q.required_skills || []).join(', ') : '' });
     const def = h('input', { type: 'checkbox', id: 'q-default', name: 'is_default', checked: q ? q.is_default : false });
+    const crm = h('input', { type: 'url', name: 'crm_url', value: q ? q.crm_url || '' : '', placeholder: 'https://crm.example/customers?phone={e164}' });
+    const music = h('input', { type: 'text', name: 'music', value: q ? q.music || '' : '', placeholder: '/srv/screenpop/music/sales.wav' });
     const form = formShell([
       h('div', { class: 'span-2' }, field(t('admin.qName'), name)),
       h('div', { class: 'span-2' }, field(t('admin.qNumbers'), numbers, t('admin.commaHint'))),
       field(t('admin.qRing'), ring), field(t('admin.qMaxWait'), maxWait), field(t('admin.qWrap'), wrap), field(t('admin.qSl'), sl),
       h('div', { class: 'span-2' }, field(t('admin.qSkills'), skills, t('admin.commaHint'))),
+      h('div', { class: 'span-2' }, field(t('admin.qCrm'), crm, t('admin.qCrmHint'))),
+      h('div', { class: 'span-2' }, field(t('admin.qMusic'), music, t('admin.qMusicHint'))),
       h('div', { class: 'check span-2' }, def, h('label', { htmlFor: 'q-default', text: t('admin.qDefault') })),
     ], async () => {
       const body = { name: name.value.trim(), dialed_numbers: csv(numbers.value), ring_timeout_secs: Number(ring.value),
         max_wait_secs: Number(maxWait.value), wrap_up_secs: Number(wrap.value), service_level_secs: Number(sl.value),
-        required_skills: csv(skills.value), is_default: def.checked };
+        required_skills: csv(skills.value), is_default: def.checked,
+        crm_url: crm.value.trim(), music: music.value.trim() };
+      // A new queue without a link or music simply has none.
+      if (!editing) for (const k of ['crm_url', 'music']) if (!body[k]) delete body[k];
       if (editing) await patch(`/api/queues/${q.id}`, body);
       else await post('/api/queues', body);
     });
