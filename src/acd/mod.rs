@@ -150,6 +150,11 @@ pub enum Input {
     Ended {
         call: CallKey,
     },
+    /// The agent on the call left it while the call goes on without the ACD (a transfer out
+    /// to a number): the agent goes to wrap-up, and the call may come back with `Transfer`.
+    AgentLeft {
+        call: CallKey,
+    },
     /// The agent on the call handed it on (a blind transfer): that agent goes to wrap-up and
     /// the caller waits in `queue` again, ahead of new callers, offered first to `to` (an
     /// agent's transfer target) and to the rest of the queue when `to` cannot take it.
@@ -381,7 +386,7 @@ impl Acd {
                     });
                 }
             }
-            Input::Ended { call } => {
+            Input::Ended { call } | Input::AgentLeft { call } => {
                 let agent = self.agents.values().find_map(|a| match &a.state {
                     AgentState::OnCall { call: c, wrap_up } if *c == call => Some((a.id, *wrap_up)),
                     _ => None,

@@ -179,8 +179,10 @@ struct Runtime {
     pause_notes: HashMap<AgentId, String>,
     /// Open desktops per agent.
     desktops: HashMap<AgentId, usize>,
-    /// Each queue's music, decoded once (and again when the queue is changed).
+    /// Each queue's music, decoded once (and again when its file changes).
     music: HashMap<QueueId, Arc<crate::media::player::Clip>>,
+    /// Decoded files by path, with their modification time.
+    clip_cache: HashMap<String, (Option<SystemTime>, Arc<crate::media::player::Clip>)>,
 }
 
 /// Starts the ACD task; agents and queues are loaded before it takes calls.
@@ -203,6 +205,7 @@ pub async fn spawn(
         pause_notes: HashMap::new(),
         desktops: HashMap::new(),
         music: HashMap::new(),
+        clip_cache: HashMap::new(),
     };
     rt.reload(Instant::now()).await;
     tokio::spawn(async move {
@@ -254,28 +257,42 @@ impl Runtime {
             );
         }
         self.queues = queues.into_iter().filter(|q| q.active).collect();
-        // Decoded off the ACD's task: a long WAV must not hold up routing.
+        // Decoded on a blocking thread, and only files that are new or changed since the last
+        // reload (an agent's change reloads too): routing waits for nothing it had already.
         let files: Vec<(QueueId, String)> = self
             .queues
             .iter()
             .filter_map(|q| q.music.clone().map(|m| (q.id, m)))
             .collect();
-        self.music = tokio::task::spawn_blocking(move || {
-            files
-                .into_iter()
-                .filter_map(|(id, path)| {
-                    match crate::media::player::Clip::load(std::path::Path::new(&path)) {
-                        Ok(c) => Some((id, Arc::new(c))),
+        let mut cache = std::mem::take(&mut self.clip_cache);
+        let (music, cache) = tokio::task::spawn_blocking(move || {
+            let mut music = HashMap::new();
+            for (id, path) in files {
+                let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+                let clip = match cache.get(&path) {
+                    Some((when, clip)) if *when == modified => Some(clip.clone()),
+                    _ => match crate::media::player::Clip::load(std::path::Path::new(&path)) {
+                        Ok(c) => {
+                            let c = Arc::new(c);
+                            cache.insert(path.clone(), (modified, c.clone()));
+                            Some(c)
+                        }
                         Err(e) => {
                             warn!(queue = id, error = %e, "queue music not loaded; the profile's plays");
                             None
                         }
-                    }
-                })
-                .collect()
+                    },
+                };
+                if let Some(c) = clip {
+                    music.insert(id, c);
+                }
+            }
+            (music, cache)
         })
         .await
         .unwrap_or_default();
+        self.music = music;
+        self.clip_cache = cache;
         for a in agents {
             if !a.active {
                 // Deactivated: in no queue, never reachable, and logged off.

@@ -54,7 +54,7 @@ use crate::time::{civil_date, epoch_ms};
 
 /// Methods screenpop accepts in a call.
 pub(crate) const ALLOW: &str =
-    "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, PRACK, REFER, NOTIFY, REGISTER";
+    "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, PRACK, REFER, REGISTER";
 
 /// How long an ended call keeps absorbing retransmissions before its task goes, at most.
 const LINGER: Duration = Duration::from_secs(40);
@@ -195,6 +195,9 @@ pub enum MediaCommand {
     PlayClip(LegId, std::sync::Arc<crate::media::player::Clip>),
     /// Stop what plays into a leg: it hears the other leg again.
     StopPlaying(LegId),
+    /// Keep (`true`) or stop keeping the other leg's audio from a leg: the agent does not
+    /// overhear a caller on hold.
+    Hush(LegId, bool),
 }
 
 /// Which music: the task maps it to a file from the profile.
@@ -480,6 +483,9 @@ pub struct Call {
     /// A REFER from the agent's phone waiting for its target to be looked up: the NOTIFY that
     /// ends its implicit subscription goes out before the phone's leg is hung up.
     refer_pending: bool,
+    /// The CSeq of the REFER being reported on: its NOTIFYs say `Event: refer;id=N`
+    /// (RFC 3515 §2.4.6), so a second REFER in the dialog is told apart from the first.
+    refer_id: u32,
     /// A transfer out through the gateway: the agent leg rings this number, answering the
     /// gateway's challenge with `agent_auth` (counted in `gateway_tries`).
     number_target: Option<Box<Gateway>>,
@@ -656,6 +662,7 @@ impl Call {
             transferring: false,
             agents_had: Vec::new(),
             refer_pending: false,
+            refer_id: 0,
             number_target: None,
             gateway_tries: 0,
             agent_auth: None,
@@ -1695,6 +1702,15 @@ impl Call {
                 info!("caller hung up while ringing");
                 self.caller_gave_up(now, req.response(200, Some(&tag)));
             }
+            Method::Bye if leg == LegId::Agent && self.refer_pending => {
+                // The phone hung up after asking for the transfer (blind transfer on many
+                // phones): the caller waits with music for the target, not dropped.
+                let resp = req.response(200, Some(&tag));
+                self.respond_last(now, resp);
+                info!("the phone left after its REFER; the caller waits for the target");
+                self.agent_answered = false;
+                self.media(MediaCommand::Play(LegId::Caller, Music::Hold));
+            }
             Method::Bye => {
                 let resp = req.response(200, Some(&tag));
                 self.respond_last(now, resp);
@@ -1703,6 +1719,15 @@ impl Call {
             }
             Method::Invite => self.on_reinvite(now, leg, req),
             Method::Refer if leg == LegId::Agent => self.on_refer(now, req, &tag),
+            Method::Refer => {
+                // Only an agent's phone transfers its call.
+                let mut r = req.response(403, Some(&tag));
+                r.headers.push(
+                    HeaderName::Warning,
+                    "399 screenpop \"REFER is taken from agents' phones only\"",
+                );
+                self.respond_last(now, r);
+            }
             Method::Update => self.on_update(now, leg, req),
             Method::Prack => self.on_prack(now, leg, req),
             Method::Options | Method::Info => {
@@ -2499,6 +2524,7 @@ impl Call {
         }
         let Some(target) = target else { return };
         info!(to = %target.uri, "REFER from the phone");
+        self.refer_id = req.cseq().map(|c| c.seq).unwrap_or(0);
         self.respond_last(now, req.response(202, Some(tag)));
         // The 202 is on the wire before the first NOTIFY.
         self.flush_last();
@@ -2514,18 +2540,27 @@ impl Call {
             return;
         }
         self.refer_pending = true;
-        match target {
-            Ok(to) => {
-                if let Err(e) = self.transfer(now, to) {
+        let failed = match target {
+            Ok(to) => match self.transfer(now, to) {
+                Ok(()) => None,
+                Err(e) => {
                     info!(error = %e, "REFER not carried out");
-                    self.refer_pending = false;
-                    self.notify_refer(now, "503 Service Unavailable", true);
+                    Some("503 Service Unavailable")
                 }
-            }
+            },
             Err(ReferRefused::Unknown) => {
                 info!("REFER to nobody screenpop knows");
-                self.refer_pending = false;
-                self.notify_refer(now, "404 Not Found", true);
+                Some("404 Not Found")
+            }
+        };
+        if let Some(status) = failed {
+            self.refer_pending = false;
+            if self.agent_answered {
+                self.notify_refer(now, status, true);
+            } else {
+                // The phone hung up after its REFER and the transfer cannot be made: nobody
+                // is left for the caller.
+                self.hang_up(now, None);
             }
         }
         self.pump(now);
@@ -2535,7 +2570,8 @@ impl Call {
     fn notify_refer(&mut self, now: Instant, status: &str, last: bool) {
         let me = self.cfg.me.clone();
         let mut n = self.agent_leg.request(Method::Notify, &me, None);
-        n.headers.push(HeaderName::Event, "refer");
+        n.headers
+            .push(HeaderName::Event, format!("refer;id={}", self.refer_id));
         n.headers.push(
             HeaderName::Other("Subscription-State".into()),
             if last {
@@ -2584,12 +2620,14 @@ impl Call {
         }
         info!(?from, to = ?to, "blind transfer");
         if let Some(hold) = self.hold.take() {
-            // The hold ends here; the music plays on for the transfer.
+            // The hold ends here; the music plays on for the transfer, and the next phone
+            // hears the caller.
             if let Some(span) = self.hold_span(hold, now) {
                 self.holds.push(span);
             }
+            self.media(MediaCommand::Hush(LegId::Agent, false));
         }
-        if std::mem::take(&mut self.refer_pending) {
+        if std::mem::take(&mut self.refer_pending) && self.agent_answered {
             // The phone asked for it: tell it the transfer is done before its leg ends.
             self.notify_refer(now, "200 OK", true);
         }
@@ -2638,8 +2676,8 @@ impl Call {
             (Some(gw), _) => {
                 if self.routed {
                     // The first agent is done with the call (wrap-up); the ACD has no part in
-                    // ringing an outside number.
-                    self.tell_acd(AcdInput::Ended {
+                    // ringing an outside number, but keeps the call should it come back.
+                    self.tell_acd(AcdInput::AgentLeft {
                         call: self.id.clone(),
                     });
                 }
@@ -2700,6 +2738,15 @@ impl Call {
     fn number_failed(&mut self, now: Instant) {
         self.number_target = None;
         self.ring_deadline = None;
+        // A 2xx crossing our CANCEL belongs to an old attempt: ACKed and released, not bridged.
+        let fresh = Dialog {
+            call_id: String::new(),
+            ..self.agent_leg.clone()
+        };
+        let old = std::mem::replace(&mut self.agent_leg, fresh);
+        self.old_agent_legs.push((self.attempt, old));
+        self.attempt += 1;
+        self.agent_media.pending_offer = None;
         match self.queue.as_ref().map(|q| q.0) {
             Some(queue) if self.acd_mode => {
                 info!("the outside number did not answer: back into the queue");
@@ -2835,6 +2882,7 @@ impl Call {
         self.on_hold = true;
         self.media(MediaCommand::Watch(self.media_watch()));
         self.media(MediaCommand::Play(LegId::Caller, Music::Hold));
+        self.media(MediaCommand::Hush(LegId::Agent, true));
         if by == HoldBy::Phone {
             self.publish_hold(now, by, true);
         }
@@ -2852,6 +2900,7 @@ impl Call {
             return;
         };
         self.media(MediaCommand::StopPlaying(LegId::Caller));
+        self.media(MediaCommand::Hush(LegId::Agent, false));
         self.on_hold = self.held.iter().any(|h| *h) || self.transferring;
         self.media(MediaCommand::Watch(self.media_watch()));
         if happened {
@@ -4170,7 +4219,7 @@ mod tests {
             "tx 10.0.0.10:5060 BYE",
             "tx 10.0.0.50:5060 INVITE sip:+12015550123@10.0.0.50:5060",
             "publish call.transferred",
-            "acd Ended",
+            "acd AgentLeft",
             "reply Ok(())",
         ] {
             assert!(has(&said, what), "{what}: {said:?}");
@@ -4273,6 +4322,11 @@ mod tests {
         });
         let done = done.expect("NOTIFY 200");
         assert!(String::from_utf8_lossy(&done.body).starts_with("SIP/2.0 200"));
+        assert_eq!(
+            done.headers.get(&HeaderName::Event),
+            Some("refer;id=21"),
+            "the NOTIFY names the REFER it reports on"
+        );
         assert!(done
             .headers
             .get(&HeaderName::Other("Subscription-State".into()))

@@ -171,8 +171,6 @@ impl Dialog {
     }
 }
 
-/// Where a request to a URI goes: the URI's host when it is an IP literal, otherwise the
-/// peer the dialog's signalling came from (we do not resolve names on the call path).
 /// The CANCEL of one of our INVITEs (RFC 3261 §9.1): its Request-URI, top Via, Route, From,
 /// To, Call-ID and CSeq number; it goes where the INVITE went.
 pub(crate) fn cancel_of(inv: &Request) -> Request {
@@ -196,6 +194,8 @@ pub(crate) fn cancel_of(inv: &Request) -> Request {
     cancel
 }
 
+/// Where a request to a URI goes: the URI's host when it is an IP literal, otherwise the
+/// peer the dialog's signalling came from (we do not resolve names on the call path).
 pub(crate) fn target_peer(uri: &Uri, fallback: Peer) -> Peer {
     let host = uri.host.trim_start_matches('[').trim_end_matches(']');
     match host.parse::<std::net::IpAddr>() {

@@ -100,7 +100,7 @@ pub enum DialError {
 pub struct Dialable {
     /// `+15550100`.
     pub e164: String,
-    /// As the region writes it, without spaces: `5550100`, `13800138000`.
+    /// As dialled inside the country, digits only: `2015550123`, `13800138000`, `01065529988`.
     pub national: String,
     /// The Request-URI for the gateway (`uri` filled in).
     pub uri: Uri,
@@ -196,7 +196,14 @@ impl DialPlan {
             };
             return Err(DialError::NotAllowed { number: e164, why });
         }
-        let national = n.national().to_string();
+        // As dialled inside the country, trunk prefix included (`02079460018`), digits only.
+        let national: String = n
+            .format()
+            .mode(Mode::National)
+            .to_string()
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect();
         let uri = self
             .fill(&e164, &national)
             .map_err(|_| DialError::Unreadable(raw.to_string()))?;
@@ -236,7 +243,12 @@ mod tests {
         let m = cn.check("138 0013 8000").unwrap();
         assert_eq!(m.e164, "+8613800138000");
         assert_eq!(m.uri.to_string(), "sip:13800138000@gw.example:5060");
-        assert!(cn.check("010 6552 9988").is_ok(), "a Beijing landline");
+        let landline = cn.check("010 6552 9988").expect("a Beijing landline");
+        assert_eq!(
+            landline.uri.to_string(),
+            "sip:01065529988@gw.example:5060",
+            "dialled nationally with the trunk prefix"
+        );
     }
 
     #[test]

@@ -131,6 +131,8 @@ struct Leg {
     ack: Option<Vec<u8>>,
     /// Challenges answered on this leg's INVITE.
     auth_tries: u32,
+    /// Our 2xx to an offerless re-INVITE carried an offer: the ACK brings the answer.
+    ack_answers: bool,
 }
 
 /// One placed call. See the module documentation.
@@ -245,6 +247,7 @@ fn new_leg(
         answered: false,
         ack: None,
         auth_tries: 0,
+        ack_answers: false,
     }
 }
 
@@ -551,6 +554,7 @@ impl OutboundCall {
                     resp.headers
                         .push(HeaderName::ContentType, "application/sdp");
                     resp.body = sdp.to_string().into_bytes();
+                    self.leg(leg).ack_answers = true;
                 }
                 self.respond_last(now, resp);
             }
@@ -607,6 +611,28 @@ impl OutboundCall {
         resp
     }
 
+    /// The ACK of our 2xx to an offerless re-INVITE answers the offer that 2xx carried
+    /// (RFC 3264 §4): the leg's audio goes where the answer says.
+    fn on_ack(&mut self, leg: LegId, ack: &Request) {
+        if !std::mem::take(&mut self.leg(leg).ack_answers) || ack.body.is_empty() {
+            return;
+        }
+        let Some(ours) = self.legs[leg.index()].sdp.clone() else {
+            return;
+        };
+        let answer = SessionDescription::parse(&ack.body).ok();
+        match answer.and_then(|a| sdp::accept_answer(&ours, &a).ok()) {
+            Some(acc) if acc.codec == self.codec => self.media(MediaCommand::SetRemote(
+                leg,
+                remote_media(acc.remote_rtp, acc.codec, acc.dtmf_pt),
+            )),
+            _ => warn!(
+                ?leg,
+                "the ACK's answer is unusable; the audio stays where it was"
+            ),
+        }
+    }
+
     fn respond_last(&mut self, now: Instant, resp: Response) {
         if let Some(s) = self.servers.last_mut() {
             s.tx.respond(now, &resp);
@@ -625,12 +651,18 @@ impl OutboundCall {
                     }
                 }
             }
+            let mut acks = Vec::new();
             for s in self.servers.iter_mut() {
                 while let Some(o) = s.tx.poll_output() {
-                    if let TxOutput::Transmit(b) = o {
-                        sends.push((s.peer, b));
+                    match o {
+                        TxOutput::Transmit(b) => sends.push((s.peer, b)),
+                        TxOutput::Request(ack) => acks.push((s.leg, ack)),
+                        _ => {}
                     }
                 }
+            }
+            for (leg, ack) in acks {
+                self.on_ack(leg, &ack);
             }
             let progressed = !events.is_empty();
             for (peer, bytes) in sends {
@@ -640,7 +672,7 @@ impl OutboundCall {
                 let (leg, purpose) = (self.clients[i].leg, self.clients[i].purpose);
                 match ev {
                     TxOutput::Response(r) if purpose == Purpose::Invite => {
-                        if r.status > 100 && r.status < 200 {
+                        if r.status < 200 {
                             self.clients[i].provisional = true;
                             if std::mem::take(&mut self.clients[i].cancel_pending) {
                                 self.send_cancel(now, i);
@@ -668,10 +700,25 @@ impl OutboundCall {
 
     fn on_invite_response(&mut self, now: Instant, leg: LegId, r: Response) {
         let status = r.status;
+        if status / 100 == 2 && self.legs[leg.index()].answered {
+            // A 2xx again (our ACK was lost, RFC 3261 §13.2.2.4): the same ACK again. Another
+            // fork's 2xx is ACKed and released, the bridged dialog left alone.
+            let same = r.to().and_then(|t| t.tag().map(str::to_string));
+            if same.as_deref() == self.legs[leg.index()].dialog.remote_tag() {
+                if let Some(ack) = self.legs[leg.index()].ack.clone() {
+                    let p = self.leg_peer(leg);
+                    self.send(p, ack);
+                }
+            } else {
+                self.release_fork(now, leg, &r);
+            }
+            return;
+        }
         if self.phase == Phase::Ended {
             // Answered after we gave up (crossed our CANCEL): take and end that dialog.
             if status / 100 == 2 {
                 self.ack(leg, &r);
+                self.leg(leg).answered = true;
                 self.bye(now, leg);
             }
             return;
@@ -716,6 +763,8 @@ impl OutboundCall {
     fn answer_challenge(&mut self, now: Instant, r: &Response) -> bool {
         let l = &mut self.legs[LegId::Caller.index()];
         let uri = l.dialog.remote_target.to_string();
+        // A new INVITE in the same dialog set: no To tag from a provisional (RFC 3261 §8.1.3.5).
+        l.dialog.remote.remove_param("tag");
         match challenge_answer(&self.gateway, r, &uri, &mut l.auth_tries) {
             Some(auth) => {
                 let codec = [self.codec];
@@ -726,21 +775,42 @@ impl OutboundCall {
         }
     }
 
-    /// Reads an answer to our offer on `leg`: the leg's audio goes where it says.
+    /// ACKs and BYEs a second fork's 2xx without touching the leg's dialog.
+    fn release_fork(&mut self, now: Instant, leg: LegId, r: &Response) {
+        let me = self.cfg.me.clone();
+        let mut fork = self.legs[leg.index()].dialog.clone();
+        fork.establish_from(r);
+        let seq = r.cseq().map(|c| c.seq).unwrap_or(1);
+        let peer = if fork.route_set.is_empty() {
+            fork.peer
+        } else {
+            super::dialog::target_peer(&fork.next_hop(), fork.peer)
+        };
+        let ack = fork.request(Method::Ack, &me, Some(seq));
+        self.send(peer, Message::Request(ack).to_bytes());
+        let bye = fork.request(Method::Bye, &me, None);
+        self.send_client(now, bye, leg, Purpose::Bye, peer);
+    }
+
+    /// Reads an answer to our offer on `leg`: the leg's audio goes where it says. The offer
+    /// stays open when the answer is unusable (a later 200 may carry a good one).
     fn accept(&mut self, leg: LegId, body: &[u8]) -> bool {
-        let l = self.leg(leg);
-        let (Some(offer), Ok(answer)) = (l.offer.take(), SessionDescription::parse(body)) else {
+        let codec = self.codec;
+        let l = &mut self.legs[leg.index()];
+        let (Some(offer), Ok(answer)) = (l.offer.as_ref(), SessionDescription::parse(body)) else {
             return false;
         };
-        let Ok(acc) = sdp::accept_answer(&offer, &answer) else {
+        let Ok(acc) = sdp::accept_answer(offer, &answer) else {
             return false;
         };
+        if leg == LegId::Caller && acc.codec != codec {
+            return false;
+        }
+        l.offer = None;
         if leg == LegId::Agent {
             // The agent's phone picks the codec; the gateway is offered only that one, so the
             // relay passes audio through untouched.
             self.codec = acc.codec;
-        } else if acc.codec != self.codec {
-            return false;
         }
         self.media(MediaCommand::SetRemote(
             leg,
@@ -1218,6 +1288,41 @@ mod tests {
             o,
             Output::Acd(AcdInput::Ended { .. })
         )));
+    }
+
+    /// A 2xx repeated (our ACK lost) gets the same ACK again and nothing else: no second
+    /// INVITE to the gateway, no second recording; a gateway that only said 100 Trying can
+    /// still be cancelled.
+    #[test]
+    fn a_repeated_answer_is_acked_again_and_a_trying_gateway_can_be_cancelled() {
+        let (mut c, t0) = start(false);
+        let (sent, _) = drain(&mut c);
+        let inv = requests(&sent, Method::Invite).remove(0).1;
+        let ok = answer(&inv, 200, 40000, "");
+        c.handle_message(t0, ok.clone(), peer(PHONE));
+        let (sent, _) = drain(&mut c);
+        let gw = requests(&sent, Method::Invite).remove(0).1;
+        c.handle_message(t0 + Duration::from_millis(500), ok, peer(PHONE));
+        let (sent, outs) = drain(&mut c);
+        assert_eq!(requests(&sent, Method::Ack).len(), 1, "the ACK again");
+        assert_eq!(requests(&sent, Method::Invite).len(), 0, "no second INVITE");
+        assert!(!has_output(&outs, |o| matches!(
+            o,
+            Output::Media(MediaCommand::Play(..))
+        )));
+        c.handle_message(t0, answer(&gw, 100, 0, ""), peer(GW));
+        drain(&mut c);
+        let me = Controller {
+            agent: Some(7),
+            supervisor: false,
+        };
+        c.handle_control(t0 + Duration::from_secs(1), 1, me, Control::Hangup);
+        let (sent, _) = drain(&mut c);
+        assert_eq!(
+            requests(&sent, Method::Cancel).len(),
+            1,
+            "CANCEL after 100 Trying"
+        );
     }
 
     /// A busy number: the agent's phone gets BYE, the record says rejected; a second

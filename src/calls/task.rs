@@ -332,6 +332,7 @@ impl<M: Machine> CallTask<M> {
                             m.play(leg, clip, crate::media::player::Repeat::Loop)
                         }
                         MediaCommand::StopPlaying(leg) => m.stop_playing(leg),
+                        MediaCommand::Hush(leg, on) => m.hush(leg, on),
                     }
                 }
             }

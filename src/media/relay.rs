@@ -150,6 +150,7 @@ enum Command {
     StartRecording(u64, CallRecording, Instant),
     Play(u64, LegId, Arc<Clip>, Repeat),
     StopPlaying(u64, LegId),
+    Hush(u64, LegId, bool),
     Stop(u64, Instant, oneshot::Sender<MediaReport>),
 }
 
@@ -280,6 +281,12 @@ impl MediaHandle {
     /// Stops what plays into `leg`: the other leg is heard again.
     pub fn stop_playing(&self, leg: LegId) {
         self.shared.send(Command::StopPlaying(self.id, leg));
+    }
+
+    /// While `on`, the other leg's audio is not forwarded to `leg` (still recorded): an agent
+    /// does not overhear a caller on hold.
+    pub fn hush(&self, leg: LegId, on: bool) {
+        self.shared.send(Command::Hush(self.id, leg, on));
     }
 
     /// Stops the relay and releases the call's ports; the recording ends exactly at `ended`.
@@ -577,6 +584,8 @@ struct Slot {
     watch: Option<(Duration, Instant)>,
     /// What plays into each leg (caller, agent) in place of the other leg's audio.
     players: [Option<Player>; 2],
+    /// Legs the other leg's audio is not forwarded to (the agent while the caller is on hold).
+    hushed: [bool; 2],
 }
 
 impl Slot {
@@ -802,8 +811,9 @@ fn relay_one(slot: &mut Slot, sock_i: usize, now: Instant, buf: &mut [u8], scrat
     let Some(dest) = dest else {
         return;
     };
-    if slot.players[1 - i].is_some() {
-        // The other leg hears the player (music on hold): this leg is recorded, not heard.
+    if slot.players[1 - i].is_some() || slot.hushed[1 - i] {
+        // The other leg hears the player (music on hold), or nothing (an agent whose caller
+        // is on hold): this leg is recorded, not heard.
         return;
     }
     let bytes: &[u8] = match slot.relay.legs[1 - i].srtp.as_mut() {
@@ -866,6 +876,7 @@ fn handle_command(
                     events,
                     watch: None,
                     players: [None, None],
+                    hushed: [false; 2],
                 });
                 by_id.insert(id, index);
             }
@@ -924,6 +935,11 @@ fn handle_command(
         Command::StopPlaying(id, leg) => {
             if let Some(slot) = slot_of(slots, by_id, id) {
                 slot.players[leg.index()] = None;
+            }
+        }
+        Command::Hush(id, leg, on) => {
+            if let Some(slot) = slot_of(slots, by_id, id) {
+                slot.hushed[leg.index()] = on;
             }
         }
         Command::Stop(id, ended, reply) => {
@@ -1371,6 +1387,58 @@ mod tests {
             "heard after the stop: {:?}",
             report.stats
         );
+    }
+
+    /// A hushed leg gets nothing of the other leg (an agent whose caller is on hold), while
+    /// the other leg is still received; unhushed, it is heard again.
+    #[test]
+    fn a_hushed_leg_does_not_hear_the_other() {
+        use std::net::UdpSocket;
+        let pool = super::super::ports::PortPool::new(46300, 46399);
+        let ip = "127.0.0.1".parse().unwrap();
+        let (caller, agent) = (pool.bind(ip).unwrap(), pool.bind(ip).unwrap());
+        let to_caller_leg = caller.rtp.local_addr().unwrap();
+        let engine = MediaEngine::spawn(1).unwrap();
+        let (handle, _events) = engine.add_call(caller, agent);
+        let trunk = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
+        phone
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let remote = |a: SocketAddr| RemoteMedia {
+            rtp: Some(a),
+            codec: G711::Pcmu,
+            dtmf_pt: None,
+            srtp: None,
+        };
+        handle.set_remote(LegId::Caller, remote(trunk.local_addr().unwrap()));
+        handle.set_remote(LegId::Agent, remote(phone.local_addr().unwrap()));
+        handle.hush(LegId::Agent, true);
+        std::thread::sleep(Duration::from_millis(50));
+        let mut buf = [0u8; 2048];
+        for seq in 0..10 {
+            let _ = trunk.send_to(&rtp(0, seq, 0, 91, &[0x33; 160]), to_caller_leg);
+            assert!(
+                phone.recv_from(&mut buf).is_err(),
+                "nothing reaches a hushed leg"
+            );
+        }
+        handle.hush(LegId::Agent, false);
+        std::thread::sleep(Duration::from_millis(50));
+        let mut heard = false;
+        for seq in 10..30 {
+            let _ = trunk.send_to(&rtp(0, seq, 0, 91, &[0x33; 160]), to_caller_leg);
+            if phone.recv_from(&mut buf).is_ok() {
+                heard = true;
+                break;
+            }
+        }
+        assert!(heard, "heard again");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let report = rt.block_on(handle.stop(Instant::now())).unwrap();
+        assert!(report.stats.received[0] >= 11, "{:?}", report.stats);
     }
 
     /// What goes to an SRTP leg keeps continuous numbers across a restart of the source's

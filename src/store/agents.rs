@@ -374,6 +374,7 @@ impl Store {
     /// Creates a queue; making it the default takes the flag from any other queue.
     pub async fn create_queue(&self, q: &NewQueue) -> Result<Queue, StoreError> {
         check_queue(q)?;
+        check_music(q.music.as_ref()).await?;
         let mut tx = self.pool.begin().await?;
         if q.is_default {
             sqlx::query("UPDATE queues SET is_default = 0")
@@ -701,10 +702,14 @@ impl Store {
             music: match &p.music {
                 Some(m) if m.trim().is_empty() => None,
                 Some(m) => Some(m.trim().to_string()),
-                None => cur.music,
+                None => cur.music.clone(),
             },
         };
         check_queue(&next)?;
+        // Only a new file is checked: a queue whose file went missing can still be changed.
+        if next.music != cur.music {
+            check_music(next.music.as_ref()).await?;
+        }
         let mut tx = self.pool.begin().await?;
         if next.is_default && !cur.is_default {
             sqlx::query("UPDATE queues SET is_default = 0")
@@ -807,10 +812,18 @@ fn check_queue(q: &NewQueue) -> Result<(), StoreError> {
     if let Some(u) = &q.crm_url {
         crate::crm::link::check(u).map_err(|why| invalid("crm_url", why))?;
     }
-    // A file that cannot be played is refused now, not found out by the first caller.
-    if let Some(m) = &q.music {
-        crate::media::player::Clip::load(std::path::Path::new(m))
-            .map_err(|e| invalid("music", e.to_string()))?;
-    }
     Ok(())
+}
+
+/// A queue's music file must play: refused when it is set, not found out by the first caller.
+/// Decoded on a blocking thread (a long WAV must not stall the API's workers).
+async fn check_music(music: Option<&String>) -> Result<(), StoreError> {
+    let Some(m) = music.cloned() else {
+        return Ok(());
+    };
+    tokio::task::spawn_blocking(move || crate::media::player::Clip::load(std::path::Path::new(&m)))
+        .await
+        .map_err(|e| invalid("music", e.to_string()))?
+        .map(|_| ())
+        .map_err(|e| invalid("music", e.to_string()))
 }
