@@ -147,6 +147,9 @@ try {
   await agent.locator('.pop-status-text').filter({ hasText: 'On hold' }).waitFor({ timeout: T });
   await agent.getByText('The caller hears music.').waitFor({ timeout: T });
   check(true, 'Hold puts the call on hold');
+  await agentState.filter({ hasText: 'caller on hold' }).waitFor({ timeout: T });
+  check(true, 'the wallboard shows the caller on hold');
+  await shot(sup, 'supervisor-wallboard-hold');
   await agent.locator('.pop-status-text').scrollIntoViewIfNeeded();
   await shot(agent, 'agent-on-hold');
   await agent.getByRole('button', { name: '中文' }).click();

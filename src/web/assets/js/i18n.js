@@ -76,6 +76,7 @@ const D = {
   'card.transferNumber': ['An outside number…', '外部号码…'],
   'card.transferNumberLabel': ['Number to transfer to', '转接号码'],
   'card.status.transferred': ['Transferred', '已转接'],
+  'wb.onHold': ['caller on hold', '客户保持中'],
   'card.status.dialling': ['Calling — answer your phone to place the call', '外呼中——请接听您的话机以拨出'],
   'card.outbound': ['Outbound call', '外呼'],
   'btn.dial': ['Call', '拨打'],

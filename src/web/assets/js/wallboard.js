@@ -72,9 +72,12 @@ export class Wallboard {
         a.current_call_id = ev.call_id;
         if (ev.caller) a.current_caller = (ev.customer && ev.customer.name) || ev.caller.name || ev.caller.number || ev.caller.raw;
       }
+    } else if (ev.type === 'call.held' || ev.type === 'call.resumed') {
+      const a = this.agents.find((x) => x.current_call_id === ev.call_id || x.agent_id === ev.agent_id);
+      if (a) a.on_hold = ev.type === 'call.held';
     } else if (ev.type === 'call.ended' || ev.type === 'call.withdrawn') {
       const a = this.agents.find((x) => x.current_call_id === ev.call_id);
-      if (a) { a.current_call_id = null; a.current_caller = null; }
+      if (a) { a.current_call_id = null; a.current_caller = null; a.on_hold = false; }
     }
     this.scheduleRender();
     this.refetch();
@@ -147,6 +150,7 @@ export class Wallboard {
     let state = t(`state.${a.state}`, {}, a.state || '—');
     if (a.state === 'paused' && a.note) state += ` — ${t(`reason.${a.note}`, {}, a.note)}`;
     if (a.state === 'paused' && a.reason === 'no_answer') state += ` — ${t('state.noAnswer')}`;
+    if (a.state === 'on_call' && a.on_hold) state += ` — ${t('wb.onHold')}`;
     const since = toMs(a.since);
     const timeCell = cell('time_in_state', '', { class: 'num' });
     if (since) timeCell.dataset.since = String(since);
