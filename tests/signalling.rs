@@ -352,11 +352,11 @@ fn tls_certificate_reloads_on_sighup_without_dropping_connections() {
     std::fs::copy(&old.key, &live.key).unwrap();
     let profile = format!(
         "name = \"tls\"\n[trust]\ncidrs = [\"127.0.0.0/8\"]\n{}",
-        tls_section(5187, &live, None)
+        tls_section(5194, &live, None)
     );
-    let s = TestServer::start("tls-hup", 5186, "42600-42700", &profile);
+    let s = TestServer::start("tls-hup", 5193, "43000-43100", &profile);
     let cfg = client_config(&ca);
-    let mut before = connect(5187, &cfg).unwrap_or_else(|e| panic!("{e}\n{}", s.log()));
+    let mut before = connect(5194, &cfg).unwrap_or_else(|e| panic!("{e}\n{}", s.log()));
     assert_eq!(presented(&before), old.der);
     let r = exchange(&mut before, &options("tls-before", 0)).unwrap();
     assert_eq!(status_of(&r), Some(200), "{}", String::from_utf8_lossy(&r));
@@ -369,7 +369,7 @@ fn tls_certificate_reloads_on_sighup_without_dropping_connections() {
         "{}",
         s.log()
     );
-    let after = connect(5187, &cfg).unwrap();
+    let after = connect(5194, &cfg).unwrap();
     assert_eq!(presented(&after), new.der, "the renewed certificate");
     let r = exchange(&mut before, &options("tls-still", 0)).unwrap();
     assert_eq!(
@@ -385,7 +385,7 @@ fn tls_certificate_reloads_on_sighup_without_dropping_connections() {
         "{}",
         s.log()
     );
-    let again = connect(5187, &cfg).unwrap();
+    let again = connect(5194, &cfg).unwrap();
     assert_eq!(
         presented(&again),
         new.der,
@@ -404,23 +404,23 @@ fn registration_over_tls_checks_the_registrars_certificate() {
     let stranger = common::tls::make_cert(&dir, "stranger");
     let registrar = TestServer::start(
         "tls-registrar",
-        5188,
-        "42700-42800",
-        &format!("{DIGEST_TRUNK}{}", tls_section(5189, &registrar_cert, None)),
+        5195,
+        "43100-43200",
+        &format!("{DIGEST_TRUNK}{}", tls_section(5196, &registrar_cert, None)),
     );
-    let client_profile = |ca: &std::path::Path| {
+    let client_profile = |ca: &std::path::Path, tls_port: u16| {
         format!(
             "name = \"client\"\n[trust]\ncidrs = [\"127.0.0.0/8\"]\n[[registrations]]\n\
-             registrar = \"sip:127.0.0.1:5189;transport=tls\"\nuser = \"1001\"\n\
+             registrar = \"sip:127.0.0.1:5196;transport=tls\"\nuser = \"1001\"\n\
              password = \"pw1001\"\nexpires = 60\n{}",
-            tls_section(5191, &client_cert, Some(ca))
+            tls_section(tls_port, &client_cert, Some(ca))
         )
     };
     let client = TestServer::start(
         "tls-registrant",
-        5190,
-        "42800-42900",
-        &client_profile(&registrar_cert.cert),
+        5197,
+        "43200-43300",
+        &client_profile(&registrar_cert.cert, 5198),
     );
     assert!(
         client.wait_log("registered", Duration::from_secs(5)),
@@ -433,9 +433,9 @@ fn registration_over_tls_checks_the_registrars_certificate() {
     drop(client);
     let fooled = TestServer::start(
         "tls-registrant-bad-ca",
-        5192,
-        "42900-43000",
-        &client_profile(&stranger.cert),
+        5199,
+        "43300-43400",
+        &client_profile(&stranger.cert, 5200),
     );
     assert!(
         fooled.wait_log("tls handshake failed", Duration::from_secs(5)),

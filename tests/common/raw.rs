@@ -25,6 +25,7 @@ impl Drop for TestServer {
 impl TestServer {
     /// Starts a server on `127.0.0.1:port` with the given profile text.
     pub fn start(tag: &str, port: u16, rtp: &str, profile: &str) -> TestServer {
+        claim_ports(tag, port, rtp);
         let dir = std::env::temp_dir().join(format!("screenpop-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
@@ -83,6 +84,30 @@ impl TestServer {
         }
         false
     }
+}
+
+/// Tests of one binary run in parallel, so two servers given the same SIP port or
+/// overlapping RTP ranges fail at random ("Address already in use"). Every claim made in this
+/// process is remembered, and a second claim by another tag fails at once, naming both.
+fn claim_ports(tag: &str, port: u16, rtp: &str) {
+    use std::sync::Mutex;
+    static CLAIMS: Mutex<Vec<(String, u16, u16, u16)>> = Mutex::new(Vec::new());
+    let (lo, hi) = rtp
+        .split_once('-')
+        .and_then(|(a, b)| Some((a.parse::<u16>().ok()?, b.parse::<u16>().ok()?)))
+        .unwrap_or_else(|| panic!("rtp range {rtp:?} is not LOW-HIGH"));
+    let mut claims = CLAIMS.lock().unwrap_or_else(|e| e.into_inner());
+    for (other, p, l, h) in claims.iter() {
+        if other == tag {
+            continue;
+        }
+        assert!(*p != port, "{tag} and {other} both use SIP port {port}");
+        assert!(
+            hi <= *l || lo >= *h,
+            "{tag} (rtp {lo}-{hi}) overlaps {other} (rtp {l}-{h})"
+        );
+    }
+    claims.push((tag.to_string(), port, lo, hi));
 }
 
 /// An OPTIONS request; `via_port` 0 asks for rport.
