@@ -341,3 +341,53 @@ fn click_to_dial_from_the_agent_desktop_in_chromium() {
     assert_eq!(call["agent_id"], ada.agent_id, "{call}");
     assert_eq!(call["disposition"], "answered", "{call}");
 }
+
+/// Attended transfer from the desktops: Alice presses "Consult first" with Bob picked, both
+/// cards follow the consultation, "Complete transfer" hands the caller to Bob (SIPp phones and
+/// trunk check the BYEs), and Bob hangs up from his card.
+#[test]
+fn attended_transfer_from_two_agent_desktops_in_chromium() {
+    if !browser_or_skip() {
+        return;
+    }
+    let Some(c) = center("browser_consult") else {
+        return;
+    };
+    let q =
+        c.queue(json!({"name": "support", "is_default": true, "dialed_numbers": [common::DIALED]}));
+    let (pa, pb) = (Ports::allocate(), Ports::allocate());
+    let alice = c.agent("alice", &pa, &[], &[q]);
+    let bob = c.agent("bob", &pb, &[], &[q]);
+    c.customer(json!({"name": "Marie Curie", "phones": [{"number": common::CALLER_NUMBER}]}));
+    let config = json!({
+        "base": c.env.http_base(),
+        "shots": shots_dir(),
+        "alice": {"username": "alice", "password": "alice-password"},
+        "bob": {"username": "bob", "password": "bob-password"},
+        "customer": "Marie Curie",
+    });
+    let mut script = Script::start("consult.mjs", &config);
+    let line = script.expect("CALL");
+    assert_eq!(line, "CALL", "{line}");
+    let mut a_phone = c.env.agent_phone("alice-phone", pa, "uas_answer.xml", &[]);
+    let mut b_phone = c.env.agent_phone("bob-phone", pb, "uas_answer.xml", &[]);
+    let mut trunk = c.env.trunk("uac_agent_bye.xml", &[]);
+    script.say("GO");
+    script.finish(&c.server.log);
+    trunk.expect_success(Duration::from_secs(30));
+    a_phone.expect_success(Duration::from_secs(30));
+    b_phone.expect_success(Duration::from_secs(30));
+    let calls = c.admin.ok("GET", "/api/calls?limit=5", None);
+    let call = &calls["items"][0];
+    assert_eq!(call["agent_id"], bob.agent_id, "{call}");
+    let log = c
+        .admin
+        .ok("GET", &format!("/api/calls/{}", call["id"]), None);
+    let agents: Vec<i64> = log["agents"]
+        .as_array()
+        .expect("agents")
+        .iter()
+        .filter_map(|a| a["agent_id"].as_i64())
+        .collect();
+    assert_eq!(agents, [alice.agent_id, bob.agent_id], "{log}");
+}

@@ -297,7 +297,7 @@ fn a_blind_transfer_hands_the_caller_to_another_agent() {
     let id = call.as_str().expect("call id").to_string();
     a_desk.wait_for(for_call("call.answered", call.clone()), T);
 
-    // Bob is not available yet: 409; unknown targets and attended mode: 422 naming the field.
+    // Bob is not available yet: 409; unknown targets and modes: 422 naming the field.
     let path = format!("/api/calls/{id}/transfer");
     let (st, e) = alice.req(
         "POST",
@@ -310,7 +310,7 @@ fn a_blind_transfer_hands_the_caller_to_another_agent() {
         (json!({"to": {"queue_id": 999_999}}), "to.queue_id"),
         (json!({"to": {}}), "to"),
         (
-            json!({"to": {"agent_id": bob.agent_id}, "mode": "attended"}),
+            json!({"to": {"agent_id": bob.agent_id}, "mode": "sideways"}),
             "mode",
         ),
     ] {
@@ -684,4 +684,247 @@ fn a_blind_transfer_to_an_outside_number_goes_out_through_the_gateway() {
         .ok("GET", &format!("/api/calls/{}", record["log_id"]), None);
     assert_eq!(log["agent_id"], alice.agent_id, "{log}");
     assert_eq!(log["disposition"], "answered", "{log}");
+}
+
+/// The consulted agent's microphone: apart from the caller, Alice and the music.
+const BOB_HZ: f64 = 2000.0;
+
+/// One character per 20 ms frame of `heard`: the first of `tones` (char, Hz) present, or `.`.
+fn picture_of(heard: &[i16], tones: &[(char, f64)]) -> String {
+    heard
+        .chunks_exact(FRAME)
+        .map(|f| {
+            tones
+                .iter()
+                .find(|(_, hz)| tone_level(f, *hz) >= TONE_PRESENT)
+                .map_or('.', |(c, _)| *c)
+        })
+        .collect()
+}
+
+/// Where the first run of at least `n` frames of `c` starts in `p`.
+fn run_at(p: &str, c: char, n: usize) -> Option<usize> {
+    p.find(&c.to_string().repeat(n))
+}
+
+/// An attended transfer as a call center uses it, with three baresip phones whose
+/// microphones play distinct tones (caller 600 Hz, Alice 1500 Hz, Bob 2000 Hz) and which
+/// record what they hear. Alice has the caller and asks to consult Bob: the caller hears the
+/// hold music while Alice and Bob talk (each hears the other), Bob's desktop pops with the
+/// same customer card; then `complete` (or `cancel`). Returns what each heard, the call's
+/// events on both desktops, the recording and the contact log.
+struct Attended {
+    caller: String,
+    alice: String,
+    bob: String,
+    record: Value,
+    right: Vec<i16>,
+    log: Value,
+}
+
+fn attended(name: &str, finish: &str) -> Option<Attended> {
+    let (c, q) = music_center(name, "hold_music")?;
+    let alice = c.agent_with_phone("alice", "alice-phone-pw", &[q]);
+    let bob = c.agent_with_phone("bob", "bob-phone-pw", &[q]);
+    let cust = c.customer(json!({"name": "Consult Test", "phones": [{"number": "+15551230001"}]}));
+    let mut a_desk = c.desktop(&alice, "alice");
+    let mut b_desk = c.desktop(&bob, "bob");
+    let phone = |who: &str, hz: f64, pw: &str| {
+        let mic = c.env.dir.join(format!("{who}_mic.wav"));
+        write_tone_wav(&mic, hz, 120.0);
+        let p = Baresip::registered(
+            &c.env,
+            &format!("{who}-phone"),
+            &Ports::allocate(),
+            &mic,
+            (who, pw),
+        );
+        p.wait_registered(T);
+        p
+    };
+    let a_phone = phone("alice", AGENT_HZ, "alice-phone-pw");
+    let b_phone = phone("bob", BOB_HZ, "bob-phone-pw");
+    a_desk.set_state("available");
+    a_desk.wait_for(state_of(alice.agent_id, "available"), T);
+
+    let mic = c.env.dir.join("caller_600hz.wav");
+    write_tone_wav(&mic, CALLER_HZ, 120.0);
+    let trunk = Baresip::caller_as(&c.env, "caller", &Ports::allocate(), &mic, "+15551230001");
+    trunk.command(
+        "dial",
+        &format!("sip:{DIALED}@127.0.0.1:{}", c.env.ports.server_sip()),
+    );
+    let offered = a_desk.wait_for(is("call.offered"), T);
+    let call = offered["call_id"].clone();
+    let id = call.as_str().expect("call id").to_string();
+    a_desk.wait_for(for_call("call.answered", call.clone()), T);
+    b_desk.set_state("available");
+    b_desk.wait_for(state_of(bob.agent_id, "available"), T);
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let path = format!("/api/calls/{id}/transfer");
+    for (body, field) in [
+        (
+            json!({"to": {"agent_id": bob.agent_id}, "mode": "sideways"}),
+            "mode",
+        ),
+        (
+            json!({"to": {"agent_id": 999_999}, "mode": "attended"}),
+            "to.agent_id",
+        ),
+    ] {
+        let (st, e) = alice.req("POST", &path, Some(&body));
+        assert_eq!(
+            (st, e["error"]["field"].as_str()),
+            (422, Some(field)),
+            "{e}"
+        );
+    }
+    let (st, e) = alice.req("POST", &format!("{path}/complete"), None);
+    assert_eq!(st, 409, "nothing to complete yet: {e}");
+    let (st, e) = alice.req(
+        "POST",
+        &path,
+        Some(&json!({"to": {"agent_id": bob.agent_id}, "mode": "attended"})),
+    );
+    assert_eq!((st, e["done"].as_str()), (200, Some("consult")), "{e}");
+    let popped = b_desk.wait_for(for_call("call.offered", call.clone()), T);
+    assert_eq!(
+        popped["customer"]["id"], cust["id"],
+        "the same card: {popped}"
+    );
+    let talking = |v: &Value| v["type"] == "call.consult" && v["state"] == "talking";
+    let t = a_desk.wait_for(talking, T);
+    assert_eq!(t["with_agent_id"], bob.agent_id, "{t}");
+    let t = b_desk.wait_for(talking, T);
+    assert_eq!(t["with_agent_id"], alice.agent_id, "{t}");
+    // While consulting, the call takes no other request, and Bob cannot complete it.
+    let (st, _) = alice.req("POST", &format!("/api/calls/{id}/hold"), None);
+    assert_eq!(st, 409);
+    let (st, _) = bob.req("POST", &format!("{path}/complete"), None);
+    assert_eq!(st, 404);
+    std::thread::sleep(Duration::from_millis(3000));
+
+    let (st, e) = alice.req("POST", &format!("{path}/{finish}"), None);
+    assert_eq!(st, 200, "{e}");
+    let (hangs_up, desk) = if finish == "complete" {
+        let moved = a_desk.wait_for(for_call("call.transferred", call.clone()), T);
+        assert_eq!(moved["to_agent_id"], bob.agent_id, "{moved}");
+        let answered = b_desk.wait_for(for_call("call.answered", call.clone()), T);
+        assert_eq!(answered["agent_id"], bob.agent_id, "{answered}");
+        (&bob, &mut b_desk)
+    } else {
+        let over = a_desk.wait_for(|v| v["type"] == "call.consult" && v["state"] == "ended", T);
+        assert_eq!(over["reason"], "cancelled", "{over}");
+        b_desk.wait_for(for_call("call.withdrawn", call.clone()), T);
+        (&alice, &mut a_desk)
+    };
+    std::thread::sleep(Duration::from_millis(3000));
+    let (st, e) = hangs_up.req("POST", &format!("/api/calls/{id}/hangup"), None);
+    assert_eq!(st, 200, "{e}");
+    let ended = desk.wait_for(for_call("call.ended", call.clone()), T);
+    assert_eq!(ended["agent_id"], hangs_up.agent_id, "{ended}");
+    let recs = c.env.wait_for_recordings(1, Duration::from_secs(10));
+    assert_eq!(recs.len(), 1, "one recording follows the caller");
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(&recs[0].json).unwrap()).unwrap();
+    let rec = common::read_wav(&recs[0].wav).unwrap_or_else(|e| panic!("{e}"));
+    let log_id = offered["contact_log_id"].as_i64().expect("contact log id");
+    let log = c.admin.ok("GET", &format!("/api/calls/{log_id}"), None);
+    let tones = [
+        ('C', CALLER_HZ),
+        ('A', AGENT_HZ),
+        ('B', BOB_HZ),
+        ('M', MUSIC_HZ),
+    ];
+    let out = Attended {
+        caller: picture_of(&heard(&trunk), &tones),
+        alice: picture_of(&heard(&a_phone), &tones),
+        bob: picture_of(&heard(&b_phone), &tones),
+        record,
+        right: rec.right.clone(),
+        log,
+    };
+    eprintln!(
+        "{name}: what each heard (20 ms per character)\ncaller {}\nalice  {}\nbob    {}",
+        out.caller, out.alice, out.bob
+    );
+    trunk.quit();
+    Some(out)
+}
+
+/// Completed: the caller hears Alice, the music while Alice and Bob consult (each hearing the
+/// other), then Bob; Bob hears Alice, then the caller. One recording has Alice then Bob on the
+/// agent's channel; the contact log lists both.
+#[test]
+fn an_attended_transfer_consults_the_target_then_hands_the_caller_over() {
+    let Some(a) = attended("attended_complete", "complete") else {
+        return;
+    };
+    let at = |p: &str, c: char, n: usize| run_at(p, c, n).unwrap_or(usize::MAX);
+    let (cp, ap, bp) = (&a.caller, &a.alice, &a.bob);
+    assert!(
+        at(cp, 'A', 40) < at(cp, 'M', 100) && at(cp, 'M', 100) < at(cp, 'B', 100),
+        "the caller hears Alice, the music, then Bob:\n{cp}"
+    );
+    assert!(
+        !cp[at(cp, 'M', 100)..].contains("AAAAA"),
+        "the caller never hears the consultation:\n{cp}"
+    );
+    assert!(at(ap, 'B', 100) < usize::MAX, "Alice hears Bob:\n{ap}");
+    assert!(
+        at(bp, 'A', 100) < at(bp, 'C', 100) && at(bp, 'C', 100) < usize::MAX,
+        "Bob hears Alice, then the caller:\n{bp}"
+    );
+    let agents: Vec<i64> = a.record["agents"]
+        .as_array()
+        .expect("agents")
+        .iter()
+        .filter_map(|x| x["agent_id"].as_i64())
+        .collect();
+    assert_eq!(agents.len(), 2, "{}", a.record);
+    assert_eq!(
+        agents,
+        [
+            a.log["agents"][0]["agent_id"].as_i64().unwrap(),
+            a.log["agents"][1]["agent_id"].as_i64().unwrap()
+        ],
+        "{}",
+        a.log
+    );
+    let right = picture_of(&a.right, &[('A', AGENT_HZ), ('B', BOB_HZ)]);
+    assert!(
+        at(&right, 'A', 40) < at(&right, 'B', 100) && at(&right, 'B', 100) < usize::MAX,
+        "the recording's agent channel has Alice, then Bob:\n{right}"
+    );
+    assert!(
+        a.record["media"]["consulted"][0].as_u64().unwrap_or(0) >= 100,
+        "{}",
+        a.record
+    );
+}
+
+/// Cancelled: the caller hears Alice, the music during the consultation, then Alice again;
+/// Bob hears only Alice; Bob's pop is withdrawn and the call stays Alice's.
+#[test]
+fn a_cancelled_attended_transfer_goes_back_to_the_caller() {
+    let Some(a) = attended("attended_cancel", "cancel") else {
+        return;
+    };
+    let at = |p: &str, c: char, n: usize| run_at(p, c, n).unwrap_or(usize::MAX);
+    let (cp, bp) = (&a.caller, &a.bob);
+    let music = at(cp, 'M', 100);
+    assert!(
+        at(cp, 'A', 40) < music && music < usize::MAX && cp[music..].contains(&"A".repeat(100)),
+        "the caller hears Alice, the music, then Alice again:\n{cp}"
+    );
+    assert!(!cp.contains("BBBBB"), "the caller never hears Bob:\n{cp}");
+    assert!(at(bp, 'A', 100) < usize::MAX, "Bob hears Alice:\n{bp}");
+    assert!(!bp.contains("CCCCC"), "Bob never hears the caller:\n{bp}");
+    assert_eq!(
+        a.log["agents"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        a.log
+    );
 }

@@ -1177,6 +1177,9 @@ impl World {
                 Output::Listen { call_id } => self.call_ids.push(call_id),
                 Output::Resolve { host, .. } => panic!("no DNS in the simulation: {host}"),
                 Output::Refer { target } => panic!("the simulated phones never REFER: {target}"),
+                Output::Consult { key, .. } => {
+                    panic!("the simulated desktops never ask for a consultation: {key}")
+                }
                 Output::NoteAgent { .. } | Output::Media(_) | Output::Reply { .. } => {}
                 Output::Record { .. } => self.recordings += 1,
                 Output::Ended { record, .. } => self.ended.push(*record),

@@ -163,6 +163,14 @@ pub enum Input {
         queue: QueueId,
         to: Option<AgentId>,
     },
+    /// An attended transfer completed: the agent consulted under the key `consult` (marked
+    /// busy with [`Input::Outbound`]) has `call` now, with `queue`'s wrap-up after it; the
+    /// agent who had `call` goes to wrap-up.
+    Joined {
+        call: CallKey,
+        consult: CallKey,
+        queue: Option<QueueId>,
+    },
     /// The caller hung up while waiting or ringing.
     Abandoned {
         call: CallKey,
@@ -414,6 +422,29 @@ impl Acd {
                     );
                 }
             }
+            Input::Joined {
+                call,
+                consult,
+                queue,
+            } => {
+                let on = |acd: &Acd, key: &CallKey| {
+                    acd.agents.values().find_map(|a| match &a.state {
+                        AgentState::OnCall { call: c, wrap_up } if c == key => {
+                            Some((a.id, *wrap_up))
+                        }
+                        _ => None,
+                    })
+                };
+                if let Some((agent, wrap)) = on(self, &call) {
+                    self.set_state(agent, AgentState::WrapUp { until: now + wrap }, now);
+                }
+                if let Some((agent, _)) = on(self, &consult) {
+                    let wrap_up = queue
+                        .and_then(|q| self.queues.get(&q))
+                        .map_or(Duration::ZERO, |q| q.wrap_up);
+                    self.set_state(agent, AgentState::OnCall { call, wrap_up }, now);
+                }
+            }
             Input::Abandoned { call } => {
                 if let Some(i) = self.waiting.iter().position(|w| w.call == call) {
                     let w = self.waiting.remove(i);
@@ -520,6 +551,26 @@ impl Acd {
             && a.queues.contains(&w.queue)
             && skills
             && !w.tried.contains(&a.id)
+    }
+
+    /// The agent of `queue` the policy would offer a call to now (longest idle, skills met),
+    /// other than `exclude`: whom an attended transfer to a queue consults.
+    pub fn free_agent(
+        &self,
+        queue: QueueId,
+        exclude: Option<AgentId>,
+        now: Instant,
+    ) -> Option<AgentId> {
+        let w = Waiting {
+            call: CallKey::from(String::new()),
+            queue,
+            vip: false,
+            assigned: None,
+            entered: now,
+            tried: exclude.into_iter().collect(),
+            offered_to: None,
+        };
+        self.pick_agent(&w)
     }
 
     fn pick_agent(&self, w: &Waiting) -> Option<AgentId> {
@@ -670,6 +721,60 @@ mod tests {
             },
         );
         assert_eq!(offers(&mut a), vec![("c".into(), 2)], "then the queue");
+    }
+
+    /// Attended transfer: whoever of the queue the policy would pick is consulted (never the
+    /// agent asking); completing it gives the consulted agent the call with the queue's
+    /// wrap-up after it, and the first agent goes to wrap-up at once.
+    #[test]
+    fn a_consulted_agent_is_picked_by_the_policy_and_joined_to_the_call() {
+        let t0 = Instant::now();
+        let mut a = acd(t0);
+        agent(&mut a, t0, 1, &[], &[1]);
+        agent(&mut a, t0 + Duration::from_secs(1), 2, &[], &[1]);
+        agent(&mut a, t0 + Duration::from_secs(2), 3, &[], &[1]);
+        offers(&mut a);
+        arrive(&mut a, t0 + Duration::from_secs(5), "c", 1, false);
+        assert_eq!(offers(&mut a), vec![("c".into(), 1)]);
+        let t = t0 + Duration::from_secs(6);
+        a.handle(
+            t,
+            Input::Answered {
+                call: "c".into(),
+                agent: 1,
+            },
+        );
+        assert_eq!(a.free_agent(1, Some(1), t), Some(2), "longest idle, not 1");
+        assert_eq!(a.free_agent(2, Some(1), t), None, "nobody has the skill");
+        a.handle(
+            t,
+            Input::Outbound {
+                call: "c~consult1".into(),
+                agent: 2,
+            },
+        );
+        assert_eq!(a.free_agent(1, Some(1), t), Some(3), "2 is busy now");
+        arrive(&mut a, t, "other", 1, false);
+        assert_eq!(offers(&mut a), vec![("other".into(), 3)]);
+        let t = t0 + Duration::from_secs(20);
+        a.handle(
+            t,
+            Input::Joined {
+                call: "c".into(),
+                consult: "c~consult1".into(),
+                queue: Some(1),
+            },
+        );
+        assert_eq!(a.agent(1).unwrap().state.name(), "wrap_up");
+        assert_eq!(
+            a.agent(2).unwrap().state,
+            AgentState::OnCall {
+                call: "c".into(),
+                wrap_up: Duration::from_secs(10)
+            }
+        );
+        a.handle(t, Input::Ended { call: "c".into() });
+        assert_eq!(a.agent(2).unwrap().state.name(), "wrap_up");
     }
 
     /// An agent on a call they placed is not offered callers, and afterwards is what they

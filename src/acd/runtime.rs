@@ -83,7 +83,7 @@ enum Command {
     },
     Reload,
     DialOut {
-        agent: AgentId,
+        who: Reserve,
         call: CallKey,
         reply: tokio::sync::oneshot::Sender<Result<AgentOffer, DialOutError>>,
     },
@@ -98,6 +98,19 @@ pub enum DialOutError {
     Busy,
     #[error("the agent's phone is not registered or has no SIP address")]
     Unreachable,
+    #[error("nobody in that queue is available")]
+    NobodyFree,
+}
+
+/// Whom a reservation is for: an agent by id, or whoever of a queue the policy picks now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reserve {
+    Agent(AgentId),
+    Queue {
+        queue: crate::acd::QueueId,
+        /// Not this agent (the one asking).
+        exclude: Option<AgentId>,
+    },
 }
 
 /// The way in: cheap to clone, never blocks.
@@ -150,8 +163,19 @@ impl AcdHandle {
         agent: AgentId,
         call: CallKey,
     ) -> Result<AgentOffer, DialOutError> {
+        self.reserve(Reserve::Agent(agent), call).await
+    }
+
+    /// An attended transfer's consultation: marks the agent (or a free agent of the queue)
+    /// busy under the consultation's own key, as click-to-dial does, and returns where to ring
+    /// them. [`Input::Joined`] hands them the call; [`Input::Ended`] on the key releases them.
+    pub async fn consult(&self, who: Reserve, call: CallKey) -> Result<AgentOffer, DialOutError> {
+        self.reserve(who, call).await
+    }
+
+    async fn reserve(&self, who: Reserve, call: CallKey) -> Result<AgentOffer, DialOutError> {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        let _ = self.tx.send(Command::DialOut { agent, call, reply });
+        let _ = self.tx.send(Command::DialOut { who, call, reply });
         rx.await.unwrap_or(Err(DialOutError::NotAnAgent))
     }
 
@@ -432,7 +456,15 @@ impl Runtime {
                 }
             }
             Command::Reload => self.reload(now).await,
-            Command::DialOut { agent, call, reply } => {
+            Command::DialOut { who, call, reply } => {
+                let agent = match who {
+                    Reserve::Agent(a) => Some(a),
+                    Reserve::Queue { queue, exclude } => self.acd.free_agent(queue, exclude, now),
+                };
+                let Some(agent) = agent else {
+                    let _ = reply.send(Err(DialOutError::NobodyFree));
+                    return;
+                };
                 let result = match self.acd.agent(agent).map(|a| &a.state) {
                     None => Err(DialOutError::NotAnAgent),
                     Some(AgentState::Ringing { .. } | AgentState::OnCall { .. }) => {

@@ -52,6 +52,9 @@ use crate::sip::transaction::{
 use crate::sip::Uri;
 use crate::time::{civil_date, epoch_ms};
 
+mod attended;
+pub use attended::{ConsultReady, ConsultRefused};
+
 /// Methods screenpop accepts in a call.
 pub(crate) const ALLOW: &str =
     "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, PRACK, REFER, REGISTER";
@@ -198,6 +201,14 @@ pub enum MediaCommand {
     /// Keep (`true`) or stop keeping the other leg's audio from a leg: the agent does not
     /// overhear a caller on hold.
     Hush(LegId, bool),
+    /// Where the consulted party's RTP goes (an attended transfer's third leg).
+    ConsultRemote(RemoteMedia),
+    /// The consulted party's signalling address.
+    ConsultSignallingIp(IpAddr),
+    /// The consultation becomes the agent leg (the transfer is complete).
+    PromoteConsult,
+    /// The consultation is over without a transfer: its ports go back.
+    DropConsult,
 }
 
 /// Which music: the task maps it to a file from the profile.
@@ -301,6 +312,14 @@ pub enum Output {
     /// queue it names and answer with [`Call::handle_refer`].
     Refer {
         target: Uri,
+    },
+    /// An attended transfer's consultation: reserve the target in the ACD under `key` (not
+    /// `exclude`, the agent asking), resolve it, bind ports for the third leg and hand them to
+    /// the media engine; answer with [`Call::handle_consult`].
+    Consult {
+        key: CallKey,
+        to: TransferTo,
+        exclude: Option<AgentId>,
     },
 }
 
@@ -491,6 +510,13 @@ pub struct Call {
     number_target: Option<Box<Gateway>>,
     gateway_tries: u32,
     agent_auth: Option<(HeaderName, String)>,
+    /// An attended transfer in progress (see `attended.rs`).
+    consult: Option<attended::Consulting>,
+    /// Consultation legs that are over and finish their transactions.
+    consults_done: Vec<crate::calls::consult::ConsultLeg>,
+    /// Every consultation's Call-ID, and how many consultations there were.
+    consult_call_ids: Vec<String>,
+    consults: u32,
     out: VecDeque<Output>,
 }
 
@@ -666,6 +692,10 @@ impl Call {
             number_target: None,
             gateway_tries: 0,
             agent_auth: None,
+            consult: None,
+            consults_done: Vec::new(),
+            consult_call_ids: Vec::new(),
+            consults: 0,
             caller_media: LegMedia {
                 local: caller_local,
                 pending_offer: None,
@@ -750,6 +780,7 @@ impl Call {
     pub fn call_ids(&self) -> Vec<String> {
         let mut ids = vec![self.caller_leg.call_id.clone()];
         ids.extend(self.agent_call_ids.iter().cloned());
+        ids.extend(self.consult_call_ids.iter().cloned());
         ids
     }
 
@@ -772,6 +803,7 @@ impl Call {
             .filter(|_| self.phase == Phase::Up)
             .map(SessionTimer::deadline);
         txs.chain(self.ring_deadline)
+            .chain(self.consult_deadline())
             .chain(self.linger_until)
             .chain(self.reliable.as_ref().and_then(Reliable::poll_timeout))
             .chain(session)
@@ -782,7 +814,9 @@ impl Call {
     pub fn is_done(&self, now: Instant) -> bool {
         self.phase == Phase::Ended
             && self.end_reported
-            && ((self.servers.is_empty() && self.clients.is_empty())
+            && ((self.servers.is_empty()
+                && self.clients.is_empty()
+                && self.consults_done.is_empty())
                 || self.linger_until.is_some_and(|l| now >= l))
     }
 
@@ -1065,19 +1099,38 @@ impl Call {
 
     /// The screen-pop, to the agent being rung (and supervisors).
     fn publish_offered(&mut self) {
-        let event = pop::offered(pop::Offered {
+        // After a blind transfer the card says who handed the caller over.
+        let from = self
+            .agents_had
+            .last()
+            .map(|a| a.0)
+            .filter(|_| self.transferring);
+        let event = self.offered_event(self.agent_id, self.received, from);
+        self.publish(event);
+    }
+
+    /// The screen-pop for `agent`'s desktop: the customer card, the queue's CRM link; its
+    /// latency is measured from `since`.
+    fn offered_event(
+        &self,
+        agent: Option<AgentId>,
+        since: Instant,
+        from: Option<AgentId>,
+    ) -> Event {
+        pop::offered(pop::Offered {
             call_id: &self.id,
             log_id: self.found.log_id,
             queue: self.queue.as_ref().map(|q| q.1.as_str()),
             queue_id: self.queue.as_ref().map(|q| q.0),
-            agent_id: self.agent_id,
+            agent_id: agent,
             caller: &self.caller,
             caller_e164: self.found.e164.as_deref(),
             dialed: &self.dialed,
             card: &self.found.card,
             offered_at: self.wall0,
-            since: self.received,
+            since,
             outbound: false,
+            from_agent_id: from,
             crm_url: self.crm_template.as_deref().map(|t| {
                 crate::crm::link::fill(
                     t,
@@ -1091,8 +1144,7 @@ impl Call {
                     },
                 )
             }),
-        });
-        self.publish(event);
+        })
     }
 
     /// The agent's desktop drops the pop: the offer went elsewhere.
@@ -1104,6 +1156,12 @@ impl Call {
         })));
         self.agent_id = None;
         // Responses to the withdrawn INVITE belong to an old attempt from now on.
+        self.shelve_agent_leg();
+    }
+
+    /// The agent leg's dialog is done with: its late messages (a crossing BYE, a retransmitted
+    /// 2xx, a 2xx crossing our CANCEL) find a stale leg, and the next phone gets a new attempt.
+    fn shelve_agent_leg(&mut self) {
         let fresh = Dialog {
             call_id: String::new(),
             ..self.agent_leg.clone()
@@ -1111,6 +1169,20 @@ impl Call {
         let old = std::mem::replace(&mut self.agent_leg, fresh);
         self.old_agent_legs.push((self.attempt, old));
         self.attempt += 1;
+    }
+
+    /// The same, and the next agent leg starts afresh: its own offer, session timer and
+    /// direction.
+    fn retire_agent_leg(&mut self) {
+        self.shelve_agent_leg();
+        self.agent_media.pending_offer = None;
+        let a = LegId::Agent.index();
+        self.session[a] = None;
+        self.session_terms[a] = None;
+        self.local_dir[a] = Direction::SendRecv;
+        self.held[a] = false;
+        self.mirror_inflight[a] = None;
+        self.mirror_deferred[a] = None;
     }
 
     /// Our Contact on `leg`.
@@ -1465,6 +1537,7 @@ impl Call {
                 None => {}
             }
         }
+        self.consult_timeout(now);
         self.pump(now);
     }
 
@@ -1571,6 +1644,9 @@ impl Call {
     }
 
     fn on_message(&mut self, now: Instant, msg: Message, peer: Peer) {
+        if self.consult_message(now, &msg, peer) {
+            return;
+        }
         let call_id = msg.headers().get(&HeaderName::CallId).unwrap_or("");
         if call_id != self.agent_leg.call_id && self.agent_call_ids.iter().any(|c| c == call_id) {
             return self.on_stale_leg(now, msg, peer);
@@ -1710,6 +1786,13 @@ impl Call {
                 info!("the phone left after its REFER; the caller waits for the target");
                 self.agent_answered = false;
                 self.media(MediaCommand::Play(LegId::Caller, Music::Hold));
+            }
+            Method::Bye if leg == LegId::Agent && self.consult.is_some() => {
+                // The agent put the phone down during a consultation: the caller goes to the
+                // consulted party (now, or when it answers), not off the line.
+                let resp = req.response(200, Some(&tag));
+                self.respond_last(now, resp);
+                self.agent_left_consultation(now);
             }
             Method::Bye => {
                 let resp = req.response(200, Some(&tag));
@@ -2442,6 +2525,15 @@ impl Call {
                 "a transfer of this call is in progress",
             ));
         }
+        let consult_control = matches!(
+            control,
+            Control::Hangup | Control::CompleteTransfer | Control::CancelTransfer
+        );
+        if self.consult.is_some() && !consult_control {
+            return Err(ControlError::Conflict(
+                "an attended transfer is in progress: complete or cancel it",
+            ));
+        }
         match control {
             Control::Hangup => {
                 info!("hung up from the desktop");
@@ -2468,6 +2560,9 @@ impl Call {
                 self.transfer(now, to)?;
                 Ok(true)
             }
+            Control::Consult(to) => self.start_consult(token, to),
+            Control::CompleteTransfer => self.complete_transfer(now).map(|()| true),
+            Control::CancelTransfer => self.cancel_transfer(now).map(|()| true),
             Control::Resume => {
                 let Some(hold) = self.hold else {
                     return Err(ControlError::Conflict("the call is not on hold"));
@@ -2507,7 +2602,11 @@ impl Call {
             Some((403, "the call is not up"))
         } else if !self.acd_mode {
             Some((403, "calls on this trunk ring a fixed phone"))
-        } else if self.transferring || self.refer_pending || self.control_pending.is_some() {
+        } else if self.transferring
+            || self.refer_pending
+            || self.control_pending.is_some()
+            || self.consult.is_some()
+        {
             Some((491, "a transfer or hold is in progress"))
         } else if target.is_none() {
             Some((400, "missing or malformed Refer-To"))
@@ -2636,24 +2735,9 @@ impl Call {
         }
         self.agent_answered = false;
         self.close_agent_span(now);
-        // The first phone's dialog is over: its late messages (a crossing BYE, a retransmitted
-        // 2xx, its hold button) find a stale leg, not the call's agent leg.
-        let fresh = Dialog {
-            call_id: String::new(),
-            ..self.agent_leg.clone()
-        };
-        let old = std::mem::replace(&mut self.agent_leg, fresh);
-        self.old_agent_legs.push((self.attempt, old));
-        self.attempt += 1;
-        self.agent_media.pending_offer = None;
-        // The next phone gets a leg of its own: its own session timer and direction.
-        let a = LegId::Agent.index();
-        self.session[a] = None;
-        self.session_terms[a] = None;
-        self.local_dir[a] = Direction::SendRecv;
-        self.held[a] = false;
-        self.mirror_inflight[a] = None;
-        self.mirror_deferred[a] = None;
+        // The first phone's dialog is over (its hold button finds a stale leg); the next phone
+        // gets a leg of its own.
+        self.retire_agent_leg();
         self.transferring = true;
         self.on_hold = true;
         self.media(MediaCommand::Watch(self.media_watch()));
@@ -2739,13 +2823,7 @@ impl Call {
         self.number_target = None;
         self.ring_deadline = None;
         // A 2xx crossing our CANCEL belongs to an old attempt: ACKed and released, not bridged.
-        let fresh = Dialog {
-            call_id: String::new(),
-            ..self.agent_leg.clone()
-        };
-        let old = std::mem::replace(&mut self.agent_leg, fresh);
-        self.old_agent_legs.push((self.attempt, old));
-        self.attempt += 1;
+        self.shelve_agent_leg();
         self.agent_media.pending_offer = None;
         match self.queue.as_ref().map(|q| q.0) {
             Some(queue) if self.acd_mode => {
@@ -2865,7 +2943,12 @@ impl Call {
             // The phone stays as it was: so does the caller.
             (Control::Hold, false) => self.drop_hold(now, false),
             (Control::Resume, true) => self.end_hold(now),
-            (Control::Resume, false) | (Control::Hangup, _) | (Control::Transfer(_), _) => {}
+            (Control::Resume, false)
+            | (Control::Hangup, _)
+            | (Control::Transfer(_), _)
+            | (Control::Consult(_), _)
+            | (Control::CompleteTransfer, _)
+            | (Control::CancelTransfer, _) => {}
         }
         let result = if ok {
             Ok(())
@@ -2899,9 +2982,12 @@ impl Call {
         let Some(hold) = self.hold.take() else {
             return;
         };
-        self.media(MediaCommand::StopPlaying(LegId::Caller));
+        if self.consult.is_none() {
+            // (During a consultation the caller keeps the music.)
+            self.media(MediaCommand::StopPlaying(LegId::Caller));
+        }
         self.media(MediaCommand::Hush(LegId::Agent, false));
-        self.on_hold = self.held.iter().any(|h| *h) || self.transferring;
+        self.on_hold = self.held.iter().any(|h| *h) || self.transferring || self.consult.is_some();
         self.media(MediaCommand::Watch(self.media_watch()));
         if happened {
             info!("resumed");
@@ -3107,6 +3193,7 @@ impl Call {
         if let Some((token, _)) = self.control_pending.take() {
             self.reply(token, Err(ControlError::NotFound));
         }
+        self.end_consultation(now);
         self.phase = Phase::Ended;
         self.ended_by = by;
         self.ended_at = Some(now);
@@ -3348,6 +3435,7 @@ mod tests {
                 Output::Ended { record, .. } => format!("ended {:?}", record.disposition),
                 Output::Reply { result, .. } => format!("reply {result:?}"),
                 Output::Refer { target } => format!("refer {target}"),
+                Output::Consult { key, .. } => format!("consult {key}"),
             });
         }
         (said, sent)
@@ -4912,6 +5000,267 @@ mod tests {
                 })
                 .expect("a 180");
             assert_eq!(ringing.headers.get(&HeaderName::Contact), Some(want));
+        }
+    }
+
+    const BOB: &str = "10.0.0.11:5060";
+
+    /// What the task hands back for a consultation of agent `agent` (Bob's phone).
+    fn consult_key(c: &Call) -> CallKey {
+        CallKey::new(format!("{}~consult{}", c.id, c.consults))
+    }
+
+    fn consult_ready(agent: AgentId) -> ConsultReady {
+        ConsultReady {
+            agent: Some(agent),
+            name: "Bob".into(),
+            target: AgentTarget {
+                uri: Uri::parse(&format!("sip:bob@{BOB}")).expect("uri"),
+                peer: Some(peer(BOB)),
+            },
+            peer: peer(BOB),
+            port: 43000,
+            gateway: None,
+        }
+    }
+
+    /// The INVITE sent to Bob's phone.
+    fn invite_to_bob(sent: &[(Peer, Message)]) -> Request {
+        sent.iter()
+            .find_map(|(p, m)| match m {
+                Message::Request(r) if r.method == Method::Invite && *p == peer(BOB) => {
+                    Some(r.clone())
+                }
+                _ => None,
+            })
+            .expect("an INVITE to Bob")
+    }
+
+    fn bob_answers(inv: &Request) -> Message {
+        let mut r = inv.response(200, Some("btag"));
+        r.headers
+            .push(HeaderName::Contact, format!("<sip:bob@{BOB}>"));
+        Message::Response(r.with_body("application/sdp", sdp("10.0.0.11", 44000).into_bytes()))
+    }
+
+    fn bob_says(inv: &Request, cseq: u32, method: &str) -> Message {
+        request(&format!(
+            "{method} sip:screenpop@10.0.0.2:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {BOB};branch=z9hG4bKb{cseq}\r\n\
+             From: <sip:bob@10.0.0.11>;tag=btag\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} {method}\r\n\
+             Content-Length: 0\r\n\r\n",
+            inv.headers.get(&HeaderName::From).unwrap_or_default(),
+            inv.call_id().unwrap_or_default(),
+        ))
+    }
+
+    fn phone_bye(inv: &Request, cseq: u32) -> Message {
+        request(&format!(
+            "BYE sip:screenpop@10.0.0.2:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE};branch=z9hG4bKpb{cseq}\r\n\
+             From: <sip:agent@10.0.0.10>;tag=ptag\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} BYE\r\n\
+             Content-Length: 0\r\n\r\n",
+            inv.headers.get(&HeaderName::From).unwrap_or_default(),
+            inv.call_id().unwrap_or_default(),
+        ))
+    }
+
+    /// A call answered by Alice (agent 4) with a consultation of Bob (agent 5) ringing.
+    fn consulting() -> (Call, Instant, Request, Request) {
+        let (mut c, t0, alice_inv) = answered();
+        c.queue = Some((1, "General".into()));
+        let tag = c.caller_leg.local_tag().to_string();
+        c.handle_message(t0, trunk("ACK", 1, "z9hG4bKack", Some(&tag)), peer(TRUNK));
+        let t = t0 + Duration::from_secs(10);
+        c.handle_control(t, 1, alice(), Control::Consult(TransferTo::Agent(5)));
+        let (said, _) = drain(&mut c);
+        assert!(has(&said, "consult "), "{said:?}");
+        assert!(
+            !has(&said, "reply"),
+            "the answer waits for the target: {said:?}"
+        );
+        let ready = consult_ready(5);
+        c.handle_consult(t, consult_key(&c), Ok(ready));
+        let (said, sent) = drain(&mut c);
+        for what in [
+            "listen",
+            "media ConsultSignallingIp",
+            "media Play",
+            "publish call.offered",
+            "publish call.consult",
+            "reply Ok(())",
+            "tx 10.0.0.11:5060 INVITE",
+        ] {
+            assert!(has(&said, what), "{what}: {said:?}");
+        }
+        let inv = invite_to_bob(&sent);
+        assert!(String::from_utf8_lossy(&inv.body).contains("m=audio 43000 RTP/AVP 0 101"));
+        (c, t0, alice_inv, inv)
+    }
+
+    fn alice() -> Controller {
+        Controller {
+            agent: Some(4),
+            supervisor: false,
+        }
+    }
+
+    /// Attended transfer: the caller hears music while Bob's phone rings on a consultation leg
+    /// of its own, Alice and Bob talk, and completing it hangs up Alice's phone, makes Bob's leg
+    /// the call's agent leg (the engine promotes the consultation) and hands Bob the call in
+    /// the ACD; the record names both agents.
+    #[test]
+    fn an_attended_transfer_consults_then_joins_the_caller_and_the_target() {
+        let (mut c, t0, _, inv) = consulting();
+        let t = t0 + Duration::from_secs(11);
+        c.handle_control(t, 2, alice(), Control::Hold);
+        assert!(has(&drain(&mut c).0, "reply Err(Conflict"), "no hold now");
+        c.handle_control(t, 3, alice(), Control::CompleteTransfer);
+        assert!(
+            has(&drain(&mut c).0, "reply Err(Conflict"),
+            "not before Bob answers"
+        );
+        c.handle_message(t, bob_answers(&inv), peer(BOB));
+        let (said, _) = drain(&mut c);
+        for what in [
+            "tx 10.0.0.11:5060 ACK",
+            "media ConsultRemote",
+            "media StopPlaying",
+            "publish call.consult",
+        ] {
+            assert!(has(&said, what), "{what}: {said:?}");
+        }
+        let t2 = t0 + Duration::from_secs(13);
+        c.handle_control(t2, 4, alice(), Control::CompleteTransfer);
+        let (said, _) = drain(&mut c);
+        for what in [
+            "tx 10.0.0.10:5060 BYE",
+            "media PromoteConsult",
+            "acd Joined",
+            "publish call.transferred",
+            "publish call.answered",
+            "reply Ok(())",
+        ] {
+            assert!(has(&said, what), "{what}: {said:?}");
+        }
+        // The call is Bob's now.
+        c.handle_control(t2, 5, alice(), Control::Hangup);
+        assert!(has(&drain(&mut c).0, "reply Err(NotFound)"));
+        let t3 = t0 + Duration::from_secs(20);
+        c.handle_message(t3, bob_says(&inv, 1, "BYE"), peer(BOB));
+        let (said, _) = drain(&mut c);
+        assert!(
+            has(&said, "tx 10.0.0.1:5060 BYE"),
+            "the caller is hung up: {said:?}"
+        );
+        assert!(has(&said, "ended Answered"), "{said:?}");
+        let rec = c.record(t3, true);
+        let spans: Vec<(i64, u64, u64)> = rec
+            .agents
+            .iter()
+            .map(|a| (a.agent_id, a.start_ms, a.end_ms))
+            .collect();
+        assert_eq!(spans, [(4, 0, 11_000), (5, 11_000, 18_000)]);
+    }
+
+    /// Cancelling goes back to the caller: Bob's phone is hung up (or stops ringing), his
+    /// reservation is given back, his pop closes and the music stops.
+    #[test]
+    fn a_cancelled_consultation_goes_back_to_the_caller() {
+        let (mut c, t0, _, inv) = consulting();
+        let t = t0 + Duration::from_secs(12);
+        c.handle_message(t, bob_answers(&inv), peer(BOB));
+        drain(&mut c);
+        c.handle_control(t, 2, alice(), Control::CancelTransfer);
+        let (said, _) = drain(&mut c);
+        for what in [
+            "tx 10.0.0.11:5060 BYE",
+            "media DropConsult",
+            "media StopPlaying",
+            "acd Ended",
+            "publish call.withdrawn",
+            "publish call.consult",
+            "reply Ok(())",
+        ] {
+            assert!(has(&said, what), "{what}: {said:?}");
+        }
+        assert!(!has(&said, "tx 10.0.0.10:5060 BYE"), "Alice keeps the call");
+        // Alice has the call and may consult again.
+        c.handle_control(t, 3, alice(), Control::Hold);
+        assert!(has(&drain(&mut c).0, "media Play"));
+    }
+
+    /// A target that is busy ends the consultation on its own; one still ringing when Alice
+    /// cancels gets a CANCEL.
+    #[test]
+    fn a_busy_or_cancelled_ringing_target_leaves_the_call_with_the_agent() {
+        let (mut c, t0, _, inv) = consulting();
+        let t = t0 + Duration::from_secs(11);
+        let mut busy = inv.response(486, Some("btag"));
+        busy.headers.push(HeaderName::ContentLength, "0");
+        c.handle_message(t, Message::Response(busy), peer(BOB));
+        let (said, _) = drain(&mut c);
+        for what in ["tx 10.0.0.11:5060 ACK", "media DropConsult", "acd Ended"] {
+            assert!(has(&said, what), "{what}: {said:?}");
+        }
+        c.handle_control(t, 2, alice(), Control::Consult(TransferTo::Agent(5)));
+        drain(&mut c);
+        let ready = consult_ready(5);
+        c.handle_consult(t, consult_key(&c), Ok(ready));
+        let (_, sent) = drain(&mut c);
+        let inv2 = invite_to_bob(&sent);
+        let mut ringing = inv2.response(180, Some("b2"));
+        ringing.headers.push(HeaderName::ContentLength, "0");
+        c.handle_message(t, Message::Response(ringing), peer(BOB));
+        drain(&mut c);
+        c.handle_control(t, 3, alice(), Control::CancelTransfer);
+        let (said, _) = drain(&mut c);
+        assert!(has(&said, "tx 10.0.0.11:5060 CANCEL"), "{said:?}");
+        assert!(has(&said, "reply Ok(())"), "{said:?}");
+    }
+
+    /// Alice putting her phone down while Bob still rings does not drop the caller: Bob gets
+    /// the caller when he answers (and the caller would go back to the queue if he did not).
+    #[test]
+    fn the_agent_hanging_up_during_the_consultation_hands_the_caller_over() {
+        let (mut c, t0, alice_inv, inv) = consulting();
+        let t = t0 + Duration::from_secs(11);
+        c.handle_message(t, phone_bye(&alice_inv, 5), peer(PHONE));
+        let (said, _) = drain(&mut c);
+        assert!(has(&said, "tx 10.0.0.10:5060 SIP/2.0 200 OK"), "{said:?}");
+        assert!(!has(&said, "ended"), "the caller stays: {said:?}");
+        assert!(has(&said, "acd AgentLeft"), "{said:?}");
+        c.handle_message(t, bob_answers(&inv), peer(BOB));
+        let (said, _) = drain(&mut c);
+        for what in [
+            "media PromoteConsult",
+            "acd Joined",
+            "publish call.answered",
+        ] {
+            assert!(has(&said, what), "{what}: {said:?}");
+        }
+        assert!(
+            !has(&said, "tx 10.0.0.10:5060 BYE"),
+            "Alice is gone already"
+        );
+        assert!(!has(&said, "tx 10.0.0.1:5060 BYE"), "the caller stays");
+    }
+
+    /// The caller hanging up during a consultation lets Bob go too.
+    #[test]
+    fn the_caller_hanging_up_during_a_consultation_ends_it() {
+        let (mut c, t0, _, inv) = consulting();
+        let t = t0 + Duration::from_secs(11);
+        c.handle_message(t, bob_answers(&inv), peer(BOB));
+        drain(&mut c);
+        let tag = c.caller_leg.local_tag().to_string();
+        c.handle_message(t, trunk("BYE", 2, "z9hG4bKbye", Some(&tag)), peer(TRUNK));
+        let (said, _) = drain(&mut c);
+        for what in [
+            "tx 10.0.0.11:5060 BYE",
+            "tx 10.0.0.10:5060 BYE",
+            "acd Ended",
+            "publish call.withdrawn",
+        ] {
+            assert!(has(&said, what), "{what}: {said:?}");
         }
     }
 }

@@ -21,9 +21,16 @@ pub enum Control {
     /// Hand the caller over at once (a blind transfer): the agent's leg is hung up, the caller
     /// hears music while the target rings.
     Transfer(TransferTo),
+    /// An attended transfer: the caller hears music while the target rings, then the agent
+    /// talks to the target (a consultation) before handing the caller over.
+    Consult(TransferTo),
+    /// Joins the caller and the consulted target; the first agent's phone is hung up.
+    CompleteTransfer,
+    /// Hangs up the consultation; the agent is back with the caller.
+    CancelTransfer,
 }
 
-/// Where a blind transfer goes.
+/// Where a transfer goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransferTo {
     /// This agent's phone (and the call's queue, should it not answer).
@@ -96,6 +103,11 @@ impl Controls {
     /// The call's contact log row exists: it may be named by that id too.
     pub(crate) fn link_log(&self, call: &str, log_id: i64) {
         self.lock().logs.insert(log_id, call.to_string());
+    }
+
+    /// The live call whose contact log is `log_id`.
+    pub(crate) fn call_of_log(&self, log_id: i64) -> Option<String> {
+        self.lock().logs.get(&log_id).cloned()
     }
 
     pub(crate) fn remove(&self, call: &str) {

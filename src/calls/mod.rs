@@ -3,6 +3,7 @@
 
 pub(crate) mod admission;
 pub mod call;
+pub(crate) mod consult;
 pub mod control;
 pub mod dial;
 pub mod dialog;

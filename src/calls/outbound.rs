@@ -394,6 +394,7 @@ impl OutboundCall {
             since: self.started,
             crm_url: None,
             outbound: true,
+            from_agent_id: None,
         });
         self.out.push_back(Output::Publish(ev));
     }
@@ -948,9 +949,14 @@ impl OutboundCall {
                     self.hang_up(now, None);
                     Ok(())
                 }
-                Control::Hold | Control::Resume | Control::Transfer(_) => Err(
-                    ControlError::Conflict("hold and transfer are not available on a placed call"),
-                ),
+                Control::Hold
+                | Control::Resume
+                | Control::Transfer(_)
+                | Control::Consult(_)
+                | Control::CompleteTransfer
+                | Control::CancelTransfer => Err(ControlError::Conflict(
+                    "hold and transfer are not available on a placed call",
+                )),
             }
         };
         self.out.push_back(Output::Reply { token, result });

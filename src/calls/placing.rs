@@ -143,7 +143,7 @@ pub(crate) fn serve(env: Arc<CallEnv>, plan: Option<DialPlan>, mut inbox: Dialer
 }
 
 /// Where a SIP URI is reached: an IP as is, a host name through DNS (of our socket's family).
-async fn resolve(uri: &Uri, peer: Option<Peer>, v4: bool) -> Option<Peer> {
+pub(crate) async fn resolve(uri: &Uri, peer: Option<Peer>, v4: bool) -> Option<Peer> {
     if let Some(p) = peer {
         return Some(p);
     }

@@ -83,6 +83,8 @@ pub struct Offered<'a> {
     pub crm_url: Option<String>,
     /// A call screenpop places for the agent (click-to-dial), not one coming in.
     pub outbound: bool,
+    /// The agent who hands the caller over (a transfer or a consultation).
+    pub from_agent_id: Option<i64>,
 }
 
 pub fn offered(o: Offered<'_>) -> Event {
@@ -101,6 +103,7 @@ pub fn offered(o: Offered<'_>) -> Event {
         offered_at: rfc3339(o.offered_at),
         crm_url: o.crm_url,
         direction: if o.outbound { "outbound" } else { "inbound" },
+        from_agent_id: o.from_agent_id,
     })))
     .since(o.since)
 }

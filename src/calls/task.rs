@@ -11,8 +11,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn, Instrument};
 
 use super::admission::{CallEnded, CallEnv, Route};
-use super::call::ReferRefused;
 use super::call::{Call, CallerLookup, MediaCommand, Music, Output};
+use super::call::{ConsultReady, ConsultRefused, ReferRefused};
 use super::control::{Control, ControlError, ControlRequest, Controller, TransferTo};
 use super::pop::PopCard;
 use super::record::{CallRecord, RecordedFile};
@@ -20,6 +20,7 @@ use crate::acd::runtime::{Decision, RouteRequest};
 use crate::crm::callback::callback_title;
 use crate::events::payload;
 use crate::events::{Event, EventBus, Payload};
+use crate::ids::CallKey;
 use crate::ids::ContactLogId;
 use crate::media::recorder::FinishedRecording;
 use crate::media::relay::{MediaEvent, MediaHandle, MediaReport};
@@ -34,6 +35,17 @@ enum Done {
     Lookup(CallerLookup),
     Resolved(u32, Option<SocketAddr>),
     Refer(Result<TransferTo, ReferRefused>),
+    /// A consultation's target, reserved and resolved (ports are bound in the task).
+    Consult(CallKey, Result<ConsultTarget, ConsultRefused>),
+}
+
+/// Where a consultation rings, before its ports are bound.
+struct ConsultTarget {
+    agent: Option<crate::acd::AgentId>,
+    name: String,
+    target: crate::acd::runtime::AgentTarget,
+    peer: crate::sip::peer::Peer,
+    gateway: Option<Box<super::outbound::Gateway>>,
 }
 
 /// A call as its task drives it: the inbound [`Call`] or a placed
@@ -58,6 +70,13 @@ pub(crate) trait Machine: Send + 'static {
     fn handle_lookup(&mut self, _now: Instant, _found: CallerLookup) {}
     fn handle_resolved(&mut self, _now: Instant, _attempt: u32, _addr: Option<SocketAddr>) {}
     fn handle_refer(&mut self, _now: Instant, _to: Result<TransferTo, ReferRefused>) {}
+    fn handle_consult(
+        &mut self,
+        _now: Instant,
+        _key: CallKey,
+        _r: Result<ConsultReady, ConsultRefused>,
+    ) {
+    }
 }
 
 macro_rules! machine {
@@ -107,6 +126,14 @@ machine!(Call {
     }
     fn handle_refer(&mut self, now: Instant, to: Result<TransferTo, ReferRefused>) {
         Call::handle_refer(self, now, to)
+    }
+    fn handle_consult(
+        &mut self,
+        now: Instant,
+        key: CallKey,
+        r: Result<ConsultReady, ConsultRefused>,
+    ) {
+        Call::handle_consult(self, now, key, r)
     }
 });
 machine!(super::outbound::OutboundCall {});
@@ -195,6 +222,7 @@ impl<M: Machine> CallTask<M> {
                         self.call.handle_resolved(Instant::now(), attempt, addr)
                     }
                     Done::Refer(to) => self.call.handle_refer(Instant::now(), to),
+                    Done::Consult(key, target) => self.consult_ready(key, target),
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => {
                     self.call.handle_timeout(Instant::now())
@@ -206,6 +234,44 @@ impl<M: Machine> CallTask<M> {
             id: self.call.key().to_string(),
             call_ids: self.call.call_ids(),
         });
+    }
+
+    /// Binds the consultation's ports and hands them to the media engine, then tells the
+    /// call; without ports the reservation is given back.
+    fn consult_ready(&mut self, key: CallKey, target: Result<ConsultTarget, ConsultRefused>) {
+        let now = Instant::now();
+        let t = match target {
+            Ok(t) => t,
+            Err(e) => return self.call.handle_consult(now, key, Err(e)),
+        };
+        let sockets = self
+            .media
+            .as_ref()
+            .and_then(|_| self.env.ports.bind(self.env.call.media_ip));
+        match (self.media.as_ref(), sockets) {
+            (Some(m), Some(sockets)) => {
+                let port = sockets.port();
+                m.consult(sockets);
+                let ready = ConsultReady {
+                    agent: t.agent,
+                    name: t.name,
+                    target: t.target,
+                    peer: t.peer,
+                    port,
+                    gateway: t.gateway,
+                };
+                self.call.handle_consult(now, key, Ok(ready));
+            }
+            _ => {
+                if t.agent.is_some() {
+                    self.env
+                        .acd
+                        .tell(crate::acd::Input::Ended { call: key.clone() });
+                }
+                self.call
+                    .handle_consult(now, key, Err(ConsultRefused::NoPorts));
+            }
+        }
     }
 
     async fn perform(&mut self, o: Output) {
@@ -228,6 +294,16 @@ impl<M: Machine> CallTask<M> {
                 );
             }
             Output::Publish(event) => env.bus.publish(event),
+            Output::Consult { key, to, exclude } => {
+                let (env, done) = (env.clone(), self.done_tx.clone());
+                tokio::spawn(
+                    async move {
+                        let target = consult_target(&env, &key, to, exclude).await;
+                        let _ = done.send(Done::Consult(key, target));
+                    }
+                    .in_current_span(),
+                );
+            }
             Output::Lookup {
                 caller,
                 sip_call_id,
@@ -333,6 +409,10 @@ impl<M: Machine> CallTask<M> {
                         }
                         MediaCommand::StopPlaying(leg) => m.stop_playing(leg),
                         MediaCommand::Hush(leg, on) => m.hush(leg, on),
+                        MediaCommand::ConsultRemote(remote) => m.set_consult_remote(remote),
+                        MediaCommand::ConsultSignallingIp(ip) => m.set_consult_signalling_ip(ip),
+                        MediaCommand::PromoteConsult => m.promote_consult(),
+                        MediaCommand::DropConsult => m.drop_consult(),
                     }
                 }
             }
@@ -365,6 +445,57 @@ impl<M: Machine> CallTask<M> {
             }
         }
     }
+}
+
+/// Reserves a consultation's target in the ACD (an agent, or whoever of a queue is free) and
+/// resolves where to ring it; an outside number needs neither. A target that cannot be
+/// resolved is given back at once.
+async fn consult_target(
+    env: &CallEnv,
+    key: &CallKey,
+    to: TransferTo,
+    exclude: Option<crate::acd::AgentId>,
+) -> Result<ConsultTarget, ConsultRefused> {
+    use crate::acd::runtime::{DialOutError, Reserve};
+    let who = match to {
+        TransferTo::Number(gw) => {
+            return Ok(ConsultTarget {
+                agent: None,
+                name: gw.number.clone(),
+                target: crate::acd::runtime::AgentTarget {
+                    uri: gw.uri.clone(),
+                    peer: Some(gw.peer),
+                },
+                peer: gw.peer,
+                gateway: Some(gw),
+            })
+        }
+        TransferTo::Agent(a) => Reserve::Agent(a),
+        TransferTo::Queue(queue) => Reserve::Queue { queue, exclude },
+    };
+    let offer = env
+        .acd
+        .consult(who, key.clone())
+        .await
+        .map_err(|e| match e {
+            DialOutError::NotAnAgent => ConsultRefused::NotAnAgent,
+            DialOutError::Busy => ConsultRefused::Busy,
+            DialOutError::Unreachable => ConsultRefused::Unreachable,
+            DialOutError::NobodyFree => ConsultRefused::NobodyFree,
+        })?;
+    let v4 = env.call.media_ip.is_ipv4();
+    let Some(peer) = super::placing::resolve(&offer.target.uri, offer.target.peer, v4).await else {
+        warn!(target = %offer.target.uri, "consulted agent's phone does not resolve");
+        env.acd.tell(crate::acd::Input::Ended { call: key.clone() });
+        return Err(ConsultRefused::Unreachable);
+    };
+    Ok(ConsultTarget {
+        agent: Some(offer.agent),
+        name: offer.display_name,
+        target: offer.target,
+        peer,
+        gateway: None,
+    })
 }
 
 /// Whom a phone's REFER names, by the user part of its Refer-To: an active agent (by the

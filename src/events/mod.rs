@@ -81,7 +81,8 @@ pub trait EventBus: Send + Sync {
 #[derive(Default)]
 struct Live {
     agents: HashMap<i64, Arc<Event>>,
-    calls: BTreeMap<crate::ids::CallKey, Arc<Event>>,
+    /// By call and audience: during an attended transfer a call is live on two desktops.
+    calls: BTreeMap<(crate::ids::CallKey, Option<i64>), Arc<Event>>,
     /// Callers waiting in a queue (until answered or gone), kept apart from `calls` so that a
     /// withdrawn offer still leaves its caller on the supervisors' wallboard.
     queued: BTreeMap<crate::ids::CallKey, Arc<Event>>,
@@ -119,18 +120,20 @@ impl EventBus for LocalBus {
                     live.queued.insert(q.call_id.clone(), e.clone());
                 }
                 Payload::CallOffered(o) => {
-                    live.calls.insert(o.call_id.clone(), e.clone());
+                    live.calls
+                        .insert((o.call_id.clone(), o.agent_id), e.clone());
                 }
                 Payload::CallAnswered(a) => {
                     live.queued.remove(&a.call_id);
-                    live.calls.insert(a.call_id.clone(), e.clone());
+                    live.calls
+                        .insert((a.call_id.clone(), a.agent_id), e.clone());
                 }
                 Payload::CallWithdrawn(w) => {
-                    live.calls.remove(&w.call_id);
+                    live.calls.remove(&(w.call_id.clone(), Some(w.agent_id)));
                 }
                 Payload::CallEnded(c) => {
                     live.queued.remove(&c.call_id);
-                    live.calls.remove(&c.call_id);
+                    live.calls.retain(|(call, _), _| *call != c.call_id);
                     live.held.remove(&c.call_id);
                 }
                 Payload::CallHeld(h) => {
@@ -141,7 +144,10 @@ impl EventBus for LocalBus {
                 }
                 Payload::CallTransferred(t) => {
                     // The target's offer follows with the call's new state.
-                    live.calls.remove(&t.call_id);
+                    // The agent who handed it on; a consulted agent's offer stays.
+                    live.calls.retain(|(call, agent), _| {
+                        *call != t.call_id || (t.agent_id.is_some() && *agent != t.agent_id)
+                    });
                     live.held.remove(&t.call_id);
                 }
                 _ => {}

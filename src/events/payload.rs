@@ -69,6 +69,9 @@ pub struct CallOffered {
     /// `inbound`, or `outbound` for a call the agent placed (click-to-dial): the card then
     /// shows whom the agent's phone is about to call.
     pub direction: &'static str,
+    /// The agent handing the caller over (a blind transfer or a consultation); the desktop
+    /// then shows the notes taken so far on the contact log.
+    pub from_agent_id: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -105,6 +108,29 @@ pub struct CallTransferred {
     pub to_agent_id: Option<i64>,
     pub to_queue_id: Option<i64>,
     pub to_number: Option<String>,
+    /// RFC 3339.
+    pub at: String,
+}
+
+/// An attended transfer's consultation, to each of the two agents' desktops: the one who
+/// asked for it (who may complete or cancel it) and the one consulted (whose desktop got its
+/// own `call.offered` with the customer's card).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CallConsult {
+    pub call_id: CallKey,
+    pub contact_log_id: Option<ContactLogId>,
+    /// Whose desktops get it.
+    pub agent_id: Option<i64>,
+    /// The other agent of the consultation (null: an outside number, or not known yet).
+    pub with_agent_id: Option<i64>,
+    /// The consulted party as the desktop shows it: the agent's name or the number.
+    pub with_name: String,
+    /// The outside number consulted (E.164), if it is one.
+    pub number: Option<String>,
+    /// `ringing`, `talking` or `ended`.
+    pub state: &'static str,
+    /// Why it ended: `cancelled`, `busy`, `no answer`, `declined`, `hung up`, `failed`.
+    pub reason: Option<String>,
     /// RFC 3339.
     pub at: String,
 }
@@ -168,6 +194,8 @@ pub enum Payload {
     CallResumed(CallHold),
     #[serde(rename = "call.transferred")]
     CallTransferred(CallTransferred),
+    #[serde(rename = "call.consult")]
+    CallConsult(CallConsult),
     #[serde(rename = "agent.state")]
     AgentState(AgentStateChanged),
     /// The account was deactivated: its desktops close.
@@ -191,6 +219,7 @@ impl Payload {
             Payload::CallHeld(_) => "call.held",
             Payload::CallResumed(_) => "call.resumed",
             Payload::CallTransferred(_) => "call.transferred",
+            Payload::CallConsult(_) => "call.consult",
             Payload::AgentState(_) => "agent.state",
             Payload::AgentDeactivated { .. } => "agent.deactivated",
             Payload::WorkOrderCreated { .. } => "work_order.created",
@@ -208,6 +237,7 @@ impl Payload {
             Payload::CallEnded(e) => e.agent_id,
             Payload::CallHeld(h) | Payload::CallResumed(h) => h.agent_id,
             Payload::CallTransferred(t) => t.agent_id,
+            Payload::CallConsult(c) => c.agent_id,
             Payload::AgentState(s) => Some(s.agent_id),
             Payload::AgentDeactivated { agent_id } => Some(*agent_id),
             Payload::WorkOrderCreated { work_order } | Payload::WorkOrderUpdated { work_order } => {
@@ -226,6 +256,7 @@ impl Payload {
             Payload::CallEnded(e) => Some(&e.call_id),
             Payload::CallHeld(h) | Payload::CallResumed(h) => Some(&h.call_id),
             Payload::CallTransferred(t) => Some(&t.call_id),
+            Payload::CallConsult(c) => Some(&c.call_id),
             _ => None,
         }
     }
@@ -316,6 +347,7 @@ pub(crate) mod sample {
             offered_at: at.into(),
             crm_url: None,
             direction: "inbound",
+            from_agent_id: None,
         }))
     }
 

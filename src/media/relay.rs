@@ -129,6 +129,10 @@ pub struct RelayStats {
     /// Packets played into each leg (music, announcements) instead of the other leg's audio.
     #[serde(default)]
     pub played: [u64; 2],
+    /// RTP packets relayed between the agent and a consulted party (an attended transfer),
+    /// each way: agent to them, them to the agent.
+    #[serde(default)]
+    pub consulted: [u64; 2],
 }
 
 /// Report handed back by [`MediaHandle::stop`].
@@ -151,6 +155,11 @@ enum Command {
     Play(u64, LegId, Arc<Clip>, Repeat),
     StopPlaying(u64, LegId),
     Hush(u64, LegId, bool),
+    Consult(u64, Box<LegSockets>),
+    ConsultRemote(u64, RemoteMedia),
+    ConsultSignallingIp(u64, std::net::IpAddr),
+    PromoteConsult(u64),
+    DropConsult(u64),
     Stop(u64, Instant, oneshot::Sender<MediaReport>),
 }
 
@@ -287,6 +296,37 @@ impl MediaHandle {
     /// does not overhear a caller on hold.
     pub fn hush(&self, leg: LegId, on: bool) {
         self.shared.send(Command::Hush(self.id, leg, on));
+    }
+
+    /// Opens a third leg for an attended transfer's consultation on `sockets`: while it is
+    /// open, the agent's leg talks to it (the caller, on hold, is recorded but neither hears
+    /// nor is heard by the agent), and what it sends is not recorded. The engine bridges legs
+    /// by slot, so the consulted phone gets its own ports rather than a re-INVITE moving the
+    /// first agent's phone.
+    pub fn consult(&self, sockets: LegSockets) {
+        self.shared
+            .send(Command::Consult(self.id, Box::new(sockets)));
+    }
+
+    /// The consulted party's answer: where its RTP goes and in which codec.
+    pub fn set_consult_remote(&self, remote: RemoteMedia) {
+        self.shared.send(Command::ConsultRemote(self.id, remote));
+    }
+
+    /// Where the consulted party's signalling comes from (its media may come from there too).
+    pub fn set_consult_signalling_ip(&self, ip: std::net::IpAddr) {
+        self.shared.send(Command::ConsultSignallingIp(self.id, ip));
+    }
+
+    /// Completes an attended transfer: the consulted leg becomes the agent leg (the caller
+    /// hears it, it is recorded on the agent's channel) and the first agent's ports go back.
+    pub fn promote_consult(&self) {
+        self.shared.send(Command::PromoteConsult(self.id));
+    }
+
+    /// Ends a consultation without a transfer: its ports go back, the agent hears the caller.
+    pub fn drop_consult(&self) {
+        self.shared.send(Command::DropConsult(self.id));
     }
 
     /// Stops the relay and releases the call's ports; the recording ends exactly at `ended`.
@@ -572,12 +612,23 @@ const CALLER_RTP: usize = 0;
 const AGENT_RTP: usize = 1;
 const CALLER_RTCP: usize = 2;
 const AGENT_RTCP: usize = 3;
+const CONSULT_RTP: usize = 4;
+const CONSULT_RTCP: usize = 5;
+/// Tokens per slot: the four sockets of the two legs and the two of a consultation.
+const TOKENS: usize = 6;
+
+/// The third leg of an attended transfer, bridged to the agent's leg while it lasts.
+struct ConsultLeg {
+    sockets: [std::net::UdpSocket; 2],
+    lease: super::ports::PortLease,
+    state: LegState,
+}
 
 struct Slot {
     id: u64,
     sockets: [std::net::UdpSocket; 4],
     /// Held so the ports return to the pool when the slot is dropped.
-    _leases: (super::ports::PortLease, super::ports::PortLease),
+    leases: (super::ports::PortLease, super::ports::PortLease),
     relay: Relay,
     events: tokio::sync::mpsc::UnboundedSender<MediaEvent>,
     /// Silence timeout and when watching began; `None` when not watching.
@@ -586,6 +637,8 @@ struct Slot {
     players: [Option<Player>; 2],
     /// Legs the other leg's audio is not forwarded to (the agent while the caller is on hold).
     hushed: [bool; 2],
+    /// An attended transfer's consultation: the agent talks to it instead of the caller.
+    consult: Option<ConsultLeg>,
 }
 
 impl Slot {
@@ -708,7 +761,7 @@ fn run(poll: Epoll, rx: mpsc::Receiver<Command>, shared: Arc<Shared>) {
                 commands = true;
                 continue;
             }
-            let (slot_i, sock_i) = ((t / 4) as usize, (t % 4) as usize);
+            let (slot_i, sock_i) = ((t as usize) / TOKENS, (t as usize) % TOKENS);
             let Some(Some(slot)) = slots.get_mut(slot_i) else {
                 continue;
             };
@@ -766,6 +819,9 @@ struct Scratch {
 /// Reads one packet from a readable socket (level-triggered: if more is queued the next poll
 /// reports the socket again) and forwards it.
 fn relay_one(slot: &mut Slot, sock_i: usize, now: Instant, buf: &mut [u8], scratch: &mut Scratch) {
+    if sock_i >= CONSULT_RTP {
+        return relay_consulted(slot, sock_i == CONSULT_RTP, now, buf, scratch);
+    }
     let Some(sock) = slot.sockets.get(sock_i) else {
         return;
     };
@@ -811,6 +867,14 @@ fn relay_one(slot: &mut Slot, sock_i: usize, now: Instant, buf: &mut [u8], scrat
     let Some(dest) = dest else {
         return;
     };
+    if slot.consult.is_some() {
+        // A consultation: the agent talks to the consulted party; the caller, on hold, is
+        // recorded and not heard.
+        if from == LegId::Agent {
+            to_consulted(slot, rtp, pkt, &mut scratch.sealed);
+        }
+        return;
+    }
     if slot.players[1 - i].is_some() || slot.hushed[1 - i] {
         // The other leg hears the player (music on hold), or nothing (an agent whose caller
         // is on hold): this leg is recorded, not heard.
@@ -841,6 +905,159 @@ fn relay_one(slot: &mut Slot, sock_i: usize, now: Instant, buf: &mut [u8], scrat
     }
 }
 
+/// Where a leg's RTP (or RTCP) goes: the latched address, else the negotiated one.
+fn leg_dest(st: &LegState, rtp: bool) -> Option<SocketAddr> {
+    if rtp {
+        st.latched.or(st.remote.and_then(|r| r.rtp))
+    } else {
+        st.rtcp_latched.or_else(|| {
+            st.remote
+                .and_then(|r| r.rtp)
+                .map(|a| SocketAddr::new(a.ip(), a.port().wrapping_add(1)))
+        })
+    }
+}
+
+/// Seals `pkt` for an SRTP leg (RTP renumbered across jumps), or passes it as it is.
+fn seal<'a>(
+    srtp: Option<&mut LegSrtp>,
+    rtp: bool,
+    pkt: &'a mut [u8],
+    sealed: &'a mut Vec<u8>,
+) -> Option<&'a [u8]> {
+    match srtp {
+        Some(s) => {
+            let r = if rtp {
+                s.renumber.apply(pkt);
+                s.tx.protect(pkt, sealed)
+            } else {
+                s.tx.protect_rtcp(pkt, sealed)
+            };
+            r.ok().map(|_| &sealed[..])
+        }
+        None => Some(pkt),
+    }
+}
+
+/// The agent's packet, already taken by the agent leg (latched, recorded), goes to the
+/// consulted party.
+fn to_consulted(slot: &mut Slot, rtp: bool, pkt: &mut [u8], sealed: &mut Vec<u8>) {
+    let Some(c) = slot.consult.as_mut() else {
+        return;
+    };
+    let Some(dest) = leg_dest(&c.state, rtp) else {
+        return;
+    };
+    if rtp {
+        // An event numbered differently on the two legs is renumbered, or kept from a leg
+        // that did not negotiate events.
+        let ours = slot.relay.legs[LegId::Agent.index()]
+            .remote
+            .and_then(|r| r.dtmf_pt);
+        let pt = pkt.get(1).map(|b| b & 0x7f);
+        if let Some(m) = ours.filter(|m| pt == Some(*m)) {
+            match c.state.remote.and_then(|r| r.dtmf_pt) {
+                Some(t) if t != m => {
+                    if let Some(b) = pkt.get_mut(1) {
+                        *b = (*b & 0x80) | (t & 0x7f);
+                    }
+                }
+                Some(_) => {}
+                None => return,
+            }
+        }
+    }
+    let Some(bytes) = seal(c.state.srtp.as_mut(), rtp, pkt, sealed) else {
+        return;
+    };
+    let sock = &c.sockets[usize::from(!rtp)];
+    if sock.send_to(bytes, dest).is_ok() && rtp {
+        slot.relay.stats.consulted[0] += 1;
+    }
+}
+
+/// A packet from the consulted party: latched like any leg's, then to the agent (unless a
+/// ringback still plays there). It is not recorded: the recording is the caller's call.
+fn relay_consulted(
+    slot: &mut Slot,
+    rtp: bool,
+    now: Instant,
+    buf: &mut [u8],
+    scratch: &mut Scratch,
+) {
+    let Some(c) = slot.consult.as_mut() else {
+        return;
+    };
+    let (n, src) = match c.sockets[usize::from(!rtp)].recv_from(buf) {
+        Ok(x) => x,
+        Err(_) => return,
+    };
+    let pkt: &mut [u8] = match c.state.srtp.as_mut() {
+        Some(s) => {
+            let opened = if rtp {
+                s.rx.unprotect(&buf[..n], &mut scratch.clear)
+            } else {
+                s.rx.unprotect_rtcp(&buf[..n], &mut scratch.clear)
+            };
+            if opened.is_err() {
+                return;
+            }
+            &mut scratch.clear[..]
+        }
+        None => &mut buf[..n],
+    };
+    let st = &mut c.state;
+    if rtp {
+        if rtp_rs::RtpReader::new(pkt).is_err() {
+            return;
+        }
+        match st.latched {
+            None if st.may_latch(src) => st.latched = Some(src),
+            Some(l) if l == src => {}
+            _ => return,
+        }
+        st.last_rx = Some(now);
+    } else {
+        match st.rtcp_latched {
+            None if st.may_latch(src) || st.latched.is_some_and(|l| l.ip() == src.ip()) => {
+                st.rtcp_latched = Some(src)
+            }
+            Some(l) if l == src => {}
+            _ => return,
+        }
+    }
+    let theirs = st.remote.and_then(|r| r.dtmf_pt);
+    let a = LegId::Agent.index();
+    if slot.players[a].is_some() {
+        return;
+    }
+    let agent = &mut slot.relay.legs[a];
+    let Some(dest) = leg_dest(agent, rtp) else {
+        return;
+    };
+    if rtp {
+        let pt = pkt.get(1).map(|b| b & 0x7f);
+        if let Some(m) = theirs.filter(|m| pt == Some(*m)) {
+            match agent.remote.and_then(|r| r.dtmf_pt) {
+                Some(t) if t != m => {
+                    if let Some(b) = pkt.get_mut(1) {
+                        *b = (*b & 0x80) | (t & 0x7f);
+                    }
+                }
+                Some(_) => {}
+                None => return,
+            }
+        }
+    }
+    let Some(bytes) = seal(agent.srtp.as_mut(), rtp, pkt, &mut scratch.sealed) else {
+        return;
+    };
+    let out = if rtp { AGENT_RTP } else { AGENT_RTCP };
+    if slot.sockets[out].send_to(bytes, dest).is_ok() && rtp {
+        slot.relay.stats.consulted[1] += 1;
+    }
+}
+
 fn handle_command(
     cmd: Command,
     poll: &Epoll,
@@ -863,7 +1080,7 @@ fn handle_command(
             });
             let sockets = [caller.rtp, agent.rtp, caller.rtcp, agent.rtcp];
             for (k, s) in sockets.iter().enumerate() {
-                if let Err(e) = poll.add(s.as_raw_fd(), (index * 4 + k) as u64) {
+                if let Err(e) = poll.add(s.as_raw_fd(), (index * TOKENS + k) as u64) {
                     warn!(error = %e, "media socket not registered");
                 }
             }
@@ -871,12 +1088,13 @@ fn handle_command(
                 *place = Some(Slot {
                     id,
                     sockets,
-                    _leases: (caller.lease, agent.lease),
+                    leases: (caller.lease, agent.lease),
                     relay: new_relay(),
                     events,
                     watch: None,
                     players: [None, None],
                     hushed: [false; 2],
+                    consult: None,
                 });
                 by_id.insert(id, index);
             }
@@ -942,14 +1160,100 @@ fn handle_command(
                 slot.hushed[leg.index()] = on;
             }
         }
+        Command::Consult(id, sockets) => {
+            let Some(&index) = by_id.get(&id) else {
+                return;
+            };
+            if let Some(slot) = slot_of(slots, by_id, id) {
+                let LegSockets { rtp, rtcp, lease } = *sockets;
+                if let Some(old) = slot.consult.take() {
+                    unregister(poll, &old.sockets);
+                }
+                for (k, s) in [(CONSULT_RTP, &rtp), (CONSULT_RTCP, &rtcp)] {
+                    if let Err(e) = poll.add(s.as_raw_fd(), (index * TOKENS + k) as u64) {
+                        warn!(error = %e, "consultation socket not registered");
+                    }
+                }
+                slot.consult = Some(ConsultLeg {
+                    sockets: [rtp, rtcp],
+                    lease,
+                    state: LegState::default(),
+                });
+            }
+        }
+        Command::ConsultRemote(id, remote) => {
+            if let Some(c) = slot_of(slots, by_id, id).and_then(|s| s.consult.as_mut()) {
+                let st = &mut c.state;
+                if st.remote.map(|r| r.rtp) != Some(remote.rtp) {
+                    st.latched = None;
+                    st.rtcp_latched = None;
+                }
+                match (st.srtp.as_mut(), remote.srtp) {
+                    (Some(s), Some(keys)) => s.rekey(keys),
+                    (_, keys) => st.srtp = keys.map(LegSrtp::new),
+                }
+                st.remote = Some(remote);
+            }
+        }
+        Command::ConsultSignallingIp(id, ip) => {
+            if let Some(c) = slot_of(slots, by_id, id).and_then(|s| s.consult.as_mut()) {
+                c.state.signalling_ip = Some(ip);
+            }
+        }
+        Command::PromoteConsult(id) => {
+            let Some(&index) = by_id.get(&id) else {
+                return;
+            };
+            let Some(slot) = slot_of(slots, by_id, id) else {
+                return;
+            };
+            let Some(mut c) = slot.consult.take() else {
+                return;
+            };
+            unregister(poll, &c.sockets);
+            let _ = poll.remove(slot.sockets[AGENT_RTP].as_raw_fd());
+            let _ = poll.remove(slot.sockets[AGENT_RTCP].as_raw_fd());
+            let [rtp, rtcp] = &mut c.sockets;
+            std::mem::swap(&mut slot.sockets[AGENT_RTP], rtp);
+            std::mem::swap(&mut slot.sockets[AGENT_RTCP], rtcp);
+            std::mem::swap(&mut slot.leases.1, &mut c.lease);
+            let a = LegId::Agent.index();
+            std::mem::swap(&mut slot.relay.legs[a], &mut c.state);
+            for k in [AGENT_RTP, AGENT_RTCP] {
+                let token = (index * TOKENS + k) as u64;
+                if let Err(e) = poll.add(slot.sockets[k].as_raw_fd(), token) {
+                    warn!(error = %e, "media socket not registered");
+                }
+            }
+            // The first agent's last key press is theirs; their ports go back with `c`.
+            if let Some(d) = c.state.dtmf.flush() {
+                let at_ms = Instant::now()
+                    .saturating_duration_since(slot.relay.started)
+                    .as_millis() as u64;
+                slot.relay
+                    .digits
+                    .push(DtmfDigit::new(LegId::Agent, &d, at_ms));
+            }
+            slot.players[a] = None;
+            slot.hushed[a] = false;
+            debug!(id, "consultation became the agent leg");
+        }
+        Command::DropConsult(id) => {
+            if let Some(slot) = slot_of(slots, by_id, id) {
+                if let Some(c) = slot.consult.take() {
+                    unregister(poll, &c.sockets);
+                }
+            }
+        }
         Command::Stop(id, ended, reply) => {
             let Some(index) = by_id.remove(&id) else {
                 return;
             };
             playing.retain(|i| *i != index);
             if let Some(mut slot) = slots.get_mut(index).and_then(Option::take) {
-                for s in &slot.sockets {
-                    let _ = poll.remove(s.as_raw_fd());
+                unregister(poll, &slot.sockets);
+                if let Some(c) = slot.consult.take() {
+                    unregister(poll, &c.sockets);
                 }
                 let report = slot.relay.stop(ended);
                 debug!(id = slot.id, "media stopped");
@@ -960,6 +1264,12 @@ fn handle_command(
                 free.push(index);
             }
         }
+    }
+}
+
+fn unregister(poll: &Epoll, sockets: &[std::net::UdpSocket]) {
+    for s in sockets {
+        let _ = poll.remove(s.as_raw_fd());
     }
 }
 

@@ -52,6 +52,8 @@ pub fn router() -> Router<AppState> {
         .route("/calls/{id}/hold", post(hold_call))
         .route("/calls/{id}/resume", post(resume_call))
         .route("/calls/{id}/transfer", post(transfer_call))
+        .route("/calls/{id}/transfer/complete", post(complete_transfer))
+        .route("/calls/{id}/transfer/cancel", post(cancel_transfer))
         .route("/dial", post(dial))
         .route("/recordings/{id}", get(get_recording))
         .route("/recordings/{id}/audio", get(recording_audio))
@@ -75,7 +77,7 @@ pub fn router() -> Router<AppState> {
         create_queue, update_queue,
         list_customers, create_customer, get_customer, update_customer, import_customers,
         export_customers,
-        list_calls, get_call, annotate_call, hangup_call, hold_call, resume_call, transfer_call, dial, get_recording, recording_audio,
+        list_calls, get_call, annotate_call, hangup_call, hold_call, resume_call, transfer_call, complete_transfer, cancel_transfer, dial, get_recording, recording_audio,
         list_work_orders, create_work_order, get_work_order, update_work_order,
         work_order_history,
         super::webhooks::create_webhook, super::webhooks::list_webhooks, super::webhooks::get_webhook,
@@ -824,11 +826,28 @@ async fn own_call(s: &AppState, me: &Principal, id: i64) -> Result<ContactLog, A
         .contact_log(id)
         .await?
         .ok_or_else(|| ApiError::not_found("call"))?;
-    if !me.may_access_agent(c.agent_id) {
+    if !me.may_access_agent(c.agent_id) && !offered_to(s, me, id) {
         // Not "forbidden": an agent cannot learn which other calls exist.
         return Err(ApiError::not_found("call"));
     }
     Ok(c)
+}
+
+/// An agent whose desktop is offered a live call handed over by another agent (a transfer or
+/// a consultation) may read and annotate its contact log: the card shows the notes so far.
+fn offered_to(s: &AppState, me: &Principal, log_id: i64) -> bool {
+    let Some(key) = s.controls.call_of_log(log_id) else {
+        return false;
+    };
+    let viewer = crate::events::Viewer {
+        agent: me.agent_id,
+        sees_all: false,
+    };
+    s.bus.snapshot(viewer).iter().any(|e| {
+        e.agent == Some(me.agent_id)
+            && e.call.as_ref().is_some_and(|c| c.as_str() == key)
+            && matches!(e.payload, crate::events::Payload::CallOffered(_))
+    })
 }
 
 #[utoipa::path(get, path = "/api/calls/{id}", responses((status = 200, body = ContactLog), (status = 404, body = ApiErrorBody)))]
@@ -846,7 +865,8 @@ async fn get_call(
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct ControlOut {
     call_id: String,
-    /// `hangup`, `hold` or `resume`.
+    /// `hangup`, `hold`, `resume`, `transfer`, `consult` (an attended transfer started),
+    /// `transfer_complete` or `transfer_cancel`.
     done: &'static str,
 }
 
@@ -973,6 +993,9 @@ impl From<crate::calls::placing::DialFailure> for ApiError {
             F::Agent(A::Unreachable) => {
                 ApiError::new(StatusCode::CONFLICT, "phone_unreachable", e.to_string())
             }
+            F::Agent(A::NobodyFree) => {
+                ApiError::new(StatusCode::CONFLICT, "nobody_free", e.to_string())
+            }
             F::Unavailable(_) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -1033,14 +1056,22 @@ pub(crate) struct TransferTarget {
 #[serde(deny_unknown_fields)]
 pub(crate) struct TransferIn {
     to: TransferTarget,
-    /// `blind` (the default): the caller is handed over at once.
+    /// `blind` (the default): the caller is handed over at once. `attended`: the caller hears
+    /// music while the target rings, the agent talks to the target first, then
+    /// `/transfer/complete` or `/transfer/cancel`.
     #[serde(default)]
     mode: Option<String>,
 }
 
-/// Hands the caller over at once (a blind transfer) to an agent's phone or into a queue: the
-/// agent's leg is hung up, the caller hears music while the target rings; a target agent who
-/// does not answer leaves the caller in the call's queue. The target's desktop gets its own
+/// Blind (the default): hands the caller over at once to an agent's phone, into a queue or out
+/// to a number: the agent's leg is hung up, the caller hears music while the target rings; a
+/// target agent who does not answer leaves the caller in the call's queue.
+///
+/// Attended: the caller hears music while the target (an agent, whoever of a queue is free, or
+/// a number) rings on a consultation leg; once it answers the agent and the target talk
+/// (`call.consult` events to both desktops), then `/transfer/complete` joins the caller and the
+/// target, `/transfer/cancel` goes back to the caller. A target that refuses or does not
+/// answer ends the consultation on its own. The target agent's desktop gets its own
 /// `call.offered` with the same customer card.
 #[utoipa::path(post, path = "/api/calls/{id}/transfer", request_body = TransferIn,
     params(("id" = String, Path, description = "The call id of the events, or the contact log id")),
@@ -1053,21 +1084,16 @@ async fn transfer_call(
     ApiJson(t): ApiJson<TransferIn>,
 ) -> Result<Json<ControlOut>, ApiError> {
     use crate::calls::control::{Control, TransferTo};
-    match t.mode.as_deref().unwrap_or("blind") {
-        "blind" => {}
-        "attended" => {
-            return Err(ApiError::invalid(
-                "mode",
-                "attended transfer is not available yet; use blind",
-            ))
-        }
+    let attended = match t.mode.as_deref().unwrap_or("blind") {
+        "blind" => false,
+        "attended" => true,
         other => {
             return Err(ApiError::invalid(
                 "mode",
                 format!("{other:?} is not blind or attended"),
             ))
         }
-    }
+    };
     let to = match (t.to.agent_id, t.to.queue_id, &t.to.number) {
         (Some(agent), None, None) => {
             let known = s.store.agent(agent).await?.is_some_and(|a| a.active);
@@ -1121,7 +1147,42 @@ async fn transfer_call(
             ))
         }
     };
-    control_call(&s, &me, &id, Control::Transfer(to), "transfer").await
+    if attended {
+        control_call(&s, &me, &id, Control::Consult(to), "consult").await
+    } else {
+        control_call(&s, &me, &id, Control::Transfer(to), "transfer").await
+    }
+}
+
+/// Completes an attended transfer: the caller and the consulted party are joined, the first
+/// agent's phone is hung up (the recording goes on in the same file). 409 before the target
+/// has answered.
+#[utoipa::path(post, path = "/api/calls/{id}/transfer/complete",
+    params(("id" = String, Path, description = "The call id of the events, or the contact log id")),
+    responses((status = 200, body = ControlOut), (status = 404, body = ApiErrorBody),
+        (status = 409, body = ApiErrorBody)))]
+async fn complete_transfer(
+    State(s): State<AppState>,
+    me: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<ControlOut>, ApiError> {
+    use crate::calls::control::Control;
+    control_call(&s, &me, &id, Control::CompleteTransfer, "transfer_complete").await
+}
+
+/// Cancels an attended transfer: the consultation is hung up (or stops ringing) and the agent
+/// is back with the caller.
+#[utoipa::path(post, path = "/api/calls/{id}/transfer/cancel",
+    params(("id" = String, Path, description = "The call id of the events, or the contact log id")),
+    responses((status = 200, body = ControlOut), (status = 404, body = ApiErrorBody),
+        (status = 409, body = ApiErrorBody)))]
+async fn cancel_transfer(
+    State(s): State<AppState>,
+    me: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<ControlOut>, ApiError> {
+    use crate::calls::control::Control;
+    control_call(&s, &me, &id, Control::CancelTransfer, "transfer_cancel").await
 }
 
 /// The agent's notes and wrap-up code.

@@ -122,8 +122,10 @@ impl LiveBoard {
                 }
             }
             Payload::CallTransferred(t) => {
-                for a in self.agents.values_mut() {
-                    if a.call.as_ref() == Some(&t.call_id) {
+                // The agent who handed it on (a consulted agent has it now).
+                for (id, a) in self.agents.iter_mut() {
+                    let handed_on = t.agent_id.is_none_or(|from| from == *id);
+                    if a.call.as_ref() == Some(&t.call_id) && handed_on {
                         a.call = None;
                         a.caller = None;
                         a.on_hold = false;
@@ -131,6 +133,7 @@ impl LiveBoard {
                 }
             }
             Payload::AgentDeactivated { .. }
+            | Payload::CallConsult(_)
             | Payload::WorkOrderCreated { .. }
             | Payload::WorkOrderUpdated { .. } => {}
         }

@@ -53,6 +53,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "call.held",
     "call.resumed",
     "call.transferred",
+    "call.consult",
     "agent.state",
     "agent.deactivated",
     "work_order.created",

@@ -177,7 +177,12 @@ impl Baresip {
         mic: &Path,
         account: Option<(&str, &str)>,
     ) -> Baresip {
-        Baresip::start_on(env, name, ports, mic, account, None)
+        Baresip::start_on(env, name, ports, mic, account, None, "phone")
+    }
+
+    /// A caller that registers nowhere and presents `user` (a number) in its From.
+    pub fn caller_as(env: &Env, name: &str, ports: &Ports, mic: &Path, user: &str) -> Baresip {
+        Baresip::start_on(env, name, ports, mic, None, None, user)
     }
 
     /// As [`Baresip::start`]; with `tls = Some(ca)` the account registers over TLS to the
@@ -189,6 +194,7 @@ impl Baresip {
         mic: &Path,
         account: Option<(&str, &str)>,
         tls: Option<&Path>,
+        caller: &str,
     ) -> Baresip {
         let dir = env.dir.join(name);
         let heard_dir = dir.join("heard");
@@ -252,9 +258,9 @@ impl Baresip {
                     )
                 }
                 None => (
-                    "phone".to_string(),
+                    caller.to_string(),
                     format!(
-                        "<sip:phone@127.0.0.1:{sip_port}>;{common};regint=0{srtp}\n",
+                        "<sip:{caller}@127.0.0.1:{sip_port}>;{common};regint=0{srtp}\n",
                         srtp = if tls.is_some() {
                             ";mediaenc=srtp-mand"
                         } else {
@@ -311,7 +317,7 @@ impl Baresip {
     /// A baresip that registers nowhere and calls over TLS trusting `ca`, insisting on SRTP:
     /// a trunk or PBX that only speaks TLS and SRTP.
     pub fn caller_tls(env: &Env, name: &str, ports: &Ports, mic: &Path, ca: &Path) -> Baresip {
-        Baresip::start_on(env, name, ports, mic, None, Some(ca))
+        Baresip::start_on(env, name, ports, mic, None, Some(ca), "phone")
     }
 
     /// A baresip registering over TLS (the env's server must have been started with
@@ -324,7 +330,7 @@ impl Baresip {
         account: (&str, &str),
     ) -> Baresip {
         let ca = env.dir.join("server.pem");
-        Baresip::start_on(env, name, ports, mic, Some(account), Some(&ca))
+        Baresip::start_on(env, name, ports, mic, Some(account), Some(&ca), "phone")
     }
 
     /// Sends one `ctrl_tcp` command (netstring-framed JSON) and returns its response.

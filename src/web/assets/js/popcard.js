@@ -71,11 +71,23 @@ export class PopCard {
       offeredAt: toMs(ev.offered_at) || Date.now(), answeredAt: null, ended: null,
     };
     this.render();
+    if (ev.from_agent_id && ev.contact_log_id) this.loadNotes(ev.contact_log_id);
     // For the benchmark and the browser test: when the caller's name reached the screen (the
     // task right after the frame that drew it), against `offered_at`, stamped when the INVITE arrived.
     const entry = { call_id: ev.call_id, offered_at: ev.offered_at, painted_ms: null };
     window.__popTimes.push(entry);
     requestAnimationFrame(() => setTimeout(() => { entry.painted_ms = performance.timeOrigin + performance.now(); }, 0));
+  }
+
+  /** A call handed over by another agent: the notes taken so far, unless already typed over. */
+  async loadNotes(logId) {
+    const c = this.call;
+    let log = null;
+    try { log = await get(`/api/calls/${logId}`); } catch (e) { return; }
+    if (this.call !== c || !log.notes || c.notes) return;
+    c.notes = log.notes;
+    const box = this.root.querySelector('.notes-form textarea[name="notes"]');
+    if (box && !box.value) box.value = log.notes;
   }
 
   answered(ev) {
@@ -112,7 +124,10 @@ export class PopCard {
     }
   }
 
-  /** A blind transfer: to another agent or into a queue. */
+  /**
+   * Transfer: blind ("Transfer": the caller goes at once) or attended ("Consult first": the
+   * caller hears music while you talk to the target, then Complete or Cancel).
+   */
   transferBox() {
     const options = [['', t('card.transferPick')]];
     for (const a of directoryAgents()) if (a.active && a.id !== this.me.agent_id) options.push([`a:${a.id}`, a.display_name]);
@@ -121,17 +136,46 @@ export class PopCard {
     const target = select(options, { 'aria-label': t('card.transferTo'), class: 'compact' });
     const number = h('input', { type: 'tel', class: 'compact transfer-number', 'aria-label': t('card.transferNumberLabel'), placeholder: t('card.transferNumberLabel'), hidden: true });
     target.addEventListener('change', () => { number.hidden = target.value !== 'n:'; if (!number.hidden) number.focus(); });
-    const go = h('button', { type: 'button', class: 'btn', text: t('btn.transfer'), onclick: () => {
+    const send = (mode) => {
       const [kind, id] = target.value.split(':');
       if (kind === 'n') {
         if (!number.value.trim()) { number.focus(); return; }
-        this.control('transfer', { to: { number: number.value.trim() }, mode: 'blind' });
+        this.control('transfer', { to: { number: number.value.trim() }, mode });
         return;
       }
       if (!id) { target.focus(); return; }
-      this.control('transfer', { to: kind === 'a' ? { agent_id: Number(id) } : { queue_id: Number(id) }, mode: 'blind' });
-    } });
-    return h('span', { class: 'transfer-box' }, target, number, go);
+      this.control('transfer', { to: kind === 'a' ? { agent_id: Number(id) } : { queue_id: Number(id) }, mode });
+    };
+    const go = h('button', { type: 'button', class: 'btn', text: t('btn.transfer'), title: t('card.transferBlindHint'), onclick: () => send('blind') });
+    const consult = h('button', { type: 'button', class: 'btn', 'data-testid': 'consult', text: t('btn.consult'), title: t('card.consultHint'), onclick: () => send('attended') });
+    return h('span', { class: 'transfer-box' }, target, number, go, consult);
+  }
+
+  /**
+   * call.consult: an attended transfer. On the card of the agent who asked for it the call is
+   * `consulting` (Complete / Cancel); on the consulted agent's card, `consulted` while they
+   * talk (the call becomes theirs with call.answered, or goes with call.withdrawn).
+   */
+  consult(ev) {
+    const c = this.call;
+    if (!c || c.id !== ev.call_id || c.status === 'ended' || c.status === 'withdrawn' || c.status === 'transferred') return;
+    const owner = c.status === 'on_call' || c.status === 'consulting';
+    if (owner) {
+      if (ev.state === 'ended') {
+        c.status = 'on_call';
+        c.consult = null;
+        c.note = t('card.consultEnded', { who: ev.with_name || '', why: t(`consult.why.${ev.reason}`, {}, ev.reason || '') });
+        this.updateStatus();
+        return;
+      }
+      c.status = 'consulting';
+      c.note = null;
+      c.consult = { name: ev.with_name || ev.number || '', state: ev.state };
+    } else if (ev.state === 'talking') {
+      c.status = 'consulted';
+      c.consult = { name: agentName(ev.with_agent_id) || '', state: ev.state };
+    } else return;
+    this.updateStatus();
   }
 
   /** call.transferred: the call went to someone else; this card is done with it. */
@@ -255,6 +299,14 @@ export class PopCard {
     if (outbound && (c.status === 'dialling' || c.status === 'on_call')) {
       // A call the agent placed: hang up (or give up before the number answers).
       controls.append(h('button', { type: 'button', class: 'btn danger', text: t('btn.hangup'), onclick: () => this.control('hangup') }));
+    } else if (c.status === 'consulting') {
+      // The caller hears music while the agent talks to the target.
+      const talking = c.consult && c.consult.state === 'talking';
+      controls.append(
+        h('button', { type: 'button', class: 'btn primary', 'data-testid': 'complete-transfer', text: t('btn.completeTransfer'), disabled: !talking, onclick: () => this.control('transfer/complete') }),
+        h('button', { type: 'button', class: 'btn', 'data-testid': 'cancel-transfer', text: t('btn.cancelTransfer'), onclick: () => this.control('transfer/cancel') }),
+        h('button', { type: 'button', class: 'btn danger', text: t('btn.hangup'), onclick: () => this.control('hangup') }),
+        h('span', { class: 'muted', text: t('card.heldHint') }));
     } else if (c.status === 'on_call' || c.status === 'held') {
       const held = c.status === 'held';
       // A hold made on the phone is resumed on the phone (the server would refuse it here).
@@ -264,7 +316,8 @@ export class PopCard {
         onPhone ? null : h('button', { type: 'button', class: `btn ${held ? 'primary' : ''}`, text: t(held ? 'btn.resume' : 'btn.hold'), onclick: () => this.control(held ? 'resume' : 'hold') }),
         h('button', { type: 'button', class: 'btn danger', text: t('btn.hangup'), onclick: () => this.control('hangup') }),
         this.transferBox(),
-        held ? h('span', { class: 'muted', text: t(onPhone ? 'card.heldOnPhone' : 'card.heldHint') }) : null].filter(Boolean));
+        held ? h('span', { class: 'muted', text: t(onPhone ? 'card.heldOnPhone' : 'card.heldHint') }) : null,
+        !held && c.note ? h('span', { class: 'muted consult-note', role: 'status', text: c.note }) : null].filter(Boolean));
     }
     if (c.status === 'ended' || c.status === 'withdrawn' || c.status === 'transferred') {
       row.append(h('button', { type: 'button', class: 'btn small', text: t('card.dismiss'), onclick: () => { this.idle(); if (this.hooks.onDismiss) this.hooks.onDismiss(); } }));
@@ -275,9 +328,14 @@ export class PopCard {
   statusLine() {
     const c = this.call;
     const ev = c.ev;
-    const bits = [h('span', { class: 'status-dot', 'aria-hidden': 'true' }), h('span', { class: 'pop-status-text', text: t(`card.status.${c.status}`) })];
+    const consult = c.consult || {};
+    const status = c.status === 'consulting'
+      ? t(consult.state === 'talking' ? 'card.status.consultTalking' : 'card.status.consultRinging', { who: consult.name })
+      : c.status === 'consulted' ? t('card.status.consulted', { who: consult.name }) : t(`card.status.${c.status}`);
+    const bits = [h('span', { class: 'status-dot', 'aria-hidden': 'true' }), h('span', { class: 'pop-status-text', text: status })];
     if (c.status === 'ringing' || c.status === 'dialling') bits.push(h('span', { class: 'timer', dataset: { since: String(c.offeredAt) } }));
     if (ev.direction === 'outbound' && c.status !== 'dialling') bits.push(h('span', { class: 'badge outbound-badge', text: t('card.outbound') }));
+    if (ev.from_agent_id) bits.push(h('span', { class: 'badge handed-over', text: t('card.handedOver', { who: agentName(ev.from_agent_id) || '' }) }));
     if (c.status === 'on_call') bits.push(h('span', { class: 'timer', dataset: { since: String(c.answeredAt) } }));
     if (c.status === 'ended' && c.ended) {
       if (c.ended.disposition) bits.push(h('span', { class: `outcome outcome-${c.ended.disposition}`, text: t(`outcome.${c.ended.disposition}`, {}, c.ended.disposition) }));
