@@ -2073,7 +2073,7 @@ impl Call {
         }
         if self.offer_open(other)
             || (other == LegId::Caller && !self.caller_acked)
-            || (other == LegId::Agent && self.transferring)
+            || (other == LegId::Agent && (self.transferring || self.consult.is_some()))
         {
             self.mirror_deferred[i] = Some(offered_dir);
             return;
@@ -5262,5 +5262,57 @@ mod tests {
         ] {
             assert!(has(&said, what), "{what}: {said:?}");
         }
+    }
+
+    /// Review findings: the agent putting the phone down while the target is still being
+    /// looked up, which then turns out busy, sends the caller back into the queue (with music,
+    /// the first desktop told) instead of leaving a silent line.
+    #[test]
+    fn a_handoff_whose_target_cannot_be_reached_requeues_the_caller() {
+        let (mut c, t0, alice_inv) = answered();
+        c.queue = Some((1, "General".into()));
+        let t = t0 + Duration::from_secs(10);
+        c.handle_control(t, 1, alice(), Control::Consult(TransferTo::Agent(5)));
+        drain(&mut c);
+        c.handle_message(t, phone_bye(&alice_inv, 5), peer(PHONE));
+        drain(&mut c);
+        let key = consult_key(&c);
+        assert!(c.awaits_consult(&key));
+        c.handle_consult(t, key, Err(ConsultRefused::Busy));
+        let (said, _) = drain(&mut c);
+        for what in [
+            "reply Err(Conflict",
+            "media Play",
+            "publish call.transferred",
+            "acd Transfer",
+        ] {
+            assert!(has(&said, what), "{what}: {said:?}");
+        }
+        assert!(!has(&said, "ended"), "{said:?}");
+    }
+
+    /// During a consultation a caller's hold is not mirrored to the agent's phone (the agent
+    /// is talking to the target), and a hold from the agent's phone ends with its leg when the
+    /// transfer completes, so the target's desktop can hold and resume.
+    #[test]
+    fn holds_during_a_consultation_do_not_cross_to_the_wrong_phone() {
+        let (mut c, t0, alice_inv, inv) = consulting();
+        let t = t0 + Duration::from_secs(11);
+        c.handle_message(t, bob_answers(&inv), peer(BOB));
+        drain(&mut c);
+        c.handle_message(t, caller_reinvite(&c, 2, "sendonly"), peer(TRUNK));
+        let (said, _) = drain(&mut c);
+        assert!(!has(&said, "tx 10.0.0.10:5060 INVITE"), "{said:?}");
+        c.handle_message(t, phone_reinvite(&alice_inv, 6, "sendonly"), peer(PHONE));
+        drain(&mut c);
+        assert!(c.hold.is_some());
+        c.handle_control(t, 2, alice(), Control::CompleteTransfer);
+        let (said, _) = drain(&mut c);
+        assert!(has(&said, "media PromoteConsult"), "{said:?}");
+        assert!(c.hold.is_none(), "the phone's hold ended with its leg");
+        assert!(
+            has(&said, "tx 10.0.0.11:5060 INVITE"),
+            "the caller's hold reaches Bob's phone now: {said:?}"
+        );
     }
 }

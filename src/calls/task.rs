@@ -77,6 +77,9 @@ pub(crate) trait Machine: Send + 'static {
         _r: Result<ConsultReady, ConsultRefused>,
     ) {
     }
+    fn awaits_consult(&self, _key: &CallKey) -> bool {
+        false
+    }
 }
 
 macro_rules! machine {
@@ -134,6 +137,9 @@ machine!(Call {
         r: Result<ConsultReady, ConsultRefused>,
     ) {
         Call::handle_consult(self, now, key, r)
+    }
+    fn awaits_consult(&self, key: &CallKey) -> bool {
+        Call::awaits_consult(self, key)
     }
 });
 machine!(super::outbound::OutboundCall {});
@@ -244,6 +250,13 @@ impl<M: Machine> CallTask<M> {
             Ok(t) => t,
             Err(e) => return self.call.handle_consult(now, key, Err(e)),
         };
+        if !self.call.awaits_consult(&key) {
+            // Cancelled or ended meanwhile: no ports, and the reservation goes back.
+            if t.agent.is_some() {
+                self.env.acd.tell(crate::acd::Input::Ended { call: key });
+            }
+            return;
+        }
         let sockets = self
             .media
             .as_ref()
@@ -299,7 +312,11 @@ impl<M: Machine> CallTask<M> {
                 tokio::spawn(
                     async move {
                         let target = consult_target(&env, &key, to, exclude).await;
-                        let _ = done.send(Done::Consult(key, target));
+                        let reserved = target.as_ref().is_ok_and(|t| t.agent.is_some());
+                        if done.send(Done::Consult(key.clone(), target)).is_err() && reserved {
+                            // The call's task is gone: give the agent back.
+                            env.acd.tell(crate::acd::Input::Ended { call: key });
+                        }
                     }
                     .in_current_span(),
                 );

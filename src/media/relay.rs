@@ -838,6 +838,7 @@ fn relay_one(slot: &mut Slot, sock_i: usize, now: Instant, buf: &mut [u8], scrat
     };
     let rtp = sock_i < 2;
     let i = from.index();
+    let consulting = slot.consult.is_some();
     // From an SRTP leg only what authenticates goes on, decrypted.
     let pkt: &mut [u8] = match slot.relay.legs[i].srtp.as_mut() {
         Some(s) => {
@@ -859,22 +860,29 @@ fn relay_one(slot: &mut Slot, sock_i: usize, now: Instant, buf: &mut [u8], scrat
         }
         None => &mut buf[..n],
     };
+    // The payload type as sent: forwarding to the caller may renumber an event.
+    let pt_byte = pkt.get(1).copied();
     let dest = if rtp {
         slot.relay.on_rtp(now, from, src, pkt)
     } else {
         slot.relay.rtcp_dest(from, src)
     };
-    let Some(dest) = dest else {
-        return;
-    };
-    if slot.consult.is_some() {
-        // A consultation: the agent talks to the consulted party; the caller, on hold, is
-        // recorded and not heard.
-        if from == LegId::Agent {
+    if consulting {
+        // A consultation: the agent talks to the consulted party, whatever the caller's side
+        // negotiated; the caller, on hold, is recorded and not heard.
+        let st = &slot.relay.legs[i];
+        let taken = if rtp { st.latched } else { st.rtcp_latched } == Some(src);
+        if from == LegId::Agent && taken {
+            if let (Some(b), Some(p)) = (pt_byte, pkt.get_mut(1)) {
+                *p = b;
+            }
             to_consulted(slot, rtp, pkt, &mut scratch.sealed);
         }
         return;
     }
+    let Some(dest) = dest else {
+        return;
+    };
     if slot.players[1 - i].is_some() || slot.hushed[1 - i] {
         // The other leg hears the player (music on hold), or nothing (an agent whose caller
         // is on hold): this leg is recorded, not heard.
@@ -948,6 +956,9 @@ fn to_consulted(slot: &mut Slot, rtp: bool, pkt: &mut [u8], sealed: &mut Vec<u8>
     let Some(dest) = leg_dest(&c.state, rtp) else {
         return;
     };
+    if rtp && rtp_rs::RtpReader::new(pkt).is_err() {
+        return;
+    }
     if rtp {
         // An event numbered differently on the two legs is renumbered, or kept from a leg
         // that did not negotiate events.

@@ -88,7 +88,8 @@ impl Call {
                 "calls on this trunk ring a fixed phone: there is no agent to consult",
             ));
         }
-        if self.hold.is_some() || self.held[LegId::Agent.index()] {
+        let a = LegId::Agent.index();
+        if self.hold.is_some() || self.held[a] || self.local_dir[a] != Direction::SendRecv {
             return Err(ControlError::Conflict(
                 "the call is on hold: resume it before consulting",
             ));
@@ -141,9 +142,9 @@ impl Call {
             .as_ref()
             .is_some_and(|c| c.leg.is_none() && c.key == key);
         if !waiting || self.phase != Phase::Up {
-            // Cancelled or ended while the target was looked up: give it back.
+            // Cancelled or ended while the target was looked up: give it back (the task hands
+            // the engine ports only for the consultation the call awaits).
             if let Ok(r) = ready {
-                self.media(MediaCommand::DropConsult);
                 if r.agent.is_some() {
                     self.tell_acd(AcdInput::Ended { call: key });
                 }
@@ -154,8 +155,14 @@ impl Call {
         match ready {
             Err(why) => {
                 info!(reason = why.reason(), "attended transfer refused");
-                if let Some(token) = self.consult.take().and_then(|c| c.token) {
-                    self.reply(token, Err(ControlError::Conflict(why.reason())));
+                if let Some(c) = self.consult.take() {
+                    if let Some(token) = c.token {
+                        self.reply(token, Err(ControlError::Conflict(why.reason())));
+                    }
+                    if c.handoff {
+                        // The agent hung up meanwhile: nobody is left for the caller here.
+                        self.requeue_caller(now);
+                    }
                 }
             }
             Ok(r) => self.ring_consulted(now, r),
@@ -249,6 +256,16 @@ impl Call {
         self.drive_consult(now);
     }
 
+    /// Whether the call still waits for the consultation `key` to be prepared: the task hands
+    /// the media engine its ports only then.
+    pub fn awaits_consult(&self, key: &CallKey) -> bool {
+        self.phase == Phase::Up
+            && self
+                .consult
+                .as_ref()
+                .is_some_and(|c| c.leg.is_none() && c.key == *key)
+    }
+
     /// `call.consult` to `audience`'s desktops about the consultation with `with`.
     fn publish_consult(
         &mut self,
@@ -284,8 +301,20 @@ impl Call {
         })));
     }
 
-    /// Carries out what the consultation legs asked for.
+    /// Carries out what the consultation legs asked for; a handoff waiting for the leg to
+    /// settle (an offer was in flight) completes as soon as it has.
     pub(super) fn drive_consult(&mut self, now: Instant) {
+        self.drain_consult(now);
+        let settle = self
+            .consult
+            .as_ref()
+            .is_some_and(|c| c.handoff && c.answered);
+        if settle && self.complete(now) {
+            self.drain_consult(now);
+        }
+    }
+
+    fn drain_consult(&mut self, now: Instant) {
         loop {
             let next = self
                 .consult
@@ -442,10 +471,14 @@ impl Call {
             Some(leg) => leg.end(now),
             None => {
                 // Still being prepared: its reservation is given back when it arrives.
-                if let Some(token) = c.token.take() {
+                let (token, handoff) = (c.token.take(), c.handoff);
+                if let Some(token) = token {
                     self.reply(token, Err(ControlError::Conflict("cancelled")));
                 }
                 self.consult = None;
+                if handoff {
+                    self.requeue_caller(now);
+                }
                 return Ok(());
             }
         }
@@ -476,10 +509,17 @@ impl Call {
         }
         if c.handoff {
             self.requeue_caller(now);
-        } else {
+            return;
+        }
+        if self.hold.is_none() {
+            // Back to the caller (a phone that held meanwhile keeps the music on).
             self.media(MediaCommand::StopPlaying(LegId::Caller));
-            self.on_hold = self.held.iter().any(|h| *h);
-            self.media(MediaCommand::Watch(self.media_watch()));
+        }
+        self.on_hold = self.held.iter().any(|h| *h) || self.hold.is_some();
+        self.media(MediaCommand::Watch(self.media_watch()));
+        // A hold the caller made meanwhile reaches the agent's phone now.
+        if let Some(d) = self.mirror_deferred[LegId::Agent.index()] {
+            self.mirror_to(now, LegId::Agent, d);
         }
     }
 
@@ -523,6 +563,13 @@ impl Call {
         if self.agent_answered {
             self.bye(now, LegId::Agent);
         }
+        if let Some(hold) = self.hold.take() {
+            // The first phone held during the consultation: that hold ends with its leg.
+            if let Some(span) = self.hold_span(hold, now) {
+                self.holds.push(span);
+            }
+        }
+        let deferred = self.mirror_deferred[LegId::Agent.index()];
         self.retire_agent_leg();
         self.take_over_leg(now, h);
         self.media(MediaCommand::PromoteConsult);
@@ -568,6 +615,10 @@ impl Call {
             queue_id: self.queue.as_ref().map(|q| q.0),
             answered_at: crate::time::rfc3339(self.wall(now)),
         })));
+        // A hold the caller made during the consultation reaches the new phone.
+        if let Some(d) = deferred {
+            self.mirror_to(now, LegId::Agent, d);
+        }
         true
     }
 
@@ -593,12 +644,24 @@ impl Call {
     /// ahead of new callers, or hung up without one.
     fn requeue_caller(&mut self, now: Instant) {
         self.retire_agent_leg();
-        self.agent_id = None;
+        let from = self.agent_id.take();
         match self.queue.as_ref().map(|q| q.0) {
             Some(queue) if self.acd_mode => {
                 info!("the consulted party did not take the caller: back into the queue");
                 self.transferring = true;
                 self.on_hold = true;
+                self.media(MediaCommand::Watch(self.media_watch()));
+                self.media(MediaCommand::Play(LegId::Caller, Music::Hold));
+                // The agent who left is done with it; the next agent's desktop gets its pop.
+                self.publish(Event::new(Payload::CallTransferred(CallTransferred {
+                    call_id: self.id.clone(),
+                    contact_log_id: self.found.log_id,
+                    agent_id: from,
+                    to_agent_id: None,
+                    to_queue_id: Some(queue),
+                    to_number: None,
+                    at: crate::time::rfc3339(self.wall(now)),
+                })));
                 self.tell_acd(AcdInput::Transfer {
                     call: self.id.clone(),
                     queue,
