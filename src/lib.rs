@@ -4,6 +4,7 @@
 pub mod acd;
 pub(crate) mod agents;
 pub mod calls;
+pub mod campaigns;
 pub mod config;
 pub mod crm;
 pub mod events;

@@ -2742,19 +2742,9 @@ impl Call {
         self.on_hold = true;
         self.media(MediaCommand::Watch(self.media_watch()));
         self.media(MediaCommand::Play(LegId::Caller, Music::Hold));
-        self.publish(Event::new(Payload::CallTransferred(CallTransferred {
-            call_id: self.id.clone(),
-            contact_log_id: self.found.log_id,
-            agent_id: from,
-            to_agent_id: target,
-            to_queue_id: if matches!(to, TransferTo::Queue(_)) {
-                queue
-            } else {
-                None
-            },
-            to_number: number.as_ref().map(|g| g.number.clone()),
-            at: crate::time::rfc3339(self.wall(now)),
-        })));
+        let to_queue = queue.filter(|_| matches!(to, TransferTo::Queue(_)));
+        let to_number = number.as_ref().map(|g| g.number.clone());
+        self.publish_transferred(now, from, (target, to_queue, to_number));
         self.agent_id = None;
         match (number, queue) {
             (Some(gw), _) => {
@@ -2775,6 +2765,25 @@ impl Call {
             (None, None) => {}
         }
         Ok(())
+    }
+
+    /// `call.transferred` to the desktops of `from`, who handed the caller to (an agent, a
+    /// queue, a number).
+    fn publish_transferred(
+        &mut self,
+        now: Instant,
+        from: Option<AgentId>,
+        (to_agent_id, to_queue_id, to_number): (Option<AgentId>, Option<QueueId>, Option<String>),
+    ) {
+        self.publish(Event::new(Payload::CallTransferred(CallTransferred {
+            call_id: self.id.clone(),
+            contact_log_id: self.found.log_id,
+            agent_id: from,
+            to_agent_id,
+            to_queue_id,
+            to_number,
+            at: crate::time::rfc3339(self.wall(now)),
+        })));
     }
 
     /// Rings an outside number through the gateway on a fresh agent leg, presenting the

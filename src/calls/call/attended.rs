@@ -594,15 +594,7 @@ impl Call {
                 call: c.key.clone(),
             });
         }
-        self.publish(Event::new(Payload::CallTransferred(CallTransferred {
-            call_id: self.id.clone(),
-            contact_log_id: self.found.log_id,
-            agent_id: from,
-            to_agent_id: c.agent,
-            to_queue_id: None,
-            to_number: c.number.clone(),
-            at: crate::time::rfc3339(self.wall(now)),
-        })));
+        self.publish_transferred(now, from, (c.agent, None, c.number.clone()));
         self.agent_id = c.agent;
         if let Some(b) = c.agent {
             self.note_agent(b);
@@ -653,15 +645,7 @@ impl Call {
                 self.media(MediaCommand::Watch(self.media_watch()));
                 self.media(MediaCommand::Play(LegId::Caller, Music::Hold));
                 // The agent who left is done with it; the next agent's desktop gets its pop.
-                self.publish(Event::new(Payload::CallTransferred(CallTransferred {
-                    call_id: self.id.clone(),
-                    contact_log_id: self.found.log_id,
-                    agent_id: from,
-                    to_agent_id: None,
-                    to_queue_id: Some(queue),
-                    to_number: None,
-                    at: crate::time::rfc3339(self.wall(now)),
-                })));
+                self.publish_transferred(now, from, (None, Some(queue), None));
                 self.tell_acd(AcdInput::Transfer {
                     call: self.id.clone(),
                     queue,
