@@ -116,6 +116,55 @@ pub struct Profile {
     /// campaigns). Absent: screenpop never calls out.
     #[serde(default)]
     pub outbound: Option<Outbound>,
+    /// How campaigns send SMS and hear replies.
+    #[serde(default)]
+    pub sms: Sms,
+}
+
+/// `[sms]`: how campaigns send SMS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sms {
+    /// `"sip"`: a MESSAGE (RFC 3428) through `[outbound]`, with its URI and credentials.
+    #[serde(default)]
+    pub via: SmsVia,
+    /// The sender shown on the customer's phone; absent: `[outbound] caller_id`.
+    #[serde(default)]
+    pub sender: Option<String>,
+    /// A reply that is one of these words (any case, alone) opts the customer out of SMS.
+    #[serde(default = "default_opt_out_words")]
+    pub opt_out_words: Vec<String>,
+    /// The gateways whose MESSAGEs are customers' replies (their addresses). A MESSAGE from
+    /// anywhere else gets 403: a phone or a PBX extension on a trusted network must not be
+    /// able to opt a customer out by forging a From. Empty: replies are not taken.
+    #[serde(default)]
+    pub reply_from: Vec<ipnet::IpNet>,
+}
+
+impl Default for Sms {
+    fn default() -> Sms {
+        Sms {
+            via: SmsVia::default(),
+            sender: None,
+            opt_out_words: default_opt_out_words(),
+            reply_from: Vec::new(),
+        }
+    }
+}
+
+/// The way SMS leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmsVia {
+    #[default]
+    Sip,
+}
+
+fn default_opt_out_words() -> Vec<String> {
+    ["TD", "T", "STOP", "UNSUBSCRIBE", "退订"]
+        .iter()
+        .map(|w| w.to_string())
+        .collect()
 }
 
 /// `[outbound]`: the gateway for calls screenpop places, and what it may call.

@@ -61,6 +61,19 @@ enum Cmd {
         #[command(subcommand)]
         cmd: CustomersCmd,
     },
+    /// Campaigns: `campaign create FILE.json`, `campaign list`, `campaign preview NAME`,
+    /// `campaign run NAME [--wait]`.
+    Campaign {
+        #[command(subcommand)]
+        cmd: CampaignCmd,
+        #[arg(
+            long,
+            global = true,
+            env = "SCREENPOP_DATABASE",
+            default_value = "sqlite://screenpop.db"
+        )]
+        database: String,
+    },
     /// Apply the database migrations and exit (serve also applies them at start-up).
     Migrate {
         #[arg(
@@ -142,6 +155,36 @@ enum CustomersCmd {
             default_value = "sqlite://screenpop.db"
         )]
         database: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CampaignCmd {
+    /// Save a campaign from its JSON (the body `POST /api/campaigns` takes), as a draft.
+    Create { file: PathBuf },
+    /// Every campaign with its state and progress.
+    List,
+    /// Who a run would contact and what each would get; nothing is sent or recorded.
+    Preview {
+        name: String,
+        /// The local day to plan (YYYY-MM-DD); default today in the campaign's zone.
+        #[arg(long)]
+        day: Option<String>,
+        /// Customers listed (the totals count all of them).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print the preview as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run now: today's occasions are planned at once and a running `screenpop serve` sends
+    /// them (then the schedule goes on); each customer is contacted once per occasion however
+    /// often this runs.
+    Run {
+        name: String,
+        /// Follow the progress until nothing is left to send.
+        #[arg(long)]
+        wait: bool,
     },
 }
 
@@ -228,6 +271,10 @@ fn main() -> anyhow::Result<()> {
                 }
             })
         }
+        Cmd::Campaign { cmd, database } => rt.block_on(async {
+            let store = open_store(&database).await?;
+            campaign_cmd(&store, cmd).await
+        }),
         Cmd::Customers {
             cmd: CustomersCmd::Export { output, database },
         } => rt.block_on(async {
@@ -314,4 +361,152 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn campaign_cmd(store: &screenpop::store::Store, cmd: CampaignCmd) -> anyhow::Result<()> {
+    use screenpop::campaigns::spec::{CampaignSpec, Checked};
+    let base = std::env::current_dir()?;
+    let find = |name: String| async move {
+        store
+            .campaign_by_name(&name)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no campaign named {name:?}"))
+    };
+    match cmd {
+        CampaignCmd::Create { file } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let spec: CampaignSpec = serde_json::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let c = spec
+                .check(jiff::Timestamp::now(), &base)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            anyhow::ensure!(
+                !c.spec.channel.calls(),
+                "channel: voice greetings are not available in this version; use sms"
+            );
+            let json = serde_json::to_string(&c.spec)?;
+            let row = store
+                .create_campaign(
+                    &c.spec.name,
+                    c.spec.kind.as_str(),
+                    c.spec.channel.as_str(),
+                    &json,
+                    "cli",
+                )
+                .await?;
+            eprintln!("campaign {:?} saved as a draft (id {})", row.name, row.id);
+        }
+        CampaignCmd::List => {
+            for row in store.campaigns().await? {
+                let p = store.campaign_progress(row.id).await?;
+                println!(
+                    "{}\t{}\t{}\t{}\t{} attempts: {} sent, {} delivered, {} failed, {} pending",
+                    row.id,
+                    row.name,
+                    row.kind,
+                    row.state.as_str(),
+                    p.total,
+                    p.sent,
+                    p.delivered,
+                    p.failed + p.busy + p.no_answer,
+                    p.pending + p.sending
+                );
+            }
+        }
+        CampaignCmd::Preview {
+            name,
+            day,
+            limit,
+            json,
+        } => {
+            let row = find(name).await?;
+            let c = Checked::load(&row.spec, &base)?;
+            let day = match day {
+                Some(d) => d
+                    .parse::<jiff::civil::Date>()
+                    .map_err(|_| anyhow::anyhow!("--day {d:?}: not a YYYY-MM-DD date"))?,
+                None => c.schedule.local_date(jiff::Timestamp::now()),
+            };
+            let p = screenpop::campaigns::run::preview(store, &c, row.id, day, limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&p)?);
+                return Ok(());
+            }
+            for i in &p.items {
+                match (&i.skipped, i.channel) {
+                    (Some(why), _) => println!("{}\t{}\tskipped: {why}", i.customer_id, i.name),
+                    (None, Some(via)) => println!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        i.customer_id,
+                        i.name,
+                        i.number.as_deref().unwrap_or(""),
+                        via.as_str(),
+                        i.text.as_deref().unwrap_or("(the recording)")
+                    ),
+                    (None, None) => {}
+                }
+            }
+            println!(
+                "{} ({}): {} by SMS in {} parts, {} by voice, {} skipped{}",
+                p.day,
+                p.occasion,
+                p.sms,
+                p.sms_parts,
+                p.voice,
+                p.skipped,
+                if p.truncated {
+                    " (list cut at --limit)"
+                } else {
+                    ""
+                }
+            );
+        }
+        CampaignCmd::Run { name, wait } => {
+            let row = find(name).await?;
+            Checked::load(&row.spec, &base)?;
+            let asked = screenpop::time::now_ms();
+            if !store.run_campaign_now(row.id, asked).await? {
+                anyhow::bail!(
+                    "campaign {:?} is {}: resume it first",
+                    row.name,
+                    row.state.as_str()
+                );
+            }
+            eprintln!(
+                "campaign {:?} runs now: a running `screenpop serve` on this database sends it",
+                row.name
+            );
+            if wait {
+                let mut last = None;
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    let cur = store.campaign(row.id).await?;
+                    let p = store.campaign_progress(row.id).await?;
+                    // The runner notes when it planned the run: from then on the attempts
+                    // are all there.
+                    let planned = cur
+                        .as_ref()
+                        .is_some_and(|c| c.last_run_at.is_some_and(|l| l >= asked));
+                    let line = format!(
+                        "{} attempts: {} sent, {} delivered, {} failed, {} skipped, {} pending",
+                        p.total,
+                        p.sent,
+                        p.delivered,
+                        p.failed + p.busy + p.no_answer,
+                        p.skipped,
+                        p.pending + p.sending
+                    );
+                    if last.as_ref() != Some(&line) {
+                        eprintln!("{line}");
+                        last = Some(line);
+                    }
+                    if planned && p.finished() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }

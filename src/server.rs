@@ -132,6 +132,23 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     if let Some(o) = &profile.outbound {
         info!(gateway = %o.uri, "click-to-dial places calls through [outbound]");
     }
+    // Campaigns send SMS as SIP MESSAGE through [outbound]; the runner plans and sends from
+    // the store, so it starts before anything can be started through the API.
+    let campaigns = crate::campaigns::runner::spawn(crate::campaigns::runner::RunnerConfig {
+        store: store.clone(),
+        bus: bus.clone(),
+        dialer: dial_plan.is_some().then(|| dialer.clone()),
+        plan,
+        opt_out_words: profile.sms.opt_out_words.clone(),
+        base: std::env::current_dir().unwrap_or_default(),
+        node: format!(
+            "{}:{}",
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "screenpop".into()),
+            local.port()
+        ),
+    });
     if let Some(addr) = cfg.http {
         let mut state = crate::web::AppState::new(
             store.clone(),
@@ -143,6 +160,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         );
         state.controls = controls.clone();
         state.dialer = Some(dialer.clone());
+        state.campaigns = campaigns.clone();
         let http = crate::web::spawn(addr, state).await?;
         first_run_hint(&store, http).await;
     }
@@ -188,6 +206,8 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         env,
         calls: HashMap::new(),
         received: Instant::now(),
+        campaigns,
+        texts_seen: std::collections::VecDeque::new(),
     };
     for r in &profile.registrations {
         match start_registration(&d.env, r).await {
@@ -253,6 +273,10 @@ struct Dispatcher {
     calls: HashMap<String, (String, mpsc::Sender<Inbound>)>,
     /// When the request being handled came off the socket.
     received: Instant,
+    /// Where customers' SMS replies go (opt-outs).
+    campaigns: crate::campaigns::runner::Campaigns,
+    /// The last replies taken (Call-ID and CSeq), so a retransmission is not taken twice.
+    texts_seen: std::collections::VecDeque<String>,
 }
 
 impl Dispatcher {
@@ -381,6 +405,7 @@ impl Dispatcher {
         }
         match req.method {
             Method::Invite => self.on_invite(req, peer, tag, digest_trunk),
+            Method::Message => self.on_message(req, peer, tag),
             Method::Cancel | Method::Bye | Method::Info | Method::Update | Method::Prack => {
                 self.reply(&req, peer, req.response(481, Some(&tag)))
             }
@@ -460,6 +485,60 @@ impl Dispatcher {
                 info!(%ip, user = %creds.username, "trunk authentication failed");
                 Err(challenge(false))
             }
+        }
+    }
+
+    /// A text from a customer through a trusted gateway (RFC 3428): taken with 200 and handed
+    /// to the campaigns, which act on opt-out words. Only plain text is taken.
+    fn on_message(&mut self, req: Request, peer: Peer, tag: String) {
+        let ip = peer.addr.ip();
+        let from = &self.env.profile.sms.reply_from;
+        if from.is_empty() {
+            // No gateway sends replies here: screenpop takes no MESSAGE at all.
+            return self.reply(&req, peer, req.response(405, Some(&tag)));
+        }
+        if !from.iter().any(|n| n.contains(&ip)) {
+            info!(%ip, "MESSAGE from an address not in [sms] reply_from refused");
+            return self.reply(&req, peer, req.response(403, Some(&tag)));
+        }
+        if req.to().and_then(|t| t.tag().map(str::to_string)).is_some() {
+            // Inside a dialog we do not have (RFC 3428 §7 allows it; screenpop has none).
+            return self.reply(&req, peer, req.response(481, Some(&tag)));
+        }
+        // A retransmission (the gateway did not hear our 200) is answered again, not acted
+        // on twice.
+        let key = format!(
+            "{} {}",
+            req.call_id().unwrap_or_default(),
+            req.headers.get(&HeaderName::CSeq).unwrap_or_default()
+        );
+        if self.texts_seen.contains(&key) {
+            return self.reply(&req, peer, req.response(200, Some(&tag)));
+        }
+        if self.texts_seen.len() >= 512 {
+            self.texts_seen.pop_front();
+        }
+        self.texts_seen.push_back(key);
+        let plain = req
+            .headers
+            .get(&HeaderName::ContentType)
+            .is_none_or(|t| t.trim().to_ascii_lowercase().starts_with("text/plain"));
+        if !plain {
+            let mut r = req.response(415, Some(&tag));
+            r.headers.push(HeaderName::Accept, "text/plain");
+            return self.reply(&req, peer, r);
+        }
+        let Ok(text) = String::from_utf8(req.body.clone()) else {
+            let mut r = req.response(400, Some(&tag));
+            r.reason = "Body Is Not UTF-8".into();
+            return self.reply(&req, peer, r);
+        };
+        let caller = caller_id::extract(&req, &self.env.profile.caller_id_headers);
+        info!(from = %caller.raw, chars = text.chars().count(), "SMS received");
+        self.reply(&req, peer, req.response(200, Some(&tag)));
+        if let Some(from) = caller.number.or(Some(caller.raw)) {
+            self.campaigns
+                .reply(crate::campaigns::runner::Reply { from, text });
         }
     }
 

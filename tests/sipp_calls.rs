@@ -1015,6 +1015,8 @@ agent = "sip:agent@127.0.0.1:{}"
             }],
             opt_out_sms: false,
             opt_out_voice: false,
+            birthday_calendar: Default::default(),
+            tags: Vec::new(),
         };
         connect()
             .await
@@ -1112,6 +1114,8 @@ fn contact_logs_match_create_and_link_recordings() {
             }],
             opt_out_sms: false,
             opt_out_voice: false,
+            birthday_calendar: Default::default(),
+            tags: Vec::new(),
         };
         store
             .create_customer(&c, screenpop::store::customers::CreatedVia::Api, us)

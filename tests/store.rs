@@ -83,6 +83,8 @@ fn customer(name: &str, tier: Tier, phones: &[&str]) -> NewCustomer {
             .collect(),
         opt_out_sms: false,
         opt_out_voice: true,
+        birthday_calendar: Default::default(),
+        tags: Vec::new(),
     }
 }
 
@@ -1151,5 +1153,256 @@ on_both!(
             .map(|t| (t.agent_id, t.talk_secs))
             .collect();
         assert_eq!(got, [(a.id, 12), (b.id, 61)]);
+    }
+);
+
+/// A birthday campaign's spec as the API would save it.
+fn birthday_spec(name: &str) -> String {
+    serde_json::json!({
+        "name": name, "kind": "birthday", "channel": "sms", "template": "Happy birthday, {name}!",
+        "schedule": {"repeat": "daily", "at": "09:00", "tz": "Asia/Shanghai"}
+    })
+    .to_string()
+}
+
+// (Short: the PostgreSQL schema is named after the test, within 63 characters.)
+on_both!(
+    campaign_attempts_once_per_occasion,
+    |store: Store| async move {
+        use screenpop::campaigns::{run, spec::Checked};
+        use screenpop::store::campaigns::CampaignState;
+        let mut vip = customer("Birthday VIP", Tier::Vip, &["+1 415 555 0101"]);
+        vip.birthday = Some("1980-12-02".into());
+        vip.opt_out_voice = false;
+        vip.tags = vec!["fair".into(), " fair ".into(), "beijing".into()];
+        let vip = store
+            .create_customer(&vip, CreatedVia::Api, region("US").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(vip.tags, ["beijing", "fair"]);
+        let mut regular = customer("Birthday Regular", Tier::Regular, &["+86 138 0013 8000"]);
+        regular.birthday = Some("1990-12-02".into());
+        let regular = store
+            .create_customer(&regular, CreatedVia::Api, region("US").unwrap())
+            .await
+            .unwrap();
+        let mut other = customer("Other Day", Tier::Vip, &["+1 415 555 0102"]);
+        other.birthday = Some("1990-06-01".into());
+        store
+            .create_customer(&other, CreatedVia::Api, region("US").unwrap())
+            .await
+            .unwrap();
+
+        let base = std::path::Path::new(".");
+        let a = store
+            .create_campaign(
+                "Birthdays",
+                "birthday",
+                "sms",
+                &birthday_spec("Birthdays"),
+                "test",
+            )
+            .await
+            .unwrap();
+        let dup = store
+            .create_campaign(
+                "Birthdays",
+                "birthday",
+                "sms",
+                &birthday_spec("Birthdays"),
+                "test",
+            )
+            .await;
+        assert!(
+            matches!(dup, Err(StoreError::Invalid { field: "name", .. })),
+            "{dup:?}"
+        );
+        let b = store
+            .create_campaign(
+                "Birthdays 2",
+                "birthday",
+                "sms",
+                &birthday_spec("Birthdays 2"),
+                "test",
+            )
+            .await
+            .unwrap();
+        let ca = Checked::load(&a.spec, base).unwrap();
+        let cb = Checked::load(&b.spec, base).unwrap();
+        let day: jiff::civil::Date = "2026-12-02".parse().unwrap();
+        let now = 1_000;
+        // Two runs at once, and a second campaign of the kind: each customer once.
+        let (x, y) = tokio::join!(
+            run::record(&store, &ca, a.id, day, now),
+            run::record(&store, &ca, a.id, day, now)
+        );
+        assert_eq!(x.unwrap() + y.unwrap(), 2);
+        assert_eq!(run::record(&store, &cb, b.id, day, now).await.unwrap(), 0);
+        assert_eq!(run::record(&store, &ca, a.id, day, now).await.unwrap(), 0);
+        // Next year is another occasion.
+        let next_year: jiff::civil::Date = "2027-12-02".parse().unwrap();
+        assert_eq!(
+            run::record(&store, &ca, a.id, next_year, now)
+                .await
+                .unwrap(),
+            2
+        );
+
+        // Two senders claim disjoint attempts; a dead sender's claims come back.
+        let (c1, c2) = tokio::join!(
+            store.claim_attempts(a.id, "node-1", now, 3),
+            store.claim_attempts(a.id, "node-2", now, 3)
+        );
+        let (c1, c2) = (c1.unwrap(), c2.unwrap());
+        assert_eq!(c1.len() + c2.len(), 4);
+        assert!(c1.iter().all(|x| c2.iter().all(|y| x.id != y.id)));
+        assert_eq!(
+            store.release_attempt_claims("node-1", 0).await.unwrap(),
+            c1.len() as u64
+        );
+        let p = store.campaign_progress(a.id).await.unwrap();
+        assert_eq!((p.pending, p.sending), (c1.len() as i64, c2.len() as i64));
+
+        // A try's result, its contact log and a delivery receipt by message id.
+        let t = &c2[0];
+        let log = store
+            .insert_try_log(&screenpop::store::campaigns::TryLog {
+                key: format!("sms-{}", t.id),
+                campaign_id: a.id,
+                customer_id: t.customer_id,
+                number: t.number.clone(),
+                via: t.channel,
+                started_at: now,
+                answered_at: None,
+                ended_at: now + 50,
+                result: "sent".into(),
+                body: Some(t.body.clone()),
+            })
+            .await
+            .unwrap();
+        // Only the sender holding the claim stores a result.
+        assert!(!store
+            .finish_attempt_try("node-1", t.id, "sent", None, t.channel, None, None, None)
+            .await
+            .unwrap());
+        assert!(store
+            .finish_attempt_try(
+                "node-2",
+                t.id,
+                "sent",
+                None,
+                t.channel,
+                None,
+                Some("msg-1"),
+                Some(log)
+            )
+            .await
+            .unwrap());
+        let r = store
+            .attempt_receipt("msg-1", "delivered", None)
+            .await
+            .unwrap();
+        assert_eq!(r.map(|a| a.status), Some("delivered".to_string()));
+        let l = store.contact_log(log).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                l.channel.as_deref(),
+                l.result.as_deref(),
+                l.campaign_id,
+                l.direction.as_str()
+            ),
+            (Some("sms"), Some("delivered"), Some(a.id), "outbound")
+        );
+        assert!(store
+            .attempt_receipt("msg-unknown", "delivered", None)
+            .await
+            .unwrap()
+            .is_none());
+
+        // Pausing is conditional on the state.
+        assert!(!store
+            .set_campaign_state(a.id, &[CampaignState::Active], CampaignState::Paused, None)
+            .await
+            .unwrap());
+        assert!(store.run_campaign_now(a.id, now).await.unwrap());
+        assert!(store
+            .set_campaign_state(a.id, &[CampaignState::Active], CampaignState::Paused, None)
+            .await
+            .unwrap());
+        assert!(!store.run_campaign_now(a.id, now).await.unwrap());
+        // A greeting not sent by the end of its day is not sent late.
+        let late = store
+            .claim_attempts(a.id, "node-3", 4_000_000_000_000, 10)
+            .await
+            .unwrap();
+        assert!(late.is_empty(), "{late:?}");
+        let p = store.campaign_progress(a.id).await.unwrap();
+        assert_eq!(p.pending, 0, "{p:?}");
+        let skipped = store
+            .campaign_attempts(a.id, Some("skipped"), 0, 10)
+            .await
+            .unwrap();
+        assert!(!skipped.is_empty());
+        assert!(skipped
+            .iter()
+            .all(|x| x.reason.as_deref() == Some("its day passed before it could be sent")));
+
+        // Audience filters: tier, tag, region, saved list, and an SMS opt-out by number.
+        use screenpop::campaigns::spec::Audience;
+        let ids = |a: Audience| {
+            let store = store.clone();
+            async move {
+                store
+                    .campaign_candidates(&a, None, 0, 100)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|c| c.customer_id)
+                    .collect::<Vec<_>>()
+            }
+        };
+        let vips = ids(Audience {
+            tiers: vec![Tier::Vip],
+            ..Audience::default()
+        })
+        .await;
+        assert_eq!(vips.len(), 2);
+        assert_eq!(
+            ids(Audience {
+                tags: vec!["fair".into()],
+                ..Audience::default()
+            })
+            .await,
+            [vip.id]
+        );
+        assert_eq!(
+            ids(Audience {
+                region: Some("+86".into()),
+                ..Audience::default()
+            })
+            .await,
+            [regular.id]
+        );
+        assert_eq!(
+            ids(Audience {
+                customer_ids: vec![regular.id],
+                ..Audience::default()
+            })
+            .await,
+            [regular.id]
+        );
+        let out = store
+            .opt_out_number("+8613800138000", screenpop::campaigns::plan::Via::Sms)
+            .await
+            .unwrap();
+        assert_eq!(out, [regular.id]);
+        assert!(
+            store
+                .customer(regular.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .opt_out_sms
+        );
     }
 );

@@ -58,6 +58,9 @@ pub enum DialFailure {
     Agent(#[from] DialOutError),
     #[error("{0}")]
     Unavailable(String),
+    /// The request itself cannot be carried out (not worth another try).
+    #[error("{0}")]
+    Refused(String),
 }
 
 enum Job {
@@ -69,6 +72,21 @@ enum Job {
         number: String,
         reply: oneshot::Sender<Result<Gateway, DialFailure>>,
     },
+    Message {
+        number: String,
+        body: String,
+        reply: oneshot::Sender<Result<MessageSent, DialFailure>>,
+    },
+}
+
+/// A text sent as a SIP MESSAGE, and the gateway's answer.
+#[derive(Debug, Clone)]
+pub struct MessageSent {
+    /// The MESSAGE's Call-ID (the contact log's key).
+    pub call_id: String,
+    /// The number, in E.164.
+    pub number: String,
+    pub result: crate::sip::pager::PagerResult,
 }
 
 /// The API's way to place calls; cheap to clone.
@@ -95,6 +113,22 @@ impl Dialer {
         let (reply, rx) = oneshot::channel();
         let number = number.to_string();
         self.ask(Job::Gateway { number, reply }, rx).await
+    }
+
+    /// Sends `body` to `number` as a SIP MESSAGE through `[outbound]` (RFC 3428), answering the
+    /// gateway's challenge; resolves once the gateway gave its final answer or timed out.
+    pub async fn message(&self, number: &str, body: String) -> Result<MessageSent, DialFailure> {
+        let (reply, rx) = oneshot::channel();
+        let number = number.to_string();
+        self.ask(
+            Job::Message {
+                number,
+                body,
+                reply,
+            },
+            rx,
+        )
+        .await
     }
 
     async fn ask<T>(
@@ -132,6 +166,17 @@ pub(crate) fn serve(env: Arc<CallEnv>, plan: Option<DialPlan>, mut inbox: Dialer
                     Job::Gateway { number, reply } => {
                         let result = match plan {
                             Some(plan) => gateway(&env, &plan, &number).await,
+                            None => Err(DialFailure::NotConfigured),
+                        };
+                        let _ = reply.send(result);
+                    }
+                    Job::Message {
+                        number,
+                        body,
+                        reply,
+                    } => {
+                        let result = match plan {
+                            Some(plan) => send_message(&env, &plan, &number, body).await,
                             None => Err(DialFailure::NotConfigured),
                         };
                         let _ = reply.send(result);
@@ -180,6 +225,89 @@ async fn gateway(env: &CallEnv, plan: &DialPlan, number: &str) -> Result<Gateway
             .and_then(|o| o.caller_id.clone())
             .unwrap_or_else(|| "screenpop".into()),
         ring_timeout: Duration::from_secs(o.map_or(60, |o| o.ring_timeout_secs)),
+    })
+}
+
+/// Runs one [`PagerMessage`](crate::sip::pager::PagerMessage) to its end: its responses
+/// reach it through the dispatcher by Call-ID, like a call's.
+async fn send_message(
+    env: &CallEnv,
+    plan: &DialPlan,
+    number: &str,
+    body: String,
+) -> Result<MessageSent, DialFailure> {
+    use crate::sip::pager::{PagerConfig, PagerMessage};
+    use crate::sip::Message;
+    let gw = gateway(env, plan, number).await?;
+    // RFC 3428 §9: a MESSAGE over UDP stays well under the path MTU (1300 bytes with its
+    // headers); a longer text needs a gateway reached over TCP or TLS.
+    if !gw.peer.transport.reliable() && body.len() > 900 {
+        return Err(DialFailure::Refused(format!(
+            "the text is {} bytes, too long for a MESSAGE over UDP (900 at most); reach the \
+             gateway over TCP for longer texts",
+            body.len()
+        )));
+    }
+    let me = &env.call.me;
+    let call_id = format!("{:032x}@{}", rand::random::<u128>(), me.host);
+    let sender = env
+        .profile
+        .sms
+        .sender
+        .clone()
+        .unwrap_or_else(|| gw.caller_id.clone());
+    let cfg = PagerConfig {
+        target: gw.uri.clone(),
+        from_user: sender,
+        from_host: me.host.clone(),
+        via: format!(
+            "SIP/2.0/{} {}:{}",
+            gw.peer.transport.as_str(),
+            me.host,
+            me.port_for(&gw.peer)
+        ),
+        reliable: gw.peer.transport.reliable(),
+        credentials: gw.credentials.clone(),
+        call_id: call_id.clone(),
+        body,
+    };
+    let (tx, mut rx) = mpsc::channel(8);
+    let _ = env.routes.send(Route {
+        call_id: call_id.clone(),
+        owner: call_id.clone(),
+        tx,
+    });
+    let mut m = PagerMessage::start(Instant::now(), cfg, env.call.timers);
+    let result = loop {
+        while let Some(b) = m.poll_transmit() {
+            env.sip.send(gw.peer, b);
+        }
+        if let Some(r) = m.result() {
+            break r.clone();
+        }
+        let wake = m
+            .poll_timeout()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(inb) => {
+                    if let Message::Response(r) = inb.msg {
+                        m.handle_response(Instant::now(), r);
+                    }
+                }
+                None => break crate::sip::pager::PagerResult::Timeout,
+            },
+            _ = tokio::time::sleep_until(wake.into()) => m.handle_timeout(Instant::now()),
+        }
+    };
+    let _ = env.ended.send(super::admission::CallEnded {
+        id: call_id.clone(),
+        call_ids: vec![call_id.clone()],
+    });
+    Ok(MessageSent {
+        call_id,
+        number: gw.number,
+        result,
     })
 }
 

@@ -7,6 +7,10 @@
 //! on them.
 
 pub mod occasion;
+pub mod plan;
+pub mod run;
+pub mod runner;
 pub mod schedule;
 pub mod sms;
+pub mod spec;
 pub mod template;

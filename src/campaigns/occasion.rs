@@ -16,6 +16,12 @@ pub struct RecordDate {
 
 impl RecordDate {
     pub fn parse(s: &str) -> Option<RecordDate> {
+        Self::parse_in(s, Calendar::Gregorian)
+    }
+
+    /// As [`RecordDate::parse`], for a date in `calendar`: a lunar month has up to 30 days,
+    /// whichever month it is.
+    pub fn parse_in(s: &str, calendar: Calendar) -> Option<RecordDate> {
         let s = s.trim();
         let parts: Vec<&str> = s.trim_start_matches("--").split('-').collect();
         let num = |p: &str| p.parse::<u32>().ok();
@@ -24,10 +30,11 @@ impl RecordDate {
             [m, d] => (None, num(m)?, num(d)?),
             _ => return None,
         };
-        let max = match month {
-            1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-            4 | 6 | 9 | 11 => 30,
-            2 => 29,
+        let max = match (calendar, month) {
+            (Calendar::Lunar, 1..=12) => 30,
+            (_, 1 | 3 | 5 | 7 | 8 | 10 | 12) => 31,
+            (_, 4 | 6 | 9 | 11) => 30,
+            (_, 2) => 29,
             _ => return None,
         };
         (1..=max)
@@ -85,6 +92,24 @@ fn lunar((y, m, d): Civil) -> Option<(u8, u8, bool)> {
         l.to_lunar_day().to_u8(),
         month.is_leap_month(),
     ))
+}
+
+/// The lunar year `today` is in (a lunar date can fall twice in one Gregorian year, so a
+/// lunar birthday's once-a-year key is the lunar year).
+pub fn lunar_year(today: Civil) -> Option<u16> {
+    let (y, m, d) = today;
+    let solar = SolarDate::from_ymd(
+        u16::try_from(y).ok()?,
+        u8::try_from(m).ok()?,
+        u8::try_from(d).ok()?,
+    )
+    .ok()?;
+    Some(
+        LunisolarDate::from_solar_date(solar)
+            .ok()?
+            .to_lunisolar_year()
+            .to_u16(),
+    )
 }
 
 /// Whether the occasion recorded as `date` is kept on `today`.

@@ -68,6 +68,8 @@ pub async fn match_or_create(
         }],
         opt_out_sms: false,
         opt_out_voice: false,
+        birthday_calendar: Default::default(),
+        tags: Vec::new(),
     };
     match store.create_customer(&new, CreatedVia::Call, plan).await {
         Ok(c) => {

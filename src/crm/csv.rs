@@ -169,6 +169,8 @@ fn row_of(
         phones: Vec::new(),
         opt_out_sms: false,
         opt_out_voice: false,
+        birthday_calendar: Default::default(),
+        tags: Vec::new(),
     };
     let opt = |v: &str| (!v.is_empty()).then(|| v.to_string());
     for (h, v) in headers.iter().zip(rec.iter()) {

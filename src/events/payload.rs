@@ -205,6 +205,19 @@ pub enum Payload {
     WorkOrderCreated { work_order: Box<WorkOrder> },
     #[serde(rename = "work_order.updated")]
     WorkOrderUpdated { work_order: Box<WorkOrder> },
+    #[serde(rename = "campaign.progress")]
+    CampaignProgress(CampaignProgress),
+}
+
+/// How a campaign is going: sent while it sends (at most about once a second) and when its
+/// state changes. Supervisors only.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CampaignProgress {
+    pub campaign_id: i64,
+    pub name: String,
+    pub state: crate::store::campaigns::CampaignState,
+    #[serde(flatten)]
+    pub progress: crate::store::campaigns::Progress,
 }
 
 impl Payload {
@@ -224,6 +237,7 @@ impl Payload {
             Payload::AgentDeactivated { .. } => "agent.deactivated",
             Payload::WorkOrderCreated { .. } => "work_order.created",
             Payload::WorkOrderUpdated { .. } => "work_order.updated",
+            Payload::CampaignProgress(_) => "campaign.progress",
         }
     }
 
@@ -243,6 +257,7 @@ impl Payload {
             Payload::WorkOrderCreated { work_order } | Payload::WorkOrderUpdated { work_order } => {
                 work_order.assignee_agent_id
             }
+            Payload::CampaignProgress(_) => None,
         }
     }
 

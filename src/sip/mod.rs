@@ -7,6 +7,7 @@ pub(crate) mod digest;
 pub mod error;
 pub mod headers;
 pub mod message;
+pub mod pager;
 pub mod peer;
 pub(crate) mod registrar;
 pub mod registration;

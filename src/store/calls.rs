@@ -214,6 +214,15 @@ pub struct ContactLog {
     pub recording_id: Option<i64>,
     pub notes: Option<String>,
     pub created_by: String,
+    /// The campaign that made this contact (a greeting or a broadcast), if one did.
+    pub campaign_id: Option<i64>,
+    /// `sms` or `voice` for a campaign's contact; null for a call.
+    pub channel: Option<String>,
+    /// How a campaign's contact went: `sent`, `delivered`, `answered`, `busy`, `no answer`,
+    /// `failed: …`.
+    pub result: Option<String>,
+    /// The caller's post-call survey score (1–9), if they gave one.
+    pub survey_score: Option<i64>,
     /// Every agent who had the call, in turn, with their talk time (a transferred call lists
     /// each). Filled in for one contact log (`GET /api/calls/{id}`), empty in lists.
     pub agents: Vec<CallAgent>,
@@ -281,7 +290,8 @@ pub struct Recording {
 
 const LOG_COLUMNS: &str = "id, sip_call_id, direction, caller_raw, caller_e164, dialed, \
      customer_id, agent_id, queue_id, offered_at, answered_at, ended_at, wait_secs, talk_secs, \
-     disposition, agent_disposition, recording_id, notes, created_by";
+     disposition, agent_disposition, recording_id, notes, created_by, campaign_id, channel, \
+     result, survey_score";
 
 fn log_of(r: &sqlx::any::AnyRow) -> Result<ContactLog, sqlx::Error> {
     Ok(ContactLog {
@@ -304,6 +314,10 @@ fn log_of(r: &sqlx::any::AnyRow) -> Result<ContactLog, sqlx::Error> {
         recording_id: r.try_get("recording_id")?,
         notes: r.try_get("notes")?,
         created_by: r.try_get("created_by")?,
+        campaign_id: r.try_get("campaign_id")?,
+        channel: r.try_get("channel")?,
+        result: r.try_get("result")?,
+        survey_score: r.try_get("survey_score")?,
         agents: Vec::new(),
     })
 }

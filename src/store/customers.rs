@@ -102,6 +102,41 @@ pub struct NewCustomer {
     pub opt_out_sms: bool,
     #[serde(default)]
     pub opt_out_voice: bool,
+    /// The calendar `birthday` is kept in: a lunar (农历) birthday is greeted on that lunar
+    /// month and day each year.
+    #[serde(default)]
+    pub birthday_calendar: BirthdayCalendar,
+    /// Free labels campaigns select by ("wholesale", "beijing-fair-2026").
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// Which calendar a birthday is in.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum BirthdayCalendar {
+    #[default]
+    Gregorian,
+    Lunar,
+}
+
+impl BirthdayCalendar {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BirthdayCalendar::Gregorian => "gregorian",
+            BirthdayCalendar::Lunar => "lunar",
+        }
+    }
 }
 
 /// Changes to a customer; `None` leaves a field alone, `phones` replaces all of them.
@@ -119,6 +154,9 @@ pub struct CustomerPatch {
     pub assigned_agent_id: Option<i64>,
     pub opt_out_sms: Option<bool>,
     pub opt_out_voice: Option<bool>,
+    pub birthday_calendar: Option<BirthdayCalendar>,
+    /// Replaces all of them.
+    pub tags: Option<Vec<String>>,
     pub phones: Option<Vec<NewPhone>>,
 }
 
@@ -150,6 +188,8 @@ pub struct Customer {
     pub opt_out_voice: bool,
     pub created_via: CreatedVia,
     pub created_at: i64,
+    pub birthday_calendar: BirthdayCalendar,
+    pub tags: Vec<String>,
     pub phones: Vec<Phone>,
 }
 
@@ -183,7 +223,7 @@ fn check_date(field: &'static str, v: &Option<String>) -> Result<(), StoreError>
 }
 
 const CUSTOMER_COLUMNS: &str = "id, code, name, company, tier, birthday, anniversary, address, \
-     notes, assigned_agent_id, opt_out_sms, opt_out_voice, created_via, created_at";
+     notes, assigned_agent_id, opt_out_sms, opt_out_voice, created_via, created_at, birthday_calendar";
 
 fn customer_of(row: &AnyRow) -> Result<Customer, sqlx::Error> {
     let tier: String = row.try_get("tier")?;
@@ -203,6 +243,12 @@ fn customer_of(row: &AnyRow) -> Result<Customer, sqlx::Error> {
         opt_out_voice: row.try_get::<i64, _>("opt_out_voice")? != 0,
         created_via: CreatedVia::parse(&via),
         created_at: row.try_get("created_at")?,
+        birthday_calendar: if row.try_get::<String, _>("birthday_calendar")? == "lunar" {
+            BirthdayCalendar::Lunar
+        } else {
+            BirthdayCalendar::Gregorian
+        },
+        tags: Vec::new(),
         phones: Vec::new(),
     })
 }
@@ -235,7 +281,19 @@ impl Store {
         let Some(row) = row else { return Ok(None) };
         let mut c = customer_of(&row)?;
         c.phones = self.phones_of(id).await?;
+        c.tags = self.tags_of(id).await?;
         Ok(Some(c))
+    }
+
+    async fn tags_of(&self, id: i64) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT tag FROM customer_tags WHERE customer_id = $1 ORDER BY tag")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get("tag"))
+            .collect::<Result<_, _>>()?)
     }
 
     async fn phones_of(&self, id: i64) -> Result<Vec<Phone>, StoreError> {
@@ -290,6 +348,7 @@ impl Store {
         for (i, row) in rows.iter().enumerate() {
             let mut c = customer_of(row)?;
             c.phones = self.phones_of(c.id).await?;
+            c.tags = self.tags_of(c.id).await?;
             let last: Option<i64> = row.try_get("last_contact")?;
             if let Some(t) = last {
                 if latest.is_none_or(|(best, _)| t > best) {
@@ -385,6 +444,7 @@ impl Store {
         for r in &rows {
             let mut c = customer_of(r)?;
             c.phones = self.phones_of(c.id).await?;
+            c.tags = self.tags_of(c.id).await?;
             out.push(c);
         }
         Ok(out)
@@ -406,8 +466,8 @@ pub(crate) async fn insert_customer(
     let row = sqlx::query(
         "INSERT INTO customers (code, name, company, tier, birthday, anniversary, address, \
          notes, assigned_agent_id, created_via, created_at, updated_at, opt_out_sms, \
-         opt_out_voice) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
+         opt_out_voice, birthday_calendar) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id",
     )
     .bind(c.code.clone().unwrap_or(temp_code))
     .bind(c.name.trim().to_string())
@@ -423,6 +483,7 @@ pub(crate) async fn insert_customer(
     .bind(now)
     .bind(i64::from(c.opt_out_sms))
     .bind(i64::from(c.opt_out_voice))
+    .bind(c.birthday_calendar.as_str())
     .fetch_one(&mut **tx)
     .await
     .map_err(|e| match &e {
@@ -438,7 +499,33 @@ pub(crate) async fn insert_customer(
             .await?;
     }
     insert_phones(tx, id, &phones).await?;
+    insert_tags(tx, id, &c.tags).await?;
     Ok(id)
+}
+
+/// Stores a customer's tags (trimmed, empty ones and repeats dropped).
+async fn insert_tags(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    customer: i64,
+    tags: &[String],
+) -> Result<(), StoreError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for t in tags.iter().map(|t| t.trim()).filter(|t| !t.is_empty()) {
+        if t.chars().count() > 64 {
+            return Err(StoreError::Invalid {
+                field: "tags",
+                why: format!("{t:?} is longer than 64 characters"),
+            });
+        }
+        if seen.insert(t) {
+            sqlx::query("INSERT INTO customer_tags (customer_id, tag) VALUES ($1, $2)")
+                .bind(customer)
+                .bind(t.to_string())
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 /// Stores a customer's phones, normalized by [`validate_customer`].
@@ -533,6 +620,7 @@ impl Store {
         for r in &rows {
             let mut c = customer_of(r)?;
             c.phones = self.phones_of(c.id).await?;
+            c.tags = self.tags_of(c.id).await?;
             out.push(c);
         }
         Ok(out)
@@ -577,6 +665,9 @@ impl Store {
         if let Some(v) = p.opt_out_voice {
             cur.opt_out_voice = v;
         }
+        if let Some(v) = p.birthday_calendar {
+            cur.birthday_calendar = v;
+        }
         // The same checks as a new customer, on the result.
         let check = NewCustomer {
             code: Some(cur.code.clone()),
@@ -591,13 +682,16 @@ impl Store {
             phones: p.phones.clone().unwrap_or_default(),
             opt_out_sms: false,
             opt_out_voice: false,
+            birthday_calendar: cur.birthday_calendar,
+            tags: Vec::new(),
         };
         let phones = validate_customer(&check, plan)?;
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE customers SET name = $1, company = $2, tier = $3, birthday = $4, \
              anniversary = $5, address = $6, notes = $7, assigned_agent_id = $8, \
-             opt_out_sms = $9, opt_out_voice = $10, updated_at = $11 WHERE id = $12",
+             opt_out_sms = $9, opt_out_voice = $10, updated_at = $11, birthday_calendar = $13 \
+             WHERE id = $12",
         )
         .bind(cur.name.clone())
         .bind(cur.company.clone())
@@ -611,6 +705,7 @@ impl Store {
         .bind(i64::from(cur.opt_out_voice))
         .bind(now_ms())
         .bind(id)
+        .bind(cur.birthday_calendar.as_str())
         .execute(&mut *tx)
         .await
         .map_err(|e| match &e {
@@ -623,6 +718,13 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             insert_phones(&mut tx, id, &phones).await?;
+        }
+        if let Some(tags) = &p.tags {
+            sqlx::query("DELETE FROM customer_tags WHERE customer_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            insert_tags(&mut tx, id, tags).await?;
         }
         tx.commit().await?;
         self.customer(id)

@@ -6,6 +6,7 @@
 
 pub mod agents;
 pub mod calls;
+pub mod campaigns;
 pub mod customers;
 pub mod webhooks;
 pub mod work_orders;

@@ -81,7 +81,11 @@ pub fn router() -> Router<AppState> {
         list_work_orders, create_work_order, get_work_order, update_work_order,
         work_order_history,
         super::webhooks::create_webhook, super::webhooks::list_webhooks, super::webhooks::get_webhook,
-        super::webhooks::delete_webhook, super::webhooks::list_deliveries
+        super::webhooks::delete_webhook, super::webhooks::list_deliveries,
+        super::campaigns::create_campaign, super::campaigns::list_campaigns,
+        super::campaigns::get_campaign, super::campaigns::preview_campaign,
+        super::campaigns::start_campaign, super::campaigns::pause_campaign,
+        super::campaigns::resume_campaign, super::campaigns::list_attempts
     ),
     components(schemas(
         AgentOut, NewAgentIn, AgentPatchIn, QueueIn, QueuePatch, Queue, Customer, NewCustomer, CustomerPatch, ContactLog, crate::store::calls::CallAgent, CallPatch,
@@ -89,7 +93,14 @@ pub fn router() -> Router<AppState> {
         ApiErrorBody, MeOut, MePatch, crate::store::agents::AuditEntry,
         super::stats::QueueStats, super::stats::AgentStats, ControlOut, TransferIn, TransferTarget, DialIn, DialOut,
         super::webhooks::WebhookIn, super::webhooks::WebhookOut, super::webhooks::DeliveryOut,
-        crate::store::webhooks::DeliveryStatus
+        crate::store::webhooks::DeliveryStatus,
+        super::campaigns::CampaignOut, super::campaigns::StartIn, crate::campaigns::spec::CampaignSpec,
+        crate::campaigns::spec::Audience, crate::campaigns::spec::ScheduleSpec,
+        crate::campaigns::spec::Kind, crate::campaigns::spec::Channel, crate::campaigns::spec::Repeat,
+        crate::campaigns::run::Preview, crate::campaigns::run::PreviewItem,
+        crate::campaigns::plan::Via, crate::store::campaigns::Attempt,
+        crate::store::campaigns::Progress, crate::store::campaigns::CampaignState,
+        crate::store::customers::BirthdayCalendar
     )),
     modifiers(&BearerAuth)
 )]
@@ -1001,6 +1012,7 @@ impl From<crate::calls::placing::DialFailure> for ApiError {
                 "unavailable",
                 e.to_string(),
             ),
+            F::Refused(_) => ApiError::new(StatusCode::CONFLICT, "refused", e.to_string()),
         }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod campaigns;
 pub mod error;
 pub mod limits;
 pub mod pages;
@@ -45,6 +46,8 @@ pub(crate) struct AppState {
     pub controls: Arc<crate::calls::control::Controls>,
     /// Places calls for agents (click-to-dial); `None` without SIP.
     pub dialer: Option<crate::calls::placing::Dialer>,
+    /// The campaign runner, woken when a campaign starts, pauses or resumes.
+    pub campaigns: crate::campaigns::runner::Campaigns,
 }
 
 impl AppState {
@@ -76,6 +79,9 @@ impl AppState {
             plays: Arc::default(),
             controls: crate::calls::control::Controls::new(),
             dialer: None,
+            campaigns: crate::campaigns::runner::Campaigns::detached(
+                std::env::current_dir().unwrap_or_default(),
+            ),
         }
     }
 }
@@ -99,7 +105,12 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/ws", get(ws::upgrade))
-        .nest("/api", api::router().merge(webhooks::router()))
+        .nest(
+            "/api",
+            api::router()
+                .merge(webhooks::router())
+                .merge(campaigns::router()),
+        )
         .layer(axum::middleware::from_fn(pages::security_headers))
         .with_state(state)
 }

@@ -135,7 +135,8 @@ impl LiveBoard {
             Payload::AgentDeactivated { .. }
             | Payload::CallConsult(_)
             | Payload::WorkOrderCreated { .. }
-            | Payload::WorkOrderUpdated { .. } => {}
+            | Payload::WorkOrderUpdated { .. }
+            | Payload::CampaignProgress(_) => {}
         }
     }
 

@@ -58,6 +58,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "agent.deactivated",
     "work_order.created",
     "work_order.updated",
+    "campaign.progress",
 ];
 
 /// Subscribes a webhook to every event, including types added later.
@@ -145,6 +146,7 @@ pub fn subject(e: &Event) -> String {
         Payload::WorkOrderCreated { work_order } | Payload::WorkOrderUpdated { work_order } => {
             format!("work_order:{}", work_order.id)
         }
+        Payload::CampaignProgress(p) => format!("campaign:{}", p.campaign_id),
         _ => String::new(),
     }
 }

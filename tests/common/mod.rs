@@ -467,6 +467,14 @@ cidrs = ["127.0.0.0/8"]
         Server::start(self, log)
     }
 
+    /// As [`Env::start_server`], on `database` (a PostgreSQL URL, or a SQLite file shared by
+    /// several servers in turn).
+    pub fn start_server_on(&self, database: &str) -> Server {
+        let n = self.servers.fetch_add(1, Ordering::SeqCst);
+        let log = self.dir.join(format!("server-{}.log", n + 1));
+        Server::start_with(self, log, &["--database", database])
+    }
+
     /// Starts the agent phone (a SIPp UAS on the profile's agent port) in the
     /// background and waits until its SIP socket is bound. Start it first.
     pub fn agent(&self, scenario: &str, extra: &[&str]) -> Sipp {
@@ -745,6 +753,10 @@ pub struct Server {
 
 impl Server {
     fn start(env: &Env, log: PathBuf) -> Server {
+        Server::start_with(env, log, &[])
+    }
+
+    fn start_with(env: &Env, log: PathBuf, extra: &[&str]) -> Server {
         let bin = server_binary();
         let (lo, hi) = env.ports.rtp_range();
         let args: Vec<String> = vec![
@@ -760,6 +772,10 @@ impl Server {
             "--http".into(),
             format!("127.0.0.1:{}", env.ports.http()),
         ];
+        let args = args
+            .into_iter()
+            .chain(extra.iter().map(|a| a.to_string()))
+            .collect();
         Server::launch(env, log, &bin, args, &env.dir, &[])
     }
 

@@ -1,0 +1,377 @@
+//! `/api/campaigns`: supervisors write campaigns, preview who gets what, start, pause and
+//! resume them and read each attempt's result. Everything is checked when the campaign is
+//! saved (the refusal names the field); the runner in `serve` does the sending.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use super::api::ApiErrorBody;
+use super::auth::Principal;
+use super::error::{ApiError, ApiJson};
+use super::AppState;
+use crate::campaigns::run::Preview;
+use crate::campaigns::spec::{CampaignSpec, Checked};
+use crate::store::agents::Role;
+use crate::store::campaigns::{Attempt, CampaignRow, CampaignState, Progress};
+use crate::time::rfc3339_ms;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/campaigns", get(list_campaigns).post(create_campaign))
+        .route("/campaigns/{id}", get(get_campaign))
+        .route("/campaigns/{id}/preview", get(preview_campaign))
+        .route("/campaigns/{id}/start", post(start_campaign))
+        .route("/campaigns/{id}/pause", post(pause_campaign))
+        .route("/campaigns/{id}/resume", post(resume_campaign))
+        .route("/campaigns/{id}/attempts", get(list_attempts))
+}
+
+/// A campaign, its state and how far it got.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct CampaignOut {
+    id: i64,
+    name: String,
+    state: CampaignState,
+    spec: CampaignSpec,
+    next_run_at: Option<String>,
+    last_run_at: Option<String>,
+    created_by: String,
+    created_at: String,
+    progress: Progress,
+}
+
+impl CampaignOut {
+    async fn of(s: &AppState, row: CampaignRow) -> Result<CampaignOut, ApiError> {
+        let spec: CampaignSpec = serde_json::from_str(&row.spec)
+            .map_err(|_| ApiError::internal("reading the campaign"))?;
+        let progress = s.store.campaign_progress(row.id).await?;
+        Ok(CampaignOut {
+            id: row.id,
+            name: row.name,
+            state: row.state,
+            spec,
+            next_run_at: row.next_run_at.map(rfc3339_ms),
+            last_run_at: row.last_run_at.map(rfc3339_ms),
+            created_by: row.created_by,
+            created_at: rfc3339_ms(row.created_at),
+            progress,
+        })
+    }
+}
+
+fn checked(s: &AppState, row: &CampaignRow) -> Result<Checked, ApiError> {
+    Checked::load(&row.spec, &s.campaigns.base).map_err(|e| ApiError::invalid(e.field, e.why))
+}
+
+async fn row(s: &AppState, id: i64) -> Result<CampaignRow, ApiError> {
+    s.store
+        .campaign(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("campaign"))
+}
+
+/// Saves a campaign (supervisor) as a draft: nothing is sent until it is started.
+#[utoipa::path(post, path = "/api/campaigns", request_body = CampaignSpec,
+    responses((status = 201, body = CampaignOut), (status = 403, body = ApiErrorBody),
+              (status = 422, body = ApiErrorBody)))]
+pub(crate) async fn create_campaign(
+    State(s): State<AppState>,
+    me: Principal,
+    ApiJson(spec): ApiJson<CampaignSpec>,
+) -> Result<(StatusCode, Json<CampaignOut>), ApiError> {
+    me.require(Role::Supervisor)?;
+    if spec.channel.calls() {
+        return Err(ApiError::invalid(
+            "channel",
+            "voice greetings are not available in this version; use sms",
+        ));
+    }
+    let c = spec
+        .check(jiff::Timestamp::now(), &s.campaigns.base)
+        .map_err(|e| ApiError::invalid(e.field, e.why))?;
+    let json = serde_json::to_string(&c.spec).map_err(|_| ApiError::internal("saving"))?;
+    let row = s
+        .store
+        .create_campaign(
+            &c.spec.name,
+            c.spec.kind.as_str(),
+            c.spec.channel.as_str(),
+            &json,
+            &me.username,
+        )
+        .await?;
+    let _ = s
+        .store
+        .audit(
+            &me.username,
+            "campaign.create",
+            &format!("campaign:{}", row.id),
+            Some(&row.name),
+        )
+        .await;
+    Ok((StatusCode::CREATED, Json(CampaignOut::of(&s, row).await?)))
+}
+
+/// Every campaign with its progress, newest first (supervisor).
+#[utoipa::path(get, path = "/api/campaigns", responses((status = 200, body = [CampaignOut])))]
+pub(crate) async fn list_campaigns(
+    State(s): State<AppState>,
+    me: Principal,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    me.require(Role::Supervisor)?;
+    let mut items = Vec::new();
+    for row in s.store.campaigns().await? {
+        items.push(CampaignOut::of(&s, row).await?);
+    }
+    Ok(Json(serde_json::json!({ "items": items, "next": null })))
+}
+
+#[utoipa::path(get, path = "/api/campaigns/{id}", params(("id" = i64, Path)),
+    responses((status = 200, body = CampaignOut), (status = 404, body = ApiErrorBody)))]
+pub(crate) async fn get_campaign(
+    State(s): State<AppState>,
+    me: Principal,
+    Path(id): Path<i64>,
+) -> Result<Json<CampaignOut>, ApiError> {
+    me.require(Role::Supervisor)?;
+    let row = row(&s, id).await?;
+    Ok(Json(CampaignOut::of(&s, row).await?))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct PreviewQuery {
+    /// The local day to plan (`YYYY-MM-DD`); default today in the campaign's zone.
+    day: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Who a run would contact and what each would get, without sending anything.
+#[utoipa::path(get, path = "/api/campaigns/{id}/preview",
+    params(("id" = i64, Path), ("day" = Option<String>, Query), ("limit" = Option<usize>, Query)),
+    responses((status = 200, body = Preview), (status = 404, body = ApiErrorBody)))]
+pub(crate) async fn preview_campaign(
+    State(s): State<AppState>,
+    me: Principal,
+    Path(id): Path<i64>,
+    Query(q): Query<PreviewQuery>,
+) -> Result<Json<Preview>, ApiError> {
+    me.require(Role::Supervisor)?;
+    let row = row(&s, id).await?;
+    let c = checked(&s, &row)?;
+    let day = match &q.day {
+        Some(d) => d
+            .parse::<jiff::civil::Date>()
+            .map_err(|_| ApiError::invalid("day", "a YYYY-MM-DD date"))?,
+        None => c.schedule.local_date(jiff::Timestamp::now()),
+    };
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    Ok(Json(
+        crate::campaigns::run::preview(&s.store, &c, id, day, limit).await?,
+    ))
+}
+
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StartIn {
+    /// Run once now (today's occasions) and then on the schedule; otherwise the first run is
+    /// the schedule's next.
+    #[serde(default)]
+    run_now: bool,
+}
+
+/// Starts a draft (or a finished campaign again): its runs follow the schedule.
+#[utoipa::path(post, path = "/api/campaigns/{id}/start", params(("id" = i64, Path)),
+    request_body = StartIn,
+    responses((status = 200, body = CampaignOut), (status = 409, body = ApiErrorBody)))]
+pub(crate) async fn start_campaign(
+    State(s): State<AppState>,
+    me: Principal,
+    Path(id): Path<i64>,
+    body: axum::body::Bytes,
+) -> Result<Json<CampaignOut>, ApiError> {
+    me.require(Role::Supervisor)?;
+    // The body is optional: none starts on the schedule.
+    let start: StartIn = if body.iter().all(u8::is_ascii_whitespace) {
+        StartIn::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::invalid("run_now", format!("the body does not parse: {e}")))?
+    };
+    let row = row(&s, id).await?;
+    let c = checked(&s, &row)?;
+    let now = jiff::Timestamp::now();
+    let next = if start.run_now {
+        Some(now.as_millisecond())
+    } else {
+        c.schedule.next_run(now).map(|t| t.as_millisecond())
+    };
+    let Some(next) = next else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "its single run is past: start it with run_now, or save it with a new time",
+        ));
+    };
+    let moved = s
+        .store
+        .set_campaign_state(
+            id,
+            &[CampaignState::Draft, CampaignState::Done],
+            CampaignState::Active,
+            Some(Some(next)),
+        )
+        .await?;
+    if !moved {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "the campaign is {}; only a draft or a finished one starts",
+                row.state.as_str()
+            ),
+        ));
+    }
+    let _ = s
+        .store
+        .audit(
+            &me.username,
+            "campaign.start",
+            &format!("campaign:{id}"),
+            None,
+        )
+        .await;
+    s.campaigns.wake();
+    Ok(Json(CampaignOut::of(&s, self::row(&s, id).await?).await?))
+}
+
+/// Holds a running campaign: nothing more is sent until it is resumed (a message already on
+/// its way finishes).
+#[utoipa::path(post, path = "/api/campaigns/{id}/pause", params(("id" = i64, Path)),
+    responses((status = 200, body = CampaignOut), (status = 409, body = ApiErrorBody)))]
+pub(crate) async fn pause_campaign(
+    State(s): State<AppState>,
+    me: Principal,
+    Path(id): Path<i64>,
+) -> Result<Json<CampaignOut>, ApiError> {
+    transition(
+        &s,
+        &me,
+        id,
+        CampaignState::Active,
+        CampaignState::Paused,
+        "campaign.pause",
+    )
+    .await
+}
+
+/// Resumes a paused campaign where it stood.
+#[utoipa::path(post, path = "/api/campaigns/{id}/resume", params(("id" = i64, Path)),
+    responses((status = 200, body = CampaignOut), (status = 409, body = ApiErrorBody)))]
+pub(crate) async fn resume_campaign(
+    State(s): State<AppState>,
+    me: Principal,
+    Path(id): Path<i64>,
+) -> Result<Json<CampaignOut>, ApiError> {
+    transition(
+        &s,
+        &me,
+        id,
+        CampaignState::Paused,
+        CampaignState::Active,
+        "campaign.resume",
+    )
+    .await
+}
+
+async fn transition(
+    s: &AppState,
+    me: &Principal,
+    id: i64,
+    from: CampaignState,
+    to: CampaignState,
+    action: &str,
+) -> Result<Json<CampaignOut>, ApiError> {
+    me.require(Role::Supervisor)?;
+    let row = row(s, id).await?;
+    if !s.store.set_campaign_state(id, &[from], to, None).await? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "the campaign is {}, not {}",
+                row.state.as_str(),
+                from.as_str()
+            ),
+        ));
+    }
+    let _ = s
+        .store
+        .audit(&me.username, action, &format!("campaign:{id}"), None)
+        .await;
+    s.campaigns.wake();
+    Ok(Json(CampaignOut::of(s, self::row(s, id).await?).await?))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct AttemptQuery {
+    status: Option<String>,
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+const STATUSES: &[&str] = &[
+    "pending",
+    "sending",
+    "sent",
+    "delivered",
+    "answered",
+    "busy",
+    "no_answer",
+    "failed",
+    "skipped",
+];
+
+/// Each customer's attempt: status, tries, reason and the last try's contact log.
+#[utoipa::path(get, path = "/api/campaigns/{id}/attempts",
+    params(("id" = i64, Path), ("status" = Option<String>, Query), ("cursor" = Option<String>, Query),
+           ("limit" = Option<i64>, Query)),
+    responses((status = 200, body = [Attempt])))]
+pub(crate) async fn list_attempts(
+    State(s): State<AppState>,
+    me: Principal,
+    Path(id): Path<i64>,
+    Query(q): Query<AttemptQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    me.require(Role::Supervisor)?;
+    row(&s, id).await?;
+    if let Some(st) = &q.status {
+        if !STATUSES.contains(&st.as_str()) {
+            return Err(ApiError::invalid(
+                "status",
+                format!("one of {}", STATUSES.join(", ")),
+            ));
+        }
+    }
+    let limit = match q.limit {
+        None => 100,
+        Some(n) if (1..=1000).contains(&n) => n,
+        Some(_) => return Err(ApiError::invalid("limit", "must be between 1 and 1000")),
+    };
+    let after = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
+        Some(c) => c
+            .parse::<i64>()
+            .map_err(|_| ApiError::invalid("cursor", "not a cursor from a previous page"))?,
+        None => 0,
+    };
+    let items = s
+        .store
+        .campaign_attempts(id, q.status.as_deref(), after, limit)
+        .await?;
+    let next = (items.len() as i64 >= limit)
+        .then(|| items.last().map(|a| a.id.to_string()))
+        .flatten();
+    Ok(Json(serde_json::json!({ "items": items, "next": next })))
+}
