@@ -139,6 +139,40 @@ pub struct Sms {
     /// able to opt a customer out by forging a From. Empty: replies are not taken.
     #[serde(default)]
     pub reply_from: Vec<ipnet::IpNet>,
+    /// `[sms.smpp]`: the SMS center, when `via = "smpp"`.
+    #[serde(default)]
+    pub smpp: Option<Smpp>,
+}
+
+/// `[sms.smpp]`: an SMS center reached over SMPP 3.4.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Smpp {
+    /// `host:port` (2775 is usual).
+    pub address: String,
+    pub system_id: String,
+    pub password: String,
+    #[serde(default)]
+    pub system_type: String,
+    /// `"transceiver"` (receipts and replies on the same link) or `"transmitter"`.
+    #[serde(default = "default_smpp_bind")]
+    pub bind: String,
+    /// Submits awaiting their response, at most.
+    #[serde(default = "default_smpp_window")]
+    pub window: usize,
+    /// Idle seconds before an `enquire_link`.
+    #[serde(default = "default_enquire_link")]
+    pub enquire_link_secs: u64,
+}
+
+fn default_smpp_bind() -> String {
+    "transceiver".into()
+}
+fn default_smpp_window() -> usize {
+    10
+}
+fn default_enquire_link() -> u64 {
+    30
 }
 
 impl Default for Sms {
@@ -148,6 +182,7 @@ impl Default for Sms {
             sender: None,
             opt_out_words: default_opt_out_words(),
             reply_from: Vec::new(),
+            smpp: None,
         }
     }
 }
@@ -158,6 +193,8 @@ impl Default for Sms {
 pub enum SmsVia {
     #[default]
     Sip,
+    /// To an SMS center over SMPP 3.4 (`[sms.smpp]`).
+    Smpp,
 }
 
 fn default_opt_out_words() -> Vec<String> {

@@ -134,10 +134,38 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     }
     // Campaigns send SMS as SIP MESSAGE through [outbound]; the runner plans and sends from
     // the store, so it starts before anything can be started through the API.
+    let smpp = match (profile.sms.via, &profile.sms.smpp) {
+        (crate::config::SmsVia::Smpp, Some(s)) => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let settings = crate::campaigns::smpp::SmppSettings {
+                system_id: s.system_id.clone(),
+                password: s.password.clone(),
+                system_type: s.system_type.clone(),
+                transceiver: s.bind != "transmitter",
+                source_addr: profile
+                    .sms
+                    .sender
+                    .clone()
+                    .or_else(|| profile.outbound.as_ref().and_then(|o| o.caller_id.clone()))
+                    .unwrap_or_else(|| "screenpop".into()),
+                window: s.window,
+                enquire_link: std::time::Duration::from_secs(s.enquire_link_secs.max(5)),
+                response_timeout: std::time::Duration::from_secs(10),
+            };
+            info!(smsc = %s.address, "campaign SMS go to the SMS center over SMPP");
+            let link = crate::campaigns::smpp::link::spawn(s.address.clone(), settings, tx);
+            Some((link, rx))
+        }
+        (crate::config::SmsVia::Smpp, None) => {
+            anyhow::bail!("profile [sms] via = \"smpp\" needs an [sms.smpp] section")
+        }
+        (crate::config::SmsVia::Sip, _) => None,
+    };
     let campaigns = crate::campaigns::runner::spawn(crate::campaigns::runner::RunnerConfig {
         store: store.clone(),
         bus: bus.clone(),
         dialer: dial_plan.is_some().then(|| dialer.clone()),
+        smpp,
         plan,
         opt_out_words: profile.sms.opt_out_words.clone(),
         base: std::env::current_dir().unwrap_or_default(),

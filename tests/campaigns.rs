@@ -517,3 +517,133 @@ fn sms_campaigns_by_sip_message_on_sqlite() {
 fn sms_campaigns_by_sip_message_on_postgres() {
     sms_campaigns("campaigns_pg", Some(postgres_database("campaigns")));
 }
+
+/// SMS to an SMS center over SMPP (the test SMS center in `tests/common/smsc.rs`, on
+/// `rusmpp`): the first bind is refused and retried, a Chinese greeting goes as UCS-2, a long
+/// English broadcast as concatenated GSM 7-bit parts that reassemble to the text, a throttled
+/// submit is sent again, each receipt marks its attempt delivered (and its contact log), and a
+/// customer's "TD" sent back through the SMS center opts them out.
+#[test]
+fn sms_campaigns_by_smpp() {
+    let env = Env::new("campaigns_smpp");
+    let smsc = common::smsc::Smsc::start("smpp-pw", 1, 1);
+    env.write_acd_profile();
+    let profile = std::fs::read_to_string(&env.profile).expect("profile");
+    let top = format!(
+        "[sms]\nvia = \"smpp\"\nsender = \"95555\"\n\n[sms.smpp]\naddress = \"{}\"\n\
+         system_id = \"screenpop\"\npassword = \"smpp-pw\"\nwindow = 10\nenquire_link_secs = 5\n",
+        smsc.addr
+    );
+    let profile = profile.replacen("\n[trust]", &format!("\n{top}\n[trust]"), 1);
+    std::fs::write(&env.profile, profile).expect("profile");
+    let database = format!("sqlite://{}", env.dir.join("screenpop.db").display());
+    admin_create(
+        &server_binary(),
+        &env.dir,
+        Some(&database),
+        "admin",
+        ADMIN_PASSWORD,
+    );
+    let server = env.start_server_on(&database);
+    let admin = Api::login(&env.http_base(), "admin", ADMIN_PASSWORD);
+    let (day, _) = today();
+    let customer = |body: Value| {
+        admin.ok("POST", "/api/customers", Some(body))["id"]
+            .as_i64()
+            .expect("id")
+    };
+    let wang = customer(json!({"name": "王小明", "birthday": years_ago(&day, 36),
+        "phones": [{"number": "+86 138 0013 8000"}], "tags": ["news"]}));
+    let ada = customer(json!({"name": "Ada Lovelace", "tags": ["news"],
+        "phones": [{"number": "+1 201 555 0123"}]}));
+
+    let birthday = admin.ok(
+        "POST",
+        "/api/campaigns",
+        Some(
+            json!({"name": "Birthdays", "kind": "birthday", "channel": "sms",
+            "template": "{name}，祝您生日快乐！",
+            "schedule": {"repeat": "daily", "at": "09:00", "tz": ZONE}}),
+        ),
+    );
+    let bid = birthday["id"].as_i64().expect("id");
+    admin.ok(
+        "POST",
+        &format!("/api/campaigns/{bid}/start"),
+        Some(json!({"run_now": true})),
+    );
+    let news =
+        "Dear {name}, our new branch opens on Monday at 9 in the morning. Bring this message \
+                to the front desk for a free coffee and a chat with your advisor. We look forward \
+                to seeing you there.";
+    let broadcast = admin.ok(
+        "POST",
+        "/api/campaigns",
+        Some(
+            json!({"name": "News", "kind": "broadcast", "channel": "sms",
+            "template": news, "audience": {"tags": ["news"]},
+            "schedule": {"repeat": "once", "at": "2099-01-01T09:00:00+08:00", "tz": ZONE}}),
+        ),
+    );
+    let nid = broadcast["id"].as_i64().expect("id");
+    admin.ok(
+        "POST",
+        &format!("/api/campaigns/{nid}/start"),
+        Some(json!({"run_now": true})),
+    );
+
+    // Every attempt delivered: the receipts came back and matched.
+    for (id, n) in [(bid, 1), (nid, 2)] {
+        wait_until("the receipts", Duration::from_secs(20), || {
+            let p = progress(&admin, id);
+            (p["delivered"] == n).then_some(())
+        });
+    }
+    let log = smsc.log.lock().expect("log").binds.clone();
+    assert_eq!(
+        log.iter().map(|b| b.2).collect::<Vec<_>>(),
+        [false, true],
+        "the first bind refused, the next taken: {log:?}"
+    );
+    assert!(server
+        .log_text()
+        .contains("the SMS center refused the bind"));
+    assert_eq!(smsc.log.lock().expect("log").throttled, 1);
+    let birthday_text = "王小明，祝您生日快乐！".to_string();
+    let long = news.replace("{name}", "Ada Lovelace");
+    assert!(long.len() > 160);
+    assert_eq!(
+        smsc.texts_to("8613800138000").len(),
+        2,
+        "a greeting and the news"
+    );
+    assert!(smsc.texts_to("8613800138000").contains(&birthday_text));
+    assert_eq!(smsc.texts_to("12015550123"), vec![long.clone()]);
+    {
+        let log = smsc.log.lock().expect("log");
+        let to_ada: Vec<&common::smsc::Taken> = log
+            .submits
+            .iter()
+            .filter(|t| t.to == "12015550123")
+            .collect();
+        assert_eq!(to_ada.len(), 2, "two concatenated parts");
+        assert!(to_ada
+            .iter()
+            .all(|t| t.data_coding == 0 && t.esm_class & 0x40 != 0));
+        let greeting = log
+            .submits
+            .iter()
+            .find(|t| t.to == "8613800138000" && t.data_coding == 8)
+            .expect("a UCS-2 submit");
+        assert_eq!(greeting.from, "95555");
+    }
+    let logs = admin.ok("GET", &format!("/api/calls?customer_id={ada}"), None);
+    assert_eq!(logs["items"][0]["result"], "delivered", "{logs}");
+
+    // A reply through the SMS center opts the customer out.
+    smsc.send_text("8613800138000", "退订");
+    wait_until("the opt-out", Duration::from_secs(5), || {
+        let c = admin.ok("GET", &format!("/api/customers/{wang}"), None);
+        (c["opt_out_sms"] == true).then_some(())
+    });
+}

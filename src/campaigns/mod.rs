@@ -11,6 +11,7 @@ pub mod plan;
 pub mod run;
 pub mod runner;
 pub mod schedule;
+pub mod smpp;
 pub mod sms;
 pub mod spec;
 pub mod template;

@@ -78,6 +78,12 @@ pub struct RunnerConfig {
     pub bus: Arc<dyn EventBus>,
     /// Sends SMS as SIP MESSAGE; `None` without `[outbound]`.
     pub dialer: Option<Dialer>,
+    /// Sends SMS to the SMS center (`[sms] via = "smpp"`), with its receipts and customers'
+    /// texts.
+    pub smpp: Option<(
+        super::smpp::link::SmppLink,
+        mpsc::UnboundedReceiver<super::smpp::link::Incoming>,
+    )>,
     pub plan: crate::phone::NumberPlan,
     pub opt_out_words: Vec<String>,
     pub base: PathBuf,
@@ -113,11 +119,15 @@ pub fn spawn(cfg: RunnerConfig) -> Campaigns {
 }
 
 async fn run(
-    cfg: RunnerConfig,
+    mut cfg: RunnerConfig,
     node: String,
     wake: Arc<Notify>,
     mut replies: mpsc::Receiver<Reply>,
 ) {
+    let mut incoming = match cfg.smpp.as_mut() {
+        Some((_, rx)) => std::mem::replace(rx, mpsc::unbounded_channel().1),
+        None => mpsc::unbounded_channel().1,
+    };
     let cfg = Arc::new(cfg);
     match cfg
         .store
@@ -132,6 +142,7 @@ async fn run(
         Err(e) => warn!(error = %e, "campaign claims not checked"),
     }
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<i64>();
+    let mut unmatched: Vec<(super::smpp::link::Incoming, Instant)> = Vec::new();
     let mut lanes: HashMap<i64, Lane> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -153,6 +164,30 @@ async fn run(
                 on_reply(&cfg, r).await;
                 continue;
             }
+            Some(i) = incoming.recv() => {
+                if let Some(r) = on_incoming(&cfg, i).await {
+                    unmatched.push((r, Instant::now()));
+                }
+                continue;
+            }
+        }
+        // A receipt can overtake the storing of its message id (the SMS center answered and
+        // the network delivered at once): it is tried again for a minute.
+        if !unmatched.is_empty() {
+            let mut still = Vec::new();
+            for (r, since) in std::mem::take(&mut unmatched) {
+                if let Some(r) = on_incoming(&cfg, r).await {
+                    if since.elapsed() < Duration::from_secs(60) {
+                        still.push((r, since));
+                    } else if let super::smpp::link::Incoming::Receipt {
+                        message_id, stat, ..
+                    } = &r
+                    {
+                        info!(%message_id, %stat, "receipt for no attempt of ours");
+                    }
+                }
+            }
+            unmatched = still;
         }
         if woken || planned_at.elapsed() >= Duration::from_secs(1) {
             planned_at = Instant::now();
@@ -314,6 +349,12 @@ async fn send_due(
     if quiet_now(&lane.checked, now) {
         return;
     }
+    // No link to the SMS center: the texts wait (their tries are not spent on it).
+    if lane.checked.spec.channel == super::spec::Channel::Sms
+        && cfg.smpp.as_ref().is_some_and(|(link, _)| !link.is_up())
+    {
+        return;
+    }
     let rate = lane.checked.spec.rate_per_second as f64;
     let elapsed = lane.refilled.elapsed().as_secs_f64();
     lane.refilled = Instant::now();
@@ -452,8 +493,21 @@ async fn send_one(cfg: &RunnerConfig, c: &Checked, a: Attempt) {
     }
 }
 
-/// Sends one SMS the configured way; the key is the contact log's (the MESSAGE's Call-ID).
+/// Sends one SMS the configured way; the key is the contact log's (the MESSAGE's Call-ID,
+/// or the SMS center's message id).
 async fn send_sms(cfg: &RunnerConfig, a: &Attempt) -> (Outcome, Option<String>) {
+    if let Some((link, _)) = &cfg.smpp {
+        return match link.send(&a.number, &a.body).await {
+            Ok(message_id) => (
+                Outcome::Sent {
+                    message_id: Some(message_id.clone()),
+                },
+                Some(format!("smpp-{}-{message_id}", a.id)),
+            ),
+            Err((why, true)) => (Outcome::Temporary(why), None),
+            Err((why, false)) => (Outcome::Failed(why), None),
+        };
+    }
     let Some(dialer) = &cfg.dialer else {
         return (
             Outcome::Failed("no way to send SMS: the profile has no [outbound] gateway".into()),
@@ -527,6 +581,44 @@ async fn progress(cfg: &RunnerConfig, lane: &mut Lane, force: bool) {
             state: lane.row.state,
             progress: p,
         })));
+}
+
+/// What the SMS center sends: a receipt settles its attempt (delivered, or failed with the
+/// receipt's state); a customer's text is a reply.
+/// Returns a receipt that matched no attempt yet, to be tried again.
+async fn on_incoming(
+    cfg: &RunnerConfig,
+    i: super::smpp::link::Incoming,
+) -> Option<super::smpp::link::Incoming> {
+    use super::smpp::link::Incoming;
+    match i {
+        Incoming::Receipt {
+            ref message_id,
+            delivered,
+            ref stat,
+        } => {
+            let (status, reason) = if delivered {
+                ("delivered", None)
+            } else {
+                ("failed", Some(stat.as_str()))
+            };
+            match cfg.store.attempt_receipt(message_id, status, reason).await {
+                Ok(Some(a)) => {
+                    info!(attempt = a.id, %stat, "delivery receipt");
+                    None
+                }
+                Ok(None) => Some(i),
+                Err(e) => {
+                    warn!(error = %e, "receipt not stored yet");
+                    Some(i)
+                }
+            }
+        }
+        Incoming::Text { from, text } => {
+            on_reply(cfg, Reply { from, text }).await;
+            None
+        }
+    }
 }
 
 /// A reply that is an opt-out word opts every customer on that number out of SMS.

@@ -27,6 +27,7 @@
 pub mod center;
 pub mod desk;
 pub mod raw;
+pub mod smsc;
 pub mod softphone;
 pub mod tls;
 
