@@ -378,23 +378,9 @@ async fn campaign_cmd(store: &screenpop::store::Store, cmd: CampaignCmd) -> anyh
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let spec: CampaignSpec = serde_json::from_str(&text)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-            let c = spec
-                .check(jiff::Timestamp::now(), &base)
+            let row = screenpop::campaigns::run::save(store, spec, &base, "cli")
+                .await
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-            anyhow::ensure!(
-                !c.spec.channel.calls(),
-                "channel: voice greetings are not available in this version; use sms"
-            );
-            let json = serde_json::to_string(&c.spec)?;
-            let row = store
-                .create_campaign(
-                    &c.spec.name,
-                    c.spec.kind.as_str(),
-                    c.spec.channel.as_str(),
-                    &json,
-                    "cli",
-                )
-                .await?;
             eprintln!("campaign {:?} saved as a draft (id {})", row.name, row.id);
         }
         CampaignCmd::List => {

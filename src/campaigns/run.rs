@@ -203,3 +203,38 @@ pub async fn record(
     .await?;
     store.insert_attempts(campaign_id, &batch, now_ms).await
 }
+
+/// Saves a campaign as a draft after its check (the API and the CLI both save through here,
+/// so both refuse the same things, by field).
+pub async fn save(
+    store: &Store,
+    spec: super::spec::CampaignSpec,
+    base: &std::path::Path,
+    created_by: &str,
+) -> Result<crate::store::campaigns::CampaignRow, StoreError> {
+    if spec.channel.calls() {
+        return Err(StoreError::Invalid {
+            field: "channel",
+            why: "voice greetings are not available in this version; use sms".into(),
+        });
+    }
+    let c = spec
+        .check(jiff::Timestamp::now(), base)
+        .map_err(|e| StoreError::Invalid {
+            field: e.field,
+            why: e.why,
+        })?;
+    let json = serde_json::to_string(&c.spec).map_err(|e| StoreError::Invalid {
+        field: "spec",
+        why: e.to_string(),
+    })?;
+    store
+        .create_campaign(
+            &c.spec.name,
+            c.spec.kind.as_str(),
+            c.spec.channel.as_str(),
+            &json,
+            created_by,
+        )
+        .await
+}

@@ -83,26 +83,7 @@ pub(crate) async fn create_campaign(
     ApiJson(spec): ApiJson<CampaignSpec>,
 ) -> Result<(StatusCode, Json<CampaignOut>), ApiError> {
     me.require(Role::Supervisor)?;
-    if spec.channel.calls() {
-        return Err(ApiError::invalid(
-            "channel",
-            "voice greetings are not available in this version; use sms",
-        ));
-    }
-    let c = spec
-        .check(jiff::Timestamp::now(), &s.campaigns.base)
-        .map_err(|e| ApiError::invalid(e.field, e.why))?;
-    let json = serde_json::to_string(&c.spec).map_err(|_| ApiError::internal("saving"))?;
-    let row = s
-        .store
-        .create_campaign(
-            &c.spec.name,
-            c.spec.kind.as_str(),
-            c.spec.channel.as_str(),
-            &json,
-            &me.username,
-        )
-        .await?;
+    let row = crate::campaigns::run::save(&s.store, spec, &s.campaigns.base, &me.username).await?;
     let _ = s
         .store
         .audit(
