@@ -391,3 +391,118 @@ fn attended_transfer_from_two_agent_desktops_in_chromium() {
         .collect();
     assert_eq!(agents, [alice.agent_id, bob.agent_id], "{log}");
 }
+
+/// The campaigns page (`tests/browser/campaigns.mjs`): a supervisor writes a broadcast (the
+/// mistyped field refused by name), previews it, runs it and sees it finish live, reads the
+/// results, and writes a voice campaign by uploading its WAV. The SIPp gateway takes the two
+/// texts; the store has the campaigns the page made, the upload kept where the spec says.
+#[test]
+fn campaigns_page_in_chromium() {
+    if !browser_or_skip() {
+        return;
+    }
+    let gw = Ports::allocate();
+    let outbound = format!(
+        "[outbound]\nuri = \"sip:{{number}}@127.0.0.1:{}\"\nusername = \"acct\"\npassword = \"gwpass\"\n\
+         caller_id = \"+12015550100\"\nallow = [\"+1*\"]",
+        gw.agent_sip()
+    );
+    let Some(c) = center::center_with("browser_campaigns", &outbound) else {
+        return;
+    };
+    c.admin.ok(
+        "POST",
+        "/api/agents",
+        Some(
+            json!({"username": "sue", "password": "sue-password", "display_name": "Sue 苏",
+                    "role": "supervisor"}),
+        ),
+    );
+    let visitors = ["Ada Lovelace", "Grace Hopper"];
+    for (i, name) in visitors.iter().enumerate() {
+        c.customer(json!({"name": name, "tags": ["fair"],
+            "phones": [{"number": format!("+1 201 555 07{i:02}")}]}));
+    }
+    c.customer(
+        json!({"name": "Alan Turing", "tags": ["fair"], "opt_out_sms": true,
+        "phones": [{"number": "+1 201 555 0799"}]}),
+    );
+    let wav = c.env.dir.join("greeting.wav");
+    let mut w = hound::WavWriter::create(
+        &wav,
+        hound::WavSpec {
+            channels: 1,
+            sample_rate: 16_000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        },
+    )
+    .expect("wav");
+    for s in common::tone(440.0, 1.0, 0.3) {
+        w.write_sample(s).expect("sample");
+    }
+    w.finalize().expect("wav");
+    let not_wav = c.env.dir.join("minutes.wav");
+    std::fs::write(&not_wav, "minutes of the meeting").expect("file");
+    let mut gateway = c.env.agent_phone(
+        "gateway",
+        gw,
+        "uas_sms_gateway.xml",
+        &["-m", "2", "-timeout", "120s"],
+    );
+    let config = json!({
+        "base": c.env.http_base(),
+        "shots": shots_dir(),
+        "supervisor": {"username": "sue", "password": "sue-password"},
+        "zone": "Asia/Shanghai",
+        "wav": wav,
+        "not_wav": not_wav,
+        "visitors": visitors,
+        "opted_out": "Alan Turing",
+    });
+    let script = Script::start("campaigns.mjs", &config);
+    let result = script.finish(&c.server.log);
+    eprintln!("campaigns page: {result}");
+    gateway.expect_success(Duration::from_secs(30));
+    // The gateway took each visitor's text once (after its challenge).
+    let mut bodies: Vec<String> = gateway
+        .messages()
+        .into_iter()
+        .filter(|m| {
+            !m.sent && m.first_line.starts_with("MESSAGE ") && m.text.contains("Authorization:")
+        })
+        .filter_map(|m| m.text.split_once("\n\n").map(|(_, b)| b.trim().to_string()))
+        .collect();
+    bodies.sort();
+    bodies.dedup();
+    assert_eq!(
+        bodies,
+        vec![
+            "Ada Lovelace: see you at the fair, booth 12.".to_string(),
+            "Grace Hopper: see you at the fair, booth 12.".to_string()
+        ]
+    );
+    let list = c.admin.ok("GET", "/api/campaigns", None);
+    let find = |name: &str| {
+        list["items"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("{name} in {list}"))
+    };
+    let fair = find("Fair invitation");
+    assert_eq!(fair["state"], "done", "{fair}");
+    assert_eq!(fair["created_by"], "sue", "{fair}");
+    assert_eq!(fair["spec"]["schedule"]["at"], "2099-01-01T09:00", "{fair}");
+    assert_eq!(fair["progress"]["sent"], 2, "{fair}");
+    let voice = find("Birthday call");
+    assert_eq!(voice["state"], "draft", "{voice}");
+    assert_eq!(voice["spec"]["ring_secs"], 25, "{voice}");
+    let audio = voice["spec"]["audio"].as_str().expect("audio");
+    assert!(audio.starts_with("campaign-audio/"), "{audio}");
+    let kept = c.env.dir.join(audio);
+    assert_eq!(
+        std::fs::read(&kept).expect("the upload kept"),
+        std::fs::read(&wav).expect("wav"),
+        "kept as uploaded"
+    );
+}

@@ -155,21 +155,26 @@ fn progress(admin: &Api, id: i64) -> Value {
     admin.ok("GET", &format!("/api/campaigns/{id}"), None)["progress"].clone()
 }
 
+/// The ACD profile with `[outbound]` through the SIPp gateway on `port` (credentials
+/// acct/gwpass, caller ID +12015550100) and `[sms]` with replies taken from loopback.
+fn write_gateway_profile(env: &Env, port: u16) {
+    env.write_acd_profile();
+    let profile = std::fs::read_to_string(&env.profile).expect("profile");
+    let top = format!(
+        "[outbound]\nuri = \"sip:{{number}}@127.0.0.1:{port}\"\nusername = \"acct\"\npassword = \"gwpass\"\n\
+         caller_id = \"+12015550100\"\nallow = [\"+1*\", \"+86*\"]\n\n[sms]\nsender = \"95555\"\n\
+         reply_from = [\"127.0.0.0/8\"]\n"
+    );
+    let profile = profile.replacen("\n[trust]", &format!("\n{top}\n[trust]"), 1);
+    std::fs::write(&env.profile, profile).expect("profile");
+}
+
 fn sms_campaigns(tag: &str, database: Option<String>) {
     let Some(env) = Env::with_sipp(tag) else {
         return;
     };
     let gw_ports = Ports::allocate();
-    env.write_acd_profile();
-    let profile = std::fs::read_to_string(&env.profile).expect("profile");
-    let top = format!(
-        "[outbound]\nuri = \"sip:{{number}}@127.0.0.1:{}\"\nusername = \"acct\"\npassword = \"gwpass\"\n\
-         caller_id = \"+12015550100\"\nallow = [\"+1*\", \"+86*\"]\n\n[sms]\nsender = \"95555\"\n\
-         reply_from = [\"127.0.0.0/8\"]\n",
-        gw_ports.agent_sip()
-    );
-    let profile = profile.replacen("\n[trust]", &format!("\n{top}\n[trust]"), 1);
-    std::fs::write(&env.profile, profile).expect("profile");
+    write_gateway_profile(&env, gw_ports.agent_sip());
     let database =
         database.unwrap_or_else(|| format!("sqlite://{}", env.dir.join("screenpop.db").display()));
     admin_create(
@@ -646,4 +651,359 @@ fn sms_campaigns_by_smpp() {
         let c = admin.ok("GET", &format!("/api/customers/{wang}"), None);
         (c["opt_out_sms"] == true).then_some(())
     });
+}
+
+/// The greeting the voice test plays: four tones of 0.6 s (500, 1100, 1700 and 800 Hz) as
+/// `rate` samples per second; written to the WAV at 16 kHz and expected back at 8 kHz.
+fn greeting_tones(rate: u32) -> Vec<f64> {
+    let per = (rate as f64 * 0.6) as usize;
+    [500.0, 1100.0, 1700.0, 800.0]
+        .iter()
+        .flat_map(|hz| {
+            (0..per).map(move |i| {
+                0.5 * (2.0 * std::f64::consts::PI * hz * i as f64 / rate as f64).sin()
+            })
+        })
+        .collect()
+}
+
+/// The best normalised cross-correlation of `got` with `want` over lags of ±`max_lag`.
+fn best_correlation(got: &[f64], want: &[f64], max_lag: isize) -> f64 {
+    let mut best = 0.0f64;
+    for lag in -max_lag..=max_lag {
+        let (mut xy, mut xx, mut yy) = (0.0, 0.0, 0.0);
+        for (i, w) in want.iter().enumerate() {
+            let j = i as isize + lag;
+            if j < 0 || j as usize >= got.len() {
+                continue;
+            }
+            let g = got[j as usize];
+            xy += g * w;
+            xx += g * g;
+            yy += w * w;
+        }
+        if xx > 0.0 && yy > 0.0 {
+            best = best.max(xy / (xx * yy).sqrt());
+        }
+    }
+    best
+}
+
+/// One RTP packet taken by the test's sink: when, from where, and the packet.
+struct Taken {
+    at: Instant,
+    from: std::net::SocketAddr,
+    packet: Vec<u8>,
+}
+
+/// A UDP socket the SIPp gateway's SDP points at, keeping every packet until stopped.
+fn rtp_sink() -> (
+    u16,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<Vec<Taken>>,
+) {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("sink");
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let port = sock.local_addr().expect("addr").port();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let h = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                got.push(Taken {
+                    at: Instant::now(),
+                    from,
+                    packet: buf[..n].to_vec(),
+                });
+            }
+        }
+        got
+    });
+    (port, stop, h)
+}
+
+/// Voice greetings through a SIPp gateway that challenges every INVITE: answered customers
+/// hear the campaign's recording (16 kHz WAV, sent as PCMU; checked by correlation with the
+/// tones it holds) and are hung up on at its end, at most `max_calls` at once; a busy number
+/// and one that never answers are tried again and given up; a customer opted out of calls is
+/// skipped; every try is a contact log; a recording that cannot be read is refused when the
+/// campaign is saved.
+#[test]
+fn voice_greetings_through_a_sipp_gateway() {
+    let Some(env) = Env::with_sipp("campaigns_voice") else {
+        return;
+    };
+    let gw_ports = Ports::allocate();
+    write_gateway_profile(&env, gw_ports.agent_sip());
+    let database = format!("sqlite://{}", env.dir.join("screenpop.db").display());
+    admin_create(
+        &server_binary(),
+        &env.dir,
+        Some(&database),
+        "admin",
+        ADMIN_PASSWORD,
+    );
+    let wav = env.dir.join("greeting.wav");
+    let mut w = hound::WavWriter::create(
+        &wav,
+        hound::WavSpec {
+            channels: 1,
+            sample_rate: 16_000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        },
+    )
+    .expect("wav");
+    for s in greeting_tones(16_000) {
+        w.write_sample((s * 32767.0) as i16).expect("sample");
+    }
+    w.finalize().expect("wav");
+    let not_wav = env.dir.join("notes.wav");
+    std::fs::write(&not_wav, "meeting notes, not audio").expect("file");
+
+    let (sink_port, stop_sink, sink) = rtp_sink();
+    // 4 answered, the busy and the silent number twice each.
+    let mut gw = env.agent_phone(
+        "gateway",
+        gw_ports,
+        "uas_voice_gateway.xml",
+        &[
+            "-m",
+            "8",
+            "-key",
+            "sink_port",
+            &sink_port.to_string(),
+            "-timeout",
+            "120s",
+        ],
+    );
+    let _server = env.start_server_on(&database);
+    let admin = Api::login(&env.http_base(), "admin", ADMIN_PASSWORD);
+    let customer = |body: Value| {
+        admin.ok("POST", "/api/customers", Some(body))["id"]
+            .as_i64()
+            .expect("id")
+    };
+    let answering: Vec<i64> = (0..4)
+        .map(|i| {
+            customer(
+                json!({"name": format!("Listener {i}"), "tags": ["vip-news"],
+                "phones": [{"number": format!("+1 201 555 08{i:02}")}]}),
+            )
+        })
+        .collect();
+    let busy = customer(json!({"name": "Busy Bee", "tags": ["vip-news"],
+        "phones": [{"number": "+1 201 555 0486"}]}));
+    let silent = customer(json!({"name": "Nobody Home", "tags": ["vip-news"],
+        "phones": [{"number": "+1 201 555 0408"}]}));
+    let declined = customer(
+        json!({"name": "No Calls", "tags": ["vip-news"], "opt_out_voice": true,
+        "phones": [{"number": "+1 201 555 0499"}]}),
+    );
+
+    let spec = json!({
+        "name": "VIP news by voice", "kind": "broadcast", "channel": "voice",
+        "audio": wav.display().to_string(),
+        "audience": {"tags": ["vip-news"]},
+        "schedule": {"repeat": "once", "at": "2099-01-01T09:00:00+08:00", "tz": ZONE},
+        "retries": 1, "retry_after_secs": 10, "ring_secs": 5, "max_calls": 2,
+        "rate_per_second": 10
+    });
+    for (change, field) in [
+        (json!({"audio": not_wav.display().to_string()}), "audio"),
+        (json!({"audio": null}), "audio"),
+        (json!({"ring_secs": 1}), "ring_secs"),
+    ] {
+        let mut body = spec.clone();
+        for (k, v) in change.as_object().expect("object") {
+            body[k] = v.clone();
+        }
+        let (status, v) = admin.req("POST", "/api/campaigns", Some(&body));
+        assert_eq!(status, 422, "{change} → {v}");
+        assert_eq!(v["error"]["field"], field, "{change} → {v}");
+    }
+    let id = admin.ok("POST", "/api/campaigns", Some(spec))["id"]
+        .as_i64()
+        .expect("id");
+    let p = admin.ok("GET", &format!("/api/campaigns/{id}/preview"), None);
+    assert_eq!(
+        (p["voice"].as_i64(), p["skipped"].as_i64()),
+        (Some(6), Some(1)),
+        "{p}"
+    );
+
+    let started = Instant::now();
+    admin.ok(
+        "POST",
+        &format!("/api/campaigns/{id}/start"),
+        Some(json!({"run_now": true})),
+    );
+    let p = wait_until(
+        "the voice campaign to finish",
+        Duration::from_secs(90),
+        || {
+            let v = admin.ok("GET", &format!("/api/campaigns/{id}"), None);
+            (v["state"] == "done").then(|| v["progress"].clone())
+        },
+    );
+    let took = started.elapsed();
+    assert_eq!(
+        (
+            p["answered"].as_i64(),
+            p["busy"].as_i64(),
+            p["no_answer"].as_i64(),
+            p["skipped"].as_i64()
+        ),
+        (Some(4), Some(1), Some(1), Some(1)),
+        "{p}"
+    );
+    gw.expect_success(Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(300));
+    stop_sink.store(true, std::sync::atomic::Ordering::Relaxed);
+    let taken = sink.join().expect("sink");
+
+    // One stream per answered customer, each the whole greeting, in PCMU, by content.
+    let mut streams: std::collections::BTreeMap<std::net::SocketAddr, Vec<&Taken>> =
+        Default::default();
+    for t in &taken {
+        streams.entry(t.from).or_default().push(t);
+    }
+    assert_eq!(streams.len(), 4, "one stream per answered customer");
+    let want = greeting_tones(8_000);
+    let mut spans = Vec::new();
+    for (from, packets) in &streams {
+        let mut pkts: Vec<&&Taken> = packets.iter().filter(|t| t.packet.len() > 12).collect();
+        // In sequence order, counted from the first packet (a stream may wrap past 65535).
+        let seq = |t: &Taken| u16::from_be_bytes([t.packet[2], t.packet[3]]);
+        let first_seq = pkts
+            .iter()
+            .min_by_key(|t| t.at)
+            .map(|t| seq(t))
+            .unwrap_or(0);
+        pkts.sort_by_key(|t| seq(t).wrapping_sub(first_seq));
+        assert!(
+            pkts.iter().all(|t| t.packet[1] & 0x7f == 0),
+            "{from}: PCMU only"
+        );
+        // 2.4 s in 20 ms packets.
+        assert!(
+            (118..=122).contains(&pkts.len()),
+            "{from}: {} packets",
+            pkts.len()
+        );
+        let pcm: Vec<f64> = pkts
+            .iter()
+            .flat_map(|t| {
+                t.packet[12..]
+                    .iter()
+                    .map(|&b| ulaw_to_linear(b) as f64 / 32768.0)
+            })
+            .collect();
+        let r = best_correlation(&pcm, &want, 160);
+        let wrong = best_correlation(&pcm, &greeting_tones(8_000)[4800..], 160);
+        eprintln!("{from}: {} packets, correlation {r:.3} (against the greeting shifted by a tone: {wrong:.3})", pkts.len());
+        assert!(
+            wrong < 0.5,
+            "{from}: the check tells one greeting from another ({wrong:.3})"
+        );
+        assert!(
+            r > 0.9,
+            "{from}: the greeting by content, correlation {r:.3}"
+        );
+        let first = pkts.iter().map(|t| t.at).min().expect("first");
+        let last = pkts.iter().map(|t| t.at).max().expect("last");
+        spans.push((first, last));
+    }
+    // At most max_calls (2) greetings at once.
+    for (a, _) in &spans {
+        let at_once = spans.iter().filter(|(s, e)| s <= a && a <= e).count();
+        assert!(at_once <= 2, "{at_once} greetings at once");
+    }
+    // Hung up at the greeting's end (2.4 s after the ACK, not at the 5 s fallback).
+    let msgs = gw.messages();
+    let call_id = |m: &common::LoggedMessage| {
+        m.text
+            .lines()
+            .find_map(|l| l.strip_prefix("Call-ID:"))
+            .map(|v| v.trim().to_string())
+    };
+    let byes: Vec<&common::LoggedMessage> = msgs
+        .iter()
+        .filter(|m| !m.sent && m.first_line.starts_with("BYE "))
+        .collect();
+    assert_eq!(byes.len(), 4, "screenpop hung up each answered greeting");
+    for bye in &byes {
+        // The last ACK before the BYE acknowledges the 200 (an earlier one, the 401).
+        let ack = msgs
+            .iter()
+            .filter(|m| {
+                !m.sent
+                    && m.first_line.starts_with("ACK ")
+                    && call_id(m) == call_id(bye)
+                    && m.time <= bye.time
+            })
+            .max_by(|a, b| a.time.total_cmp(&b.time))
+            .expect("the ACK of the answered greeting");
+        let talk = bye.time - ack.time;
+        assert!(
+            (2.2..3.4).contains(&talk),
+            "BYE {talk:.2} s after the answer: {:?}",
+            call_id(bye)
+        );
+    }
+    let cancels = msgs
+        .iter()
+        .filter(|m| !m.sent && m.first_line.starts_with("CANCEL sip:+12015550408@"))
+        .count();
+    assert_eq!(cancels, 2, "the silent number rang out twice");
+    assert!(
+        took < Duration::from_secs(60),
+        "retries 10 s apart: {took:?}"
+    );
+
+    // Every try is a contact log; the attempts keep their results.
+    let logs = |cid: i64| {
+        admin.ok("GET", &format!("/api/calls?customer_id={cid}"), None)["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    for cid in &answering {
+        let l = logs(*cid);
+        assert_eq!(l.len(), 1, "{l:?}");
+        assert_eq!(l[0]["result"], "answered", "{l:?}");
+        assert_eq!(l[0]["channel"], "voice", "{l:?}");
+        assert_eq!(l[0]["campaign_id"], id, "{l:?}");
+        assert!(l[0]["answered_at"].as_i64().is_some(), "{l:?}");
+        assert_eq!(l[0]["talk_secs"], 2, "the 2.4 s greeting: {l:?}");
+        assert_eq!(l[0]["disposition"], "answered", "{l:?}");
+    }
+    let l = logs(busy);
+    assert_eq!(l.len(), 2, "{l:?}");
+    assert!(l.iter().all(|c| c["result"] == "busy"), "{l:?}");
+    let l = logs(silent);
+    assert_eq!(l.len(), 2, "{l:?}");
+    assert!(l.iter().all(|c| c["result"] == "no answer"), "{l:?}");
+    assert!(logs(declined).is_empty());
+    let a = admin.ok(
+        "GET",
+        &format!("/api/campaigns/{id}/attempts?status=busy"),
+        None,
+    );
+    assert_eq!(a["items"][0]["customer_id"], busy, "{a}");
+    assert_eq!(a["items"][0]["tries"], 2, "{a}");
+    let a = admin.ok(
+        "GET",
+        &format!("/api/campaigns/{id}/attempts?status=skipped"),
+        None,
+    );
+    assert!(
+        a["items"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("voice")),
+        "{a}"
+    );
 }

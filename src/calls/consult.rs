@@ -186,6 +186,12 @@ impl ConsultLeg {
         &self.dialog.call_id
     }
 
+    /// Over (answered and hung up, refused, cancelled or handed over), whatever it still
+    /// absorbs.
+    pub fn is_ended(&self) -> bool {
+        self.state == State::Ended
+    }
+
     /// Over, and nothing left to absorb.
     pub fn is_done(&self, now: Instant) -> bool {
         self.state == State::Ended

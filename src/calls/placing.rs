@@ -14,12 +14,14 @@ use tracing::{info, info_span, warn, Instrument};
 use super::admission::{CallEnv, Route};
 use super::dialog::target_peer;
 use super::dialplan::{DialError, DialPlan};
+use super::greeting::Greeted;
 use super::outbound::{Gateway, OutboundCall, OutboundInit};
 use super::pop::PopCard;
 use super::task::CallTask;
 use crate::acd::runtime::DialOutError;
 use crate::acd::{AgentId, Input as AcdInput};
 use crate::ids::{CallKey, ContactLogId};
+use crate::media::player::Clip;
 use crate::sip::caller_id::CallerId;
 use crate::sip::peer::{Peer, Transport};
 use crate::sip::Uri;
@@ -77,6 +79,22 @@ enum Job {
         body: String,
         reply: oneshot::Sender<Result<MessageSent, DialFailure>>,
     },
+    Greet {
+        number: String,
+        clip: Arc<Clip>,
+        ring_timeout: Duration,
+        reply: oneshot::Sender<Result<GreetingCall, DialFailure>>,
+    },
+}
+
+/// A voice greeting that was placed, and how it ended.
+#[derive(Debug, Clone)]
+pub struct GreetingCall {
+    /// The call's Call-ID towards the gateway (the contact log's key).
+    pub call_id: String,
+    /// The number, in E.164.
+    pub number: String,
+    pub result: Greeted,
 }
 
 /// A text sent as a SIP MESSAGE, and the gateway's answer.
@@ -131,6 +149,29 @@ impl Dialer {
         .await
     }
 
+    /// Calls `number` through `[outbound]` and plays `clip` once the customer answers, then
+    /// hangs up; resolves with how it ended (answered, busy, no answer within `ring_timeout`,
+    /// refused).
+    pub async fn greet(
+        &self,
+        number: &str,
+        clip: Arc<Clip>,
+        ring_timeout: Duration,
+    ) -> Result<GreetingCall, DialFailure> {
+        let (reply, rx) = oneshot::channel();
+        let number = number.to_string();
+        self.ask(
+            Job::Greet {
+                number,
+                clip,
+                ring_timeout,
+                reply,
+            },
+            rx,
+        )
+        .await
+    }
+
     async fn ask<T>(
         &self,
         job: Job,
@@ -177,6 +218,18 @@ pub(crate) fn serve(env: Arc<CallEnv>, plan: Option<DialPlan>, mut inbox: Dialer
                     } => {
                         let result = match plan {
                             Some(plan) => send_message(&env, &plan, &number, body).await,
+                            None => Err(DialFailure::NotConfigured),
+                        };
+                        let _ = reply.send(result);
+                    }
+                    Job::Greet {
+                        number,
+                        clip,
+                        ring_timeout,
+                        reply,
+                    } => {
+                        let result = match plan {
+                            Some(plan) => greet(env, &plan, &number, clip, ring_timeout).await,
                             None => Err(DialFailure::NotConfigured),
                         };
                         let _ = reply.send(result);
@@ -305,6 +358,155 @@ async fn send_message(
         call_ids: vec![call_id.clone()],
     });
     Ok(MessageSent {
+        call_id,
+        number: gw.number,
+        result,
+    })
+}
+
+/// Places one voice greeting and runs its [`Greeting`] machine in a task of its own; resolves
+/// once the greeting has a result (the task goes on absorbing the last retransmissions).
+async fn greet(
+    env: Arc<CallEnv>,
+    plan: &DialPlan,
+    number: &str,
+    clip: Arc<Clip>,
+    ring_timeout: Duration,
+) -> Result<GreetingCall, DialFailure> {
+    use super::consult::ConsultStart;
+    use super::dialog::Dialog;
+    use super::greeting::{Greeting, GreetingOutput};
+    use crate::media::player::Repeat;
+    use crate::media::relay::{LegId, MediaEvent};
+    use crate::sip::headers::{HeaderName, NameAddr};
+    use crate::sip::sdp::{Codec, LocalMedia};
+    let gw = gateway(&env, plan, number).await?;
+    // The engine bridges two legs; the second is never pointed anywhere and stays silent.
+    let (Some(sock), Some(spare)) = (
+        env.ports.bind(env.call.media_ip),
+        env.ports.bind(env.call.media_ip),
+    ) else {
+        return Err(DialFailure::Unavailable("no RTP ports free".into()));
+    };
+    let me = env.call.me.clone();
+    let call_id = format!("{:032x}@{}", rand::random::<u128>(), me.host);
+    let mut from = NameAddr::new(Uri::sip(Some(&gw.caller_id), &me.host, None));
+    from.set_param("tag", Some(&format!("{:016x}", rand::random::<u64>())));
+    let dialog = Dialog {
+        call_id: call_id.clone(),
+        local: from,
+        remote: NameAddr::new(gw.uri.clone()),
+        remote_target: gw.uri.clone(),
+        route_set: Vec::new(),
+        local_cseq: 0,
+        remote_cseq: None,
+        peer: gw.peer,
+        secure: false,
+    };
+    let local = LocalMedia {
+        addr: env.call.media_ip,
+        port: sock.port(),
+        session_id: rand::random::<u32>() as u64,
+        session_version: 1,
+        username: "screenpop".into(),
+        srtp: None,
+    };
+    let headers = vec![(
+        HeaderName::PAssertedIdentity,
+        format!("<sip:{}@{}>", gw.caller_id, me.host),
+    )];
+    let (tx, mut rx) = mpsc::channel(16);
+    let _ = env.routes.send(Route {
+        call_id: call_id.clone(),
+        owner: call_id.clone(),
+        tx,
+    });
+    let (media, mut media_events) = env.media.add_call(sock, spare);
+    media.set_signalling_ip(LegId::Caller, gw.peer.addr.ip());
+    let span = info_span!("call", call_id = %call_id, greeting = true);
+    let start = ConsultStart {
+        me,
+        timers: env.call.timers,
+        codec: env.call.codecs.first().copied().unwrap_or(Codec::Pcmu),
+        dialog,
+        local,
+        gateway: Some(gw.clone()),
+        headers,
+        ring_timeout,
+    };
+    let mut g = {
+        let _enter = span.enter();
+        info!(number = %gw.number, "voice greeting: calling");
+        Greeting::start(Instant::now(), start, clip.duration())
+    };
+    let (done_tx, done_rx) = oneshot::channel();
+    let task_env = env.clone();
+    tokio::spawn(
+        async move {
+            let env = task_env;
+            let mut media = Some(media);
+            let mut done_tx = Some(done_tx);
+            let mut routed = true;
+            loop {
+                while let Some(o) = g.poll_output() {
+                    match o {
+                        GreetingOutput::Transmit { peer, bytes } => env.sip.send(peer, bytes),
+                        GreetingOutput::Remote(r) => {
+                            if let Some(m) = &media {
+                                m.set_remote(LegId::Caller, r);
+                            }
+                        }
+                        GreetingOutput::Play => {
+                            if let Some(m) = &media {
+                                m.play(LegId::Caller, clip.clone(), Repeat::Once);
+                            }
+                        }
+                        GreetingOutput::Done(result) => {
+                            info!(?result, "voice greeting ended");
+                            if let Some(m) = media.take() {
+                                m.stop(Instant::now()).await;
+                            }
+                            if let Some(tx) = done_tx.take() {
+                                let _ = tx.send(result);
+                            }
+                        }
+                    }
+                }
+                let now = Instant::now();
+                if g.is_done(now) {
+                    break;
+                }
+                let wake = g
+                    .poll_timeout()
+                    .unwrap_or_else(|| now + Duration::from_secs(1));
+                tokio::select! {
+                    msg = rx.recv(), if routed => match msg {
+                        Some(inb) => g.handle_message(Instant::now(), inb.msg, inb.peer),
+                        None => {
+                            // The dispatcher is gone (the service is stopping).
+                            routed = false;
+                            g.abort(Instant::now());
+                        }
+                    },
+                    Some(ev) = media_events.recv() => {
+                        if matches!(ev, MediaEvent::Played { leg: LegId::Caller }) {
+                            g.played(Instant::now());
+                        }
+                    }
+                    _ = tokio::time::sleep_until(wake.into()) => g.handle_timeout(Instant::now()),
+                }
+            }
+            let _ = env.ended.send(super::admission::CallEnded {
+                id: g.call_id().to_string(),
+                call_ids: vec![g.call_id().to_string()],
+            });
+        }
+        .instrument(span),
+    );
+    let result = done_rx
+        .await
+        .map_err(|_| DialFailure::Unavailable("the greeting call stopped".into()))?;
+    Ok(GreetingCall {
         call_id,
         number: gw.number,
         result,

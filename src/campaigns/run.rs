@@ -212,12 +212,6 @@ pub async fn save(
     base: &std::path::Path,
     created_by: &str,
 ) -> Result<crate::store::campaigns::CampaignRow, StoreError> {
-    if spec.channel.calls() {
-        return Err(StoreError::Invalid {
-            field: "channel",
-            why: "voice greetings are not available in this version; use sms".into(),
-        });
-    }
     let c = spec
         .check(jiff::Timestamp::now(), base)
         .map_err(|e| StoreError::Invalid {

@@ -17,6 +17,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 use super::plan::{after_try, Next, Outcome, Via};
 use super::spec::Checked;
+use crate::calls::greeting::Greeted;
 use crate::calls::placing::{DialFailure, Dialer};
 use crate::events::payload::CampaignProgress;
 use crate::events::{Event, EventBus, Payload};
@@ -359,7 +360,13 @@ async fn send_due(
     let elapsed = lane.refilled.elapsed().as_secs_f64();
     lane.refilled = Instant::now();
     lane.tokens = (lane.tokens + rate * elapsed).min(rate.max(1.0));
-    let window = SMS_WINDOW.saturating_sub(lane.in_flight.load(Ordering::Relaxed));
+    // Calls are bounded by the campaign's max_calls (an SMS-then-voice campaign's texts too,
+    // since any of its attempts may become a call); texts by the SMS window.
+    let limit = match lane.checked.spec.channel {
+        super::spec::Channel::Sms => SMS_WINDOW,
+        _ => lane.checked.spec.max_calls as usize,
+    };
+    let window = limit.saturating_sub(lane.in_flight.load(Ordering::Relaxed));
     let n = (lane.tokens.floor() as usize).min(window);
     if n == 0 {
         return;
@@ -428,12 +435,22 @@ async fn send_one(cfg: &RunnerConfig, c: &Checked, a: Attempt) {
         }
     }
     let started = now_ms();
-    let (outcome, key) = match via {
-        Via::Sms => send_sms(cfg, &a).await,
-        Via::Voice => (
-            Outcome::Failed("voice greetings are not available on this server".into()),
-            None,
-        ),
+    let Tried {
+        outcome,
+        key,
+        answered_at,
+        note,
+    } = match via {
+        Via::Sms => {
+            let (outcome, key) = send_sms(cfg, &a).await;
+            Tried {
+                outcome,
+                key,
+                answered_at: None,
+                note: Some(a.body.clone()),
+            }
+        }
+        Via::Voice => send_voice(cfg, c, &a).await,
     };
     let ended = now_ms();
     let tries = a.tries as u32 + 1;
@@ -447,10 +464,10 @@ async fn send_one(cfg: &RunnerConfig, c: &Checked, a: Attempt) {
             number: a.number.clone(),
             via,
             started_at: started,
-            answered_at: matches!(outcome, Outcome::Answered).then_some(started),
+            answered_at,
             ended_at: ended,
             result,
-            body: (via == Via::Sms).then(|| a.body.clone()),
+            body: note,
         })
         .await;
     let log = match log {
@@ -489,6 +506,77 @@ async fn send_one(cfg: &RunnerConfig, c: &Checked, a: Attempt) {
             Ok(true) => return,
             Ok(false) => return warn!("the claim was taken back meanwhile: result not stored"),
             Err(e) => warn!(error = %e, "attempt result not stored yet"),
+        }
+    }
+}
+
+/// How one try went, for its contact log.
+struct Tried {
+    outcome: Outcome,
+    /// The contact log's key (a Call-ID or the SMS center's message id).
+    key: Option<String>,
+    answered_at: Option<i64>,
+    /// The contact log's text: the SMS, or what the customer heard of a greeting.
+    note: Option<String>,
+}
+
+/// Places one voice greeting and waits for its end.
+async fn send_voice(cfg: &RunnerConfig, c: &Checked, a: &Attempt) -> Tried {
+    let tried = |outcome, key, answered_at, note| Tried {
+        outcome,
+        key,
+        answered_at,
+        note,
+    };
+    let (Some(dialer), Some(clip)) = (&cfg.dialer, &c.clip) else {
+        let why = if cfg.dialer.is_none() {
+            "no way to call: the profile has no [outbound] gateway"
+        } else {
+            "the campaign has no recording"
+        };
+        return tried(Outcome::Failed(why.into()), None, None, None);
+    };
+    let ring = Duration::from_secs(c.spec.ring_secs.into());
+    match dialer.greet(&a.number, clip.clone(), ring).await {
+        Ok(call) => {
+            let (outcome, answered_at, note) = greeting_outcome(&call.result, clip.duration());
+            let answered_at = answered_at.map(|heard_ms| now_ms() - heard_ms as i64);
+            tried(outcome, Some(call.call_id), answered_at, note)
+        }
+        Err(DialFailure::Unavailable(why)) => tried(Outcome::Temporary(why), None, None, None),
+        Err(e) => tried(Outcome::Failed(e.to_string()), None, None, None),
+    }
+}
+
+/// A greeting call's end as a campaign outcome, with how long ago it was answered (in ms
+/// before now: the recording heard) and the contact log's note.
+pub fn greeting_outcome(g: &Greeted, length: Duration) -> (Outcome, Option<u64>, Option<String>) {
+    match *g {
+        Greeted::Answered {
+            heard_ms,
+            hung_up_early,
+        } => {
+            let note = format!(
+                "greeting heard for {:.1} s of {:.1} s{}",
+                heard_ms as f64 / 1000.0,
+                length.as_secs_f64(),
+                if hung_up_early {
+                    "; the customer hung up"
+                } else {
+                    ""
+                }
+            );
+            (Outcome::Answered, Some(heard_ms), Some(note))
+        }
+        Greeted::Busy { .. } => (Outcome::Busy, None, None),
+        Greeted::NoAnswer { .. } => (Outcome::NoAnswer, None, None),
+        Greeted::Failed { status } => {
+            let why = format!("{status} {}", crate::sip::message::reason_phrase(status));
+            let outcome = match status {
+                500 | 503 | 504 => Outcome::Temporary(why),
+                _ => Outcome::Failed(why),
+            };
+            (outcome, None, None)
         }
     }
 }

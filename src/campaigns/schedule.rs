@@ -30,7 +30,9 @@ pub enum ScheduleError {
     UnknownZone(String),
     #[error("{0:?} is not a time of day (HH:MM)")]
     BadTime(String),
-    #[error("{0:?} is not a date and time with an offset (2026-12-24T09:00:00+08:00)")]
+    #[error(
+        "{0:?} is not a date and time (2026-12-24T09:00 in the zone, or 2026-12-24T09:00:00+08:00)"
+    )]
     BadInstant(String),
     #[error("{0} is in the past")]
     Past(String),
@@ -70,14 +72,22 @@ impl Schedule {
         })
     }
 
-    /// Once at `at` (RFC 3339 with an offset), which must be after `now`; `tz` says which day
-    /// it is for the customers' occasions.
+    /// Once at `at`, which must be after `now`: RFC 3339 with an offset, or a local date and
+    /// time (`2026-12-24T09:00`, what a browser's date-time field gives) in `tz`; `tz` also
+    /// says which day it is for the customers' occasions.
     pub fn once(at: &str, tz: &str, now: Timestamp) -> Result<Schedule, ScheduleError> {
         let tz_ = zone(tz)?;
-        let when = at
-            .trim()
-            .parse::<Timestamp>()
-            .map_err(|_| ScheduleError::BadInstant(at.to_string()))?;
+        let bad = || ScheduleError::BadInstant(at.to_string());
+        let when = match at.trim().parse::<Timestamp>() {
+            Ok(t) => t,
+            Err(_) => at
+                .trim()
+                .parse::<jiff::civil::DateTime>()
+                .map_err(|_| bad())?
+                .to_zoned_datetime(tz_.clone())
+                .map_err(|_| bad())?
+                .timestamp(),
+        };
         if when <= now {
             return Err(ScheduleError::Past(at.to_string()));
         }
@@ -209,6 +219,23 @@ mod tests {
             run > ts("2026-03-08T06:59:59Z") && run < ts("2026-03-08T08:00:01Z"),
             "{run}"
         );
+    }
+
+    #[test]
+    fn a_single_run_may_be_written_in_local_time() {
+        let now = ts("2026-12-02T00:00:00Z");
+        let s = Schedule::once("2026-12-24T09:00", "Asia/Shanghai", now).unwrap();
+        assert_eq!(s.next_run(now), Some(ts("2026-12-24T01:00:00Z")));
+        let s = Schedule::once("2026-12-24T09:00:00-05:00", "Asia/Shanghai", now).unwrap();
+        assert_eq!(s.next_run(now), Some(ts("2026-12-24T14:00:00Z")));
+        assert!(matches!(
+            Schedule::once("2026-12-01T09:00", "Asia/Shanghai", now),
+            Err(ScheduleError::Past(_))
+        ));
+        assert!(matches!(
+            Schedule::once("Christmas morning", "Asia/Shanghai", now),
+            Err(ScheduleError::BadInstant(_))
+        ));
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! runs. The store keeps the spec as JSON; [`Checked`] is the parsed form the runner works with.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -10,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::schedule::{QuietHours, Schedule, ScheduleError};
 use super::sms;
 use super::template::{Template, Values};
+use crate::media::player::Clip;
 use crate::store::customers::Tier;
 
 /// What a campaign greets.
@@ -125,6 +128,9 @@ pub struct CampaignSpec {
     /// Voice greetings in progress at once, at most.
     #[serde(default = "default_max_calls")]
     pub max_calls: u32,
+    /// How long a voice greeting rings before it counts as not answered.
+    #[serde(default = "default_ring_secs")]
+    pub ring_secs: u32,
     /// Further tries after busy, no answer or a temporary failure.
     #[serde(default = "default_retries")]
     pub retries: u32,
@@ -141,6 +147,9 @@ fn default_rate() -> u32 {
 }
 fn default_max_calls() -> u32 {
     10
+}
+fn default_ring_secs() -> u32 {
+    30
 }
 fn default_retries() -> u32 {
     2
@@ -173,6 +182,9 @@ impl From<ScheduleError> for SpecError {
     }
 }
 
+/// The longest greeting recording: a greeting, not a programme.
+const MAX_AUDIO: Duration = Duration::from_secs(300);
+
 /// A campaign that passed its check, ready to plan and send.
 #[derive(Debug, Clone)]
 pub struct Checked {
@@ -181,6 +193,8 @@ pub struct Checked {
     pub schedule: Schedule,
     pub quiet: Option<QuietHours>,
     pub audio: Option<PathBuf>,
+    /// The recording, read and converted once: every greeting of the campaign plays it.
+    pub clip: Option<Arc<Clip>>,
 }
 
 /// Values of a typical length, to tell at save time whether a template fits its SMS parts.
@@ -235,9 +249,20 @@ impl CampaignSpec {
                 } else {
                     base.join(p)
                 };
-                crate::media::player::Clip::load(&p)
-                    .map_err(|e| refuse("audio", format!("{}: {e}", p.display())))?;
-                Some(p)
+                let clip =
+                    Clip::load(&p).map_err(|e| refuse("audio", format!("{}: {e}", p.display())))?;
+                if clip.duration() > MAX_AUDIO {
+                    return Err(refuse(
+                        "audio",
+                        format!(
+                            "{}: {} s long; a greeting is at most {} s",
+                            p.display(),
+                            clip.duration().as_secs(),
+                            MAX_AUDIO.as_secs()
+                        ),
+                    ));
+                }
+                Some((p, Arc::new(clip)))
             }
             (None, true) => return Err(refuse("audio", "a voice campaign needs its recording")),
             (Some(_), false) => return Err(refuse("audio", "an SMS campaign plays no recording")),
@@ -257,6 +282,9 @@ impl CampaignSpec {
         }
         if !(1..=500).contains(&self.max_calls) {
             return Err(refuse("max_calls", "1 to 500"));
+        }
+        if !(5..=120).contains(&self.ring_secs) {
+            return Err(refuse("ring_secs", "5 to 120"));
         }
         if self.retries > 10 {
             return Err(refuse("retries", "at most 10"));
@@ -292,7 +320,8 @@ impl CampaignSpec {
             template,
             schedule,
             quiet,
-            audio,
+            clip: audio.as_ref().map(|(_, c)| c.clone()),
+            audio: audio.map(|(p, _)| p),
         })
     }
 }

@@ -58,7 +58,13 @@ impl Clip {
             path: name.clone(),
             source,
         })?;
-        let (rate, mono) = decode_wav(&bytes).map_err(|why| ClipError::Format {
+        Clip::from_wav(&bytes, &name)
+    }
+
+    /// Converts a WAV file's bytes (an upload checked before it is kept); `name` is for errors.
+    pub fn from_wav(bytes: &[u8], name: &str) -> Result<Clip, ClipError> {
+        let name = name.to_string();
+        let (rate, mono) = decode_wav(bytes).map_err(|why| ClipError::Format {
             path: name.clone(),
             why,
         })?;

@@ -83,6 +83,7 @@ pub fn router() -> Router<AppState> {
         super::webhooks::create_webhook, super::webhooks::list_webhooks, super::webhooks::get_webhook,
         super::webhooks::delete_webhook, super::webhooks::list_deliveries,
         super::campaigns::create_campaign, super::campaigns::list_campaigns,
+        super::campaigns::upload_audio,
         super::campaigns::get_campaign, super::campaigns::preview_campaign,
         super::campaigns::start_campaign, super::campaigns::pause_campaign,
         super::campaigns::resume_campaign, super::campaigns::list_attempts

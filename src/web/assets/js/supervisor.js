@@ -1,5 +1,5 @@
 // The supervisor console: wallboard, recordings, audit log, work orders, customers (CSV
-// import and search/edit), agents and queues.
+// import and search/edit), campaigns, agents and queues.
 import { t, onLangChange } from './i18n.js';
 import { request, loadDirectory } from './api.js';
 import { initPage } from './shell.js';
@@ -10,6 +10,7 @@ import { recordingsPanel } from './recordings.js';
 import { boardPanel, auditPanel } from './board.js';
 import { customerPanel } from './customers.js';
 import { adminPanel } from './admin.js';
+import { campaignsPanel } from './campaigns.js';
 
 function importPanel(root) {
   let report = null;
@@ -66,6 +67,7 @@ async function main() {
     h('div', { class: 'two-col' }, h('div', { class: 'card-box' }, custRoot), impRoot));
   const customers = customerPanel(custRoot, { me });
   const imports = importPanel(impRoot);
+  const campaigns = campaignsPanel($('#panel-campaigns'));
   const admin = adminPanel($('#panel-admin'), me);
   const loaded = new Set();
   const reloadBoard = debounce(() => board.load(), 400, 2000);
@@ -76,11 +78,13 @@ async function main() {
     if (panel === 'panel-audit') audit.load();
     if (panel === 'panel-workorders') board.load();
     if (panel === 'panel-admin') admin.load();
+    if (panel === 'panel-campaigns') campaigns.load();
   });
   wall.load();
   const live = new Live({
     onEvent: (ev) => {
       wall.onEvent(ev);
+      if (ev.type === 'campaign.progress' && loaded.has('panel-campaigns')) campaigns.onEvent(ev);
       if ((ev.type === 'work_order.created' || ev.type === 'work_order.updated') && loaded.has('panel-workorders')) reloadBoard();
     },
     onHello: (hello, reconnected) => { if (reconnected) { loadDirectory(true); wall.load(); } },
@@ -96,6 +100,7 @@ async function main() {
     customers.rerender();
     imports.rerender();
     admin.rerender();
+    campaigns.rerender();
   });
 }
 
