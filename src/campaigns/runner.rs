@@ -105,6 +105,18 @@ struct Lane {
     dirty: bool,
 }
 
+impl Lane {
+    /// Tries in flight at most: calls are bounded by the campaign's max_calls (an
+    /// SMS-then-voice campaign's texts too, since any of its attempts may become a call);
+    /// texts by the SMS window.
+    fn window(&self) -> usize {
+        match self.checked.spec.channel {
+            super::spec::Channel::Sms => SMS_WINDOW,
+            _ => self.checked.spec.max_calls as usize,
+        }
+    }
+}
+
 /// Starts the runner; the handle wakes it and hands it replies.
 pub fn spawn(cfg: RunnerConfig) -> Campaigns {
     let wake = Arc::new(Notify::new());
@@ -158,6 +170,11 @@ async fn run(
                 if let Some(lane) = lanes.get_mut(&id) {
                     lane.dirty = true;
                     progress(&cfg, lane, false).await;
+                    // Refill the window once half of it has come back, not at the next tick:
+                    // the tick alone capped a campaign at a window per 200 ms.
+                    if lane.in_flight.load(Ordering::Relaxed) <= lane.window() / 2 {
+                        send_due(&cfg, &node, lane, &done_tx).await;
+                    }
                 }
                 continue;
             }
@@ -360,13 +377,9 @@ async fn send_due(
     let elapsed = lane.refilled.elapsed().as_secs_f64();
     lane.refilled = Instant::now();
     lane.tokens = (lane.tokens + rate * elapsed).min(rate.max(1.0));
-    // Calls are bounded by the campaign's max_calls (an SMS-then-voice campaign's texts too,
-    // since any of its attempts may become a call); texts by the SMS window.
-    let limit = match lane.checked.spec.channel {
-        super::spec::Channel::Sms => SMS_WINDOW,
-        _ => lane.checked.spec.max_calls as usize,
-    };
-    let window = limit.saturating_sub(lane.in_flight.load(Ordering::Relaxed));
+    let window = lane
+        .window()
+        .saturating_sub(lane.in_flight.load(Ordering::Relaxed));
     let n = (lane.tokens.floor() as usize).min(window);
     if n == 0 {
         return;
