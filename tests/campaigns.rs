@@ -806,14 +806,16 @@ fn voice_greetings_through_a_sipp_gateway() {
 
     let spec = json!({
         "name": "VIP news by voice", "kind": "broadcast", "channel": "voice",
-        "audio": wav.display().to_string(),
+        "audio": "greeting.wav",
         "audience": {"tags": ["vip-news"]},
         "schedule": {"repeat": "once", "at": "2099-01-01T09:00:00+08:00", "tz": ZONE},
         "retries": 1, "retry_after_secs": 10, "ring_secs": 5, "max_calls": 2,
         "rate_per_second": 10
     });
     for (change, field) in [
-        (json!({"audio": not_wav.display().to_string()}), "audio"),
+        (json!({"audio": "notes.wav"}), "audio"),
+        (json!({"audio": wav.display().to_string()}), "audio"),
+        (json!({"audio": "../greeting.wav"}), "audio"),
         (json!({"audio": null}), "audio"),
         (json!({"ring_secs": 1}), "ring_secs"),
     ] {

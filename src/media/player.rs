@@ -31,6 +31,8 @@ pub enum ClipError {
     Format { path: String, why: String },
     #[error("{path}: no audio in it")]
     Empty { path: String },
+    #[error("{path}: {secs} s long; at most {max} s")]
+    TooLong { path: String, secs: u64, max: u64 },
 }
 
 /// A decoded file: 8 kHz mono samples, with its G.711 encodings made on first use.
@@ -63,11 +65,25 @@ impl Clip {
 
     /// Converts a WAV file's bytes (an upload checked before it is kept); `name` is for errors.
     pub fn from_wav(bytes: &[u8], name: &str) -> Result<Clip, ClipError> {
+        Clip::from_wav_at_most(bytes, name, Duration::MAX)
+    }
+
+    /// As [`Clip::from_wav`], refusing a file longer than `max` before it is resampled (a
+    /// long file at a low rate would grow many times over in memory).
+    pub fn from_wav_at_most(bytes: &[u8], name: &str, max: Duration) -> Result<Clip, ClipError> {
         let name = name.to_string();
         let (rate, mono) = decode_wav(bytes).map_err(|why| ClipError::Format {
             path: name.clone(),
             why,
         })?;
+        let secs = mono.len() as u64 / u64::from(rate.max(1));
+        if secs > max.as_secs() {
+            return Err(ClipError::TooLong {
+                path: name,
+                secs,
+                max: max.as_secs(),
+            });
+        }
         let pcm = resample_to_8k(&mono, rate);
         if pcm.is_empty() {
             return Err(ClipError::Empty { path: name });

@@ -87,6 +87,21 @@ pub(crate) async fn create_campaign(
     ApiJson(spec): ApiJson<CampaignSpec>,
 ) -> Result<(StatusCode, Json<CampaignOut>), ApiError> {
     me.require(Role::Supervisor)?;
+    // Through the API a recording is one uploaded here (or another file under the server's
+    // folder): no absolute path or `..`, so the API cannot be used to probe the server's files.
+    if let Some(a) = &spec.audio {
+        let p = std::path::Path::new(a);
+        if p.is_absolute()
+            || p.components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(ApiError::invalid(
+                "audio",
+                "a recording uploaded with POST /api/campaigns/audio (campaign-audio/…), or \
+                 another path under the server's folder",
+            ));
+        }
+    }
     let row = crate::campaigns::run::save(&s.store, spec, &s.campaigns.base, &me.username).await?;
     let _ = s
         .store
@@ -129,16 +144,18 @@ pub(crate) async fn upload_audio(
         return Err(ApiError::invalid("audio", "the upload is empty"));
     }
     let bytes = body.clone();
-    let clip = tokio::task::spawn_blocking(move || {
-        crate::media::player::Clip::from_wav(&bytes, "the upload")
+    let (clip, hash) = tokio::task::spawn_blocking(move || {
+        let clip = crate::media::player::Clip::from_wav_at_most(
+            &bytes,
+            "the upload",
+            crate::campaigns::spec::MAX_AUDIO,
+        )?;
+        Ok::<_, crate::media::player::ClipError>((clip, hex::encode(Sha256::digest(&bytes))))
     })
     .await
     .map_err(|_| ApiError::internal("reading the upload"))?
     .map_err(|e| ApiError::invalid("audio", e.to_string()))?;
-    let name = format!(
-        "{AUDIO_DIR}/{}.wav",
-        &hex::encode(Sha256::digest(&body))[..24]
-    );
+    let name = format!("{AUDIO_DIR}/{}.wav", &hash[..24]);
     let dir = s.campaigns.base.join(AUDIO_DIR);
     let path = s.campaigns.base.join(&name);
     let tmp = dir.join(format!(".upload-{:016x}", rand::random::<u64>()));
@@ -265,21 +282,27 @@ pub(crate) async fn start_campaign(
             "its single run is past: start it with run_now, or save it with a new time",
         ));
     };
-    let moved = s
-        .store
-        .set_campaign_state(
-            id,
-            &[CampaignState::Draft, CampaignState::Done],
-            CampaignState::Active,
-            Some(Some(next)),
-        )
-        .await?;
+    // "Run now" also brings an active campaign's next run forward (as the CLI does); a
+    // paused one is resumed, not run.
+    let moved = if start.run_now {
+        s.store.run_campaign_now(id, next).await?
+    } else {
+        s.store
+            .set_campaign_state(
+                id,
+                &[CampaignState::Draft, CampaignState::Done],
+                CampaignState::Active,
+                Some(Some(next)),
+            )
+            .await?
+    };
     if !moved {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "conflict",
             format!(
-                "the campaign is {}; only a draft or a finished one starts",
+                "the campaign is {}; only a draft or a finished one starts (an active one \
+                 can run now; a paused one resumes)",
                 row.state.as_str()
             ),
         ));

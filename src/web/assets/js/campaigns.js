@@ -22,7 +22,8 @@ function customerCell(id) {
 }
 
 export function campaignsPanel(root) {
-  let items = [];
+  let items = null; // null until the first list arrives
+  let loads = 0;
   let open = null; // { id, view: 'preview' | 'results', status }
   const listBox = h('div');
   const detail = h('div', { class: 'campaign-detail' });
@@ -30,12 +31,17 @@ export function campaignsPanel(root) {
   const dialog = h('dialog', { class: 'dialog wide', 'aria-labelledby': 'cdlg-title' });
   document.body.append(dialog);
 
+  /** Reads the list; an answer older than one already shown is dropped (it would undo a
+   * live update that arrived meanwhile). */
   async function load() {
+    const mine = ++loads;
     showError(err, null);
     try {
-      items = (await get('/api/campaigns')).items;
+      const list = (await get('/api/campaigns')).items;
+      if (mine !== loads) return;
+      items = list;
       show();
-    } catch (e) { showError(err, e); }
+    } catch (e) { if (mine === loads) showError(err, e); }
   }
 
   function progressBar(p) {
@@ -61,7 +67,7 @@ export function campaignsPanel(root) {
       'aria-label': `${label}: ${c.name}`, 'aria-pressed': String(!!(open && open.id === c.id && open.view === v)),
       onclick: () => { open = { id: c.id, view: v, status: '' }; show(); } });
     return [
-      c.state === 'draft' ? [act(t('camp.start'), 'start', {}), act(t('camp.runNow'), 'start', { run_now: true })] : null,
+      c.state === 'draft' || c.state === 'done' ? [act(t('camp.start'), 'start', {}), act(t('camp.runNow'), 'start', { run_now: true })] : null,
       c.state === 'active' ? [act(t('camp.pause'), 'pause'), act(t('camp.runNow'), 'start', { run_now: true })] : null,
       c.state === 'paused' ? act(t('camp.resume'), 'resume') : null,
       view('preview', t('camp.preview')), view('results', t('camp.results')),
@@ -80,6 +86,10 @@ export function campaignsPanel(root) {
   }
 
   function show() {
+    if (items === null) {
+      listBox.replaceChildren(h('p', { class: 'muted', text: t('common.loading') }));
+      return;
+    }
     if (!items.length) {
       listBox.replaceChildren(h('p', { class: 'empty', text: t('camp.none') }));
     } else {
@@ -97,7 +107,7 @@ export function campaignsPanel(root) {
   }
 
   async function showDetail() {
-    const c = open && items.find((x) => x.id === open.id);
+    const c = open && items && items.find((x) => x.id === open.id);
     if (!c) { detail.replaceChildren(); return; }
     const title = h('h3', { class: 'sub', text: `${t(open.view === 'preview' ? 'camp.previewOf' : 'camp.resultsOf', { name: c.name })}` });
     const body = h('div', { 'aria-live': 'polite' }, h('p', { class: 'muted', text: t('common.loading') }));
@@ -129,7 +139,8 @@ export function campaignsPanel(root) {
               h('td', null, h('span', { class: `outcome camp-st-${x.status}`, text: t(`camp.status.${x.status}`) })),
               h('td', { class: 'num', text: String(x.tries) }), h('td', { class: 'small', text: x.reason || '' }),
               h('td', { class: 'small', text: fmtDateTime(x.updated_at) }))))))
-            : h('p', { class: 'empty', text: t('camp.noAttempts') }));
+            : h('p', { class: 'empty', text: t('camp.noAttempts') }),
+          a.next ? h('p', { class: 'muted small', text: t('camp.firstN', { n: a.items.length }) }) : null);
       }
     } catch (e) { body.replaceChildren(); showError(derr, e); }
   }
@@ -187,7 +198,7 @@ export function campaignsPanel(root) {
         templateF, audioF,
         h('fieldset', { class: 'span-2' }, h('legend', { text: t('camp.audience') }),
           h('div', { class: 'grid-2' },
-            h('div', { class: 'span-2 checks inline' }, h('span', { class: 'small muted', text: t('camp.tiers') }), tiers),
+            h('div', { class: 'span-2 checks inline', role: 'group', 'aria-labelledby': 'camp-tiers-label' }, h('span', { id: 'camp-tiers-label', class: 'small muted', text: t('camp.tiers') }), tiers),
             field(t('camp.tags'), tags, t('admin.commaHint')), field(t('camp.region'), region),
             field(t('camp.lastBefore'), lastBefore))),
         field(t('camp.repeat'), repeat), atTimeF, atDayF, field(t('camp.tz'), tz),
@@ -250,9 +261,10 @@ export function campaignsPanel(root) {
 
   /** A campaign.progress event: the row's state and bar change in place. */
   function onEvent(ev) {
-    if (ev.type !== 'campaign.progress') return;
+    if (ev.type !== 'campaign.progress' || items === null) return;
     const c = items.find((x) => x.id === ev.campaign_id);
     if (!c) { load(); return; }
+    const moved = c.state !== ev.state;
     c.state = ev.state;
     c.progress = { ...c.progress, ...Object.fromEntries(STATUSES.concat(['total']).filter((k) => ev[k] !== undefined).map((k) => [k, ev[k]])) };
     const row = listBox.querySelector(`tr[data-campaign-id="${c.id}"]`);
@@ -261,7 +273,8 @@ export function campaignsPanel(root) {
     const badge = row.querySelector('.camp-state');
     badge.className = `badge camp-state camp-${c.state}`;
     badge.textContent = t(`camp.state.${c.state}`);
-    row.querySelector('.actions-cell').replaceChildren(...actions(c).flat(Infinity).filter(Boolean));
+    // The buttons only change with the state (rebuilding them every second would lose focus).
+    if (moved) row.querySelector('.actions-cell').replaceChildren(...actions(c).flat(Infinity).filter(Boolean));
   }
 
   mount();

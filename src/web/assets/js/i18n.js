@@ -374,6 +374,8 @@ const D = {
   'field.rate_per_second': ['Per second', '每秒最多'],
   'field.retry_after_secs': ['Retry after', '重试间隔'],
   'field.max_sms_parts': ['Longest SMS', '短信最多条数'],
+  'field.retries': ['Retries', '重试次数'],
+  'camp.firstN': ['The first {n} are shown.', '仅显示前 {n} 条。'],
 
   'wb.queues': ['Queues today', '今日队列'],
   'wb.agents': ['Agents', '坐席'],

@@ -87,7 +87,14 @@ async function main() {
       if (ev.type === 'campaign.progress' && loaded.has('panel-campaigns')) campaigns.onEvent(ev);
       if ((ev.type === 'work_order.created' || ev.type === 'work_order.updated') && loaded.has('panel-workorders')) reloadBoard();
     },
-    onHello: (hello, reconnected) => { if (reconnected) { loadDirectory(true); wall.load(); } },
+    onHello: (hello, reconnected) => {
+      if (reconnected) {
+        loadDirectory(true);
+        wall.load();
+        // Progress missed while disconnected (a campaign finishing) is read again.
+        if (loaded.has('panel-campaigns')) campaigns.load();
+      }
+    },
     banner: $('#conn-banner'),
   });
   live.connect();

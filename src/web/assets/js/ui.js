@@ -64,7 +64,7 @@ export function showError(box, err, form) {
   if (err.field) {
     const bare = msg.startsWith(`${err.field}: `) ? msg.slice(err.field.length + 2) : msg;
     msg = t('error.field', { field: fieldLabel(err.field), message: bare });
-    const el = form && form.querySelector(`[name="${CSS.escape(err.field)}"]`);
+    const el = form && form.querySelector(`[name="${CSS.escape(err.field)}"]:not([disabled])`);
     if (el) { el.setAttribute('aria-invalid', 'true'); el.focus(); }
   }
   box.textContent = msg;
