@@ -23,14 +23,17 @@
 //! (`tests/common/smsc.rs`, on rusmpp). Ports: HTTP 18180, SIP 15160, gateway 15170, RTP
 //! 30000-30999.
 
+#[path = "../tests/common/greeting.rs"]
+mod greeting;
+#[path = "common/seed.rs"]
+mod seed;
 #[path = "../tests/common/smsc.rs"]
 mod smsc;
 
-use std::net::{TcpStream, UdpSocket};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -38,7 +41,6 @@ use serde_json::{json, Value};
 const HTTP: u16 = 18180;
 const SIP: u16 = 15160;
 const GATEWAY: u16 = 15170;
-const GREETING_HZ: [f64; 4] = [500.0, 1100.0, 1700.0, 800.0];
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -93,88 +95,6 @@ fn usage(pid: u32) -> (f64, f64, f64) {
     (cpu, kb("VmRSS:"), kb("VmHWM:"))
 }
 
-/// Seeds `n` customers with one phone each (+1 415 2000001 …).
-async fn seed(store: &screenpop::store::Store, n: u64) {
-    use screenpop::store::Backend;
-    let customers = match store.backend() {
-        Backend::Sqlite => format!(
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}) \
-             INSERT INTO customers (code, name, tier, created_via, created_at, updated_at) \
-             SELECT 'B' || i, 'Customer ' || i, CASE WHEN i % 10 = 0 THEN 'vip' ELSE 'regular' END, \
-             'import', 0, 0 FROM n"
-        ),
-        Backend::Postgres => format!(
-            "INSERT INTO customers (code, name, tier, created_via, created_at, updated_at) \
-             SELECT 'B' || i, 'Customer ' || i, CASE WHEN i % 10 = 0 THEN 'vip' ELSE 'regular' END, \
-             'import', 0, 0 FROM generate_series(1, {n}) AS i"
-        ),
-    };
-    sqlx::query(sqlx::AssertSqlSafe(customers))
-        .execute(store.pool())
-        .await
-        .expect("seed customers");
-    sqlx::query(
-        "INSERT INTO customer_phones (customer_id, raw, e164, national, label) \
-         SELECT id, '+1415' || (2000000 + id), '+1415' || (2000000 + id), '415' || (2000000 + id), 'mobile' \
-         FROM customers",
-    )
-    .execute(store.pool())
-    .await
-    .expect("seed phones");
-    let analyze = match store.backend() {
-        Backend::Sqlite => "ANALYZE",
-        Backend::Postgres => "ANALYZE customers, customer_phones",
-    };
-    sqlx::query(analyze)
-        .execute(store.pool())
-        .await
-        .expect("analyze");
-}
-
-fn greeting_tones(rate: u32, seconds_each: f64) -> Vec<f64> {
-    let per = (rate as f64 * seconds_each) as usize;
-    GREETING_HZ
-        .iter()
-        .flat_map(|hz| {
-            (0..per).map(move |i| {
-                0.5 * (2.0 * std::f64::consts::PI * hz * i as f64 / rate as f64).sin()
-            })
-        })
-        .collect()
-}
-
-fn ulaw_to_linear(b: u8) -> i16 {
-    let b = !b;
-    let t = (((b & 0x0f) as i16) << 3) + 0x84;
-    let t = t << ((b & 0x70) >> 4);
-    if b & 0x80 != 0 {
-        0x84 - t
-    } else {
-        t - 0x84
-    }
-}
-
-fn best_correlation(got: &[f64], want: &[f64], max_lag: isize) -> f64 {
-    let mut best = 0.0f64;
-    for lag in -max_lag..=max_lag {
-        let (mut xy, mut xx, mut yy) = (0.0, 0.0, 0.0);
-        for (i, w) in want.iter().enumerate() {
-            let j = i as isize + lag;
-            if j < 0 || j as usize >= got.len() {
-                continue;
-            }
-            let g = got[j as usize];
-            xy += g * w;
-            xx += g * g;
-            yy += w * w;
-        }
-        if xx > 0.0 && yy > 0.0 {
-            best = best.max(xy / (xx * yy).sqrt());
-        }
-    }
-    best
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -218,7 +138,7 @@ fn main() {
     rt.block_on(async {
         let store = screenpop::store::Store::connect(&url).await.expect("store");
         store.migrate().await.expect("migrate");
-        seed(&store, customers).await;
+        seed::seed(&store, customers).await;
         screenpop::server::create_admin(&store, "admin", "Admin", "bench-admin-pw")
             .await
             .expect("admin");
@@ -375,40 +295,8 @@ fn main() {
 
     // ---- Voice greetings, all at once.
     let wav = work.join("greeting.wav");
-    let mut w = hound::WavWriter::create(
-        &wav,
-        hound::WavSpec {
-            channels: 1,
-            sample_rate: 16_000,
-            bits_per_sample: 16,
-            sample_format: hound::SampleFormat::Int,
-        },
-    )
-    .expect("wav");
-    for s in greeting_tones(16_000, 2.5) {
-        w.write_sample((s * 32767.0) as i16).expect("sample");
-    }
-    w.finalize().expect("wav");
-    let sink = UdpSocket::bind("127.0.0.1:0").expect("sink");
-    sink.set_read_timeout(Some(Duration::from_millis(100)))
-        .expect("timeout");
-    let sink_port = sink.local_addr().expect("addr").port();
-    let stop = Arc::new(AtomicBool::new(false));
-    type Packets = Vec<(Instant, std::net::SocketAddr, Vec<u8>)>;
-    let taken: Arc<Mutex<Packets>> = Arc::default();
-    let collector = {
-        let (stop, taken) = (stop.clone(), taken.clone());
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 2048];
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok((n, from)) = sink.recv_from(&mut buf) {
-                    if let Ok(mut t) = taken.lock() {
-                        t.push((Instant::now(), from, buf[..n].to_vec()));
-                    }
-                }
-            }
-        })
-    };
+    greeting::write_wav(&wav, 16_000, &greeting::tones(16_000, 2.5));
+    let (sink_port, stop, collector) = greeting::rtp_sink();
     let gateway = Reaped(
         Command::new("sipp")
             .args([
@@ -459,7 +347,7 @@ fn main() {
         &token,
         Some(
             json!({"name": "Greetings", "kind": "broadcast", "channel": "voice",
-            "audio": wav.display().to_string(), "audience": {"tags": ["greet"]},
+            "audio": "greeting.wav", "audience": {"tags": ["greet"]},
             "schedule": {"repeat": "once", "at": "2099-01-01T09:00:00Z", "tz": "UTC"},
             "rate_per_second": calls, "max_calls": calls, "retries": 0}),
         ),
@@ -489,14 +377,13 @@ fn main() {
     let (vcpu1, _, _) = usage(pid);
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
-    let _ = collector.join();
+    let packets = collector.join().expect("sink");
     drop(gateway);
-    let packets = taken.lock().map(|t| t.clone()).unwrap_or_default();
     let mut streams: std::collections::BTreeMap<std::net::SocketAddr, Vec<(Instant, Vec<u8>)>> =
         Default::default();
-    for (at, from, p) in packets {
-        if p.len() > 12 {
-            streams.entry(from).or_default().push((at, p));
+    for t in packets {
+        if t.packet.len() > 12 {
+            streams.entry(t.from).or_default().push((t.at, t.packet));
         }
     }
     let spans: Vec<(Instant, Instant)> = streams
@@ -508,7 +395,7 @@ fn main() {
         .map(|(a, _)| spans.iter().filter(|(s, e)| s <= a && a <= e).count())
         .max()
         .unwrap_or(0);
-    let want = greeting_tones(8_000, 2.5);
+    let want = greeting::tones(8_000, 2.5);
     let sample: Vec<f64> = streams
         .values()
         .step_by((streams.len() / 5).max(1))
@@ -519,9 +406,13 @@ fn main() {
             s.sort_by_key(|(_, p)| u16::from_be_bytes([p[2], p[3]]).wrapping_sub(first));
             let pcm: Vec<f64> = s
                 .iter()
-                .flat_map(|(_, p)| p[12..].iter().map(|&b| ulaw_to_linear(b) as f64 / 32768.0))
+                .flat_map(|(_, p)| {
+                    p[12..]
+                        .iter()
+                        .map(|&b| greeting::ulaw_to_linear(b) as f64 / 32768.0)
+                })
                 .collect();
-            (best_correlation(&pcm, &want, 160) * 1000.0).round() / 1000.0
+            (greeting::best_correlation(&pcm, &want, 160) * 1000.0).round() / 1000.0
         })
         .collect();
     let voice = json!({

@@ -428,20 +428,7 @@ fn campaigns_page_in_chromium() {
         "phones": [{"number": "+1 201 555 0799"}]}),
     );
     let wav = c.env.dir.join("greeting.wav");
-    let mut w = hound::WavWriter::create(
-        &wav,
-        hound::WavSpec {
-            channels: 1,
-            sample_rate: 16_000,
-            bits_per_sample: 16,
-            sample_format: hound::SampleFormat::Int,
-        },
-    )
-    .expect("wav");
-    for s in common::tone(440.0, 1.0, 0.3) {
-        w.write_sample(s).expect("sample");
-    }
-    w.finalize().expect("wav");
+    common::greeting::write_wav(&wav, 16_000, &common::greeting::tones(16_000, 0.25));
     let not_wav = c.env.dir.join("minutes.wav");
     std::fs::write(&not_wav, "minutes of the meeting").expect("file");
     let mut gateway = c.env.agent_phone(

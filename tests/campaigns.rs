@@ -8,6 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::desk::{is, Api, Desktop};
+use common::greeting::{self, Taken};
 use common::*;
 use serde_json::{json, Value};
 
@@ -653,78 +654,6 @@ fn sms_campaigns_by_smpp() {
     });
 }
 
-/// The greeting the voice test plays: four tones of 0.6 s (500, 1100, 1700 and 800 Hz) as
-/// `rate` samples per second; written to the WAV at 16 kHz and expected back at 8 kHz.
-fn greeting_tones(rate: u32) -> Vec<f64> {
-    let per = (rate as f64 * 0.6) as usize;
-    [500.0, 1100.0, 1700.0, 800.0]
-        .iter()
-        .flat_map(|hz| {
-            (0..per).map(move |i| {
-                0.5 * (2.0 * std::f64::consts::PI * hz * i as f64 / rate as f64).sin()
-            })
-        })
-        .collect()
-}
-
-/// The best normalised cross-correlation of `got` with `want` over lags of ±`max_lag`.
-fn best_correlation(got: &[f64], want: &[f64], max_lag: isize) -> f64 {
-    let mut best = 0.0f64;
-    for lag in -max_lag..=max_lag {
-        let (mut xy, mut xx, mut yy) = (0.0, 0.0, 0.0);
-        for (i, w) in want.iter().enumerate() {
-            let j = i as isize + lag;
-            if j < 0 || j as usize >= got.len() {
-                continue;
-            }
-            let g = got[j as usize];
-            xy += g * w;
-            xx += g * g;
-            yy += w * w;
-        }
-        if xx > 0.0 && yy > 0.0 {
-            best = best.max(xy / (xx * yy).sqrt());
-        }
-    }
-    best
-}
-
-/// One RTP packet taken by the test's sink: when, from where, and the packet.
-struct Taken {
-    at: Instant,
-    from: std::net::SocketAddr,
-    packet: Vec<u8>,
-}
-
-/// A UDP socket the SIPp gateway's SDP points at, keeping every packet until stopped.
-fn rtp_sink() -> (
-    u16,
-    std::sync::Arc<std::sync::atomic::AtomicBool>,
-    std::thread::JoinHandle<Vec<Taken>>,
-) {
-    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("sink");
-    sock.set_read_timeout(Some(Duration::from_millis(100)))
-        .expect("timeout");
-    let port = sock.local_addr().expect("addr").port();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stopped = stop.clone();
-    let h = std::thread::spawn(move || {
-        let mut got = Vec::new();
-        let mut buf = [0u8; 2048];
-        while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
-            if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                got.push(Taken {
-                    at: Instant::now(),
-                    from,
-                    packet: buf[..n].to_vec(),
-                });
-            }
-        }
-        got
-    });
-    (port, stop, h)
-}
-
 /// Voice greetings through a SIPp gateway that challenges every INVITE: answered customers
 /// hear the campaign's recording (16 kHz WAV, sent as PCMU; checked by correlation with the
 /// tones it holds) and are hung up on at its end, at most `max_calls` at once; a busy number
@@ -747,24 +676,11 @@ fn voice_greetings_through_a_sipp_gateway() {
         ADMIN_PASSWORD,
     );
     let wav = env.dir.join("greeting.wav");
-    let mut w = hound::WavWriter::create(
-        &wav,
-        hound::WavSpec {
-            channels: 1,
-            sample_rate: 16_000,
-            bits_per_sample: 16,
-            sample_format: hound::SampleFormat::Int,
-        },
-    )
-    .expect("wav");
-    for s in greeting_tones(16_000) {
-        w.write_sample((s * 32767.0) as i16).expect("sample");
-    }
-    w.finalize().expect("wav");
+    greeting::write_wav(&wav, 16_000, &greeting::tones(16_000, 0.6));
     let not_wav = env.dir.join("notes.wav");
     std::fs::write(&not_wav, "meeting notes, not audio").expect("file");
 
-    let (sink_port, stop_sink, sink) = rtp_sink();
+    let (sink_port, stop_sink, sink) = greeting::rtp_sink();
     // 4 answered, the busy and the silent number twice each.
     let mut gw = env.agent_phone(
         "gateway",
@@ -874,7 +790,7 @@ fn voice_greetings_through_a_sipp_gateway() {
         streams.entry(t.from).or_default().push(t);
     }
     assert_eq!(streams.len(), 4, "one stream per answered customer");
-    let want = greeting_tones(8_000);
+    let want = greeting::tones(8_000, 0.6);
     let mut spans = Vec::new();
     for (from, packets) in &streams {
         let mut pkts: Vec<&&Taken> = packets.iter().filter(|t| t.packet.len() > 12).collect();
@@ -904,8 +820,8 @@ fn voice_greetings_through_a_sipp_gateway() {
                     .map(|&b| ulaw_to_linear(b) as f64 / 32768.0)
             })
             .collect();
-        let r = best_correlation(&pcm, &want, 160);
-        let wrong = best_correlation(&pcm, &greeting_tones(8_000)[4800..], 160);
+        let r = greeting::best_correlation(&pcm, &want, 160);
+        let wrong = greeting::best_correlation(&pcm, &want[4800..], 160);
         eprintln!("{from}: {} packets, correlation {r:.3} (against the greeting shifted by a tone: {wrong:.3})", pkts.len());
         assert!(
             wrong < 0.5,

@@ -313,6 +313,17 @@ mod tests {
         r.with_body("application/sdp", sdp.as_bytes().to_vec())
     }
 
+    /// The gateway's BYE in the dialog of our INVITE `inv`, as bytes on the wire parse.
+    fn gateway_bye(inv: &Request, cseq: u32) -> Message {
+        let bye = format!(
+            "BYE sip:screenpop@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bKbye{cseq}\r\n\
+             From: <sip:+12015550123@127.0.0.1:5090>;tag=gw\r\nTo: {}\r\nCall-ID: greet-1@127.0.0.1\r\n\
+             CSeq: {cseq} BYE\r\nContent-Length: 0\r\n\r\n",
+            inv.headers.get(&crate::sip::headers::HeaderName::From).expect("from")
+        );
+        Message::parse(bye.as_bytes()).expect("BYE parses")
+    }
+
     fn respond(g: &mut Greeting, now: Instant, r: Response) {
         g.handle_message(now, Message::Response(r), gw_peer());
     }
@@ -400,18 +411,8 @@ mod tests {
         let (sent, _) = outputs(&mut g);
         respond(&mut g, t0, answer(&sent[0]));
         outputs(&mut g);
-        let bye = format!(
-            "BYE sip:screenpop@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bKbye1\r\n\
-             From: <sip:+12015550123@127.0.0.1:5090>;tag=gw\r\nTo: {}\r\nCall-ID: greet-1@127.0.0.1\r\n\
-             CSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n",
-            sent[0].headers.get(&crate::sip::headers::HeaderName::From).expect("from")
-        );
         let t1 = t0 + Duration::from_millis(500);
-        g.handle_message(
-            t1,
-            Message::parse(bye.as_bytes()).expect("BYE parses"),
-            gw_peer(),
-        );
+        g.handle_message(t1, gateway_bye(&sent[0], 1), gw_peer());
         let (_, other) = outputs(&mut g);
         assert!(matches!(
             other[..],
@@ -430,17 +431,7 @@ mod tests {
         respond(&mut g, t0, sent[0].response(180, Some("gw")));
         outputs(&mut g);
         // The 200 was lost; the gateway gave up waiting for our ACK and hung up.
-        let bye = format!(
-            "BYE sip:screenpop@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bKbye2\r\n\
-             From: <sip:+12015550123@127.0.0.1:5090>;tag=gw\r\nTo: {}\r\nCall-ID: greet-1@127.0.0.1\r\n\
-             CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
-            sent[0].headers.get(&crate::sip::headers::HeaderName::From).expect("from")
-        );
-        g.handle_message(
-            t0,
-            Message::parse(bye.as_bytes()).expect("BYE parses"),
-            gw_peer(),
-        );
+        g.handle_message(t0, gateway_bye(&sent[0], 2), gw_peer());
         let (_, other) = outputs(&mut g);
         assert!(
             matches!(other[..], [GreetingOutput::Done(Greeted::NoAnswer { .. })]),
