@@ -493,3 +493,56 @@ fn campaigns_page_in_chromium() {
         "kept as uploaded"
     );
 }
+
+/// The post-call survey on the pages (`tests/browser/survey.mjs`): the queue's survey settings
+/// in the admin's dialog (a bad wait refused by name), the agent's card while the caller rates
+/// the call and with the score, the wallboard's satisfaction per queue and agent, the score in
+/// the recordings, in English and Chinese. SIPp's caller presses 4 after the agent's phone
+/// (SIPp) hangs up first; the store has the score.
+#[test]
+fn post_call_survey_in_chromium() {
+    if !browser_or_skip() {
+        return;
+    }
+    let Some(c) = center("browser_survey") else {
+        return;
+    };
+    let prompt = c.env.dir.join("survey-prompt.wav");
+    let thanks = c.env.dir.join("survey-thanks.wav");
+    common::softphone::write_tone_wav(&prompt, 800.0, 1.0);
+    common::softphone::write_tone_wav(&thanks, 1200.0, 0.5);
+    let q = c.queue(json!({
+        "name": "care", "dialed_numbers": [common::DIALED], "is_default": true,
+        "survey_prompt": prompt.display().to_string(),
+        "survey_thanks": thanks.display().to_string(), "survey_timeout_secs": 4,
+    }));
+    let pa = Ports::allocate();
+    let alice = c.agent("alice", &pa, &[], &[q]);
+    let config = json!({
+        "base": c.env.http_base(),
+        "shots": shots_dir(),
+        "queue": "care",
+        "queue_id": q,
+        "agent": {"username": "alice", "password": "alice-password", "id": alice.agent_id},
+        "admin": {"username": "admin", "password": center::ADMIN_PASSWORD},
+    });
+    let mut script = Script::start("survey.mjs", &config);
+    let line = script.expect("CALL");
+    assert_eq!(line, "CALL", "{line}");
+    let mut phone = c
+        .env
+        .agent_phone("alice-phone", pa, "uas_bye.xml", &["-d", "1500"]);
+    let mut trunk = c.env.trunk("uac_survey.xml", &[]);
+    script.say("GO");
+    script.finish(&c.server.log);
+    trunk.expect_success(Duration::from_secs(30));
+    phone.expect_success(Duration::from_secs(30));
+    let calls = c.admin.ok("GET", "/api/calls?limit=5", None);
+    let call = &calls["items"][0];
+    assert_eq!(call["survey_score"], 4, "{call}");
+    let queue = c.admin.ok("GET", "/api/queues", None)["items"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["id"] == q).cloned())
+        .expect("the queue");
+    assert_eq!(queue["survey_timeout_secs"], 4, "saved back as 4: {queue}");
+}

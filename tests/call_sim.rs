@@ -1161,6 +1161,7 @@ impl World {
                             name: "General".into(),
                             crm_url: None,
                             music: None,
+                            survey: None,
                         }),
                     );
                     self.acd.handle(

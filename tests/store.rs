@@ -384,6 +384,9 @@ on_both!(agents_queues_and_sessions, |store: Store| async move {
             active: true,
             crm_url: Some("https://crm.example/c?phone={e164}".into()),
             music: None,
+            survey_prompt: None,
+            survey_thanks: None,
+            survey_timeout_secs: 8,
         })
         .await
         .unwrap();
@@ -437,6 +440,9 @@ on_both!(agents_queues_and_sessions, |store: Store| async move {
             active: true,
             crm_url: None,
             music: None,
+            survey_prompt: None,
+            survey_thanks: None,
+            survey_timeout_secs: 8,
         })
         .await
         .unwrap();
@@ -592,6 +598,8 @@ on_both!(
                         ended_at: 1_000_500 + i as i64 * 1000,
                         disposition: *disp,
                         recording_id: None,
+                        survey_offered_at: None,
+                        survey_score: None,
                     },
                 )
                 .await
@@ -822,6 +830,9 @@ on_both!(agents_and_queues_change, |store: Store| async move {
         active: true,
         crm_url: None,
         music: None,
+        survey_prompt: None,
+        survey_thanks: None,
+        survey_timeout_secs: 8,
     };
     let q1 = store.create_queue(&nq("one")).await.unwrap();
     let q2 = store.create_queue(&nq("two")).await.unwrap();
@@ -889,6 +900,8 @@ on_both!(
             ended_at: 2_000_400,
             disposition: CallDisposition::Failed,
             recording_id: None,
+            survey_offered_at: None,
+            survey_score: None,
         };
         store.finish_call(id, &ended).await.unwrap();
         let logs = store
@@ -1404,5 +1417,180 @@ on_both!(
                 .unwrap()
                 .opt_out_sms
         );
+    }
+);
+
+on_both!(
+    survey_settings_and_scores_per_queue_and_agent,
+    |store: Store| async move {
+        use screenpop::store::agents::{NewQueue, QueuePatch, SipTarget};
+        use screenpop::store::calls::*;
+        // A prompt the server can play (a short 8 kHz tone).
+        // One folder per run (SQLite and PostgreSQL run at once in this process).
+        let dir = std::env::temp_dir().join(format!(
+            "sp-survey-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let prompt = dir.join("prompt.wav");
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 8000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(&prompt, spec).unwrap();
+        for i in 0..4000 {
+            w.write_sample(((i as f64 * 0.6).sin() * 8000.0) as i16)
+                .unwrap();
+        }
+        w.finalize().unwrap();
+        let prompt = prompt.display().to_string();
+        let nq = |name: &str, prompt: Option<String>, thanks: Option<String>, wait: i64| NewQueue {
+            name: name.into(),
+            dialed_numbers: vec![],
+            ring_timeout_secs: 20,
+            max_wait_secs: 60,
+            wrap_up_secs: 5,
+            required_skills: vec![],
+            is_default: false,
+            service_level_secs: 20,
+            active: true,
+            crm_url: None,
+            music: None,
+            survey_prompt: prompt,
+            survey_thanks: thanks,
+            survey_timeout_secs: wait,
+        };
+        // Refusals name the field: a file that does not play, a wait out of range, a thanks
+        // without a prompt.
+        for (q, field) in [
+            (
+                nq("a", Some("/nonexistent.wav".into()), None, 8),
+                "survey_prompt",
+            ),
+            (
+                nq(
+                    "b",
+                    Some(prompt.clone()),
+                    Some("/nonexistent.wav".into()),
+                    8,
+                ),
+                "survey_thanks",
+            ),
+            (
+                nq("c", Some(prompt.clone()), None, 0),
+                "survey_timeout_secs",
+            ),
+            (
+                nq("d", Some(prompt.clone()), None, 61),
+                "survey_timeout_secs",
+            ),
+            (nq("e", None, Some(prompt.clone()), 8), "survey_thanks"),
+        ] {
+            match store.create_queue(&q).await {
+                Err(StoreError::Invalid { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        let care = store
+            .create_queue(&nq("care", Some(prompt.clone()), Some(prompt.clone()), 5))
+            .await
+            .unwrap();
+        assert_eq!(
+            (care.survey_prompt.as_deref(), care.survey_timeout_secs),
+            (Some(prompt.as_str()), 5)
+        );
+        let plain = store
+            .create_queue(&nq("plain", None, None, 8))
+            .await
+            .unwrap();
+        let alice = store
+            .create_agent(&agent("alice", SipTarget::None))
+            .await
+            .unwrap();
+        let bob = store
+            .create_agent(&agent("bob", SipTarget::None))
+            .await
+            .unwrap();
+        // Alice: rated 4 and 9, one caller who pressed nothing; Bob: rated 2, one call without
+        // a survey (another queue).
+        let t0 = 5_000_000i64;
+        for (i, (who, queue, survey, score)) in [
+            (alice.id, care.id, true, Some(4)),
+            (alice.id, care.id, true, Some(9)),
+            (alice.id, care.id, true, None),
+            (bob.id, care.id, true, Some(2)),
+            (bob.id, plain.id, false, None),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let offered = t0 + i as i64 * 100_000;
+            let id = store
+                .insert_offered_call(&OfferedCall {
+                    sip_call_id: format!("survey-{i}"),
+                    caller_raw: "+14155550001".into(),
+                    caller_e164: Some("+14155550001".into()),
+                    dialed: "8005550100".into(),
+                    customer_id: None,
+                    offered_at: offered,
+                })
+                .await
+                .unwrap();
+            store
+                .finish_call(
+                    id,
+                    &EndedCall {
+                        agent_id: Some(who),
+                        queue_id: Some(queue),
+                        answered_at: Some(offered + 2_000),
+                        ended_at: offered + 40_000,
+                        disposition: CallDisposition::Answered,
+                        recording_id: None,
+                        survey_offered_at: survey.then_some(offered + 32_000),
+                        survey_score: score,
+                    },
+                )
+                .await
+                .unwrap();
+            let log = store.contact_log(id).await.unwrap().unwrap();
+            assert_eq!(log.survey_score, score);
+            assert_eq!(log.survey_offered_at, survey.then_some(offered + 32_000));
+            // Talk time stops where the survey began.
+            assert_eq!(log.talk_secs, Some(if survey { 30 } else { 38 }));
+        }
+        let queues = store.queue_stats_since(t0).await.unwrap();
+        let q = |id: i64| queues.iter().find(|d| d.queue_id == id).unwrap().surveys;
+        assert_eq!(
+            q(care.id),
+            SurveyDay {
+                offered: 4,
+                scored: 3,
+                score_total: 15
+            }
+        );
+        assert_eq!(q(care.id).average(), Some(5.0));
+        assert_eq!(q(plain.id), SurveyDay::default());
+        assert_eq!(q(plain.id).average(), None);
+        let agents = store.agent_stats_since(t0).await.unwrap();
+        let a = |id: i64| agents.iter().find(|d| d.agent_id == id).unwrap().clone();
+        assert_eq!(
+            (a(alice.id).surveys.offered, a(alice.id).surveys.scored),
+            (3, 2)
+        );
+        assert_eq!(a(alice.id).surveys.average(), Some(6.5));
+        assert_eq!(a(bob.id).surveys.average(), Some(2.0));
+        assert_eq!(a(bob.id).talk_secs, 30 + 38);
+        // "" takes the survey away; the thanks goes with it only when asked.
+        let off = QueuePatch {
+            survey_prompt: Some(String::new()),
+            survey_thanks: Some(String::new()),
+            ..QueuePatch::default()
+        };
+        let care = store.update_queue(care.id, &off).await.unwrap();
+        assert_eq!((care.survey_prompt, care.survey_thanks), (None, None));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 );

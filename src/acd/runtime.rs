@@ -12,8 +12,10 @@ use tracing::{info, warn};
 use super::{
     Acd, AgentId, AgentState, CallKey, Input, Output, PauseReason, Queue as AcdQueue, QueueId,
 };
+use crate::calls::survey::SurveySetup;
 use crate::events::payload::AgentStateChanged;
 use crate::events::{Event, EventBus, Payload};
+use crate::media::player::Clip;
 use crate::sip::peer::Peer;
 use crate::sip::registrar::Registrar;
 use crate::sip::Uri;
@@ -31,6 +33,8 @@ pub enum Decision {
         crm_url: Option<String>,
         /// The queue's own music for waiting callers (else the profile's, or ringback).
         music: Option<Arc<crate::media::player::Clip>>,
+        /// The queue's post-call survey, when it has one.
+        survey: Option<Arc<SurveySetup>>,
     },
     /// No queue takes calls to this number (no default queue either).
     NoQueue,
@@ -204,9 +208,11 @@ struct Runtime {
     /// Open desktops per agent.
     desktops: HashMap<AgentId, usize>,
     /// Each queue's music, decoded once (and again when its file changes).
-    music: HashMap<QueueId, Arc<crate::media::player::Clip>>,
+    music: HashMap<QueueId, Arc<Clip>>,
+    /// Each queue's survey, its files decoded the same way.
+    surveys: HashMap<QueueId, Arc<SurveySetup>>,
     /// Decoded files by path, with their modification time.
-    clip_cache: HashMap<String, (Option<SystemTime>, Arc<crate::media::player::Clip>)>,
+    clip_cache: HashMap<String, (Option<SystemTime>, Arc<Clip>)>,
 }
 
 /// Starts the ACD task; agents and queues are loaded before it takes calls.
@@ -229,6 +235,7 @@ pub async fn spawn(
         pause_notes: HashMap::new(),
         desktops: HashMap::new(),
         music: HashMap::new(),
+        surveys: HashMap::new(),
         clip_cache: HashMap::new(),
     };
     rt.reload(Instant::now()).await;
@@ -283,39 +290,70 @@ impl Runtime {
         self.queues = queues.into_iter().filter(|q| q.active).collect();
         // Decoded on a blocking thread, and only files that are new or changed since the last
         // reload (an agent's change reloads too): routing waits for nothing it had already.
-        let files: Vec<(QueueId, String)> = self
+        let files: Vec<String> = self
             .queues
             .iter()
-            .filter_map(|q| q.music.clone().map(|m| (q.id, m)))
+            .flat_map(|q| [&q.music, &q.survey_prompt, &q.survey_thanks])
+            .flatten()
+            .cloned()
             .collect();
         let mut cache = std::mem::take(&mut self.clip_cache);
-        let (music, cache) = tokio::task::spawn_blocking(move || {
-            let mut music = HashMap::new();
-            for (id, path) in files {
+        let cache = tokio::task::spawn_blocking(move || {
+            let mut fresh = HashMap::new();
+            for path in files {
                 let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
-                let clip = match cache.get(&path) {
-                    Some((when, clip)) if *when == modified => Some(clip.clone()),
-                    _ => match crate::media::player::Clip::load(std::path::Path::new(&path)) {
+                match cache.remove(&path) {
+                    Some((when, clip)) if when == modified => {
+                        fresh.insert(path, (when, clip));
+                    }
+                    _ => match Clip::load(std::path::Path::new(&path)) {
                         Ok(c) => {
-                            let c = Arc::new(c);
-                            cache.insert(path.clone(), (modified, c.clone()));
-                            Some(c)
+                            fresh.insert(path, (modified, Arc::new(c)));
                         }
-                        Err(e) => {
-                            warn!(queue = id, error = %e, "queue music not loaded; the profile's plays");
-                            None
-                        }
+                        Err(e) => warn!(error = %e, "queue audio not loaded"),
                     },
-                };
-                if let Some(c) = clip {
-                    music.insert(id, c);
                 }
             }
-            (music, cache)
+            fresh
         })
         .await
         .unwrap_or_default();
-        self.music = music;
+        let clip = |path: &Option<String>| -> Option<Arc<Clip>> {
+            path.as_ref()
+                .and_then(|p| cache.get(p))
+                .map(|(_, c)| c.clone())
+        };
+        self.music.clear();
+        self.surveys.clear();
+        for q in &self.queues {
+            if let Some(m) = clip(&q.music) {
+                self.music.insert(q.id, m);
+            } else if q.music.is_some() {
+                warn!(
+                    queue = q.id,
+                    "the queue's music does not play; the profile's plays"
+                );
+            }
+            match clip(&q.survey_prompt) {
+                Some(prompt) => {
+                    self.surveys.insert(
+                        q.id,
+                        Arc::new(SurveySetup {
+                            prompt,
+                            thanks: clip(&q.survey_thanks),
+                            timeout: Duration::from_secs(q.survey_timeout_secs.clamp(1, 60) as u64),
+                        }),
+                    );
+                }
+                None if q.survey_prompt.is_some() => {
+                    warn!(
+                        queue = q.id,
+                        "the queue's survey prompt does not play; no survey"
+                    );
+                }
+                None => {}
+            }
+        }
         self.clip_cache = cache;
         for a in agents {
             if !a.active {
@@ -397,6 +435,7 @@ impl Runtime {
                     name: q.name.clone(),
                     crm_url: q.crm_url.clone(),
                     music: self.music.get(&q.id).cloned(),
+                    survey: self.surveys.get(&q.id).cloned(),
                 });
                 let queue = q.id;
                 self.calls.insert(r.call.clone(), r.decisions);

@@ -24,11 +24,12 @@ use super::control::{Control, ControlError, Controller, TransferTo};
 use super::dialog::{target_peer, Dialog, LocalContact};
 use super::outbound::{challenge_answer, Gateway};
 use super::pop::{self, PopCard};
-use super::record::{AgentSpan, CallRecord, Disposition, EndedBy, HoldSpan};
+use super::record::{AgentSpan, CallRecord, Disposition, EndedBy, HoldSpan, SurveyRecord};
+use super::survey::{Step as SurveyStep, Survey, SurveySetup};
 use crate::acd::runtime::{AgentTarget, Decision};
 use crate::acd::{AgentId, CallKey, Input as AcdInput, QueueId};
 use crate::config::AgentSrtp;
-use crate::events::payload::{CallAnswered, CallHold, CallTransferred, CallWithdrawn};
+use crate::events::payload::{CallAnswered, CallHold, CallSurvey, CallTransferred, CallWithdrawn};
 use crate::events::{Event, Payload};
 use crate::ids::{ContactLogId, SipCallId};
 use crate::media::g711::G711;
@@ -196,6 +197,9 @@ pub enum MediaCommand {
     Play(LegId, Music),
     /// The same with a clip of the call's own (a queue's music).
     PlayClip(LegId, std::sync::Arc<crate::media::player::Clip>),
+    /// Play a clip into a leg once (the survey's prompt); its end is reported as
+    /// [`MediaEvent::Played`].
+    PlayOnce(LegId, std::sync::Arc<crate::media::player::Clip>),
     /// Stop what plays into a leg: it hears the other leg again.
     StopPlaying(LegId),
     /// Keep (`true`) or stop keeping the other leg's audio from a leg: the agent does not
@@ -517,6 +521,9 @@ pub struct Call {
     /// Every consultation's Call-ID, and how many consultations there were.
     consult_call_ids: Vec<String>,
     consults: u32,
+    /// The queue's post-call survey, and the survey once the agent hung up first.
+    survey_setup: Option<std::sync::Arc<SurveySetup>>,
+    survey: Option<Survey>,
     out: VecDeque<Output>,
 }
 
@@ -696,6 +703,8 @@ impl Call {
             consults_done: Vec::new(),
             consult_call_ids: Vec::new(),
             consults: 0,
+            survey_setup: None,
+            survey: None,
             caller_media: LegMedia {
                 local: caller_local,
                 pending_offer: None,
@@ -802,7 +811,13 @@ impl Call {
             .flatten()
             .filter(|_| self.phase == Phase::Up)
             .map(SessionTimer::deadline);
+        let survey = self
+            .survey
+            .as_ref()
+            .filter(|_| self.phase == Phase::Up)
+            .and_then(Survey::deadline);
         txs.chain(self.ring_deadline)
+            .chain(survey)
             .chain(self.consult_deadline())
             .chain(self.linger_until)
             .chain(self.reliable.as_ref().and_then(Reliable::poll_timeout))
@@ -976,6 +991,7 @@ impl Call {
                 name,
                 crm_url,
                 music,
+                survey,
             } => {
                 // The queue goes into the contact log at the answer and at hang-up.
                 info!(queue = %name, "queued");
@@ -994,6 +1010,7 @@ impl Call {
                 self.publish(event);
                 self.queue = Some((queue, name));
                 self.crm_template = crm_url;
+                self.survey_setup = survey;
                 if let Some(clip) = music {
                     self.queue_clip(now, clip);
                 }
@@ -1411,6 +1428,12 @@ impl Call {
                     TxOutput::Response(r) => self.on_client_response(now, leg, purpose, r),
                     TxOutput::Timeout
                         if purpose == Purpose::AgentInvite && attempt != self.attempt => {}
+                    // A re-INVITE on an agent leg since retired (transferred away, or the
+                    // agent left for the survey) that times out ends nothing.
+                    TxOutput::Timeout
+                        if leg == LegId::Agent
+                            && attempt != self.attempt
+                            && matches!(purpose, Purpose::ReInvite | Purpose::Refresh) => {}
                     TxOutput::Timeout => self.on_client_timeout(now, leg, purpose),
                     _ => {}
                 }
@@ -1469,14 +1492,25 @@ impl Call {
                 self.rtp_timeout = true;
                 self.hang_up(now, None);
             }
-            MediaEvent::Silent { .. } | MediaEvent::Played { .. } => {}
+            MediaEvent::Played { leg: LegId::Caller } => {
+                let step = self.survey.as_mut().and_then(|s| s.on_played(now));
+                self.survey_step(now, step);
+            }
+            MediaEvent::Digit {
+                leg: LegId::Caller,
+                digit,
+            } => self.survey_digit(now, digit),
+            MediaEvent::Silent { .. } | MediaEvent::Played { .. } | MediaEvent::Digit { .. } => {}
         }
         self.pump(now);
     }
 
-    /// The silence timeout to watch with, unless a leg is on hold.
+    /// The silence timeout to watch with, unless a leg is on hold (or the agent's leg is gone
+    /// and the caller answers the survey).
     fn media_watch(&self) -> Option<Duration> {
-        self.cfg.rtp_timeout.filter(|_| !self.on_hold)
+        self.cfg
+            .rtp_timeout
+            .filter(|_| !self.on_hold && self.survey.is_none())
     }
 
     /// Transaction timers and the fixed agent's ring timeout.
@@ -1536,6 +1570,10 @@ impl Call {
                 }
                 None => {}
             }
+        }
+        if self.phase == Phase::Up {
+            let step = self.survey.as_mut().and_then(|s| s.on_timeout(now));
+            self.survey_step(now, step);
         }
         self.consult_timeout(now);
         self.pump(now);
@@ -1787,6 +1825,12 @@ impl Call {
                 self.agent_answered = false;
                 self.media(MediaCommand::Play(LegId::Caller, Music::Hold));
             }
+            Method::Bye if leg == LegId::Agent && self.survey_due() => {
+                // The agent hung up first in a queue with a survey: the caller stays for it.
+                let resp = req.response(200, Some(&tag));
+                self.respond_last(now, resp);
+                self.start_survey(now);
+            }
             Method::Bye if leg == LegId::Agent && self.consult.is_some() => {
                 // The agent put the phone down during a consultation: the caller goes to the
                 // consulted party (now, or when it answers), not off the line.
@@ -1817,6 +1861,13 @@ impl Call {
                 let mut resp = req.response(200, Some(&tag));
                 resp.headers.push(HeaderName::Allow, ALLOW);
                 self.respond_last(now, resp);
+                if req.method == Method::Info && leg == LegId::Caller {
+                    // A key press by SIP INFO, from gateways that send no RFC 4733 events.
+                    let ct = req.headers.get(&HeaderName::ContentType);
+                    if let Some(digit) = super::survey::info_digit(ct, &req.body) {
+                        self.survey_digit(now, digit);
+                    }
+                }
             }
             Method::Extension(_) => {
                 let resp = req.response(501, Some(&tag));
@@ -2073,7 +2124,8 @@ impl Call {
         }
         if self.offer_open(other)
             || (other == LegId::Caller && !self.caller_acked)
-            || (other == LegId::Agent && (self.transferring || self.consult.is_some()))
+            || (other == LegId::Agent
+                && (self.transferring || self.consult.is_some() || self.survey.is_some()))
         {
             self.mirror_deferred[i] = Some(offered_dir);
             return;
@@ -2515,6 +2567,17 @@ impl Call {
         if self.phase != Phase::Up {
             return Err(ControlError::Conflict("the call is not answered yet"));
         }
+        if self.survey.is_some() {
+            // The agent is gone; the caller answers the survey alone. A supervisor may end it.
+            if !by.supervisor {
+                return Err(ControlError::NotFound);
+            }
+            if control != Control::Hangup {
+                return Err(ControlError::Conflict(
+                    "the caller is answering the post-call survey",
+                ));
+            }
+        }
         if self.control_pending.is_some() && control != Control::Hangup {
             return Err(ControlError::Conflict(
                 "another request on this call is in progress",
@@ -2538,7 +2601,14 @@ impl Call {
             Control::Hangup => {
                 info!("hung up from the desktop");
                 self.hung_up_from_desk = true;
-                self.hang_up(now, None);
+                if by.agent.is_some() && by.agent == self.agent_id && self.survey_due() {
+                    // The agent hangs up first from the desktop: their phone's leg ends and
+                    // the caller is asked the survey, as when they put the phone down.
+                    self.bye(now, LegId::Agent);
+                    self.start_survey(now);
+                } else {
+                    self.hang_up(now, None);
+                }
                 Ok(true)
             }
             Control::Hold => {
@@ -3045,12 +3115,120 @@ impl Call {
         self.out.push_back(Output::Reply { token, result });
     }
 
+    /// The agent hangs up now and the caller would be asked the queue's survey: the call is
+    /// up with the agent alone (no transfer, consultation or outside number in progress) and
+    /// the caller's leg is confirmed.
+    fn survey_due(&self) -> bool {
+        self.phase == Phase::Up
+            && self.survey_setup.is_some()
+            && self.survey.is_none()
+            // An agent of ours: not an outside party an attended transfer handed the call to.
+            && self.agent_id.is_some()
+            && self.agent_answered
+            && !self.transferring
+            && self.consult.is_none()
+            && !self.refer_pending
+            && self.number_target.is_none()
+            && !self.caller_ack_awaited()
+    }
+
+    /// The agent's leg is over (its BYE sent or answered): the agent goes to wrap-up, the
+    /// desktops hear that the caller is asked, and the prompt plays.
+    fn start_survey(&mut self, now: Instant) {
+        let Some(setup) = self.survey_setup.clone() else {
+            return;
+        };
+        info!("the agent hung up first: the caller is asked the survey");
+        // A hold the phone had not confirmed yet never happened.
+        let mut unconfirmed = false;
+        if let Some((token, control)) = self.control_pending.take() {
+            unconfirmed = control == Control::Hold;
+            self.reply(token, Err(ControlError::NotFound));
+        }
+        if let Some(hold) = self.hold.take() {
+            if let Some(span) = self.hold_span(hold, now).filter(|_| !unconfirmed) {
+                self.holds.push(span);
+            }
+        }
+        self.agent_answered = false;
+        self.close_agent_span(now);
+        self.retire_agent_leg();
+        if self.routed {
+            self.tell_acd(AcdInput::AgentLeft {
+                call: self.id.clone(),
+            });
+        }
+        // Neither side hears the other: the agent's phone is gone, and the caller hears only
+        // the survey. The agent's leg falls silent, so silence is no longer watched.
+        self.media(MediaCommand::Hush(LegId::Agent, true));
+        self.media(MediaCommand::Hush(LegId::Caller, true));
+        self.media(MediaCommand::Watch(None));
+        let (survey, step) = Survey::start(now, setup);
+        self.survey = Some(survey);
+        self.publish_survey(now, "asking");
+        self.survey_step(now, Some(step));
+    }
+
+    /// A key the caller pressed (RFC 4733 or SIP INFO): the survey's digit, if it runs.
+    fn survey_digit(&mut self, now: Instant, digit: char) {
+        if self.phase != Phase::Up {
+            return;
+        }
+        let step = self.survey.as_mut().and_then(|s| s.on_digit(now, digit));
+        if step.is_some() {
+            info!(%digit, "survey answered");
+        }
+        self.survey_step(now, step);
+    }
+
+    fn survey_step(&mut self, now: Instant, step: Option<SurveyStep>) {
+        match step {
+            Some(SurveyStep::Play(clip)) => {
+                self.media(MediaCommand::PlayOnce(LegId::Caller, clip));
+            }
+            Some(SurveyStep::HangUp) => self.hang_up(now, None),
+            None => {}
+        }
+    }
+
+    /// The call ends with a survey running: it stops, and the desktops hear how it went.
+    fn close_survey(&mut self, now: Instant) {
+        let Some(s) = self.survey.as_mut() else {
+            return;
+        };
+        s.abandon();
+        let state = if s.score().is_some() {
+            "scored"
+        } else {
+            "unanswered"
+        };
+        self.publish_survey(now, state);
+    }
+
+    fn publish_survey(&mut self, now: Instant, state: &'static str) {
+        let score = self.survey.as_ref().and_then(Survey::score);
+        self.publish(Event::new(Payload::CallSurvey(CallSurvey {
+            call_id: self.id.clone(),
+            contact_log_id: self.found.log_id,
+            agent_id: self.agent_id,
+            queue_id: self.queue.as_ref().map(|q| q.0),
+            state,
+            score,
+            at: crate::time::rfc3339(self.wall(now)),
+        })));
+    }
+
     /// The call's record as of `now`.
     fn record(&self, now: Instant, complete: bool) -> CallRecord {
         CallRecord {
             id: self.id.clone(),
             call_id: SipCallId::new(self.caller_leg.call_id.clone()),
-            agent_call_id: SipCallId::new(self.agent_leg.call_id.clone()),
+            // A leg retired for the survey keeps its Call-ID in the record.
+            agent_call_id: SipCallId::new(if self.agent_leg.call_id.is_empty() {
+                self.agent_call_ids.last().cloned().unwrap_or_default()
+            } else {
+                self.agent_leg.call_id.clone()
+            }),
             trunk: self.trunk.clone(),
             caller: self.caller.clone(),
             dialed: self.dialed.clone(),
@@ -3068,6 +3246,9 @@ impl Call {
                 .unwrap_or(0),
             ended_by: if self.hung_up_from_desk {
                 Some(EndedBy::Desk)
+            } else if self.survey.is_some() {
+                // The agent hung up first; the survey ended the caller's side.
+                Some(EndedBy::Agent)
             } else {
                 self.ended_by.map(EndedBy::from)
             },
@@ -3087,6 +3268,10 @@ impl Call {
             log_id: self.found.log_id,
             outbound: false,
             complete,
+            survey: self.survey.as_ref().map(|s| SurveyRecord {
+                offered_at_ms: epoch_ms(self.wall(s.started())),
+                score: s.score(),
+            }),
         }
     }
 
@@ -3203,6 +3388,7 @@ impl Call {
             self.reply(token, Err(ControlError::NotFound));
         }
         self.end_consultation(now);
+        self.close_survey(now);
         self.phase = Phase::Ended;
         self.ended_by = by;
         self.ended_at = Some(now);
@@ -3567,6 +3753,7 @@ mod tests {
                 name: "General".into(),
                 crm_url: Some("https://crm.example/c?phone={e164}&call={call_id}".into()),
                 music: None,
+                survey: None,
             },
         );
         assert_eq!(drain(&mut c).0, ["publish call.queued"]);
@@ -4548,6 +4735,7 @@ mod tests {
                 name: "Sales".into(),
                 crm_url: None,
                 music: Some(clip),
+                survey: None,
             },
         );
         let (said, sent) = drain(&mut c);
@@ -5323,5 +5511,276 @@ mod tests {
             has(&said, "tx 10.0.0.11:5060 INVITE"),
             "the caller's hold reaches Bob's phone now: {said:?}"
         );
+    }
+
+    fn survey_setup(thanks: bool) -> std::sync::Arc<SurveySetup> {
+        use crate::media::player::Clip;
+        std::sync::Arc::new(SurveySetup {
+            prompt: std::sync::Arc::new(Clip::from_pcm(vec![0; 8000])),
+            thanks: thanks.then(|| std::sync::Arc::new(Clip::from_pcm(vec![0; 4000]))),
+            timeout: Duration::from_secs(5),
+        })
+    }
+
+    /// A call in a queue with a survey (a 1 s prompt, a 0.5 s thanks if `thanks`, 5 s to
+    /// press), answered by agent 4 at t0 + 2 s and ACKed by the trunk.
+    fn answered_in_survey_queue(thanks: bool) -> (Call, Instant, Request) {
+        let (mut c, t0) = start(false);
+        drain(&mut c);
+        c.handle_lookup(t0, found());
+        c.handle_decision(
+            t0,
+            Decision::Queued {
+                queue: 1,
+                name: "Care".into(),
+                crm_url: None,
+                music: None,
+                survey: Some(survey_setup(thanks)),
+            },
+        );
+        c.handle_decision(t0, offer(4));
+        let (_, sent) = drain(&mut c);
+        let inv = agent_invite(&sent);
+        phone_says(&mut c, t0, &inv, 180);
+        let t = t0 + Duration::from_secs(2);
+        c.handle_message(t, answer(&inv), peer(PHONE));
+        let tag = c.caller_leg.local_tag().to_string();
+        c.handle_message(t, trunk("ACK", 1, "z9hG4bKack", Some(&tag)), peer(TRUNK));
+        drain(&mut c);
+        (c, t0, inv)
+    }
+
+    /// Drains as [`drain`] does, keeping the end's record.
+    fn drain_ended(c: &mut Call) -> (Vec<String>, Option<CallRecord>) {
+        let mut record = None;
+        let mut kept = VecDeque::new();
+        while let Some(o) = c.poll_output() {
+            if let Output::Ended { record: r, .. } = &o {
+                record = Some((**r).clone());
+            }
+            kept.push_back(o);
+        }
+        c.out = kept;
+        (drain(c).0, record)
+    }
+
+    fn tx_bye_to_trunk(said: &[String]) -> bool {
+        has(said, "tx 10.0.0.1:5060 BYE")
+    }
+
+    /// Issue 12: the agent hangs up first; the caller stays, hears the prompt, presses 4 (an
+    /// RFC 4733 event the relay reports) during it, hears the thanks and is hung up on; the
+    /// score, when the survey began and the agent's talk time are in the record.
+    #[test]
+    fn the_agent_hanging_up_first_keeps_the_caller_for_the_survey() {
+        let (mut c, t0, inv) = answered_in_survey_queue(true);
+        let t = t0 + Duration::from_secs(10);
+        c.handle_message(t, phone_bye(&inv, 5), peer(PHONE));
+        let (said, _) = drain(&mut c);
+        for what in [
+            "tx 10.0.0.10:5060 SIP/2.0 200 OK",
+            "acd AgentLeft",
+            "media Hush",
+            "media Watch",
+            "publish call.survey",
+            "media PlayOnce",
+        ] {
+            assert!(has(&said, what), "{what}: {said:?}");
+        }
+        assert!(!has(&said, "ended"), "the caller stays: {said:?}");
+        assert!(!tx_bye_to_trunk(&said), "{said:?}");
+        // Keys on the agent's leg, 0 and # are no score.
+        c.handle_media(
+            t,
+            MediaEvent::Digit {
+                leg: LegId::Agent,
+                digit: '5',
+            },
+        );
+        c.handle_media(
+            t,
+            MediaEvent::Digit {
+                leg: LegId::Caller,
+                digit: '0',
+            },
+        );
+        assert!(drain(&mut c).0.is_empty());
+        let t1 = t + Duration::from_millis(600);
+        c.handle_media(
+            t1,
+            MediaEvent::Digit {
+                leg: LegId::Caller,
+                digit: '4',
+            },
+        );
+        let (said, _) = drain(&mut c);
+        assert_eq!(said, ["media PlayOnce"], "the thanks");
+        // The prompt's end crossed the key: the thanks plays on.
+        c.handle_media(t1, MediaEvent::Played { leg: LegId::Caller });
+        assert!(drain(&mut c).0.is_empty());
+        let t2 = t1 + Duration::from_millis(510);
+        c.handle_media(t2, MediaEvent::Played { leg: LegId::Caller });
+        let (said, record) = drain_ended(&mut c);
+        assert!(tx_bye_to_trunk(&said), "{said:?}");
+        assert!(has(&said, "publish call.survey"), "{said:?}");
+        assert!(has(&said, "ended Answered"), "{said:?}");
+        assert!(has(&said, "acd Ended"), "{said:?}");
+        let record = record.expect("the end's record");
+        let survey = record.survey.expect("asked");
+        assert_eq!(survey.score, Some(4));
+        assert_eq!(
+            survey.offered_at_ms,
+            record.answered_at_ms.expect("answered") + 8_000
+        );
+        assert_eq!(record.talk_ms(), 8_000, "the survey is not talk");
+        assert_eq!(record.duration_ms, 9_110);
+        assert_eq!(record.ended_by, Some(EndedBy::Agent));
+        assert_eq!(record.agents.len(), 1);
+        assert_eq!(record.agents[0].end_ms, 8_000);
+        let ended = record.ended_call(None);
+        assert_eq!(
+            (ended.survey_score, ended.survey_offered_at),
+            (Some(4), Some(survey.offered_at_ms as i64))
+        );
+    }
+
+    /// A caller who presses nothing is hung up on at the prompt's end plus the timeout (here
+    /// the prompt's report never comes: its length and a margin stand in), with no score.
+    #[test]
+    fn a_caller_who_presses_nothing_gets_no_score() {
+        let (mut c, t0, inv) = answered_in_survey_queue(true);
+        let t = t0 + Duration::from_secs(10);
+        c.handle_message(t, phone_bye(&inv, 5), peer(PHONE));
+        drain(&mut c);
+        let mut now;
+        let record = loop {
+            now = c.poll_timeout().expect("a timer");
+            assert!(now <= t + Duration::from_secs(8), "the survey lingers");
+            c.handle_timeout(now);
+            let (said, record) = drain_ended(&mut c);
+            if let Some(r) = record {
+                assert!(tx_bye_to_trunk(&said), "{said:?}");
+                break r;
+            }
+        };
+        // 1 s prompt + 2 s margin for its report, then 5 s to press.
+        assert_eq!(now, t + Duration::from_secs(8));
+        let survey = record.survey.expect("asked");
+        assert_eq!(survey.score, None);
+        assert_eq!(record.ended_call(None).survey_score, None);
+        assert_eq!(record.disposition, Disposition::Answered);
+    }
+
+    /// SIP INFO carries the digit from gateways without RFC 4733; without a thanks the call
+    /// ends at once. While the survey runs the agent's desktop no longer controls the call
+    /// and a supervisor may only hang it up.
+    #[test]
+    fn an_info_digit_scores_and_the_desk_waits_for_the_survey() {
+        let (mut c, t0, inv) = answered_in_survey_queue(false);
+        let t = t0 + Duration::from_secs(5);
+        c.handle_message(t, phone_bye(&inv, 5), peer(PHONE));
+        drain(&mut c);
+        c.handle_control(t, 1, alice(), Control::Hold);
+        assert!(has(&drain(&mut c).0, "reply Err(NotFound)"));
+        let sup = Controller {
+            agent: Some(1),
+            supervisor: true,
+        };
+        c.handle_control(t, 2, sup, Control::Hold);
+        assert!(has(&drain(&mut c).0, "reply Err(Conflict"));
+        let tag = c.caller_leg.local_tag().to_string();
+        let info = |cseq: u32, ct: &str, body: &str| {
+            request(&format!(
+                "INFO sip:100@10.0.0.2:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKi{cseq}\r\n\
+                 From: <sip:+8613800138000@10.0.0.1>;tag=t1\r\nTo: <sip:100@10.0.0.2>;tag={tag}\r\n\
+                 Call-ID: unit@10.0.0.1\r\nCSeq: {cseq} INFO\r\nContent-Type: {ct}\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            ))
+        };
+        c.handle_message(
+            t,
+            info(2, "application/dtmf-relay", "Signal=#\r\nDuration=160\r\n"),
+            peer(TRUNK),
+        );
+        let (said, _) = drain(&mut c);
+        assert_eq!(said, ["tx 10.0.0.1:5060 SIP/2.0 200 OK"], "# is no score");
+        c.handle_message(
+            t,
+            info(3, "application/dtmf-relay", "Signal=9\r\nDuration=160\r\n"),
+            peer(TRUNK),
+        );
+        let (said, record) = drain_ended(&mut c);
+        assert!(has(&said, "tx 10.0.0.1:5060 SIP/2.0 200 OK"), "{said:?}");
+        assert!(tx_bye_to_trunk(&said), "{said:?}");
+        assert_eq!(record.and_then(|r| r.survey).and_then(|s| s.score), Some(9));
+    }
+
+    /// The agent's hang-up from the desktop asks the survey too; the caller hanging up
+    /// during it ends the call with no score; a caller who hangs up first is not asked.
+    #[test]
+    fn the_desks_hang_up_asks_too_and_a_caller_who_leaves_ends_it() {
+        let (mut c, t0, _) = answered_in_survey_queue(true);
+        let t = t0 + Duration::from_secs(5);
+        c.handle_control(t, 1, alice(), Control::Hangup);
+        let (said, _) = drain(&mut c);
+        for what in [
+            "tx 10.0.0.10:5060 BYE",
+            "acd AgentLeft",
+            "publish call.survey",
+            "media PlayOnce",
+            "reply Ok(())",
+        ] {
+            assert!(has(&said, what), "{what}: {said:?}");
+        }
+        assert!(!tx_bye_to_trunk(&said), "{said:?}");
+        let tag = c.caller_leg.local_tag().to_string();
+        c.handle_message(t, trunk("BYE", 2, "z9hG4bKbye", Some(&tag)), peer(TRUNK));
+        let (said, record) = drain_ended(&mut c);
+        assert!(has(&said, "publish call.survey"), "{said:?}");
+        assert!(!tx_bye_to_trunk(&said), "{said:?}");
+        let record = record.expect("ended");
+        assert_eq!(record.ended_by, Some(EndedBy::Desk));
+        assert_eq!(record.survey.map(|s| s.score), Some(None));
+
+        let (mut c, t0, _) = answered_in_survey_queue(true);
+        let tag = c.caller_leg.local_tag().to_string();
+        let t = t0 + Duration::from_secs(5);
+        c.handle_message(t, trunk("BYE", 2, "z9hG4bKbye", Some(&tag)), peer(TRUNK));
+        let (said, record) = drain_ended(&mut c);
+        assert!(!has(&said, "call.survey"), "{said:?}");
+        assert!(has(&said, "tx 10.0.0.10:5060 BYE"), "{said:?}");
+        assert!(record.expect("ended").survey.is_none());
+    }
+
+    /// Review findings: a desk hold the phone had not confirmed when the agent hung up is no
+    /// hold in the record; the retired leg keeps its Call-ID in the record; silence is not
+    /// watched while the caller answers the survey.
+    #[test]
+    fn an_unconfirmed_hold_is_no_hold_and_the_record_keeps_the_agents_call_id() {
+        let (mut c, t0, inv) = answered_in_survey_queue(false);
+        let t = t0 + Duration::from_secs(5);
+        c.handle_control(t, 7, alice(), Control::Hold);
+        let (said, _) = drain(&mut c);
+        assert!(has(&said, "tx 10.0.0.10:5060 INVITE"), "{said:?}");
+        c.handle_message(t, phone_bye(&inv, 5), peer(PHONE));
+        let (said, _) = drain(&mut c);
+        assert!(has(&said, "reply Err(NotFound)"), "{said:?}");
+        assert_eq!(c.media_watch(), None);
+        c.handle_media(
+            t,
+            MediaEvent::Digit {
+                leg: LegId::Caller,
+                digit: '8',
+            },
+        );
+        let (_, record) = drain_ended(&mut c);
+        let record = record.expect("ended");
+        assert!(record.holds.is_empty(), "{:?}", record.holds);
+        assert_eq!(
+            record.agent_call_id.as_str(),
+            inv.call_id().unwrap_or_default()
+        );
+        assert_eq!(record.survey.and_then(|s| s.score), Some(8));
     }
 }

@@ -13,4 +13,5 @@ pub mod outbound;
 pub mod placing;
 pub mod pop;
 pub mod record;
+pub mod survey;
 pub(crate) mod task;

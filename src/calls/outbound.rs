@@ -1075,6 +1075,7 @@ impl OutboundCall {
             log_id: self.log_id,
             outbound: true,
             complete,
+            survey: None,
         }
     }
 }

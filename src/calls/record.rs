@@ -130,6 +130,18 @@ pub struct CallRecord {
     /// it from the repaired recording.
     #[serde(default)]
     pub complete: bool,
+    /// The post-call survey, when the caller was asked.
+    #[serde(default)]
+    pub survey: Option<SurveyRecord>,
+}
+
+/// The caller was asked the post-call survey: when (the agent's talk ends there), and the
+/// digit they pressed, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SurveyRecord {
+    /// Epoch milliseconds.
+    pub offered_at_ms: u64,
+    pub score: Option<u8>,
 }
 
 /// A recording as it ended up on disk.
@@ -211,7 +223,19 @@ impl CallRecord {
             ended_at: self.ended_at_ms as i64,
             disposition: self.disposition.for_contact_log(),
             recording_id,
+            survey_offered_at: self.survey.map(|s| s.offered_at_ms as i64),
+            survey_score: self.survey.and_then(|s| s.score).map(i64::from),
         }
+    }
+
+    /// The agent's talk time: from the answer to the end, or to the survey (the caller alone
+    /// with the survey is not talk).
+    pub fn talk_ms(&self) -> u64 {
+        let Some(answered) = self.answered_at_ms else {
+            return 0;
+        };
+        let end = self.survey.map_or(self.ended_at_ms, |s| s.offered_at_ms);
+        end.saturating_sub(answered)
     }
 }
 
@@ -259,6 +283,7 @@ mod tests {
             log_id: Some(ContactLogId::new(42)),
             outbound: false,
             complete: false,
+            survey: None,
         }
     }
 

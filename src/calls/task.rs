@@ -424,6 +424,9 @@ impl<M: Machine> CallTask<M> {
                         MediaCommand::PlayClip(leg, clip) => {
                             m.play(leg, clip, crate::media::player::Repeat::Loop)
                         }
+                        MediaCommand::PlayOnce(leg, clip) => {
+                            m.play(leg, clip, crate::media::player::Repeat::Once)
+                        }
                         MediaCommand::StopPlaying(leg) => m.stop_playing(leg),
                         MediaCommand::Hush(leg, on) => m.hush(leg, on),
                         MediaCommand::ConsultRemote(remote) => m.set_consult_remote(remote),
@@ -689,9 +692,10 @@ async fn finalize(
             .unwrap_or(record.ended_at_ms)
             .saturating_sub(record.offered_at_ms)
             / 1000,
-        talk_secs: record.duration_ms / 1000,
+        talk_secs: record.talk_ms() / 1000,
         duration_ms: record.duration_ms,
         ended_at: crate::time::rfc3339_ms(record.ended_at_ms as i64),
+        survey_score: record.survey.and_then(|s| s.score),
     })));
     if let Some(f) = &finished {
         write_record(f.path.with_extension("json"), record).await;

@@ -150,6 +150,11 @@ impl EventBus for LocalBus {
                     });
                     live.held.remove(&t.call_id);
                 }
+                Payload::CallSurvey(sv) if sv.state == "asking" => {
+                    // The agent is done with the call; the caller answers the survey alone.
+                    live.calls.retain(|(call, _), _| *call != sv.call_id);
+                    live.held.remove(&sv.call_id);
+                }
                 _ => {}
             }
         }

@@ -135,6 +135,24 @@ pub struct CallConsult {
     pub at: String,
 }
 
+/// The post-call survey: the agent hung up first and the caller is asked to rate the call
+/// (`asking`: the agent is done with it), then how it went (`scored` with the digit, or
+/// `unanswered`: nothing pressed in time, or the caller hung up).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CallSurvey {
+    pub call_id: CallKey,
+    pub contact_log_id: Option<ContactLogId>,
+    /// The agent who had the call (whose desktops get this event).
+    pub agent_id: Option<i64>,
+    pub queue_id: Option<i64>,
+    /// `asking`, `scored` or `unanswered`.
+    pub state: &'static str,
+    /// The caller's digit, 1 to 9.
+    pub score: Option<u8>,
+    /// RFC 3339.
+    pub at: String,
+}
+
 /// The offer went elsewhere (ring-no-answer, refused): the agent's pop goes away.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CallWithdrawn {
@@ -156,6 +174,8 @@ pub struct CallEnded {
     pub duration_ms: u64,
     /// RFC 3339.
     pub ended_at: String,
+    /// The caller's post-call survey score (1–9), when they gave one.
+    pub survey_score: Option<u8>,
 }
 
 /// An agent's state, since when, and why.
@@ -196,6 +216,8 @@ pub enum Payload {
     CallTransferred(CallTransferred),
     #[serde(rename = "call.consult")]
     CallConsult(CallConsult),
+    #[serde(rename = "call.survey")]
+    CallSurvey(CallSurvey),
     #[serde(rename = "agent.state")]
     AgentState(AgentStateChanged),
     /// The account was deactivated: its desktops close.
@@ -233,6 +255,7 @@ impl Payload {
             Payload::CallResumed(_) => "call.resumed",
             Payload::CallTransferred(_) => "call.transferred",
             Payload::CallConsult(_) => "call.consult",
+            Payload::CallSurvey(_) => "call.survey",
             Payload::AgentState(_) => "agent.state",
             Payload::AgentDeactivated { .. } => "agent.deactivated",
             Payload::WorkOrderCreated { .. } => "work_order.created",
@@ -252,6 +275,7 @@ impl Payload {
             Payload::CallHeld(h) | Payload::CallResumed(h) => h.agent_id,
             Payload::CallTransferred(t) => t.agent_id,
             Payload::CallConsult(c) => c.agent_id,
+            Payload::CallSurvey(s) => s.agent_id,
             Payload::AgentState(s) => Some(s.agent_id),
             Payload::AgentDeactivated { agent_id } => Some(*agent_id),
             Payload::WorkOrderCreated { work_order } | Payload::WorkOrderUpdated { work_order } => {
@@ -272,6 +296,7 @@ impl Payload {
             Payload::CallHeld(h) | Payload::CallResumed(h) => Some(&h.call_id),
             Payload::CallTransferred(t) => Some(&t.call_id),
             Payload::CallConsult(c) => Some(&c.call_id),
+            Payload::CallSurvey(s) => Some(&s.call_id),
             _ => None,
         }
     }
@@ -396,6 +421,7 @@ pub(crate) mod sample {
             talk_secs: 0,
             duration_ms: 0,
             ended_at: "2026-12-01T10:00:00.000Z".into(),
+            survey_score: None,
         })
     }
 

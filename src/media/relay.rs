@@ -80,6 +80,9 @@ pub enum MediaEvent {
     Silent { leg: LegId },
     /// A clip played once into `leg` is over.
     Played { leg: LegId },
+    /// A key press (RFC 4733) from `leg` ended: the post-call survey's digit. Every press is
+    /// also in the call's record.
+    Digit { leg: LegId, digit: char },
 }
 
 /// A DTMF digit seen on a leg, in milliseconds since the relay started.
@@ -863,7 +866,15 @@ fn relay_one(slot: &mut Slot, sock_i: usize, now: Instant, buf: &mut [u8], scrat
     // The payload type as sent: forwarding to the caller may renumber an event.
     let pt_byte = pkt.get(1).copied();
     let dest = if rtp {
-        slot.relay.on_rtp(now, from, src, pkt)
+        let pressed = slot.relay.digits.len();
+        let dest = slot.relay.on_rtp(now, from, src, pkt);
+        for d in &slot.relay.digits[pressed..] {
+            let _ = slot.events.send(MediaEvent::Digit {
+                leg: d.leg,
+                digit: d.digit,
+            });
+        }
+        dest
     } else {
         slot.relay.rtcp_dest(from, src)
     };

@@ -160,6 +160,13 @@ pub struct Queue {
     pub crm_url: Option<String>,
     /// The queue's own music for waiting callers: a WAV on the server (any common format).
     pub music: Option<String>,
+    /// The post-call survey's prompt (a WAV on the server); `None`: no survey. Played to a
+    /// caller whose agent hung up first, who then presses a digit from 1 to 9.
+    pub survey_prompt: Option<String>,
+    /// Played after the caller's digit (a WAV on the server); `None`: hung up at once.
+    pub survey_thanks: Option<String>,
+    /// How long after the prompt's end the caller may press a digit.
+    pub survey_timeout_secs: i64,
 }
 
 /// A new queue.
@@ -176,6 +183,9 @@ pub struct NewQueue {
     pub active: bool,
     pub crm_url: Option<String>,
     pub music: Option<String>,
+    pub survey_prompt: Option<String>,
+    pub survey_thanks: Option<String>,
+    pub survey_timeout_secs: i64,
 }
 
 impl NewQueue {
@@ -193,9 +203,15 @@ impl NewQueue {
             active: true,
             crm_url: None,
             music: None,
+            survey_prompt: None,
+            survey_thanks: None,
+            survey_timeout_secs: DEFAULT_SURVEY_TIMEOUT_SECS,
         }
     }
 }
+
+/// How long a caller has to press a digit after the survey's prompt, unless the queue says.
+pub const DEFAULT_SURVEY_TIMEOUT_SECS: i64 = 8;
 
 const AGENT_COLUMNS: &str = "id, username, display_name, role, password_hash, sip_uri, \
      sip_username, sip_ha1_md5, sip_ha1_sha256, skills, created_at, active, locale";
@@ -251,6 +267,9 @@ fn queue_of(row: &AnyRow) -> Result<Queue, sqlx::Error> {
         active: row.try_get::<i64, _>("active")? != 0,
         crm_url: row.try_get("crm_url")?,
         music: row.try_get("music")?,
+        survey_prompt: row.try_get("survey_prompt")?,
+        survey_thanks: row.try_get("survey_thanks")?,
+        survey_timeout_secs: row.try_get("survey_timeout_secs")?,
     })
 }
 
@@ -374,7 +393,9 @@ impl Store {
     /// Creates a queue; making it the default takes the flag from any other queue.
     pub async fn create_queue(&self, q: &NewQueue) -> Result<Queue, StoreError> {
         check_queue(q)?;
-        check_music(q.music.as_ref()).await?;
+        check_audio("music", q.music.as_ref()).await?;
+        check_audio("survey_prompt", q.survey_prompt.as_ref()).await?;
+        check_audio("survey_thanks", q.survey_thanks.as_ref()).await?;
         let mut tx = self.pool.begin().await?;
         if q.is_default {
             sqlx::query("UPDATE queues SET is_default = 0")
@@ -383,8 +404,9 @@ impl Store {
         }
         let row = sqlx::query(
             "INSERT INTO queues (name, dialed_numbers, ring_timeout_secs, max_wait_secs, \
-             wrap_up_secs, required_skills, is_default, service_level_secs, active, crm_url, music) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+             wrap_up_secs, required_skills, is_default, service_level_secs, active, crm_url, music, \
+             survey_prompt, survey_thanks, survey_timeout_secs) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
         )
         .bind(q.name.trim().to_string())
         .bind(serde_json::to_string(&q.dialed_numbers).unwrap_or_else(|_| "[]".into()))
@@ -397,6 +419,9 @@ impl Store {
         .bind(i64::from(q.active))
         .bind(q.crm_url.clone())
         .bind(q.music.clone())
+        .bind(q.survey_prompt.clone())
+        .bind(q.survey_thanks.clone())
+        .bind(q.survey_timeout_secs)
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| match &e {
@@ -417,8 +442,8 @@ impl Store {
     pub async fn queues(&self) -> Result<Vec<Queue>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, name, dialed_numbers, ring_timeout_secs, max_wait_secs, wrap_up_secs, \
-             required_skills, is_default, service_level_secs, active, crm_url, music FROM queues \
-             ORDER BY id",
+             required_skills, is_default, service_level_secs, active, crm_url, music, \
+             survey_prompt, survey_thanks, survey_timeout_secs FROM queues ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -699,16 +724,21 @@ impl Store {
                 None => cur.crm_url,
             },
             // An empty string takes the music away (the profile's, or ringback, again).
-            music: match &p.music {
-                Some(m) if m.trim().is_empty() => None,
-                Some(m) => Some(m.trim().to_string()),
-                None => cur.music.clone(),
-            },
+            music: emptied(&p.music, &cur.music),
+            survey_prompt: emptied(&p.survey_prompt, &cur.survey_prompt),
+            survey_thanks: emptied(&p.survey_thanks, &cur.survey_thanks),
+            survey_timeout_secs: p.survey_timeout_secs.unwrap_or(cur.survey_timeout_secs),
         };
         check_queue(&next)?;
         // Only a new file is checked: a queue whose file went missing can still be changed.
-        if next.music != cur.music {
-            check_music(next.music.as_ref()).await?;
+        for (field, new, old) in [
+            ("music", &next.music, &cur.music),
+            ("survey_prompt", &next.survey_prompt, &cur.survey_prompt),
+            ("survey_thanks", &next.survey_thanks, &cur.survey_thanks),
+        ] {
+            if new != old {
+                check_audio(field, new.as_ref()).await?;
+            }
         }
         let mut tx = self.pool.begin().await?;
         if next.is_default && !cur.is_default {
@@ -719,7 +749,8 @@ impl Store {
         sqlx::query(
             "UPDATE queues SET name = $1, dialed_numbers = $2, ring_timeout_secs = $3, \
              max_wait_secs = $4, wrap_up_secs = $5, required_skills = $6, is_default = $7, \
-             service_level_secs = $8, active = $9, crm_url = $10, music = $12 WHERE id = $11",
+             service_level_secs = $8, active = $9, crm_url = $10, music = $12, \
+             survey_prompt = $13, survey_thanks = $14, survey_timeout_secs = $15 WHERE id = $11",
         )
         .bind(next.name.trim().to_string())
         .bind(serde_json::to_string(&next.dialed_numbers).unwrap_or_else(|_| "[]".into()))
@@ -733,6 +764,9 @@ impl Store {
         .bind(next.crm_url.clone())
         .bind(id)
         .bind(next.music.clone())
+        .bind(next.survey_prompt.clone())
+        .bind(next.survey_thanks.clone())
+        .bind(next.survey_timeout_secs)
         .execute(&mut *tx)
         .await
         .map_err(|e| match &e {
@@ -793,6 +827,21 @@ pub struct QueuePatch {
     pub crm_url: Option<String>,
     /// The queue's music (a WAV on the server); `""` removes it.
     pub music: Option<String>,
+    /// The post-call survey's prompt (a WAV on the server); `""` removes the survey.
+    pub survey_prompt: Option<String>,
+    /// What the caller hears after their digit (a WAV on the server); `""` removes it.
+    pub survey_thanks: Option<String>,
+    /// Seconds after the prompt's end to press a digit (1–60).
+    pub survey_timeout_secs: Option<i64>,
+}
+
+/// A patched text setting: `""` removes it, nothing leaves it as it was.
+fn emptied(patch: &Option<String>, cur: &Option<String>) -> Option<String> {
+    match patch {
+        Some(m) if m.trim().is_empty() => None,
+        Some(m) => Some(m.trim().to_string()),
+        None => cur.clone(),
+    }
 }
 
 fn check_queue(q: &NewQueue) -> Result<(), StoreError> {
@@ -812,18 +861,27 @@ fn check_queue(q: &NewQueue) -> Result<(), StoreError> {
     if let Some(u) = &q.crm_url {
         crate::crm::link::check(u).map_err(|why| invalid("crm_url", why))?;
     }
+    if !(1..=60).contains(&q.survey_timeout_secs) {
+        return Err(invalid("survey_timeout_secs", "must be between 1 and 60"));
+    }
+    if q.survey_thanks.is_some() && q.survey_prompt.is_none() {
+        return Err(invalid(
+            "survey_thanks",
+            "needs a survey_prompt (a thanks without a survey is never played)",
+        ));
+    }
     Ok(())
 }
 
-/// A queue's music file must play: refused when it is set, not found out by the first caller.
-/// Decoded on a blocking thread (a long WAV must not stall the API's workers).
-async fn check_music(music: Option<&String>) -> Result<(), StoreError> {
-    let Some(m) = music.cloned() else {
+/// A queue's music or survey file must play: refused when it is set, not found out by the
+/// first caller. Decoded on a blocking thread (a long WAV must not stall the API's workers).
+async fn check_audio(field: &'static str, file: Option<&String>) -> Result<(), StoreError> {
+    let Some(m) = file.cloned() else {
         return Ok(());
     };
     tokio::task::spawn_blocking(move || crate::media::player::Clip::load(std::path::Path::new(&m)))
         .await
-        .map_err(|e| invalid("music", e.to_string()))?
+        .map_err(|e| invalid(field, e.to_string()))?
         .map(|_| ())
-        .map_err(|e| invalid("music", e.to_string()))
+        .map_err(|e| invalid(field, e.to_string()))
 }

@@ -54,6 +54,10 @@ pub struct EndedCall {
     pub ended_at: i64,
     pub disposition: CallDisposition,
     pub recording_id: Option<i64>,
+    /// When the caller was asked the post-call survey (epoch ms): the agent's talk ends there.
+    pub survey_offered_at: Option<i64>,
+    /// The caller's digit, 1 to 9.
+    pub survey_score: Option<i64>,
 }
 
 /// A finished recording file.
@@ -104,14 +108,16 @@ impl Store {
             .ok_or(StoreError::NotFound("call"))?
             .try_get("offered_at")?;
         let wait_secs = (e.answered_at.unwrap_or(e.ended_at) - offered).max(0) / 1000;
+        let talk_end = e.survey_offered_at.unwrap_or(e.ended_at);
         let talk_secs = e
             .answered_at
-            .map(|a| (e.ended_at - a).max(0) / 1000)
+            .map(|a| (talk_end - a).max(0) / 1000)
             .unwrap_or(0);
         sqlx::query(
             "UPDATE calls SET answered_at = $1, ended_at = $2, wait_secs = $3, talk_secs = $4, \
              disposition = $5, recording_id = $6, agent_id = COALESCE($8, agent_id), \
-             queue_id = COALESCE($9, queue_id) WHERE id = $7",
+             queue_id = COALESCE($9, queue_id), survey_offered_at = $10, survey_score = $11 \
+             WHERE id = $7",
         )
         .bind(e.answered_at)
         .bind(e.ended_at)
@@ -122,6 +128,8 @@ impl Store {
         .bind(id)
         .bind(e.agent_id)
         .bind(e.queue_id)
+        .bind(e.survey_offered_at)
+        .bind(e.survey_score)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -223,6 +231,8 @@ pub struct ContactLog {
     pub result: Option<String>,
     /// The caller's post-call survey score (1–9), if they gave one.
     pub survey_score: Option<i64>,
+    /// When the caller was asked the post-call survey (epoch ms); null: not asked.
+    pub survey_offered_at: Option<i64>,
     /// Every agent who had the call, in turn, with their talk time (a transferred call lists
     /// each). Filled in for one contact log (`GET /api/calls/{id}`), empty in lists.
     pub agents: Vec<CallAgent>,
@@ -267,7 +277,38 @@ pub struct QueueDay {
     pub answered_within_level: i64,
     pub wait_secs_total: i64,
     pub talk_secs_total: i64,
+    pub surveys: SurveyDay,
 }
+
+/// Post-call surveys over a period: how many callers were asked, how many pressed a digit,
+/// and the sum of their digits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SurveyDay {
+    pub offered: i64,
+    pub scored: i64,
+    pub score_total: i64,
+}
+
+impl SurveyDay {
+    fn of(r: &sqlx::any::AnyRow) -> Result<SurveyDay, sqlx::Error> {
+        Ok(SurveyDay {
+            offered: r.try_get("surveys_offered")?,
+            scored: r.try_get("surveys_scored")?,
+            score_total: r.try_get("score_total")?,
+        })
+    }
+
+    /// The mean score, once anyone pressed a digit.
+    pub fn average(&self) -> Option<f64> {
+        (self.scored > 0).then(|| self.score_total as f64 / self.scored as f64)
+    }
+}
+
+/// The survey columns of the stats queries (the same for queues and agents).
+const SURVEY_SUMS: &str = "\
+     CAST(SUM(CASE WHEN c.survey_offered_at IS NOT NULL THEN 1 ELSE 0 END) AS BIGINT) AS surveys_offered, \
+     CAST(SUM(CASE WHEN c.survey_score IS NOT NULL THEN 1 ELSE 0 END) AS BIGINT) AS surveys_scored, \
+     CAST(SUM(COALESCE(c.survey_score, 0)) AS BIGINT) AS score_total";
 
 /// An agent's answered calls over a period.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -275,6 +316,7 @@ pub struct AgentDay {
     pub agent_id: i64,
     pub calls: i64,
     pub talk_secs: i64,
+    pub surveys: SurveyDay,
 }
 
 /// A recording row.
@@ -291,7 +333,7 @@ pub struct Recording {
 const LOG_COLUMNS: &str = "id, sip_call_id, direction, caller_raw, caller_e164, dialed, \
      customer_id, agent_id, queue_id, offered_at, answered_at, ended_at, wait_secs, talk_secs, \
      disposition, agent_disposition, recording_id, notes, created_by, campaign_id, channel, \
-     result, survey_score";
+     result, survey_score, survey_offered_at";
 
 fn log_of(r: &sqlx::any::AnyRow) -> Result<ContactLog, sqlx::Error> {
     Ok(ContactLog {
@@ -318,6 +360,7 @@ fn log_of(r: &sqlx::any::AnyRow) -> Result<ContactLog, sqlx::Error> {
         channel: r.try_get("channel")?,
         result: r.try_get("result")?,
         survey_score: r.try_get("survey_score")?,
+        survey_offered_at: r.try_get("survey_offered_at")?,
         agents: Vec::new(),
     })
 }
@@ -522,8 +565,8 @@ impl Store {
     /// threshold; the share is of all finished calls. "missed" counts every call nobody
     /// answered that the caller did not abandon: missed, rejected, failed.
     pub async fn queue_stats_since(&self, since_ms: i64) -> Result<Vec<QueueDay>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT c.queue_id AS queue_id, \
+        let sql = format!(
+            "SELECT c.queue_id AS queue_id, {SURVEY_SUMS}, \
                CAST(SUM(CASE WHEN c.disposition = 'answered' THEN 1 ELSE 0 END) AS BIGINT) AS answered, \
                CAST(SUM(CASE WHEN c.disposition = 'abandoned' THEN 1 ELSE 0 END) AS BIGINT) AS abandoned, \
                CAST(SUM(CASE WHEN c.disposition IN ('missed', 'rejected', 'failed') THEN 1 ELSE 0 END) AS BIGINT) AS missed, \
@@ -533,11 +576,12 @@ impl Store {
                CAST(SUM(CASE WHEN c.disposition = 'answered' THEN COALESCE(c.talk_secs, 0) ELSE 0 END) AS BIGINT) AS talk_total \
              FROM calls c JOIN queues q ON q.id = c.queue_id \
              WHERE c.offered_at >= $1 AND c.disposition IS NOT NULL \
-             GROUP BY c.queue_id",
-        )
-        .bind(since_ms)
-        .fetch_all(&self.pool)
-        .await?;
+             GROUP BY c.queue_id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(since_ms)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| {
                 Ok(QueueDay {
@@ -548,6 +592,7 @@ impl Store {
                     answered_within_level: r.try_get("within")?,
                     wait_secs_total: r.try_get("wait_total")?,
                     talk_secs_total: r.try_get("talk_total")?,
+                    surveys: SurveyDay::of(r)?,
                 })
             })
             .collect()
@@ -555,21 +600,23 @@ impl Store {
 
     /// Per agent, the calls answered since `since_ms` and their talk time.
     pub async fn agent_stats_since(&self, since_ms: i64) -> Result<Vec<AgentDay>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT agent_id, COUNT(*) AS calls, \
-               CAST(SUM(COALESCE(talk_secs, 0)) AS BIGINT) AS talk \
-             FROM calls WHERE offered_at >= $1 AND disposition = 'answered' \
-               AND agent_id IS NOT NULL GROUP BY agent_id",
-        )
-        .bind(since_ms)
-        .fetch_all(&self.pool)
-        .await?;
+        let sql = format!(
+            "SELECT c.agent_id AS agent_id, COUNT(*) AS calls, {SURVEY_SUMS}, \
+               CAST(SUM(COALESCE(c.talk_secs, 0)) AS BIGINT) AS talk \
+             FROM calls c WHERE c.offered_at >= $1 AND c.disposition = 'answered' \
+               AND c.agent_id IS NOT NULL GROUP BY c.agent_id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(since_ms)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| {
                 Ok(AgentDay {
                     agent_id: r.try_get("agent_id")?,
                     calls: r.try_get("calls")?,
                     talk_secs: r.try_get("talk")?,
+                    surveys: SurveyDay::of(r)?,
                 })
             })
             .collect()

@@ -515,8 +515,22 @@ pub(crate) struct QueueIn {
     /// refused (422 `music`).
     #[serde(default)]
     music: Option<String>,
+    /// The post-call satisfaction survey: a WAV on the server played to a caller whose agent
+    /// hung up first; the caller's digit (1–9, RFC 4733 or SIP INFO) is the score on the
+    /// contact log. Absent: no survey.
+    #[serde(default)]
+    survey_prompt: Option<String>,
+    /// Played after the caller's digit; absent: the call ends at once.
+    #[serde(default)]
+    survey_thanks: Option<String>,
+    /// Seconds after the prompt's end to press a digit (1–60).
+    #[serde(default = "d_survey")]
+    survey_timeout_secs: i64,
 }
 
+fn d_survey() -> i64 {
+    crate::store::agents::DEFAULT_SURVEY_TIMEOUT_SECS
+}
 fn d20() -> i64 {
     20
 }
@@ -555,6 +569,9 @@ async fn create_queue(
             active: true,
             crm_url: q.crm_url.filter(|u| !u.trim().is_empty()),
             music: q.music.filter(|m| !m.trim().is_empty()),
+            survey_prompt: q.survey_prompt.filter(|m| !m.trim().is_empty()),
+            survey_thanks: q.survey_thanks.filter(|m| !m.trim().is_empty()),
+            survey_timeout_secs: q.survey_timeout_secs,
         })
         .await?;
     s.acd.reload();

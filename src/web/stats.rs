@@ -132,6 +132,16 @@ impl LiveBoard {
                     }
                 }
             }
+            Payload::CallSurvey(sv) => {
+                // The agent hung up first: the caller answers the survey alone.
+                for a in self.agents.values_mut() {
+                    if a.call.as_ref() == Some(&sv.call_id) {
+                        a.call = None;
+                        a.caller = None;
+                        a.on_hold = false;
+                    }
+                }
+            }
             Payload::AgentDeactivated { .. }
             | Payload::CallConsult(_)
             | Payload::WorkOrderCreated { .. }
@@ -232,6 +242,11 @@ pub(crate) struct QueueStats {
     service_level_secs: i64,
     avg_wait_secs: Option<f64>,
     avg_talk_secs: Option<f64>,
+    /// Post-call surveys over the period: callers asked, callers who pressed a digit, and
+    /// their mean score (1–9; null before the first).
+    surveys_offered: i64,
+    surveys_scored: i64,
+    avg_survey_score: Option<f64>,
 }
 
 /// One agent on the wallboard.
@@ -247,10 +262,16 @@ pub(crate) struct AgentStats {
     on_hold: bool,
     calls_today: i64,
     talk_secs_today: i64,
+    /// The agent's callers asked the post-call survey over the period, those who pressed a
+    /// digit, and their mean score (1–9; null before the first).
+    surveys_offered: i64,
+    surveys_scored: i64,
+    avg_survey_score: Option<f64>,
 }
 
 /// Per queue: callers waiting now and the longest wait, and over the period answered /
-/// abandoned / missed, service level, average wait and talk (supervisors).
+/// abandoned / missed, service level, average wait and talk, and post-call survey scores
+/// (supervisors).
 #[utoipa::path(get, path = "/api/stats/queues", params(("since" = Option<String>, Query)),
     responses((status = 200, body = [QueueStats])))]
 pub async fn queues(
@@ -288,6 +309,9 @@ pub async fn queues(
                 service_level_secs: q.service_level_secs,
                 avg_wait_secs: ratio(d.wait_secs_total, d.answered),
                 avg_talk_secs: ratio(d.talk_secs_total, d.answered),
+                surveys_offered: d.surveys.offered,
+                surveys_scored: d.surveys.scored,
+                avg_survey_score: d.surveys.average(),
             }
         })
         .collect();
@@ -296,8 +320,8 @@ pub async fn queues(
     ))
 }
 
-/// Per active agent: state and time in it, current call, and calls answered over the period
-/// (supervisors).
+/// Per active agent: state and time in it, current call, calls answered over the period and
+/// their post-call survey scores (supervisors).
 #[utoipa::path(get, path = "/api/stats/agents", params(("since" = Option<String>, Query)),
     responses((status = 200, body = [AgentStats])))]
 pub async fn agents(
@@ -339,6 +363,9 @@ pub async fn agents(
                 on_hold: now.on_hold,
                 calls_today: d.calls,
                 talk_secs_today: d.talk_secs,
+                surveys_offered: d.surveys.offered,
+                surveys_scored: d.surveys.scored,
+                avg_survey_score: d.surveys.average(),
             }
         })
         .collect();

@@ -54,6 +54,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "call.resumed",
     "call.transferred",
     "call.consult",
+    "call.survey",
     "agent.state",
     "agent.deactivated",
     "work_order.created",

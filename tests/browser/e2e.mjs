@@ -246,7 +246,12 @@ try {
   // Chinese: switched on the page, remembered for the user, and every page in both sizes.
   await sup.getByRole('button', { name: '中文' }).click();
   await sup.waitForFunction(() => document.documentElement.lang.startsWith('zh'));
-  const me = await api(sup, '/api/me');
+  // The page saves the choice in the background: wait for the server to have it.
+  let me = await api(sup, '/api/me');
+  for (let i = 0; i < 50 && me.body.locale !== 'zh'; i += 1) {
+    await sup.waitForTimeout(100);
+    me = await api(sup, '/api/me');
+  }
   check(me.body.locale === 'zh', 'the language is remembered for the user');
   for (const [w, h] of [[1366, 768], [1920, 1080]]) {
     for (const locale of ['en-US', 'zh-CN']) {

@@ -47,7 +47,7 @@ export function adminPanel(root, me) {
         ] : null)))))));
     queuesBox.replaceChildren(h('div', { class: 'table-wrap' }, h('table', { class: 'data' },
       h('caption', { class: 'sr-only', text: t('admin.queues') }),
-      h('thead', null, h('tr', null, ['name', 'numbers', 'ring', 'maxWait', 'wrap', 'skills', 'sl', 'status', 'actions'].map((c) => h('th', { scope: 'col', text: t(`admin.qcol.${c}`) })))),
+      h('thead', null, h('tr', null, ['name', 'numbers', 'ring', 'maxWait', 'wrap', 'skills', 'sl', 'survey', 'status', 'actions'].map((c) => h('th', { scope: 'col', text: t(`admin.qcol.${c}`) })))),
       h('tbody', null, queues.map((q) => h('tr', { class: active(q) ? '' : 'inactive', dataset: { queueId: q.id } },
         h('th', { scope: 'row' }, q.name, q.is_default ? h('span', { class: 'badge', text: t('admin.default') }) : null),
         h('td', { class: 'small', text: (q.dialed_numbers || []).join(', ') || '—' }),
@@ -55,6 +55,7 @@ export function adminPanel(root, me) {
         h('td', { class: 'num', text: `${q.wrap_up_secs} s` }),
         h('td', { class: 'small', text: (q.required_skills || []).join(', ') || '—' }),
         h('td', { class: 'num', text: `${q.service_level_secs ?? 20} s` }),
+        h('td', { class: 'small', text: q.survey_prompt ? t('admin.surveyOn', { s: q.survey_timeout_secs ?? 8 }) : '—' }),
         h('td', null, h('span', { class: `badge ${active(q) ? 'ok' : 'off'}`, text: t(active(q) ? 'admin.active' : 'admin.deactivated') })),
         h('td', { class: 'actions-cell' }, isAdmin ? [
           h('button', { type: 'button', class: 'btn small', 'aria-label': t('admin.editN', { name: q.name }), text: t('admin.edit'), onclick: () => queueDialog(q) }),
@@ -144,6 +145,9 @@ export function adminPanel(root, me) {
     const def = h('input', { type: 'checkbox', id: 'q-default', name: 'is_default', checked: q ? q.is_default : false });
     const crm = h('input', { type: 'url', name: 'crm_url', value: q ? q.crm_url || '' : '', placeholder: 'https://crm.example/customers?phone={e164}' });
     const music = h('input', { type: 'text', name: 'music', value: q ? q.music || '' : '', placeholder: '/srv/screenpop/music/sales.wav' });
+    const prompt = h('input', { type: 'text', name: 'survey_prompt', value: q ? q.survey_prompt || '' : '', placeholder: '/srv/screenpop/survey/rate-us.wav' });
+    const thanks = h('input', { type: 'text', name: 'survey_thanks', value: q ? q.survey_thanks || '' : '', placeholder: '/srv/screenpop/survey/thank-you.wav' });
+    const surveyWait = h('input', { type: 'number', name: 'survey_timeout_secs', min: '1', max: '60', step: '1', value: String(q ? q.survey_timeout_secs ?? 8 : 8), class: 'short' });
     const form = formShell([
       h('div', { class: 'span-2' }, field(t('admin.qName'), name)),
       h('div', { class: 'span-2' }, field(t('admin.qNumbers'), numbers, t('admin.commaHint'))),
@@ -151,14 +155,17 @@ export function adminPanel(root, me) {
       h('div', { class: 'span-2' }, field(t('admin.qSkills'), skills, t('admin.commaHint'))),
       h('div', { class: 'span-2' }, field(t('admin.qCrm'), crm, t('admin.qCrmHint'))),
       h('div', { class: 'span-2' }, field(t('admin.qMusic'), music, t('admin.qMusicHint'))),
+      h('div', { class: 'span-2' }, field(t('admin.qSurvey'), prompt, t('admin.qSurveyHint'))),
+      field(t('admin.qSurveyThanks'), thanks), field(t('admin.qSurveyWait'), surveyWait, t('admin.qSurveyWaitHint')),
       h('div', { class: 'check span-2' }, def, h('label', { htmlFor: 'q-default', text: t('admin.qDefault') })),
     ], async () => {
       const body = { name: name.value.trim(), dialed_numbers: csv(numbers.value), ring_timeout_secs: Number(ring.value),
         max_wait_secs: Number(maxWait.value), wrap_up_secs: Number(wrap.value), service_level_secs: Number(sl.value),
         required_skills: csv(skills.value), is_default: def.checked,
-        crm_url: crm.value.trim(), music: music.value.trim() };
-      // A new queue without a link or music simply has none.
-      if (!editing) for (const k of ['crm_url', 'music']) if (!body[k]) delete body[k];
+        crm_url: crm.value.trim(), music: music.value.trim(),
+        survey_prompt: prompt.value.trim(), survey_thanks: thanks.value.trim(), survey_timeout_secs: Number(surveyWait.value) };
+      // A new queue without a link, music or survey simply has none.
+      if (!editing) for (const k of ['crm_url', 'music', 'survey_prompt', 'survey_thanks']) if (!body[k]) delete body[k];
       if (editing) await patch(`/api/queues/${q.id}`, body);
       else await post('/api/queues', body);
     });

@@ -81,6 +81,9 @@ function onEvent(ev) {
     case 'call.withdrawn':
       if (mine(ev)) card.withdrawn(ev);
       break;
+    case 'call.survey':
+      if (mine(ev)) card.survey(ev);
+      break;
     case 'call.consult':
       if (mine(ev)) card.consult(ev);
       break;

@@ -102,7 +102,7 @@ export class PopCard {
   /** call.held / call.resumed: the caller hears music, or the agent again. */
   held(ev, on) {
     const c = this.call;
-    if (!c || c.id !== ev.call_id || c.status === 'ended' || c.status === 'withdrawn' || c.status === 'transferred') return;
+    if (!c || c.id !== ev.call_id || c.status === 'ended' || c.status === 'withdrawn' || c.status === 'transferred' || c.status === 'survey') return;
     c.status = on ? 'held' : 'on_call';
     c.heldBy = on ? ev.by : null;
     this.updateStatus();
@@ -158,7 +158,7 @@ export class PopCard {
    */
   consult(ev) {
     const c = this.call;
-    if (!c || c.id !== ev.call_id || c.status === 'ended' || c.status === 'withdrawn' || c.status === 'transferred') return;
+    if (!c || c.id !== ev.call_id || c.status === 'ended' || c.status === 'withdrawn' || c.status === 'transferred' || c.status === 'survey') return;
     const owner = c.status === 'on_call' || c.status === 'consulting';
     if (owner) {
       if (ev.state === 'ended') {
@@ -186,6 +186,18 @@ export class PopCard {
     this.updateStatus();
   }
 
+  /**
+   * call.survey: the agent hung up first and the caller is asked to rate the call (the agent is
+   * done with it: wrap-up); then the score, or none.
+   */
+  survey(ev) {
+    const c = this.call;
+    if (!c || c.id !== ev.call_id || c.status === 'withdrawn' || c.status === 'transferred') return;
+    if (ev.state === 'asking' && c.status !== 'ended') c.status = 'survey';
+    if (ev.score) c.score = ev.score;
+    this.updateStatus();
+  }
+
   withdrawn(ev) {
     if (!this.call || this.call.id !== ev.call_id || this.call.status === 'ended') return;
     this.call.status = 'withdrawn';
@@ -196,6 +208,7 @@ export class PopCard {
     if (!this.call || this.call.id !== ev.call_id) return;
     this.call.status = 'ended';
     this.call.ended = { disposition: ev.disposition, talk: ev.talk_secs, at: toMs(ev.ended_at) };
+    if (ev.survey_score) this.call.score = ev.survey_score;
     this.updateStatus();
   }
 
@@ -226,6 +239,7 @@ export class PopCard {
     if (log && log.ended_at) {
       c.status = 'ended';
       c.ended = { disposition: log.disposition, talk: log.talk_secs, at: log.ended_at };
+      if (log.survey_score) c.score = log.survey_score;
     } else if (c.status === 'ringing' || c.status === 'dialling') {
       c.status = 'withdrawn';
     } else return;
@@ -319,7 +333,7 @@ export class PopCard {
         held ? h('span', { class: 'muted', text: t(onPhone ? 'card.heldOnPhone' : 'card.heldHint') }) : null,
         !held && c.note ? h('span', { class: 'muted consult-note', role: 'status', text: c.note }) : null].filter(Boolean));
     }
-    if (c.status === 'ended' || c.status === 'withdrawn' || c.status === 'transferred') {
+    if (c.status === 'ended' || c.status === 'withdrawn' || c.status === 'transferred' || c.status === 'survey') {
       row.append(h('button', { type: 'button', class: 'btn small', text: t('card.dismiss'), onclick: () => { this.idle(); if (this.hooks.onDismiss) this.hooks.onDismiss(); } }));
     }
     tick();
@@ -341,6 +355,7 @@ export class PopCard {
       if (c.ended.disposition) bits.push(h('span', { class: `outcome outcome-${c.ended.disposition}`, text: t(`outcome.${c.ended.disposition}`, {}, c.ended.disposition) }));
       if (c.ended.talk) bits.push(h('span', { text: t('card.talked', { d: fmtDuration(c.ended.talk) }) }));
     }
+    if ((c.status === 'ended' || c.status === 'survey') && c.score) bits.push(h('span', { class: 'survey-score', text: t('survey.rated', { n: c.score }) }));
     const q = ev.queue || queueName(ev.queue_id);
     if (q) bits.push(h('span', { class: 'muted', text: t('card.queue', { q }) }));
     return h('div', { class: 'pop-status' }, bits);

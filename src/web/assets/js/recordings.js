@@ -73,6 +73,13 @@ async function search(v) {
   return [...seen.values()].sort((a, b) => b.offered_at - a.offered_at);
 }
 
+/** The post-call survey's score under the outcome, or that the caller was asked and did not rate. */
+function surveyNote(l) {
+  if (l.survey_score) return h('div', { class: 'small survey-score', text: t('survey.rated', { n: l.survey_score }) });
+  if (l.survey_offered_at) return h('div', { class: 'small muted', text: t('survey.notRated') });
+  return null;
+}
+
 function list(container, items, audio, nowPlaying) {
   if (!items.length) { container.replaceChildren(h('p', { class: 'empty', text: t('rec.none') })); return; }
   const cols = ['when', 'agent', 'caller', 'customer', 'duration', 'outcome', 'actions'];
@@ -97,7 +104,8 @@ function list(container, items, audio, nowPlaying) {
       custCell,
       h('td', { class: 'num', text: fmtDuration(l.talk_secs) }),
       h('td', null, l.disposition ? h('span', { class: `outcome outcome-${l.disposition}`, text: t(`outcome.${l.disposition}`, {}, l.disposition) }) : '—',
-        l.agent_disposition ? h('div', { class: 'small muted', text: t(`disp.${l.agent_disposition}`, {}, l.agent_disposition) }) : null),
+        l.agent_disposition ? h('div', { class: 'small muted', text: t(`disp.${l.agent_disposition}`, {}, l.agent_disposition) }) : null,
+        surveyNote(l)),
       h('td', { class: 'actions-cell' }, playBtn, h('a', { class: 'btn small ghost', href: `/api/recordings/${l.recording_id}/audio?download=1`, download: '', 'aria-label': t('rec.downloadN', { id: l.recording_id }) },
         h('img', { src: '/assets/icons/download.svg', alt: '', class: 'icon' }), t('rec.download'))));
   });

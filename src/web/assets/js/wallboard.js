@@ -5,8 +5,16 @@ import { get, qs, agentName, queueName } from './api.js';
 import { h, debounce, tick, serverNow } from './ui.js';
 import { fmtDuration, fmtPercent, fmtTime, rfc3339Local, localMidnight, toMs } from './fmt.js';
 
-const Q_FIELDS = ['waiting', 'longest_wait', 'answered', 'abandoned', 'missed', 'service_level', 'avg_wait', 'avg_talk'];
-const A_FIELDS = ['state', 'time_in_state', 'current_call', 'calls_today', 'talk_today'];
+const Q_FIELDS = ['waiting', 'longest_wait', 'answered', 'abandoned', 'missed', 'service_level', 'avg_wait', 'avg_talk', 'survey'];
+const A_FIELDS = ['state', 'time_in_state', 'current_call', 'calls_today', 'talk_today', 'survey'];
+const NUM_A_FIELDS = new Set(['time_in_state', 'calls_today', 'talk_today', 'survey']);
+
+/** Post-call survey: the mean score, with how many rated of how many were asked. */
+function surveyCell(x) {
+  if (!x.surveys_offered) return '—';
+  const avg = x.avg_survey_score === null || x.avg_survey_score === undefined ? '—' : x.avg_survey_score.toFixed(1);
+  return t('wb.survey', { avg, n: x.surveys_scored ?? 0, of: x.surveys_offered });
+}
 
 export class Wallboard {
   constructor(root) {
@@ -75,7 +83,7 @@ export class Wallboard {
     } else if (ev.type === 'call.held' || ev.type === 'call.resumed') {
       const a = this.agents.find((x) => x.current_call_id === ev.call_id || x.agent_id === ev.agent_id);
       if (a) a.on_hold = ev.type === 'call.held';
-    } else if (ev.type === 'call.ended' || ev.type === 'call.withdrawn') {
+    } else if (ev.type === 'call.ended' || ev.type === 'call.withdrawn' || (ev.type === 'call.survey' && ev.state === 'asking')) {
       const a = this.agents.find((x) => x.current_call_id === ev.call_id);
       if (a) { a.current_call_id = null; a.current_caller = null; a.on_hold = false; }
     }
@@ -111,13 +119,13 @@ export class Wallboard {
       tile(t('wb.tile.lost'), lost, lost > 0 ? 'bad' : ''));
     const qTable = h('table', { class: 'data wallboard', id: 'wb-queues' },
       h('caption', { text: t('wb.queues') }),
-      h('thead', null, h('tr', null, h('th', { scope: 'col', text: t('wb.q.queue') }), Q_FIELDS.map((f) => h('th', { scope: 'col', class: 'num', text: t(`wb.q.${f}`) })))),
+      h('thead', null, h('tr', null, h('th', { scope: 'col', text: t('wb.q.queue') }), Q_FIELDS.map((f) => h('th', { scope: 'col', class: 'num', text: t(`wb.q.${f}`), title: f === 'survey' ? t('wb.surveyTitle') : undefined })))),
       h('tbody', null, this.queues.length ? this.queues.map((q) => this.queueRow(q))
         : h('tr', null, h('td', { colspan: Q_FIELDS.length + 1, class: 'empty', text: t('wb.noQueues') }))));
     const agents = [...this.agents].sort((a, b) => (a.display_name || '').localeCompare(b.display_name || ''));
     const aTable = h('table', { class: 'data wallboard', id: 'wb-agents' },
       h('caption', { text: t('wb.agents') }),
-      h('thead', null, h('tr', null, h('th', { scope: 'col', text: t('wb.a.agent') }), A_FIELDS.map((f) => h('th', { scope: 'col', class: f.includes('today') || f === 'time_in_state' ? 'num' : '', text: t(`wb.a.${f}`) })))),
+      h('thead', null, h('tr', null, h('th', { scope: 'col', text: t('wb.a.agent') }), A_FIELDS.map((f) => h('th', { scope: 'col', class: NUM_A_FIELDS.has(f) ? 'num' : '', text: t(`wb.a.${f}`), title: f === 'survey' ? t('wb.surveyTitle') : undefined })))),
       h('tbody', null, agents.length ? agents.map((a) => this.agentRow(a))
         : h('tr', null, h('td', { colspan: A_FIELDS.length + 1, class: 'empty', text: t('wb.noAgents') }))));
     this.updated.textContent = this.fetchedAt ? t('wb.updated', { time: fmtTime(this.fetchedAt) }) : '';
@@ -142,7 +150,8 @@ export class Wallboard {
       cell('missed', String(q.missed ?? 0)),
       cell('service_level', fmtPercent(sl), { class: `num ${sl === null || sl === undefined ? '' : sl >= 0.8 ? 'good' : 'bad'}`, title: t('wb.slWithin', { s: q.service_level_secs ?? 20 }) }),
       cell('avg_wait', fmtDuration(q.avg_wait_secs)),
-      cell('avg_talk', fmtDuration(q.avg_talk_secs)));
+      cell('avg_talk', fmtDuration(q.avg_talk_secs)),
+      cell('survey', surveyCell(q)));
   }
 
   agentRow(a) {
@@ -160,7 +169,8 @@ export class Wallboard {
       timeCell,
       cell('current_call', a.current_caller || (a.current_call_id ? t('wb.inCall') : '—')),
       cell('calls_today', String(a.calls_today ?? 0), { class: 'num' }),
-      cell('talk_today', fmtDuration(a.talk_secs_today ?? 0), { class: 'num' }));
+      cell('talk_today', fmtDuration(a.talk_secs_today ?? 0), { class: 'num' }),
+      cell('survey', surveyCell(a), { class: 'num' }));
   }
 }
 
