@@ -119,6 +119,10 @@ pub struct Profile {
     /// How campaigns send SMS and hear replies.
     #[serde(default)]
     pub sms: Sms,
+    /// Password guessing: failed digest authentications that block a source, and for how
+    /// long (trusted addresses are never blocked).
+    #[serde(default)]
+    pub guard: crate::guard::GuardConfig,
 }
 
 /// `[sms]`: how campaigns send SMS.

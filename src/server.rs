@@ -177,6 +177,10 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             local.port()
         ),
     });
+    // Password guessing on SIP digest: shared with the admin API, which lists and lifts blocks.
+    let guard = Arc::new(std::sync::Mutex::new(crate::guard::Guard::new(
+        profile.guard,
+    )));
     if let Some(addr) = cfg.http {
         let mut state = crate::web::AppState::new(
             store.clone(),
@@ -189,6 +193,10 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         state.controls = controls.clone();
         state.dialer = Some(dialer.clone());
         state.campaigns = campaigns.clone();
+        state.sip_guard = guard.clone();
+        state.http_guard = Arc::new(std::sync::Mutex::new(crate::guard::Guard::new(
+            profile.guard,
+        )));
         let http = crate::web::spawn(addr, state).await?;
         first_run_hint(&store, http).await;
     }
@@ -236,6 +244,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         received: Instant::now(),
         campaigns,
         texts_seen: std::collections::VecDeque::new(),
+        guard,
     };
     for r in &profile.registrations {
         match start_registration(&d.env, r).await {
@@ -291,6 +300,16 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How a digest authentication went, for the guard.
+#[derive(Debug, Clone, Copy)]
+enum Authenticated {
+    Ok,
+    /// A wrong guess; `known`: at an account that exists.
+    Failed {
+        known: bool,
+    },
+}
+
 struct Dispatcher {
     /// Nonces for the 407 challenges sent to trunks that authenticate by digest.
     trunk_nonces: NonceKey,
@@ -305,6 +324,8 @@ struct Dispatcher {
     campaigns: crate::campaigns::runner::Campaigns,
     /// The last replies taken (Call-ID and CSeq), so a retransmission is not taken twice.
     texts_seen: std::collections::VecDeque<String>,
+    /// Password guessing: failed digest authentications per source and per username.
+    guard: Arc<std::sync::Mutex<crate::guard::Guard>>,
 }
 
 impl Dispatcher {
@@ -346,6 +367,59 @@ impl Dispatcher {
         }
     }
 
+    fn guard(&self) -> std::sync::MutexGuard<'_, crate::guard::Guard> {
+        self.guard.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A request from an untrusted source that is blocked (or that tries a username under
+    /// attack from an address that never authenticated as it): dropped unanswered, so a
+    /// guesser learns nothing and waits for its own timeouts.
+    fn guarded(&self, req: &Request, ip: std::net::IpAddr) -> bool {
+        if self.env.profile.trusts(ip) {
+            return false;
+        }
+        // The credentials the registrar or the trunk check would take: the first in our realm
+        // (a decoy in another realm first must not hide the username being guessed).
+        let realm = &self.env.profile.realm;
+        let user = req
+            .headers
+            .get_all(&HeaderName::Authorization)
+            .chain(req.headers.get_all(&HeaderName::ProxyAuthorization))
+            .filter_map(|v| digest::parse_authorization(v).ok())
+            .find(|c| &c.realm == realm)
+            .map(|c| c.username);
+        let verdict = self.guard().check(Instant::now(), ip, user.as_deref());
+        match verdict {
+            crate::guard::Verdict::Allow => false,
+            v => {
+                debug!(%ip, method = %req.method, ?v, "request dropped by the guard");
+                metrics::counter!("screenpop_guard_dropped_total", "scope" => "sip").increment(1);
+                true
+            }
+        }
+    }
+
+    /// A digest authentication from `ip` as `user` went right, or was a wrong guess: the
+    /// guard counts it (never for trusted addresses), and a block is logged once in fail2ban's
+    /// format. A guessed username that is no account is counted against the source only (the
+    /// guard keeps no state for made-up names).
+    fn authenticated(&self, ip: std::net::IpAddr, user: &str, outcome: Authenticated) {
+        if self.env.profile.trusts(ip) {
+            return;
+        }
+        let known = match outcome {
+            Authenticated::Ok => return self.guard().succeeded(ip, user),
+            Authenticated::Failed { known } => known,
+        };
+        metrics::counter!("screenpop_auth_failures_total", "scope" => "sip").increment(1);
+        let blocked = self
+            .guard()
+            .failed(Instant::now(), ip, known.then_some(user));
+        if let Some(b) = blocked {
+            crate::guard::report("sip", &b);
+        }
+    }
+
     fn reply(&self, req: &Request, source: Peer, mut resp: crate::sip::Response) {
         if resp.status == 405 || resp.status == 200 && req.method == Method::Options {
             resp.headers.push(HeaderName::Allow, ALLOW);
@@ -358,6 +432,9 @@ impl Dispatcher {
         let tag = format!("{:08x}", rand::random::<u32>());
         if req.method == Method::Ack {
             return; // ACKs are never answered
+        }
+        if self.guarded(&req, peer.addr.ip()) {
+            return;
         }
         if let Err(p) = check_request(&req) {
             let mut r = req.response(400, Some(&tag));
@@ -403,12 +480,22 @@ impl Dispatcher {
                     .unwrap_or(0);
                 let now = Instant::now();
                 let user = req.to().and_then(|t| t.uri.user);
-                let (r, reachable) = {
+                let (r, auth, reachable) = {
                     let mut reg = self.registrar();
-                    let r = reg.handle(now, now_secs, &req, peer);
+                    let (r, auth) = reg.handle_auth(now, now_secs, &req, peer);
                     let reachable = user.as_deref().map(|u| !reg.contacts(u, now).is_empty());
-                    (r, reachable)
+                    (r, auth, reachable)
                 };
+                match auth {
+                    crate::sip::registrar::Auth::Ok(u) => {
+                        self.authenticated(peer.addr.ip(), &u, Authenticated::Ok)
+                    }
+                    crate::sip::registrar::Auth::Failed { user, known } => {
+                        info!(ip = %peer.addr.ip(), %user, "registration authentication failed");
+                        self.authenticated(peer.addr.ip(), &user, Authenticated::Failed { known })
+                    }
+                    crate::sip::registrar::Auth::None => {}
+                }
                 info!(status = r.status, user = ?user, "register");
                 if let (Some(u), Some(reachable), 200) = (&user, reachable, r.status) {
                     self.env.acd.registered(u, reachable);
@@ -507,10 +594,17 @@ impl Dispatcher {
             ),
         };
         match (verdict, trunk) {
-            (digest::Verdict::Ok, Some(t)) => Ok(t.name.clone()),
+            (digest::Verdict::Ok, Some(t)) => {
+                self.authenticated(ip, &creds.username, Authenticated::Ok);
+                Ok(t.name.clone())
+            }
             (digest::Verdict::Stale, _) => Err(challenge(true)),
             _ => {
                 info!(%ip, user = %creds.username, "trunk authentication failed");
+                if digest::is_guess(&creds, &self.trunk_nonces, now_secs, ip) {
+                    let known = trunk.is_some();
+                    self.authenticated(ip, &creds.username, Authenticated::Failed { known });
+                }
                 Err(challenge(false))
             }
         }

@@ -702,6 +702,15 @@ pub(crate) fn verify(
     }
 }
 
+/// Whether a failed `creds` was a guess at the password worth counting against its source:
+/// its nonce is one we issued to `source` (fresh or stale). Credentials with a nonce that is
+/// not ours, or was issued to another address (a spoofed packet, a phone still holding a nonce
+/// from before a restart), say nothing about the password and are not counted, so nobody can
+/// get a phone blocked by sending garbage in its name.
+pub(crate) fn is_guess(creds: &Credentials, key: &NonceKey, now_secs: u64, source: IpAddr) -> bool {
+    key.verify_nonce(&creds.nonce, now_secs, source) != NonceStatus::Invalid
+}
+
 /// For a username the store does not know: does the same work as
 /// [`verify`] against a dummy secret of the store's `kind`, and returns
 /// [`Verdict::Fail`]. The registrar answers it exactly as a wrong password,

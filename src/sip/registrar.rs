@@ -27,6 +27,19 @@ pub struct Binding {
     pub registered_at: Instant,
 }
 
+/// How a REGISTER's credentials went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// None given (the first REGISTER, answered with the challenge), a stale nonce, or a
+    /// request refused before its credentials were looked at.
+    None,
+    /// Right, for this username.
+    Ok(String),
+    /// Wrong, with a nonce we gave this address: a guess at `user`'s password (`known`: a
+    /// user of this registrar, not a made-up name).
+    Failed { user: String, known: bool },
+}
+
 pub struct Registrar {
     realm: String,
     /// Offered in the 401 in this order, and the only ones accepted.
@@ -125,6 +138,31 @@ impl Registrar {
 
     /// Handles a REGISTER. `now_secs` is wall-clock seconds for nonces; `now` orders expiry.
     pub fn handle(&mut self, now: Instant, now_secs: u64, req: &Request, source: Peer) -> Response {
+        self.handle_auth(now, now_secs, req, source).0
+    }
+
+    /// As [`Registrar::handle`], saying how the credentials went (for the password-guessing
+    /// guard, which counts failures and knows each user's good addresses).
+    pub fn handle_auth(
+        &mut self,
+        now: Instant,
+        now_secs: u64,
+        req: &Request,
+        source: Peer,
+    ) -> (Response, Auth) {
+        let mut auth = Auth::None;
+        let r = self.register(now, now_secs, req, source, &mut auth);
+        (r, auth)
+    }
+
+    fn register(
+        &mut self,
+        now: Instant,
+        now_secs: u64,
+        req: &Request,
+        source: Peer,
+        auth: &mut Auth,
+    ) -> Response {
         let ip = source.addr.ip();
         let Some(to) = req.to() else {
             return req.response(400, None);
@@ -165,9 +203,17 @@ impl Registrar {
             ),
         };
         match verdict {
-            Verdict::Ok => {}
+            Verdict::Ok => *auth = Auth::Ok(creds.username.clone()),
             Verdict::Stale => return self.challenge(req, now_secs, ip, true),
-            Verdict::Fail => return self.challenge(req, now_secs, ip, false),
+            Verdict::Fail => {
+                if digest::is_guess(&creds, &self.key, now_secs, ip) {
+                    *auth = Auth::Failed {
+                        user: creds.username.clone(),
+                        known: self.users.contains_key(&creds.username),
+                    };
+                }
+                return self.challenge(req, now_secs, ip, false);
+            }
         }
         if creds.username != aor {
             // Authenticated, but not allowed to register someone else's AOR.

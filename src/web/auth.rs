@@ -265,7 +265,15 @@ pub async fn login(
         return Err(ApiError::invalid("password", "at most 1024 bytes"));
     }
     let now = std::time::Instant::now();
-    let attempt = match s.logins.begin(now, addr.0, &username) {
+    // A source blocked for guessing (10 failures within a minute by default, then twice as
+    // long on each repeat) is refused before anything else.
+    let blocked = addr.0.and_then(|ip| {
+        s.http_guard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .blocked_for(now, ip)
+    });
+    let attempt = match blocked.map_or_else(|| s.logins.begin(now, addr.0, &username), Err) {
         Ok(a) => a,
         Err(wait) => {
             info!(username = %username, source = ?addr.0, "login refused: too many failures");
@@ -294,6 +302,7 @@ pub async fn login(
         .await
         .unwrap_or(false);
     drop(permit);
+    let exists = agent.is_some();
     let Some(agent) = agent.filter(|a| ok && a.active) else {
         let _ = s
             .store
@@ -306,6 +315,16 @@ pub async fn login(
             )
             .await;
         info!(username = %req.username, source = ?addr.0, "login refused");
+        if let Some(ip) = addr.0 {
+            metrics::counter!("screenpop_auth_failures_total", "scope" => "http").increment(1);
+            let mut g = s.http_guard.lock().unwrap_or_else(|p| p.into_inner());
+            // Only real accounts are tracked by name (the guard keeps nothing for made-up ones).
+            let blocked = g.failed(now, ip, exists.then_some(username.as_str()));
+            drop(g);
+            if let Some(b) = blocked {
+                crate::guard::report("http", &b);
+            }
+        }
         return Err(ApiError::new(
             axum::http::StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -319,6 +338,12 @@ pub async fn login(
         .create_session(&token_digest(&token), agent.id, TOKEN_TTL_MS)
         .await?;
     s.logins.succeeded(&attempt);
+    if let Some(ip) = addr.0 {
+        s.http_guard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .succeeded(ip, &username);
+    }
     let _ = s
         .store
         .audit_from(

@@ -150,6 +150,11 @@ impl LoginLimiter {
         })
     }
 
+    /// An admin lifted this address's block: its failures are forgotten.
+    pub fn forgive(&mut self, addr: IpAddr) {
+        self.by_address.0.remove(&addr.to_string());
+    }
+
     /// The attempt was right: it is no failure, and its address is one this user uses.
     pub fn succeeded(&mut self, a: &Attempt) {
         let take_back = |f: &mut Failures, key: &str| {
@@ -211,6 +216,10 @@ impl LoginGuard {
 
     pub fn succeeded(&self, a: &Attempt) {
         self.with(|l| l.succeeded(a))
+    }
+
+    pub fn forgive(&self, addr: IpAddr) {
+        self.with(|l| l.forgive(addr))
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod blocks;
 pub mod campaigns;
 pub mod error;
 pub mod limits;
@@ -48,6 +49,10 @@ pub(crate) struct AppState {
     pub dialer: Option<crate::calls::placing::Dialer>,
     /// The campaign runner, woken when a campaign starts, pauses or resumes.
     pub campaigns: crate::campaigns::runner::Campaigns,
+    /// Sources blocked for guessing SIP passwords (the admin lists and lifts them).
+    pub sip_guard: Arc<std::sync::Mutex<crate::guard::Guard>>,
+    /// The same for `POST /api/login`.
+    pub http_guard: Arc<std::sync::Mutex<crate::guard::Guard>>,
 }
 
 impl AppState {
@@ -82,6 +87,8 @@ impl AppState {
             campaigns: crate::campaigns::runner::Campaigns::detached(
                 std::env::current_dir().unwrap_or_default(),
             ),
+            sip_guard: Arc::default(),
+            http_guard: Arc::default(),
         }
     }
 }
@@ -109,6 +116,7 @@ pub fn router(state: AppState) -> Router {
             "/api",
             api::router()
                 .merge(webhooks::router())
+                .merge(blocks::router())
                 .merge(campaigns::router()),
         )
         .layer(axum::middleware::from_fn(pages::security_headers))

@@ -1556,6 +1556,47 @@ pub fn parse_challenges(response: &str) -> Vec<Challenge> {
         .collect()
 }
 
+/// The `Authorization` value answering `c` (MD5 or SHA-256; qop=auth when offered) as `user`
+/// with `password` for `method` on `uri`.
+pub fn digest_authorization(
+    c: &Challenge,
+    user: &str,
+    password: &str,
+    method: &str,
+    uri: &str,
+    cnonce: &str,
+) -> String {
+    let h = |s: String| {
+        if c.algorithm.eq_ignore_ascii_case("MD5") {
+            use md5::Digest;
+            hex::encode(md5::Md5::digest(s.as_bytes()))
+        } else {
+            sha256_hex(s.as_bytes())
+        }
+    };
+    let ha1 = h(format!("{user}:{}:{password}", c.realm));
+    let ha2 = h(format!("{method}:{uri}"));
+    let mut auth = format!(
+        "Digest username=\"{user}\", realm=\"{}\", nonce=\"{}\", uri=\"{uri}\", algorithm={}",
+        c.realm, c.nonce, c.algorithm
+    );
+    let response = if c
+        .qop
+        .as_deref()
+        .is_some_and(|q| q.split(',').any(|q| q.trim() == "auth"))
+    {
+        let _ = write!(auth, ", qop=auth, nc=00000001, cnonce=\"{cnonce}\"");
+        h(format!("{ha1}:{}:00000001:{cnonce}:auth:{ha2}", c.nonce))
+    } else {
+        h(format!("{ha1}:{}:{ha2}", c.nonce))
+    };
+    let _ = write!(auth, ", response=\"{response}\"");
+    if let Some(o) = &c.opaque {
+        let _ = write!(auth, ", opaque=\"{o}\"");
+    }
+    auth
+}
+
 /// The result of [`register_digest`].
 #[derive(Clone, Debug)]
 pub struct RegisterExchange {
@@ -1615,38 +1656,11 @@ pub fn register_digest(env: &Env, user: &str, password: &str, algorithm: &str) -
             contact,
         };
     };
-    let h = |s: String| {
-        if algorithm.eq_ignore_ascii_case("MD5") {
-            use md5::Digest;
-            hex::encode(md5::Md5::digest(s.as_bytes()))
-        } else {
-            sha256_hex(s.as_bytes())
-        }
-    };
-    let ha1 = h(format!("{user}:{}:{password}", c.realm));
-    let ha2 = h(format!("REGISTER:{uri}"));
     let cnonce = format!(
         "{:016x}",
         std::process::id() as u64 * 0x9e37_79b9 + me.port() as u64
     );
-    let mut auth = format!(
-        "Digest username=\"{user}\", realm=\"{}\", nonce=\"{}\", uri=\"{uri}\", algorithm={}",
-        c.realm, c.nonce, c.algorithm
-    );
-    let response = if c
-        .qop
-        .as_deref()
-        .is_some_and(|q| q.split(',').any(|q| q.trim() == "auth"))
-    {
-        let _ = write!(auth, ", qop=auth, nc=00000001, cnonce=\"{cnonce}\"");
-        h(format!("{ha1}:{}:00000001:{cnonce}:auth:{ha2}", c.nonce))
-    } else {
-        h(format!("{ha1}:{}:{ha2}", c.nonce))
-    };
-    let _ = write!(auth, ", response=\"{response}\"");
-    if let Some(o) = &c.opaque {
-        let _ = write!(auth, ", opaque=\"{o}\"");
-    }
+    let auth = digest_authorization(&c, user, password, "REGISTER", &uri, &cnonce);
     let second = exchange(
         &sock,
         to,
