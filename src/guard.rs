@@ -293,6 +293,21 @@ impl Guard {
     }
 }
 
+/// A guard shared by the SIP dispatcher (or the login handler) and the admin API. A panic
+/// while it was held leaves counts that are still valid data, so a poisoned lock is taken as is.
+#[derive(Debug, Default)]
+pub struct SharedGuard(std::sync::Mutex<Guard>);
+
+impl SharedGuard {
+    pub fn new(cfg: GuardConfig) -> SharedGuard {
+        SharedGuard(std::sync::Mutex::new(Guard::new(cfg)))
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Guard> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 fn prune<T>(q: &mut VecDeque<T>, now: Instant, window: Duration, at: impl Fn(&T) -> Instant) {
     while q
         .front()

@@ -178,9 +178,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         ),
     });
     // Password guessing on SIP digest: shared with the admin API, which lists and lifts blocks.
-    let guard = Arc::new(std::sync::Mutex::new(crate::guard::Guard::new(
-        profile.guard,
-    )));
+    let guard = Arc::new(crate::guard::SharedGuard::new(profile.guard));
     if let Some(addr) = cfg.http {
         let mut state = crate::web::AppState::new(
             store.clone(),
@@ -194,9 +192,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         state.dialer = Some(dialer.clone());
         state.campaigns = campaigns.clone();
         state.sip_guard = guard.clone();
-        state.http_guard = Arc::new(std::sync::Mutex::new(crate::guard::Guard::new(
-            profile.guard,
-        )));
+        state.http_guard = Arc::new(crate::guard::SharedGuard::new(profile.guard));
         let http = crate::web::spawn(addr, state).await?;
         first_run_hint(&store, http).await;
     }
@@ -325,7 +321,7 @@ struct Dispatcher {
     /// The last replies taken (Call-ID and CSeq), so a retransmission is not taken twice.
     texts_seen: std::collections::VecDeque<String>,
     /// Password guessing: failed digest authentications per source and per username.
-    guard: Arc<std::sync::Mutex<crate::guard::Guard>>,
+    guard: Arc<crate::guard::SharedGuard>,
 }
 
 impl Dispatcher {
@@ -368,7 +364,7 @@ impl Dispatcher {
     }
 
     fn guard(&self) -> std::sync::MutexGuard<'_, crate::guard::Guard> {
-        self.guard.lock().unwrap_or_else(|p| p.into_inner())
+        self.guard.lock()
     }
 
     /// A request from an untrusted source that is blocked (or that tries a username under

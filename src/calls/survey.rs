@@ -123,11 +123,7 @@ impl Survey {
             }
             // The prompt's own report can cross the digit (it ended as the key was pressed):
             // a report long before the thanks can have played is that one, not the thanks'.
-            Stage::Thanks { since, ends, .. }
-                if now + early(since, ends) < ends && now >= since =>
-            {
-                None
-            }
+            Stage::Thanks { since, ends, .. } if now + early(since, ends) < ends => None,
             Stage::Thanks { .. } => self.finish(),
             Stage::Waiting { .. } | Stage::Done => None,
         }

@@ -267,12 +267,9 @@ pub async fn login(
     let now = std::time::Instant::now();
     // A source blocked for guessing (10 failures within a minute by default, then twice as
     // long on each repeat) is refused before anything else.
-    let blocked = addr.0.and_then(|ip| {
-        s.http_guard
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .blocked_for(now, ip)
-    });
+    let blocked = addr
+        .0
+        .and_then(|ip| s.http_guard.lock().blocked_for(now, ip));
     let attempt = match blocked.map_or_else(|| s.logins.begin(now, addr.0, &username), Err) {
         Ok(a) => a,
         Err(wait) => {
@@ -317,10 +314,9 @@ pub async fn login(
         info!(username = %req.username, source = ?addr.0, "login refused");
         if let Some(ip) = addr.0 {
             metrics::counter!("screenpop_auth_failures_total", "scope" => "http").increment(1);
-            let mut g = s.http_guard.lock().unwrap_or_else(|p| p.into_inner());
             // Only real accounts are tracked by name (the guard keeps nothing for made-up ones).
-            let blocked = g.failed(now, ip, exists.then_some(username.as_str()));
-            drop(g);
+            let user = exists.then_some(username.as_str());
+            let blocked = s.http_guard.lock().failed(now, ip, user);
             if let Some(b) = blocked {
                 crate::guard::report("http", &b);
             }
@@ -339,10 +335,7 @@ pub async fn login(
         .await?;
     s.logins.succeeded(&attempt);
     if let Some(ip) = addr.0 {
-        s.http_guard
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .succeeded(ip, &username);
+        s.http_guard.lock().succeeded(ip, &username);
     }
     let _ = s
         .store

@@ -3,7 +3,6 @@
 //! address with a guesser, a user who mistyped once too often).
 
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::extract::{Path, State};
@@ -17,7 +16,7 @@ use super::api::ApiErrorBody;
 use super::auth::Principal;
 use super::error::ApiError;
 use super::AppState;
-use crate::guard::Guard;
+use crate::guard::SharedGuard;
 use crate::store::agents::Role;
 
 pub fn router() -> Router<AppState> {
@@ -39,11 +38,7 @@ pub(crate) struct BlockOut {
     offence: u32,
 }
 
-fn lock(g: &Arc<Mutex<Guard>>) -> std::sync::MutexGuard<'_, Guard> {
-    g.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn guard_of<'a>(s: &'a AppState, scope: &str) -> Option<(&'static str, &'a Arc<Mutex<Guard>>)> {
+fn guard_of<'a>(s: &'a AppState, scope: &str) -> Option<(&'static str, &'a SharedGuard)> {
     match scope {
         "sip" => Some(("sip", &s.sip_guard)),
         "http" => Some(("http", &s.http_guard)),
@@ -65,7 +60,7 @@ pub(crate) async fn list_blocks(
         let Some((scope, g)) = guard_of(&s, scope) else {
             continue;
         };
-        for b in lock(g).blocks(now) {
+        for b in g.lock().blocks(now) {
             items.push(BlockOut {
                 scope,
                 address: b.addr.to_string(),
@@ -93,7 +88,7 @@ pub(crate) async fn lift_block(
     let addr: IpAddr = address
         .parse()
         .map_err(|_| ApiError::invalid("address", "not an IP address"))?;
-    let lifted = lock(g).lift(Instant::now(), addr);
+    let lifted = g.lock().lift(Instant::now(), addr);
     if !lifted {
         return Err(ApiError::not_found("block"));
     }

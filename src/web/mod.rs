@@ -50,9 +50,9 @@ pub(crate) struct AppState {
     /// The campaign runner, woken when a campaign starts, pauses or resumes.
     pub campaigns: crate::campaigns::runner::Campaigns,
     /// Sources blocked for guessing SIP passwords (the admin lists and lifts them).
-    pub sip_guard: Arc<std::sync::Mutex<crate::guard::Guard>>,
+    pub sip_guard: Arc<crate::guard::SharedGuard>,
     /// The same for `POST /api/login`.
-    pub http_guard: Arc<std::sync::Mutex<crate::guard::Guard>>,
+    pub http_guard: Arc<crate::guard::SharedGuard>,
 }
 
 impl AppState {

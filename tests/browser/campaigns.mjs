@@ -9,40 +9,14 @@
 // greeting file), not_wav (a text file), visitors [name…] (customers with the tag "fair"),
 // opted_out (the name of the one who opted out of SMS).
 
-import { chromium } from 'playwright-core';
-import { mkdirSync } from 'node:fs';
+import {
+  cfg, BASE, T, result, check, browser, run, shot, watch,
+} from './harness.mjs';
 
-const cfg = JSON.parse(process.env.E2E_CONFIG);
-const BASE = cfg.base;
-mkdirSync(cfg.shots, { recursive: true });
-const T = 15_000;
-const result = {};
-const errors = [];
-
-function check(cond, what) {
-  if (!cond) throw new Error(`check failed: ${what}`);
-  console.error(`ok: ${what}`);
-}
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
-});
-
-async function shot(p, name) {
-  const { width } = p.viewportSize();
-  const lang = await p.evaluate(() => document.documentElement.lang || 'en');
-  await p.screenshot({ path: `${cfg.shots}/${name}-${width}-${lang.startsWith('zh') ? 'zh' : 'en'}.png` });
-}
-
-try {
+await run(async () => {
   const ctx = await browser.newContext({ viewport: { width: 1366, height: 768 }, locale: 'en-US', timezoneId: cfg.zone });
   const p = await ctx.newPage();
-  p.on('pageerror', (e) => errors.push(`pageerror: ${e.message}`));
-  p.on('console', (m) => {
-    if (m.type() === 'error' && !/status of 422/.test(m.text())) errors.push(`console: ${m.text()}`);
-    if (m.type() === 'warning' && m.text().includes('i18n: missing')) errors.push(`console: ${m.text()}`);
-  });
+  watch(p, true);
   await p.goto(`${BASE}/`);
   await p.waitForURL(/\/login/);
   await p.getByLabel('Username').fill(cfg.supervisor.username);
@@ -138,15 +112,4 @@ try {
   await row.getByRole('button', { name: 'Preview: Fair invitation' }).click();
   await p.getByText('Preview: Fair invitation').waitFor({ timeout: T });
   await shot(p, 'campaigns-preview');
-
-  check(errors.length === 0, `no script errors on the page (${errors.join('; ')})`);
-  console.log(`RESULT ${JSON.stringify(result)}`);
-  await browser.close();
-  process.exit(0);
-} catch (e) {
-  console.error(e.stack || String(e));
-  console.error(`page errors: ${errors.join('\n')}`);
-  console.log(`RESULT ${JSON.stringify({ ...result, error: String(e) })}`);
-  await browser.close();
-  process.exit(1);
-}
+});

@@ -8,35 +8,14 @@
 //
 // Config (JSON in E2E_CONFIG): base, shots, alice and bob {username,password}, customer (name).
 
-import { chromium } from 'playwright-core';
-import { mkdirSync } from 'node:fs';
-import { createInterface } from 'node:readline';
-
-const cfg = JSON.parse(process.env.E2E_CONFIG);
-const BASE = cfg.base;
-mkdirSync(cfg.shots, { recursive: true });
-const T = 15_000;
-const result = {};
-const errors = [];
-const lines = createInterface({ input: process.stdin });
-const waiting = [];
-lines.on('line', (l) => { const w = waiting.shift(); if (w) w(l); });
-const nextLine = () => new Promise((r) => waiting.push(r));
-
-function check(cond, what) {
-  if (!cond) throw new Error(`check failed: ${what}`);
-  console.error(`ok: ${what}`);
-}
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
-});
+import {
+  cfg, BASE, T, check, browser, nextLine, run, watch,
+} from './harness.mjs';
 
 async function desk(who) {
   const ctx = await browser.newContext({ viewport: { width: 1366, height: 768 }, locale: 'en-US' });
   const p = await ctx.newPage();
-  p.on('pageerror', (e) => errors.push(`pageerror: ${e.message}`));
+  watch(p);
   await p.goto(`${BASE}/`);
   await p.waitForURL(/\/login/);
   await p.getByLabel('Username').fill(who.username);
@@ -51,7 +30,7 @@ async function shot(p, name) {
   await p.screenshot({ path: `${cfg.shots}/${name}-1366-${lang}.png` });
 }
 
-try {
+await run(async () => {
   const alice = await desk(cfg.alice);
   await alice.getByRole('button', { name: 'Available', exact: true }).click();
   await alice.locator('#state-label').filter({ hasText: 'Available' }).waitFor({ timeout: T });
@@ -98,15 +77,4 @@ try {
   await shot(bob, 'agent-after-consult');
   await bob.getByRole('button', { name: 'Hang up' }).click();
   await bStatus.filter({ hasText: 'Call ended' }).waitFor({ timeout: T });
-
-  check(errors.length === 0, `no script errors on the pages (${errors.join('; ')})`);
-  console.log(`RESULT ${JSON.stringify(result)}`);
-  await browser.close();
-  process.exit(0);
-} catch (e) {
-  console.error(e.stack || String(e));
-  console.error(`page errors: ${errors.join('\n')}`);
-  console.log(`RESULT ${JSON.stringify({ ...result, error: String(e) })}`);
-  await browser.close();
-  process.exit(1);
-}
+});

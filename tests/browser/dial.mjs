@@ -7,30 +7,14 @@
 // Config (JSON in E2E_CONFIG): base, shots, agent {username,password}, customer (name), number
 // (in E.164, as the Call button names it).
 
-import { chromium } from 'playwright-core';
-import { mkdirSync } from 'node:fs';
+import {
+  cfg, BASE, T, check, browser, run, watch,
+} from './harness.mjs';
 
-const cfg = JSON.parse(process.env.E2E_CONFIG);
-const BASE = cfg.base;
-mkdirSync(cfg.shots, { recursive: true });
-const T = 15_000;
-const result = {};
-const errors = [];
-
-function check(cond, what) {
-  if (!cond) throw new Error(`check failed: ${what}`);
-  console.error(`ok: ${what}`);
-}
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
-});
-
-try {
+await run(async () => {
   const ctx = await browser.newContext({ viewport: { width: 1366, height: 768 }, locale: 'en-US' });
   const p = await ctx.newPage();
-  p.on('pageerror', (e) => errors.push(`pageerror: ${e.message}`));
+  watch(p);
   await p.goto(`${BASE}/`);
   await p.waitForURL(/\/login/);
   await p.getByLabel('Username').fill(cfg.agent.username);
@@ -67,15 +51,4 @@ try {
   await p.getByRole('button', { name: 'English' }).click();
   await status.filter({ hasText: 'Call ended' }).waitFor({ timeout: 30_000 });
   await p.screenshot({ path: `${cfg.shots}/agent-outbound-ended-1366-en.png` });
-
-  check(errors.length === 0, `no script errors on the page (${errors.join('; ')})`);
-  console.log(`RESULT ${JSON.stringify(result)}`);
-  await browser.close();
-  process.exit(0);
-} catch (e) {
-  console.error(e.stack || String(e));
-  console.error(`page errors: ${errors.join('\n')}`);
-  console.log(`RESULT ${JSON.stringify({ ...result, error: String(e) })}`);
-  await browser.close();
-  process.exit(1);
-}
+});

@@ -8,39 +8,14 @@
 //
 // Config (JSON in E2E_CONFIG): base, shots, queue (name), agent and admin {username,password,id}.
 
-import { chromium } from 'playwright-core';
-import { mkdirSync } from 'node:fs';
-import { createInterface } from 'node:readline';
-
-const cfg = JSON.parse(process.env.E2E_CONFIG);
-const BASE = cfg.base;
-mkdirSync(cfg.shots, { recursive: true });
-const T = 15_000;
-const result = {};
-const errors = [];
-const lines = createInterface({ input: process.stdin });
-const waiting = [];
-lines.on('line', (l) => { const w = waiting.shift(); if (w) w(l); });
-const nextLine = () => new Promise((r) => waiting.push(r));
-
-function check(cond, what) {
-  if (!cond) throw new Error(`check failed: ${what}`);
-  console.error(`ok: ${what}`);
-}
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
-});
+import {
+  cfg, BASE, T, check, browser, nextLine, run, shot, watch,
+} from './harness.mjs';
 
 async function open(who, path) {
   const ctx = await browser.newContext({ viewport: { width: 1366, height: 768 }, locale: 'en-US' });
   const p = await ctx.newPage();
-  p.on('pageerror', (e) => errors.push(`pageerror: ${e.message}`));
-  p.on('console', (m) => {
-    if (m.type() === 'error' && !/status of 422/.test(m.text())) errors.push(`console: ${m.text()}`);
-    if (m.type() === 'warning' && m.text().includes('i18n: missing')) errors.push(`console: ${m.text()}`);
-  });
+  watch(p, true);
   await p.goto(`${BASE}/`);
   await p.waitForURL(/\/login/);
   await p.getByLabel('Username').fill(who.username);
@@ -50,13 +25,7 @@ async function open(who, path) {
   return p;
 }
 
-async function shot(p, name) {
-  const { width } = p.viewportSize();
-  const lang = await p.evaluate(() => document.documentElement.lang || 'en');
-  await p.screenshot({ path: `${cfg.shots}/${name}-${width}-${lang.startsWith('zh') ? 'zh' : 'en'}.png` });
-}
-
-try {
+await run(async () => {
   const agent = await open(cfg.agent, '/agent');
   await agent.getByRole('button', { name: 'Available', exact: true }).click();
   await agent.locator('#state-label').filter({ hasText: 'Available' }).waitFor({ timeout: T });
@@ -90,6 +59,10 @@ try {
   await status.filter({ hasText: 'Call ended' }).filter({ hasText: 'Rated 4/9' }).waitFor({ timeout: T });
   check(true, 'the card shows the score when the call ends');
   await shot(agent, 'agent-survey-rated');
+  await agent.getByRole('button', { name: '中文' }).click();
+  await status.filter({ hasText: '评分 4/9' }).waitFor({ timeout: T });
+  await shot(agent, 'agent-survey-rated');
+  await agent.getByRole('button', { name: 'English' }).click();
 
   const qCell = sup.locator(`#wb-queues td[data-queue-id="${cfg.queue_id}"][data-field="survey"]`);
   await qCell.filter({ hasText: '4.0 (1/1)' }).waitFor({ timeout: T });
@@ -108,15 +81,4 @@ try {
   await sup.getByRole('columnheader', { name: '满意度' }).first().waitFor({ timeout: T });
   await shot(sup, 'wallboard-survey');
   await sup.getByRole('button', { name: 'English' }).click();
-
-  check(errors.length === 0, `no script errors on the pages (${errors.join('; ')})`);
-  console.log(`RESULT ${JSON.stringify(result)}`);
-  await browser.close();
-  process.exit(0);
-} catch (e) {
-  console.error(e.stack || String(e));
-  console.error(`page errors: ${errors.join('\n')}`);
-  console.log(`RESULT ${JSON.stringify({ ...result, error: String(e) })}`);
-  await browser.close();
-  process.exit(1);
-}
+});
