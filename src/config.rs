@@ -123,6 +123,66 @@ pub struct Profile {
     /// long (trusted addresses are never blocked).
     #[serde(default)]
     pub guard: crate::guard::GuardConfig,
+    /// Floods: the SIP messages a second a source may send before it is dropped for a while
+    /// (trusted addresses have their own, higher limit and are never blocked).
+    #[serde(default)]
+    pub flood: crate::flood::FloodConfig,
+    /// What one peer may hold of the server: connections, time and bytes.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// `[limits]`: what one peer may hold of the server, so that slow or hostile clients cost
+/// their own connection and not everyone's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// SIP over TCP and TLS: inbound connections in all, and from one address (trusted
+    /// addresses have no cap of their own).
+    pub tcp_connections: usize,
+    pub tcp_connections_per_address: usize,
+    /// How long a SIP message may take to arrive whole once its first byte has.
+    pub tcp_partial_secs: u64,
+    /// How long a SIP connection may stay silent.
+    pub tcp_idle_secs: u64,
+    /// The largest HTTP request body (uploads of audio have their own, larger limit).
+    pub http_body_bytes: usize,
+    /// How long an HTTP client may take to send a request's headers, and to start the next
+    /// one on a kept-alive connection.
+    pub http_header_secs: u64,
+    /// Live WebSocket connections (desktops, wallboards) per user.
+    pub ws_per_user: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            tcp_connections: 10_000,
+            tcp_connections_per_address: 64,
+            tcp_partial_secs: 10,
+            tcp_idle_secs: 600,
+            http_body_bytes: 1 << 20,
+            http_header_secs: 30,
+            ws_per_user: 8,
+        }
+    }
+}
+
+impl Limits {
+    /// The SIP stream limits, within sane bounds (a zero would refuse every phone).
+    pub fn streams(&self) -> crate::transport::StreamLimits {
+        crate::transport::StreamLimits {
+            connections: self.tcp_connections.max(1),
+            per_address: self.tcp_connections_per_address.max(1),
+            partial: std::time::Duration::from_secs(self.tcp_partial_secs.clamp(1, 3600)),
+            idle: std::time::Duration::from_secs(self.tcp_idle_secs.clamp(1, 86_400)),
+        }
+    }
+
+    /// The HTTP body limit, at least enough for any JSON request the API takes.
+    pub fn http_body(&self) -> usize {
+        self.http_body_bytes.max(16 * 1024)
+    }
 }
 
 /// `[sms]`: how campaigns send SMS.

@@ -8,6 +8,7 @@ pub mod campaigns;
 pub mod config;
 pub mod crm;
 pub mod events;
+pub mod flood;
 pub mod guard;
 pub mod ids;
 pub mod media;

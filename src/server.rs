@@ -71,7 +71,18 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         Some(settings) => Some(crate::tls::Tls::load(settings)?),
         None => None,
     };
-    let (sock, mut inbound) = SipSocket::bind(cfg.sip, tls.clone()).await?;
+    // Floods are cut off before parsing; trusted addresses get their own limit.
+    let flood = {
+        let trust = cfg.profile.clone();
+        Arc::new(crate::flood::FloodGate::new(cfg.profile.flood, move |ip| {
+            trust.trusts(ip)
+        }))
+    };
+    let defences = crate::transport::Defences {
+        flood: flood.clone(),
+        streams: cfg.profile.limits.streams(),
+    };
+    let (sock, mut inbound) = SipSocket::bind(cfg.sip, tls.clone(), defences).await?;
     let local = sock.local_addr();
     let ip = crate::calls::dialog::advertised_ip(local, cfg.profile.public_addr);
     let host = match ip {
@@ -193,6 +204,8 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         state.campaigns = campaigns.clone();
         state.sip_guard = guard.clone();
         state.http_guard = Arc::new(crate::guard::SharedGuard::new(profile.guard));
+        state.flood = flood.clone();
+        state.limits = profile.limits;
         let http = crate::web::spawn(addr, state).await?;
         first_run_hint(&store, http).await;
     }
@@ -241,6 +254,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         campaigns,
         texts_seen: std::collections::VecDeque::new(),
         guard,
+        flood,
     };
     for r in &profile.registrations {
         match start_registration(&d.env, r).await {
@@ -322,6 +336,8 @@ struct Dispatcher {
     texts_seen: std::collections::VecDeque<String>,
     /// Password guessing: failed digest authentications per source and per username.
     guard: Arc<crate::guard::SharedGuard>,
+    /// Floods: per-source rates (stray responses are charged here).
+    flood: Arc<crate::flood::FloodGate>,
 }
 
 impl Dispatcher {
@@ -351,8 +367,15 @@ impl Dispatcher {
             }
         }
         match inb.msg {
-            // A response for no call of ours (e.g. RFC 4475 §3.3.10's broadcast Via): dropped.
-            Message::Response(r) => debug!(status = r.status, %call_id, "stray response dropped"),
+            // A response for no call of ours (e.g. RFC 4475 §3.3.10's broadcast Via): dropped,
+            // and charged as garbage (responses pass the flood gate free, as answers to what
+            // we sent: a stream of made-up ones must not).
+            Message::Response(r) => {
+                debug!(status = r.status, %call_id, "stray response dropped");
+                let stream = inb.peer.transport != Transport::Udp;
+                self.flood
+                    .admit(inb.peer.addr.ip(), 1 + crate::flood::GARBAGE_COST, stream);
+            }
             Message::Request(mut req) => {
                 if inb.peer.transport == Transport::Udp {
                     req.stamp_source(inb.peer.addr);

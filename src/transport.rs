@@ -5,17 +5,24 @@
 //! with 400 (505 for a bad version) built from its raw Via/From/To/Call-ID/CSeq lines when those
 //! are present, and dropped otherwise. A bad message never stops the loop, and a slow or broken
 //! TCP peer only ever blocks its own connection task.
+//!
+//! Before anything is parsed, the [`FloodGate`] is asked: a source over its rate is dropped
+//! here, at the cost of a hash lookup, so a flood from one address never reaches the parser,
+//! the dispatcher or the calls.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::sip::message::{reason_phrase, MAX_MESSAGE};
+use crate::flood::{FloodGate, GARBAGE_COST};
+use crate::sip::framing::{Framer, Item};
+use crate::sip::message::reason_phrase;
 use crate::sip::{Message, ParseError};
 use crate::tls::Tls;
 
@@ -30,11 +37,67 @@ pub(crate) struct Inbound {
     pub at: std::time::Instant,
 }
 
-/// How long a TCP connection may stay silent before it is closed.
-const TCP_IDLE: std::time::Duration = std::time::Duration::from_secs(600);
-
 /// How long a TLS client may take over its handshake before the connection is dropped.
-const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// How long a write to a stream peer may block (it stopped reading) before the connection goes.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What stream (TCP, TLS) peers may hold of the server: the profile's `[limits]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Inbound connections in all, and from one address (trusted addresses: no own cap).
+    pub connections: usize,
+    pub per_address: usize,
+    /// How long a message may take to arrive whole once its first byte has.
+    pub partial: Duration,
+    /// How long a connection may stay silent.
+    pub idle: Duration,
+}
+
+impl Default for StreamLimits {
+    fn default() -> StreamLimits {
+        StreamLimits {
+            connections: 10_000,
+            per_address: 64,
+            partial: Duration::from_secs(10),
+            idle: Duration::from_secs(600),
+        }
+    }
+}
+
+/// What the receive loops apply before anything is parsed.
+#[derive(Debug, Clone, Default)]
+pub struct Defences {
+    pub flood: Arc<FloodGate>,
+    pub streams: StreamLimits,
+}
+
+/// Inbound stream connections, per address (IPv6 per /64) and in all.
+#[derive(Debug, Default)]
+struct ConnCounts {
+    total: usize,
+    by_source: HashMap<IpAddr, usize>,
+}
+
+/// An inbound connection's place in the counts, given back when its reader ends.
+struct Slot {
+    counts: Arc<Mutex<ConnCounts>>,
+    source: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.by_source.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                c.by_source.remove(&self.source);
+            }
+        }
+    }
+}
 
 /// Writers of open stream connections (TCP and TLS), by peer.
 type ConnMap = Arc<Mutex<HashMap<Peer, mpsc::Sender<Vec<u8>>>>>;
@@ -51,6 +114,15 @@ pub(crate) struct SipSocket {
     /// Host names to check a TLS server's certificate against, by address: learned where a URI
     /// was resolved (a registrar, a trunk); an address without one is checked as an IP.
     tls_names: Arc<Mutex<HashMap<SocketAddr, String>>>,
+    /// Per-source rate limits and stream caps, applied before parsing.
+    defences: Defences,
+    conn_counts: Arc<Mutex<ConnCounts>>,
+}
+
+/// What a message costs against its source's rate: a response nothing (it answers what we
+/// sent; a blocked source's are still dropped), anything else one token.
+fn cost_of(data: &[u8]) -> u32 {
+    u32::from(!data.starts_with(b"SIP/2.0 "))
 }
 
 /// UDP and TCP on one port. With port 0 the UDP socket picks an ephemeral port and TCP takes the
@@ -79,10 +151,11 @@ async fn bind_pair(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)
 
 impl SipSocket {
     /// Binds UDP and TCP on `addr`, and with `tls` a TLS listener on its port at the same
-    /// address, and starts the receive loops.
+    /// address, and starts the receive loops, which apply `defences` before parsing.
     pub async fn bind(
         addr: SocketAddr,
         tls: Option<Tls>,
+        defences: Defences,
     ) -> std::io::Result<(SipSocket, mpsc::Receiver<Inbound>)> {
         let (udp, tcp) = bind_pair(addr).await?;
         let local = udp.local_addr()?;
@@ -106,6 +179,8 @@ impl SipSocket {
             tls: tls.clone(),
             tls_local,
             tls_names: Arc::default(),
+            defences,
+            conn_counts: Arc::default(),
         };
         tokio::spawn(me.clone().udp_loop());
         tokio::spawn(me.clone().accept_loop(tcp));
@@ -119,6 +194,43 @@ impl SipSocket {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    fn gate(&self) -> &FloodGate {
+        &self.defences.flood
+    }
+
+    /// A place for an inbound connection from `ip`, or `None` when the server or that address
+    /// (unless trusted) holds as many as it may: the connection is then closed at once.
+    fn slot(&self, ip: IpAddr) -> Option<Slot> {
+        // A connection costs a token like a request (a TLS handshake costs us more than one):
+        // a blocked source, or one opening connections too fast, is closed at once.
+        if !self.gate().admit(ip, 1, false) {
+            return None;
+        }
+        let limits = self.defences.streams;
+        let source = crate::guard::source_key(ip);
+        let trusted = self.gate().trusts(ip);
+        let mut c = self.conn_counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = c.by_source.get(&source).copied().unwrap_or(0);
+        // Trusted peers are not held to the total: connections from elsewhere filling it
+        // must not lock out the PBX.
+        let why = if !trusted && c.total >= limits.connections {
+            "total"
+        } else if !trusted && mine >= limits.per_address {
+            "per_address"
+        } else {
+            c.total += 1;
+            *c.by_source.entry(source).or_default() += 1;
+            return Some(Slot {
+                counts: self.conn_counts.clone(),
+                source,
+            });
+        };
+        drop(c);
+        metrics::counter!("screenpop_sip_stream_refused_total", "why" => why).increment(1);
+        debug!(%ip, why, "stream connection refused: at the cap");
+        None
     }
 
     /// The TLS listener's address, when there is one.
@@ -177,7 +289,7 @@ impl SipSocket {
             }
         };
         if peer.transport == Transport::Tcp {
-            return Some(self.clone().spawn_conn(stream, peer));
+            return Some(self.clone().spawn_conn(stream, peer, None));
         }
         let Some(tls) = &self.tls else {
             warn!(peer = %peer.addr, "a message for a TLS peer, but the profile has no [tls]");
@@ -198,7 +310,7 @@ impl SipSocket {
             Ok(Ok(s)) => {
                 metrics::counter!("screenpop_tls_handshakes_total", "side" => "client")
                     .increment(1);
-                Some(self.clone().spawn_conn(s, peer))
+                Some(self.clone().spawn_conn(s, peer, None))
             }
             Ok(Err(e)) => {
                 metrics::counter!("screenpop_tls_handshake_failures_total", "side" => "client")
@@ -230,6 +342,9 @@ impl SipSocket {
             if data.iter().all(|b| b.is_ascii_whitespace()) {
                 continue; // keep-alive
             }
+            if !self.gate().admit(src.ip(), cost_of(data), false) {
+                continue;
+            }
             let peer = Peer {
                 addr: src,
                 transport: Transport::Udp,
@@ -244,7 +359,7 @@ impl SipSocket {
                         .send(Inbound {
                             msg,
                             peer,
-                            at: std::time::Instant::now(),
+                            at: Instant::now(),
                         })
                         .await
                         .is_err()
@@ -252,7 +367,12 @@ impl SipSocket {
                         return;
                     }
                 }
-                Ok(Err(e)) => self.reject(peer, data, &e),
+                Ok(Err(e)) => {
+                    // Garbage costs more; the datagram that blocks its source goes unanswered.
+                    if self.gate().admit(src.ip(), GARBAGE_COST, false) {
+                        self.reject(peer, data, &e);
+                    }
+                }
                 Err(_) => warn!(peer = %peer.addr, "parser panicked; datagram dropped"),
             }
         }
@@ -262,16 +382,19 @@ impl SipSocket {
         loop {
             match listener.accept().await {
                 Ok((stream, addr)) => {
+                    let Some(slot) = self.slot(addr.ip()) else {
+                        continue; // blocked, or at the cap: closed at once
+                    };
                     let _ = stream.set_nodelay(true);
                     let peer = Peer {
                         addr,
                         transport: Transport::Tcp,
                     };
-                    self.clone().spawn_conn(stream, peer);
+                    self.clone().spawn_conn(stream, peer, Some(slot));
                 }
                 Err(e) => {
                     warn!(error = %e, "tcp accept");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
         }
@@ -285,9 +408,13 @@ impl SipSocket {
                 Ok(x) => x,
                 Err(e) => {
                     warn!(error = %e, "tls accept");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
+            };
+            // The handshake holds a place too: a peer cannot open thousands of them.
+            let Some(slot) = self.slot(addr.ip()) else {
+                continue;
             };
             let _ = stream.set_nodelay(true);
             // The certificate in force when the client connected (SIGHUP swaps it for later
@@ -303,7 +430,7 @@ impl SipSocket {
                             addr,
                             transport: Transport::Tls,
                         };
-                        me.spawn_conn(s, peer);
+                        me.spawn_conn(s, peer, Some(slot));
                     }
                     Ok(Err(e)) => {
                         metrics::counter!("screenpop_tls_handshake_failures_total", "side" => "server")
@@ -322,7 +449,7 @@ impl SipSocket {
 
     /// Starts the reader and writer of one stream connection (TCP, or TLS over it) and
     /// registers its writer.
-    fn spawn_conn<S>(self, stream: S, peer: Peer) -> mpsc::Sender<Vec<u8>>
+    fn spawn_conn<S>(self, stream: S, peer: Peer, slot: Option<Slot>) -> mpsc::Sender<Vec<u8>>
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
@@ -331,72 +458,110 @@ impl SipSocket {
         if let Ok(mut m) = self.conns.lock() {
             m.insert(peer, tx.clone());
         }
+        // The reader and the writer both hold the connection's place: it is given back when
+        // the socket is really gone, not when a peer that stopped reading half-closes.
+        let slot = slot.map(Arc::new);
+        let writer_slot = slot.clone();
         tokio::spawn(async move {
+            let _slot = writer_slot;
             while let Some(b) = rx.recv().await {
-                if wr.write_all(&b).await.is_err() {
-                    break;
+                // A peer that stops reading (a zero window) holds nothing for long.
+                match tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&b)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) | Err(_) => break,
                 }
             }
             // TLS: close_notify before the TCP FIN.
             let _ = wr.shutdown().await;
         });
         let ret = tx.clone();
+        let limits = self.defences.streams;
         tokio::spawn(async move {
-            let mut buf: Vec<u8> = Vec::with_capacity(8192);
+            // Held until the reader ends: the connection counts against its address's and
+            // the server's caps (inbound ones only; `None` for those we opened).
+            let slot = slot;
+            let mut framer = Framer::default();
             let mut chunk = vec![0u8; 16384];
+            // Cut off (silent, dribbling, flooding): closed at once, nothing more is owed.
+            let mut cut = false;
             'conn: loop {
                 // A connection silent for longer than any registration or call keep-alive is
-                // gone (rebooted phone, lost NAT mapping) or idle on purpose: close it.
-                let n = match tokio::time::timeout(TCP_IDLE, rd.read(&mut chunk)).await {
-                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-                    Ok(Ok(n)) => n,
+                // gone (rebooted phone, lost NAT mapping) or idle on purpose; one that has
+                // been sending a message for longer than any peer needs is holding a slot
+                // (slowloris): close either.
+                let now = Instant::now();
+                let (wait, partial) = match framer.partial_since() {
+                    Some(since) => (
+                        (since + limits.partial)
+                            .saturating_duration_since(now)
+                            .min(limits.idle),
+                        true,
+                    ),
+                    None => (limits.idle, false),
                 };
-                buf.extend_from_slice(&chunk[..n]);
+                let n = match tokio::time::timeout(wait, rd.read(&mut chunk)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                    Ok(Ok(n)) => n,
+                    Err(_) => {
+                        let why = if partial { "partial" } else { "idle" };
+                        debug!(peer = %peer.addr, why, "stream connection cut off");
+                        metrics::counter!("screenpop_sip_stream_closed_total", "why" => why)
+                            .increment(1);
+                        cut = true;
+                        break;
+                    }
+                };
+                framer.push(&chunk[..n], Instant::now());
                 loop {
-                    match Message::parse_stream(&buf) {
-                        Ok((msg, used)) => {
-                            buf.drain(..used);
-                            if self
-                                .inbound
-                                .send(Inbound {
-                                    msg,
-                                    peer,
-                                    at: std::time::Instant::now(),
-                                })
-                                .await
-                                .is_err()
-                            {
-                                break 'conn;
-                            }
+                    let frame = match framer.next_item() {
+                        Ok(None) => break,
+                        Ok(Some(Item::Ping)) => {
+                            // RFC 5626 §3.5.1: a double-CRLF ping gets a CRLF pong (a phone
+                            // behind NAT learns its connection is alive).
+                            let _ = tx.try_send(b"\r\n".to_vec());
+                            continue;
                         }
-                        Err(ParseError::Incomplete) => {
-                            if buf.iter().all(|b| *b == b'\r' || *b == b'\n') {
-                                // RFC 5626 §3.5.1: a double-CRLF ping gets a CRLF pong (a
-                                // phone behind NAT learns its connection is alive); a lone
-                                // CRLF waits for its pair.
-                                if buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                                    let _ = tx.try_send(b"\r\n".to_vec());
-                                    buf.clear();
-                                } else if buf.len() >= 4 {
-                                    buf.clear();
-                                }
-                            }
-                            if buf.len() > MAX_MESSAGE {
-                                break 'conn;
-                            }
-                            break;
-                        }
+                        Ok(Some(Item::Message(frame))) => frame,
                         Err(e) => {
                             // Framing is lost: answer if we can, then close (RFC 3261 §18.3).
-                            self.reject(peer, &buf, &e);
+                            if self.gate().admit(peer.addr.ip(), 1 + GARBAGE_COST, true) {
+                                self.reject(peer, framer.pending(), &e);
+                            }
                             break 'conn;
                         }
+                    };
+                    if !self.gate().admit(peer.addr.ip(), cost_of(&frame), true) {
+                        cut = true; // blocked for flooding: the connection goes
+                        break 'conn;
+                    }
+                    match std::panic::catch_unwind(|| Message::parse_stream(&frame)) {
+                        Ok(Ok((msg, _))) => {
+                            let inbound = Inbound {
+                                msg,
+                                peer,
+                                at: Instant::now(),
+                            };
+                            if self.inbound.send(inbound).await.is_err() {
+                                break 'conn;
+                            }
+                        }
+                        // Framed but not well formed: answered, and the stream goes on (its
+                        // framing is intact).
+                        Ok(Err(e)) => {
+                            if self.gate().admit(peer.addr.ip(), GARBAGE_COST, true) {
+                                self.reject(peer, &frame, &e);
+                            }
+                        }
+                        Err(_) => warn!(peer = %peer.addr, "parser panicked; message dropped"),
                     }
                 }
             }
+            drop(slot);
             // Responses to what was read may still be on their way through the dispatcher:
             // keep the writer registered a little longer, then let it close the connection.
-            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            if !cut {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
             if let Ok(mut m) = self.conns.lock() {
                 if m.get(&peer).is_some_and(|s| s.same_channel(&tx)) {
                     m.remove(&peer);

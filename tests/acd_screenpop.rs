@@ -233,7 +233,7 @@ fn unknown_callers_become_customers_anonymous_ones_do_not_and_abandoned_calls_ge
     a1.wait_for(state_of(alice.agent_id, "available"), T);
 
     // The first caller again: the pop shows the earlier contact and its open callback.
-    a1.seen.clear();
+    a1.forget();
     let mut trunk = c.env.trunk_from("+14155550199", "uac_cancel_from.xml", &[]);
     let third = a1.wait_for(is("call.offered"), T);
     assert_eq!(third["customer"]["id"], first["customer"]["id"]);
@@ -294,7 +294,7 @@ fn routing_follows_idle_time_skills_and_the_assigned_agent() {
     let mut phone_b = c.env.agent_phone("bob-phone", pb, "uas_ring.xml", &extra);
 
     sup.pump(Duration::from_millis(300));
-    sup.seen.clear();
+    sup.forget();
     let mut offered_to = Vec::new();
     let calls: [(&str, &[&str]); 4] = [
         ("+14155550001", &[]),              // longest idle: Alice

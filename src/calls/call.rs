@@ -145,9 +145,16 @@ pub(crate) fn screen(
         .map(Some)
         .map_err(|e| {
             debug!(error = %e, "bad SDP");
-            Refusal {
-                status: 400,
-                why: "malformed SDP",
+            if e.over_limits() {
+                Refusal {
+                    status: 488,
+                    why: "SDP over the limits",
+                }
+            } else {
+                Refusal {
+                    status: 400,
+                    why: "malformed SDP",
+                }
             }
         })
 }
@@ -574,10 +581,10 @@ impl Call {
         };
         let negotiated = match &init.offer {
             Some(offer) => Some(sdp::answer(offer, &caller_local, &cfg.codecs).map_err(|e| {
-                debug!(error = %e, "no common codec");
+                debug!(error = %e, "offer not acceptable");
                 Refusal {
                     status: 488,
-                    why: "no common codec",
+                    why: "no usable audio stream or codec",
                 }
             })?),
             None => None,

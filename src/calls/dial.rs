@@ -76,7 +76,7 @@ pub async fn dial(opts: DialOptions) -> anyhow::Result<DialSummary> {
         Some(p) => crate::media::player::Clip::load(p)?.pcm().to_vec(),
         None => Vec::new(),
     };
-    let (sock, mut inbound) = SipSocket::bind(opts.bind, None).await?;
+    let (sock, mut inbound) = SipSocket::bind(opts.bind, None, Default::default()).await?;
     let local = sock.local_addr();
     let me = LocalContact {
         host: local.ip().to_string(),

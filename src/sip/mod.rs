@@ -5,6 +5,7 @@
 pub mod caller_id;
 pub(crate) mod digest;
 pub mod error;
+pub mod framing;
 pub mod headers;
 pub mod message;
 pub mod pager;

@@ -118,6 +118,28 @@ pub enum SdpError {
         "line {line}: `a=rtcp` must be `<port> [<nettype> <addrtype> <address>]`, found {found:?}"
     )]
     BadRtcp { line: usize, found: String },
+    /// More media sections than any call needs: a hostile offer (its answer would have to
+    /// list them all).
+    #[error("more than {MAX_MEDIA} media sections")]
+    TooManyMedia,
+    /// More lines, or a longer line, than any real offer has.
+    #[error("line {line}: over the limit of {MAX_LINES} lines of at most {MAX_LINE} bytes")]
+    OverLimit { line: usize },
+}
+
+/// Media sections an offer may have (audio, video, a few declined ones).
+pub const MAX_MEDIA: usize = 16;
+/// Lines an SDP may have, and the length of one (the longest real ones, ICE candidates and
+/// crypto keys, are a few hundred bytes).
+pub const MAX_LINES: usize = 1024;
+pub const MAX_LINE: usize = 2048;
+
+impl SdpError {
+    /// Whether the body is well formed but over the limits: a hostile offer, refused with 488
+    /// rather than 400.
+    pub fn over_limits(&self) -> bool {
+        matches!(self, SdpError::TooManyMedia | SdpError::OverLimit { .. })
+    }
 }
 
 /// Why an offer cannot be answered, or an answer to our offer cannot be used.
@@ -846,9 +868,15 @@ impl SessionDescription {
         let mut other = Vec::new();
         let mut media: Vec<MediaDescription> = Vec::new();
 
-        for (line, text) in lines {
+        for (n, (line, text)) in lines.enumerate() {
+            if n >= MAX_LINES || text.len() > MAX_LINE {
+                return Err(SdpError::OverLimit { line });
+            }
             let (kind, value) = split_line(line, text)?;
             if kind == 'm' {
+                if media.len() == MAX_MEDIA {
+                    return Err(SdpError::TooManyMedia);
+                }
                 media.push(MediaDescription::parse_m_line(line, value)?);
                 continue;
             }
@@ -1543,7 +1571,7 @@ pub(crate) fn accept_answer(
             answered: theirs.kind.to_string(),
         });
     }
-    if theirs.port == 0 {
+    if !usable_port(theirs.port) {
         return Err(NegotiationError::AudioRejected);
     }
 
@@ -1628,7 +1656,7 @@ fn select_audio(sdp: &SessionDescription, srtp: bool) -> Result<usize, Negotiati
         .media
         .iter()
         .enumerate()
-        .filter(|(_, m)| m.kind == MediaKind::Audio && m.port != 0)
+        .filter(|(_, m)| m.kind == MediaKind::Audio && usable_port(m.port))
         .peekable();
     let first_proto = match active.peek() {
         Some((_, m)) => m.proto.clone(),
@@ -1638,6 +1666,13 @@ fn select_audio(sdp: &SessionDescription, srtp: bool) -> Result<usize, Negotiati
         .find(|(_, m)| m.proto.eq_ignore_ascii_case(proto))
         .map(|(i, _)| i)
         .ok_or(NegotiationError::UnsupportedTransport { proto: first_proto })
+}
+
+/// Whether a peer's RTP port can be sent to: not 0 (a declined stream), not a privileged port
+/// (1-1023: RTP is never there, and a hostile offer could aim our relay at a service, a
+/// reflection), not 65535 (no room for RTCP after it).
+fn usable_port(port: u16) -> bool {
+    (1024..u16::MAX).contains(&port)
 }
 
 /// The remote IP of media section `index` and whether it is the RFC 2543

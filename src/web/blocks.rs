@@ -1,6 +1,6 @@
 //! `/api/blocks`: the sources blocked for guessing passwords (SIP digest, and `POST
-//! /api/login`), for admins to see and to lift (a real phone behind a NAT that shares its
-//! address with a guesser, a user who mistyped once too often).
+//! /api/login`) or for flooding the SIP port, for admins to see and to lift (a real phone
+//! behind a NAT that shares its address with a guesser, a user who mistyped once too often).
 
 use std::net::IpAddr;
 use std::time::Instant;
@@ -28,7 +28,8 @@ pub fn router() -> Router<AppState> {
 /// A source blocked for guessing passwords.
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct BlockOut {
-    /// `sip` (digest on REGISTER or a trunk's INVITE) or `http` (`POST /api/login`).
+    /// `sip` (digest on REGISTER or a trunk's INVITE), `http` (`POST /api/login`) or `flood`
+    /// (too many SIP messages a second).
     scope: &'static str,
     address: String,
     /// When the block ends (RFC 3339).
@@ -38,10 +39,35 @@ pub(crate) struct BlockOut {
     offence: u32,
 }
 
-fn guard_of<'a>(s: &'a AppState, scope: &str) -> Option<(&'static str, &'a SharedGuard)> {
+/// The policies that block, by the scope the API names them with.
+enum Blocker<'a> {
+    Guard(&'a SharedGuard),
+    Flood(&'a crate::flood::FloodGate),
+}
+
+impl Blocker<'_> {
+    fn blocks(&self, now: Instant) -> Vec<crate::guard::BlockInfo> {
+        match self {
+            Blocker::Guard(g) => g.lock().blocks(now),
+            Blocker::Flood(f) => f.lock().blocks(now),
+        }
+    }
+
+    fn lift(&self, now: Instant, addr: IpAddr) -> bool {
+        match self {
+            Blocker::Guard(g) => g.lock().lift(now, addr),
+            Blocker::Flood(f) => f.lock().lift(now, addr),
+        }
+    }
+}
+
+const SCOPES: [&str; 3] = ["sip", "http", "flood"];
+
+fn blocker_of<'a>(s: &'a AppState, scope: &str) -> Option<(&'static str, Blocker<'a>)> {
     match scope {
-        "sip" => Some(("sip", &s.sip_guard)),
-        "http" => Some(("http", &s.http_guard)),
+        "sip" => Some(("sip", Blocker::Guard(&s.sip_guard))),
+        "http" => Some(("http", Blocker::Guard(&s.http_guard))),
+        "flood" => Some(("flood", Blocker::Flood(&s.flood))),
         _ => None,
     }
 }
@@ -56,11 +82,11 @@ pub(crate) async fn list_blocks(
     let now = Instant::now();
     let wall = crate::store::now_ms();
     let mut items = Vec::new();
-    for scope in ["sip", "http"] {
-        let Some((scope, g)) = guard_of(&s, scope) else {
+    for scope in SCOPES {
+        let Some((scope, g)) = blocker_of(&s, scope) else {
             continue;
         };
-        for b in g.lock().blocks(now) {
+        for b in g.blocks(now) {
             items.push(BlockOut {
                 scope,
                 address: b.addr.to_string(),
@@ -82,13 +108,13 @@ pub(crate) async fn lift_block(
     Path((scope, address)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     me.require(Role::Admin)?;
-    let Some((scope, g)) = guard_of(&s, &scope) else {
-        return Err(ApiError::invalid("scope", "sip or http"));
+    let Some((scope, g)) = blocker_of(&s, &scope) else {
+        return Err(ApiError::invalid("scope", "sip, http or flood"));
     };
     let addr: IpAddr = address
         .parse()
         .map_err(|_| ApiError::invalid("address", "not an IP address"))?;
-    let lifted = g.lock().lift(Instant::now(), addr);
+    let lifted = g.lift(Instant::now(), addr);
     if !lifted {
         return Err(ApiError::not_found("block"));
     }

@@ -115,6 +115,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 fn rejection(r: JsonRejection) -> ApiError {
     let text = r.body_text();
     let status = r.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        // Over `[limits] http_body_bytes`: said as such, not as a syntax error.
+        let mut e = ApiError::new(
+            status,
+            "too_large",
+            "the request body is larger than allowed",
+        );
+        e.field = Some("body".into());
+        return e;
+    }
     let field = field_of(&text);
     let mut e = ApiError::new(
         if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {

@@ -53,6 +53,12 @@ pub(crate) struct AppState {
     pub sip_guard: Arc<crate::guard::SharedGuard>,
     /// The same for `POST /api/login`.
     pub http_guard: Arc<crate::guard::SharedGuard>,
+    /// Sources blocked for flooding the SIP port.
+    pub flood: Arc<crate::flood::FloodGate>,
+    /// Body sizes, header timeouts, desktops per user (the profile's `[limits]`).
+    pub limits: crate::config::Limits,
+    /// Live WebSocket connections per user, for `limits.ws_per_user`.
+    pub desks: Arc<ws::DeskCounts>,
 }
 
 impl AppState {
@@ -89,6 +95,9 @@ impl AppState {
             ),
             sip_guard: Arc::default(),
             http_guard: Arc::default(),
+            flood: Arc::default(),
+            limits: crate::config::Limits::default(),
+            desks: Arc::default(),
         }
     }
 }
@@ -120,6 +129,9 @@ pub fn router(state: AppState) -> Router {
                 .merge(campaigns::router()),
         )
         .layer(axum::middleware::from_fn(pages::security_headers))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            state.limits.http_body(),
+        ))
         .with_state(state)
 }
 
@@ -129,13 +141,50 @@ pub async fn spawn(addr: SocketAddr, state: AppState) -> anyhow::Result<SocketAd
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     info!(http = %local, "HTTP API and WebSocket ready");
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "HTTP server stopped");
-        }
-    });
+    let header_timeout =
+        std::time::Duration::from_secs(state.limits.http_header_secs.clamp(1, 3600));
+    tokio::spawn(serve(listener, router(state), header_timeout));
     Ok(local)
+}
+
+/// Serves HTTP/1.1 connections. A client gets `header_timeout` to send a request's headers,
+/// and as long to start the next one on a kept-alive connection: a slow or silent client
+/// holds its connection that long and no longer (axum's `serve` sets no such timeout). A
+/// WebSocket, once upgraded, is the desktop session's to keep.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    header_timeout: std::time::Duration,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower_service::Service;
+    let mut make = app.into_make_service_with_connect_info::<SocketAddr>();
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of descriptors, most often: wait rather than spin.
+                tracing::warn!(error = %e, "http accept");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(svc) = make.call(remote).await;
+        let svc = hyper_util::service::TowerToHyperService::new(svc);
+        tokio::spawn(async move {
+            // HTTP/1.1 only (as before): the header timer runs from the connection's start,
+            // so a client that connects and says nothing is closed too.
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades();
+            if let Err(e) = conn.await {
+                tracing::debug!(peer = %remote, error = %e, "http connection ended");
+            }
+        });
+    }
 }
 
 async fn healthz(

@@ -23,6 +23,53 @@ use super::auth::{principal_of, Principal};
 use super::AppState;
 use crate::events::{Event, Payload, Viewer};
 
+/// Live WebSocket connections per user (agent id): a user may hold `limits.ws_per_user` (a
+/// desktop in a few windows, a wallboard), not enough to exhaust the server's descriptors.
+#[derive(Debug, Default)]
+pub struct DeskCounts(std::sync::Mutex<std::collections::HashMap<i64, usize>>);
+
+/// One connection's place in [`DeskCounts`], given back when the session ends.
+struct DeskSlot {
+    counts: Arc<DeskCounts>,
+    agent: i64,
+}
+
+impl DeskCounts {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<i64, usize>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take(self: &Arc<Self>, agent: i64, max: usize) -> Option<DeskSlot> {
+        let mut m = self.lock();
+        let n = m.entry(agent).or_default();
+        if *n >= max.max(1) {
+            return None;
+        }
+        *n += 1;
+        Some(DeskSlot {
+            counts: self.clone(),
+            agent,
+        })
+    }
+}
+
+impl Drop for DeskSlot {
+    fn drop(&mut self) {
+        let mut m = self.counts.lock();
+        if let Some(n) = m.get_mut(&self.agent) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.agent);
+            }
+        }
+    }
+}
+
+/// How often a desktop is pinged, and how long it may stay silent (pongs count) before its
+/// socket is closed.
+const PING_EVERY: Duration = Duration::from_secs(30);
+const SILENT_FOR: Duration = Duration::from_secs(120);
+
 #[derive(Deserialize)]
 pub(crate) struct WsQuery {
     token: Option<String>,
@@ -103,6 +150,27 @@ async fn session(s: AppState, token: Option<String>, socket: WebSocket) {
         let _ = tx.send(Message::Close(None)).await;
         return;
     };
+    let max = s.limits.ws_per_user;
+    let Some(_slot) = s.desks.take(me.agent_id, max) else {
+        info!(
+            agent = me.agent_id,
+            max, "desktop refused: the user has as many as allowed"
+        );
+        metrics::counter!("screenpop_ws_refused_total", "why" => "per_user").increment(1);
+        let message = format!("at most {max} live connections per user; close another window");
+        let _ = tx
+            .send(text(
+                &json!({"type": "error", "error": {"code": "too_many_connections", "message": message}})
+                    .to_string(),
+            ))
+            .await;
+        let close = axum::extract::ws::CloseFrame {
+            code: axum::extract::ws::close_code::POLICY,
+            reason: Utf8Bytes::from_static("too many connections"),
+        };
+        let _ = tx.send(Message::Close(Some(close))).await;
+        return;
+    };
     info!(
         agent = me.agent_id,
         role = me.role.as_str(),
@@ -124,8 +192,21 @@ async fn session(s: AppState, token: Option<String>, socket: WebSocket) {
     // The session is checked again every minute: a socket never outlives its token.
     let mut recheck = tokio::time::interval(Duration::from_secs(60));
     recheck.tick().await;
+    // A desktop that has gone (a laptop asleep, a NAT mapping lost) says nothing: pinged
+    // every 30 s, it is closed after two minutes without a frame, so it does not hold one of
+    // its user's places for ever.
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    let mut heard = tokio::time::Instant::now();
     while ok {
         tokio::select! {
+            _ = ping.tick() => {
+                if heard.elapsed() > SILENT_FOR {
+                    info!(agent = me.agent_id, "desktop silent for too long: closed");
+                    break;
+                }
+                ok = tx.send(Message::Ping(Default::default())).await.is_ok();
+            }
             _ = recheck.tick() => {
                 // A store outage is not an expiry: only a refused token closes the socket.
                 let refused = matches!(
@@ -162,16 +243,19 @@ async fn session(s: AppState, token: Option<String>, socket: WebSocket) {
                 }
                 Err(RecvError::Closed) => break,
             },
-            m = rx.next() => match m {
-                Some(Ok(Message::Text(t))) => {
-                    let reply = on_client_message(&s, &me, &t);
-                    if let Some(r) = reply {
-                        ok = tx.send(r).await.is_ok();
+            m = rx.next() => {
+                heard = tokio::time::Instant::now();
+                match m {
+                    Some(Ok(Message::Text(t))) => {
+                        let reply = on_client_message(&s, &me, &t);
+                        if let Some(r) = reply {
+                            ok = tx.send(r).await.is_ok();
+                        }
                     }
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(_)) => {}
                 }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                Some(Ok(_)) => {}
-            },
+            }
         }
     }
     metrics::gauge!("screenpop_desktops").decrement(1.0);

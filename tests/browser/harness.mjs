@@ -63,6 +63,10 @@ export async function run(body) {
     process.exit(0);
   } catch (e) {
     console.error(e.stack || String(e));
+    // What the pages showed when it failed.
+    for (const [i, pg] of browser.contexts().flatMap((c) => c.pages()).entries()) {
+      await pg.screenshot({ path: `${cfg.shots}/failed-${i}.png` }).catch(() => {});
+    }
     console.error(`page errors: ${errors.join('\n')}`);
     console.log(`RESULT ${JSON.stringify({ ...result, error: String(e) })}`);
     await browser.close();

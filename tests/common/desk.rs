@@ -78,6 +78,8 @@ impl Api {
 pub struct Desktop {
     ws: tungstenite::WebSocket<TcpStream>,
     pub seen: Vec<Value>,
+    /// When each of `seen` arrived (wall clock, to set against a SIPp log).
+    pub arrived: Vec<std::time::SystemTime>,
     pub name: String,
 }
 
@@ -93,6 +95,7 @@ impl Desktop {
         let mut d = Desktop {
             ws,
             seen: Vec::new(),
+            arrived: Vec::new(),
             name: name.to_string(),
         };
         d.wait_for(|e| e["type"] == "hello", Duration::from_secs(5));
@@ -117,6 +120,7 @@ impl Desktop {
                 Ok(tungstenite::Message::Text(t)) => {
                     if let Ok(v) = serde_json::from_str::<Value>(&t) {
                         self.seen.push(v);
+                        self.arrived.push(std::time::SystemTime::now());
                     }
                 }
                 Ok(_) => {}
@@ -153,6 +157,18 @@ impl Desktop {
             }
             self.pump(Duration::from_millis(100));
         }
+    }
+
+    /// Forgets what was seen so far.
+    pub fn forget(&mut self) {
+        self.seen.clear();
+        self.arrived.clear();
+    }
+
+    /// When the first event matching `pred` arrived.
+    pub fn arrival_of(&self, pred: impl Fn(&Value) -> bool) -> Option<std::time::SystemTime> {
+        let i = self.seen.iter().position(pred)?;
+        self.arrived.get(i).copied()
     }
 
     pub fn events(&self, kind: &str) -> Vec<&Value> {

@@ -974,6 +974,8 @@ impl Sipp {
         let cmdline = format!("cd {} && sipp {}", env.dir.display(), args.join(" "));
         let child = Command::new("sipp")
             .args(&args)
+            // Its message log's clock, in UTC, can be set against this process's wall clock.
+            .env("TZ", "UTC")
             .current_dir(&env.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
@@ -2110,4 +2112,21 @@ pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T>
 
 pub fn file_name(p: &Path) -> String {
     name_of(p)
+}
+
+/// CPU time a process's threads have had so far, from /proc (nanoseconds; finer than the
+/// clock ticks of /proc/PID/stat).
+pub fn cpu_ns(pid: u32) -> u64 {
+    let mut total = 0;
+    if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let stat = fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+            total += stat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total
 }

@@ -34,6 +34,7 @@ const D = {
   'error.required': ['required', '必填'],
 
   'conn.reconnecting': ['Reconnecting…', '正在重新连接…'],
+  'conn.too_many': ['This account is open in too many windows — close one; retrying…', '此账号打开的窗口过多，请关闭一个；正在重试…'],
   'conn.reconnected': ['Reconnected', '已重新连接'],
 
   'agent.title': ['Agent desktop', '坐席工作台'],

@@ -55,6 +55,7 @@ export class Live {
     try { ev = JSON.parse(m.data); } catch (e) { return; }
     if (ev.type === 'hello') {
       this.gotHello = true;
+      this.tooMany = false;
       const reconnected = this.everUp;
       this.everUp = true;
       this.attempt = 0;
@@ -66,6 +67,7 @@ export class Live {
     if (ev.type === 'pong') return;
     if (ev.type === 'error') {
       if (ev.error && ev.error.code === 'unauthorized') sessionExpired();
+      else if (ev.error && ev.error.code === 'too_many_connections') this.tooMany = true;
       else console.warn('socket error', ev.error);
       return;
     }
@@ -117,7 +119,7 @@ export class Live {
     if (!this.banner) return;
     clearTimeout(this.bannerTimer);
     this.banner.className = 'conn-banner down';
-    this.banner.textContent = t('conn.reconnecting');
+    this.banner.textContent = t(this.tooMany ? 'conn.too_many' : 'conn.reconnecting');
     this.banner.hidden = false;
   }
 
