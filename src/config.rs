@@ -59,6 +59,10 @@ pub struct Profile {
     /// Seconds an agent phone may ring before the call is withdrawn.
     #[serde(default = "default_ring_timeout")]
     pub ring_timeout_secs: u64,
+    /// On SIGTERM, how long calls in progress may go on (new ones get 503) before they are
+    /// hung up and screenpop exits.
+    #[serde(default = "default_drain")]
+    pub drain_secs: u64,
     /// Hang up a call whose caller or agent leg sends no RTP for this many seconds while it
     /// is up and not on hold (a gateway or phone that died without a BYE); 0 turns it off.
     #[serde(default = "default_rtp_timeout")]
@@ -417,6 +421,9 @@ fn default_rtp_ports() -> String {
 }
 fn default_ring_timeout() -> u64 {
     30
+}
+fn default_drain() -> u64 {
+    300
 }
 fn yes() -> bool {
     true

@@ -12,6 +12,7 @@ pub mod flood;
 pub mod guard;
 pub mod ids;
 pub mod media;
+pub mod notify;
 pub mod phone;
 pub mod server;
 pub mod sip;

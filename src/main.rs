@@ -309,7 +309,7 @@ fn main() -> anyhow::Result<()> {
                         .map_err(|e| anyhow::anyhow!("--http {a:?}: {e}"))?,
                 ),
             };
-            rt.block_on(serve(ServeConfig {
+            let served = rt.block_on(serve(ServeConfig {
                 sip,
                 http,
                 database,
@@ -321,7 +321,11 @@ fn main() -> anyhow::Result<()> {
                         .map(|n| (n.get() / 2).max(1))
                         .unwrap_or(1)
                 }),
-            }))
+            }));
+            // Every call is written by now: what is still running (idle connections, a
+            // webhook in flight) must not hold the exit up.
+            rt.shutdown_timeout(std::time::Duration::from_secs(2));
+            served
         }
         Cmd::Dial {
             to,

@@ -18,6 +18,7 @@ use crate::acd::runtime::AgentTarget;
 use crate::calls::admission::{self, CallEnv, NewCall};
 use crate::calls::call::{CallConfig, ALLOW};
 use crate::calls::dialog::LocalContact;
+use crate::calls::drain::{Drain, Step};
 use crate::calls::record::{CallRecord, RecordedFile};
 use crate::config::Profile;
 use crate::events::{EventBus, LocalBus};
@@ -172,6 +173,9 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         }
         (crate::config::SmsVia::Sip, _) => None,
     };
+    // Calls not yet written, for a shutdown to wait on; shared with /healthz, the dialer and
+    // the campaigns.
+    let in_flight = Arc::new(crate::calls::drain::InFlight::default());
     let campaigns = crate::campaigns::runner::spawn(crate::campaigns::runner::RunnerConfig {
         store: store.clone(),
         bus: bus.clone(),
@@ -187,6 +191,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "screenpop".into()),
             local.port()
         ),
+        in_flight: in_flight.clone(),
     });
     // Password guessing on SIP digest: shared with the admin API, which lists and lifts blocks.
     let guard = Arc::new(crate::guard::SharedGuard::new(profile.guard));
@@ -206,6 +211,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         state.http_guard = Arc::new(crate::guard::SharedGuard::new(profile.guard));
         state.flood = flood.clone();
         state.limits = profile.limits;
+        state.in_flight = in_flight.clone();
         let http = crate::web::spawn(addr, state).await?;
         first_run_hint(&store, http).await;
     }
@@ -243,6 +249,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         ended: ended_tx,
         controls,
         music,
+        in_flight,
     });
     crate::calls::placing::serve(env.clone(), dial_plan, dialer_inbox);
     let mut d = Dispatcher {
@@ -267,6 +274,15 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let mut expiry = tokio::time::interval(std::time::Duration::from_secs(30));
     // SIGHUP re-reads the TLS certificate and key (a renewal); calls and connections stay up.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    // SIGTERM and SIGINT drain: see calls::drain.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut drain = Drain::new(std::time::Duration::from_secs(profile.drain_secs));
+    let mut drain_tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    // Idle until a signal: the ticks missed meanwhile are not made up.
+    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    serving(&d.env, local, cfg.http.is_some());
+    crate::notify::notify("READY=1\nSTATUS=serving");
     loop {
         tokio::select! {
             // A call registers an agent-leg Call-ID before sending the INVITE: taking routes
@@ -297,9 +313,22 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                 },
                 None => info!("SIGHUP: nothing to reload (no [tls] in the profile)"),
             },
-            _ = tokio::signal::ctrl_c() => {
-                info!("shutting down");
+            _ = term.recv() => if d.stop_signal(&mut drain, "SIGTERM") {
                 break;
+            },
+            _ = interrupt.recv() => if d.stop_signal(&mut drain, "SIGINT") {
+                break;
+            },
+            _ = drain_tick.tick(), if drain.refusing() => {
+                match drain.tick(Instant::now(), d.env.in_flight.len()) {
+                    Step::Nothing | Step::StartDraining => {}
+                    Step::HangUpAll => {
+                        info!(calls = d.env.in_flight.len(), "drain time over: hanging up the calls in progress");
+                        d.env.in_flight.refuse_new(drain.retry_after(Instant::now()));
+                        d.hang_up_all();
+                    }
+                    Step::Exit => break,
+                }
             }
             m = inbound.recv() => match m {
                 Some(m) => d.on_inbound(m),
@@ -307,7 +336,40 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             },
         }
     }
+    let left = d.env.in_flight.len();
+    if left == 0 {
+        info!("every call written: exiting");
+    } else {
+        warn!(
+            calls = left,
+            "exiting with calls not yet written (they were hung up)"
+        );
+    }
+    crate::notify::notify("STATUS=stopped");
     Ok(())
+}
+
+/// Says where screenpop listens and what it lacks, once it is ready.
+fn serving(env: &CallEnv, sip: SocketAddr, http: bool) {
+    let profile = &env.profile;
+    info!(
+        %sip,
+        tls = ?env.sip.tls_local_addr(),
+        drain_secs = profile.drain_secs,
+        "screenpop serving"
+    );
+    if profile.outbound.is_none() {
+        warn!("no [outbound] gateway in the profile: click-to-dial, transfers to numbers and voice campaigns are off");
+    }
+    if profile.tls.is_none() {
+        info!("no [tls] in the profile: SIP over TLS and SRTP to phones are off");
+    }
+    if !http {
+        warn!("--http off: no pages, API, desktops or webhooks");
+    }
+    if profile.trunks.is_empty() {
+        warn!("no [[trunks]] in the profile: no address may send calls");
+    }
 }
 
 /// How a digest authentication went, for the guard.
@@ -386,6 +448,49 @@ impl Dispatcher {
         }
     }
 
+    /// A SIGTERM or SIGINT: the first stops new calls and drains, the second hangs the calls
+    /// up, the third exits. True: exit now.
+    fn stop_signal(&mut self, drain: &mut Drain, signal: &'static str) -> bool {
+        let now = Instant::now();
+        let calls = self.env.in_flight.len();
+        match drain.signal(now) {
+            Step::Nothing => {
+                info!(
+                    signal,
+                    calls, "already hanging up the calls in progress; another signal exits at once"
+                );
+                false
+            }
+            Step::StartDraining => {
+                self.env.in_flight.refuse_new(drain.retry_after(now));
+                info!(
+                    signal,
+                    calls,
+                    drain_secs = self.env.profile.drain_secs,
+                    "shutting down: new calls get 503; calls in progress may finish"
+                );
+                crate::notify::notify(&format!("STOPPING=1\nSTATUS=draining {calls} calls"));
+                false
+            }
+            Step::HangUpAll => {
+                info!(signal, calls, "hurried: hanging up the calls in progress");
+                self.env.in_flight.refuse_new(drain.retry_after(now));
+                self.hang_up_all();
+                false
+            }
+            Step::Exit => {
+                warn!(signal, calls, "exiting at once");
+                true
+            }
+        }
+    }
+
+    /// Ends every call in progress (the drain is over): each call task, greeting and placed
+    /// call hangs up (BYE both ways, a caller not answered yet gets 503).
+    fn hang_up_all(&self) {
+        self.env.in_flight.hang_up_all();
+    }
+
     fn guard(&self) -> std::sync::MutexGuard<'_, crate::guard::Guard> {
         self.guard.lock()
     }
@@ -439,6 +544,17 @@ impl Dispatcher {
         }
     }
 
+    /// 503 with Retry-After: screenpop is shutting down, the PBX or a load balancer tries
+    /// another node (RFC 3261 §21.5.4).
+    fn refuse_draining(&self, req: &Request, peer: Peer, tag: &str) {
+        let mut r = req.response(503, Some(tag));
+        r.headers.push(
+            HeaderName::RetryAfter,
+            self.env.in_flight.retry_after().to_string(),
+        );
+        self.reply(req, peer, r)
+    }
+
     fn reply(&self, req: &Request, source: Peer, mut resp: crate::sip::Response) {
         if resp.status == 405 || resp.status == 200 && req.method == Method::Options {
             resp.headers.push(HeaderName::Allow, ALLOW);
@@ -487,6 +603,11 @@ impl Dispatcher {
             }
         }
         match req.method {
+            // A SIP load balancer's keepalive (Kamailio's dispatcher pings with OPTIONS): a
+            // node that is shutting down says so and is taken out of the set.
+            Method::Options if self.env.in_flight.refusing() => {
+                return self.refuse_draining(&req, peer, &tag);
+            }
             Method::Options => {
                 let mut r = req.response(200, Some(&tag));
                 r.headers.push(HeaderName::Accept, "application/sdp");
@@ -687,6 +808,10 @@ impl Dispatcher {
         if req.to().and_then(|t| t.tag().map(str::to_string)).is_some() {
             // A re-INVITE for a dialog we do not have.
             return self.reply(&req, peer, req.response(481, Some(&tag)));
+        }
+        if self.env.in_flight.refusing() {
+            info!("new call refused: shutting down");
+            return self.refuse_draining(&req, peer, &tag);
         }
         // We can only produce SDP answers (RFC 3261 §21.4.7; RFC 4475 §3.3.15).
         let accept: Vec<&str> = req.headers.get_all(&HeaderName::Accept).collect();

@@ -49,6 +49,8 @@ pub(crate) struct CallEnv {
     pub controls: Arc<super::control::Controls>,
     /// Music on hold and in queues.
     pub music: crate::media::music::MusicFiles,
+    /// The calls not yet written (for a shutdown to wait on), and whether new ones are taken.
+    pub in_flight: Arc<super::drain::InFlight>,
 }
 
 /// Tells the dispatcher to send a Call-ID's messages to a call task.

@@ -833,6 +833,16 @@ impl Call {
     }
 
     /// The call is over and nothing of it is left to absorb: its task may go.
+    /// Ended, and nothing sent waits for an answer (each BYE or CANCEL answered, each error
+    /// response to an INVITE acknowledged): a shutdown may exit.
+    pub fn settled(&self) -> bool {
+        self.phase == Phase::Ended
+            && !self.caller_ack_awaited()
+            && self.clients.iter().all(|c| !c.tx.awaits_final())
+            && self.servers.iter().all(|s| !s.tx.awaits_ack())
+            && self.consults_done.iter().all(|c| c.settled())
+    }
+
     pub fn is_done(&self, now: Instant) -> bool {
         self.phase == Phase::Ended
             && self.end_reported
@@ -2564,6 +2574,10 @@ impl Call {
         by: Controller,
         control: Control,
     ) -> Result<bool, ControlError> {
+        if control == Control::Shutdown {
+            self.shut_down(now);
+            return Ok(true);
+        }
         let mine = by.supervisor || (by.agent.is_some() && by.agent == self.agent_id);
         // A call being offered (first, or after a transfer) is not the agent's until answered.
         let offered = self.phase == Phase::Ringing || (self.transferring && !self.agent_answered);
@@ -2618,6 +2632,7 @@ impl Call {
                 }
                 Ok(true)
             }
+            Control::Shutdown => Ok(true), // taken above, in any phase
             Control::Hold => {
                 if self.hold.is_some() {
                     return Err(ControlError::Conflict("the call is on hold already"));
@@ -3031,6 +3046,7 @@ impl Call {
             (Control::Resume, true) => self.end_hold(now),
             (Control::Resume, false)
             | (Control::Hangup, _)
+            | (Control::Shutdown, _)
             | (Control::Transfer(_), _)
             | (Control::Consult(_), _)
             | (Control::CompleteTransfer, _)
@@ -3361,15 +3377,32 @@ impl Call {
         }
     }
 
+    /// screenpop is shutting down and the drain is over: the call ends whatever its phase. A
+    /// caller not answered yet gets 503 (RFC 3261 §21.5.4: the PBX or a load balancer may try
+    /// another node), a phone still ringing its CANCEL, the others their BYE.
+    fn shut_down(&mut self, now: Instant) {
+        if self.phase == Phase::Ended {
+            return;
+        }
+        info!("hung up: screenpop is shutting down");
+        self.cancel_agent(now);
+        self.end_with(now, None, 503);
+    }
+
     /// Ends the call: BYE to every established leg other than `by` (which sent its own BYE).
     fn hang_up(&mut self, now: Instant, by: Option<LegId>) {
+        self.end_with(now, by, 480);
+    }
+
+    /// [`Call::hang_up`], a caller not answered yet getting `status`.
+    fn end_with(&mut self, now: Instant, by: Option<LegId>, status: u16) {
         if self.phase == Phase::Ended {
             return;
         }
         // Before the answer the caller's INVITE still needs its final response (also when its
         // 2xx was held for a PRACK: then there is no dialog to BYE).
         let confirmed = !self.invite_pending();
-        self.fail_caller(now, 480);
+        self.fail_caller(now, status);
         if by != Some(LegId::Caller) && self.phase == Phase::Up && confirmed {
             if self.caller_ack_awaited() {
                 self.caller_bye_deferred = true;
@@ -4386,6 +4419,80 @@ mod tests {
             has(&said, "tx 10.0.0.10:5060 INVITE"),
             "tried again: {said:?}"
         );
+    }
+
+    /// A shutdown ends any call, from no desktop: a phone still ringing gets its CANCEL and
+    /// the caller 503 (another node may take the call); an answered call a BYE both ways.
+    #[test]
+    fn a_shutdown_ends_the_call_whatever_its_phase() {
+        let server = Controller {
+            agent: None,
+            supervisor: true,
+        };
+        let (mut c, t0, inv) = offered_to_agent();
+        phone_says(&mut c, t0, &inv, 180);
+        drain(&mut c);
+        let t = t0 + Duration::from_secs(1);
+        c.handle_control(t, 1, server, Control::Shutdown);
+        let (said, sent) = drain(&mut c);
+        assert!(has(&said, "tx 10.0.0.10:5060 CANCEL"), "{said:?}");
+        assert!(has(&said, "reply Ok(())"), "{said:?}");
+        let to_caller: Vec<u16> = sent
+            .iter()
+            .filter_map(|(_, m)| match m {
+                Message::Response(r) if r.status >= 200 => Some(r.status),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(to_caller, [503], "{said:?}");
+        assert!(!has(&said, "BYE"), "no dialog to end: {said:?}");
+        assert_eq!(c.phase, Phase::Ended);
+        assert!(!c.settled(), "the CANCEL is not answered yet");
+        let cancel = sent
+            .iter()
+            .find_map(|(_, m)| match m {
+                Message::Request(r) if r.method == Method::Cancel => Some(r.clone()),
+                _ => None,
+            })
+            .expect("the CANCEL");
+        let t = t + Duration::from_millis(20);
+        let ok = cancel.response(200, Some("ptag"));
+        c.handle_message(t, Message::Response(ok), peer(PHONE));
+        phone_says(&mut c, t, &inv, 487);
+        let tag = c.caller_leg.local_tag().to_string();
+        c.handle_message(t, trunk("ACK", 1, "z9hG4bKinv1", Some(&tag)), peer(TRUNK));
+        drain(&mut c);
+        assert!(
+            c.settled(),
+            "CANCEL and INVITE answered, the 503 acknowledged"
+        );
+
+        let (mut c, t0, _) = answered();
+        let tag = c.caller_leg.local_tag().to_string();
+        c.handle_message(t0, trunk("ACK", 1, "z9hG4bKack", Some(&tag)), peer(TRUNK));
+        drain(&mut c);
+        let t = t0 + Duration::from_secs(5);
+        c.handle_control(t, 1, server, Control::Shutdown);
+        let (said, sent) = drain(&mut c);
+        assert!(has(&said, "tx 10.0.0.10:5060 BYE"), "{said:?}");
+        assert!(has(&said, "tx 10.0.0.1:5060 BYE"), "{said:?}");
+        assert!(!has(&said, "CANCEL"), "{said:?}");
+        assert_eq!(c.phase, Phase::Ended);
+        let byes: Vec<(Peer, Request)> = sent
+            .into_iter()
+            .filter_map(|(p, m)| match m {
+                Message::Request(r) if r.method == Method::Bye => Some((p, r)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(byes.len(), 2, "{said:?}");
+        for (i, (to, bye)) in byes.iter().enumerate() {
+            assert!(!c.settled(), "BYE {i} not answered yet");
+            let ok = bye.response(200, None);
+            c.handle_message(t + Duration::from_millis(30), Message::Response(ok), *to);
+            drain(&mut c);
+        }
+        assert!(c.settled(), "both BYEs answered");
     }
 
     /// Another agent's desktop cannot control the call (404, as if it did not exist); an

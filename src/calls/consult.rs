@@ -193,6 +193,13 @@ impl ConsultLeg {
     }
 
     /// Over, and nothing left to absorb.
+    /// Ended, and nothing sent waits for an answer: a shutdown may exit.
+    pub fn settled(&self) -> bool {
+        self.state == State::Ended
+            && self.clients.iter().all(|c| !c.tx.awaits_final())
+            && self.servers.iter().all(|(s, _)| !s.awaits_ack())
+    }
+
     pub fn is_done(&self, now: Instant) -> bool {
         self.state == State::Ended
             && ((self.clients.is_empty() && self.servers.is_empty())

@@ -28,6 +28,10 @@ pub enum Control {
     CompleteTransfer,
     /// Hangs up the consultation; the agent is back with the caller.
     CancelTransfer,
+    /// screenpop is shutting down and the drain is over: the call ends whatever its phase
+    /// (BYE both ways; a caller not answered yet gets 503). Sent by the server, never by a
+    /// desktop.
+    Shutdown,
 }
 
 /// Where a transfer goes.

@@ -108,6 +108,11 @@ impl Greeting {
     }
 
     /// The result is out and the leg has nothing left to absorb.
+    /// The result is out and nothing sent waits for an answer: a shutdown may exit.
+    pub fn settled(&self) -> bool {
+        self.state == State::Over && self.leg.settled()
+    }
+
     pub fn is_done(&self, now: Instant) -> bool {
         self.state == State::Over && self.leg.is_done(now)
     }

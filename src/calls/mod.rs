@@ -8,6 +8,7 @@ pub mod control;
 pub mod dial;
 pub mod dialog;
 pub mod dialplan;
+pub mod drain;
 pub mod greeting;
 pub mod outbound;
 pub mod placing;

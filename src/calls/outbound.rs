@@ -347,6 +347,13 @@ impl OutboundCall {
             .min()
     }
 
+    /// Ended, and nothing sent waits for an answer: a shutdown may exit.
+    pub fn settled(&self) -> bool {
+        self.phase == Phase::Ended
+            && self.clients.iter().all(|c| !c.tx.awaits_final())
+            && self.servers.iter().all(|s| !s.tx.awaits_ack())
+    }
+
     pub fn is_done(&self, now: Instant) -> bool {
         self.phase == Phase::Ended
             && ((self.servers.is_empty() && self.clients.is_empty())
@@ -945,6 +952,15 @@ impl OutboundCall {
                     if self.phase != Phase::Up {
                         self.disposition = Some(Disposition::Abandoned);
                         self.final_status = 487;
+                    }
+                    self.hang_up(now, None);
+                    Ok(())
+                }
+                Control::Shutdown => {
+                    info!("hung up: screenpop is shutting down");
+                    if self.phase != Phase::Up {
+                        self.disposition = Some(Disposition::Abandoned);
+                        self.final_status = 503;
                     }
                     self.hang_up(now, None);
                     Ok(())

@@ -196,9 +196,18 @@ pub(crate) fn serve(env: Arc<CallEnv>, plan: Option<DialPlan>, mut inbox: Dialer
         while let Some(job) = inbox.0.recv().await {
             let (env, plan) = (env.clone(), plan.clone());
             tokio::spawn(async move {
+                // A shutdown waits for the job (the call placed, the text sent, the greeting
+                // over) from before it is refused or not: there is no moment between.
+                let _in_flight = env.in_flight.enter();
+                let refusing = env.in_flight.refusing();
+                // Shutting down: nothing new goes out (a campaign keeps the try for later).
+                let closing = || {
+                    DialFailure::Unavailable("screenpop is shutting down; try again later".into())
+                };
                 match job {
                     Job::Dial { req, reply } => {
                         let result = match plan {
+                            _ if refusing => Err(closing()),
                             Some(plan) => place(env, &plan, req).await,
                             None => Err(DialFailure::NotConfigured),
                         };
@@ -217,6 +226,7 @@ pub(crate) fn serve(env: Arc<CallEnv>, plan: Option<DialPlan>, mut inbox: Dialer
                         reply,
                     } => {
                         let result = match plan {
+                            _ if refusing => Err(closing()),
                             Some(plan) => send_message(&env, &plan, &number, body).await,
                             None => Err(DialFailure::NotConfigured),
                         };
@@ -229,6 +239,7 @@ pub(crate) fn serve(env: Arc<CallEnv>, plan: Option<DialPlan>, mut inbox: Dialer
                         reply,
                     } => {
                         let result = match plan {
+                            _ if refusing => Err(closing()),
                             Some(plan) => greet(env, &plan, &number, clip, ring_timeout).await,
                             None => Err(DialFailure::NotConfigured),
                         };
@@ -441,8 +452,14 @@ async fn greet(
     };
     let (done_tx, done_rx) = oneshot::channel();
     let task_env = env.clone();
+    // A shutdown waits for the greeting's last BYE or CANCEL to be answered.
+    let signalling = env.in_flight.enter();
+    let shutdown = env.in_flight.until_hang_up();
     tokio::spawn(
         async move {
+            let mut signalling = Some(signalling);
+            tokio::pin!(shutdown);
+            let mut shut_down = false;
             let env = task_env;
             let mut media = Some(media);
             let mut done_tx = Some(done_tx);
@@ -472,6 +489,9 @@ async fn greet(
                         }
                     }
                 }
+                if g.settled() {
+                    drop(signalling.take());
+                }
                 let now = Instant::now();
                 if g.is_done(now) {
                     break;
@@ -494,6 +514,11 @@ async fn greet(
                         }
                     }
                     _ = tokio::time::sleep_until(wake.into()) => g.handle_timeout(Instant::now()),
+                    _ = &mut shutdown, if !shut_down => {
+                        shut_down = true;
+                        info!("voice greeting hung up: screenpop is shutting down");
+                        g.abort(Instant::now());
+                    }
                 }
             }
             let _ = env.ended.send(super::admission::CallEnded {

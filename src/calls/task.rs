@@ -57,6 +57,7 @@ pub(crate) trait Machine: Send + 'static {
     fn poll_output(&mut self) -> Option<Output>;
     fn poll_timeout(&self) -> Option<Instant>;
     fn is_done(&self, now: Instant) -> bool;
+    fn settled(&self) -> bool;
     fn handle_message(
         &mut self,
         now: Instant,
@@ -99,6 +100,9 @@ macro_rules! machine {
             }
             fn is_done(&self, now: Instant) -> bool {
                 <$t>::is_done(self, now)
+            }
+            fn settled(&self) -> bool {
+                <$t>::settled(self)
             }
             fn handle_message(&mut self, now: Instant, msg: crate::sip::message::Message, peer: crate::transport::Peer) {
                 <$t>::handle_message(self, now, msg, peer)
@@ -157,6 +161,11 @@ pub(crate) struct CallTask<M: Machine> {
     /// Control requests waiting for the call's answer, by token.
     replies: std::collections::HashMap<u64, tokio::sync::oneshot::Sender<Result<(), ControlError>>>,
     next_token: u64,
+    /// The call's place among those not yet written, handed to its finalizing when it ends.
+    in_flight: Option<super::drain::InFlightCall>,
+    /// Its place among those whose signalling is not over (a shutdown waits for its BYEs to
+    /// be answered), dropped once the call is settled.
+    signalling: Option<super::drain::InFlightCall>,
 }
 
 async fn next_decision(rx: &mut Option<mpsc::UnboundedReceiver<Decision>>) -> Option<Decision> {
@@ -174,6 +183,8 @@ impl<M: Machine> CallTask<M> {
         inbox: mpsc::Sender<Inbound>,
     ) -> CallTask<M> {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let in_flight = env.in_flight.enter();
+        let signalling = env.in_flight.enter();
         CallTask {
             env,
             call,
@@ -184,6 +195,8 @@ impl<M: Machine> CallTask<M> {
             done_rx,
             replies: Default::default(),
             next_token: 0,
+            in_flight: Some(in_flight),
+            signalling: Some(signalling),
         }
     }
 
@@ -193,9 +206,16 @@ impl<M: Machine> CallTask<M> {
         mut media_events: mpsc::UnboundedReceiver<MediaEvent>,
         mut controls: mpsc::Receiver<ControlRequest>,
     ) {
+        // screenpop shutting down, the drain over: the call ends whatever its phase.
+        let shutdown = self.env.in_flight.until_hang_up();
+        tokio::pin!(shutdown);
+        let mut shut_down = false;
         loop {
             while let Some(o) = self.call.poll_output() {
                 self.perform(o).await;
+            }
+            if self.signalling.is_some() && self.call.settled() {
+                self.signalling = None;
             }
             if self.call.is_done(Instant::now()) {
                 break;
@@ -232,6 +252,12 @@ impl<M: Machine> CallTask<M> {
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => {
                     self.call.handle_timeout(Instant::now())
+                }
+                _ = &mut shutdown, if !shut_down => {
+                    shut_down = true;
+                    self.next_token += 1;
+                    let server = Controller { agent: None, supervisor: true };
+                    self.call.handle_control(Instant::now(), self.next_token, server, Control::Shutdown)
                 }
             }
         }
@@ -459,8 +485,16 @@ impl<M: Machine> CallTask<M> {
                     Some(m) => m.stop(at).await,
                     None => None,
                 };
+                // The call counts as in progress until its recording and contact log are written:
+                // a shutdown waits for that.
+                let in_flight = self.in_flight.take();
+                let done = finalize(env.store.clone(), env.bus.clone(), *record, report);
                 tokio::spawn(
-                    finalize(env.store.clone(), env.bus.clone(), *record, report).in_current_span(),
+                    async move {
+                        done.await;
+                        drop(in_flight);
+                    }
+                    .in_current_span(),
                 );
             }
         }

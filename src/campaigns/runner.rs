@@ -91,6 +91,8 @@ pub struct RunnerConfig {
     /// This node's name in the attempts it claims; stable across restarts (host and SIP
     /// port), so a restart takes back what it held when it stopped.
     pub node: String,
+    /// screenpop shutting down: no attempt is claimed, and those under way are waited for.
+    pub in_flight: Arc<crate::calls::drain::InFlight>,
 }
 
 /// Per campaign, on this node.
@@ -364,7 +366,7 @@ async fn send_due(
     done: &mpsc::UnboundedSender<i64>,
 ) {
     let now = Timestamp::now();
-    if quiet_now(&lane.checked, now) {
+    if quiet_now(&lane.checked, now) || cfg.in_flight.refusing() {
         return;
     }
     // No link to the SMS center: the texts wait (their tries are not spent on it).
@@ -408,8 +410,11 @@ async fn send_due(
             attempt = a.id,
             customer = a.customer_id
         );
+        // A shutdown waits until the try's result is stored.
+        let attempt = cfg.in_flight.enter();
         tokio::spawn(
             async move {
+                let _attempt = attempt;
                 send_one(&cfg, &checked, a).await;
                 in_flight.fetch_sub(1, Ordering::Relaxed);
                 let _ = done.send(campaign);
@@ -465,6 +470,11 @@ async fn send_one(cfg: &RunnerConfig, c: &Checked, a: Attempt) {
         }
         Via::Voice => send_voice(cfg, c, &a).await,
     };
+    if matches!(outcome, Outcome::Temporary(_)) && cfg.in_flight.refusing() {
+        // Not sent because screenpop is shutting down: the try is not spent, and the claim
+        // goes back when this node starts again (or after the stale time, to another).
+        return info!("shutting down: the attempt waits for the restart");
+    }
     let ended = now_ms();
     let tries = a.tries as u32 + 1;
     let result = describe(&outcome);

@@ -116,6 +116,15 @@ impl ClientTransaction {
         self.state
     }
 
+    /// Whether the final response is still awaited: a shutdown waits for its BYEs and
+    /// CANCELs to be answered.
+    pub fn awaits_final(&self) -> bool {
+        matches!(
+            self.state,
+            ClientState::Calling | ClientState::Trying | ClientState::Proceeding
+        )
+    }
+
     pub fn is_invite(&self) -> bool {
         self.request.method == Method::Invite
     }
@@ -386,6 +395,12 @@ impl ServerTransaction {
 
     pub fn state(&self) -> ServerState {
         self.state
+    }
+
+    /// An INVITE's final error response not yet acknowledged (retransmitted until its ACK):
+    /// a shutdown waits for it.
+    pub fn awaits_ack(&self) -> bool {
+        self.is_invite() && self.state == ServerState::Completed
     }
 
     fn is_invite(&self) -> bool {

@@ -59,6 +59,8 @@ pub(crate) struct AppState {
     pub limits: crate::config::Limits,
     /// Live WebSocket connections per user, for `limits.ws_per_user`.
     pub desks: Arc<ws::DeskCounts>,
+    /// Calls in progress and whether screenpop is shutting down (`/healthz` says so).
+    pub in_flight: Arc<crate::calls::drain::InFlight>,
 }
 
 impl AppState {
@@ -98,6 +100,7 @@ impl AppState {
             flood: Arc::default(),
             limits: crate::config::Limits::default(),
             desks: Arc::default(),
+            in_flight: Arc::default(),
         }
     }
 }
@@ -191,6 +194,13 @@ async fn healthz(
     axum::extract::State(s): axum::extract::State<AppState>,
 ) -> impl axum::response::IntoResponse {
     use axum::http::StatusCode;
+    if s.in_flight.refusing() {
+        // A load balancer sends desktops and calls elsewhere while this node drains.
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "draining", "calls": s.in_flight.len()})),
+        );
+    }
     match sqlx::query("SELECT 1").execute(s.store.pool()).await {
         Ok(_) => (
             StatusCode::OK,

@@ -457,6 +457,13 @@ cidrs = ["127.0.0.0/8"]
         Server::start(self, log)
     }
 
+    /// As [`Env::start_server`], with environment variables set for the server.
+    pub fn start_server_with_vars(&self, vars: &[(&str, &str)]) -> Server {
+        let n = self.servers.fetch_add(1, Ordering::SeqCst);
+        let log = self.dir.join(format!("server-{}.log", n + 1));
+        Server::start_full(self, log, &[], vars)
+    }
+
     /// As [`Env::start_server`], on `database` (a PostgreSQL URL, or a SQLite file shared by
     /// several servers in turn).
     pub fn start_server_on(&self, database: &str) -> Server {
@@ -747,6 +754,10 @@ impl Server {
     }
 
     fn start_with(env: &Env, log: PathBuf, extra: &[&str]) -> Server {
+        Server::start_full(env, log, extra, &[])
+    }
+
+    fn start_full(env: &Env, log: PathBuf, extra: &[&str], vars: &[(&str, &str)]) -> Server {
         let bin = server_binary();
         let (lo, hi) = env.ports.rtp_range();
         let args: Vec<String> = vec![
@@ -766,7 +777,7 @@ impl Server {
             .into_iter()
             .chain(extra.iter().map(|a| a.to_string()))
             .collect();
-        Server::launch(env, log, &bin, args, &env.dir, &[])
+        Server::launch(env, log, &bin, args, &env.dir, vars)
     }
 
     /// Starts `bin` with exactly `args` from the folder `cwd` (e.g. an installed binary in an
@@ -868,6 +879,31 @@ impl Server {
 
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Sends the server a signal (`libc::SIGTERM`, …).
+    pub fn signal(&self, sig: i32) {
+        let pid = self.pid().expect("a running server") as i32;
+        // SAFETY: kill(2) on our own child's pid; no memory is shared.
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(rc, 0, "kill({pid}, {sig})");
+    }
+
+    /// Waits up to `timeout` for the server to exit; its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return Some(status);
+            }
+            sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// SIGKILL (std's `Child::kill` on Unix), then reap.
