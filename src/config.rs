@@ -134,6 +134,50 @@ pub struct Profile {
     /// What one peer may hold of the server: connections, time and bytes.
     #[serde(default)]
     pub limits: Limits,
+    /// How long recordings are kept, what becomes of them after, and when the disk is low.
+    #[serde(default)]
+    pub retention: Retention,
+}
+
+/// `[retention]`: recordings older than their queue's `keep_recordings_days` (or `keep_days`
+/// here) are deleted or moved to `archive_dir` every `check_every_secs`, each in the audit
+/// log, their contact logs kept and marked; the recordings' disk is watched.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Retention {
+    /// Days a recording is kept when its queue says nothing; 0 keeps it for ever.
+    pub keep_days: u32,
+    /// What happens to an expired recording: `"delete"` or `"archive"` (moved to
+    /// `archive_dir`, still playable from there).
+    pub action: RetentionAction,
+    /// Where archived recordings go (relative: to the working directory), in the same
+    /// day folders as under the recordings directory.
+    pub archive_dir: PathBuf,
+    /// How often expired recordings are looked for.
+    pub check_every_secs: u64,
+    /// Below this share of the recordings' disk free (percent), a warning and
+    /// `screenpop_recordings_disk_low` 1; 0 turns the watch off.
+    pub low_disk_percent: u8,
+}
+
+impl Default for Retention {
+    fn default() -> Retention {
+        Retention {
+            keep_days: 0,
+            action: RetentionAction::Delete,
+            archive_dir: PathBuf::from("recordings-archive"),
+            check_every_secs: 3600,
+            low_disk_percent: 10,
+        }
+    }
+}
+
+/// See [`Retention::action`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RetentionAction {
+    Delete,
+    Archive,
 }
 
 /// `[limits]`: what one peer may hold of the server, so that slow or hostile clients cost

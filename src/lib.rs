@@ -14,6 +14,7 @@ pub mod ids;
 pub mod media;
 pub mod notify;
 pub mod phone;
+pub mod retention;
 pub mod server;
 pub mod sip;
 pub mod store;

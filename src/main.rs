@@ -74,6 +74,12 @@ enum Cmd {
         )]
         database: String,
     },
+    /// Recordings: `recordings expire [--dry-run] [--as-of DATE]` runs the retention sweep
+    /// the server runs every `[retention] check_every_secs`.
+    Recordings {
+        #[command(subcommand)]
+        cmd: RecordingsCmd,
+    },
     /// Apply the database migrations and exit (serve also applies them at start-up).
     Migrate {
         #[arg(
@@ -108,6 +114,31 @@ enum Cmd {
         username: Option<String>,
         #[arg(long, env = "SCREENPOP_DIAL_PASSWORD")]
         password: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RecordingsCmd {
+    /// Delete (or archive, per the profile's `[retention] action`) the recordings past their
+    /// queue's retention, auditing each; prints what was removed as JSON.
+    Expire {
+        /// Only list what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Judge ages as of this moment (2027-01-31 or 2027-01-31T09:00:00Z) instead of now:
+        /// with --dry-run, what a sweep on that day will remove; a past moment removes less.
+        #[arg(long)]
+        as_of: Option<String>,
+        #[arg(
+            long,
+            env = "SCREENPOP_DATABASE",
+            default_value = "sqlite://screenpop.db"
+        )]
+        database: String,
+        #[arg(long, env = "SCREENPOP_RECORDINGS", default_value = "recordings")]
+        recordings: PathBuf,
+        #[arg(long, env = "SCREENPOP_PROFILE", default_value = "default")]
+        profile: String,
     },
 }
 
@@ -188,6 +219,18 @@ enum CampaignCmd {
     },
 }
 
+/// `2027-01-31` (midnight UTC) or an RFC 3339 moment, as epoch milliseconds.
+fn parse_moment(s: &str) -> anyhow::Result<i64> {
+    if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        return Ok(t.as_millisecond());
+    }
+    // A date alone: its midnight in UTC.
+    format!("{s}T00:00:00Z")
+        .parse::<jiff::Timestamp>()
+        .map(|t| t.as_millisecond())
+        .map_err(|_| anyhow::anyhow!("--as-of {s:?}: give 2027-01-31 or 2027-01-31T09:00:00Z"))
+}
+
 async fn open_store(database: &str) -> anyhow::Result<screenpop::store::Store> {
     let store = screenpop::store::Store::connect(database).await?;
     store.migrate().await?;
@@ -207,6 +250,54 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.cmd {
+        Cmd::Recordings {
+            cmd:
+                RecordingsCmd::Expire {
+                    dry_run,
+                    as_of,
+                    database,
+                    recordings,
+                    profile,
+                },
+        } => {
+            let profile = Profile::load(&profile)?;
+            let now = screenpop::time::now_ms();
+            let as_of = match as_of.as_deref() {
+                None => now,
+                Some(s) => parse_moment(s)?,
+            };
+            // Removing what is still within its retention is never what anyone means.
+            if as_of > now && !dry_run {
+                anyhow::bail!("--as-of in the future only with --dry-run (to see what will go)");
+            }
+            rt.block_on(async {
+                let store = open_store(&database).await?;
+                let report = screenpop::retention::sweep::sweep(
+                    &store,
+                    &recordings,
+                    &profile.retention,
+                    as_of,
+                    dry_run,
+                )
+                .await?;
+                eprintln!(
+                    "{} {} recording(s){}",
+                    if dry_run { "would remove" } else { "removed" },
+                    report.removed.len(),
+                    if report.failed.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; {} could not be removed", report.failed.len())
+                    }
+                );
+                println!("{}", serde_json::to_string(&report)?);
+                if report.failed.is_empty() {
+                    Ok(())
+                } else {
+                    anyhow::bail!("some recordings could not be removed")
+                }
+            })
+        }
         Cmd::Migrate { database } => rt.block_on(async {
             let store = screenpop::store::Store::connect(&database).await?;
             store.migrate().await?;

@@ -68,6 +68,14 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         complete_crashed_log(&store, &record).await;
     }
     let recorder = Arc::new(Recorder::spawn(cfg.recordings.clone())?);
+    // Metrics from the first moment (the disk watch reads at once), not from the router's.
+    crate::web::metrics_handle();
+    // Old recordings go on schedule; a low disk is said before it fills.
+    crate::retention::spawn(
+        store.clone(),
+        cfg.recordings.clone(),
+        cfg.profile.retention.clone(),
+    );
     let tls = match &cfg.profile.tls {
         Some(settings) => Some(crate::tls::Tls::load(settings)?),
         None => None,

@@ -387,6 +387,7 @@ on_both!(agents_queues_and_sessions, |store: Store| async move {
             survey_prompt: None,
             survey_thanks: None,
             survey_timeout_secs: 8,
+            keep_recordings_days: None,
         })
         .await
         .unwrap();
@@ -443,6 +444,7 @@ on_both!(agents_queues_and_sessions, |store: Store| async move {
             survey_prompt: None,
             survey_thanks: None,
             survey_timeout_secs: 8,
+            keep_recordings_days: None,
         })
         .await
         .unwrap();
@@ -600,6 +602,7 @@ on_both!(
                         recording_id: None,
                         survey_offered_at: None,
                         survey_score: None,
+                        recording_failed: false,
                     },
                 )
                 .await
@@ -833,6 +836,7 @@ on_both!(agents_and_queues_change, |store: Store| async move {
         survey_prompt: None,
         survey_thanks: None,
         survey_timeout_secs: 8,
+        keep_recordings_days: None,
     };
     let q1 = store.create_queue(&nq("one")).await.unwrap();
     let q2 = store.create_queue(&nq("two")).await.unwrap();
@@ -902,6 +906,7 @@ on_both!(
             recording_id: None,
             survey_offered_at: None,
             survey_score: None,
+            recording_failed: false,
         };
         store.finish_call(id, &ended).await.unwrap();
         let logs = store
@@ -1462,6 +1467,7 @@ on_both!(
             survey_prompt: prompt,
             survey_thanks: thanks,
             survey_timeout_secs: wait,
+            keep_recordings_days: None,
         };
         // Refusals name the field: a file that does not play, a wait out of range, a thanks
         // without a prompt.
@@ -1551,6 +1557,7 @@ on_both!(
                         recording_id: None,
                         survey_offered_at: survey.then_some(offered + 32_000),
                         survey_score: score,
+                        recording_failed: false,
                     },
                 )
                 .await
@@ -1594,3 +1601,285 @@ on_both!(
         let _ = std::fs::remove_dir_all(&dir);
     }
 );
+
+on_both!(retention_on_a_fake_clock, |store: Store| async move {
+    use screenpop::store::agents::{NewQueue, QueuePatch};
+    use screenpop::store::calls::*;
+    const DAY: i64 = 86_400_000;
+    const FIRST: (i64, i64) = (i64::MIN, i64::MIN);
+    let nq = |name: &str, keep: Option<i64>| NewQueue {
+        keep_recordings_days: keep,
+        ..NewQueue {
+            name: name.into(),
+            ..NewQueue::general()
+        }
+    };
+    let mut short = nq("short", Some(30));
+    short.is_default = false;
+    let short = store.create_queue(&short).await.unwrap();
+    let mut long = nq("long", Some(365));
+    long.is_default = false;
+    let long = store.create_queue(&long).await.unwrap();
+    let mut plain = nq("plain", None);
+    plain.is_default = false;
+    let plain = store.create_queue(&plain).await.unwrap();
+    // Out of range is refused, naming the field; 0 goes back to the profile's days.
+    let e = store
+        .update_queue(
+            long.id,
+            &QueuePatch {
+                keep_recordings_days: Some(-3),
+                ..QueuePatch::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("keep_recordings_days"), "{e}");
+    let now = 1_000 * DAY;
+    // (queue, age in days) per recorded call.
+    let calls = [
+        (short.id, 31), // past 30 days: goes
+        (short.id, 29), // kept
+        (long.id, 364), // kept
+        (long.id, 400), // goes
+        (plain.id, 91), // the profile's 90: goes
+        (plain.id, 89), // kept
+    ];
+    let mut recs = Vec::new();
+    for (i, (queue, age)) in calls.iter().enumerate() {
+        let created = now - age * DAY;
+        let id = store
+            .insert_offered_call(&OfferedCall {
+                sip_call_id: format!("ret-{i}"),
+                caller_raw: "+14155550001".into(),
+                caller_e164: Some("+14155550001".into()),
+                dialed: "8005550100".into(),
+                customer_id: None,
+                offered_at: created,
+            })
+            .await
+            .unwrap();
+        let rec = store
+            .insert_recording(&NewRecording {
+                path: format!("recordings/ret-{i}.wav"),
+                duration_ms: 1000,
+                size_bytes: 8044,
+                sha256: format!("{i:064}"),
+            })
+            .await
+            .unwrap();
+        sqlx::query("UPDATE recordings SET created_at = $1 WHERE id = $2")
+            .bind(created)
+            .bind(rec)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        store
+            .finish_call(
+                id,
+                &EndedCall {
+                    agent_id: None,
+                    queue_id: Some(*queue),
+                    answered_at: Some(created + 1000),
+                    ended_at: created + 60_000,
+                    disposition: CallDisposition::Answered,
+                    recording_id: Some(rec),
+                    survey_offered_at: None,
+                    survey_score: None,
+                    recording_failed: false,
+                },
+            )
+            .await
+            .unwrap();
+        recs.push((id, rec));
+    }
+    let due = store
+        .expiring_recordings(now, 90, FIRST, 100)
+        .await
+        .unwrap();
+    let ids: Vec<i64> = due.iter().map(|r| r.id).collect();
+    // Oldest first: the 400-day one, then 91, then 31.
+    assert_eq!(ids, [recs[3].1, recs[4].1, recs[0].1], "{due:?}");
+    assert_eq!(
+        due.iter()
+            .map(|r| (r.queue.as_deref(), r.days))
+            .collect::<Vec<_>>(),
+        [
+            (Some("long"), 365),
+            (Some("plain"), 90),
+            (Some("short"), 30)
+        ]
+    );
+    assert_eq!(due[0].call_id, Some(recs[3].0));
+    // Keeping for ever by default: the queues with days of their own still expire.
+    let ids: Vec<i64> = store
+        .expiring_recordings(now, 0, FIRST, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, [recs[3].1, recs[0].1]);
+    // Kept N days means gone at exactly N days: a millisecond short of a day later
+    // nothing more goes, a day later every one whose age reached its days.
+    let later = |at: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .expiring_recordings(at, 90, FIRST, 100)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.id)
+                .collect::<Vec<i64>>()
+        }
+    };
+    assert_eq!(
+        later(now + DAY - 1).await,
+        [recs[3].1, recs[4].1, recs[0].1]
+    );
+    assert_eq!(
+        later(now + DAY).await,
+        [recs[3].1, recs[2].1, recs[4].1, recs[5].1, recs[0].1, recs[1].1]
+    );
+
+    // Pages: after the first of them, the rest.
+    let after = (due[0].created_at, due[0].id);
+    let ids: Vec<i64> = store
+        .expiring_recordings(now, 90, after, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, [recs[4].1, recs[0].1]);
+
+    // One node of several wins each removal; a failed removal gives it back; one being
+    // removed is not listed to the others.
+    assert!(store.claim_expiry(recs[3].1).await.unwrap());
+    assert!(!store.claim_expiry(recs[3].1).await.unwrap());
+    let listed: Vec<i64> = store
+        .expiring_recordings(now, 90, FIRST, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(listed, [recs[4].1, recs[0].1], "claimed: not listed");
+    store.unclaim_expiry(recs[3].1).await.unwrap();
+    assert!(store.claim_expiry(recs[3].1).await.unwrap());
+    store
+        .recording_expired(recs[3].1, None, ("recording.expire", "deleted"))
+        .await
+        .unwrap();
+    assert!(store.claim_expiry(recs[4].1).await.unwrap());
+    store
+        .recording_expired(
+            recs[4].1,
+            Some("/archive/ret-4.wav"),
+            ("recording.archive", "moved"),
+        )
+        .await
+        .unwrap();
+    assert!(
+        !store.claim_expiry(recs[3].1).await.unwrap(),
+        "expired: no claim"
+    );
+    let r = store.recording(recs[3].1).await.unwrap().unwrap();
+    assert!(r.expired_at.is_some() && r.archived_to.is_none(), "{r:?}");
+    let r = store.recording(recs[4].1).await.unwrap().unwrap();
+    assert_eq!(r.archived_to.as_deref(), Some("/archive/ret-4.wav"));
+    // Each removal audited with the rest.
+    let audit = store
+        .audit_entries(Some("recording."), None, 10)
+        .await
+        .unwrap();
+    let seen: Vec<(&str, &str, &str)> = audit
+        .iter()
+        .map(|e| (e.actor.as_str(), e.action.as_str(), e.subject.as_str()))
+        .collect();
+    let (s3, s4) = (
+        format!("recording:{}", recs[3].1),
+        format!("recording:{}", recs[4].1),
+    );
+    assert_eq!(
+        seen,
+        [
+            ("retention", "recording.archive", s4.as_str()),
+            ("retention", "recording.expire", s3.as_str())
+        ]
+    );
+
+    // The contact logs stay, saying what became of the audio.
+    let status = |i: usize| {
+        let store = store.clone();
+        let id = recs[i].0;
+        async move {
+            let l = store.contact_log(id).await.unwrap().unwrap();
+            (l.recording_id, l.recording_status)
+        }
+    };
+    assert_eq!(status(3).await, (Some(recs[3].1), Some("expired".into())));
+    assert_eq!(status(4).await, (Some(recs[4].1), Some("archived".into())));
+    assert_eq!(status(0).await, (Some(recs[0].1), None));
+    let ids: Vec<i64> = store
+        .expiring_recordings(now, 90, FIRST, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, [recs[0].1], "expired ones are not listed again");
+
+    // A recording the disk refused: the contact log says so.
+    let id = store
+        .insert_offered_call(&OfferedCall {
+            sip_call_id: "ret-full".into(),
+            caller_raw: "+14155550002".into(),
+            caller_e164: Some("+14155550002".into()),
+            dialed: "8005550100".into(),
+            customer_id: None,
+            offered_at: now,
+        })
+        .await
+        .unwrap();
+    store
+        .finish_call(
+            id,
+            &EndedCall {
+                agent_id: None,
+                queue_id: Some(plain.id),
+                answered_at: Some(now + 1000),
+                ended_at: now + 5000,
+                disposition: CallDisposition::Answered,
+                recording_id: None,
+                survey_offered_at: None,
+                survey_score: None,
+                recording_failed: true,
+            },
+        )
+        .await
+        .unwrap();
+    let l = store.contact_log(id).await.unwrap().unwrap();
+    assert_eq!(l.recording_status.as_deref(), Some("failed"));
+    // Completed again at a restart (the `.part` repaired): it still says failed.
+    store
+        .finish_call(
+            id,
+            &EndedCall {
+                agent_id: None,
+                queue_id: Some(plain.id),
+                answered_at: Some(now + 1000),
+                ended_at: now + 5000,
+                disposition: CallDisposition::Answered,
+                recording_id: None,
+                survey_offered_at: None,
+                survey_score: None,
+                recording_failed: false,
+            },
+        )
+        .await
+        .unwrap();
+    let l = store.contact_log(id).await.unwrap().unwrap();
+    assert_eq!(l.recording_status.as_deref(), Some("failed"));
+});

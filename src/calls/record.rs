@@ -225,6 +225,7 @@ impl CallRecord {
             recording_id,
             survey_offered_at: self.survey.map(|s| s.offered_at_ms as i64),
             survey_score: self.survey.and_then(|s| s.score).map(i64::from),
+            recording_failed: false,
         }
     }
 

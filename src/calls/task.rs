@@ -634,6 +634,7 @@ async fn finalize(
     mut record: CallRecord,
     report: Option<MediaReport>,
 ) {
+    let mut recording_failed = false;
     let recording = report.and_then(|r| {
         debug!(
             frames = r.recorded_frames,
@@ -649,10 +650,15 @@ async fn finalize(
             match tokio::task::spawn_blocking(move || rx.recv()).await {
                 Ok(Ok(Ok(f))) => Some(f),
                 Ok(Ok(Err(e))) => {
+                    // What reached the disk stays as a `.part` (repaired at the next start).
                     warn!(error = %e, "recording failed");
+                    recording_failed = true;
                     None
                 }
-                _ => None,
+                _ => {
+                    recording_failed = true;
+                    None
+                }
             }
         }
         None => None,
@@ -681,7 +687,8 @@ async fn finalize(
                 .ok(),
             None => None,
         };
-        let ended = record.ended_call(recording_id);
+        let mut ended = record.ended_call(recording_id);
+        ended.recording_failed = recording_failed;
         if let Err(e) = store.finish_call(log_id.get(), &ended).await {
             warn!(error = %e, "contact log not completed");
         }

@@ -167,6 +167,9 @@ pub struct Queue {
     pub survey_thanks: Option<String>,
     /// How long after the prompt's end the caller may press a digit.
     pub survey_timeout_secs: i64,
+    /// Days the queue's recordings are kept before retention removes them; `None`: the
+    /// profile's `[retention] keep_days`.
+    pub keep_recordings_days: Option<i64>,
 }
 
 /// A new queue.
@@ -186,6 +189,7 @@ pub struct NewQueue {
     pub survey_prompt: Option<String>,
     pub survey_thanks: Option<String>,
     pub survey_timeout_secs: i64,
+    pub keep_recordings_days: Option<i64>,
 }
 
 impl NewQueue {
@@ -206,6 +210,7 @@ impl NewQueue {
             survey_prompt: None,
             survey_thanks: None,
             survey_timeout_secs: DEFAULT_SURVEY_TIMEOUT_SECS,
+            keep_recordings_days: None,
         }
     }
 }
@@ -270,6 +275,7 @@ fn queue_of(row: &AnyRow) -> Result<Queue, sqlx::Error> {
         survey_prompt: row.try_get("survey_prompt")?,
         survey_thanks: row.try_get("survey_thanks")?,
         survey_timeout_secs: row.try_get("survey_timeout_secs")?,
+        keep_recordings_days: row.try_get("keep_recordings_days")?,
     })
 }
 
@@ -405,8 +411,8 @@ impl Store {
         let row = sqlx::query(
             "INSERT INTO queues (name, dialed_numbers, ring_timeout_secs, max_wait_secs, \
              wrap_up_secs, required_skills, is_default, service_level_secs, active, crm_url, music, \
-             survey_prompt, survey_thanks, survey_timeout_secs) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
+             survey_prompt, survey_thanks, survey_timeout_secs, keep_recordings_days) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id",
         )
         .bind(q.name.trim().to_string())
         .bind(serde_json::to_string(&q.dialed_numbers).unwrap_or_else(|_| "[]".into()))
@@ -422,6 +428,7 @@ impl Store {
         .bind(q.survey_prompt.clone())
         .bind(q.survey_thanks.clone())
         .bind(q.survey_timeout_secs)
+        .bind(q.keep_recordings_days)
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| match &e {
@@ -443,7 +450,8 @@ impl Store {
         let rows = sqlx::query(
             "SELECT id, name, dialed_numbers, ring_timeout_secs, max_wait_secs, wrap_up_secs, \
              required_skills, is_default, service_level_secs, active, crm_url, music, \
-             survey_prompt, survey_thanks, survey_timeout_secs FROM queues ORDER BY id",
+             survey_prompt, survey_thanks, survey_timeout_secs, keep_recordings_days \
+             FROM queues ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -728,6 +736,12 @@ impl Store {
             survey_prompt: emptied(&p.survey_prompt, &cur.survey_prompt),
             survey_thanks: emptied(&p.survey_thanks, &cur.survey_thanks),
             survey_timeout_secs: p.survey_timeout_secs.unwrap_or(cur.survey_timeout_secs),
+            // 0 goes back to the profile's retention.
+            keep_recordings_days: match p.keep_recordings_days {
+                Some(0) => None,
+                Some(d) => Some(d),
+                None => cur.keep_recordings_days,
+            },
         };
         check_queue(&next)?;
         // Only a new file is checked: a queue whose file went missing can still be changed.
@@ -750,7 +764,8 @@ impl Store {
             "UPDATE queues SET name = $1, dialed_numbers = $2, ring_timeout_secs = $3, \
              max_wait_secs = $4, wrap_up_secs = $5, required_skills = $6, is_default = $7, \
              service_level_secs = $8, active = $9, crm_url = $10, music = $12, \
-             survey_prompt = $13, survey_thanks = $14, survey_timeout_secs = $15 WHERE id = $11",
+             survey_prompt = $13, survey_thanks = $14, survey_timeout_secs = $15, \
+             keep_recordings_days = $16 WHERE id = $11",
         )
         .bind(next.name.trim().to_string())
         .bind(serde_json::to_string(&next.dialed_numbers).unwrap_or_else(|_| "[]".into()))
@@ -767,6 +782,7 @@ impl Store {
         .bind(next.survey_prompt.clone())
         .bind(next.survey_thanks.clone())
         .bind(next.survey_timeout_secs)
+        .bind(next.keep_recordings_days)
         .execute(&mut *tx)
         .await
         .map_err(|e| match &e {
@@ -833,6 +849,8 @@ pub struct QueuePatch {
     pub survey_thanks: Option<String>,
     /// Seconds after the prompt's end to press a digit (1–60).
     pub survey_timeout_secs: Option<i64>,
+    /// Days to keep the queue's recordings (1–36500); 0: the profile's `[retention]`.
+    pub keep_recordings_days: Option<i64>,
 }
 
 /// A patched text setting: `""` removes it, nothing leaves it as it was.
@@ -863,6 +881,14 @@ fn check_queue(q: &NewQueue) -> Result<(), StoreError> {
     }
     if !(1..=60).contains(&q.survey_timeout_secs) {
         return Err(invalid("survey_timeout_secs", "must be between 1 and 60"));
+    }
+    if q.keep_recordings_days
+        .is_some_and(|d| !(1..=36_500).contains(&d))
+    {
+        return Err(invalid(
+            "keep_recordings_days",
+            "must be between 1 and 36500 (0 or nothing: the profile's retention)",
+        ));
     }
     if q.survey_thanks.is_some() && q.survey_prompt.is_none() {
         return Err(invalid(

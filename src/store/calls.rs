@@ -58,6 +58,9 @@ pub struct EndedCall {
     pub survey_offered_at: Option<i64>,
     /// The caller's digit, 1 to 9.
     pub survey_score: Option<i64>,
+    /// The call was recorded but the recording could not be written whole (a full disk):
+    /// the contact log says so.
+    pub recording_failed: bool,
 }
 
 /// A finished recording file.
@@ -116,8 +119,8 @@ impl Store {
         sqlx::query(
             "UPDATE calls SET answered_at = $1, ended_at = $2, wait_secs = $3, talk_secs = $4, \
              disposition = $5, recording_id = $6, agent_id = COALESCE($8, agent_id), \
-             queue_id = COALESCE($9, queue_id), survey_offered_at = $10, survey_score = $11 \
-             WHERE id = $7",
+             queue_id = COALESCE($9, queue_id), survey_offered_at = $10, survey_score = $11, \
+             recording_status = COALESCE($12, recording_status) WHERE id = $7",
         )
         .bind(e.answered_at)
         .bind(e.ended_at)
@@ -130,6 +133,7 @@ impl Store {
         .bind(e.queue_id)
         .bind(e.survey_offered_at)
         .bind(e.survey_score)
+        .bind(e.recording_failed.then_some("failed"))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -233,6 +237,10 @@ pub struct ContactLog {
     pub survey_score: Option<i64>,
     /// When the caller was asked the post-call survey (epoch ms); null: not asked.
     pub survey_offered_at: Option<i64>,
+    /// What became of the recording when it is not simply there: `failed` (the disk refused
+    /// it), `expired` (deleted after the queue's retention) or `archived` (moved to the
+    /// archive folder, still playable).
+    pub recording_status: Option<String>,
     /// Every agent who had the call, in turn, with their talk time (a transferred call lists
     /// each). Filled in for one contact log (`GET /api/calls/{id}`), empty in lists.
     pub agents: Vec<CallAgent>,
@@ -328,12 +336,16 @@ pub struct Recording {
     pub size_bytes: i64,
     pub sha256: String,
     pub created_at: i64,
+    /// When retention removed the audio (epoch ms); null while it is kept.
+    pub expired_at: Option<i64>,
+    /// Where retention moved the audio (it is played from there); null if deleted or kept.
+    pub archived_to: Option<String>,
 }
 
 const LOG_COLUMNS: &str = "id, sip_call_id, direction, caller_raw, caller_e164, dialed, \
      customer_id, agent_id, queue_id, offered_at, answered_at, ended_at, wait_secs, talk_secs, \
      disposition, agent_disposition, recording_id, notes, created_by, campaign_id, channel, \
-     result, survey_score, survey_offered_at";
+     result, survey_score, survey_offered_at, recording_status";
 
 fn log_of(r: &sqlx::any::AnyRow) -> Result<ContactLog, sqlx::Error> {
     Ok(ContactLog {
@@ -361,6 +373,7 @@ fn log_of(r: &sqlx::any::AnyRow) -> Result<ContactLog, sqlx::Error> {
         result: r.try_get("result")?,
         survey_score: r.try_get("survey_score")?,
         survey_offered_at: r.try_get("survey_offered_at")?,
+        recording_status: r.try_get("recording_status")?,
         agents: Vec::new(),
     })
 }
@@ -624,7 +637,8 @@ impl Store {
 
     pub async fn recording(&self, id: i64) -> Result<Option<Recording>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, path, duration_ms, size_bytes, sha256, created_at FROM recordings WHERE id = $1",
+            "SELECT id, path, duration_ms, size_bytes, sha256, created_at, expired_at, archived_to \
+             FROM recordings WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -637,6 +651,139 @@ impl Store {
             size_bytes: r.try_get("size_bytes")?,
             sha256: r.try_get("sha256")?,
             created_at: r.try_get("created_at")?,
+            expired_at: r.try_get("expired_at")?,
+            archived_to: r.try_get("archived_to")?,
         }))
     }
+
+    /// Recordings past their retention at `now_ms`, oldest first from after `after` (the
+    /// last one of the previous page: `(created_at, id)`), at most `limit`: kept
+    /// `keep_recordings_days` of their call's queue, else `default_days` (0: for ever). One
+    /// another node is removing (its lease younger than [`EXPIRY_LEASE_MS`]) is left out.
+    pub async fn expiring_recordings(
+        &self,
+        now_ms: i64,
+        default_days: i64,
+        after: (i64, i64),
+        limit: i64,
+    ) -> Result<Vec<ExpiringRecording>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT r.id AS id, r.path AS path, r.created_at AS created_at, c.id AS call_id, \
+               q.name AS queue, CAST(COALESCE(q.keep_recordings_days, $2) AS BIGINT) AS days \
+             FROM recordings r \
+             LEFT JOIN calls c ON c.recording_id = r.id \
+             LEFT JOIN queues q ON q.id = c.queue_id \
+             WHERE r.expired_at IS NULL AND COALESCE(q.keep_recordings_days, $2) > 0 \
+               AND r.created_at <= \
+                 $1 - CAST(COALESCE(q.keep_recordings_days, $2) AS BIGINT) * 86400000 \
+               AND (r.created_at > $3 OR (r.created_at = $3 AND r.id > $4)) \
+               AND (r.expiry_claimed_at IS NULL OR r.expiry_claimed_at < $5) \
+             ORDER BY r.created_at, r.id LIMIT $6",
+        )
+        .bind(now_ms)
+        .bind(default_days)
+        .bind(after.0)
+        .bind(after.1)
+        .bind(crate::time::now_ms() - EXPIRY_LEASE_MS)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ExpiringRecording {
+                    id: r.try_get("id")?,
+                    path: r.try_get("path")?,
+                    created_at: r.try_get("created_at")?,
+                    call_id: r.try_get("call_id")?,
+                    queue: r.try_get("queue")?,
+                    days: r.try_get("days")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Takes a recording's removal for this node (several nodes on one database sweep at
+    /// once): true for the one whose update found it kept and not leased to another. The
+    /// lease lapses after [`EXPIRY_LEASE_MS`], so a node that died mid-way holds nothing.
+    pub async fn claim_expiry(&self, id: i64) -> Result<bool, StoreError> {
+        let now = crate::time::now_ms();
+        let r = sqlx::query(
+            "UPDATE recordings SET expiry_claimed_at = $2 WHERE id = $1 AND expired_at IS NULL \
+             AND (expiry_claimed_at IS NULL OR expiry_claimed_at < $3)",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(now - EXPIRY_LEASE_MS)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Gives a claim back (the file could not be removed): tried again next sweep.
+    pub async fn unclaim_expiry(&self, id: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE recordings SET expiry_claimed_at = NULL WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The audio is gone (`archived_to` `None`) or moved: the recording, its contact log and
+    /// the audit log say so, all at once.
+    pub async fn recording_expired(
+        &self,
+        id: i64,
+        archived_to: Option<&str>,
+        audit: (&str, &str),
+    ) -> Result<(), StoreError> {
+        let now = crate::time::now_ms();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE recordings SET expired_at = $2, archived_to = $3, expiry_claimed_at = NULL \
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(archived_to.map(str::to_string))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE calls SET recording_status = $2 WHERE recording_id = $1")
+            .bind(id)
+            .bind(if archived_to.is_some() {
+                "archived"
+            } else {
+                "expired"
+            })
+            .execute(&mut *tx)
+            .await?;
+        let (action, detail) = audit;
+        sqlx::query(
+            "INSERT INTO audit_log (at, actor, action, subject, detail, source) \
+             VALUES ($1, 'retention', $2, $3, $4, NULL)",
+        )
+        .bind(now)
+        .bind(action.to_string())
+        .bind(format!("recording:{id}"))
+        .bind(detail.to_string())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// How long a node's claim on a recording's removal holds (an hour).
+pub const EXPIRY_LEASE_MS: i64 = 3_600_000;
+
+/// A recording past its retention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiringRecording {
+    pub id: i64,
+    pub path: String,
+    pub created_at: i64,
+    /// Its contact log, and the queue whose retention applies (none: the profile's).
+    pub call_id: Option<i64>,
+    pub queue: Option<String>,
+    pub days: i64,
 }

@@ -532,6 +532,10 @@ pub(crate) struct QueueIn {
     /// Seconds after the prompt's end to press a digit (1–60).
     #[serde(default = "d_survey")]
     survey_timeout_secs: i64,
+    /// Days the queue's recordings are kept (1–36500); absent or 0: the profile's
+    /// `[retention] keep_days`.
+    #[serde(default)]
+    keep_recordings_days: Option<i64>,
 }
 
 fn d_survey() -> i64 {
@@ -578,6 +582,7 @@ async fn create_queue(
             survey_prompt: q.survey_prompt.filter(|m| !m.trim().is_empty()),
             survey_thanks: q.survey_thanks.filter(|m| !m.trim().is_empty()),
             survey_timeout_secs: q.survey_timeout_secs,
+            keep_recordings_days: q.keep_recordings_days.filter(|d| *d != 0),
         })
         .await?;
     s.acd.reload();
@@ -1292,6 +1297,7 @@ async fn get_recording(
 /// audited.
 #[utoipa::path(get, path = "/api/recordings/{id}/audio",
     responses((status = 200, content_type = "audio/wav", body = Vec<u8>), (status = 206, description = "a byte range"),
+              (status = 410, description = "deleted by retention", body = ApiErrorBody),
               (status = 416, body = ApiErrorBody)))]
 async fn recording_audio(
     State(s): State<AppState>,
@@ -1303,7 +1309,22 @@ async fn recording_audio(
 ) -> Result<Response, ApiError> {
     let download = matches!(q.download.as_deref(), Some("1") | Some("true"));
     let r = own_recording(&s, &me, id).await?;
-    let path = std::path::PathBuf::from(&r.path);
+    // Retention removed it (the contact log stays): gone for good, not "not found".
+    let stored = match (&r.expired_at, &r.archived_to) {
+        (_, Some(archived)) => archived.clone(),
+        (Some(at), None) => {
+            let when = jiff::Timestamp::from_millisecond(*at)
+                .map(|t| t.strftime("%Y-%m-%d").to_string())
+                .unwrap_or_default();
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                "expired",
+                format!("recording {id} expired on {when} (retention) and was deleted"),
+            ));
+        }
+        (None, None) => r.path.clone(),
+    };
+    let path = std::path::PathBuf::from(&stored);
     let path = if path.is_absolute() {
         path
     } else {

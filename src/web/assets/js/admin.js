@@ -47,7 +47,7 @@ export function adminPanel(root, me) {
         ] : null)))))));
     queuesBox.replaceChildren(h('div', { class: 'table-wrap' }, h('table', { class: 'data' },
       h('caption', { class: 'sr-only', text: t('admin.queues') }),
-      h('thead', null, h('tr', null, ['name', 'numbers', 'ring', 'maxWait', 'wrap', 'skills', 'sl', 'survey', 'status', 'actions'].map((c) => h('th', { scope: 'col', text: t(`admin.qcol.${c}`) })))),
+      h('thead', null, h('tr', null, ['name', 'numbers', 'ring', 'maxWait', 'wrap', 'skills', 'sl', 'survey', 'keep', 'status', 'actions'].map((c) => h('th', { scope: 'col', text: t(`admin.qcol.${c}`) })))),
       h('tbody', null, queues.map((q) => h('tr', { class: active(q) ? '' : 'inactive', dataset: { queueId: q.id } },
         h('th', { scope: 'row' }, q.name, q.is_default ? h('span', { class: 'badge', text: t('admin.default') }) : null),
         h('td', { class: 'small', text: (q.dialed_numbers || []).join(', ') || '—' }),
@@ -56,6 +56,7 @@ export function adminPanel(root, me) {
         h('td', { class: 'small', text: (q.required_skills || []).join(', ') || '—' }),
         h('td', { class: 'num', text: `${q.service_level_secs ?? 20} s` }),
         h('td', { class: 'small', text: q.survey_prompt ? t('admin.surveyOn', { s: q.survey_timeout_secs ?? 8 }) : '—' }),
+        h('td', { class: 'small', text: q.keep_recordings_days ? t('admin.keepDays', { n: q.keep_recordings_days }) : t('admin.keepProfile') }),
         h('td', null, h('span', { class: `badge ${active(q) ? 'ok' : 'off'}`, text: t(active(q) ? 'admin.active' : 'admin.deactivated') })),
         h('td', { class: 'actions-cell' }, isAdmin ? [
           h('button', { type: 'button', class: 'btn small', 'aria-label': t('admin.editN', { name: q.name }), text: t('admin.edit'), onclick: () => queueDialog(q) }),
@@ -148,6 +149,7 @@ export function adminPanel(root, me) {
     const prompt = h('input', { type: 'text', name: 'survey_prompt', value: q ? q.survey_prompt || '' : '', placeholder: '/srv/screenpop/survey/rate-us.wav' });
     const thanks = h('input', { type: 'text', name: 'survey_thanks', value: q ? q.survey_thanks || '' : '', placeholder: '/srv/screenpop/survey/thank-you.wav' });
     const surveyWait = h('input', { type: 'number', name: 'survey_timeout_secs', min: '1', max: '60', step: '1', value: String(q ? q.survey_timeout_secs ?? 8 : 8), class: 'short' });
+    const keep = h('input', { type: 'number', name: 'keep_recordings_days', min: '0', max: '36500', step: '1', value: q && q.keep_recordings_days ? String(q.keep_recordings_days) : '', placeholder: t('admin.qKeepPh'), class: 'short' });
     const form = formShell([
       h('div', { class: 'span-2' }, field(t('admin.qName'), name)),
       h('div', { class: 'span-2' }, field(t('admin.qNumbers'), numbers, t('admin.commaHint'))),
@@ -157,13 +159,15 @@ export function adminPanel(root, me) {
       h('div', { class: 'span-2' }, field(t('admin.qMusic'), music, t('admin.qMusicHint'))),
       h('div', { class: 'span-2' }, field(t('admin.qSurvey'), prompt, t('admin.qSurveyHint'))),
       field(t('admin.qSurveyThanks'), thanks), field(t('admin.qSurveyWait'), surveyWait, t('admin.qSurveyWaitHint')),
+      h('div', { class: 'span-2' }, field(t('admin.qKeep'), keep, t('admin.qKeepHint'))),
       h('div', { class: 'check span-2' }, def, h('label', { htmlFor: 'q-default', text: t('admin.qDefault') })),
     ], async () => {
       const body = { name: name.value.trim(), dialed_numbers: csv(numbers.value), ring_timeout_secs: Number(ring.value),
         max_wait_secs: Number(maxWait.value), wrap_up_secs: Number(wrap.value), service_level_secs: Number(sl.value),
         required_skills: csv(skills.value), is_default: def.checked,
         crm_url: crm.value.trim(), music: music.value.trim(),
-        survey_prompt: prompt.value.trim(), survey_thanks: thanks.value.trim(), survey_timeout_secs: Number(surveyWait.value) };
+        survey_prompt: prompt.value.trim(), survey_thanks: thanks.value.trim(), survey_timeout_secs: Number(surveyWait.value),
+        keep_recordings_days: Number(keep.value || 0) };
       // A new queue without a link, music or survey simply has none.
       if (!editing) for (const k of ['crm_url', 'music', 'survey_prompt', 'survey_thanks']) if (!body[k]) delete body[k];
       if (editing) await patch(`/api/queues/${q.id}`, body);

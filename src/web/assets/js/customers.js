@@ -231,6 +231,15 @@ function phoneEditor(initial) {
   };
 }
 
+/** Play for a call with a recording; what became of it when it is gone (expired, failed). */
+function recordingCell(l, audio) {
+  if (l.recording_status === 'expired') return h('span', { class: 'badge off rec-expired', title: t('rec.expiredHint'), text: t('rec.expired') });
+  if (l.recording_status === 'failed' && !l.recording_id) return h('span', { class: 'badge off rec-failed', text: t('rec.failed') });
+  if (!l.recording_id) return null;
+  return h('button', { type: 'button', class: 'btn small play', 'aria-label': t('rec.playN', { id: l.recording_id }),
+    onclick: () => play(audio, l.recording_id) }, h('img', { src: '/assets/icons/play.svg', alt: '', class: 'icon' }), t('rec.play'));
+}
+
 /** A customer's (or agent's) calls as a compact list, with Play for those with a recording. */
 export function renderHistory(container, items, audio, opts = {}) {
   if (!items.length) { container.replaceChildren(h('p', { class: 'empty', text: t('cust.noCalls') })); return; }
@@ -251,8 +260,7 @@ export function renderHistory(container, items, audio, opts = {}) {
           l.agent_disposition ? h('span', { class: 'badge', text: t(`disp.${l.agent_disposition}`, {}, l.agent_disposition) }) : null,
           l.talk_secs ? h('span', { class: 'muted', text: t('card.talked', { d: fmtDuration(l.talk_secs) }) }) : null),
         l.notes ? h('div', { class: 'note', text: l.notes }) : null),
-      l.recording_id ? h('button', { type: 'button', class: 'btn small play', 'aria-label': t('rec.playN', { id: l.recording_id }),
-        onclick: () => play(audio, l.recording_id) }, h('img', { src: '/assets/icons/play.svg', alt: '', class: 'icon' }), t('rec.play')) : null);
+      recordingCell(l, audio));
   })));
 }
 

@@ -106,8 +106,11 @@ function list(container, items, audio, nowPlaying) {
       h('td', null, l.disposition ? h('span', { class: `outcome outcome-${l.disposition}`, text: t(`outcome.${l.disposition}`, {}, l.disposition) }) : '—',
         l.agent_disposition ? h('div', { class: 'small muted', text: t(`disp.${l.agent_disposition}`, {}, l.agent_disposition) }) : null,
         surveyNote(l)),
-      h('td', { class: 'actions-cell' }, playBtn, h('a', { class: 'btn small ghost', href: `/api/recordings/${l.recording_id}/audio?download=1`, download: '', 'aria-label': t('rec.downloadN', { id: l.recording_id }) },
-        h('img', { src: '/assets/icons/download.svg', alt: '', class: 'icon' }), t('rec.download'))));
+      l.recording_status === 'expired'
+        ? h('td', { class: 'actions-cell' }, h('span', { class: 'badge off rec-expired', title: t('rec.expiredHint'), text: t('rec.expired') }))
+        : h('td', { class: 'actions-cell' }, playBtn, h('a', { class: 'btn small ghost', href: `/api/recordings/${l.recording_id}/audio?download=1`, download: '', 'aria-label': t('rec.downloadN', { id: l.recording_id }) },
+          h('img', { src: '/assets/icons/download.svg', alt: '', class: 'icon' }), t('rec.download')),
+          l.recording_status === 'archived' ? h('span', { class: 'badge', text: t('rec.archived') }) : null));
   });
   container.replaceChildren(h('p', { class: 'muted small', text: t('rec.count', { n: items.length }) }),
     h('div', { class: 'table-wrap' }, h('table', { class: 'data' }, h('caption', { class: 'sr-only', text: t('sup.tab.recordings') }),
