@@ -66,9 +66,11 @@ pub(crate) const SAMPLE_RATE: u32 = 8000;
 pub(crate) const CHANNELS: u16 = 2;
 /// Bytes per interleaved stereo frame.
 const FRAME_BYTES: u64 = 4;
-/// Default timeline window: 4 s of frames. Must cover the drain lag (jitter
-/// allowance + drain period) plus the 500 ms re-anchor tolerance ahead.
-pub(crate) const DEFAULT_WINDOW_FRAMES: usize = 4 * SAMPLE_RATE as usize;
+/// Default timeline window: 2 s of frames (64 kB a call). Must cover the drain lag (200 ms
+/// jitter allowance + the relay's 250 ms drain period) plus the 500 ms re-anchor tolerance
+/// ahead, which leaves a second for a late media thread. It was 4 s with a 1 s drain period:
+/// half the memory of a call went here (issue 13, point 4).
+pub(crate) const DEFAULT_WINDOW_FRAMES: usize = 2 * SAMPLE_RATE as usize;
 /// Default distance between timestamp-predicted and arrival position that
 /// counts as a timestamp discontinuity: 500 ms.
 pub(crate) const DEFAULT_REANCHOR_THRESHOLD: u64 = SAMPLE_RATE as u64 / 2;
@@ -80,8 +82,10 @@ pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// Largest `data` chunk a RIFF file can describe: the RIFF size field
 /// (data + 36 for hound's 44-byte header) must fit in a u32.
 const MAX_DATA_BYTES: u64 = (u32::MAX as u64 - 36) / FRAME_BYTES * FRAME_BYTES;
-/// Size of the BufWriter in front of each recording (two seconds of audio).
-const WRITE_BUFFER: usize = 64 * 1024;
+/// Size of the BufWriter in front of each recording (half a second of audio: the relay hands
+/// over a quarter second at a time, and a write a second per call is no cost, while 64 kB a
+/// call was a sixth of a call's memory).
+const WRITE_BUFFER: usize = 16 * 1024;
 
 /// Errors of the recording subsystem.
 #[derive(Debug, thiserror::Error)]

@@ -468,6 +468,11 @@ struct Relay {
 /// 200 ms of jitter allowance before recorded audio is handed to the file.
 const JITTER_SAMPLES: u64 = 1600;
 
+/// How often each call's recorded audio is handed to the recorder (and its silence checked):
+/// with the jitter allowance, how far the timeline must reach ahead of what was written
+/// (`recorder::DEFAULT_WINDOW_FRAMES`).
+const DRAIN_EVERY: Duration = Duration::from_millis(250);
+
 fn samples_since(origin: Instant, now: Instant) -> u64 {
     (now.saturating_duration_since(origin).as_micros() as u64) * 8 / 1000
 }
@@ -743,7 +748,7 @@ fn run(poll: Epoll, rx: mpsc::Receiver<Command>, shared: Arc<Shared>) {
             .filter_map(Slot::next_play)
             .min()
     };
-    let mut next_flush = Instant::now() + Duration::from_secs(1);
+    let mut next_flush = Instant::now() + DRAIN_EVERY;
     loop {
         let wake = next_play.map_or(next_flush, |p| p.min(next_flush));
         let timeout = wake.saturating_duration_since(Instant::now());
@@ -805,7 +810,7 @@ fn run(poll: Epoll, rx: mpsc::Receiver<Command>, shared: Arc<Shared>) {
                 slot.relay.flush_recording(now);
                 slot.check_silence(now);
             }
-            next_flush = now + Duration::from_secs(1);
+            next_flush = now + DRAIN_EVERY;
         }
     }
 }
