@@ -9,6 +9,8 @@ pub mod config;
 pub mod crm;
 pub mod events;
 pub mod flood;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guard;
 pub mod ids;
 pub mod media;

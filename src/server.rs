@@ -33,7 +33,7 @@ use crate::sip::registrar::Registrar;
 use crate::sip::registration::{RegConfig, RegEvent, RegistrationClient};
 use crate::sip::transaction::TimerConfig;
 use crate::sip::{caller_id, Uri};
-use crate::transport::{Inbound, Peer, SipSocket, Transport};
+use crate::transport::{Inbound, Peer, Routed, SipSocket, Transport};
 
 /// Settings `serve` runs with.
 pub struct ServeConfig {
@@ -397,7 +397,7 @@ struct Dispatcher {
     registrar: Arc<std::sync::Mutex<Registrar>>,
     env: Arc<CallEnv>,
     /// Call-ID → (owning call's id, its task's channel).
-    calls: HashMap<String, (String, mpsc::Sender<Inbound>)>,
+    calls: HashMap<String, (String, mpsc::Sender<Routed>)>,
     /// When the request being handled came off the socket.
     received: Instant,
     /// Where customers' SMS replies go (opt-outs).
@@ -424,7 +424,7 @@ impl Dispatcher {
             .unwrap_or("")
             .to_string();
         if let Some((_, tx)) = self.calls.get(&call_id) {
-            match tx.try_send(inb) {
+            match tx.try_send(Box::new(inb)) {
                 Ok(()) => return,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     warn!(%call_id, "call task backlogged; message dropped (peer retransmits)");
@@ -432,7 +432,7 @@ impl Dispatcher {
                 }
                 Err(mpsc::error::TrySendError::Closed(inb)) => {
                     self.calls.remove(&call_id);
-                    return self.on_inbound(inb);
+                    return self.on_inbound(*inb);
                 }
             }
         }
@@ -888,7 +888,7 @@ impl Dispatcher {
 async fn start_registration(
     env: &Arc<CallEnv>,
     r: &crate::config::Registration,
-) -> anyhow::Result<(String, mpsc::Sender<Inbound>)> {
+) -> anyhow::Result<(String, mpsc::Sender<Routed>)> {
     let registrar = Uri::parse(&r.registrar).map_err(|e| anyhow::anyhow!("registrar URI: {e}"))?;
     let transport = Transport::of_uri(&registrar).unwrap_or(Transport::Udp);
     let host = registrar.host.trim_matches(['[', ']']).to_string();
@@ -922,7 +922,7 @@ async fn start_registration(
     };
     let call_id = format!("reg-{:016x}@{}", rand::random::<u64>(), me.host);
     let mut client = RegistrationClient::new(Instant::now(), cfg, call_id.clone(), env.call.timers);
-    let (tx, mut rx) = mpsc::channel::<Inbound>(16);
+    let (tx, mut rx) = mpsc::channel::<Routed>(16);
     let sip = env.sip.clone();
     let span = tracing::info_span!("registration", registrar = %r.registrar, user = %r.user);
     tokio::spawn(
@@ -941,7 +941,7 @@ async fn start_registration(
                     .poll_timeout()
                     .unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(60));
                 tokio::select! {
-                    m = rx.recv() => match m {
+                    m = rx.recv() => match m.map(|b| *b) {
                         Some(Inbound { msg: Message::Response(resp), .. }) => {
                             client.handle_response(Instant::now(), resp)
                         }

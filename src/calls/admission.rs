@@ -22,7 +22,7 @@ use crate::sip::message::Request;
 use crate::sip::transaction::{ServerKey, ServerTransaction, TxOutput};
 use crate::store::Store;
 use crate::time::epoch_ms;
-use crate::transport::{Inbound, Peer, SipSocket};
+use crate::transport::{Peer, Routed, SipSocket};
 
 /// What every call task shares: the edges the machine's outputs go to.
 pub(crate) struct CallEnv {
@@ -57,7 +57,7 @@ pub(crate) struct CallEnv {
 pub struct Route {
     pub call_id: String,
     pub owner: String,
-    pub tx: mpsc::Sender<Inbound>,
+    pub tx: mpsc::Sender<Routed>,
 }
 
 /// A new inbound call handed over by the dispatcher.
@@ -76,7 +76,7 @@ pub(crate) struct NewCall {
 pub(crate) struct CallHandle {
     pub id: String,
     pub call_ids: Vec<String>,
-    pub tx: mpsc::Sender<Inbound>,
+    pub tx: mpsc::Sender<Routed>,
 }
 
 /// Sent when a call task exits.

@@ -28,7 +28,7 @@ use crate::sip::caller_id::CallerId;
 use crate::store::calls::OfferedCall;
 use crate::store::customers::Tier;
 use crate::store::Store;
-use crate::transport::Inbound;
+use crate::transport::Routed;
 
 /// The answers to work the task ran beside the call (the store and DNS).
 enum Done {
@@ -154,10 +154,10 @@ pub(crate) struct CallTask<M: Machine> {
     call: M,
     media: Option<MediaHandle>,
     /// Our own inbox, for the agent-leg Call-IDs the dispatcher must route to us.
-    inbox: mpsc::Sender<Inbound>,
+    inbox: mpsc::Sender<Routed>,
     decisions: Option<mpsc::UnboundedReceiver<Decision>>,
-    done_tx: mpsc::UnboundedSender<Done>,
-    done_rx: mpsc::UnboundedReceiver<Done>,
+    done_tx: mpsc::UnboundedSender<Box<Done>>,
+    done_rx: mpsc::UnboundedReceiver<Box<Done>>,
     /// Control requests waiting for the call's answer, by token.
     replies: std::collections::HashMap<u64, tokio::sync::oneshot::Sender<Result<(), ControlError>>>,
     next_token: u64,
@@ -180,7 +180,7 @@ impl<M: Machine> CallTask<M> {
         env: Arc<CallEnv>,
         call: M,
         media: MediaHandle,
-        inbox: mpsc::Sender<Inbound>,
+        inbox: mpsc::Sender<Routed>,
     ) -> CallTask<M> {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let in_flight = env.in_flight.enter();
@@ -202,7 +202,7 @@ impl<M: Machine> CallTask<M> {
 
     pub async fn run(
         mut self,
-        mut rx: mpsc::Receiver<Inbound>,
+        mut rx: mpsc::Receiver<Routed>,
         mut media_events: mpsc::UnboundedReceiver<MediaEvent>,
         mut controls: mpsc::Receiver<ControlRequest>,
     ) {
@@ -237,7 +237,7 @@ impl<M: Machine> CallTask<M> {
                     self.replies.insert(token, req.reply);
                     self.call.handle_control(Instant::now(), token, req.by, req.control)
                 }
-                Some(done) = self.done_rx.recv() => match done {
+                Some(done) = self.done_rx.recv() => match *done {
                     Done::Lookup(found) => {
                         if let Some(log) = found.log_id {
                             self.env.controls.link_log(self.call.key().as_str(), log.get());
@@ -327,7 +327,7 @@ impl<M: Machine> CallTask<M> {
                 tokio::spawn(
                     async move {
                         let to = refer_target(&store, &target).await;
-                        let _ = done.send(Done::Refer(to));
+                        let _ = done.send(Box::new(Done::Refer(to)));
                     }
                     .in_current_span(),
                 );
@@ -339,7 +339,11 @@ impl<M: Machine> CallTask<M> {
                     async move {
                         let target = consult_target(&env, &key, to, exclude).await;
                         let reserved = target.as_ref().is_ok_and(|t| t.agent.is_some());
-                        if done.send(Done::Consult(key.clone(), target)).is_err() && reserved {
+                        if done
+                            .send(Box::new(Done::Consult(key.clone(), target)))
+                            .is_err()
+                            && reserved
+                        {
                             // The call's task is gone: give the agent back.
                             env.acd.tell(crate::acd::Input::Ended { call: key });
                         }
@@ -365,7 +369,7 @@ impl<M: Machine> CallTask<M> {
                 tokio::spawn(
                     async move {
                         let found = lookup(&env, &caller, offered).await;
-                        let _ = done.send(Done::Lookup(found));
+                        let _ = done.send(Box::new(Done::Lookup(found)));
                     }
                     .in_current_span(),
                 );
@@ -410,7 +414,7 @@ impl<M: Machine> CallTask<M> {
                                 None
                             }
                         };
-                        let _ = done.send(Done::Resolved(attempt, addr));
+                        let _ = done.send(Box::new(Done::Resolved(attempt, addr)));
                     }
                     .in_current_span(),
                 );

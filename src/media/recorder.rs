@@ -50,7 +50,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
@@ -82,10 +82,6 @@ pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// Largest `data` chunk a RIFF file can describe: the RIFF size field
 /// (data + 36 for hound's 44-byte header) must fit in a u32.
 const MAX_DATA_BYTES: u64 = (u32::MAX as u64 - 36) / FRAME_BYTES * FRAME_BYTES;
-/// Size of the BufWriter in front of each recording (half a second of audio: the relay hands
-/// over a quarter second at a time, and a write a second per call is no cost, while 64 kB a
-/// call was a sixth of a call's memory).
-const WRITE_BUFFER: usize = 16 * 1024;
 
 /// Errors of the recording subsystem.
 #[derive(Debug, thiserror::Error)]
@@ -450,7 +446,10 @@ fn validate_date((y, m, d): (i32, u32, u32)) -> Result<(), RecorderError> {
 
 /// The I/O half of a recording; lives on the recorder thread.
 pub(crate) struct RecordingFile {
-    writer: hound::WavWriter<BufWriter<File>>,
+    /// Straight onto the file: each chunk the relay hands over (a quarter second) goes through
+    /// hound's sample buffer as one write, so a `BufWriter` in front would only hold a second
+    /// copy of it (16 kB a call, measured with heaptrack).
+    writer: hound::WavWriter<File>,
     part_path: PathBuf,
     final_path: PathBuf,
     frames: u64,
@@ -504,9 +503,7 @@ impl RecordingFile {
                     io_err(&part_path)(e)
                 }
             })?;
-        let writer =
-            hound::WavWriter::new(BufWriter::with_capacity(WRITE_BUFFER, file), wav_spec())
-                .map_err(wav_err(&part_path))?;
+        let writer = hound::WavWriter::new(file, wav_spec()).map_err(wav_err(&part_path))?;
         let mut rec = RecordingFile {
             writer,
             part_path,
@@ -689,14 +686,31 @@ fn parse_layout(file: &mut File, len: u64) -> Result<WavLayout, &'static str> {
             }
             file.read_exact(&mut body)
                 .map_err(|_| "truncated fmt chunk")?;
+            let tag = u16::from_le_bytes([body[0], body[1]]);
+            let channels = u64::from(u16::from_le_bytes([body[2], body[3]]));
             let rate = u32::from_le_bytes([body[4], body[5], body[6], body[7]]);
             let align = u64::from(u16::from_le_bytes([body[12], body[13]]));
-            if align == 0 || rate == 0 {
-                return Err("fmt chunk has zero block align or rate");
+            let bits = u64::from(u16::from_le_bytes([body[14], body[15]]));
+            // Only integer PCM as a player reads it (what hound writes): anything else was not
+            // written by us, and "repairing" it would leave a file nothing plays.
+            if tag != 1 && tag != 0xFFFE {
+                return Err("fmt chunk is not PCM");
+            }
+            if channels == 0 || rate == 0 || ![8, 16, 24, 32].contains(&bits) {
+                return Err("fmt chunk has no channels, no rate or odd sample bits");
+            }
+            let byte_rate = u64::from(u32::from_le_bytes([body[8], body[9], body[10], body[11]]));
+            if align != channels * bits / 8 || byte_rate != u64::from(rate) * align {
+                return Err("fmt chunk's block align or byte rate does not match the rest");
             }
             fmt = Some((align, rate));
         }
-        offset += 8 + size + (size & 1);
+        // RIFF pads an odd chunk to an even length, but common readers (hound, sox) do not
+        // skip the pad byte: a recording of ours never has one, so such a file is not ours.
+        if size & 1 == 1 {
+            return Err("odd-sized chunk before data");
+        }
+        offset += 8 + size;
     }
     Err("no data chunk header")
 }
@@ -815,11 +829,25 @@ fn rewrite_header(part: &Path) -> Result<Result<HeaderFix, &'static str>, Record
     let data_len = (available / layout.block_align * layout.block_align).min(max_data);
     let new_len = layout.data_start + data_len;
     let truncated = len - new_len;
+    // The last word is a player's: hound must read the header as it will be (the fuzzer found
+    // fmt chunks that pass the checks above and that no reader takes), else it is not ours.
+    let mut header = vec![0u8; usize::try_from(layout.data_start).unwrap_or(usize::MAX)];
+    file.seek(SeekFrom::Start(0))
+        .and_then(|_| file.read_exact(&mut header))
+        .map_err(io_err(part))?;
+    let riff_size = u32::try_from(new_len - 8).unwrap_or(u32::MAX);
+    let data_size = u32::try_from(data_len).unwrap_or(u32::MAX);
+    header[4..8].copy_from_slice(&riff_size.to_le_bytes());
+    let at = usize::try_from(layout.data_size_offset).unwrap_or(usize::MAX);
+    if let Some(field) = header.get_mut(at..at + 4) {
+        field.copy_from_slice(&data_size.to_le_bytes());
+    }
+    if hound::WavReader::new(io::Cursor::new(&header)).is_err() {
+        return Ok(Err("a WAV reader refuses its header"));
+    }
     if truncated > 0 {
         file.set_len(new_len).map_err(io_err(part))?;
     }
-    let riff_size = u32::try_from(new_len - 8).unwrap_or(u32::MAX);
-    let data_size = u32::try_from(data_len).unwrap_or(u32::MAX);
     file.seek(SeekFrom::Start(4))
         .and_then(|_| file.write_all(&riff_size.to_le_bytes()))
         .and_then(|_| file.seek(SeekFrom::Start(layout.data_size_offset)))
@@ -1682,7 +1710,7 @@ mod tests {
         // file without a header update.
         let more = ramp(-5000, 6 * 8000);
         f.append(&more).unwrap();
-        // kill -9: no Drop, no finalize, no BufWriter flush.
+        // kill -9: no Drop, no finalize.
         std::mem::forget(f);
         // The header still describes only the first second...
         let (_, samples) = read_wav(&part);
@@ -1755,6 +1783,57 @@ mod tests {
         assert!(repair_partials(&dir.path().join("nope"))
             .unwrap()
             .is_empty());
+    }
+
+    /// Found by `fuzz/` (wav_repair): a RIFF file with an odd-sized chunk before `data` (legal
+    /// RIFF, padded) or a fmt chunk that is not integer PCM with a matching block align was
+    /// "recovered" into a WAV hound and sox cannot read. We never write such a file: it is
+    /// moved aside, untouched, and a recording of ours with an even extra chunk still repairs.
+    #[test]
+    fn files_players_cannot_read_are_moved_aside_not_repaired() {
+        fn wav(tag: u16, channels: u16, bits: u16, align: u16, extra: &[u8]) -> Vec<u8> {
+            let mut w = b"RIFF\0\0\0\0WAVEfmt \x10\0\0\0".to_vec();
+            w.extend_from_slice(&tag.to_le_bytes());
+            w.extend_from_slice(&channels.to_le_bytes());
+            w.extend_from_slice(&8000u32.to_le_bytes());
+            w.extend_from_slice(&(8000 * u32::from(align)).to_le_bytes());
+            w.extend_from_slice(&align.to_le_bytes());
+            w.extend_from_slice(&bits.to_le_bytes());
+            w.extend_from_slice(extra);
+            w.extend_from_slice(b"data\0\0\0\0");
+            w.extend_from_slice(&[0xe8, 0x03, 0x18, 0xfc].repeat(15));
+            w
+        }
+        let dir = tempdir();
+        let odd_list = b"LIST\x05\0\0\0INFOx\0";
+        let even_list = b"LIST\x04\0\0\0INFO";
+        let mut rate_mismatch = wav(1, 2, 16, 4, b"");
+        rate_mismatch[28] ^= 1;
+        let cases: [(&str, Vec<u8>, bool); 6] = [
+            ("odd", wav(1, 2, 16, 4, odd_list), false),
+            ("float", wav(3, 2, 32, 8, b""), false),
+            ("align", wav(1, 2, 16, 3, b""), false),
+            ("bits", wav(1, 2, 12, 3, b""), false),
+            ("rate", rate_mismatch, false),
+            ("even", wav(1, 2, 16, 4, even_list), true),
+        ];
+        for (name, bytes, repairable) in cases {
+            let part = dir.path().join(format!("{name}.wav.part"));
+            fs::write(&part, &bytes).unwrap();
+            match repair_partial(&part) {
+                RepairedRecording::Recovered { path, frames, .. } => {
+                    assert!(repairable, "{name} recovered");
+                    assert_eq!(frames, 15);
+                    let mut r = hound::WavReader::open(&path).unwrap();
+                    assert_eq!(r.samples::<i16>().filter(|s| s.is_ok()).count(), 30);
+                }
+                RepairedRecording::MovedAside { to, .. } => {
+                    assert!(!repairable, "{name} moved aside");
+                    assert_eq!(fs::read(to).unwrap(), bytes, "{name} untouched");
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
     }
 
     #[test]

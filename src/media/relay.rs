@@ -460,9 +460,14 @@ struct Relay {
     timeline: StereoTimeline,
     recording: Option<(CallRecording, Instant)>,
     chunk: Vec<i16>,
-    pcm: Vec<i16>,
     digits: Vec<DtmfDigit>,
     started: Instant,
+}
+
+thread_local! {
+    /// One packet's decoded audio on its way into the timeline: one per media thread, not one
+    /// per call (256 ms of G.711 at most; a longer payload is cut there).
+    static PCM: std::cell::RefCell<[i16; 2048]> = const { std::cell::RefCell::new([0; 2048]) };
 }
 
 /// 200 ms of jitter allowance before recorded audio is handed to the file.
@@ -516,11 +521,13 @@ impl Relay {
                 }
                 if let Some((_, answered)) = &self.recording {
                     let payload = rtp.payload();
-                    let n = payload.len().min(self.pcm.len());
-                    remote.codec.decode_into(&payload[..n], &mut self.pcm[..n]);
                     let arrival = samples_since(*answered, now);
-                    self.timeline
-                        .push(from.channel(), ssrc, ts, arrival, &self.pcm[..n]);
+                    let timeline = &mut self.timeline;
+                    PCM.with_borrow_mut(|pcm| {
+                        let n = payload.len().min(pcm.len());
+                        remote.codec.decode_into(&payload[..n], &mut pcm[..n]);
+                        timeline.push(from.channel(), ssrc, ts, arrival, &pcm[..n]);
+                    });
                 }
             } else if Some(pt) == remote.dtmf_pt {
                 if let Ok(ev) = TelephoneEvent::parse(rtp.payload()) {
@@ -717,8 +724,9 @@ fn new_relay() -> Relay {
         stats: RelayStats::default(),
         timeline: StereoTimeline::new(),
         recording: None,
-        chunk: Vec::with_capacity(16000),
-        pcm: vec![0i16; 2048],
+        // Grown by the first drain to a quarter second (8 kB) and recycled through the
+        // recorder from then on: reserving a second up front was 32 kB a call.
+        chunk: Vec::new(),
         digits: Vec::new(),
         started: Instant::now(),
     }
@@ -1309,6 +1317,84 @@ fn slot_of<'a>(
         .get(&id)
         .and_then(|i| slots.get_mut(*i))
         .and_then(|s| s.as_mut())
+}
+
+/// The relay's per-packet path without sockets, for the coverage-guided fuzz targets
+/// (`crate::fuzzing`): datagrams on either leg, RTP or RTCP, from the negotiated address or a
+/// stranger, `step` milliseconds apart, recorded by `recorder` when one is given. Whatever the
+/// bytes, the relay must not panic and the recording must be exactly as long as the call.
+pub(crate) fn feed_packets(
+    config: u8,
+    packets: &[(u8, &[u8])],
+    recorder: Option<&super::recorder::RecorderHandle>,
+) -> Option<CallRecording> {
+    let caller: SocketAddr = ([10, 0, 0, 1], 4000).into();
+    let agent: SocketAddr = ([10, 0, 0, 2], 5000).into();
+    let stranger: SocketAddr = ([10, 0, 0, 1], 4002).into();
+    let codec = |bit: u8| {
+        if config & bit != 0 {
+            G711::Pcma
+        } else {
+            G711::Pcmu
+        }
+    };
+    let mut r = new_relay();
+    r.legs[0].remote = Some(RemoteMedia {
+        rtp: Some(caller),
+        codec: codec(1),
+        dtmf_pt: (config & 4 != 0).then_some(101),
+        srtp: None,
+    });
+    r.legs[1].remote = Some(RemoteMedia {
+        rtp: Some(agent),
+        codec: codec(2),
+        dtmf_pt: (config & 8 != 0).then_some(96),
+        srtp: None,
+    });
+    let t0 = r.started;
+    if let Some(recorder) = recorder {
+        if let Ok(rec) = recorder.start("fuzz", (2026, 1, 1)) {
+            r.recording = Some((rec, t0));
+        }
+    }
+    let mut now = t0;
+    let mut last_drain = t0;
+    for (head, bytes) in packets {
+        now += Duration::from_millis(u64::from(head >> 3) * 4);
+        let leg = if head & 1 == 0 {
+            LegId::Caller
+        } else {
+            LegId::Agent
+        };
+        let src = match (head & 4 != 0, leg) {
+            (true, _) => stranger,
+            (false, LegId::Caller) => caller,
+            (false, LegId::Agent) => agent,
+        };
+        let mut pkt = bytes.to_vec();
+        if head & 2 == 0 {
+            let _ = r.on_rtp(now, leg, src, &mut pkt);
+        } else {
+            let _ = r.rtcp_dest(leg, src);
+        }
+        if now.duration_since(last_drain) >= DRAIN_EVERY {
+            r.flush_recording(now);
+            last_drain = now;
+        }
+    }
+    let ended = now + Duration::from_millis(20);
+    let report = r.stop(ended);
+    let frames = samples_since(t0, ended);
+    if report.recording.is_some() {
+        assert_eq!(
+            report.recorded_frames, frames,
+            "recording as long as the call"
+        );
+    }
+    let total: u64 = report.stats.received.iter().sum();
+    let rtp = packets.iter().filter(|(h, _)| h & 2 == 0).count() as u64;
+    assert_eq!(total, rtp, "every RTP packet counted");
+    report.recording
 }
 
 #[cfg(test)]
