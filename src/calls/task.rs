@@ -151,7 +151,9 @@ machine!(super::outbound::OutboundCall {});
 /// One call's edges.
 pub(crate) struct CallTask<M: Machine> {
     env: Arc<CallEnv>,
-    call: M,
+    /// Boxed: `run` is an `async fn`, whose future keeps its arguments and their moved-in
+    /// copies apart (rust-lang/rust#62958), so a 7 kB call inline cost 14 kB a call.
+    call: Box<M>,
     media: Option<MediaHandle>,
     /// Our own inbox, for the agent-leg Call-IDs the dispatcher must route to us.
     inbox: mpsc::Sender<Routed>,
@@ -187,7 +189,7 @@ impl<M: Machine> CallTask<M> {
         let signalling = env.in_flight.enter();
         CallTask {
             env,
-            call,
+            call: Box::new(call),
             media: Some(media),
             inbox,
             decisions: None,

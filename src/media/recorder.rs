@@ -6,11 +6,12 @@
 //!
 //! The media relay handles every RTP packet of every call, so the recording
 //! path it touches ([`StereoTimeline::push`]) is pure arithmetic on a buffer
-//! allocated once per call: no locks, no allocation, no system calls, no clock
-//! reads. Once a second the call's media task drains the timeline into a
-//! reusable `Vec` and hands it to a single recorder thread
-//! ([`Recorder::spawn`]); that thread owns every open file, so disk stalls
-//! delay only the recorder, never the relay.
+//! that holds only the audio not yet drained: no locks, no system calls, no
+//! clock reads, and an allocation only when that span grows past any before.
+//! Every quarter second the relay drains the timeline into a buffer from a
+//! pool shared by all calls and hands it to a single recorder thread
+//! ([`Recorder::spawn`]), which owns every open file, so disk stalls delay only
+//! the recorder, never the relay; the buffer goes back to the pool.
 //!
 //! # Placement by timestamp (RFC 3550 §5.1, §6.4.1)
 //!
@@ -48,12 +49,12 @@
 //! length at start-up. The SHA-256 of the final file is computed by reading it
 //! back so the hash covers exactly the bytes on disk (evidence for disputes).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -92,12 +93,6 @@ pub enum RecorderError {
         #[source]
         source: io::Error,
     },
-    #[error("WAV error on {}: {source}", .path.display())]
-    Wav {
-        path: PathBuf,
-        #[source]
-        source: hound::Error,
-    },
     #[error("invalid recording id {0:?}: use 1-128 of [A-Za-z0-9._@+-], not starting with '.'")]
     InvalidId(String),
     #[error("invalid recording date {0:04}-{1:02}-{2:02}")]
@@ -120,13 +115,6 @@ pub enum RecorderError {
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RecorderError + '_ {
     move |source| RecorderError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-fn wav_err(path: &Path) -> impl FnOnce(hound::Error) -> RecorderError + '_ {
-    move |source| RecorderError::Wav {
         path: path.to_path_buf(),
         source,
     }
@@ -192,8 +180,11 @@ struct Lane {
 /// the whole behaviour is testable without clocks or sleeps.
 #[derive(Debug)]
 pub struct StereoTimeline {
-    /// Interleaved frames; frame at position `p` lives at slot `p % window`.
-    ring: Vec<i16>,
+    /// Interleaved frames for positions `[drained, drained + len / 2)`: only what has arrived
+    /// and not been drained is held (about half a second in a normal call, 16 kB), not the
+    /// whole window (64 kB a call, resident for the whole call; issue 13, point 4).
+    pending: VecDeque<i16>,
+    /// How far past `drained` audio may be stored, in frames.
     window: u64,
     /// Everything before this position has been handed out by `drain`.
     drained: u64,
@@ -202,6 +193,10 @@ pub struct StereoTimeline {
     finished: bool,
 }
 
+/// `pending` grows in steps of a quarter second of stereo samples, so a call's buffer is
+/// allocated a few times at its start and not again.
+const GROW_SAMPLES: usize = SAMPLE_RATE as usize / 4 * CHANNELS as usize;
+
 impl Default for StereoTimeline {
     fn default() -> Self {
         Self::new()
@@ -209,19 +204,17 @@ impl Default for StereoTimeline {
 }
 
 impl StereoTimeline {
-    /// Timeline with a 4 s window and a 500 ms re-anchor threshold.
+    /// Timeline with a 2 s window and a 500 ms re-anchor threshold.
     pub fn new() -> Self {
         Self::with_params(DEFAULT_WINDOW_FRAMES, DEFAULT_REANCHOR_THRESHOLD)
     }
 
     /// `window_frames` bounds how far ahead of the drain position audio can
-    /// be stored; it is allocated here, once. `reanchor_threshold` is in
-    /// samples.
+    /// be stored. `reanchor_threshold` is in samples.
     pub fn with_params(window_frames: usize, reanchor_threshold: u64) -> Self {
-        let window = window_frames.max(1);
         StereoTimeline {
-            ring: vec![0; window * usize::from(CHANNELS)],
-            window: window as u64,
+            pending: VecDeque::new(),
+            window: window_frames.max(1) as u64,
             drained: 0,
             lanes: [Lane::default(); 2],
             threshold: i64::try_from(reanchor_threshold).unwrap_or(i64::MAX),
@@ -232,7 +225,8 @@ impl StereoTimeline {
     /// Places one packet's decoded samples.
     ///
     /// `arrival` is when the packet was received, in samples since answer.
-    /// Never allocates, never blocks.
+    /// Never blocks; allocates only while the span of undrained audio grows past any it has
+    /// held before.
     pub fn push(&mut self, ch: Channel, ssrc: u32, rtp_ts: u32, arrival: u64, pcm: &[i16]) {
         let threshold = self.threshold;
         let arrival_pos = i64::try_from(arrival).unwrap_or(i64::MAX);
@@ -315,17 +309,29 @@ impl StereoTimeline {
         let Some(samples) = pcm.get(skip as usize..stop as usize) else {
             return;
         };
-        let first = pos + skip;
-        let mut slot = (first.rem_euclid(window) as usize) * 2 + ch.index();
-        let ring_len = self.ring.len();
+        // Inside the window, so the frame index and the length fit a usize.
+        let first = (pos + skip - drained) as usize;
+        let needed = (first + samples.len()) * 2;
+        if needed > self.pending.len() {
+            if needed > self.pending.capacity() {
+                let target = needed.div_ceil(GROW_SAMPLES) * GROW_SAMPLES;
+                self.pending.reserve_exact(target - self.pending.len());
+            }
+            self.pending.resize(needed, 0);
+        }
+        let (front, back) = self.pending.as_mut_slices();
+        let split = front.len();
+        let mut slot = first * 2 + ch.index();
         for &s in samples {
-            if let Some(dst) = self.ring.get_mut(slot) {
+            let dst = if slot < split {
+                front.get_mut(slot)
+            } else {
+                back.get_mut(slot - split)
+            };
+            if let Some(dst) = dst {
                 *dst = s;
             }
             slot += 2;
-            if slot >= ring_len {
-                slot -= ring_len;
-            }
         }
     }
 
@@ -338,27 +344,21 @@ impl StereoTimeline {
             return 0;
         }
         let frames = upto - self.drained;
-        out.reserve(usize::try_from(frames.saturating_mul(2)).unwrap_or(0));
-        let mut from_ring = frames.min(self.window);
-        let mut slot = (self.drained % self.window) as usize;
-        let window = self.window as usize;
-        while from_ring > 0 {
-            let run = (from_ring as usize).min(window - slot);
-            if let Some(src) = self.ring.get_mut(slot * 2..(slot + run) * 2) {
-                out.extend_from_slice(src);
-                src.fill(0);
-            }
-            from_ring -= run as u64;
-            slot = (slot + run) % window;
+        let samples = usize::try_from(frames.saturating_mul(2)).unwrap_or(usize::MAX);
+        let held = samples.min(self.pending.len());
+        out.reserve(samples.min(self.window as usize * 2));
+        let (front, back) = self.pending.as_slices();
+        let from_front = held.min(front.len());
+        out.extend_from_slice(front.get(..from_front).unwrap_or_default());
+        out.extend_from_slice(back.get(..held - from_front).unwrap_or_default());
+        self.pending.drain(..held);
+        // Positions nothing was pushed for: silence.
+        if samples > held {
+            out.resize(out.len().saturating_add(samples - held), 0);
         }
-        // Positions more than a window past the old drain point could never
-        // be stored: pure silence.
-        let beyond = frames.saturating_sub(self.window);
-        if beyond > 0 {
-            let len = out
-                .len()
-                .saturating_add(usize::try_from(beyond.saturating_mul(2)).unwrap_or(0));
-            out.resize(len, 0);
+        // A burst that stretched the buffer (a stalled drain) gives the memory back.
+        if self.pending.capacity() > self.pending.len() + 2 * GROW_SAMPLES {
+            self.pending.shrink_to(self.pending.len() + GROW_SAMPLES);
         }
         self.drained = upto;
         frames
@@ -411,6 +411,7 @@ pub(crate) struct FinishedRecording {
     pub sha256: String,
 }
 
+#[cfg(test)]
 fn wav_spec() -> hound::WavSpec {
     hound::WavSpec {
         channels: CHANNELS,
@@ -445,14 +446,57 @@ fn validate_date((y, m, d): (i32, u32, u32)) -> Result<(), RecorderError> {
 }
 
 /// The I/O half of a recording; lives on the recorder thread.
+///
+/// The file is written here rather than through `hound::WavWriter`: hound keeps a sample buffer
+/// the size of the largest chunk in every open writer (8 kB a call) and rewrites the header with
+/// five system calls; here a chunk is converted in one buffer shared by every recording on the
+/// thread and written with one `write`, and the header with one `pwrite`. The header is the one
+/// hound writes for 16-bit stereo PCM (44 bytes), and hound reads every file back in the tests.
 pub(crate) struct RecordingFile {
-    /// Straight onto the file: each chunk the relay hands over (a quarter second) goes through
-    /// hound's sample buffer as one write, so a `BufWriter` in front would only hold a second
-    /// copy of it (16 kB a call, measured with heaptrack).
-    writer: hound::WavWriter<File>,
+    file: File,
     part_path: PathBuf,
     final_path: PathBuf,
     frames: u64,
+    /// The header on disk describes the frames written (set by `flush`, cleared by `append`).
+    header_current: bool,
+}
+
+/// Size of the canonical PCM header: RIFF, fmt (16 bytes), data chunk header.
+const HEADER_BYTES: u64 = 44;
+
+/// The canonical 44-byte header of a 16-bit stereo 8 kHz PCM WAV holding `data_bytes`.
+fn wav_header(data_bytes: u32) -> [u8; HEADER_BYTES as usize] {
+    let mut h = [0u8; HEADER_BYTES as usize];
+    let block_align = CHANNELS * 2;
+    let fields: [&[u8]; 13] = [
+        b"RIFF",
+        &data_bytes.saturating_add(36).to_le_bytes(),
+        b"WAVE",
+        b"fmt ",
+        &16u32.to_le_bytes(),
+        &1u16.to_le_bytes(), // WAVE_FORMAT_PCM
+        &CHANNELS.to_le_bytes(),
+        &SAMPLE_RATE.to_le_bytes(),
+        &(SAMPLE_RATE * u32::from(block_align)).to_le_bytes(),
+        &block_align.to_le_bytes(),
+        &16u16.to_le_bytes(),
+        b"data",
+        &data_bytes.to_le_bytes(),
+    ];
+    let mut at = 0;
+    for f in fields {
+        if let Some(dst) = h.get_mut(at..at + f.len()) {
+            dst.copy_from_slice(f);
+        }
+        at += f.len();
+    }
+    h
+}
+
+thread_local! {
+    /// A chunk's samples as little-endian bytes on their way to the file: one per recorder
+    /// thread, not one per recording.
+    static WAV_BYTES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl std::fmt::Debug for RecordingFile {
@@ -461,6 +505,16 @@ impl std::fmt::Debug for RecordingFile {
             .field("part_path", &self.part_path)
             .field("frames", &self.frames)
             .finish_non_exhaustive()
+    }
+}
+
+/// A recording dropped without `finish` (a write that failed, a call task torn down) still
+/// leaves a `.part` whose header describes what was written, for the repair at next start.
+impl Drop for RecordingFile {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            tracing::debug!(error = %e, "header update of a dropped recording failed");
+        }
     }
 }
 
@@ -503,14 +557,17 @@ impl RecordingFile {
                     io_err(&part_path)(e)
                 }
             })?;
-        let writer = hound::WavWriter::new(file, wav_spec()).map_err(wav_err(&part_path))?;
         let mut rec = RecordingFile {
-            writer,
+            file,
             part_path,
             final_path,
             frames: 0,
+            header_current: false,
         };
-        rec.flush()?;
+        rec.file
+            .write_all(&wav_header(0))
+            .map_err(io_err(&rec.part_path))?;
+        rec.header_current = true;
         Ok(rec)
     }
 
@@ -526,22 +583,39 @@ impl RecordingFile {
         if (self.frames + new_frames) * FRAME_BYTES > MAX_DATA_BYTES {
             return Err(RecorderError::TooLong(self.part_path.clone()));
         }
-        // Bounded by MAX_DATA_BYTES above, so it fits in u32.
-        let count = u32::try_from(interleaved.len())
-            .map_err(|_| RecorderError::TooLong(self.part_path.clone()))?;
-        let mut w = self.writer.get_i16_writer(count);
-        for &s in interleaved {
-            w.write_sample(s);
-        }
-        w.flush().map_err(wav_err(&self.part_path))?;
+        self.header_current = false;
+        let written = WAV_BYTES.with_borrow_mut(|bytes| {
+            bytes.clear();
+            bytes.reserve(interleaved.len() * 2);
+            for s in interleaved {
+                bytes.extend_from_slice(&s.to_le_bytes());
+            }
+            let written = self.file.write_all(bytes);
+            // A long chunk (a stalled drain) does not stay resident in the thread's buffer.
+            if bytes.capacity() > GROW_SAMPLES * 2 * 4 {
+                *bytes = Vec::new();
+            }
+            written
+        });
+        written.map_err(io_err(&self.part_path))?;
         self.frames += new_frames;
         Ok(())
     }
 
-    /// Writes buffered audio, then the header sizes, so the `.part` file is a
-    /// valid WAV of everything appended so far.
+    /// Writes the header sizes after the audio, so the `.part` file is a valid WAV of everything
+    /// appended so far.
     pub fn flush(&mut self) -> Result<(), RecorderError> {
-        self.writer.flush().map_err(wav_err(&self.part_path))
+        if self.header_current {
+            return Ok(());
+        }
+        use std::os::unix::fs::FileExt;
+        // Bounded by MAX_DATA_BYTES in `append`.
+        let data_bytes = u32::try_from(self.frames * FRAME_BYTES).unwrap_or(u32::MAX);
+        self.file
+            .write_all_at(&wav_header(data_bytes), 0)
+            .map_err(io_err(&self.part_path))?;
+        self.header_current = true;
+        Ok(())
     }
 
     /// Where the file is being written.
@@ -552,19 +626,15 @@ impl RecordingFile {
 
     /// Finalizes the header, fsyncs, renames `.wav.part` → `.wav`, fsyncs the
     /// directory and hashes the result.
-    pub fn finish(self) -> Result<FinishedRecording, RecorderError> {
-        let RecordingFile {
-            writer,
-            part_path,
-            final_path,
-            frames,
-        } = self;
-        writer.finalize().map_err(wav_err(&part_path))?;
-        // hound drops the File inside finalize; fsync acts on the inode, so a
-        // fresh descriptor is as good.
-        File::open(&part_path)
-            .and_then(|f| f.sync_all())
-            .map_err(io_err(&part_path))?;
+    pub fn finish(mut self) -> Result<FinishedRecording, RecorderError> {
+        self.flush()?;
+        self.file.sync_all().map_err(io_err(&self.part_path))?;
+        let (part_path, final_path, frames) = (
+            std::mem::take(&mut self.part_path),
+            std::mem::take(&mut self.final_path),
+            self.frames,
+        );
+        drop(self);
         fs::rename(&part_path, &final_path).map_err(io_err(&final_path))?;
         sync_parent_dir(&final_path);
         let (size_bytes, sha256) = hash_file(&final_path)?;
@@ -935,12 +1005,45 @@ fn log_repair(outcome: &RepairedRecording) {
 
 type Completion = Box<dyn FnOnce(Result<FinishedRecording, RecorderError>) + Send>;
 
+/// Chunk buffers shared by every call and the recorder thread. A call holds one only from
+/// draining its timeline to handing the chunk over, so the buffers follow the chunks in flight,
+/// not the number of calls (two spare buffers kept per call were 16 kB a call).
+#[derive(Debug, Default)]
+struct ChunkPool(std::sync::Mutex<Vec<Vec<i16>>>);
+
+/// Buffers kept for reuse; more in flight at once are allocated and freed.
+const POOLED_CHUNKS: usize = 256;
+
+impl ChunkPool {
+    fn take(&self) -> Vec<i16> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop()
+            .unwrap_or_default()
+    }
+
+    fn put(&self, mut chunk: Vec<i16>) {
+        // A chunk stretched by a stalled drain is not worth keeping.
+        if chunk.capacity() > GROW_SAMPLES * 4 {
+            return;
+        }
+        chunk.clear();
+        let mut free = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if free.len() < POOLED_CHUNKS {
+            free.push(chunk);
+        }
+    }
+}
+
 enum Command {
     Start {
         call: u64,
         id: String,
         date: (i32, u32, u32),
-        recycle: SyncSender<Vec<i16>>,
     },
     Chunk {
         call: u64,
@@ -966,7 +1069,6 @@ enum CallFile {
 struct CallState {
     id: String,
     file: CallFile,
-    recycle: SyncSender<Vec<i16>>,
 }
 
 /// The recorder thread's state: one thread owns every open recording.
@@ -974,6 +1076,7 @@ pub(crate) struct Recorder {
     root: PathBuf,
     rx: Receiver<Command>,
     calls: HashMap<u64, CallState>,
+    pool: std::sync::Arc<ChunkPool>,
 }
 
 impl Recorder {
@@ -983,10 +1086,12 @@ impl Recorder {
     pub fn spawn(root: impl Into<PathBuf>) -> Result<RecorderHandle, RecorderError> {
         let root = root.into();
         let (tx, rx) = mpsc::channel();
+        let pool = std::sync::Arc::new(ChunkPool::default());
         let recorder = Recorder {
             root: root.clone(),
             rx,
             calls: HashMap::new(),
+            pool: pool.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("recorder".into())
@@ -994,6 +1099,7 @@ impl Recorder {
             .map_err(io_err(&root))?;
         Ok(RecorderHandle {
             tx,
+            pool,
             next_call: AtomicU64::new(1),
             root,
             thread: Some(thread),
@@ -1031,12 +1137,7 @@ impl Recorder {
 
     fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Start {
-                call,
-                id,
-                date,
-                recycle,
-            } => {
+            Command::Start { call, id, date } => {
                 let file = match RecordingFile::create(&self.root, &id, date) {
                     Ok(file) => CallFile::Open { file, dirty: false },
                     Err(e) => {
@@ -1044,10 +1145,11 @@ impl Recorder {
                         CallFile::Failed(e)
                     }
                 };
-                self.calls.insert(call, CallState { id, file, recycle });
+                self.calls.insert(call, CallState { id, file });
             }
-            Command::Chunk { call, mut samples } => {
+            Command::Chunk { call, samples } => {
                 let Some(state) = self.calls.get_mut(&call) else {
+                    self.pool.put(samples);
                     return;
                 };
                 if let CallFile::Open { file, dirty } = &mut state.file {
@@ -1059,9 +1161,7 @@ impl Recorder {
                         }
                     }
                 }
-                samples.clear();
-                // Full or disconnected: let the buffer go.
-                let _ = state.recycle.try_send(samples);
+                self.pool.put(samples);
             }
             Command::Finish { call, done } => self.finish_call(call, done),
             Command::Shutdown => {}
@@ -1120,6 +1220,7 @@ impl Recorder {
 /// stop, without waiting.
 pub(crate) struct RecorderHandle {
     tx: Sender<Command>,
+    pool: std::sync::Arc<ChunkPool>,
     next_call: AtomicU64,
     root: PathBuf,
     thread: Option<JoinHandle<()>>,
@@ -1133,21 +1234,18 @@ impl RecorderHandle {
         validate_id(id)?;
         validate_date(date)?;
         let call = self.next_call.fetch_add(1, Ordering::Relaxed);
-        // Two spare buffers per call are enough for one-second chunks.
-        let (recycle, recycled) = mpsc::sync_channel(2);
         self.tx
             .send(Command::Start {
                 call,
                 id: id.to_owned(),
                 date,
-                recycle,
             })
             .map_err(|_| RecorderError::Stopped)?;
         Ok(CallRecording {
             call,
             id: id.to_owned(),
             tx: self.tx.clone(),
-            recycled,
+            pool: self.pool.clone(),
             finished: false,
         })
     }
@@ -1187,7 +1285,7 @@ pub(crate) struct CallRecording {
     call: u64,
     id: String,
     tx: Sender<Command>,
-    recycled: Receiver<Vec<i16>>,
+    pool: std::sync::Arc<ChunkPool>,
     finished: bool,
 }
 
@@ -1201,24 +1299,28 @@ impl std::fmt::Debug for CallRecording {
 }
 
 impl CallRecording {
-    /// Hands a drained chunk of interleaved frames to the recorder thread and
-    /// returns an empty buffer to drain into next, recycled from an earlier
-    /// chunk when one has come back (otherwise `Vec::new()`, which does not
-    /// allocate). Never blocks.
-    pub fn submit(&mut self, chunk: Vec<i16>) -> Result<Vec<i16>, RecorderError> {
+    /// An empty buffer to drain the timeline into, from the pool shared by every call (or
+    /// `Vec::new()`, which does not allocate).
+    pub fn buffer(&self) -> Vec<i16> {
+        self.pool.take()
+    }
+
+    /// Hands a drained chunk of interleaved frames to the recorder thread; the buffer goes back
+    /// to the pool once written. Never blocks.
+    pub fn submit(&mut self, chunk: Vec<i16>) -> Result<(), RecorderError> {
         if chunk.len() % 2 != 0 {
             return Err(RecorderError::OddSampleCount(chunk.len()));
         }
         if chunk.is_empty() {
-            return Ok(chunk);
+            self.pool.put(chunk);
+            return Ok(());
         }
         self.tx
             .send(Command::Chunk {
                 call: self.call,
                 samples: chunk,
             })
-            .map_err(|_| RecorderError::Stopped)?;
-        Ok(self.recycled.try_recv().unwrap_or_default())
+            .map_err(|_| RecorderError::Stopped)
     }
 
     /// Finishes the recording; the result arrives on the returned receiver
@@ -1837,6 +1939,68 @@ mod tests {
     }
 
     #[test]
+    fn timeline_holds_only_what_is_not_drained() {
+        // A minute of a normal call: both legs every 20 ms, drained every quarter second with
+        // the relay's 200 ms jitter allowance. The buffer holds about 450 ms: two growth steps
+        // (16 kB), not the 2 s window (64 kB).
+        let mut tl = StereoTimeline::new();
+        let mut out = Vec::new();
+        let mut most = 0;
+        for k in 0..3000u64 {
+            let pos = k * PKT as u64;
+            tl.push(Channel::Caller, 1, pos as u32, pos, &[1; PKT]);
+            tl.push(Channel::Agent, 2, pos as u32, pos, &[2; PKT]);
+            if k % 12 == 11 {
+                tl.drain((pos + PKT as u64).saturating_sub(1600), &mut out);
+                out.clear();
+            }
+            most = most.max(tl.pending.capacity());
+        }
+        assert!(most <= 2 * GROW_SAMPLES, "held {most} samples");
+
+        // A drain that stalls 1.5 s stretches the buffer within the window; the next drains
+        // give the memory back.
+        let base = 3000 * PKT as u64;
+        for k in 0..75u64 {
+            let pos = base + k * PKT as u64;
+            tl.push(Channel::Caller, 1, pos as u32, pos, &[3; PKT]);
+        }
+        assert_eq!(tl.stats(Channel::Caller).overflow_samples, 0);
+        assert!(tl.pending.capacity() > 2 * GROW_SAMPLES);
+        for k in 75..150u64 {
+            let pos = base + k * PKT as u64;
+            tl.push(Channel::Caller, 1, pos as u32, pos, &[3; PKT]);
+            if k % 12 == 11 {
+                tl.drain((pos + PKT as u64).saturating_sub(1600), &mut out);
+                out.clear();
+            }
+        }
+        assert!(
+            tl.pending.capacity() <= 2 * GROW_SAMPLES,
+            "{}",
+            tl.pending.capacity()
+        );
+    }
+
+    #[test]
+    fn files_are_byte_for_byte_what_hound_writes() {
+        let dir = tempdir();
+        let samples: Vec<i16> = (0..4000).map(|i| (i * 37 % 65536 - 32768) as i16).collect();
+        let mut ours = RecordingFile::create(dir.path(), "ours", (2024, 1, 1)).unwrap();
+        ours.append(&samples[..1000]).unwrap();
+        ours.flush().unwrap();
+        ours.append(&samples[1000..]).unwrap();
+        let ours = fs::read(ours.finish().unwrap().path).unwrap();
+        let theirs = dir.path().join("theirs.wav");
+        let mut w = hound::WavWriter::create(&theirs, wav_spec()).unwrap();
+        for &s in &samples {
+            w.write_sample(s).unwrap();
+        }
+        w.finalize().unwrap();
+        assert_eq!(ours, fs::read(&theirs).unwrap());
+    }
+
+    #[test]
     fn recorder_thread_end_to_end() {
         let dir = tempdir();
         // A leftover from a "previous run" gets repaired at spawn.
@@ -1853,7 +2017,6 @@ mod tests {
             Err(RecorderError::InvalidId(_))
         ));
         let mut tl = StereoTimeline::new();
-        let mut buf = Vec::new();
         let mut recycled = 0;
         for sec in 0..5u64 {
             for k in 0..50u64 {
@@ -1861,15 +2024,17 @@ mod tests {
                 tl.push(Channel::Caller, 1, pos as u32, pos, &[7; PKT]);
                 tl.push(Channel::Agent, 2, pos as u32, pos, &[-7; PKT]);
             }
-            tl.drain((sec + 1) * 8000 - 1600, &mut buf);
-            buf = a.submit(buf).unwrap();
+            let mut buf = a.buffer();
             assert!(buf.is_empty());
             if buf.capacity() > 0 {
                 recycled += 1;
             }
+            tl.drain((sec + 1) * 8000 - 1600, &mut buf);
+            a.submit(buf).unwrap();
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(recycled > 0, "buffers are recycled");
+        let mut buf = a.buffer();
         tl.finish(5 * 8000, &mut buf);
         a.submit(buf).unwrap();
         let done = a
