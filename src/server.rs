@@ -270,6 +270,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         texts_seen: std::collections::VecDeque::new(),
         guard,
         flood,
+        afterlife: Default::default(),
     };
     for r in &profile.registrations {
         match start_registration(&d.env, r).await {
@@ -280,6 +281,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         }
     }
     let mut expiry = tokio::time::interval(std::time::Duration::from_secs(30));
+    let mut afterlife_tick = tokio::time::interval(std::time::Duration::from_secs(5));
     // SIGHUP re-reads the TLS certificate and key (a renewal); calls and connections stay up.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     // SIGTERM and SIGINT drain: see calls::drain.
@@ -301,13 +303,16 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                 d.calls.insert(r.call_id, (r.owner, r.tx));
             }
             Some(ended) = ended_rx.recv() => {
-                for call_id in ended.call_ids {
+                for call_id in &ended.call_ids {
                     // A new call may have taken the Call-ID over meanwhile: keep its route.
-                    if d.calls.get(&call_id).is_some_and(|(owner, _)| *owner == ended.id) {
-                        d.calls.remove(&call_id);
+                    if d.calls.get(call_id).is_some_and(|(owner, _)| *owner == ended.id) {
+                        d.calls.remove(call_id);
                     }
                 }
+                let quiet = Instant::now() + crate::sip::transaction::TimerConfig::default().t64();
+                d.afterlife.bury(ended.remains, ended.call_ids, quiet);
             }
+            _ = afterlife_tick.tick() => d.afterlife.expire(Instant::now()),
             _ = expiry.tick() => {
                 let gone = d.registrar().expire(Instant::now());
                 for user in gone {
@@ -408,6 +413,8 @@ struct Dispatcher {
     guard: Arc<crate::guard::SharedGuard>,
     /// Floods: per-source rates (stray responses are charged here).
     flood: Arc<crate::flood::FloodGate>,
+    /// Ended calls' finished transactions: retransmissions no live call owns are answered here.
+    afterlife: crate::sip::afterlife::Afterlife,
 }
 
 impl Dispatcher {
@@ -435,6 +442,26 @@ impl Dispatcher {
                     return self.on_inbound(*inb);
                 }
             }
+        }
+        let now = Instant::now();
+        match &inb.msg {
+            Message::Response(_) if self.afterlife.ended_recently(now, &call_id) => {
+                return debug!(%call_id, "late response for an ended call dropped");
+            }
+            Message::Request(req) if req.method != Method::Ack => {
+                let key = crate::sip::transaction::ServerKey::of(req);
+                match key.as_ref().and_then(|k| self.afterlife.request(now, k)) {
+                    Some(crate::sip::afterlife::Answer::Repeat(bytes, peer)) => {
+                        debug!(%call_id, method = %req.method, "retransmission for an ended call answered again");
+                        return self.env.sip.send(peer, bytes.to_vec());
+                    }
+                    Some(crate::sip::afterlife::Answer::Absorb) => {
+                        return debug!(%call_id, "late INVITE for an ended call absorbed");
+                    }
+                    None => {}
+                }
+            }
+            _ => {}
         }
         match inb.msg {
             // A response for no call of ours (e.g. RFC 4475 §3.3.10's broadcast Via): dropped,

@@ -116,6 +116,108 @@ fn caller_hangs_up_and_both_sides_are_recorded() {
     answered_call_is_recorded("caller_hangs_up", "uac_call.xml");
 }
 
+/// A message from SIPp's log as it went on the wire: CRLF line ends, and a Content-Length
+/// that fits the body as the log gives it back.
+fn wire(logged: &str) -> Vec<u8> {
+    let (head, body) = logged.split_once("\n\n").unwrap_or((logged, ""));
+    let body: Vec<&str> = body.lines().collect();
+    let body = match body.iter().rposition(|l| !l.trim().is_empty()) {
+        Some(last) => body[..=last].join("\r\n") + "\r\n",
+        None => String::new(),
+    };
+    let head: Vec<String> = head
+        .lines()
+        .map(|l| match l.split_once(':') {
+            Some((name, _)) if name.eq_ignore_ascii_case("Content-Length") => {
+                format!("Content-Length: {}", body.len())
+            }
+            _ => l.to_string(),
+        })
+        .collect();
+    format!("{}\r\n\r\n{body}", head.join("\r\n")).into_bytes()
+}
+
+/// An ended call's task goes as soon as the call is over (it used to stay 32 s for its BYE's
+/// Timer J, with all its state: half a gigabyte at 500 set-ups a second, issue 13 point 4); what
+/// it leaves behind still answers its peer's late copies. Once the call's task has gone, the
+/// trunk's BYE is sent again from the trunk's own port, byte for byte as SIPp sent it (as if our
+/// 200 had been lost), and must get that 200 again; then a copy of its INVITE, which must get
+/// nothing at all and start no second call.
+#[test]
+fn late_copies_for_an_ended_call_are_answered_after_its_task_has_gone() {
+    let Some(env) = Env::with_sipp("late_copies") else {
+        return;
+    };
+    let server = env.start_server();
+    let mut agent = env.agent("uas_answer.xml", &[]);
+    let mut trunk = env.trunk("uac_call.xml", &["-d", "1000"]);
+    trunk.expect_success(SIPP_TIMEOUT);
+    agent.expect_success(Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.log_text().contains("call task ended") {
+        assert!(
+            Instant::now() < deadline,
+            "the call's task never ended\n{}",
+            server.log_text()
+        );
+        sleep(Duration::from_millis(50));
+    }
+    let msgs = trunk.messages();
+    let sent = |method: &str| {
+        msgs.iter()
+            .find(|m| m.sent && m.first_line.starts_with(method))
+            .unwrap_or_else(|| panic!("the trunk sent no {method}\n{}", trunk.report()))
+    };
+    let (bye, invite) = (wire(&sent("BYE ").text), wire(&sent("INVITE ").text));
+    let sock = UdpSocket::bind(("127.0.0.1", env.ports.trunk_sip(0))).expect("trunk port free");
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let to = ("127.0.0.1", env.ports.server_sip());
+    let mut buf = [0u8; 4096];
+
+    sock.send_to(&bye, to).unwrap();
+    let n = sock
+        .recv(&mut buf)
+        .unwrap_or_else(|e| panic!("no answer to the BYE's copy ({e})\n{}", server.log_text()));
+    let answer = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(answer.starts_with("SIP/2.0 200"), "{answer}");
+    let first_200 = msgs
+        .iter()
+        .rfind(|m| !m.sent && m.status() == Some(200))
+        .map(|m| m.text.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        answer.replace("\r\n", "\n").trim_end(),
+        first_200.trim_end(),
+        "the copy gets the very response the BYE got"
+    );
+
+    sock.send_to(&invite, to).unwrap();
+    match sock.recv(&mut buf) {
+        Ok(n) => panic!(
+            "a late INVITE copy was answered:\n{}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{e}"
+        ),
+    }
+    let log = server.log_text();
+    assert!(
+        log.contains("retransmission for an ended call answered again"),
+        "{log}"
+    );
+    assert!(
+        log.contains("late INVITE for an ended call absorbed"),
+        "{log}"
+    );
+    let recs = env.wait_for_recordings(1, RECORDING_TIMEOUT);
+    assert_eq!(recs.len(), 1, "one call, one recording: {recs:?}");
+}
+
 /// A trunk that sends its INVITE without SDP (delayed offer): screenpop offers in its 200,
 /// takes the answer from the ACK, and the call is relayed and recorded as any other.
 #[test]

@@ -85,6 +85,8 @@ pub struct CallEnded {
     /// The call's own id: routes are removed only if they still point at this call.
     pub id: String,
     pub call_ids: Vec<String>,
+    /// Its finished transactions, for the dispatcher to answer their retransmissions.
+    pub remains: Vec<(crate::sip::transaction::Remains, crate::sip::peer::Peer)>,
 }
 
 /// Starts a call task; returns `None` after answering the caller itself when the call cannot be

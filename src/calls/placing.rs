@@ -367,6 +367,7 @@ async fn send_message(
     let _ = env.ended.send(super::admission::CallEnded {
         id: call_id.clone(),
         call_ids: vec![call_id.clone()],
+        remains: Vec::new(),
     });
     Ok(MessageSent {
         call_id,
@@ -524,6 +525,7 @@ async fn greet(
             let _ = env.ended.send(super::admission::CallEnded {
                 id: g.call_id().to_string(),
                 call_ids: vec![g.call_id().to_string()],
+                remains: Vec::new(),
             });
         }
         .instrument(span),

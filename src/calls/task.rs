@@ -81,6 +81,10 @@ pub(crate) trait Machine: Send + 'static {
     fn awaits_consult(&self, _key: &CallKey) -> bool {
         false
     }
+    /// What the dispatcher answers retransmissions from once the task has gone.
+    fn remains(&self) -> Vec<(crate::sip::transaction::Remains, crate::sip::peer::Peer)> {
+        Vec::new()
+    }
 }
 
 macro_rules! machine {
@@ -144,6 +148,9 @@ machine!(Call {
     }
     fn awaits_consult(&self, key: &CallKey) -> bool {
         Call::awaits_consult(self, key)
+    }
+    fn remains(&self) -> Vec<(crate::sip::transaction::Remains, crate::sip::peer::Peer)> {
+        Call::remains(self)
     }
 });
 machine!(super::outbound::OutboundCall {});
@@ -264,9 +271,15 @@ impl<M: Machine> CallTask<M> {
             }
         }
         self.env.controls.remove(self.call.key().as_str());
+        let remains = self.call.remains();
+        debug!(
+            transactions = remains.len(),
+            "call task ended; the dispatcher keeps its finished transactions"
+        );
         let _ = self.env.ended.send(CallEnded {
             id: self.call.key().to_string(),
             call_ids: self.call.call_ids(),
+            remains,
         });
     }
 

@@ -2,6 +2,7 @@
 //! in here is sans-IO: state machines are fed bytes and `now` and say what to send and when to
 //! wake; sockets and clocks live in `transport`, `server` and the call tasks.
 
+pub mod afterlife;
 pub mod caller_id;
 pub(crate) mod digest;
 pub mod error;

@@ -34,7 +34,7 @@ impl Default for TimerConfig {
 }
 
 impl TimerConfig {
-    fn t64(&self) -> Duration {
+    pub(crate) fn t64(&self) -> Duration {
         self.t1 * 64
     }
 }
@@ -285,6 +285,21 @@ pub enum ServerState {
     Terminated,
 }
 
+/// What a finished server transaction leaves behind when its call goes (see
+/// [`ServerTransaction::remains`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Remains {
+    /// Nothing to keep: only ACKs can still come, and they are never answered.
+    Nothing,
+    /// Until `until`, a retransmission of the request keyed `key` gets `response` again
+    /// (`None`: it is absorbed).
+    Replay {
+        key: ServerKey,
+        response: Option<Vec<u8>>,
+        until: Instant,
+    },
+}
+
 /// Identifies a server transaction (RFC 3261 §17.2.3), with the RFC 2543 fallback for
 /// branches without the magic cookie.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -395,6 +410,29 @@ impl ServerTransaction {
 
     pub fn state(&self) -> ServerState {
         self.state
+    }
+
+    /// What is left of this transaction for a retransmission of its request once nothing
+    /// remains for the TU to do, and until when (`None` while the TU still has a part: it has
+    /// not answered, an answer is still being retransmitted, or a 2xx awaits its ACK).
+    ///
+    /// A completed non-INVITE transaction repeats its final response (§17.2.2, Timer J); an
+    /// INVITE whose 2xx was acknowledged absorbs retransmissions of the INVITE (RFC 6026 §7.1,
+    /// Timer L), and one whose error response was acknowledged only absorbs ACKs, which are
+    /// never answered anyway. That is all the ended call's task would still be kept for.
+    pub fn remains(&self) -> Option<Remains> {
+        let until = self.deadline?;
+        let response = match (self.state, self.is_invite()) {
+            (ServerState::Completed, false) => self.last_response.clone(),
+            (ServerState::Accepted, true) if self.retransmit.is_none() || self.reliable => None,
+            (ServerState::Confirmed, true) => return Some(Remains::Nothing),
+            _ => return None,
+        };
+        Some(Remains::Replay {
+            key: self.key.clone(),
+            response,
+            until,
+        })
     }
 
     /// An INVITE's final error response not yet acknowledged (retransmitted until its ACK):
