@@ -291,6 +291,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let mut drain_tick = tokio::time::interval(std::time::Duration::from_millis(100));
     // Idle until a signal: the ticks missed meanwhile are not made up.
     drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    crate::crm::caller::warm_up(&d.env.store, d.env.plan).await;
     serving(&d.env, local, cfg.http.is_some());
     crate::notify::notify("READY=1\nSTATUS=serving");
     loop {
@@ -443,25 +444,10 @@ impl Dispatcher {
                 }
             }
         }
-        let now = Instant::now();
-        match &inb.msg {
-            Message::Response(_) if self.afterlife.ended_recently(now, &call_id) => {
-                return debug!(%call_id, "late response for an ended call dropped");
-            }
-            Message::Request(req) if req.method != Method::Ack => {
-                let key = crate::sip::transaction::ServerKey::of(req);
-                match key.as_ref().and_then(|k| self.afterlife.request(now, k)) {
-                    Some(crate::sip::afterlife::Answer::Repeat(bytes, peer)) => {
-                        debug!(%call_id, method = %req.method, "retransmission for an ended call answered again");
-                        return self.env.sip.send(peer, bytes.to_vec());
-                    }
-                    Some(crate::sip::afterlife::Answer::Absorb) => {
-                        return debug!(%call_id, "late INVITE for an ended call absorbed");
-                    }
-                    None => {}
-                }
-            }
-            _ => {}
+        if matches!(inb.msg, Message::Response(_))
+            && self.afterlife.ended_recently(Instant::now(), &call_id)
+        {
+            return debug!(%call_id, "late response for an ended call dropped");
         }
         match inb.msg {
             // A response for no call of ours (e.g. RFC 4475 §3.3.10's broadcast Via): dropped,
@@ -598,12 +584,37 @@ impl Dispatcher {
         self.env.sip.send(dest, Message::Response(resp).to_bytes());
     }
 
+    /// A late copy of a request of an ended call's finished transaction: its response again, or
+    /// nothing for an INVITE that was answered (see `sip::afterlife`). True when it was one.
+    fn answered_from_afterlife(&self, req: &Request) -> bool {
+        use crate::sip::afterlife::Answer;
+        let Some(key) = crate::sip::transaction::ServerKey::of(req) else {
+            return false;
+        };
+        let call_id = req.call_id().unwrap_or_default();
+        match self.afterlife.request(Instant::now(), &key) {
+            Some(Answer::Repeat(bytes, peer)) => {
+                debug!(%call_id, method = %req.method, "retransmission for an ended call answered again");
+                self.env.sip.send(peer, bytes.to_vec());
+                true
+            }
+            Some(Answer::Absorb) => {
+                debug!(%call_id, "late INVITE for an ended call absorbed");
+                true
+            }
+            None => false,
+        }
+    }
+
     fn on_request(&mut self, req: Request, peer: Peer) {
         let tag = format!("{:08x}", rand::random::<u32>());
         if req.method == Method::Ack {
             return; // ACKs are never answered
         }
         if self.guarded(&req, peer.addr.ip()) {
+            return;
+        }
+        if self.answered_from_afterlife(&req) {
             return;
         }
         if let Err(p) = check_request(&req) {
