@@ -849,7 +849,10 @@ impl Call {
     pub fn is_done(&self, now: Instant) -> bool {
         self.phase == Phase::Ended
             && self.end_reported
-            && ((self.servers.iter().all(|s| s.tx.remains().is_some())
+            // Over TCP the INVITE's transaction cannot tell whether our 2xx was acknowledged;
+            // the call knows (a BYE may wait for that ACK).
+            && ((!self.caller_ack_awaited()
+                && self.servers.iter().all(|s| s.tx.remains().is_some())
                 && self.clients.iter().all(|c| {
                     // An INVITE refused with an error still ACKs that error's repeats (Timer D).
                     let acking = c.tx.is_invite() && c.tx.state() == ClientState::Completed;
