@@ -229,12 +229,17 @@ impl Hook {
 struct Hooks {
     loaded: bool,
     list: Vec<Arc<Hook>>,
+    /// Which read of the store this list came from: a slower, older read (the start-up load
+    /// racing a `create`) must not replace a newer one.
+    read: u64,
 }
 
 struct Shared {
     store: Store,
     settings: Settings,
     hooks: RwLock<Arc<Hooks>>,
+    /// Reads of the webhook list begun, numbering them for `Hooks::read`.
+    reads: std::sync::atomic::AtomicU64,
     /// Wakes the sender: new deliveries recorded, an attempt finished.
     wake: Notify,
     /// Held while recording deliveries and while finishing one, so that a delivery released
@@ -259,6 +264,7 @@ impl Shared {
     }
 
     async fn reload(&self) -> Result<(), StoreError> {
+        let read = self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         let list = self
             .store
             .webhooks()
@@ -273,10 +279,14 @@ impl Shared {
                 })
             })
             .collect();
-        let fresh = Arc::new(Hooks { loaded: true, list });
-        match self.hooks.write() {
-            Ok(mut h) => *h = fresh,
-            Err(p) => *p.into_inner() = fresh,
+        let fresh = Arc::new(Hooks {
+            loaded: true,
+            list,
+            read,
+        });
+        let mut hooks = self.hooks.write().unwrap_or_else(|p| p.into_inner());
+        if !hooks.loaded || hooks.read < read {
+            *hooks = fresh;
         }
         Ok(())
     }
@@ -321,6 +331,7 @@ impl Webhooks {
             slots: Arc::new(Semaphore::new(settings.concurrency.max(1))),
             settings,
             hooks: RwLock::default(),
+            reads: Default::default(),
             wake: Notify::new(),
             order: tokio::sync::Mutex::new(()),
             client,
