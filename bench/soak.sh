@@ -7,7 +7,7 @@
 #
 # Reports RSS once the calls are all up, the last time they all are and after the last has
 # ended (and the largest), calls placed,
-# completed and failed, and recordings lost: answered calls without a finished WAV as long as
+# completed and failed, RTP packets lost inside screenpop, and recordings lost: answered calls without a finished WAV as long as
 # the call (within 40 ms), or with a .part left behind. Lost must be 0.
 set -euo pipefail
 CALLS=${1:-300}
@@ -88,12 +88,16 @@ for r in answered:
     except (KeyError, TypeError, OSError, wave.Error):
         lost += 1
 parts = len(glob.glob('rec/**/*.part', recursive=True))
+media = [r['media'] for r in recs if r.get('media')]
+rx = sum(sum(m['received']) for m in media)
+lost_rtp = rx - sum(sum(m['forwarded']) for m in media) - sum(sum(m['foreign_source']) for m in media)
 print(json.dumps({
     "calls_placed": total,
     "calls_completed": int(st.get('SuccessfulCall(C)', 0)),
     "calls_failed": int(st.get('FailedCall(C)', 0)),
     "answered_records": len(answered),
     "recordings_lost": lost + parts,
+    "rtp_received": rx, "rtp_lost_inside": lost_rtp,
     "rss_mb_all_up": round(start / 1024, 1),
     "rss_mb_all_up_at_the_end": round(last_full / 1024, 1),
     "rss_mb_after_the_last_call": round(end / 1024, 1),
