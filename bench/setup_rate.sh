@@ -15,34 +15,14 @@ RATE=${1:-500}
 SECS=${2:-10}
 HOLD_MS=${3:-2000}
 N=$((RATE * SECS))
-cd "$(dirname "$0")/.."
-ROOT=$(pwd)
-BIN=${SCREENPOP_BIN:-$ROOT/target/release/screenpop}
-[ -x "$BIN" ] || cargo build --release --bins
-command -v sipp >/dev/null || { echo "sipp (sip-tester) is required" >&2; exit 1; }
-command -v sox >/dev/null || { echo "sox is required" >&2; exit 1; }
-WORK=$(mktemp -d /tmp/screenpop-setup.XXXXXX)
-cd "$WORK"
-sox -n -r 8000 -c 1 -e u-law -t raw caller_600hz.ulaw synth 10 sine 600 vol 0.5
-sox -n -r 8000 -c 1 -e u-law -t raw agent_1500hz.ulaw synth 10 sine 1500 vol 0.5
+. "$(dirname "$0")/lib.sh"
+bench_setup setup
 cp "$ROOT"/tests/sipp/uas_answer.xml .
 # The trunk scenario with a response-time mark from its INVITE to the 180.
 sed -e '0,/<send retrans="500">/s//<send retrans="500" start_rtd="1">/' \
     -e 's|<recv response="180" optional="true"/>|<recv response="180" optional="true" rtd="1"/>|' \
     "$ROOT"/tests/sipp/uac_call.xml > uac_call.xml
 grep -q 'rtd="1"' uac_call.xml || { echo "could not mark the scenario's 180" >&2; exit 1; }
-SIP=5560; AGENT=5590; TRUNK=5570
-cat > bench.toml <<TOML
-name = "bench"
-ring_timeout_secs = 30
-[trust]
-cidrs = ["127.0.0.0/8"]
-[[trunks]]
-name = "sipp"
-cidrs = ["127.0.0.0/8"]
-agent = "sip:agent@127.0.0.1:$AGENT"
-TOML
-ulimit -n 65536 2>/dev/null || true
 "$BIN" serve --sip 127.0.0.1:$SIP --http off --recordings rec --profile bench.toml --rtp-ports 20000-39999 2> server.log &
 SRV=$!
 cleanup() { kill $SRV 2>/dev/null || true; pkill -P $$ sipp 2>/dev/null || true; }

@@ -13,29 +13,9 @@ set -euo pipefail
 CALLS=${1:-300}
 MINUTES=${2:-60}
 HOLD=${3:-60}
-cd "$(dirname "$0")/.."
-ROOT=$(pwd)
-BIN=${SCREENPOP_BIN:-$ROOT/target/release/screenpop}
-[ -x "$BIN" ] || cargo build --release --bins
-command -v sipp >/dev/null || { echo "sipp (sip-tester) is required" >&2; exit 1; }
-command -v sox >/dev/null || { echo "sox is required" >&2; exit 1; }
-WORK=$(mktemp -d /tmp/screenpop-soak.XXXXXX)
-cd "$WORK"
-sox -n -r 8000 -c 1 -e u-law -t raw caller_600hz.ulaw synth 10 sine 600 vol 0.5
-sox -n -r 8000 -c 1 -e u-law -t raw agent_1500hz.ulaw synth 10 sine 1500 vol 0.5
+. "$(dirname "$0")/lib.sh"
+bench_setup soak
 cp "$ROOT"/tests/sipp/uac_call.xml "$ROOT"/tests/sipp/uas_answer.xml .
-SIP=5560; AGENT=5590; TRUNK=5570
-cat > bench.toml <<TOML
-name = "bench"
-ring_timeout_secs = 30
-[trust]
-cidrs = ["127.0.0.0/8"]
-[[trunks]]
-name = "sipp"
-cidrs = ["127.0.0.0/8"]
-agent = "sip:agent@127.0.0.1:$AGENT"
-TOML
-ulimit -n 65536 2>/dev/null || true
 "$BIN" serve --sip 127.0.0.1:$SIP --http off --recordings rec --profile bench.toml --rtp-ports 20000-39999 2> server.log &
 SRV=$!
 cleanup() { kill $SRV 2>/dev/null || true; pkill -P $$ sipp 2>/dev/null || true; }

@@ -36,7 +36,7 @@ fn scratch() -> &'static PathBuf {
 }
 
 /// The serializer writes one Content-Length of its own, last: compare messages without it.
-fn without_length(m: Message) -> Message {
+pub fn without_length(m: Message) -> Message {
     let strip = |h: &mut Headers| h.remove(&HeaderName::ContentLength);
     match m {
         Message::Request(mut r) => {

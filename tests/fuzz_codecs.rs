@@ -3,10 +3,11 @@
 //! and a message that parses must survive serialize → parse unchanged (hickory-dns style).
 
 use proptest::prelude::*;
+use screenpop::fuzzing::without_length;
 use screenpop::media::dtmf::TelephoneEvent;
 use screenpop::media::recorder::{Channel, StereoTimeline};
 use screenpop::sip::sdp::SessionDescription;
-use screenpop::sip::{HeaderName, Message};
+use screenpop::sip::Message;
 
 fn corpus() -> Vec<Vec<u8>> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/rfc4475");
@@ -18,22 +19,6 @@ fn corpus() -> Vec<Vec<u8>> {
         .collect();
     v.sort();
     v
-}
-
-/// The serializer always writes one Content-Length, last, computed from the body: compare
-/// messages without it.
-fn without_length(m: Message) -> Message {
-    let strip = |h: &mut screenpop::sip::Headers| h.remove(&HeaderName::ContentLength);
-    match m {
-        Message::Request(mut r) => {
-            strip(&mut r.headers);
-            Message::Request(r)
-        }
-        Message::Response(mut r) => {
-            strip(&mut r.headers);
-            Message::Response(r)
-        }
-    }
 }
 
 fn round_trip(bytes: &[u8]) {

@@ -264,13 +264,7 @@ mod tests {
             Item::Message(OPTIONS.to_vec()),
         ];
         for cut in [1, 2, 3, 7, 64, stream.len()] {
-            let mut f = Framer::default();
-            let now = Instant::now();
-            let mut got = vec![];
-            for chunk in stream.chunks(cut) {
-                f.push(chunk, now);
-                got.extend(all(&mut f).expect("frames"));
-            }
+            let (f, got) = framed(&stream, cut);
             assert_eq!(got, want, "read {cut} bytes at a time");
             assert!(f.partial_since().is_none());
             // Every parsed frame is a message the parser takes whole.
@@ -298,15 +292,21 @@ mod tests {
             Item::Message(OPTIONS.to_vec()),
         ];
         for cut in 1..=stream.len() {
-            let mut f = Framer::default();
-            let now = Instant::now();
-            let mut got = vec![];
-            for chunk in stream.chunks(cut) {
-                f.push(chunk, now);
-                got.extend(all(&mut f).expect("frames"));
-            }
+            let (_, got) = framed(&stream, cut);
             assert_eq!(got, want, "read {cut} bytes at a time");
         }
+    }
+
+    /// `stream` read `cut` bytes at a time: the framer, and every item it gave.
+    fn framed(stream: &[u8], cut: usize) -> (Framer, Vec<Item>) {
+        let mut f = Framer::default();
+        let now = Instant::now();
+        let mut got = vec![];
+        for chunk in stream.chunks(cut) {
+            f.push(chunk, now);
+            got.extend(all(&mut f).expect("frames"));
+        }
+        (f, got)
     }
 
     #[test]
