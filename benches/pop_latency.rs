@@ -1,6 +1,14 @@
-//! Screen-pop latency under load (issue 3): the time from an INVITE coming off screenpop's SIP
-//! socket to the `call.offered` frame being written on the agent's WebSocket, measured inside
-//! screenpop (its `screen-pop written latency_us=…` log lines).
+//! Screen-pop latency under load (issues 3 and 13), taken two ways in the same run:
+//!
+//! - from outside, as the agent sees it: SIPp's INVITE leaving the trunk (the send time in SIPp's
+//!   message trace) to the `call.offered` frame for that caller read off the desktop's
+//!   WebSocket (stamped by the desktop thread the moment `read` returns it);
+//! - inside screenpop: the INVITE coming off its SIP socket to the frame written (its
+//!   `screen-pop written latency_us=…` log lines).
+//!
+//! SIPp's stamp is its event loop's clock around the send: it may be a fraction of a
+//! millisecond off either way (on a loaded machine a pop has come out 0.12 ms "before" its
+//! INVITE). The two figures come from the same run, so they can be compared.
 //!
 //!   cargo bench --bench pop_latency -- sqlite      (or postgres)
 //!
@@ -16,19 +24,24 @@
 //! stamped when the INVITE arrives) to the caller's name painted in the page, measured in the
 //! page against the same clock. The server's CPU (utime+stime from /proc) over the load window is reported too.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 
 #[path = "common/seed.rs"]
 mod seed;
+#[path = "../tests/common/sipp_log.rs"]
+#[allow(dead_code)]
+mod sipp_log;
 use seed::seed;
+use sipp_log::{clock_of, parse_message_log};
 
 const SIP: u16 = 15060;
 const HTTP: u16 = 18080;
@@ -78,11 +91,47 @@ fn sipp(dir: &Path, args: &[String]) -> Child {
     Command::new("sipp")
         .args(args)
         .current_dir(dir)
+        // The message trace's times are local: UTC makes them epoch times.
+        .env("TZ", "UTC")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("sipp (apt install sip-tester)")
+}
+
+/// When SIPp first sent each call's INVITE (seconds since midnight UTC) by the caller's number
+/// (the From user), in the order sent. The pop names the call by screenpop's own key, not the
+/// SIP Call-ID, so calls are matched to pops by caller: each call's number is its own, and
+/// should a number come twice the calls and the pops pair up in order.
+fn invites_sent(trace: &str) -> HashMap<String, VecDeque<f64>> {
+    let mut seen = HashSet::new();
+    let mut sent: HashMap<String, VecDeque<f64>> = HashMap::new();
+    for m in parse_message_log(trace) {
+        if !(m.sent && m.first_line.starts_with("INVITE ")) {
+            continue;
+        }
+        let header = |name: &str| {
+            m.text
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(name).map(str::trim))
+        };
+        let (Some(id), Some(from)) = (header("Call-ID:"), header("From:")) else {
+            continue;
+        };
+        let Some(number) = from
+            .split_once("sip:")
+            .and_then(|(_, uri)| uri.split_once('@'))
+            .map(|(user, _)| user.to_string())
+        else {
+            continue;
+        };
+        // A retransmission keeps its first send time.
+        if seen.insert(id.to_string()) {
+            sent.entry(number).or_default().push_back(m.time);
+        }
+    }
+    sent
 }
 
 fn main() {
@@ -198,6 +247,8 @@ fn main() {
     let queue = q["id"].as_i64().expect("queue");
     let stop = Arc::new(AtomicBool::new(false));
     let offered = Arc::new(AtomicUsize::new(0));
+    // (caller's number, when) of each `call.offered` frame as a desktop read it.
+    let received: Arc<Mutex<Vec<(String, SystemTime)>>> = Arc::default();
     let ready = Arc::new(AtomicUsize::new(0));
     let mut threads = Vec::new();
     let mut page_users = Vec::new();
@@ -224,6 +275,7 @@ fn main() {
             continue;
         }
         let (stop, offered, ready) = (stop.clone(), offered.clone(), ready.clone());
+        let received = received.clone();
         threads.push(std::thread::spawn(move || {
             let stream = TcpStream::connect(("127.0.0.1", HTTP)).expect("ws connect");
             stream
@@ -237,11 +289,19 @@ fn main() {
             .expect("set_state");
             ready.fetch_add(1, Ordering::SeqCst);
             while !stop.load(Ordering::SeqCst) {
-                match ws.read() {
+                let frame = ws.read();
+                let at = SystemTime::now();
+                match frame {
                     Ok(tungstenite::Message::Text(t))
                         if t.contains("\"type\":\"call.offered\"") =>
                     {
                         offered.fetch_add(1, Ordering::SeqCst);
+                        let number = serde_json::from_str::<Value>(&t)
+                            .ok()
+                            .and_then(|v| v["caller"]["number"].as_str().map(str::to_string));
+                        if let Some(number) = number {
+                            received.lock().expect("received").push((number, at));
+                        }
                     }
                     Ok(_) => {}
                     Err(tungstenite::Error::Io(_)) => {}
@@ -295,9 +355,17 @@ fn main() {
     std::fs::write(work.join("uac.xml"), uac).expect("scenario");
     std::fs::copy(root.join("tests/sipp/uas_answer.xml"), work.join("uas.xml")).expect("scenario");
     let mut csv = std::fs::File::create(work.join("callers.csv")).expect("csv");
-    writeln!(csv, "RANDOM").expect("csv");
+    // Random customers, each called once while there are enough (the pops are matched to the
+    // INVITEs by caller).
+    writeln!(csv, "SEQUENTIAL").expect("csv");
+    let mut drawn = HashSet::new();
     for _ in 0..calls.min(100_000) {
-        let id = 1 + rand::random::<u64>() % customers.max(1);
+        let id = loop {
+            let id = 1 + rand::random::<u64>() % customers.max(1);
+            if drawn.insert(id) || drawn.len() as u64 >= customers {
+                break id;
+            }
+        };
         writeln!(csv, "+1415{};", 2_000_000 + id).expect("csv");
     }
     drop(csv);
@@ -327,6 +395,9 @@ fn main() {
     let mut trunk = sipp(
         &work,
         &s(&[
+            "-trace_msg",
+            "-message_file",
+            "trunk_msg.log",
             &format!("127.0.0.1:{SIP}"),
             "-sf",
             "uac.xml",
@@ -419,6 +490,31 @@ fn main() {
         lat[i] as f64 / 1000.0
     };
     let answered = text.lines().filter(|l| l.contains(" answered")).count();
+
+    // The same pops from outside: SIPp's INVITE sent to the frame read by the desktop.
+    let trace = std::fs::read_to_string(work.join("trunk_msg.log")).unwrap_or_default();
+    let mut sent = invites_sent(&trace);
+    let invites: usize = sent.values().map(VecDeque::len).sum();
+    let mut pops = received.lock().expect("received").clone();
+    pops.sort_by_key(|(_, at)| *at);
+    let mut outside: Vec<f64> = pops
+        .iter()
+        .filter_map(|(number, at)| {
+            let invite = sent.get_mut(number)?.pop_front()?;
+            // Times of day: a run may cross midnight.
+            let secs = match clock_of(*at) - invite {
+                d if d < -43_200.0 => d + 86_400.0,
+                d => d,
+            };
+            // To the µs SIPp logs.
+            Some((secs * 1e6).round() / 1000.0)
+        })
+        .collect();
+    outside.sort_by(f64::total_cmp);
+    let opct = |p: f64| -> f64 {
+        let i = ((outside.len() as f64 - 1.0) * p).round() as usize;
+        outside.get(i).copied().unwrap_or(f64::NAN)
+    };
     let report = json!({
         "database": kind,
         "customers": customers,
@@ -430,7 +526,12 @@ fn main() {
         "pops_written": lat.len(),
         "pops_received_by_desktops": offered.load(Ordering::SeqCst),
         "calls_answered": answered,
-        "latency_ms": {"p50": pct(0.50), "p90": pct(0.90), "p99": pct(0.99), "max": pct(1.0)},
+        "invites_sent": invites,
+        "pops_timed_from_outside": outside.len(),
+        "outside_invite_to_frame_read_ms":
+            {"p50": opct(0.50), "p90": opct(0.90), "p99": opct(0.99), "max": opct(1.0)},
+        "inside_invite_to_frame_written_ms":
+            {"p50": pct(0.50), "p90": pct(0.90), "p99": pct(0.99), "max": pct(1.0)},
         "browser_pages": browsers,
         "page_invite_to_painted_ms": page_lat("offered_at"),
         "server_cpu_seconds": server_cpu,

@@ -1072,10 +1072,8 @@ async fn complete_crashed_log(store: &crate::store::Store, record: &CallRecord) 
             .ok(),
         None => None,
     };
-    match store
-        .finish_call(log_id.get(), &record.ended_call(recording_id))
-        .await
-    {
+    let ended = record.ended_call(recording_id);
+    match crate::calls::task::finish_contact_log(store, log_id, record, &ended).await {
         Ok(()) => info!(log_id = log_id.get(), "contact log completed after a crash"),
         Err(e) => {
             warn!(error = %e, log_id = log_id.get(), "contact log not completed after a crash")

@@ -8,10 +8,11 @@ mod common;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::center::{Center, ADMIN_PASSWORD};
 use common::desk::{call, for_call, is, state_of, Api};
+use common::sipp_log::clock_of;
 use common::{check_call_recording, CallExpect, Env, Ports, DIALED};
 
 use serde_json::json;
@@ -96,13 +97,6 @@ fn flood(
         let _ = reader.join();
         (sent, answered.load(Ordering::Relaxed))
     })
-}
-
-/// Seconds since midnight, UTC, as SIPp's message log (run with TZ=UTC) tells time.
-fn clock_of(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64() % 86_400.0)
-        .unwrap_or(0.0)
 }
 
 /// The `nth` trunk call from 127.0.0.1 to the agent: the pop's latency from outside (SIPp's

@@ -116,27 +116,6 @@ fn caller_hangs_up_and_both_sides_are_recorded() {
     answered_call_is_recorded("caller_hangs_up", "uac_call.xml");
 }
 
-/// A message from SIPp's log as it went on the wire: CRLF line ends, and a Content-Length
-/// that fits the body as the log gives it back.
-fn wire(logged: &str) -> Vec<u8> {
-    let (head, body) = logged.split_once("\n\n").unwrap_or((logged, ""));
-    let body: Vec<&str> = body.lines().collect();
-    let body = match body.iter().rposition(|l| !l.trim().is_empty()) {
-        Some(last) => body[..=last].join("\r\n") + "\r\n",
-        None => String::new(),
-    };
-    let head: Vec<String> = head
-        .lines()
-        .map(|l| match l.split_once(':') {
-            Some((name, _)) if name.eq_ignore_ascii_case("Content-Length") => {
-                format!("Content-Length: {}", body.len())
-            }
-            _ => l.to_string(),
-        })
-        .collect();
-    format!("{}\r\n\r\n{body}", head.join("\r\n")).into_bytes()
-}
-
 /// An ended call's task goes as soon as the call is over (it used to stay 32 s for its BYE's
 /// Timer J, with all its state: half a gigabyte at 500 set-ups a second, issue 13 point 4); what
 /// it leaves behind still answers its peer's late copies. Once the call's task has gone, the
@@ -168,7 +147,7 @@ fn late_copies_for_an_ended_call_are_answered_after_its_task_has_gone() {
             .find(|m| m.sent && m.first_line.starts_with(method))
             .unwrap_or_else(|| panic!("the trunk sent no {method}\n{}", trunk.report()))
     };
-    let (bye, invite) = (wire(&sent("BYE ").text), wire(&sent("INVITE ").text));
+    let (bye, invite) = (sent("BYE ").wire(), sent("INVITE ").wire());
     let sock = UdpSocket::bind(("127.0.0.1", env.ports.trunk_sip(0))).expect("trunk port free");
     sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let to = ("127.0.0.1", env.ports.server_sip());

@@ -354,6 +354,146 @@ on_both!(one_callback_per_call, |store: Store| async move {
     assert_eq!(n, 1, "one history row: open");
 });
 
+// On PostgreSQL the contact log row's id is reserved at offer and the row written beside the
+// pop; the call's end writes the row from the call's record if it is not there (its write
+// failed or has not landed), then completes it. Writing it when it is there changes nothing,
+// and the reserved ids are never handed out again.
+on_both!(
+    missing_contact_log_row_written_at_end,
+    |store: Store| async move {
+        use screenpop::store::calls::{CallDisposition, EndedCall, OfferedCall};
+        let offered = OfferedCall {
+            sip_call_id: "lost-1@gw".into(),
+            caller_raw: "+14155552671".into(),
+            caller_e164: Some("+14155552671".into()),
+            dialed: "100".into(),
+            customer_id: None,
+            offered_at: 1_700_000_000_000,
+        };
+        let id = match store.reserve_call_id().await.unwrap() {
+            Some(id) => id,
+            None => {
+                // SQLite writes the row at offer; here it is lost.
+                let id = store.insert_offered_call(&offered).await.unwrap();
+                sqlx::query("DELETE FROM calls WHERE id = $1")
+                    .bind(id)
+                    .execute(store.pool())
+                    .await
+                    .unwrap();
+                id
+            }
+        };
+        let ended = EndedCall {
+            agent_id: None,
+            queue_id: None,
+            answered_at: Some(1_700_000_002_000),
+            ended_at: 1_700_000_062_000,
+            disposition: CallDisposition::Answered,
+            recording_id: None,
+            survey_offered_at: None,
+            survey_score: None,
+            recording_failed: false,
+        };
+        assert!(matches!(
+            store.finish_call(id, &ended).await,
+            Err(StoreError::NotFound(_))
+        ));
+        store.write_call_row(id, &offered, false).await.unwrap();
+        store.finish_call(id, &ended).await.unwrap();
+        store.write_call_row(id, &offered, true).await.unwrap();
+        let row = sqlx::query(
+            "SELECT sip_call_id, direction, caller_e164, disposition, talk_secs FROM calls \
+         WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        let text = |c: &str| sqlx::Row::get::<String, _>(&row, c);
+        assert_eq!(
+            (
+                text("sip_call_id"),
+                text("direction"),
+                text("caller_e164"),
+                text("disposition")
+            ),
+            (
+                "lost-1@gw".to_string(),
+                "inbound".to_string(),
+                "+14155552671".to_string(),
+                "answered".to_string()
+            )
+        );
+        assert_eq!(sqlx::Row::get::<i64, _>(&row, "talk_secs"), 60);
+        let next = store
+            .insert_offered_call(&OfferedCall {
+                sip_call_id: "lost-2@gw".into(),
+                ..offered
+            })
+            .await
+            .unwrap();
+        assert!(next > id, "a new call gets a new id: {next} after {id}");
+        // Reserved ids (PostgreSQL) are each handed out once, and never one a row has.
+        let mut seen = std::collections::HashSet::from([id, next]);
+        for _ in 0..100 {
+            match store.reserve_call_id().await.unwrap() {
+                Some(r) => assert!(seen.insert(r), "{r} handed out twice"),
+                None => break,
+            }
+        }
+    }
+);
+
+/// SQLite's WAL is copied back into the database file by screenpop's checkpointer, not by the
+/// commit that crosses 1,000 pages (that commit was a caller's contact log, and the pop waited
+/// for the checkpoint's fsync): the pool's connections never checkpoint, and within a few
+/// seconds of the writes the database file holds them.
+#[tokio::test]
+async fn sqlite_wal_is_checkpointed_off_the_call_path() {
+    use screenpop::store::calls::OfferedCall;
+    let store = sqlite_store("wal_checkpoint").await;
+    let auto: i64 = sqlx::Row::get(
+        &sqlx::query("PRAGMA wal_autocheckpoint")
+            .fetch_one(store.pool())
+            .await
+            .unwrap(),
+        0,
+    );
+    assert_eq!(auto, 0, "commits never checkpoint");
+    let dir = std::env::temp_dir().join(format!(
+        "screenpop-store-wal_checkpoint-{}",
+        std::process::id()
+    ));
+    let db = dir.join("screenpop.db");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let before = std::fs::metadata(&db).unwrap().len();
+    for i in 0..3000 {
+        store
+            .insert_offered_call(&OfferedCall {
+                sip_call_id: format!("wal-{i}@gw"),
+                caller_raw: "+14155552671".into(),
+                caller_e164: Some("+14155552671".into()),
+                dialed: "100".into(),
+                customer_id: None,
+                offered_at: 1_700_000_000_000 + i,
+            })
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let now = std::fs::metadata(&db).unwrap().len();
+        if now >= before + 100 * 1024 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database file stayed at {now} bytes (was {before}): nothing checkpointed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 fn agent(
     username: &str,
     sip: screenpop::store::agents::SipTarget,

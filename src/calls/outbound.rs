@@ -36,7 +36,7 @@ use crate::sip::message::{Message, Method, Request, Response};
 use crate::sip::peer::{response_peer, Peer, Transport};
 use crate::sip::sdp::{self, Codec, Direction, LocalMedia, SessionDescription};
 use crate::sip::transaction::{
-    ClientState, ClientTransaction, ServerKey, ServerState, ServerTransaction, TxOutput,
+    ClientState, ClientTransaction, Remains, ServerKey, ServerState, ServerTransaction, TxOutput,
 };
 use crate::sip::Uri;
 use crate::time::{civil_date, epoch_ms};
@@ -354,10 +354,29 @@ impl OutboundCall {
             && self.servers.iter().all(|s| !s.tx.awaits_ack())
     }
 
+    /// Over, and all that is left is what [`OutboundCall::remains`] hands on: as with an
+    /// inbound call, the task goes without waiting out its BYE's Timer J.
     pub fn is_done(&self, now: Instant) -> bool {
         self.phase == Phase::Ended
-            && ((self.servers.is_empty() && self.clients.is_empty())
+            && ((self.servers.iter().all(|s| s.tx.remains().is_some())
+                && self.clients.iter().all(|c| {
+                    // An INVITE refused with an error still ACKs that error's repeats (Timer D).
+                    let acking = c.tx.is_invite() && c.tx.state() == ClientState::Completed;
+                    !c.tx.awaits_final() && !acking
+                }))
                 || self.linger_until.is_some_and(|l| now >= l))
+    }
+
+    /// What the dispatcher keeps once the task has gone: each finished server transaction's
+    /// response to repeat (a BYE's 200) for its peer's retransmissions.
+    pub fn remains(&self) -> Vec<(Remains, Peer)> {
+        self.servers
+            .iter()
+            .filter_map(|s| match s.tx.remains() {
+                Some(r @ Remains::Replay { .. }) => Some((r, s.peer)),
+                _ => None,
+            })
+            .collect()
     }
 
     fn wall(&self, now: Instant) -> SystemTime {
@@ -1311,6 +1330,59 @@ mod tests {
             o,
             Output::Acd(AcdInput::Ended { .. })
         )));
+
+        // The phone answers our BYE; the gateway's 407 may still come again (our ACK lost), and
+        // its INVITE transaction ACKs it until Timer D: the task stays until then.
+        let (_, to_phone) = requests(&sent, Method::Bye).remove(0);
+        c.handle_message(
+            t,
+            Message::Response(to_phone.response(200, None)),
+            peer(PHONE),
+        );
+        drain(&mut c);
+        assert!(!c.is_done(t), "the 407's ACK is still repeated");
+        c.handle_timeout(t + Duration::from_secs(33));
+        drain(&mut c);
+        assert!(c.is_done(t + Duration::from_secs(33)));
+    }
+
+    /// A placed call's task goes as soon as the call is over (the phone has answered our BYE),
+    /// without waiting out its BYE's Timer J (32 s), as an inbound call's does (issue 13 point
+    /// 4): what is left is the 200 to the gateway's BYE, for the dispatcher to repeat.
+    #[test]
+    fn an_ended_placed_call_leaves_only_its_last_response() {
+        let (mut c, t0) = start(false);
+        let (sent, _) = drain(&mut c);
+        let inv = requests(&sent, Method::Invite).remove(0).1;
+        c.handle_message(t0, answer(&inv, 200, 40000, ""), peer(PHONE));
+        let (sent, _) = drain(&mut c);
+        let gw = requests(&sent, Method::Invite).remove(0).1;
+        c.handle_message(t0, answer(&gw, 200, 30000, ""), peer(GW));
+        drain(&mut c);
+        let t = t0 + Duration::from_secs(5);
+        let bye = format!(
+            "BYE sip:screenpop@10.0.0.2:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKbye2\r\nFrom: <sip:+12015550123@10.0.0.1>;tag=far\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n",
+            gw.headers.get(&HeaderName::From).unwrap(),
+            gw.call_id().unwrap()
+        );
+        c.handle_message(t, Message::parse(bye.as_bytes()).unwrap(), peer(GW));
+        let (sent, _) = drain(&mut c);
+        assert!(!c.is_done(t), "our BYE to the phone awaits its answer");
+        let (_, to_phone) = requests(&sent, Method::Bye).remove(0);
+        c.handle_message(
+            t,
+            Message::Response(to_phone.response(200, None)),
+            peer(PHONE),
+        );
+        drain(&mut c);
+        assert!(c.is_done(t + Duration::from_millis(10)), "over at once");
+        let remains = c.remains();
+        assert_eq!(remains.len(), 1, "the 200 to the gateway's BYE");
+        assert!(
+            matches!(&remains[0], (Remains::Replay { response: Some(r), .. }, p)
+                if *p == peer(GW) && r.starts_with(b"SIP/2.0 200")),
+            "{remains:?}"
+        );
     }
 
     /// A 2xx repeated (our ACK lost) gets the same ACK again and nothing else: no second

@@ -52,11 +52,17 @@ impl PopCard {
             open_work_orders: json!([]),
         };
         if let Some(c) = &m.customer {
-            match store.recent_contacts(c.id, RECENT_CONTACTS).await {
+            // Side by side: the caller's screen-pop waits for both.
+            let (recent, open) = futures_util::future::join(
+                store.recent_contacts(c.id, RECENT_CONTACTS),
+                store.open_work_orders(c.id),
+            )
+            .await;
+            match recent {
                 Ok(v) => card.recent_contacts = serde_json::to_value(v).unwrap_or(json!([])),
                 Err(e) => warn!(error = %e, "recent contacts not read"),
             }
-            match store.open_work_orders(c.id).await {
+            match open {
                 Ok(v) => card.open_work_orders = serde_json::to_value(v).unwrap_or(json!([])),
                 Err(e) => warn!(error = %e, "open work orders not read"),
             }

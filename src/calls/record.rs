@@ -16,7 +16,7 @@ use tracing::warn;
 use crate::ids::{CallKey, ContactLogId, SipCallId};
 use crate::media::relay::{DtmfDigit, LegId, RelayStats};
 use crate::sip::caller_id::CallerId;
-use crate::store::calls::{EndedCall, NewRecording};
+use crate::store::calls::{EndedCall, NewRecording, OfferedCall};
 
 pub use crate::events::payload::Disposition;
 
@@ -212,6 +212,19 @@ impl CallRecord {
             size_bytes: self.size_bytes.unwrap_or(0) as i64,
             sha256: self.sha256.clone()?,
         })
+    }
+
+    /// The contact log row as it is written at offer, for the call's end to write should it
+    /// be missing ([`crate::store::Store::write_call_row`]).
+    pub fn offered_call(&self) -> OfferedCall {
+        OfferedCall {
+            sip_call_id: self.call_id.to_string(),
+            caller_raw: self.caller.raw.clone(),
+            caller_e164: self.caller_e164.clone(),
+            dialed: self.dialed.clone(),
+            customer_id: self.customer_id,
+            offered_at: self.offered_at_ms as i64,
+        }
     }
 
     /// What the contact log gets when the call ends (normally or through crash recovery).

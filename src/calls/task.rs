@@ -25,9 +25,9 @@ use crate::ids::ContactLogId;
 use crate::media::recorder::FinishedRecording;
 use crate::media::relay::{MediaEvent, MediaHandle, MediaReport};
 use crate::sip::caller_id::CallerId;
-use crate::store::calls::OfferedCall;
+use crate::store::calls::{EndedCall, OfferedCall};
 use crate::store::customers::Tier;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::transport::Routed;
 
 /// The answers to work the task ran beside the call (the store and DNS).
@@ -153,7 +153,11 @@ machine!(Call {
         Call::remains(self)
     }
 });
-machine!(super::outbound::OutboundCall {});
+machine!(super::outbound::OutboundCall {
+    fn remains(&self) -> Vec<(crate::sip::transaction::Remains, crate::sip::peer::Peer)> {
+        super::outbound::OutboundCall::remains(self)
+    }
+});
 
 /// One call's edges.
 pub(crate) struct CallTask<M: Machine> {
@@ -628,7 +632,24 @@ async fn lookup(env: &CallEnv, caller: &CallerId, mut offered: OfferedCall) -> C
     let card = PopCard::load(store, &m).await;
     offered.caller_e164 = found.e164.clone();
     offered.customer_id = customer.map(|c| c.id);
-    let log_id = match store.insert_offered_call(&offered).await {
+    let written = match store.reserve_call_id().await {
+        // PostgreSQL: the pop goes with the reserved id while the row is written beside it.
+        Ok(Some(id)) => {
+            let store = store.clone();
+            tokio::spawn(
+                async move {
+                    if let Err(e) = store.write_call_row(id, &offered, false).await {
+                        warn!(error = %e, "contact log not written at offer: the call's end writes it");
+                    }
+                }
+                .in_current_span(),
+            );
+            Ok(id)
+        }
+        Ok(None) => store.insert_offered_call(&offered).await,
+        Err(e) => Err(e),
+    };
+    let log_id = match written {
         Ok(id) => Some(ContactLogId::new(id)),
         Err(e) => {
             warn!(error = %e, "contact log not written");
@@ -708,7 +729,7 @@ async fn finalize(
         };
         let mut ended = record.ended_call(recording_id);
         ended.recording_failed = recording_failed;
-        if let Err(e) = store.finish_call(log_id.get(), &ended).await {
+        if let Err(e) = finish_contact_log(&store, log_id, &record, &ended).await {
             warn!(error = %e, "contact log not completed");
         }
         let agents: Vec<(i64, i64, i64)> = record
@@ -759,6 +780,30 @@ async fn finalize(
     })));
     if let Some(f) = &finished {
         write_record(f.path.with_extension("json"), record).await;
+    }
+}
+
+/// Completes the call's contact log. A row that is not there (on PostgreSQL it is written
+/// beside the pop, [`Store::reserve_call_id`], and that write may have failed or not landed
+/// yet) is first written, with its id, from the call's own record.
+pub(crate) async fn finish_contact_log(
+    store: &Store,
+    log_id: ContactLogId,
+    record: &CallRecord,
+    ended: &EndedCall,
+) -> Result<(), StoreError> {
+    match store.finish_call(log_id.get(), ended).await {
+        Err(StoreError::NotFound(_)) => {
+            warn!(
+                log_id = log_id.get(),
+                "contact log row missing at the call's end: written from the call record"
+            );
+            store
+                .write_call_row(log_id.get(), &record.offered_call(), record.outbound)
+                .await?;
+            store.finish_call(log_id.get(), ended).await
+        }
+        done => done,
     }
 }
 

@@ -25,10 +25,23 @@ pub struct Caller {
 /// phone-number metadata (libphonenumber's, built on first use) and prepares the store's
 /// caller-matching statements. Read-only: the number matches no one or someone, and nothing is
 /// created. (The first call after start popped in about 80 ms instead of 3.)
+///
+/// As many run at once as the pool has connections open, so that each connection does it: a
+/// PostgreSQL connection prepares its statements and loads the tables' catalog entries
+/// on first use, and the first pops after start took 10 ms instead of 4.
 pub async fn warm_up(store: &Store, plan: NumberPlan) {
     let started = std::time::Instant::now();
     if let Ok(n) = normalize("+14155550100", plan) {
-        if let Err(e) = store.match_caller(&n).await {
+        let each = (0..store.pool().size().max(1)).map(|_| async {
+            store.match_caller(&n).await?;
+            store.recent_contacts(0, 1).await?;
+            store.open_work_orders(0).await
+        });
+        if let Some(Err(e)) = futures_util::future::join_all(each)
+            .await
+            .into_iter()
+            .find(Result::is_err)
+        {
             warn!(error = %e, "caller matching could not be warmed up");
         }
     }

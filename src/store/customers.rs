@@ -347,8 +347,9 @@ impl Store {
         let mut latest: Option<(i64, usize)> = None;
         for (i, row) in rows.iter().enumerate() {
             let mut c = customer_of(row)?;
-            c.phones = self.phones_of(c.id).await?;
-            c.tags = self.tags_of(c.id).await?;
+            // Side by side: the caller's screen-pop waits for these.
+            (c.phones, c.tags) =
+                futures_util::future::try_join(self.phones_of(c.id), self.tags_of(c.id)).await?;
             let last: Option<i64> = row.try_get("last_contact")?;
             if let Some(t) = last {
                 if latest.is_none_or(|(best, _)| t > best) {

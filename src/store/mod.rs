@@ -7,6 +7,7 @@
 pub mod agents;
 pub mod calls;
 pub mod campaigns;
+mod checkpoint;
 pub mod customers;
 pub mod webhooks;
 pub mod work_orders;
@@ -42,6 +43,8 @@ pub enum StoreError {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Contact log ids taken ahead from PostgreSQL's sequence ([`Store::reserve_call_id`]).
+    reserved: std::sync::Arc<calls::ReservedIds>,
 }
 
 impl Store {
@@ -80,17 +83,26 @@ impl Store {
                     conn.execute("PRAGMA foreign_keys = ON").await?;
                     conn.execute("PRAGMA busy_timeout = 5000").await?;
                     conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    // The checkpointer does it, off the call path (store/checkpoint.rs).
+                    conn.execute("PRAGMA wal_autocheckpoint = 0").await?;
                     Ok(())
                 })
             });
         }
-        let pool = pool.connect_with(options).await?;
+        let pool = pool.connect_with(options.clone()).await?;
         if backend == Backend::Sqlite {
             sqlx::query("PRAGMA journal_mode = WAL")
                 .execute(&pool)
                 .await?;
+            if !url.contains(":memory:") && !url.contains("mode=memory") {
+                checkpoint::spawn(pool.clone(), options);
+            }
         }
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            reserved: Default::default(),
+        })
     }
 
     /// Applies the migrations this database has not seen yet.

@@ -995,7 +995,19 @@ mod tests {
             got.entry(key).or_default().push(item);
         }
         assert_eq!(got, expected);
-        let list = hooks.list().await.expect("list");
+        // The receiver has answered the last event; the sender counts it once it has read that
+        // answer, a moment later.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let list = loop {
+            let list = hooks.list().await.expect("list");
+            let counted = list
+                .first()
+                .is_some_and(|(_, h)| (h.delivered, h.pending) == (total as i64, 0));
+            if counted || Instant::now() > deadline {
+                break list;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         assert_eq!(list.len(), 1);
         let health = &list[0].1;
         assert_eq!((health.delivered, health.pending), (total as i64, 0));

@@ -30,9 +30,12 @@ pub mod greeting;
 #[allow(unused_imports)] // not every test binary decodes G.711
 pub use greeting::ulaw_to_linear;
 pub mod raw;
+pub mod sipp_log;
 pub mod smsc;
 pub mod softphone;
 pub mod tls;
+
+pub use sipp_log::{parse_message_log, status_code, LoggedMessage};
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -1257,82 +1260,6 @@ fn describe(o: &Outcome, timeout: Duration) -> String {
     }
 }
 
-/// One entry of a SIPp `-trace_msg` log.
-#[derive(Clone, Debug)]
-pub struct LoggedMessage {
-    /// Seconds since midnight (SIPp's local time); only differences matter.
-    pub time: f64,
-    pub sent: bool,
-    pub first_line: String,
-    pub text: String,
-}
-
-impl LoggedMessage {
-    pub fn status(&self) -> Option<u16> {
-        status_code(&self.first_line)
-    }
-    pub fn sdp_audio_port(&self) -> Option<u16> {
-        self.text
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("m=audio "))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|p| p.parse().ok())
-    }
-}
-
-/// Parses SIPp's message log: entries start with a dashed line carrying a
-/// timestamp, then `UDP message sent (N bytes):` or `UDP message received
-/// [N] bytes :`, a blank line and the message. Untimed entries (the
-/// "Unexpected UDP message received" echoes) are skipped.
-pub fn parse_message_log(text: &str) -> Vec<LoggedMessage> {
-    let mut out = vec![];
-    let mut lines = text.lines().peekable();
-    while let Some(line) = lines.next() {
-        let Some(rest) = line.strip_prefix("-----------------------------------------------")
-        else {
-            continue;
-        };
-        let Some(time) = rest.split_whitespace().nth(1).and_then(parse_clock) else {
-            continue;
-        };
-        let Some(kind) = lines.next() else { break };
-        let sent = kind.contains("message sent");
-        if !sent && !kind.contains("message received") {
-            continue;
-        }
-        let mut body = vec![];
-        while let Some(l) = lines.peek() {
-            if l.starts_with("-----------------------------------------------") {
-                break;
-            }
-            body.push(lines.next().unwrap_or_default());
-        }
-        let msg: Vec<&str> = body
-            .into_iter()
-            .skip_while(|l| l.trim().is_empty())
-            .collect();
-        let first_line = msg
-            .first()
-            .map(|l| l.trim().to_string())
-            .unwrap_or_default();
-        out.push(LoggedMessage {
-            time,
-            sent,
-            first_line,
-            text: msg.join("\n"),
-        });
-    }
-    out
-}
-
-fn parse_clock(hms: &str) -> Option<f64> {
-    let mut it = hms.split(':');
-    let h: f64 = it.next()?.parse().ok()?;
-    let m: f64 = it.next()?.parse().ok()?;
-    let s: f64 = it.next()?.parse().ok()?;
-    Some(h * 3600.0 + m * 60.0 + s)
-}
-
 /// Runs an agent scenario and a trunk scenario straight at each other (no
 /// server) and panics unless both exit 0. Validates a scenario pair.
 pub fn run_pair_direct(env: &Env, uas: &str, uas_args: &[&str], uac: &str, uac_args: &[&str]) {
@@ -1359,11 +1286,6 @@ pub fn options_request(from: SocketAddr, to: SocketAddr, call_id: &str) -> Strin
          Accept: application/sdp\r\n\
          Content-Length: 0\r\n\r\n"
     )
-}
-
-pub fn status_code(first_line: &str) -> Option<u16> {
-    let rest = first_line.strip_prefix("SIP/2.0 ")?;
-    rest.get(..3)?.parse().ok()
 }
 
 /// Sends `msg` from `sock` and collects responses until a final one (>= 200)
