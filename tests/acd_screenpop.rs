@@ -380,7 +380,13 @@ fn ring_no_answer_moves_on_and_a_caller_nobody_takes_gets_a_callback() {
         .env
         .trunk_from("+14155550043", "uac_noanswer_from.xml", &[]);
     trunk.expect_success(Duration::from_secs(20));
-    let wos = c.admin.ok("GET", "/api/work-orders?kind=callback", None);
+    // The work order is written once the call's end is (a moment after the 480).
+    let wos = common::poll(T, || {
+        let wos = c.admin.ok("GET", "/api/work-orders?kind=callback", None);
+        let n = wos["items"].as_array().map_or(0, Vec::len);
+        (n > 0).then_some(wos)
+    })
+    .unwrap_or_else(|| panic!("no callback work order after the 480"));
     let items = wos["items"].as_array().expect("items");
     assert_eq!(items.len(), 1, "{wos}");
     let log = c
