@@ -457,12 +457,9 @@ fn main() {
             .filter_map(|p| Some(p["painted_ms"].as_f64()? - stamp(p, from)?))
             .collect();
         d.sort_by(f64::total_cmp);
-        let at = |p: f64| {
-            d.get(((d.len() as f64 - 1.0) * p).round() as usize)
-                .copied()
-                .unwrap_or(f64::NAN)
-        };
-        json!({"n": d.len(), "p50": at(0.5), "p99": at(0.99), "max": at(1.0)})
+        let mut q = quantiles(&d);
+        q["n"] = json!(d.len());
+        q
     };
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, Ordering::SeqCst);
@@ -473,22 +470,11 @@ fn main() {
     let _ = phone.wait();
     drop(server);
 
-    // The latencies screenpop logged.
+    // The latencies screenpop logged, and the store's share (matching the caller and reading
+    // the card).
     let text = std::fs::read_to_string(work.join("server.log")).expect("server log");
-    let mut lat: Vec<u64> = text
-        .lines()
-        .filter(|l| l.contains("screen-pop written"))
-        .filter_map(|l| l.split("latency_us=").nth(1))
-        .filter_map(|v| v.split_whitespace().next()?.parse().ok())
-        .collect();
-    lat.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        if lat.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
-        lat[i] as f64 / 1000.0
-    };
+    let lat = logged_ms(&text, "screen-pop written", "latency_us=");
+    let lookups = logged_ms(&text, "caller looked up", "lookup_us=");
     let answered = text.lines().filter(|l| l.contains(" answered")).count();
 
     // The same pops from outside: SIPp's INVITE sent to the frame read by the desktop.
@@ -511,10 +497,6 @@ fn main() {
         })
         .collect();
     outside.sort_by(f64::total_cmp);
-    let opct = |p: f64| -> f64 {
-        let i = ((outside.len() as f64 - 1.0) * p).round() as usize;
-        outside.get(i).copied().unwrap_or(f64::NAN)
-    };
     let report = json!({
         "database": kind,
         "customers": customers,
@@ -529,9 +511,11 @@ fn main() {
         "invites_sent": invites,
         "pops_timed_from_outside": outside.len(),
         "outside_invite_to_frame_read_ms":
-            {"p50": opct(0.50), "p90": opct(0.90), "p99": opct(0.99), "max": opct(1.0)},
+            quantiles(&outside),
         "inside_invite_to_frame_written_ms":
-            {"p50": pct(0.50), "p90": pct(0.90), "p99": pct(0.99), "max": pct(1.0)},
+            quantiles(&lat),
+        "inside_caller_lookup_ms":
+            quantiles(&lookups),
         "browser_pages": browsers,
         "page_invite_to_painted_ms": page_lat("offered_at"),
         "server_cpu_seconds": server_cpu,
@@ -539,4 +523,26 @@ fn main() {
         "work_dir": work.display().to_string(),
     });
     println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+}
+
+/// The `key=` microseconds of the server's log lines saying `what`, in ms, sorted.
+fn logged_ms(log: &str, what: &str, key: &str) -> Vec<f64> {
+    let mut v: Vec<f64> = log
+        .lines()
+        .filter(|l| l.contains(what))
+        .filter_map(|l| l.split(key).nth(1))
+        .filter_map(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|us| us as f64 / 1000.0)
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+/// p50, p90, p99 and max of sorted values (NaN when there are none).
+fn quantiles(sorted: &[f64]) -> Value {
+    let at = |p: f64| {
+        let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+        sorted.get(i).copied().unwrap_or(f64::NAN)
+    };
+    json!({"p50": at(0.50), "p90": at(0.90), "p99": at(0.99), "max": at(1.0)})
 }

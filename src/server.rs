@@ -27,7 +27,7 @@ use crate::media::recorder::Recorder;
 use crate::media::relay::MediaEngine;
 use crate::sip::digest::{self, NonceKey};
 use crate::sip::headers::HeaderName;
-use crate::sip::message::{check_request, Message, Method, Request, RequestProblem};
+use crate::sip::message::{check_request, Message, Method, Request, RequestProblem, Response};
 use crate::sip::peer::response_peer;
 use crate::sip::registrar::Registrar;
 use crate::sip::registration::{RegConfig, RegEvent, RegistrationClient};
@@ -444,6 +444,11 @@ impl Dispatcher {
                 }
             }
         }
+        if let Message::Response(r) = &inb.msg {
+            if self.reacked(r, &call_id) {
+                return;
+            }
+        }
         if matches!(inb.msg, Message::Response(_))
             && self.afterlife.ended_recently(Instant::now(), &call_id)
         {
@@ -600,6 +605,25 @@ impl Dispatcher {
             }
             Some(Answer::Absorb) => {
                 debug!(%call_id, "late INVITE for an ended call absorbed");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A repeat of an error response to an ended call's INVITE (our ACK was lost): the ACK
+    /// again (see `sip::afterlife`). True when it was one.
+    fn reacked(&self, r: &Response, call_id: &str) -> bool {
+        if r.status < 300 || r.cseq().map(|c| c.method) != Some(Method::Invite) {
+            return false;
+        }
+        let Some(branch) = r.top_via().and_then(|v| v.branch().map(str::to_string)) else {
+            return false;
+        };
+        match self.afterlife.response(Instant::now(), &branch) {
+            Some((ack, peer)) => {
+                debug!(%call_id, status = r.status, "repeated refusal of an ended call's INVITE acknowledged again");
+                self.env.sip.send(peer, ack.to_vec());
                 true
             }
             None => false,

@@ -406,7 +406,7 @@ fn a_blind_transfer_hands_the_caller_to_another_agent() {
 /// Click-to-dial: the agent's own phone (baresip, registered with screenpop) rings first and
 /// the desktop pops with the customer about to be called; when the agent answers, the gateway
 /// (SIPp) gets an INVITE for the E.164 number with the configured caller ID, challenges it and
-/// takes the digest; the agent hears ringback, then the customer (by content); the recording
+/// takes the digest (and, the call over, gets its challenge ACKed again); the agent hears ringback, then the customer (by content); the recording
 /// has the customer left and the agent right; the contact log is outbound on the customer.
 /// Numbers outside `outbound.allow`, an unknown customer and a second dial while busy are
 /// refused with the reason.
@@ -495,7 +495,16 @@ fn click_to_dial_rings_the_agent_then_calls_the_number_through_the_gateway() {
         for_call("call.answered", call.clone()),
         Duration::from_secs(20),
     );
+    // The gateway's scenario ends with its 401 again a second after the call, as if our ACK
+    // had been lost: ACKed again by what the call left the dispatcher, its task long gone.
     gateway.expect_success(Duration::from_secs(30));
+    assert!(
+        c.server
+            .log_text()
+            .contains("repeated refusal of an ended call's INVITE acknowledged again"),
+        "the 401's ACK from the afterlife:\n{}",
+        c.server.log_text()
+    );
     let ended = desk.wait_for(for_call("call.ended", call.clone()), T);
     assert_eq!(ended["disposition"], "answered", "{ended}");
     let log_id = ended["contact_log_id"].clone();

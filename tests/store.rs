@@ -223,6 +223,28 @@ on_both!(caller_matching, |store: Store| async move {
     let m = store.match_caller(&n).await.unwrap();
     assert_eq!(m.candidates.len(), 2);
     assert!(m.customer.is_none());
+    // Each candidate carries its own phones and tags (read for all of them at once).
+    let mut second = customer(
+        "Ann",
+        Tier::Regular,
+        &["+1 415 555 2671", "+1 212 555 0101"],
+    );
+    second.tags = vec!["wholesale".into(), "north".into()];
+    let ann2 = store
+        .create_customer(&second, CreatedVia::Manual, us)
+        .await
+        .unwrap();
+    // `also` is told whom the match settled on.
+    let matched = || async { store.match_caller_then(&n, |id| async move { id }).await };
+    let (m, seen) = matched().await.unwrap();
+    assert_eq!(seen, None, "no best guess: nothing read for one");
+    let by_id = |id: i64| m.candidates.iter().find(|c| c.id == id).unwrap();
+    assert_eq!(m.candidates.len(), 3);
+    assert_eq!(by_id(ann2.id).phones, ann2.phones);
+    assert_eq!(by_id(ann2.id).tags, ["north", "wholesale"]);
+    assert_eq!(by_id(bob.id).phones, bob.phones);
+    assert!(by_id(bob.id).tags.is_empty());
+    assert_eq!(by_id(ann.id).phones, ann.phones);
     sqlx::query(
         "INSERT INTO calls (sip_call_id, direction, caller_raw, caller_e164, dialed, customer_id, \
          offered_at, created_by) VALUES ($1, 'inbound', $2, $3, '100', $4, $5, 'test')",
@@ -235,11 +257,20 @@ on_both!(caller_matching, |store: Store| async move {
     .execute(store.pool())
     .await
     .unwrap();
-    let m = store.match_caller(&n).await.unwrap();
+    let (m, seen) = matched().await.unwrap();
     assert_eq!(
         m.customer.map(|c| c.id),
         Some(bob.id),
         "the one contacted most recently"
+    );
+    assert_eq!(
+        seen,
+        Some(bob.id),
+        "read beside the match for the best guess"
+    );
+    assert_eq!(
+        store.customer(bob.id).await.unwrap().unwrap(),
+        *by_id(bob.id)
     );
 });
 

@@ -47,7 +47,7 @@ use crate::sip::session_timer::{
     negotiate_uas, Due, SessionExpires, SessionTimer, Terms, UasNegotiation, MAX_SESSION_SECS,
 };
 use crate::sip::transaction::{
-    ClientState, ClientTransaction, Remains, ServerKey, ServerState, ServerTransaction,
+    remains_of, ClientState, ClientTransaction, Remains, ServerKey, ServerState, ServerTransaction,
     TimerConfig, TxOutput,
 };
 use crate::sip::Uri;
@@ -376,10 +376,12 @@ struct Client {
     cancel_pending: bool,
 }
 
-struct Server {
-    tx: ServerTransaction,
-    peer: Peer,
-    leg: LegId,
+/// A server transaction of the call's, with whom it is with and on which leg. Shared with
+/// placed calls ([`super::outbound`]).
+pub(super) struct Server {
+    pub(super) tx: ServerTransaction,
+    pub(super) peer: Peer,
+    pub(super) leg: LegId,
 }
 
 /// A leg's media negotiation state.
@@ -853,25 +855,24 @@ impl Call {
             // the call knows (a BYE may wait for that ACK).
             && ((!self.caller_ack_awaited()
                 && self.servers.iter().all(|s| s.tx.remains().is_some())
-                && self.clients.iter().all(|c| {
-                    // An INVITE refused with an error still ACKs that error's repeats (Timer D).
-                    let acking = c.tx.is_invite() && c.tx.state() == ClientState::Completed;
-                    !c.tx.awaits_final() && !acking
-                })
-                && self.consults_done.is_empty())
+                && self.clients.iter().all(|c| c.tx.remains().is_some())
+                && self.consults_done.iter().all(|c| c.finished(now)))
                 || self.linger_until.is_some_and(|l| now >= l))
     }
 
-    /// What the dispatcher keeps of the call once its task has gone: each finished server
-    /// transaction's response to repeat (or an INVITE to absorb) for its peer's retransmissions.
+    /// What the dispatcher keeps of the call once its task has gone ([`remains_of`]), its
+    /// ended consultations' included.
     pub fn remains(&self) -> Vec<(Remains, Peer)> {
-        self.servers
-            .iter()
-            .filter_map(|s| match s.tx.remains() {
-                Some(r @ Remains::Replay { .. }) => Some((r, s.peer)),
-                _ => None,
-            })
-            .collect()
+        let mut r = remains_of(
+            self.servers.iter().map(|s| (&s.tx, s.peer)),
+            self.clients.iter().map(|c| (&c.tx, c.peer)),
+        );
+        r.extend(
+            self.consults_done
+                .iter()
+                .flat_map(crate::calls::consult::ConsultLeg::remains),
+        );
+        r
     }
 
     /// The wall clock at `now`, from the one reading taken when the INVITE arrived.
@@ -3769,6 +3770,16 @@ mod tests {
         (c, t0, inv)
     }
 
+    /// The CANCEL among what was sent.
+    fn cancel_in(sent: &[(Peer, Message)]) -> Request {
+        sent.iter()
+            .find_map(|(_, m)| match m {
+                Message::Request(r) if r.method == Method::Cancel => Some(r.clone()),
+                _ => None,
+            })
+            .expect("a CANCEL to the phone")
+    }
+
     fn has(said: &[String], what: &str) -> bool {
         said.iter().any(|s| s.contains(what))
     }
@@ -4224,6 +4235,40 @@ mod tests {
         assert!(has(&said, "CANCEL sip:agent@"), "{said:?}");
         assert!(has(&said, "ended Abandoned"), "{said:?}");
         assert!(has(&said, "acd Abandoned"), "{said:?}");
+    }
+
+    /// A caller who gives up while the agent's phone rings: once the phone has said 487 and
+    /// the caller has ACKed ours, the task goes at once (it used to stay for Timer D, 32 s)
+    /// and leaves the dispatcher the ACK for repeats of the phone's 487.
+    #[test]
+    fn an_abandoned_call_leaves_the_ack_of_the_phones_487_not_its_task() {
+        let (mut c, t0, inv) = offered_to_agent();
+        phone_says(&mut c, t0, &inv, 180);
+        drain(&mut c);
+        c.handle_message(t0, trunk("CANCEL", 1, "z9hG4bKinv1", None), peer(TRUNK));
+        let (_, sent) = drain(&mut c);
+        let cancel = cancel_in(&sent);
+        c.handle_message(
+            t0,
+            Message::Response(cancel.response(200, Some("ptag"))),
+            peer(PHONE),
+        );
+        phone_says(&mut c, t0, &inv, 487);
+        let tag = c.caller_leg.local_tag().to_string();
+        c.handle_message(t0, trunk("ACK", 1, "z9hG4bKinv1", Some(&tag)), peer(TRUNK));
+        let (said, _) = drain(&mut c);
+        assert!(has(&said, "ACK sip:agent@"), "the 487 ACKed: {said:?}");
+        let t = t0 + Duration::from_millis(10);
+        assert!(c.is_done(t), "nothing but its remains is left");
+        let branch = inv.top_via().unwrap().branch().unwrap().to_string();
+        let remains = c.remains();
+        assert!(
+            remains.iter().any(|(r, p)| matches!(r,
+                Remains::Reack { branch: b, ack, until }
+                    if *b == branch && ack.starts_with(b"ACK ") && *until > t)
+                && *p == peer(PHONE)),
+            "{remains:?}"
+        );
     }
 
     #[test]
@@ -5243,13 +5288,7 @@ mod tests {
         drain(&mut c);
         c.handle_message(t0, trunk("CANCEL", 1, "z9hG4bKinv1", None), peer(TRUNK));
         let (_, sent) = drain(&mut c);
-        let cancel = sent
-            .iter()
-            .find_map(|(_, m)| match m {
-                Message::Request(r) if r.method == Method::Cancel => Some(r.clone()),
-                _ => None,
-            })
-            .expect("a CANCEL to the phone");
+        let cancel = cancel_in(&sent);
         assert_eq!(cancel.cseq().map(|c| c.seq), again.cseq().map(|c| c.seq));
         assert_eq!(
             cancel.headers.get(&HeaderName::Via),
@@ -5548,6 +5587,42 @@ mod tests {
         let (said, _) = drain(&mut c);
         assert!(has(&said, "tx 10.0.0.11:5060 CANCEL"), "{said:?}");
         assert!(has(&said, "reply Ok(())"), "{said:?}");
+    }
+
+    /// A consultation whose target was busy keeps nothing of the call's task once the call is
+    /// over: the ACK for repeats of Bob's 486 goes to the dispatcher with the rest.
+    #[test]
+    fn a_busy_consultation_leaves_its_ack_not_the_task() {
+        let (mut c, t0, _, inv) = consulting();
+        let t = t0 + Duration::from_secs(11);
+        let mut busy = inv.response(486, Some("btag"));
+        busy.headers.push(HeaderName::ContentLength, "0");
+        c.handle_message(t, Message::Response(busy), peer(BOB));
+        drain(&mut c);
+        let tag = c.caller_leg.local_tag().to_string();
+        c.handle_message(t, trunk("BYE", 2, "z9hG4bKbye", Some(&tag)), peer(TRUNK));
+        let (said, sent) = drain(&mut c);
+        assert!(has(&said, "ended Answered"), "{said:?}");
+        let bye = sent
+            .iter()
+            .find_map(|(p, m)| match m {
+                Message::Request(r) if r.method == Method::Bye && *p == peer(PHONE) => {
+                    Some(r.clone())
+                }
+                _ => None,
+            })
+            .expect("a BYE to Alice's phone");
+        c.handle_message(t, Message::Response(bye.response(200, None)), peer(PHONE));
+        drain(&mut c);
+        assert!(c.is_done(t), "nothing but its remains is left");
+        let branch = inv.top_via().unwrap().branch().unwrap().to_string();
+        let remains = c.remains();
+        assert!(
+            remains.iter().any(|(r, p)| matches!(r,
+                Remains::Reack { branch: b, .. } if *b == branch)
+                && *p == peer(BOB)),
+            "{remains:?}"
+        );
     }
 
     /// Alice putting her phone down while Bob still rings does not drop the caller: Bob gets

@@ -24,8 +24,8 @@ use crate::sip::message::{Message, Method, Request, Response};
 use crate::sip::peer::{response_peer, Peer, Transport};
 use crate::sip::sdp::{self, Codec, Direction, LocalMedia, SessionDescription};
 use crate::sip::transaction::{
-    ClientState, ClientTransaction, ServerKey, ServerState, ServerTransaction, TimerConfig,
-    TxOutput,
+    remains_of, ClientState, ClientTransaction, Remains, ServerKey, ServerState, ServerTransaction,
+    TimerConfig, TxOutput,
 };
 
 /// How long an ended consultation keeps absorbing retransmissions, at most.
@@ -204,6 +204,23 @@ impl ConsultLeg {
         self.state == State::Ended
             && ((self.clients.is_empty() && self.servers.is_empty())
                 || self.linger_until.is_some_and(|l| now >= l))
+    }
+
+    /// Over, and what is left of its transactions can be handed to the dispatcher
+    /// ([`ConsultLeg::remains`]): the call's task need not stay for it.
+    pub fn finished(&self, now: Instant) -> bool {
+        self.is_done(now)
+            || (self.state == State::Ended
+                && self.clients.iter().all(|c| c.tx.remains().is_some())
+                && self.servers.iter().all(|(s, _)| s.remains().is_some()))
+    }
+
+    /// What the dispatcher keeps of this leg once the call's task has gone.
+    pub fn remains(&self) -> Vec<(Remains, Peer)> {
+        remains_of(
+            self.servers.iter().map(|(s, p)| (s, *p)),
+            self.clients.iter().map(|c| (&c.tx, c.peer)),
+        )
     }
 
     pub fn poll_output(&mut self) -> Option<ConsultOutput> {

@@ -17,7 +17,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tracing::{debug, info, warn};
 
-use super::call::{CallConfig, MediaCommand, Music, Output, ALLOW};
+use super::call::{CallConfig, MediaCommand, Music, Output, Server, ALLOW};
 use super::control::{Control, ControlError, Controller};
 use super::dialog::{Dialog, LocalContact};
 use super::pop::{self, PopCard};
@@ -36,7 +36,8 @@ use crate::sip::message::{Message, Method, Request, Response};
 use crate::sip::peer::{response_peer, Peer, Transport};
 use crate::sip::sdp::{self, Codec, Direction, LocalMedia, SessionDescription};
 use crate::sip::transaction::{
-    ClientState, ClientTransaction, Remains, ServerKey, ServerState, ServerTransaction, TxOutput,
+    remains_of, ClientState, ClientTransaction, Remains, ServerKey, ServerState, ServerTransaction,
+    TxOutput,
 };
 use crate::sip::Uri;
 use crate::time::{civil_date, epoch_ms};
@@ -110,12 +111,6 @@ struct Client {
     purpose: Purpose,
     provisional: bool,
     cancel_pending: bool,
-}
-
-struct Server {
-    tx: ServerTransaction,
-    peer: Peer,
-    leg: LegId,
 }
 
 /// One leg: its dialog, our media on it and where its INVITE stands.
@@ -359,24 +354,17 @@ impl OutboundCall {
     pub fn is_done(&self, now: Instant) -> bool {
         self.phase == Phase::Ended
             && ((self.servers.iter().all(|s| s.tx.remains().is_some())
-                && self.clients.iter().all(|c| {
-                    // An INVITE refused with an error still ACKs that error's repeats (Timer D).
-                    let acking = c.tx.is_invite() && c.tx.state() == ClientState::Completed;
-                    !c.tx.awaits_final() && !acking
-                }))
+                && self.clients.iter().all(|c| c.tx.remains().is_some()))
                 || self.linger_until.is_some_and(|l| now >= l))
     }
 
-    /// What the dispatcher keeps once the task has gone: each finished server transaction's
-    /// response to repeat (a BYE's 200) for its peer's retransmissions.
+    /// What the dispatcher keeps once the task has gone: a BYE's 200 to repeat, the ACK of a
+    /// challenged or refused INVITE to send again ([`remains_of`]).
     pub fn remains(&self) -> Vec<(Remains, Peer)> {
-        self.servers
-            .iter()
-            .filter_map(|s| match s.tx.remains() {
-                Some(r @ Remains::Replay { .. }) => Some((r, s.peer)),
-                _ => None,
-            })
-            .collect()
+        remains_of(
+            self.servers.iter().map(|s| (&s.tx, s.peer)),
+            self.clients.iter().map(|c| (&c.tx, c.peer)),
+        )
     }
 
     fn wall(&self, now: Instant) -> SystemTime {
@@ -1150,6 +1138,17 @@ mod tests {
         })
     }
 
+    /// The agent's phone has answered: the number's gateway is being called with `gw`.
+    fn dialling() -> (OutboundCall, Instant, Request) {
+        let (mut c, t0) = start(false);
+        let (sent, _) = drain(&mut c);
+        let inv = requests(&sent, Method::Invite).remove(0).1;
+        c.handle_message(t0, answer(&inv, 200, 40000, ""), peer(PHONE));
+        let (sent, _) = drain(&mut c);
+        let gw = requests(&sent, Method::Invite).remove(0).1;
+        (c, t0, gw)
+    }
+
     fn start(credentials: bool) -> (OutboundCall, Instant) {
         let now = Instant::now();
         let c = OutboundCall::new(
@@ -1331,8 +1330,9 @@ mod tests {
             Output::Acd(AcdInput::Ended { .. })
         )));
 
-        // The phone answers our BYE; the gateway's 407 may still come again (our ACK lost), and
-        // its INVITE transaction ACKs it until Timer D: the task stays until then.
+        // The phone answers our BYE: the task goes at once. The gateway's 407 may still come
+        // again (our ACK lost) until Timer D: the dispatcher is left that ACK to send again,
+        // and the 200 for the gateway's BYE.
         let (_, to_phone) = requests(&sent, Method::Bye).remove(0);
         c.handle_message(
             t,
@@ -1340,10 +1340,22 @@ mod tests {
             peer(PHONE),
         );
         drain(&mut c);
-        assert!(!c.is_done(t), "the 407's ACK is still repeated");
-        c.handle_timeout(t + Duration::from_secs(33));
-        drain(&mut c);
-        assert!(c.is_done(t + Duration::from_secs(33)));
+        assert!(c.is_done(t), "nothing but its remains is left");
+        let remains = c.remains();
+        let branch = inv.top_via().unwrap().branch().unwrap().to_string();
+        assert!(
+            remains.iter().any(|(r, p)| matches!(r,
+                Remains::Reack { branch: b, ack, until }
+                    if *b == branch && ack.starts_with(b"ACK ") && *until > t && *p == peer(GW))),
+            "{remains:?}"
+        );
+        assert!(
+            remains.iter().any(|(r, p)| matches!(r,
+                Remains::Replay { response: Some(ok), .. } if ok.starts_with(b"SIP/2.0 200")
+                    && *p == peer(GW))),
+            "{remains:?}"
+        );
+        assert_eq!(remains.len(), 2, "{remains:?}");
     }
 
     /// A placed call's task goes as soon as the call is over (the phone has answered our BYE),
@@ -1351,12 +1363,7 @@ mod tests {
     /// 4): what is left is the 200 to the gateway's BYE, for the dispatcher to repeat.
     #[test]
     fn an_ended_placed_call_leaves_only_its_last_response() {
-        let (mut c, t0) = start(false);
-        let (sent, _) = drain(&mut c);
-        let inv = requests(&sent, Method::Invite).remove(0).1;
-        c.handle_message(t0, answer(&inv, 200, 40000, ""), peer(PHONE));
-        let (sent, _) = drain(&mut c);
-        let gw = requests(&sent, Method::Invite).remove(0).1;
+        let (mut c, t0, gw) = dialling();
         c.handle_message(t0, answer(&gw, 200, 30000, ""), peer(GW));
         drain(&mut c);
         let t = t0 + Duration::from_secs(5);
@@ -1489,12 +1496,7 @@ mod tests {
     /// another agent cannot.
     #[test]
     fn the_desk_hangs_up_a_ringing_number() {
-        let (mut c, t0) = start(false);
-        let (sent, _) = drain(&mut c);
-        let inv = requests(&sent, Method::Invite).remove(0).1;
-        c.handle_message(t0, answer(&inv, 200, 40000, ""), peer(PHONE));
-        let (sent, _) = drain(&mut c);
-        let gw = requests(&sent, Method::Invite).remove(0).1;
+        let (mut c, t0, gw) = dialling();
         c.handle_message(t0, answer(&gw, 180, 0, ""), peer(GW));
         drain(&mut c);
         let other = Controller {

@@ -16,7 +16,7 @@ use super::dialog::target_peer;
 use super::dialplan::{DialError, DialPlan};
 use super::greeting::Greeted;
 use super::outbound::{Gateway, OutboundCall, OutboundInit};
-use super::pop::PopCard;
+use super::pop::{History, PopCard};
 use super::task::CallTask;
 use crate::acd::runtime::DialOutError;
 use crate::acd::{AgentId, Input as AcdInput};
@@ -569,9 +569,15 @@ async fn place(
                 name: None,
                 withheld: false,
             };
-            let found =
-                crate::crm::caller::match_or_create(store, &as_caller, env.plan, false).await;
-            let card = PopCard::load(store, &found.matched).await;
+            let (found, history) = crate::crm::caller::match_or_create_then(
+                store,
+                &as_caller,
+                env.plan,
+                false,
+                |customer| History::read(store, customer),
+            )
+            .await;
+            let card = PopCard::new(&found.matched, history);
             (found.matched.customer, card)
         }
     };

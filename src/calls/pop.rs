@@ -32,42 +32,69 @@ pub struct PopCard {
 impl Default for PopCard {
     /// No customer: empty lists, never nulls, so desktops can iterate.
     fn default() -> PopCard {
-        PopCard {
-            customer: Value::Null,
-            candidates: json!([]),
+        PopCard::new(&CallerMatch::default(), None)
+    }
+}
+
+/// What the pop shows of a customer's past, as JSON (empty lists when it could not be read).
+#[derive(Debug, Clone)]
+pub struct History {
+    recent_contacts: Value,
+    open_work_orders: Value,
+}
+
+impl Default for History {
+    /// Nothing to show: empty lists, never nulls, so desktops can iterate.
+    fn default() -> History {
+        History {
             recent_contacts: json!([]),
             open_work_orders: json!([]),
         }
     }
 }
 
+impl History {
+    /// Reads the customer's last contacts and open work orders side by side; a store failure
+    /// leaves a list empty (the pop still goes out).
+    pub async fn read(store: &Store, customer: i64) -> History {
+        let (recent, open) = futures_util::future::join(
+            store.recent_contacts(customer, RECENT_CONTACTS),
+            store.open_work_orders(customer),
+        )
+        .await;
+        let mut h = History::default();
+        match recent {
+            Ok(v) => h.recent_contacts = serde_json::to_value(v).unwrap_or(json!([])),
+            Err(e) => warn!(error = %e, "recent contacts not read"),
+        }
+        match open {
+            Ok(v) => h.open_work_orders = serde_json::to_value(v).unwrap_or(json!([])),
+            Err(e) => warn!(error = %e, "open work orders not read"),
+        }
+        h
+    }
+}
+
 impl PopCard {
-    /// Reads the last contacts and open work orders of the matched customer; a store failure
-    /// leaves them empty (the pop still goes out).
-    pub async fn load(store: &Store, m: &CallerMatch) -> PopCard {
-        let mut card = PopCard {
+    /// The card of a match whose customer's history was read beside it
+    /// ([`crate::crm::caller::match_or_create_then`]); `None` shows none.
+    pub fn new(m: &CallerMatch, history: Option<History>) -> PopCard {
+        let history = history.unwrap_or_default();
+        PopCard {
             customer: serde_json::to_value(&m.customer).unwrap_or(Value::Null),
             candidates: serde_json::to_value(&m.candidates).unwrap_or_else(|_| json!([])),
-            recent_contacts: json!([]),
-            open_work_orders: json!([]),
-        };
-        if let Some(c) = &m.customer {
-            // Side by side: the caller's screen-pop waits for both.
-            let (recent, open) = futures_util::future::join(
-                store.recent_contacts(c.id, RECENT_CONTACTS),
-                store.open_work_orders(c.id),
-            )
-            .await;
-            match recent {
-                Ok(v) => card.recent_contacts = serde_json::to_value(v).unwrap_or(json!([])),
-                Err(e) => warn!(error = %e, "recent contacts not read"),
-            }
-            match open {
-                Ok(v) => card.open_work_orders = serde_json::to_value(v).unwrap_or(json!([])),
-                Err(e) => warn!(error = %e, "open work orders not read"),
-            }
+            recent_contacts: history.recent_contacts,
+            open_work_orders: history.open_work_orders,
         }
-        card
+    }
+
+    /// Reads the matched customer's history and makes the card.
+    pub async fn load(store: &Store, m: &CallerMatch) -> PopCard {
+        let history = match &m.customer {
+            Some(c) => Some(History::read(store, c.id).await),
+            None => None,
+        };
+        PopCard::new(m, history)
     }
 }
 

@@ -14,7 +14,7 @@ use super::admission::{CallEnded, CallEnv, Route};
 use super::call::{Call, CallerLookup, MediaCommand, Music, Output};
 use super::call::{ConsultReady, ConsultRefused, ReferRefused};
 use super::control::{Control, ControlError, ControlRequest, Controller, TransferTo};
-use super::pop::PopCard;
+use super::pop::{History, PopCard};
 use super::record::{CallRecord, RecordedFile};
 use crate::acd::runtime::{Decision, RouteRequest};
 use crate::crm::callback::callback_title;
@@ -387,7 +387,14 @@ impl<M: Machine> CallTask<M> {
                 let (env, done) = (env.clone(), self.done_tx.clone());
                 tokio::spawn(
                     async move {
+                        let started = Instant::now();
                         let found = lookup(&env, &caller, offered).await;
+                        // The store's share of the pop's latency (benches/pop_latency.rs).
+                        info!(
+                            target: "screenpop::pop",
+                            lookup_us = started.elapsed().as_micros() as u64,
+                            "caller looked up"
+                        );
                         let _ = done.send(Box::new(Done::Lookup(found)));
                     }
                     .in_current_span(),
@@ -619,17 +626,19 @@ async fn refer_target(store: &Store, target: &crate::sip::Uri) -> Result<Transfe
 /// the call goes on: a database outage must not drop calls.
 async fn lookup(env: &CallEnv, caller: &CallerId, mut offered: OfferedCall) -> CallerLookup {
     let store = &env.store;
-    let found = crate::crm::caller::match_or_create(
+    // The card shows the contacts before this one: it is read before this call's row exists,
+    // beside the candidates' phones and tags.
+    let (found, history) = crate::crm::caller::match_or_create_then(
         store,
         caller,
         env.plan,
         env.profile.create_customers_from_calls,
+        |customer| History::read(store, customer),
     )
     .await;
     let m = found.matched;
     let customer = m.customer.as_ref();
-    // The card shows the contacts before this one: it is read before this call's row exists.
-    let card = PopCard::load(store, &m).await;
+    let card = PopCard::new(&m, history);
     offered.caller_e164 = found.e164.clone();
     offered.customer_id = customer.map(|c| c.id);
     let written = match store.reserve_call_id().await {

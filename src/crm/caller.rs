@@ -59,27 +59,48 @@ pub async fn match_or_create(
     plan: NumberPlan,
     create: bool,
 ) -> Caller {
+    match_or_create_then(store, caller, plan, create, |_| async {})
+        .await
+        .0
+}
+
+/// [`match_or_create`], with `also` run on the matched customer beside the rest of the match
+/// ([`Store::match_caller_then`]): `None` when no existing customer is the best guess.
+pub async fn match_or_create_then<F, Fut, T>(
+    store: &Store,
+    caller: &CallerId,
+    plan: NumberPlan,
+    create: bool,
+    also: F,
+) -> (Caller, Option<T>)
+where
+    F: FnOnce(i64) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
     let normalized = caller
         .number
         .as_deref()
         .filter(|_| !caller.withheld)
         .and_then(|n| normalize(n, plan).ok());
     let Some(n) = normalized else {
-        return Caller::default();
+        return (Caller::default(), None);
     };
     let mut out = Caller {
         e164: n.e164.clone(),
         ..Caller::default()
     };
-    match store.match_caller(&n).await {
-        Ok(m) => out.matched = m,
+    let extra = match store.match_caller_then(&n, also).await {
+        Ok((m, extra)) => {
+            out.matched = m;
+            extra
+        }
         Err(e) => {
             warn!(error = %e, "caller not matched");
-            return out;
+            return (out, None);
         }
-    }
+    };
     if !out.matched.candidates.is_empty() || !create {
-        return out;
+        return (out, extra);
     }
     let number = caller.number.clone().unwrap_or_default();
     let new = NewCustomer {
@@ -112,5 +133,6 @@ pub async fn match_or_create(
         }
         Err(e) => warn!(error = %e, "customer not created"),
     }
-    out
+    // A customer made just now has no history.
+    (out, extra)
 }

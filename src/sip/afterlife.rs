@@ -7,7 +7,9 @@
 //! for that (its state, its queues, its dialogs) cost tens of kilobytes per call for 32 s: at
 //! 500 set-ups a second, 16,000 ended calls and half a gigabyte. A call now hands the few bytes
 //! that matter here when it goes, and the dispatcher consults this table for requests no live
-//! call owns.
+//! call owns. The same holds for our INVITEs refused with an error (a 487 after a CANCEL, a
+//! 401 before an authenticated retry): their client transactions ACK repeats of the error for
+//! Timer D (§17.1.1.2), and the dispatcher now sends that ACK for an ended call.
 //!
 //! Sans-IO: fed keys and `now`, it says what to send; the dispatcher sends it.
 
@@ -37,6 +39,8 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct Afterlife {
     transactions: HashMap<ServerKey, Entry>,
+    /// Our INVITEs refused with an error, by branch: the ACK to send again for a repeat.
+    acks: HashMap<String, Entry>,
     /// Responses for these Call-IDs are late copies for an ended call, not strays.
     call_ids: HashMap<String, Instant>,
 }
@@ -52,21 +56,34 @@ impl Afterlife {
     ) {
         let mut last = quiet_until;
         for (r, peer) in remains {
-            if let Remains::Replay {
-                key,
-                response,
-                until,
-            } = r
-            {
-                last = last.max(until);
-                self.transactions.insert(
+            match r {
+                Remains::Replay {
                     key,
-                    Entry {
-                        response,
-                        peer,
-                        until,
-                    },
-                );
+                    response,
+                    until,
+                } => {
+                    last = last.max(until);
+                    self.transactions.insert(
+                        key,
+                        Entry {
+                            response,
+                            peer,
+                            until,
+                        },
+                    );
+                }
+                Remains::Reack { branch, ack, until } => {
+                    last = last.max(until);
+                    self.acks.insert(
+                        branch,
+                        Entry {
+                            response: Some(ack),
+                            peer,
+                            until,
+                        },
+                    );
+                }
+                Remains::Nothing => {}
             }
         }
         for id in call_ids {
@@ -83,6 +100,13 @@ impl Afterlife {
         })
     }
 
+    /// The ACK to send again for a repeat of an error response to one of an ended call's
+    /// INVITEs, sent on `branch` (the repeat means our ACK was lost).
+    pub fn response(&self, now: Instant, branch: &str) -> Option<(&[u8], Peer)> {
+        let e = self.acks.get(branch).filter(|e| now < e.until)?;
+        Some((e.response.as_deref()?, e.peer))
+    }
+
     /// True if a response with this Call-ID is a late copy for a call that has just ended.
     pub fn ended_recently(&self, now: Instant, call_id: &str) -> bool {
         self.call_ids.get(call_id).is_some_and(|&until| now < until)
@@ -91,16 +115,17 @@ impl Afterlife {
     /// Forgets what has run out.
     pub fn expire(&mut self, now: Instant) {
         self.transactions.retain(|_, e| now < e.until);
+        self.acks.retain(|_, e| now < e.until);
         self.call_ids.retain(|_, until| now < *until);
     }
 
     /// Transactions held (for tests and metrics).
     pub fn len(&self) -> usize {
-        self.transactions.len()
+        self.transactions.len() + self.acks.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.transactions.is_empty()
+        self.len() == 0
     }
 }
 
@@ -174,5 +199,37 @@ mod tests {
         a.expire(j);
         assert!(a.is_empty());
         assert!(a.call_ids.is_empty());
+    }
+
+    #[test]
+    fn acks_a_repeated_refusal_of_an_ended_calls_invite() {
+        let t0 = Instant::now();
+        let d = t0 + Duration::from_secs(32);
+        let mut a = Afterlife::default();
+        a.bury(
+            [(
+                Remains::Reack {
+                    branch: "z9hG4bKinv".into(),
+                    ack: b"ACK sip:gw SIP/2.0\r\n\r\n".to_vec(),
+                    until: d,
+                },
+                peer(),
+            )],
+            ["call-2".to_string()],
+            t0,
+        );
+        assert_eq!(a.len(), 1);
+        assert_eq!(
+            a.response(t0, "z9hG4bKinv"),
+            Some((&b"ACK sip:gw SIP/2.0\r\n\r\n"[..], peer()))
+        );
+        assert_eq!(a.response(t0, "z9hG4bKother"), None);
+        // Not a request of ours to answer.
+        assert_eq!(a.request(t0, &key("z9hG4bKinv", Method::Invite)), None);
+        // The Call-ID's responses are late copies for as long as the ACK is kept.
+        assert!(a.ended_recently(t0 + Duration::from_secs(31), "call-2"));
+        assert_eq!(a.response(d, "z9hG4bKinv"), None, "Timer D is over");
+        a.expire(d);
+        assert!(a.is_empty());
     }
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::headers::{HeaderName, Via, MAGIC_COOKIE};
 use super::message::{Message, Method, Request, Response};
+use super::peer::Peer;
 
 /// Timer base values (RFC 3261 §17.1.1.1).
 #[derive(Debug, Clone, Copy)]
@@ -127,6 +128,27 @@ impl ClientTransaction {
 
     pub fn is_invite(&self) -> bool {
         self.request.method == Method::Invite
+    }
+
+    /// What is left of this transaction once its call has gone (`None` while a response is
+    /// still awaited). An INVITE refused with an error ACKs that error's repeats until Timer D
+    /// (§17.1.1.2): a 487 after every CANCEL, a 401 before every authenticated retry. That is
+    /// a few hundred bytes for the dispatcher to hold, where keeping the call's task for it
+    /// held the whole call for 32 s. Anything else needs nothing: a completed non-INVITE only
+    /// absorbs repeats, and a 2xx's repeats are the dialog's, which has ended (BYE).
+    pub fn remains(&self) -> Option<Remains> {
+        match self.state {
+            ClientState::Calling | ClientState::Trying | ClientState::Proceeding => None,
+            ClientState::Completed if self.is_invite() => Some(match (&self.ack, self.deadline) {
+                (Some(ack), Some(until)) => Remains::Reack {
+                    branch: self.branch.clone(),
+                    ack: ack.clone(),
+                    until,
+                },
+                _ => Remains::Nothing,
+            }),
+            _ => Some(Remains::Nothing),
+        }
     }
 
     /// True if `resp` belongs to this transaction (RFC 3261 §17.1.3: branch and CSeq method).
@@ -298,6 +320,35 @@ pub enum Remains {
         response: Option<Vec<u8>>,
         until: Instant,
     },
+    /// Until `until`, a repeat of the error response to our INVITE on `branch` gets `ack`
+    /// again (a client INVITE transaction in Completed, Timer D: the peer did not get our ACK).
+    Reack {
+        branch: String,
+        ack: Vec<u8>,
+        until: Instant,
+    },
+}
+
+/// What the dispatcher keeps of a call's transactions once its task has gone: each finished
+/// server transaction's response to repeat (or an INVITE to absorb) for its peer's
+/// retransmissions, and each refused INVITE's ACK to send again for repeats of the refusal.
+pub fn remains_of<'a>(
+    servers: impl IntoIterator<Item = (&'a ServerTransaction, Peer)>,
+    clients: impl IntoIterator<Item = (&'a ClientTransaction, Peer)>,
+) -> Vec<(Remains, Peer)> {
+    let servers = servers
+        .into_iter()
+        .filter_map(|(tx, peer)| match tx.remains() {
+            Some(r @ Remains::Replay { .. }) => Some((r, peer)),
+            _ => None,
+        });
+    let clients = clients
+        .into_iter()
+        .filter_map(|(tx, peer)| match tx.remains() {
+            Some(r @ Remains::Reack { .. }) => Some((r, peer)),
+            _ => None,
+        });
+    servers.chain(clients).collect()
 }
 
 /// Identifies a server transaction (RFC 3261 §17.2.3), with the RFC 2543 fallback for
@@ -639,6 +690,7 @@ mod tests {
         let t0 = Instant::now();
         let mut tx = ClientTransaction::new(t0, invite(), false, TimerConfig::default());
         drain_tx(&mut || tx.poll_output());
+        assert_eq!(tx.remains(), None, "still awaiting an answer");
         let busy = invite().response(486, Some("x"));
         assert!(tx.matches(&busy));
         tx.handle_response(t0, busy.clone());
@@ -659,6 +711,15 @@ mod tests {
         assert!(out
             .iter()
             .any(|o| matches!(o, TxOutput::Response(r) if r.status == 486)));
+        // What an ended call leaves of it: that ACK, for repeats of the 486 until Timer D.
+        assert_eq!(
+            tx.remains(),
+            Some(Remains::Reack {
+                branch: "z9hG4bKabc".into(),
+                ack: Message::Request(ack.clone()).to_bytes(),
+                until: t0 + Duration::from_secs(32),
+            })
+        );
         // A retransmitted 486 is answered with the same ACK and not passed up again.
         tx.handle_response(t0 + Duration::from_secs(1), busy);
         let out = drain_tx(&mut || tx.poll_output());
@@ -667,6 +728,7 @@ mod tests {
         // Timer D ends it after 32 s.
         tx.handle_timeout(t0 + Duration::from_secs(32));
         assert_eq!(tx.state(), ClientState::Terminated);
+        assert_eq!(tx.remains(), Some(Remains::Nothing));
     }
 
     #[test]
@@ -685,6 +747,11 @@ mod tests {
         assert_eq!(n200, 2);
         assert_eq!(transmits(&out), 0, "no ACK from the transaction for 2xx");
         assert_eq!(tx.state(), ClientState::Accepted);
+        assert_eq!(
+            tx.remains(),
+            Some(Remains::Nothing),
+            "the dialog ACKs a 2xx"
+        );
     }
 
     #[test]

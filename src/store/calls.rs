@@ -156,18 +156,16 @@ impl Store {
         c: &OfferedCall,
         outbound: bool,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO calls (id, sip_call_id, direction, caller_raw, caller_e164, dialed, \
-             customer_id, offered_at, created_by) \
-             VALUES ($8, $1, $7, $2, $3, $4, $5, $6, 'screenpop') ON CONFLICT DO NOTHING",
+        let direction = if outbound { "outbound" } else { "inbound" };
+        bind_offered(
+            sqlx::query(
+                "INSERT INTO calls (id, sip_call_id, direction, caller_raw, caller_e164, dialed, \
+                 customer_id, offered_at, created_by) \
+                 VALUES ($8, $1, $7, $2, $3, $4, $5, $6, 'screenpop') ON CONFLICT DO NOTHING",
+            ),
+            c,
+            direction,
         )
-        .bind(c.sip_call_id.clone())
-        .bind(c.caller_raw.clone())
-        .bind(c.caller_e164.clone())
-        .bind(c.dialed.clone())
-        .bind(c.customer_id)
-        .bind(c.offered_at)
-        .bind(if outbound { "outbound" } else { "inbound" })
         .bind(id)
         .execute(&self.pool)
         .await?;
@@ -180,19 +178,20 @@ impl Store {
         self.insert_call(c, "outbound").await
     }
 
-    async fn insert_call(&self, c: &OfferedCall, direction: &str) -> Result<i64, StoreError> {
-        let row = sqlx::query(
-            "INSERT INTO calls (sip_call_id, direction, caller_raw, caller_e164, dialed, \
-             customer_id, offered_at, created_by) \
-             VALUES ($1, $7, $2, $3, $4, $5, $6, 'screenpop') RETURNING id",
+    async fn insert_call(
+        &self,
+        c: &OfferedCall,
+        direction: &'static str,
+    ) -> Result<i64, StoreError> {
+        let row = bind_offered(
+            sqlx::query(
+                "INSERT INTO calls (sip_call_id, direction, caller_raw, caller_e164, dialed, \
+                 customer_id, offered_at, created_by) \
+                 VALUES ($1, $7, $2, $3, $4, $5, $6, 'screenpop') RETURNING id",
+            ),
+            c,
+            direction,
         )
-        .bind(c.sip_call_id.clone())
-        .bind(c.caller_raw.clone())
-        .bind(c.caller_e164.clone())
-        .bind(c.dialed.clone())
-        .bind(c.customer_id)
-        .bind(c.offered_at)
-        .bind(direction)
         .fetch_one(&self.pool)
         .await?;
         Ok(row.try_get("id")?)
@@ -882,4 +881,20 @@ pub struct ExpiringRecording {
     pub call_id: Option<i64>,
     pub queue: Option<String>,
     pub days: i64,
+}
+
+/// Binds what a contact log row starts with as `$1` to `$7`: the SIP Call-ID, the caller as
+/// sent and in E.164, the number dialed, the customer, when it was offered, the direction.
+fn bind_offered<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    c: &OfferedCall,
+    direction: &'static str,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    q.bind(c.sip_call_id.clone())
+        .bind(c.caller_raw.clone())
+        .bind(c.caller_e164.clone())
+        .bind(c.dialed.clone())
+        .bind(c.customer_id)
+        .bind(c.offered_at)
+        .bind(direction)
 }

@@ -177,11 +177,8 @@ pub(crate) type SharedBoard = Arc<Mutex<LiveBoard>>;
 pub(crate) fn follow(bus: Arc<dyn EventBus>) -> SharedBoard {
     let board: SharedBoard = Arc::default();
     let b = board.clone();
-    let mut rx = bus.subscribe();
-    let all = Viewer {
-        agent: 0,
-        sees_all: true,
-    };
+    let mut rx = bus.subscribe(Viewer::EVERYTHING);
+    let all = Viewer::EVERYTHING;
     let resync = move |board: &SharedBoard| {
         let snap = bus.snapshot(all);
         if let Ok(mut g) = board.lock() {

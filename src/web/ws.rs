@@ -183,7 +183,7 @@ async fn session(s: AppState, token: Option<String>, socket: WebSocket) {
         sees_all: me.role.sees_all(),
     };
     // Subscribe before the snapshot so nothing falls between them.
-    let mut events = s.bus.subscribe();
+    let mut events = s.bus.subscribe(viewer);
     let hello = json!({"type": "hello", "agent_id": me.agent_id, "role": me.role}).to_string();
     let mut ok = tx.send(text(&hello)).await.is_ok();
     if ok {

@@ -345,7 +345,7 @@ impl Webhooks {
         }
         // Subscribed here, before anything is awaited: no event published after spawn is
         // missed.
-        let rx = bus.subscribe();
+        let rx = bus.subscribe(crate::events::Viewer::EVERYTHING);
         let (tx, events) = mpsc::channel(shared.settings.queue.max(1));
         tokio::spawn(forward(shared.clone(), rx, tx));
         let s = shared.clone();
