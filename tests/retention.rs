@@ -4,7 +4,9 @@
 //! nothing goes; a dry run two days ahead lists the call and touches nothing; archiving moves
 //! the WAV and its call record, and the API plays it from the archive; deleting removes them,
 //! the API answers 410, the contact log stays marked, and each removal is one audit entry. The
-//! recordings' disk watch warns and sets its metric; the pages show it all in Chromium.
+//! recordings' disk watch warns and sets its metric; the pages show it all in Chromium. A disk
+//! that fills mid-call (a small tmpfs in the server's own mount namespace) leaves the call
+//! going, the audio so far playable and the contact log saying the recording failed.
 
 mod common;
 
@@ -373,4 +375,121 @@ fn browser_script(name: &str, config: &serde_json::Value) -> Option<serde_json::
         .unwrap_or_else(|| panic!("{name} gave no RESULT:\n{stdout}\n{stderr}"));
     assert!(out.status.success(), "{name} failed:\n{stderr}");
     Some(serde_json::from_str(result).expect("RESULT json"))
+}
+
+/// A full disk (point 6: "a full disk keeps the behaviour it has today"): the recordings' file
+/// system fills in the middle of a call. The call goes on to its end, what was written stays
+/// playable with the caller's tone in it, and the contact log says the recording failed.
+///
+/// The server runs in a mount namespace of its own with a 160 kB tmpfs on its recordings
+/// folder (`unshare -m`, as root, which CI is); the test reads that folder through
+/// `/proc/PID/root`. A 12 s call records 32 kB a second: the disk is full after about 5 s.
+#[test]
+fn a_full_disk_keeps_the_call_and_the_audio_written_so_far() {
+    let Some(env) = Env::with_sipp("full_disk") else {
+        return;
+    };
+    let script = format!(
+        "mount -t tmpfs -o size=160k screenpop-full-disk {} && exec {} {}",
+        env.recordings.display(),
+        common::server_binary().display(),
+        common::serve_args(&env, &[]).join(" ")
+    );
+    let server = common::Server::launch(
+        &env,
+        env.dir.join("server.log"),
+        Path::new("unshare"),
+        ["-m", "--propagation", "private", "sh", "-c", &script]
+            .map(String::from)
+            .to_vec(),
+        &env.dir,
+        &[],
+    );
+    let pid = server.pid().expect("the server's pid");
+    let mut agent = env.agent("uas_answer.xml", &[]);
+    let mut trunk = env.trunk("uac_call.xml", &["-d", "12000"]);
+    trunk.expect_success(Duration::from_secs(40));
+    agent.expect_success(Duration::from_secs(10));
+    let talk = trunk.talk_time().expect("the trunk's talk time");
+    assert!(
+        talk > 11.5,
+        "the call went on to its end: {talk} s\n{}",
+        server.log_text()
+    );
+
+    // The contact log: answered, its recording failed.
+    let sip_call_id = trunk.call_id.clone().expect("the trunk's Call-ID");
+    let db = format!("sqlite://{}", env.dir.join("screenpop.db").display());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (disposition, status) = rt.block_on(async {
+        let store = screenpop::store::Store::connect(&db).await.expect("store");
+        for _ in 0..100 {
+            let row = sqlx::query(
+                "SELECT disposition, recording_status FROM calls WHERE sip_call_id = $1",
+            )
+            .bind(sip_call_id.clone())
+            .fetch_optional(store.pool())
+            .await
+            .expect("query");
+            use sqlx::Row;
+            if let Some(r) = row {
+                let d: Option<String> = r.get("disposition");
+                if d.is_some() {
+                    return (d, r.get::<Option<String>, _>("recording_status"));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (None, None)
+    });
+    assert_eq!(
+        (disposition.as_deref(), status.as_deref()),
+        (Some("answered"), Some("failed")),
+        "{}",
+        server.log_text()
+    );
+
+    // What reached the disk is a WAV a player reads, holding the caller's 600 Hz.
+    let inside = PathBuf::from(format!("/proc/{pid}/root")).join(
+        env.recordings
+            .strip_prefix("/")
+            .expect("an absolute recordings folder"),
+    );
+    let mut files = Vec::new();
+    let mut dirs = vec![inside.clone()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    let audio: Vec<&PathBuf> = files
+        .iter()
+        .filter(|p| p.to_string_lossy().contains(".wav"))
+        .collect();
+    assert_eq!(audio.len(), 1, "one recording: {files:?}");
+    let rec = common::read_wav(audio[0]).unwrap_or_else(|e| panic!("{e}"));
+    let secs = rec.left.len() as f64 / f64::from(common::RATE);
+    eprintln!(
+        "full disk: {secs:.2} s recorded of a {talk:.2} s call in {}",
+        audio[0].display()
+    );
+    assert!(
+        (2.0..talk - 3.0).contains(&secs),
+        "the audio up to the full disk (160 kB: 5 s): {secs} s of a {talk} s call"
+    );
+    let left = common::analyse_channel(&rec.left);
+    assert!(
+        left.caller_fraction() >= 0.8,
+        "the caller's tone on the left: {}",
+        left.timeline()
+    );
+    drop(server);
 }

@@ -527,6 +527,9 @@ pub struct Call {
     consult: Option<attended::Consulting>,
     /// Consultation legs that are over and finish their transactions.
     consults_done: Vec<crate::calls::consult::ConsultLeg>,
+    /// What consultation legs gone before the call's end left (an ACK to repeat until Timer
+    /// D): handed to the dispatcher with the call's own.
+    consult_remains: Vec<(Remains, Peer)>,
     /// Every consultation's Call-ID, and how many consultations there were.
     consult_call_ids: Vec<String>,
     consults: u32,
@@ -710,6 +713,7 @@ impl Call {
             agent_auth: None,
             consult: None,
             consults_done: Vec::new(),
+            consult_remains: Vec::new(),
             consult_call_ids: Vec::new(),
             consults: 0,
             survey_setup: None,
@@ -872,6 +876,7 @@ impl Call {
                 .iter()
                 .flat_map(crate::calls::consult::ConsultLeg::remains),
         );
+        r.extend(self.consult_remains.iter().cloned());
         r
     }
 

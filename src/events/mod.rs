@@ -99,7 +99,8 @@ struct Live {
     /// Calls on hold: a reconnecting desktop learns it after the call's own event.
     held: BTreeMap<crate::ids::CallKey, Arc<Event>>,
     /// Each agent's own channel, made when one of the agent's desktops subscribes and dropped
-    /// at the first event after the last has gone.
+    /// at the first event for that agent after the last desktop has gone (at most one per
+    /// agent, 256 slots each).
     agents_tx: HashMap<i64, broadcast::Sender<Arc<Event>>>,
 }
 
@@ -201,9 +202,7 @@ impl EventBus for LocalBus {
     }
 
     fn snapshot(&self, viewer: Viewer) -> Vec<Arc<Event>> {
-        let Ok(live) = self.live.lock() else {
-            return Vec::new();
-        };
+        let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
         let mut agents: Vec<&Arc<Event>> =
             live.agents.values().filter(|e| viewer.may_see(e)).collect();
         agents.sort_by_key(|e| e.agent);

@@ -422,18 +422,21 @@ impl Store {
         order: &str,
         ids: &[i64],
     ) -> Result<Vec<AnyRow>, StoreError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
+        // In chunks: a number many customers share must not pass a database's limit on
+        // parameters (SQLite's is 32,766), and few statements of different lengths are cached.
+        let mut rows = Vec::new();
+        for chunk in ids.chunks(500) {
+            let sql = format!(
+                "{select} WHERE customer_id IN ({}) ORDER BY customer_id, {order}",
+                placeholders(chunk.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            rows.extend(q.fetch_all(&self.pool).await?);
         }
-        let sql = format!(
-            "{select} WHERE customer_id IN ({}) ORDER BY customer_id, {order}",
-            placeholders(ids.len())
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql));
-        for id in ids {
-            q = q.bind(*id);
-        }
-        Ok(q.fetch_all(&self.pool).await?)
+        Ok(rows)
     }
 }
 

@@ -751,6 +751,28 @@ pub struct Server {
     cmdline: String,
 }
 
+/// What `screenpop serve` is given in `env`: its SIP address, recordings folder, profile, RTP
+/// ports and HTTP address, then `extra`.
+pub fn serve_args(env: &Env, extra: &[&str]) -> Vec<String> {
+    let (lo, hi) = env.ports.rtp_range();
+    let args: Vec<String> = vec![
+        "serve".into(),
+        "--sip".into(),
+        env.server_addr().to_string(),
+        "--recordings".into(),
+        env.recordings.display().to_string(),
+        "--profile".into(),
+        env.profile.display().to_string(),
+        "--rtp-ports".into(),
+        format!("{lo}-{hi}"),
+        "--http".into(),
+        format!("127.0.0.1:{}", env.ports.http()),
+    ];
+    args.into_iter()
+        .chain(extra.iter().map(|a| a.to_string()))
+        .collect()
+}
+
 impl Server {
     fn start(env: &Env, log: PathBuf) -> Server {
         Server::start_with(env, log, &[])
@@ -762,25 +784,7 @@ impl Server {
 
     fn start_full(env: &Env, log: PathBuf, extra: &[&str], vars: &[(&str, &str)]) -> Server {
         let bin = server_binary();
-        let (lo, hi) = env.ports.rtp_range();
-        let args: Vec<String> = vec![
-            "serve".into(),
-            "--sip".into(),
-            env.server_addr().to_string(),
-            "--recordings".into(),
-            env.recordings.display().to_string(),
-            "--profile".into(),
-            env.profile.display().to_string(),
-            "--rtp-ports".into(),
-            format!("{lo}-{hi}"),
-            "--http".into(),
-            format!("127.0.0.1:{}", env.ports.http()),
-        ];
-        let args = args
-            .into_iter()
-            .chain(extra.iter().map(|a| a.to_string()))
-            .collect();
-        Server::launch(env, log, &bin, args, &env.dir, vars)
+        Server::launch(env, log, &bin, serve_args(env, extra), &env.dir, vars)
     }
 
     /// Starts `bin` with exactly `args` from the folder `cwd` (e.g. an installed binary in an

@@ -338,6 +338,14 @@ impl Call {
         for (peer, bytes) in sends {
             self.send(peer, bytes);
         }
+        // A leg that lingered its time out may still owe an ACK to a repeated refusal.
+        for leg in self.consults_done.iter().filter(|l| l.is_done(now)) {
+            self.consult_remains.extend(leg.remains());
+        }
+        self.consult_remains.retain(|(r, _)| match r {
+            Remains::Reack { until, .. } | Remains::Replay { until, .. } => now < *until,
+            Remains::Nothing => false,
+        });
         self.consults_done.retain(|l| !l.is_done(now));
     }
 
