@@ -151,7 +151,8 @@ fn main() {
     std::fs::create_dir_all(&work).expect("work dir");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
 
-    // The store.
+    // The store. A PostgreSQL run has a schema of its own, dropped at the end.
+    let mut schema_of_run: Option<(String, String)> = None;
     let url = match kind.as_str() {
         "postgres" => {
             let base = std::env::var("SCREENPOP_TEST_POSTGRES")
@@ -172,7 +173,9 @@ fn main() {
                     .await
                     .expect("create schema");
             });
-            format!("{base}?options=-c%20search_path%3D{schema}")
+            let url = format!("{base}?options=-c%20search_path%3D{schema}");
+            schema_of_run = Some((base, schema));
+            url
         }
         _ => format!("sqlite://{}", work.join("pop.db").display()),
     };
@@ -523,6 +526,24 @@ fn main() {
         "work_dir": work.display().to_string(),
     });
     println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+    // Its 50,000 customers and its calls would stay in the test database run after run.
+    if let Some((base, schema)) = schema_of_run {
+        rt.block_on(async {
+            let dropped = match screenpop::store::Store::connect(&base).await {
+                Ok(admin) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP SCHEMA IF EXISTS {schema} CASCADE"
+                )))
+                .execute(admin.pool())
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = dropped {
+                eprintln!("schema {schema} not dropped: {e}");
+            }
+        });
+    }
 }
 
 /// The `key=` microseconds of the server's log lines saying `what`, in ms, sorted.
