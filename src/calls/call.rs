@@ -3734,12 +3734,17 @@ mod tests {
 
     /// The first INVITE among what was sent (the agent leg's, or a re-INVITE).
     fn agent_invite(sent: &[(Peer, Message)]) -> Request {
+        request_in(sent, Method::Invite)
+    }
+
+    /// The first `method` request among what was sent.
+    fn request_in(sent: &[(Peer, Message)], method: Method) -> Request {
         sent.iter()
             .find_map(|(_, m)| match m {
-                Message::Request(r) if r.method == Method::Invite => Some(r.clone()),
+                Message::Request(r) if r.method == method => Some(r.clone()),
                 _ => None,
             })
-            .expect("an INVITE")
+            .unwrap_or_else(|| panic!("a {method} among {} sent", sent.len()))
     }
 
     /// A call in the ACD whose agent's phone has just been sent its INVITE.
@@ -3773,16 +3778,6 @@ mod tests {
         c.handle_message(t0 + Duration::from_secs(2), answer(&inv), peer(PHONE));
         drain(&mut c);
         (c, t0, inv)
-    }
-
-    /// The CANCEL among what was sent.
-    fn cancel_in(sent: &[(Peer, Message)]) -> Request {
-        sent.iter()
-            .find_map(|(_, m)| match m {
-                Message::Request(r) if r.method == Method::Cancel => Some(r.clone()),
-                _ => None,
-            })
-            .expect("a CANCEL to the phone")
     }
 
     fn has(said: &[String], what: &str) -> bool {
@@ -4252,7 +4247,7 @@ mod tests {
         drain(&mut c);
         c.handle_message(t0, trunk("CANCEL", 1, "z9hG4bKinv1", None), peer(TRUNK));
         let (_, sent) = drain(&mut c);
-        let cancel = cancel_in(&sent);
+        let cancel = request_in(&sent, Method::Cancel);
         c.handle_message(
             t0,
             Message::Response(cancel.response(200, Some("ptag"))),
@@ -5293,7 +5288,7 @@ mod tests {
         drain(&mut c);
         c.handle_message(t0, trunk("CANCEL", 1, "z9hG4bKinv1", None), peer(TRUNK));
         let (_, sent) = drain(&mut c);
-        let cancel = cancel_in(&sent);
+        let cancel = request_in(&sent, Method::Cancel);
         assert_eq!(cancel.cseq().map(|c| c.seq), again.cseq().map(|c| c.seq));
         assert_eq!(
             cancel.headers.get(&HeaderName::Via),
