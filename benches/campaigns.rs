@@ -25,6 +25,8 @@
 
 #[path = "../tests/common/greeting.rs"]
 mod greeting;
+#[path = "../tests/common/pg_schema.rs"]
+mod pg_schema;
 #[path = "common/seed.rs"]
 mod seed;
 #[path = "../tests/common/smsc.rs"]
@@ -116,21 +118,15 @@ fn main() {
     std::fs::create_dir_all(&work).expect("work dir");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
 
+    // A PostgreSQL run has a schema of its own, dropped at the end.
+    let mut schema_of_run: Option<(String, String)> = None;
     let url = match kind.as_str() {
         "postgres" => {
             let base = std::env::var("SCREENPOP_TEST_POSTGRES")
                 .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-            let schema = format!("camp_bench_{}", std::process::id());
-            rt.block_on(async {
-                let admin = screenpop::store::Store::connect(&base)
-                    .await
-                    .expect("postgres");
-                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-                    .execute(admin.pool())
-                    .await
-                    .expect("create schema");
-            });
-            format!("{base}?options=-c%20search_path%3D{schema}")
+            let (url, schema) = rt.block_on(pg_schema::create(&base, "camp_bench"));
+            schema_of_run = Some((base, schema));
+            url
         }
         _ => format!("sqlite://{}", work.join("camp.db").display()),
     };
@@ -433,6 +429,9 @@ fn main() {
     assert!(peak as u64 >= calls, "not all at once: {voice}");
     assert!(sample.iter().all(|r| *r > 0.9), "greeting audio: {voice}");
     drop(server);
+    if let Some((base, schema)) = schema_of_run {
+        rt.block_on(pg_schema::drop(&base, &schema));
+    }
     if std::env::var_os("CAMP_KEEP").is_none() {
         let _ = std::fs::remove_dir_all(&work);
     } else {

@@ -35,6 +35,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 
+#[path = "../tests/common/pg_schema.rs"]
+mod pg_schema;
 #[path = "common/seed.rs"]
 mod seed;
 #[path = "../tests/common/sipp_log.rs"]
@@ -157,23 +159,7 @@ fn main() {
         "postgres" => {
             let base = std::env::var("SCREENPOP_TEST_POSTGRES")
                 .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-            let schema = format!("pop_bench_{}", std::process::id());
-            rt.block_on(async {
-                let admin = screenpop::store::Store::connect(&base)
-                    .await
-                    .expect("postgres");
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP SCHEMA IF EXISTS {schema} CASCADE"
-                )))
-                .execute(admin.pool())
-                .await
-                .expect("drop schema");
-                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-                    .execute(admin.pool())
-                    .await
-                    .expect("create schema");
-            });
-            let url = format!("{base}?options=-c%20search_path%3D{schema}");
+            let (url, schema) = rt.block_on(pg_schema::create(&base, "pop_bench"));
             schema_of_run = Some((base, schema));
             url
         }
@@ -528,21 +514,7 @@ fn main() {
     println!("{}", serde_json::to_string_pretty(&report).expect("json"));
     // Its 50,000 customers and its calls would stay in the test database run after run.
     if let Some((base, schema)) = schema_of_run {
-        rt.block_on(async {
-            let dropped = match screenpop::store::Store::connect(&base).await {
-                Ok(admin) => sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP SCHEMA IF EXISTS {schema} CASCADE"
-                )))
-                .execute(admin.pool())
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            if let Err(e) = dropped {
-                eprintln!("schema {schema} not dropped: {e}");
-            }
-        });
+        rt.block_on(pg_schema::drop(&base, &schema));
     }
 }
 

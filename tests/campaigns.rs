@@ -4,6 +4,8 @@
 //! `uac_sms_reply.xml`) opts them out.
 
 mod common;
+#[path = "common/pg_schema.rs"]
+mod pg_schema;
 
 use std::time::{Duration, Instant};
 
@@ -23,25 +25,10 @@ fn pg_url() -> String {
     })
 }
 
-/// A fresh schema on the test PostgreSQL, as a database URL whose search_path is that schema.
-fn postgres_database(tag: &str) -> String {
-    let schema = format!(
-        "sp_{tag}_{}_{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    );
+/// A fresh schema on the test PostgreSQL: the URL whose search_path is that schema, and its name.
+fn postgres_database(tag: &str) -> (String, String) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(async {
-        let admin = screenpop::store::Store::connect(&pg_url())
-            .await
-            .unwrap_or_else(|e| panic!("PostgreSQL at {} is required: {e}", pg_url()));
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-            .execute(admin.pool())
-            .await
-            .expect("create schema");
-    });
-    let sep = if pg_url().contains('?') { '&' } else { '?' };
-    format!("{}{sep}options=-c%20search_path%3D{schema}", pg_url())
+    rt.block_on(pg_schema::create(&pg_url(), tag))
 }
 
 /// Today in the campaigns' zone, as `YYYY-MM-DD`, and another day that is not today.
@@ -521,7 +508,10 @@ fn sms_campaigns_by_sip_message_on_sqlite() {
 
 #[test]
 fn sms_campaigns_by_sip_message_on_postgres() {
-    sms_campaigns("campaigns_pg", Some(postgres_database("campaigns")));
+    let (url, schema) = postgres_database("campaigns");
+    sms_campaigns("campaigns_pg", Some(url));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(pg_schema::drop(&pg_url(), &schema));
 }
 
 /// SMS to an SMS center over SMPP (the test SMS center in `tests/common/smsc.rs`, on

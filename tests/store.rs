@@ -2,6 +2,9 @@
 //! machine (`SCREENPOP_TEST_POSTGRES`, default postgres://postgres@127.0.0.1:5432/test), each PostgreSQL
 //! run in a schema of its own. PostgreSQL being unreachable is a failure, not a skip.
 
+#[path = "common/pg_schema.rs"]
+mod pg_schema;
+
 use screenpop::phone::{normalize, region};
 use screenpop::store::customers::{CreatedVia, NewCustomer, NewPhone, Tier};
 use screenpop::store::{Store, StoreError};
@@ -21,27 +24,12 @@ async fn sqlite_store(tag: &str) -> Store {
     store
 }
 
-async fn postgres_store(tag: &str) -> Store {
-    let schema = format!(
-        "sp_{tag}_{}_{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    );
-    let admin = Store::connect(&pg_url()).await.unwrap_or_else(|e| {
-        panic!(
-            "PostgreSQL at {} is required for the store tests: {e}",
-            pg_url()
-        )
-    });
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(admin.pool())
-        .await
-        .expect("create schema");
-    let sep = if pg_url().contains('?') { '&' } else { '?' };
-    let url = format!("{}{sep}options=-c%20search_path%3D{schema}", pg_url());
+/// A store in a new schema of the test PostgreSQL, and that schema's name.
+async fn postgres_store(tag: &str) -> (Store, String) {
+    let (url, schema) = pg_schema::create(&pg_url(), tag).await;
     let store = Store::connect(&url).await.expect("postgres store");
     store.migrate().await.expect("postgres migrations");
-    store
+    (store, schema)
 }
 
 /// Runs a test body against both databases.
@@ -56,8 +44,9 @@ macro_rules! on_both {
             }
             #[tokio::test]
             async fn postgres() {
-                let store = postgres_store(stringify!($name)).await;
+                let (store, schema) = postgres_store(stringify!($name)).await;
                 ($body)(store).await;
+                pg_schema::drop(&pg_url(), &schema).await;
             }
         }
     };
