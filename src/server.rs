@@ -203,6 +203,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     });
     // Password guessing on SIP digest: shared with the admin API, which lists and lifts blocks.
     let guard = Arc::new(crate::guard::SharedGuard::new(profile.guard));
+    let mut webhooks = None;
     if let Some(addr) = cfg.http {
         let mut state = crate::web::AppState::new(
             store.clone(),
@@ -220,6 +221,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         state.flood = flood.clone();
         state.limits = profile.limits;
         state.in_flight = in_flight.clone();
+        webhooks = Some(state.webhooks.clone());
         let http = crate::web::spawn(addr, state).await?;
         first_run_hint(&store, http).await;
     }
@@ -358,6 +360,15 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             calls = left,
             "exiting with calls not yet written (they were hung up)"
         );
+    }
+    // The last calls' events (call.ended above all) are recorded for their webhooks before the
+    // process goes: the restart sends them.
+    if let Some(w) = webhooks {
+        if !w.flush(std::time::Duration::from_secs(5)).await {
+            warn!(
+                "webhook events of the last moments not recorded: the store did not answer in 5 s"
+            );
+        }
     }
     crate::notify::notify("STATUS=stopped");
     Ok(())

@@ -16,13 +16,24 @@ use common::{check_call_recording, CallExpect, Env, Sipp};
 
 const T: Duration = Duration::from_secs(20);
 
-/// A server with `drain_secs`, an admin, an answering agent and a trunk call that waits for
-/// the server's BYE; returns once the call is answered (its recording has begun).
+/// A server with `drain_secs`, an admin, a webhook for `call.ended` whose receiver is down,
+/// an answering agent and a trunk call that waits for the server's BYE; returns once the call
+/// is answered (its recording has begun).
 fn call_in_progress(name: &str, drain_secs: u64) -> Option<(Env, common::Server, Sipp, Sipp)> {
     let env = Env::with_sipp(name)?;
     env.write_profile_with(&format!("drain_secs = {drain_secs}"));
     env.admin_create("admin", "admin-pass-1");
     let server = env.start_server();
+    let admin = Api::login(&env.http_base(), "admin", "admin-pass-1");
+    let down = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/hook", down.local_addr().expect("addr"));
+    drop(down);
+    let (status, hook) = admin.req(
+        "POST",
+        "/api/webhooks",
+        Some(&serde_json::json!({"url": url, "events": ["call.ended"], "secret": "shutdown-secret-0123456789"})),
+    );
+    assert_eq!(status, 201, "{hook}");
     let agent = env.agent("uas_answer.xml", &[]);
     let trunk = env.trunk("uac_agent_bye.xml", &[]);
     let answered = common::poll(T, || {
@@ -38,7 +49,8 @@ fn call_in_progress(name: &str, drain_secs: u64) -> Option<(Env, common::Server,
 }
 
 /// After the exit: the one recording is whole and checked by content, and a restarted server
-/// finds the contact log finished (nothing for it to repair).
+/// finds the contact log finished (nothing for it to repair) and the call's `call.ended` kept
+/// for the webhook (recorded before the exit, to be sent once its receiver is up).
 fn nothing_lost(env: &Env, trunk: &Sipp) {
     let recs = env.wait_for_recordings(1, T);
     let talk = trunk.talk_time().expect("the trunk's talk time");
@@ -53,6 +65,23 @@ fn nothing_lost(env: &Env, trunk: &Sipp) {
     assert_eq!(items[0]["disposition"], "answered", "{calls}");
     assert!(items[0]["ended_at"].is_i64(), "{calls}");
     assert!(items[0]["recording_id"].is_i64(), "{calls}");
+    let hooks = admin.ok("GET", "/api/webhooks", None);
+    let hook = hooks["items"][0]["id"].as_i64().expect("the webhook");
+    let deliveries = admin.ok("GET", &format!("/api/webhooks/{hook}/deliveries"), None);
+    let ended: Vec<&serde_json::Value> = deliveries["items"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|d| d["event_type"] == "call.ended")
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        ended.len(),
+        1,
+        "the call's end for the webhook: {deliveries}"
+    );
+    assert_eq!(ended[0]["status"], "pending", "{deliveries}");
     let log = again.log_text();
     assert!(
         !log.contains("after a crash"),

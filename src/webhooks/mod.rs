@@ -33,8 +33,8 @@ use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::events::{Event, EventBus, Payload};
@@ -314,6 +314,7 @@ impl Shared {
 #[derive(Clone)]
 pub struct Webhooks {
     shared: Arc<Shared>,
+    flushes: mpsc::UnboundedSender<oneshot::Sender<()>>,
 }
 
 impl Webhooks {
@@ -347,14 +348,26 @@ impl Webhooks {
         // missed.
         let rx = bus.subscribe(crate::events::Viewer::EVERYTHING);
         let (tx, events) = mpsc::channel(shared.settings.queue.max(1));
-        tokio::spawn(forward(shared.clone(), rx, tx));
+        let (flushes, flush_rx) = mpsc::unbounded_channel();
+        tokio::spawn(forward(shared.clone(), rx, flush_rx, tx));
         let s = shared.clone();
         tokio::spawn(async move {
             load(&s).await;
             tokio::spawn(write(s.clone(), events));
             send(s).await;
         });
-        Webhooks { shared }
+        Webhooks { shared, flushes }
+    }
+
+    /// Waits until every event published before the call is recorded as deliveries (or
+    /// `within` has passed; false then). The process calls it before exiting, so the events of
+    /// the calls a shutdown ended are sent after the restart instead of lost with the process.
+    pub async fn flush(&self, within: Duration) -> bool {
+        let (ack, done) = oneshot::channel();
+        if self.flushes.send(ack).is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(within, done).await, Ok(Ok(())))
     }
 
     /// Checks and records a webhook; it receives events published from now on.
@@ -437,28 +450,58 @@ async fn load(shared: &Shared) {
     }
 }
 
+/// What goes from the bus reader to the writer.
+enum Item {
+    Event(Arc<Event>),
+    /// Answered once every event before it is recorded: [`Webhooks::flush`].
+    Flushed(oneshot::Sender<()>),
+}
+
 /// Reads the bus and passes on what a webhook wants; waits (never the publisher) when the
-/// writer is behind.
+/// writer is behind. A flush takes what the bus holds for this reader now, then puts its marker
+/// behind it.
 async fn forward(
     shared: Arc<Shared>,
     mut rx: tokio::sync::broadcast::Receiver<Arc<Event>>,
-    tx: mpsc::Sender<Arc<Event>>,
+    mut flushes: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
+    tx: mpsc::Sender<Item>,
 ) {
+    let lagged = |n: u64| {
+        metrics::counter!("screenpop_webhook_events_lagged_total").increment(n);
+        warn!(
+            lost = n,
+            "webhooks fell behind the event bus: events lost for webhooks"
+        );
+    };
     loop {
-        match rx.recv().await {
-            Ok(e) => {
-                if shared.wanted(e.kind) && tx.send(e).await.is_err() {
-                    break;
+        let item = tokio::select! {
+            biased;
+            Some(ack) = flushes.recv() => {
+                loop {
+                    match rx.try_recv() {
+                        Ok(e) => {
+                            if shared.wanted(e.kind) && tx.send(Item::Event(e)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(TryRecvError::Lagged(n)) => lagged(n),
+                        Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                    }
                 }
+                Item::Flushed(ack)
             }
-            Err(RecvError::Lagged(n)) => {
-                metrics::counter!("screenpop_webhook_events_lagged_total").increment(n);
-                warn!(
-                    lost = n,
-                    "webhooks fell behind the event bus: events lost for webhooks"
-                );
-            }
-            Err(RecvError::Closed) => break,
+            r = rx.recv() => match r {
+                Ok(e) if shared.wanted(e.kind) => Item::Event(e),
+                Ok(_) => continue,
+                Err(RecvError::Lagged(n)) => {
+                    lagged(n);
+                    continue;
+                }
+                Err(RecvError::Closed) => break,
+            },
+        };
+        if tx.send(item).await.is_err() {
+            break;
         }
     }
 }
@@ -467,10 +510,19 @@ async fn forward(
 const BATCH: usize = 256;
 
 /// Records the forwarded events as deliveries, in batches; a store failure is retried with the
-/// batch kept (meanwhile the channel fills and the bus reader falls behind, counted).
-async fn write(shared: Arc<Shared>, mut events: mpsc::Receiver<Arc<Event>>) {
+/// batch kept (meanwhile the channel fills and the bus reader falls behind, counted). Flush
+/// markers in a batch are answered once it is recorded.
+async fn write(shared: Arc<Shared>, mut items: mpsc::Receiver<Item>) {
+    let mut received: Vec<Item> = Vec::with_capacity(BATCH);
     let mut batch: Vec<Arc<Event>> = Vec::with_capacity(BATCH);
-    while events.recv_many(&mut batch, BATCH).await > 0 {
+    let mut flushed: Vec<oneshot::Sender<()>> = Vec::new();
+    while items.recv_many(&mut received, BATCH).await > 0 {
+        for item in received.drain(..) {
+            match item {
+                Item::Event(e) => batch.push(e),
+                Item::Flushed(ack) => flushed.push(ack),
+            }
+        }
         let hooks = shared.hooks();
         let subjects: Vec<String> = batch.iter().map(|e| subject(e)).collect();
         let items: Vec<NewDelivery<'_>> = batch
@@ -515,6 +567,9 @@ async fn write(shared: Arc<Shared>, mut events: mpsc::Receiver<Arc<Event>>) {
             shared.wake.notify_one();
         }
         batch.clear();
+        for ack in flushed.drain(..) {
+            let _ = ack.send(());
+        }
     }
 }
 
@@ -1019,5 +1074,51 @@ mod tests {
             "{health:?}"
         );
         assert!(health.last_success_at.is_some());
+    }
+
+    /// What a shutdown relies on: once `flush` returns, every event published before it is in
+    /// the store as a delivery (here nobody listens at the URL, so they stay pending), and
+    /// those of types the webhook did not choose are not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn flush_returns_once_every_event_before_it_is_recorded() {
+        let store = temp_store("flush").await;
+        let bus: Arc<dyn EventBus> = Arc::new(LocalBus::new(4096));
+        let hooks = Webhooks::spawn_with(store.clone(), bus.clone(), quick());
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}/hook", closed.local_addr().expect("addr"));
+        drop(closed);
+        let hook = hooks
+            .create(
+                &url,
+                &["call.ended".to_string()],
+                "flush-secret-0123456789",
+                "test",
+            )
+            .await
+            .expect("webhook");
+        const CALLS: usize = 600;
+        for i in 0..CALLS {
+            let call = format!("flush-{i}");
+            bus.publish(Event::new(sample::queued(
+                &call,
+                1,
+                "2026-12-01T10:00:00.000Z",
+            )));
+            bus.publish(Event::new(sample::ended(&call, Some(1))));
+        }
+        assert!(
+            hooks.flush(Duration::from_secs(10)).await,
+            "flush timed out"
+        );
+        let health = store.webhook_health(hook.id).await.expect("health");
+        assert_eq!(
+            health.pending + health.delivered + health.failed,
+            CALLS as i64,
+            "{health:?}"
+        );
+        // Nothing more comes after the flush: it waited for all of them.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let later = store.webhook_health(hook.id).await.expect("health");
+        assert_eq!(later.pending, CALLS as i64, "{later:?}");
     }
 }
