@@ -122,8 +122,7 @@ fn main() {
     let mut schema_of_run: Option<(String, String)> = None;
     let url = match kind.as_str() {
         "postgres" => {
-            let base = std::env::var("SCREENPOP_TEST_POSTGRES")
-                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+            let base = pg_schema::base_url();
             let (url, schema) = rt.block_on(pg_schema::create(&base, "camp_bench"));
             schema_of_run = Some((base, schema));
             url
@@ -430,7 +429,9 @@ fn main() {
     assert!(sample.iter().all(|r| *r > 0.9), "greeting audio: {voice}");
     drop(server);
     if let Some((base, schema)) = schema_of_run {
-        rt.block_on(pg_schema::drop(&base, &schema));
+        if let Err(e) = rt.block_on(pg_schema::drop(&base, &schema)) {
+            eprintln!("{e}");
+        }
     }
     if std::env::var_os("CAMP_KEEP").is_none() {
         let _ = std::fs::remove_dir_all(&work);

@@ -157,8 +157,7 @@ fn main() {
     let mut schema_of_run: Option<(String, String)> = None;
     let url = match kind.as_str() {
         "postgres" => {
-            let base = std::env::var("SCREENPOP_TEST_POSTGRES")
-                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+            let base = pg_schema::base_url();
             let (url, schema) = rt.block_on(pg_schema::create(&base, "pop_bench"));
             schema_of_run = Some((base, schema));
             url
@@ -514,7 +513,9 @@ fn main() {
     println!("{}", serde_json::to_string_pretty(&report).expect("json"));
     // Its 50,000 customers and its calls would stay in the test database run after run.
     if let Some((base, schema)) = schema_of_run {
-        rt.block_on(pg_schema::drop(&base, &schema));
+        if let Err(e) = rt.block_on(pg_schema::drop(&base, &schema)) {
+            eprintln!("{e}");
+        }
     }
 }
 

@@ -293,6 +293,8 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let mut drain_tick = tokio::time::interval(std::time::Duration::from_millis(100));
     // Idle until a signal: the ticks missed meanwhile are not made up.
     drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // Set when a signal said to exit at once.
+    let mut at_once = false;
     crate::crm::caller::warm_up(&d.env.store, d.env.plan).await;
     serving(&d.env, local, cfg.http.is_some());
     crate::notify::notify("READY=1\nSTATUS=serving");
@@ -330,9 +332,11 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                 None => info!("SIGHUP: nothing to reload (no [tls] in the profile)"),
             },
             _ = term.recv() => if d.stop_signal(&mut drain, "SIGTERM") {
+                at_once = true;
                 break;
             },
             _ = interrupt.recv() => if d.stop_signal(&mut drain, "SIGINT") {
+                at_once = true;
                 break;
             },
             _ = drain_tick.tick(), if drain.refusing() => {
@@ -361,13 +365,17 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             "exiting with calls not yet written (they were hung up)"
         );
     }
-    // The last calls' events (call.ended above all) are recorded for their webhooks before the
-    // process goes: the restart sends them.
-    if let Some(w) = webhooks {
-        if !w.flush(std::time::Duration::from_secs(5)).await {
-            warn!(
-                "webhook events of the last moments not recorded: the store did not answer in 5 s"
-            );
+    // The events of the calls written (call.ended above all) are recorded for their webhooks
+    // before the process goes: the restart sends them. Unless told to exit at once, which
+    // another signal meanwhile also says.
+    if let (Some(w), false) = (webhooks, at_once) {
+        let flushed = tokio::select! {
+            f = w.flush(std::time::Duration::from_secs(5)) => f,
+            _ = term.recv() => false,
+            _ = interrupt.recv() => false,
+        };
+        if !flushed {
+            warn!("webhook events of the last moments not confirmed recorded: they may be lost");
         }
     }
     crate::notify::notify("STATUS=stopped");

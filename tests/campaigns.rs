@@ -5,6 +5,7 @@
 
 mod common;
 #[path = "common/pg_schema.rs"]
+#[allow(dead_code)] // base_url: this test reaches PostgreSQL by its socket
 mod pg_schema;
 
 use std::time::{Duration, Instant};
@@ -511,7 +512,8 @@ fn sms_campaigns_by_sip_message_on_postgres() {
     let (url, schema) = postgres_database("campaigns");
     sms_campaigns("campaigns_pg", Some(url));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(pg_schema::drop(&pg_url(), &schema));
+    rt.block_on(pg_schema::drop(&pg_url(), &schema))
+        .expect("drop schema");
 }
 
 /// SMS to an SMS center over SMPP (the test SMS center in `tests/common/smsc.rs`, on

@@ -9,11 +9,6 @@ use screenpop::phone::{normalize, region};
 use screenpop::store::customers::{CreatedVia, NewCustomer, NewPhone, Tier};
 use screenpop::store::{Store, StoreError};
 
-fn pg_url() -> String {
-    std::env::var("SCREENPOP_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
-}
-
 async fn sqlite_store(tag: &str) -> Store {
     let dir = std::env::temp_dir().join(format!("screenpop-store-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -26,7 +21,7 @@ async fn sqlite_store(tag: &str) -> Store {
 
 /// A store in a new schema of the test PostgreSQL, and that schema's name.
 async fn postgres_store(tag: &str) -> (Store, String) {
-    let (url, schema) = pg_schema::create(&pg_url(), tag).await;
+    let (url, schema) = pg_schema::create(&pg_schema::base_url(), tag).await;
     let store = Store::connect(&url).await.expect("postgres store");
     store.migrate().await.expect("postgres migrations");
     (store, schema)
@@ -46,7 +41,9 @@ macro_rules! on_both {
             async fn postgres() {
                 let (store, schema) = postgres_store(stringify!($name)).await;
                 ($body)(store).await;
-                pg_schema::drop(&pg_url(), &schema).await;
+                pg_schema::drop(&pg_schema::base_url(), &schema)
+                    .await
+                    .expect("drop schema");
             }
         }
     };

@@ -359,9 +359,11 @@ impl Webhooks {
         Webhooks { shared, flushes }
     }
 
-    /// Waits until every event published before the call is recorded as deliveries (or
-    /// `within` has passed; false then). The process calls it before exiting, so the events of
-    /// the calls a shutdown ended are sent after the restart instead of lost with the process.
+    /// Waits until the events published before the call are recorded as deliveries (false if
+    /// `within` passed first). Events the bus had already dropped for this reader (counted in
+    /// `screenpop_webhook_events_lagged_total`) are not among them. The process calls it before
+    /// exiting, so the events of the calls it has written are sent after the restart instead
+    /// of lost with the process.
     pub async fn flush(&self, within: Duration) -> bool {
         let (ack, done) = oneshot::channel();
         if self.flushes.send(ack).is_err() {
@@ -458,8 +460,8 @@ enum Item {
 }
 
 /// Reads the bus and passes on what a webhook wants; waits (never the publisher) when the
-/// writer is behind. A flush takes what the bus holds for this reader now, then puts its marker
-/// behind it.
+/// writer is behind. A flush takes the events the bus holds for this reader when it arrives
+/// (no more, so a busy bus cannot keep it waiting), then puts its marker behind them.
 async fn forward(
     shared: Arc<Shared>,
     mut rx: tokio::sync::broadcast::Receiver<Arc<Event>>,
@@ -477,14 +479,19 @@ async fn forward(
         let item = tokio::select! {
             biased;
             Some(ack) = flushes.recv() => {
-                loop {
+                let mut left = rx.len();
+                while left > 0 {
+                    left -= 1;
                     match rx.try_recv() {
                         Ok(e) => {
                             if shared.wanted(e.kind) && tx.send(Item::Event(e)).await.is_err() {
                                 return;
                             }
                         }
-                        Err(TryRecvError::Lagged(n)) => lagged(n),
+                        Err(TryRecvError::Lagged(n)) => {
+                            lagged(n);
+                            left = rx.len();
+                        }
                         Err(TryRecvError::Empty | TryRecvError::Closed) => break,
                     }
                 }

@@ -1,10 +1,16 @@
 //! A schema of its own on the test PostgreSQL for each test that needs one, so concurrent tests
 //! and earlier runs on the same server never meet.
 
-use screenpop::store::Store;
+use sqlx::Connection;
 
 /// PostgreSQL cuts identifiers at 63 bytes (NAMEDATALEN - 1).
 const MAX_IDENT: usize = 63;
+
+/// The test PostgreSQL over TCP: `SCREENPOP_TEST_POSTGRES`, else this machine's `test` database.
+pub fn base_url() -> String {
+    std::env::var("SCREENPOP_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
 
 /// A schema's name that no other run will choose: the random and process parts come first because
 /// PostgreSQL cuts longer names silently. With the test's name first, a long name lost its unique
@@ -29,14 +35,23 @@ pub fn unique_name(tag: &str) -> String {
     name
 }
 
+/// Runs one statement on its own connection (a store's pool would open several for it).
+async fn execute(base_url: &str, sql: String) -> Result<(), String> {
+    let mut conn = sqlx::PgConnection::connect(base_url)
+        .await
+        .map_err(|e| format!("PostgreSQL at {base_url} is required: {e}"))?;
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
 /// A new schema on the server at `base_url`, and the URL whose search_path is that schema.
 pub async fn create(base_url: &str, tag: &str) -> (String, String) {
     let schema = unique_name(tag);
-    let admin = Store::connect(base_url)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {base_url} is required: {e}"));
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(admin.pool())
+    execute(base_url, format!("CREATE SCHEMA \"{schema}\""))
         .await
         .unwrap_or_else(|e| panic!("create schema {schema}: {e}"));
     let sep = if base_url.contains('?') { '&' } else { '?' };
@@ -44,18 +59,22 @@ pub async fn create(base_url: &str, tag: &str) -> (String, String) {
     (url, schema)
 }
 
-/// Drops a schema `create` made, with everything in it. Called when a test passed; a failed one's
-/// schema stays for a look.
-pub async fn drop(base_url: &str, schema: &str) {
-    let admin = Store::connect(base_url)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {base_url} is required: {e}"));
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP SCHEMA IF EXISTS {schema} CASCADE"
-    )))
-    .execute(admin.pool())
+/// Drops a schema `create` made, with everything in it. Called when a test passed (a failed
+/// one's schema stays for a look) and at the end of a bench.
+pub async fn drop(base_url: &str, schema: &str) -> Result<(), String> {
+    if !schema.starts_with("sp_")
+        || !schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err(format!("{schema:?} is not a name create made"));
+    }
+    execute(
+        base_url,
+        format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"),
+    )
     .await
-    .unwrap_or_else(|e| panic!("drop schema {schema}: {e}"));
+    .map_err(|e| format!("drop schema {schema}: {e}"))
 }
 
 #[test]
