@@ -260,6 +260,166 @@ on_both!(caller_matching, |store: Store| async move {
     );
 });
 
+on_both!(
+    caller_card_is_the_match_and_the_best_guess_history,
+    |store: Store| async move {
+        use screenpop::store::work_orders::*;
+        let us = region("US").unwrap();
+        let mut first = customer("张伟", Tier::Vip, &["+1 415 555 2671", "(212) 555-0100"]);
+        first.tags = vec!["north".into(), "gold".into()];
+        first.notes = Some("says \"hi\"\n\\ then 'bye' 🎉".into());
+        let ann = store
+            .create_customer(&first, CreatedVia::Manual, us)
+            .await
+            .unwrap();
+        let new = |name: &'static str, tier: Tier, phone: &'static str| {
+            let store = store.clone();
+            async move {
+                let c = customer(name, tier, &[phone]);
+                store
+                    .create_customer(&c, CreatedVia::Manual, us)
+                    .await
+                    .unwrap()
+            }
+        };
+        let bob = new("Bob", Tier::Key, "415-555-2671").await;
+        let carol = new("Carol", Tier::Regular, "+1 303 555 0150").await;
+        let odd = new("Odd", Tier::Regular, "0 123456").await;
+        // Seven contacts for 张伟 (two at the same moment: the later id comes first), one older
+        // for Bob.
+        let contacts = [
+            (ann.id, 1_700_000_001_000i64, "first"),
+            (ann.id, 1_700_000_005_000, "fifth"),
+            (ann.id, 1_700_000_003_000, "third, \"quoted\""),
+            (ann.id, 1_700_000_007_000, "tie a"),
+            (ann.id, 1_700_000_007_000, "tie b"),
+            (ann.id, 1_700_000_002_000, "second"),
+            (ann.id, 1_700_000_006_000, "回电 sixth"),
+            (bob.id, 1_600_000_000_000, "bob's"),
+        ];
+        for (i, (who, at, notes)) in contacts.iter().enumerate() {
+            sqlx::query(
+            "INSERT INTO calls (sip_call_id, direction, caller_raw, caller_e164, dialed, \
+             customer_id, offered_at, created_by, notes, talk_secs, disposition) \
+             VALUES ($1, 'inbound', '4155552671', '+14155552671', '100', $2, $3, 'test', $4, $5, 'answered')",
+        )
+        .bind(format!("card-{i}"))
+        .bind(*who)
+        .bind(*at)
+        .bind(notes.to_string())
+        .bind(i as i64 * 7)
+        .execute(store.pool())
+        .await
+        .unwrap();
+        }
+        let order = |priority: i64, title: &str, customer: i64| NewWorkOrder {
+            kind: WorkOrderKind::Service,
+            priority,
+            title: title.to_string(),
+            description: Some("läuft; \"nicht\" ok".into()),
+            assignee_agent_id: None,
+            due_at: Some(1_700_100_000_000),
+            call_id: None,
+            customer_id: Some(customer),
+        };
+        // A work order for `customer`, moved on to `status`.
+        let add = |priority: i64, title: &'static str, customer: i64, status: WorkOrderStatus| {
+            let store = store.clone();
+            let w = order(priority, title, customer);
+            async move {
+                let w = store.create_work_order(&w, "t").await.unwrap();
+                if status == WorkOrderStatus::Open {
+                    return w;
+                }
+                let patch = WorkOrderPatch {
+                    status: Some(status),
+                    ..Default::default()
+                };
+                store.update_work_order(w.id, &patch, "t").await.unwrap()
+            }
+        };
+        let low = add(4, "low", ann.id, WorkOrderStatus::Open).await;
+        let urgent = add(1, "urgent", ann.id, WorkOrderStatus::Open).await;
+        add(1, "closed", ann.id, WorkOrderStatus::Closed).await;
+        add(4, "busy", ann.id, WorkOrderStatus::InProgress).await;
+        add(2, "bob's", bob.id, WorkOrderStatus::Open).await;
+
+        // What the card must be: the match, and the best guess's history read on its own.
+        let separately = |raw: &'static str| {
+            let store = store.clone();
+            async move {
+                let n = normalize(raw, us).unwrap();
+                let m = store.match_caller(&n).await.unwrap();
+                let history = match &m.customer {
+                    Some(c) => Some(store.customer_history(c.id, 5).await.unwrap()),
+                    None => None,
+                };
+                let card = store.caller_card(&n, 5).await.unwrap();
+                assert_eq!(card, (m, history), "{raw}");
+                card
+            }
+        };
+        // Two candidates on the number: 张伟, contacted last, is the best guess.
+        let (m, history) = separately("4155552671").await;
+        assert_eq!(m.candidates.len(), 2);
+        assert_eq!(m.customer.as_ref().map(|c| c.id), Some(ann.id));
+        let c = m.customer.unwrap();
+        assert_eq!(
+            (c.phones.clone(), c.tags.clone()),
+            (ann.phones.clone(), vec!["gold".to_string(), "north".into()])
+        );
+        assert_eq!(c.notes, first.notes);
+        let history = history.expect("the best guess's history");
+        let notes: Vec<_> = history
+            .recent_contacts
+            .iter()
+            .map(|l| l.notes.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            notes,
+            ["tie b", "tie a", "回电 sixth", "fifth", "third, \"quoted\""]
+        );
+        let titles: Vec<_> = history
+            .open_work_orders
+            .iter()
+            .map(|w| (w.title.as_str(), w.status))
+            .collect();
+        assert_eq!(
+            titles,
+            [
+                ("urgent", WorkOrderStatus::Open),
+                ("busy", WorkOrderStatus::InProgress),
+                ("low", WorkOrderStatus::Open),
+            ]
+        );
+        assert_eq!(history.open_work_orders[0], urgent);
+        assert_eq!(history.open_work_orders[2], low);
+        // One customer on the number; by the national digits; nobody.
+        let (m, history) = separately("(212) 555-0100").await;
+        assert_eq!(m.customer.map(|c| c.id), Some(ann.id));
+        assert_eq!(history.map(|h| h.recent_contacts.len()), Some(5));
+        let (m, history) = separately("3035550150").await;
+        assert_eq!(m.customer.map(|c| c.id), Some(carol.id));
+        assert_eq!(
+            history,
+            Some(Default::default()),
+            "never contacted: an empty history"
+        );
+        let (m, _) = separately("123456").await;
+        assert_eq!(m.customer.map(|c| c.id), Some(odd.id));
+        let (m, history) = separately("+1 303 555 0199").await;
+        assert!(m.candidates.is_empty() && m.customer.is_none() && history.is_none());
+        // Two candidates, neither contacted: no best guess, no history.
+        let dup = new("Carol's twin", Tier::Regular, "303-555-0150").await;
+        let (m, history) = separately("3035550150").await;
+        assert_eq!(
+            m.candidates.iter().map(|c| c.id).collect::<Vec<_>>(),
+            [carol.id, dup.id]
+        );
+        assert!(m.customer.is_none() && history.is_none());
+    }
+);
+
 on_both!(invalid_input_names_the_field, |store: Store| async move {
     let us = region("US").unwrap();
     let field = |e: StoreError| match e {

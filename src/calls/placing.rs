@@ -569,15 +569,15 @@ async fn place(
                 name: None,
                 withheld: false,
             };
-            let (found, history) = crate::crm::caller::match_or_create_then(
+            let (found, history) = crate::crm::caller::match_or_create_with_history(
                 store,
                 &as_caller,
                 env.plan,
                 false,
-                |customer| History::read(store, customer),
+                crate::calls::pop::RECENT_CONTACTS,
             )
             .await;
-            let card = PopCard::new(&found.matched, history);
+            let card = PopCard::new(&found.matched, history.map(History::from));
             (found.matched.customer, card)
         }
     };

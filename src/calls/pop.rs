@@ -14,6 +14,7 @@ use crate::events::payload::{CallOffered, CallQueued, CallerView};
 use crate::events::{Event, Payload};
 use crate::ids::{CallKey, ContactLogId};
 use crate::sip::caller_id::CallerId;
+use crate::store::card::CustomerHistory;
 use crate::store::customers::CallerMatch;
 use crate::store::Store;
 
@@ -53,25 +54,26 @@ impl Default for History {
     }
 }
 
+impl From<CustomerHistory> for History {
+    fn from(h: CustomerHistory) -> History {
+        History {
+            recent_contacts: serde_json::to_value(h.recent_contacts).unwrap_or(json!([])),
+            open_work_orders: serde_json::to_value(h.open_work_orders).unwrap_or(json!([])),
+        }
+    }
+}
+
 impl History {
-    /// Reads the customer's last contacts and open work orders side by side; a store failure
-    /// leaves a list empty (the pop still goes out).
+    /// Reads the customer's last contacts and open work orders; a store failure leaves the
+    /// lists empty (the pop still goes out).
     pub async fn read(store: &Store, customer: i64) -> History {
-        let (recent, open) = futures_util::future::join(
-            store.recent_contacts(customer, RECENT_CONTACTS),
-            store.open_work_orders(customer),
-        )
-        .await;
-        let mut h = History::default();
-        match recent {
-            Ok(v) => h.recent_contacts = serde_json::to_value(v).unwrap_or(json!([])),
-            Err(e) => warn!(error = %e, "recent contacts not read"),
+        match store.customer_history(customer, RECENT_CONTACTS).await {
+            Ok(h) => h.into(),
+            Err(e) => {
+                warn!(error = %e, "customer history not read");
+                History::default()
+            }
         }
-        match open {
-            Ok(v) => h.open_work_orders = serde_json::to_value(v).unwrap_or(json!([])),
-            Err(e) => warn!(error = %e, "open work orders not read"),
-        }
-        h
     }
 }
 

@@ -628,17 +628,17 @@ async fn lookup(env: &CallEnv, caller: &CallerId, mut offered: OfferedCall) -> C
     let store = &env.store;
     // The card shows the contacts before this one: it is read before this call's row exists,
     // beside the candidates' phones and tags.
-    let (found, history) = crate::crm::caller::match_or_create_then(
+    let (found, history) = crate::crm::caller::match_or_create_with_history(
         store,
         caller,
         env.plan,
         env.profile.create_customers_from_calls,
-        |customer| History::read(store, customer),
+        crate::calls::pop::RECENT_CONTACTS,
     )
     .await;
     let m = found.matched;
     let customer = m.customer.as_ref();
-    let card = PopCard::new(&m, history);
+    let card = PopCard::new(&m, history.map(History::from));
     offered.caller_e164 = found.e164.clone();
     offered.customer_id = customer.map(|c| c.id);
     let written = match store.reserve_call_id().await {

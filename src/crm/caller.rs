@@ -7,6 +7,7 @@ use tracing::{debug, info, warn};
 
 use crate::phone::{normalize, NumberPlan};
 use crate::sip::caller_id::CallerId;
+use crate::store::card::CustomerHistory;
 use crate::store::customers::{CallerMatch, CreatedVia, NewCustomer, NewPhone, Tier};
 use crate::store::Store;
 
@@ -32,10 +33,12 @@ pub struct Caller {
 pub async fn warm_up(store: &Store, plan: NumberPlan) {
     let started = std::time::Instant::now();
     if let Ok(n) = normalize("+14155550100", plan) {
-        let each = (0..store.pool().size().max(1)).map(|_| async {
-            store.match_caller(&n).await?;
-            store.recent_contacts(0, 1).await?;
-            store.open_work_orders(0).await
+        let recent = crate::calls::pop::RECENT_CONTACTS;
+        let n = &n;
+        let each = (0..store.pool().size().max(1)).map(|_| async move {
+            store.caller_card(n, recent).await?;
+            // On SQLite the history's statements, which an unmatched number does not reach.
+            store.customer_history(0, recent).await
         });
         if let Some(Err(e)) = futures_util::future::join_all(each)
             .await
@@ -59,24 +62,20 @@ pub async fn match_or_create(
     plan: NumberPlan,
     create: bool,
 ) -> Caller {
-    match_or_create_then(store, caller, plan, create, |_| async {})
+    match_or_create_with_history(store, caller, plan, create, 1)
         .await
         .0
 }
 
-/// [`match_or_create`], with `also` run on the matched customer beside the rest of the match
-/// ([`Store::match_caller_then`]): `None` when no existing customer is the best guess.
-pub async fn match_or_create_then<F, Fut, T>(
+/// [`match_or_create`], and the best guess's last `recent` contacts and open work orders read
+/// with the match ([`Store::caller_card`]): `None` when no existing customer is the best guess.
+pub async fn match_or_create_with_history(
     store: &Store,
     caller: &CallerId,
     plan: NumberPlan,
     create: bool,
-    also: F,
-) -> (Caller, Option<T>)
-where
-    F: FnOnce(i64) -> Fut,
-    Fut: std::future::Future<Output = T>,
-{
+    recent: i64,
+) -> (Caller, Option<CustomerHistory>) {
     let normalized = caller
         .number
         .as_deref()
@@ -89,7 +88,7 @@ where
         e164: n.e164.clone(),
         ..Caller::default()
     };
-    let extra = match store.match_caller_then(&n, also).await {
+    let extra = match store.caller_card(&n, recent).await {
         Ok((m, extra)) => {
             out.matched = m;
             extra

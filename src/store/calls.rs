@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use sqlx::Row;
 
+use super::columns::Columns;
 use super::{Store, StoreError};
 
 /// How many contact log ids a node takes from PostgreSQL's sequence at a time, and how few
@@ -437,38 +438,51 @@ pub struct Recording {
     pub archived_to: Option<String>,
 }
 
-const LOG_COLUMNS: &str = "id, sip_call_id, direction, caller_raw, caller_e164, dialed, \
+pub(super) const LOG_COLUMNS: &str =
+    "id, sip_call_id, direction, caller_raw, caller_e164, dialed, \
      customer_id, agent_id, queue_id, offered_at, answered_at, ended_at, wait_secs, talk_secs, \
      disposition, agent_disposition, recording_id, notes, created_by, campaign_id, channel, \
      result, survey_score, survey_offered_at, recording_status";
 
-fn log_of(r: &sqlx::any::AnyRow) -> Result<ContactLog, sqlx::Error> {
+/// The order of a customer's contacts on the pop: newest first.
+pub(super) const RECENT_ORDER: &str = "offered_at DESC, id DESC";
+
+/// A customer's latest contacts; `customer` and `limit` are SQL expressions (the screen-pop's
+/// one-statement read on PostgreSQL makes the same query inside its own).
+pub(super) fn recent_contacts_sql(customer: &str, limit: &str) -> String {
+    format!(
+        "SELECT {LOG_COLUMNS} FROM calls WHERE customer_id = {customer} \
+         ORDER BY {RECENT_ORDER} LIMIT {limit}"
+    )
+}
+
+pub(super) fn log_of(r: &impl Columns) -> Result<ContactLog, sqlx::Error> {
     Ok(ContactLog {
-        id: r.try_get("id")?,
-        sip_call_id: r.try_get("sip_call_id")?,
-        direction: r.try_get("direction")?,
-        caller_raw: r.try_get("caller_raw")?,
-        caller_e164: r.try_get("caller_e164")?,
-        dialed: r.try_get("dialed")?,
-        customer_id: r.try_get("customer_id")?,
-        agent_id: r.try_get("agent_id")?,
-        queue_id: r.try_get("queue_id")?,
-        offered_at: r.try_get("offered_at")?,
-        answered_at: r.try_get("answered_at")?,
-        ended_at: r.try_get("ended_at")?,
-        wait_secs: r.try_get("wait_secs")?,
-        talk_secs: r.try_get("talk_secs")?,
-        disposition: r.try_get("disposition")?,
-        agent_disposition: r.try_get("agent_disposition")?,
-        recording_id: r.try_get("recording_id")?,
-        notes: r.try_get("notes")?,
-        created_by: r.try_get("created_by")?,
-        campaign_id: r.try_get("campaign_id")?,
-        channel: r.try_get("channel")?,
-        result: r.try_get("result")?,
-        survey_score: r.try_get("survey_score")?,
-        survey_offered_at: r.try_get("survey_offered_at")?,
-        recording_status: r.try_get("recording_status")?,
+        id: r.col("id")?,
+        sip_call_id: r.col("sip_call_id")?,
+        direction: r.col("direction")?,
+        caller_raw: r.col("caller_raw")?,
+        caller_e164: r.col("caller_e164")?,
+        dialed: r.col("dialed")?,
+        customer_id: r.col("customer_id")?,
+        agent_id: r.col("agent_id")?,
+        queue_id: r.col("queue_id")?,
+        offered_at: r.col("offered_at")?,
+        answered_at: r.col("answered_at")?,
+        ended_at: r.col("ended_at")?,
+        wait_secs: r.col("wait_secs")?,
+        talk_secs: r.col("talk_secs")?,
+        disposition: r.col("disposition")?,
+        agent_disposition: r.col("agent_disposition")?,
+        recording_id: r.col("recording_id")?,
+        notes: r.col("notes")?,
+        created_by: r.col("created_by")?,
+        campaign_id: r.col("campaign_id")?,
+        channel: r.col("channel")?,
+        result: r.col("result")?,
+        survey_score: r.col("survey_score")?,
+        survey_offered_at: r.col("survey_offered_at")?,
+        recording_status: r.col("recording_status")?,
         agents: Vec::new(),
     })
 }
@@ -620,9 +634,9 @@ impl Store {
         customer: i64,
         limit: i64,
     ) -> Result<Vec<ContactLog>, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {LOG_COLUMNS} FROM calls WHERE customer_id = $1 ORDER BY offered_at DESC, id DESC LIMIT {}",
-            limit.clamp(1, 100)
+        let rows = sqlx::query(sqlx::AssertSqlSafe(recent_contacts_sql(
+            "$1",
+            &limit.clamp(1, 100).to_string(),
         )))
         .bind(customer)
         .fetch_all(&self.pool)

@@ -5,6 +5,7 @@
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
+use super::columns::Columns;
 use super::{now_ms, Store, StoreError};
 use crate::phone::{normalize, NormalizedPhone, NumberPlan};
 
@@ -222,34 +223,48 @@ fn check_date(field: &'static str, v: &Option<String>) -> Result<(), StoreError>
     Ok(())
 }
 
-const CUSTOMER_COLUMNS: &str = "id, code, name, company, tier, birthday, anniversary, address, \
+pub(super) const CUSTOMER_COLUMNS: &str = "id, code, name, company, tier, birthday, anniversary, address, \
      notes, assigned_agent_id, opt_out_sms, opt_out_voice, created_via, created_at, birthday_calendar";
 
-fn customer_of(row: &AnyRow) -> Result<Customer, sqlx::Error> {
-    let tier: String = row.try_get("tier")?;
-    let via: String = row.try_get("created_via")?;
+/// A candidate's last contact, which picks the best guess among several on one number.
+pub(super) const CANDIDATE_LAST_CONTACT: &str =
+    "(SELECT MAX(offered_at) FROM calls WHERE calls.customer_id = customers.id) AS last_contact";
+
+pub(super) fn customer_of(row: &impl Columns) -> Result<Customer, sqlx::Error> {
+    let tier: String = row.col("tier")?;
+    let via: String = row.col("created_via")?;
     Ok(Customer {
-        id: row.try_get("id")?,
-        code: row.try_get("code")?,
-        name: row.try_get("name")?,
-        company: row.try_get("company")?,
+        id: row.col("id")?,
+        code: row.col("code")?,
+        name: row.col("name")?,
+        company: row.col("company")?,
         tier: Tier::parse(&tier).unwrap_or(Tier::Regular),
-        birthday: row.try_get("birthday")?,
-        anniversary: row.try_get("anniversary")?,
-        address: row.try_get("address")?,
-        notes: row.try_get("notes")?,
-        assigned_agent_id: row.try_get("assigned_agent_id")?,
-        opt_out_sms: row.try_get::<i64, _>("opt_out_sms")? != 0,
-        opt_out_voice: row.try_get::<i64, _>("opt_out_voice")? != 0,
+        birthday: row.col("birthday")?,
+        anniversary: row.col("anniversary")?,
+        address: row.col("address")?,
+        notes: row.col("notes")?,
+        assigned_agent_id: row.col("assigned_agent_id")?,
+        opt_out_sms: row.col::<i64>("opt_out_sms")? != 0,
+        opt_out_voice: row.col::<i64>("opt_out_voice")? != 0,
         created_via: CreatedVia::parse(&via),
-        created_at: row.try_get("created_at")?,
-        birthday_calendar: if row.try_get::<String, _>("birthday_calendar")? == "lunar" {
+        created_at: row.col("created_at")?,
+        birthday_calendar: if row.col::<String>("birthday_calendar")? == "lunar" {
             BirthdayCalendar::Lunar
         } else {
             BirthdayCalendar::Gregorian
         },
         tags: Vec::new(),
         phones: Vec::new(),
+    })
+}
+
+/// A `customer_phones` row.
+pub(super) fn phone_of(r: &impl Columns) -> Result<Phone, sqlx::Error> {
+    Ok(Phone {
+        number: r.col("raw")?,
+        e164: r.col("e164")?,
+        national: r.col("national")?,
+        label: r.col("label")?,
     })
 }
 
@@ -307,9 +322,7 @@ impl Store {
     {
         let select = |key: &str| {
             format!(
-                "SELECT {CUSTOMER_COLUMNS}, \
-                 (SELECT MAX(offered_at) FROM calls WHERE calls.customer_id = customers.id) \
-                 AS last_contact \
+                "SELECT {CUSTOMER_COLUMNS}, {CANDIDATE_LAST_CONTACT} \
                  FROM customers WHERE id IN \
                  (SELECT customer_id FROM customer_phones WHERE {key} = $1) \
                  ORDER BY id"
@@ -388,12 +401,7 @@ impl Store {
         let select = "SELECT customer_id, raw, e164, national, label FROM customer_phones";
         for r in self.of_customers(select, "id", ids).await? {
             let id: i64 = r.try_get("customer_id")?;
-            out.entry(id).or_insert_with(Vec::new).push(Phone {
-                number: r.try_get("raw")?,
-                e164: r.try_get("e164")?,
-                national: r.try_get("national")?,
-                label: r.try_get("label")?,
-            });
+            out.entry(id).or_insert_with(Vec::new).push(phone_of(&r)?);
         }
         Ok(out)
     }

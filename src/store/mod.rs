@@ -7,7 +7,9 @@
 pub mod agents;
 pub mod calls;
 pub mod campaigns;
+pub mod card;
 mod checkpoint;
+mod columns;
 pub mod customers;
 pub mod webhooks;
 pub mod work_orders;

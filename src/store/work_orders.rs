@@ -4,9 +4,9 @@
 //! moves open → in_progress → resolved → closed (or back to open when reopened); every change
 //! of every field is a history row, written in the same transaction as the change.
 
-use sqlx::any::AnyRow;
 use sqlx::Row;
 
+use super::columns::Columns;
 use super::{now_ms, Store, StoreError};
 
 /// What a work order is for.
@@ -159,27 +159,40 @@ pub struct WorkOrderFilter {
     pub limit: i64,
 }
 
-const WO_COLUMNS: &str = "id, kind, status, priority, title, description, assignee_agent_id, \
+pub(super) const WO_COLUMNS: &str =
+    "id, kind, status, priority, title, description, assignee_agent_id, \
      queue_id, due_at, call_id, customer_id, created_by, created_at, updated_at";
 
-fn work_order_of(r: &AnyRow) -> Result<WorkOrder, sqlx::Error> {
-    let kind: String = r.try_get("kind")?;
-    let status: String = r.try_get("status")?;
+/// The order of a customer's open work orders on the pop: most urgent first, then newest.
+pub(super) const OPEN_ORDER: &str = "priority, id DESC";
+
+/// A customer's work orders not resolved or closed; `customer` is an SQL expression (the
+/// screen-pop's one-statement read on PostgreSQL makes the same query inside its own).
+pub(super) fn open_work_orders_sql(customer: &str) -> String {
+    format!(
+        "SELECT {WO_COLUMNS} FROM work_orders WHERE customer_id = {customer} \
+         AND status IN ('open', 'in_progress') ORDER BY {OPEN_ORDER} LIMIT 20"
+    )
+}
+
+pub(super) fn work_order_of(r: &impl Columns) -> Result<WorkOrder, sqlx::Error> {
+    let kind: String = r.col("kind")?;
+    let status: String = r.col("status")?;
     Ok(WorkOrder {
-        id: r.try_get("id")?,
+        id: r.col("id")?,
         kind: WorkOrderKind::parse(&kind),
         status: WorkOrderStatus::parse(&status).unwrap_or(WorkOrderStatus::Open),
-        priority: r.try_get("priority")?,
-        title: r.try_get("title")?,
-        description: r.try_get("description")?,
-        assignee_agent_id: r.try_get("assignee_agent_id")?,
-        queue_id: r.try_get("queue_id")?,
-        due_at: r.try_get("due_at")?,
-        call_id: r.try_get("call_id")?,
-        customer_id: r.try_get("customer_id")?,
-        created_by: r.try_get("created_by")?,
-        created_at: r.try_get("created_at")?,
-        updated_at: r.try_get("updated_at")?,
+        priority: r.col("priority")?,
+        title: r.col("title")?,
+        description: r.col("description")?,
+        assignee_agent_id: r.col("assignee_agent_id")?,
+        queue_id: r.col("queue_id")?,
+        due_at: r.col("due_at")?,
+        call_id: r.col("call_id")?,
+        customer_id: r.col("customer_id")?,
+        created_by: r.col("created_by")?,
+        created_at: r.col("created_at")?,
+        updated_at: r.col("updated_at")?,
     })
 }
 
@@ -508,13 +521,10 @@ impl Store {
 
     /// A customer's work orders that are not resolved or closed (for the screen-pop).
     pub async fn open_work_orders(&self, customer: i64) -> Result<Vec<WorkOrder>, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {WO_COLUMNS} FROM work_orders WHERE customer_id = $1 \
-             AND status IN ('open', 'in_progress') ORDER BY priority, id DESC LIMIT 20"
-        )))
-        .bind(customer)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(open_work_orders_sql("$1")))
+            .bind(customer)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows.iter().map(work_order_of).collect::<Result<_, _>>()?)
     }
 
