@@ -531,8 +531,8 @@ on_both!(one_callback_per_call, |store: Store| async move {
     assert_eq!(n, 1, "one history row: open");
 });
 
-// On PostgreSQL the contact log row's id is reserved at offer and the row written beside the
-// pop; the call's end writes the row from the call's record if it is not there (its write
+// The contact log row's id is reserved at offer and the row written beside the pop (on both
+// databases: on SQLite the INSERT would wait for the one writer); the call's end writes the row from the call's record if it is not there (its write
 // failed or has not landed), then completes it. Writing it when it is there changes nothing,
 // and the reserved ids are never handed out again.
 on_both!(
@@ -547,19 +547,11 @@ on_both!(
             customer_id: None,
             offered_at: 1_700_000_000_000,
         };
-        let id = match store.reserve_call_id().await.unwrap() {
-            Some(id) => id,
-            None => {
-                // SQLite writes the row at offer; here it is lost.
-                let id = store.insert_offered_call(&offered).await.unwrap();
-                sqlx::query("DELETE FROM calls WHERE id = $1")
-                    .bind(id)
-                    .execute(store.pool())
-                    .await
-                    .unwrap();
-                id
-            }
-        };
+        let id = store
+            .reserve_call_id()
+            .await
+            .unwrap()
+            .expect("an id reserved on either database");
         let ended = EndedCall {
             agent_id: None,
             queue_id: None,
@@ -610,16 +602,115 @@ on_both!(
             .await
             .unwrap();
         assert!(next > id, "a new call gets a new id: {next} after {id}");
-        // Reserved ids (PostgreSQL) are each handed out once, and never one a row has.
+        // Reserved ids are each handed out once, and never one a row has, past a block.
         let mut seen = std::collections::HashSet::from([id, next]);
-        for _ in 0..100 {
-            match store.reserve_call_id().await.unwrap() {
-                Some(r) => assert!(seen.insert(r), "{r} handed out twice"),
-                None => break,
-            }
+        for _ in 0..600 {
+            let r = store.reserve_call_id().await.unwrap().expect("reserved");
+            assert!(seen.insert(r), "{r} handed out twice");
         }
     }
 );
+
+/// Two processes on one SQLite file (the service and a command-line tool) never get the same
+/// contact log id: a reserved block moves the table's counter on, so the other's INSERTs land
+/// after it, and the blocks the two reserve do not overlap.
+#[tokio::test]
+async fn sqlite_reserved_ids_are_not_taken_by_another_process() {
+    use screenpop::store::calls::OfferedCall;
+    let service = sqlite_store("reserved_ids").await;
+    let dir = std::env::temp_dir().join(format!(
+        "screenpop-store-reserved_ids-{}",
+        std::process::id()
+    ));
+    let url = format!("sqlite://{}", dir.join("screenpop.db").display());
+    let tool = Store::connect(&url).await.expect("a second store on the file");
+    let offered = |i: usize| OfferedCall {
+        sip_call_id: format!("ids-{i}@gw"),
+        caller_raw: "+14155552671".into(),
+        caller_e164: Some("+14155552671".into()),
+        dialed: "100".into(),
+        customer_id: None,
+        offered_at: 1_700_000_000_000,
+    };
+    let mut reserved = Vec::new();
+    let mut inserted = Vec::new();
+    for i in 0..300 {
+        reserved.push(service.reserve_call_id().await.unwrap().expect("reserved"));
+        reserved.push(tool.reserve_call_id().await.unwrap().expect("reserved"));
+        inserted.push(tool.insert_offered_call(&offered(i)).await.unwrap());
+    }
+    let mut all = std::collections::HashSet::new();
+    for id in reserved.iter().chain(&inserted) {
+        assert!(all.insert(*id), "id {id} given twice");
+    }
+    // The reserved ids are usable: each row written with its id lands.
+    for (i, id) in reserved.iter().enumerate() {
+        service
+            .write_call_row(*id, &offered(1000 + i), false)
+            .await
+            .unwrap();
+    }
+    let n: i64 = sqlx::Row::get(
+        &sqlx::query("SELECT COUNT(*) AS n FROM calls")
+            .fetch_one(service.pool())
+            .await
+            .unwrap(),
+        "n",
+    );
+    assert_eq!(n as usize, reserved.len() + inserted.len());
+}
+
+/// The calls' writes on SQLite go in batches, one transaction for all the writes waiting: a
+/// write that fails (here an agent that does not exist) fails alone, and the writes beside it
+/// land.
+#[tokio::test]
+async fn sqlite_batched_writes_fail_alone() {
+    use screenpop::store::calls::OfferedCall;
+    let store = sqlite_store("batched_writes").await;
+    let ids: Vec<i64> = {
+        let mut v = Vec::new();
+        for _ in 0..200 {
+            v.push(store.reserve_call_id().await.unwrap().expect("reserved"));
+        }
+        v
+    };
+    let writes = ids.iter().enumerate().map(|(i, id)| {
+        let store = store.clone();
+        let id = *id;
+        async move {
+            if i == 100 {
+                // No agent 999 999: the foreign key refuses it.
+                store.set_call_agents(id, &[(999_999, 0, 1000)]).await.err()
+            } else {
+                let offered = OfferedCall {
+                    sip_call_id: format!("batch-{i}@gw"),
+                    caller_raw: "+14155552671".into(),
+                    caller_e164: None,
+                    dialed: "100".into(),
+                    customer_id: None,
+                    offered_at: 1_700_000_000_000,
+                };
+                store.write_call_row(id, &offered, false).await.err()
+            }
+        }
+    });
+    let results = futures_util::future::join_all(writes).await;
+    for (i, r) in results.iter().enumerate() {
+        if i == 100 {
+            assert!(r.is_some(), "the bad write is refused");
+        } else {
+            assert!(r.is_none(), "write {i} failed: {r:?}");
+        }
+    }
+    let n: i64 = sqlx::Row::get(
+        &sqlx::query("SELECT COUNT(*) AS n FROM calls")
+            .fetch_one(store.pool())
+            .await
+            .unwrap(),
+        "n",
+    );
+    assert_eq!(n, 199);
+}
 
 /// SQLite's WAL is copied back into the database file by screenpop's checkpointer, not by the
 /// commit that crosses 1,000 pages (that commit was a caller's contact log, and the pop waited

@@ -387,6 +387,7 @@ impl<M: Machine> CallTask<M> {
                 let (env, done) = (env.clone(), self.done_tx.clone());
                 tokio::spawn(
                     async move {
+                        tracing::debug!(target: "screenpop::pop", "caller lookup starts");
                         let started = Instant::now();
                         let found = lookup(&env, &caller, offered).await;
                         // The store's share of the pop's latency (benches/pop_latency.rs).
@@ -636,6 +637,7 @@ async fn lookup(env: &CallEnv, caller: &CallerId, mut offered: OfferedCall) -> C
         crate::calls::pop::RECENT_CONTACTS,
     )
     .await;
+    tracing::debug!(target: "screenpop::pop", "caller matched");
     let m = found.matched;
     let customer = m.customer.as_ref();
     let card = PopCard::new(&m, history.map(History::from));

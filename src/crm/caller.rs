@@ -35,7 +35,7 @@ pub async fn warm_up(store: &Store, plan: NumberPlan) {
     if let Ok(n) = normalize("+14155550100", plan) {
         let recent = crate::calls::pop::RECENT_CONTACTS;
         let n = &n;
-        let each = (0..store.pool().size().max(1)).map(|_| async move {
+        let each = (0..store.card_connections().max(1)).map(|_| async move {
             store.caller_card(n, recent).await?;
             // On SQLite the history's statements, which an unmatched number does not reach.
             store.customer_history(0, recent).await

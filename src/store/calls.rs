@@ -8,12 +8,14 @@ use sqlx::Row;
 use super::columns::Columns;
 use super::{Store, StoreError};
 
-/// How many contact log ids a node takes from PostgreSQL's sequence at a time, and how few
-/// left start the next block ([`Store::reserve_call_id`]).
-pub const RESERVE_BLOCK: i64 = 32;
-const RESERVE_LOW: usize = 8;
+/// How many contact log ids a node takes from the sequence at a time, and how few left start
+/// the next block ([`Store::reserve_call_id`]). The ids left must outlast the refill even when
+/// the database is busy: at 500 set-ups a second 128 ids are a quarter of a second, and a
+/// block of 32 (8 left) ran dry under that load, each caller then taking an id on its own.
+pub const RESERVE_BLOCK: i64 = 256;
+const RESERVE_LOW: usize = 128;
 
-/// Contact log ids taken ahead (PostgreSQL only).
+/// Contact log ids taken ahead.
 #[derive(Default)]
 pub(crate) struct ReservedIds {
     ids: std::sync::Mutex<std::collections::VecDeque<i64>>,
@@ -100,20 +102,16 @@ impl Store {
         self.insert_call(c, "inbound").await
     }
 
-    /// On PostgreSQL, an id for a new contact log row, taken from the table's sequence ahead of
-    /// need, so that a caller's screen-pop waits for no write at all ([`Store::write_call_row`]
-    /// writes the row beside the pop). An INSERT, or even `nextval` when it logs the sequence,
+    /// An id for a new contact log row, taken from the table's sequence ahead of need, so that a
+    /// caller's screen-pop waits for no write at all ([`Store::write_call_row`] writes the row
+    /// beside the pop). On PostgreSQL an INSERT, or even `nextval` when it logs the sequence,
     /// can wait on the disk while recordings are fsynced beside it (ext4's journal): that was
-    /// the 120 to 190 ms pops at 25 calls a second (issue 13 point 4). Ids come in blocks of
-    /// [`RESERVE_BLOCK`], refilled in the background when few are left; ids a node held when it
-    /// stopped are never used (gaps, as a sequence has anyway).
-    ///
-    /// SQLite gives `None`: its INSERT does not wait for the disk (WAL, `synchronous = NORMAL`,
-    /// checkpoints off the call path), so the row is written first there.
+    /// the 120 to 190 ms pops at 25 calls a second. On SQLite the INSERT waits for the one
+    /// writer, which at hundreds of set-ups a second is busy with the ends of earlier calls
+    /// (issue 13 point 4). Ids come in blocks of [`RESERVE_BLOCK`], refilled in the background
+    /// when few are left; ids a node held when it stopped are never used (gaps, as a sequence
+    /// has anyway). Always `Some` today; `None` would mean "insert the row and take its id".
     pub async fn reserve_call_id(&self) -> Result<Option<i64>, StoreError> {
-        if self.backend() != super::Backend::Postgres {
-            return Ok(None);
-        }
         let (id, low) = {
             let mut ids = self.reserved.lock();
             (ids.pop_front(), ids.len() < RESERVE_LOW)
@@ -130,21 +128,51 @@ impl Store {
         }
         match id {
             Some(id) => Ok(Some(id)),
-            None => Ok(self.next_call_ids(1).await?.first().copied()),
+            None => {
+                tracing::debug!("no contact log id reserved: taking one on its own");
+                Ok(self.next_call_ids(1).await?.first().copied())
+            }
         }
     }
 
+    /// `n` ids no other writer will use: PostgreSQL's sequence; on SQLite the table's
+    /// AUTOINCREMENT counter (`sqlite_sequence`), moved on by `n` in one transaction, so that
+    /// a row another process inserts meanwhile (the command-line tools) gets an id after the
+    /// block.
     async fn next_call_ids(&self, n: i64) -> Result<Vec<i64>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT nextval(pg_get_serial_sequence('calls', 'id')) AS id \
-             FROM generate_series(1, $1)",
+        if self.backend() == super::Backend::Postgres {
+            let rows = sqlx::query(
+                "SELECT nextval(pg_get_serial_sequence('calls', 'id')) AS id \
+                 FROM generate_series(1, $1)",
+            )
+            .bind(n)
+            .fetch_all(&self.pool)
+            .await?;
+            return rows
+                .iter()
+                .map(|r| r.try_get("id").map_err(StoreError::from))
+                .collect();
+        }
+        let mut tx = self.pool.begin().await?;
+        // No counter before the table's first row: start it at the highest id there is.
+        sqlx::query(
+            "INSERT INTO sqlite_sequence (name, seq) \
+             SELECT 'calls', COALESCE((SELECT MAX(id) FROM calls), 0) \
+             WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'calls')",
+        )
+        .execute(&mut *tx)
+        .await?;
+        // The counter may lag a row inserted with its own id (write_call_row): past both.
+        let last: i64 = sqlx::query(
+            "UPDATE sqlite_sequence SET seq = MAX(seq, COALESCE((SELECT MAX(id) FROM calls), 0)) + $1 \
+             WHERE name = 'calls' RETURNING seq",
         )
         .bind(n)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| r.try_get("id").map_err(StoreError::from))
-            .collect()
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("seq")?;
+        tx.commit().await?;
+        Ok((last - n + 1..=last).collect())
     }
 
     /// Writes a contact log row with an id given beforehand: one reserved at offer
@@ -158,19 +186,26 @@ impl Store {
         outbound: bool,
     ) -> Result<(), StoreError> {
         let direction = if outbound { "outbound" } else { "inbound" };
-        bind_offered(
-            sqlx::query(
-                "INSERT INTO calls (id, sip_call_id, direction, caller_raw, caller_e164, dialed, \
-                 customer_id, offered_at, created_by) \
-                 VALUES ($8, $1, $7, $2, $3, $4, $5, $6, 'screenpop') ON CONFLICT DO NOTHING",
-            ),
-            c,
-            direction,
-        )
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let c = c.clone();
+        self.write(Box::new(move |conn| {
+            Box::pin(async move {
+                bind_offered(
+                    sqlx::query(
+                        "INSERT INTO calls (id, sip_call_id, direction, caller_raw, caller_e164, \
+                         dialed, customer_id, offered_at, created_by) \
+                         VALUES ($8, $1, $7, $2, $3, $4, $5, $6, 'screenpop') \
+                         ON CONFLICT DO NOTHING",
+                    ),
+                    &c,
+                    direction,
+                )
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
+            })
+        }))
+        .await
     }
 
     /// Writes the contact log row of a call screenpop places (click-to-dial): `caller_*` and
@@ -198,64 +233,20 @@ impl Store {
         Ok(row.try_get("id")?)
     }
 
-    /// Completes a contact log: times, wait and talk seconds, disposition, recording.
+    /// Completes a contact log: times, wait and talk seconds, disposition, recording. One
+    /// statement (the wait is counted from the row's own offer time): on SQLite every statement
+    /// is a turn of the one writer.
     pub async fn finish_call(&self, id: i64, e: &EndedCall) -> Result<(), StoreError> {
-        let offered: i64 = sqlx::query("SELECT offered_at FROM calls WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(StoreError::NotFound("call"))?
-            .try_get("offered_at")?;
-        let wait_secs = (e.answered_at.unwrap_or(e.ended_at) - offered).max(0) / 1000;
-        let talk_end = e.survey_offered_at.unwrap_or(e.ended_at);
-        let talk_secs = e
-            .answered_at
-            .map(|a| (talk_end - a).max(0) / 1000)
-            .unwrap_or(0);
-        sqlx::query(
-            "UPDATE calls SET answered_at = $1, ended_at = $2, wait_secs = $3, talk_secs = $4, \
-             disposition = $5, recording_id = $6, agent_id = COALESCE($8, agent_id), \
-             queue_id = COALESCE($9, queue_id), survey_offered_at = $10, survey_score = $11, \
-             recording_status = COALESCE($12, recording_status) WHERE id = $7",
-        )
-        .bind(e.answered_at)
-        .bind(e.ended_at)
-        .bind(wait_secs)
-        .bind(talk_secs)
-        .bind(e.disposition.as_str())
-        .bind(e.recording_id)
-        .bind(id)
-        .bind(e.agent_id)
-        .bind(e.queue_id)
-        .bind(e.survey_offered_at)
-        .bind(e.survey_score)
-        .bind(e.recording_failed.then_some("failed"))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let e = e.clone();
+        self.write(Box::new(move |conn| Box::pin(finish_call_on(conn, id, e))))
+            .await
     }
 
     /// Records a finished recording; the same path twice returns the first row's id.
     pub async fn insert_recording(&self, r: &NewRecording) -> Result<i64, StoreError> {
-        if let Some(row) = sqlx::query("SELECT id FROM recordings WHERE path = $1")
-            .bind(r.path.clone())
-            .fetch_optional(&self.pool)
-            .await?
-        {
-            return Ok(row.try_get("id")?);
-        }
-        let row = sqlx::query(
-            "INSERT INTO recordings (path, duration_ms, size_bytes, sha256, created_at) \
-             VALUES ($1, $2, $3, $4, $5) RETURNING id",
-        )
-        .bind(r.path.clone())
-        .bind(r.duration_ms)
-        .bind(r.size_bytes)
-        .bind(r.sha256.clone())
-        .bind(super::now_ms())
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get("id")?)
+        let r = r.clone();
+        self.write(Box::new(move |conn| Box::pin(insert_recording_on(conn, r))))
+            .await
     }
 
     /// The contact log row of a SIP call, for crash recovery and tests.
@@ -495,15 +486,21 @@ impl Store {
         agent: i64,
         queue: Option<i64>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE calls SET agent_id = $1, queue_id = COALESCE($2, queue_id) WHERE id = $3",
-        )
-        .bind(agent)
-        .bind(queue)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.write(Box::new(move |conn| {
+            Box::pin(async move {
+                sqlx::query(
+                    "UPDATE calls SET agent_id = $1, queue_id = COALESCE($2, queue_id) \
+                     WHERE id = $3",
+                )
+                .bind(agent)
+                .bind(queue)
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
+            })
+        }))
+        .await
     }
 
     pub async fn contact_log(&self, id: i64) -> Result<Option<ContactLog>, StoreError> {
@@ -527,20 +524,29 @@ impl Store {
         id: i64,
         agents: &[(i64, i64, i64)],
     ) -> Result<(), StoreError> {
-        for (seq, (agent, start, end)) in agents.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO call_agents (call_id, seq, agent_id, start_ms, end_ms) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (call_id, seq) DO NOTHING",
-            )
-            .bind(id)
-            .bind(seq as i32)
-            .bind(*agent)
-            .bind(*start)
-            .bind(*end)
-            .execute(&self.pool)
-            .await?;
+        if agents.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let agents = agents.to_vec();
+        self.write(Box::new(move |conn| {
+            Box::pin(async move {
+                for (seq, (agent, start, end)) in agents.into_iter().enumerate() {
+                    sqlx::query(
+                        "INSERT INTO call_agents (call_id, seq, agent_id, start_ms, end_ms) \
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (call_id, seq) DO NOTHING",
+                    )
+                    .bind(id)
+                    .bind(seq as i32)
+                    .bind(agent)
+                    .bind(start)
+                    .bind(end)
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                Ok(())
+            })
+        }))
+        .await
     }
 
     async fn call_agents(&self, id: i64) -> Result<Vec<CallAgent>, StoreError> {
@@ -624,7 +630,7 @@ impl Store {
         {
             q = q.bind(v);
         }
-        let rows = q.fetch_all(&self.pool).await?;
+        let rows = q.fetch_all(self.reader()).await?;
         Ok(rows.iter().map(log_of).collect::<Result<_, _>>()?)
     }
 
@@ -639,7 +645,7 @@ impl Store {
             &limit.clamp(1, 100).to_string(),
         )))
         .bind(customer)
-        .fetch_all(&self.pool)
+        .fetch_all(self.reader())
         .await?;
         Ok(rows.iter().map(log_of).collect::<Result<_, _>>()?)
     }
@@ -702,7 +708,7 @@ impl Store {
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(since_ms)
-            .fetch_all(&self.pool)
+            .fetch_all(self.reader())
             .await?;
         rows.iter()
             .map(|r| {
@@ -730,7 +736,7 @@ impl Store {
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(since_ms)
-            .fetch_all(&self.pool)
+            .fetch_all(self.reader())
             .await?;
         rows.iter()
             .map(|r| {
@@ -899,6 +905,76 @@ pub struct ExpiringRecording {
 
 /// Binds what a contact log row starts with as `$1` to `$7`: the SIP Call-ID, the caller as
 /// sent and in E.164, the number dialed, the customer, when it was offered, the direction.
+/// [`Store::finish_call`]'s statement: one (the wait is counted from the row's own offer
+/// time), as on SQLite every statement is a turn of the one writer.
+async fn finish_call_on(
+    conn: &mut sqlx::AnyConnection,
+    id: i64,
+    e: EndedCall,
+) -> Result<(), StoreError> {
+    let waited_until = e.answered_at.unwrap_or(e.ended_at);
+    let talk_end = e.survey_offered_at.unwrap_or(e.ended_at);
+    let talk_secs = e
+        .answered_at
+        .map(|a| (talk_end - a).max(0) / 1000)
+        .unwrap_or(0);
+    let done = sqlx::query(
+        "UPDATE calls SET answered_at = $1, ended_at = $2, \
+         wait_secs = (CASE WHEN $3 > offered_at THEN $3 - offered_at ELSE 0 END) / 1000, \
+         talk_secs = $4, \
+         disposition = $5, recording_id = $6, agent_id = COALESCE($8, agent_id), \
+         queue_id = COALESCE($9, queue_id), survey_offered_at = $10, survey_score = $11, \
+         recording_status = COALESCE($12, recording_status) WHERE id = $7",
+    )
+    .bind(e.answered_at)
+    .bind(e.ended_at)
+    .bind(waited_until)
+    .bind(talk_secs)
+    .bind(e.disposition.as_str())
+    .bind(e.recording_id)
+    .bind(id)
+    .bind(e.agent_id)
+    .bind(e.queue_id)
+    .bind(e.survey_offered_at)
+    .bind(e.survey_score)
+    .bind(e.recording_failed.then_some("failed"))
+    .execute(&mut *conn)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::NotFound("call"));
+    }
+    Ok(())
+}
+
+/// [`Store::insert_recording`]'s statements: the INSERT, and only when the path is known
+/// already the SELECT of its row.
+async fn insert_recording_on(
+    conn: &mut sqlx::AnyConnection,
+    r: NewRecording,
+) -> Result<i64, StoreError> {
+    let inserted = sqlx::query(
+        "INSERT INTO recordings (path, duration_ms, size_bytes, sha256, created_at) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (path) DO NOTHING RETURNING id",
+    )
+    .bind(r.path.clone())
+    .bind(r.duration_ms)
+    .bind(r.size_bytes)
+    .bind(r.sha256.clone())
+    .bind(super::now_ms())
+    .fetch_optional(&mut *conn)
+    .await?;
+    let row = match inserted {
+        Some(row) => row,
+        None => {
+            sqlx::query("SELECT id FROM recordings WHERE path = $1")
+                .bind(r.path)
+                .fetch_one(&mut *conn)
+                .await?
+        }
+    };
+    Ok(row.try_get("id")?)
+}
+
 fn bind_offered<'q>(
     q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
     c: &OfferedCall,

@@ -1,17 +1,19 @@
 //! The screen-pop's read: who is calling (every customer on the number, with phones and tags)
 //! and, for the best guess, its last contacts and open work orders.
 //!
-//! On PostgreSQL it is one statement. Read as a match, then phones, tags, contacts and work
-//! orders side by side, it was two round trips in a row, the second on four connections, each
-//! a backend process the kernel has to schedule: on a busy two-core machine the slowest of
-//! them set the pop's tail (p99 8.5–13.4 ms from outside against 6–8 ms on SQLite). SQLite
-//! runs in the process, where a query is a function call, and reads as before.
+//! It is one statement on either database. Read as a match, then phones, tags, contacts and
+//! work orders side by side, it was two round trips in a row on four connections. On
+//! PostgreSQL each is a backend process the kernel has to schedule: on a busy two-core machine
+//! the slowest of them set the pop's tail (p99 8.5–13.4 ms from outside against 6–8 ms on
+//! SQLite). On SQLite each statement is a hand-over to a connection's worker thread and back,
+//! and each connection a turn of the pool: at 400 set-ups a second, with the cores busy
+//! relaying and recording, those turns came slower than the calls and the lookups queued for
+//! seconds (issue 13 point 4), though the statements themselves took 20 to 50 µs.
 
-use std::sync::LazyLock;
+use std::sync::OnceLock;
 
 use serde_json::{Map, Value};
 use sqlx::{AssertSqlSafe, Row};
-use tracing::warn;
 
 use super::calls::{log_of, ContactLog};
 use super::columns::json_column;
@@ -29,17 +31,47 @@ pub struct CustomerHistory {
     pub open_work_orders: Vec<WorkOrder>,
 }
 
-/// The card in one statement (PostgreSQL). `$1` the caller's E.164 (NULL when it has none),
-/// `$2` its national number, `$3` how many contacts. The candidates, their best guess and the
-/// reads below it are the ones [`Store::match_caller_then`], [`Store::recent_contacts`] and
+/// The card in one statement. `$1` the caller's E.164 (NULL when it has none), `$2` its
+/// national number; `recent` how many contacts, written into the text: SQLite prepares a
+/// statement again each time a parameter of its LIMIT is bound anew (the planner may use the
+/// value), and this statement's preparing cost twenty times its running (1 ms a pop, and the
+/// reads queued behind it at 400 set-ups a second). The candidates, their best guess and the reads
+/// below it are the ones [`Store::match_caller_then`], [`Store::recent_contacts`] and
 /// [`Store::open_work_orders`] make, built from the same pieces; the store tests check that
-/// both ways give the same card.
-static CARD_SQL: LazyLock<String> = LazyLock::new(|| {
-    use super::calls::{recent_contacts_sql, RECENT_ORDER};
+/// both ways give the same card, on both databases. Rows below a candidate come back as JSON
+/// arrays of objects, which the row mappers read like rows ([`super::columns`]).
+fn card_sql(backend: Backend, recent: i64) -> String {
+    use super::calls::{recent_contacts_sql, LOG_COLUMNS, RECENT_ORDER};
     use super::customers::{CANDIDATE_LAST_CONTACT, CUSTOMER_COLUMNS};
-    use super::work_orders::{open_work_orders_sql, OPEN_ORDER};
-    let recent = recent_contacts_sql("cand.id", "$3");
-    let open = open_work_orders_sql("cand.id");
+    use super::work_orders::{open_work_orders_sql, OPEN_ORDER, WO_COLUMNS};
+    // The rows of `alias` (with these columns) as a JSON array text, in `order`.
+    let rows = |alias: &str, columns: &str, order: &str| match backend {
+        Backend::Postgres => format!("json_agg({alias} ORDER BY {order})::text"),
+        Backend::Sqlite => {
+            let pairs: Vec<String> = columns
+                .split(',')
+                .map(str::trim)
+                .map(|c| format!("'{c}', {alias}.{c}"))
+                .collect();
+            format!(
+                "json_group_array(json_object({}) ORDER BY {order})",
+                pairs.join(", ")
+            )
+        }
+    };
+    let list = match backend {
+        Backend::Postgres => "json_agg",
+        Backend::Sqlite => "json_group_array",
+    };
+    let cast = match backend {
+        Backend::Postgres => "::text",
+        Backend::Sqlite => "",
+    };
+    let phones = rows("p", "raw, e164, national, label", "p.id");
+    let contacts = rows("l", LOG_COLUMNS, RECENT_ORDER);
+    let open = rows("w", WO_COLUMNS, OPEN_ORDER);
+    let recent_rows = recent_contacts_sql("cand.id", &recent.to_string());
+    let open_rows = open_work_orders_sql("cand.id");
     format!(
         "WITH by_e164 AS (SELECT customer_id FROM customer_phones WHERE e164 = $1), \
          matched AS (SELECT customer_id FROM by_e164 UNION \
@@ -51,40 +83,55 @@ static CARD_SQL: LazyLock<String> = LazyLock::new(|| {
            WHERE last_contact IS NOT NULL OR (SELECT COUNT(*) FROM cand) = 1 \
            ORDER BY last_contact DESC NULLS LAST, id LIMIT 1) \
          SELECT cand.*, best.id AS best_id, \
-           (SELECT json_agg(p ORDER BY p.id)::text FROM customer_phones p \
-             WHERE p.customer_id = cand.id) AS phones_json, \
-           (SELECT json_agg(t.tag ORDER BY t.tag)::text FROM customer_tags t \
+           (SELECT {phones} FROM customer_phones p WHERE p.customer_id = cand.id) AS phones_json, \
+           (SELECT {list}(t.tag ORDER BY t.tag){cast} FROM customer_tags t \
              WHERE t.customer_id = cand.id) AS tags_json, \
            CASE WHEN cand.id = best.id THEN \
-             (SELECT json_agg(l ORDER BY {RECENT_ORDER})::text FROM ({recent}) l) END AS recent_json, \
+             (SELECT {contacts} FROM ({recent_rows}) l) END AS recent_json, \
            CASE WHEN cand.id = best.id THEN \
-             (SELECT json_agg(w ORDER BY {OPEN_ORDER})::text FROM ({open}) w) END AS open_json \
+             (SELECT {open} FROM ({open_rows}) w) END AS open_json \
          FROM cand LEFT JOIN best ON TRUE ORDER BY cand.id"
     )
-});
+}
+
+/// The most contacts a card shows.
+const MOST_RECENT: usize = 100;
+
+/// [`card_sql`] for `recent` contacts (1 to [`MOST_RECENT`]), made once.
+fn card_sql_for(backend: Backend, recent: usize) -> &'static str {
+    static PG: [OnceLock<String>; MOST_RECENT] = [const { OnceLock::new() }; MOST_RECENT];
+    static SQLITE: [OnceLock<String>; MOST_RECENT] = [const { OnceLock::new() }; MOST_RECENT];
+    let recent = recent.clamp(1, MOST_RECENT);
+    let made = match backend {
+        Backend::Postgres => &PG[recent - 1],
+        Backend::Sqlite => &SQLITE[recent - 1],
+    };
+    made.get_or_init(|| card_sql(backend, recent as i64))
+}
 
 impl Store {
     /// The caller's customers and the best guess's history (`None` when there is no best
-    /// guess). On SQLite a failure to read the history is logged and leaves it out: the pop
-    /// still shows who is calling.
+    /// guess), in one statement.
     pub async fn caller_card(
         &self,
         n: &NormalizedPhone,
         recent: i64,
     ) -> Result<(CallerMatch, Option<CustomerHistory>), StoreError> {
-        match self.backend {
-            Backend::Postgres => self.card_in_one(n, recent).await,
-            Backend::Sqlite => {
-                let (m, history) = self
-                    .match_caller_then(n, |id| self.customer_history(id, recent))
-                    .await?;
-                let history = history.and_then(|h| {
-                    h.map_err(|e| warn!(error = %e, "customer history not read"))
-                        .ok()
-                });
-                Ok((m, history))
-            }
-        }
+        let recent = usize::try_from(recent).unwrap_or(1);
+        let sql = card_sql_for(self.backend, recent);
+        let (e164, national) = (n.e164.clone(), n.national.clone());
+        let rows = self
+            .read_card(Box::new(move |conn| {
+                Box::pin(async move {
+                    Ok(sqlx::query(AssertSqlSafe(sql))
+                        .bind(e164)
+                        .bind(national)
+                        .fetch_all(&mut *conn)
+                        .await?)
+                })
+            }))
+            .await?;
+        Self::card_of(&rows)
     }
 
     /// A customer's last `recent` contacts and open work orders, read side by side.
@@ -104,20 +151,13 @@ impl Store {
         })
     }
 
-    async fn card_in_one(
-        &self,
-        n: &NormalizedPhone,
-        recent: i64,
+    /// The card's rows read into the match and the history.
+    fn card_of(
+        rows: &[sqlx::any::AnyRow],
     ) -> Result<(CallerMatch, Option<CustomerHistory>), StoreError> {
-        let rows = sqlx::query(AssertSqlSafe(CARD_SQL.as_str()))
-            .bind(n.e164.clone())
-            .bind(n.national.clone())
-            .bind(recent.clamp(1, 100))
-            .fetch_all(&self.pool)
-            .await?;
         let mut m = CallerMatch::default();
         let mut history = None;
-        for row in &rows {
+        for row in rows {
             let mut c = customer_of(row)?;
             c.phones = json_column::<Map<String, Value>>(row, "phones_json")?
                 .iter()

@@ -332,13 +332,13 @@ impl Store {
         if let Some(e164) = &n.e164 {
             rows = sqlx::query(AssertSqlSafe(select("e164")))
                 .bind(e164.clone())
-                .fetch_all(&self.pool)
+                .fetch_all(self.reader())
                 .await?;
         }
         if rows.is_empty() && !n.national.is_empty() {
             rows = sqlx::query(AssertSqlSafe(select("national")))
                 .bind(n.national.clone())
-                .fetch_all(&self.pool)
+                .fetch_all(self.reader())
                 .await?;
         }
         let mut candidates = Vec::with_capacity(rows.len());
@@ -442,7 +442,7 @@ impl Store {
             for id in chunk {
                 q = q.bind(*id);
             }
-            rows.extend(q.fetch_all(&self.pool).await?);
+            rows.extend(q.fetch_all(self.reader()).await?);
         }
         Ok(rows)
     }
@@ -527,7 +527,7 @@ impl Store {
         if let Some(b) = f.before {
             q = q.bind(b);
         }
-        let rows = q.fetch_all(&self.pool).await?;
+        let rows = q.fetch_all(self.reader()).await?;
         let mut out = rows
             .iter()
             .map(customer_of)

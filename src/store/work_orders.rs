@@ -523,7 +523,7 @@ impl Store {
     pub async fn open_work_orders(&self, customer: i64) -> Result<Vec<WorkOrder>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(open_work_orders_sql("$1")))
             .bind(customer)
-            .fetch_all(&self.pool)
+            .fetch_all(self.reader())
             .await?;
         Ok(rows.iter().map(work_order_of).collect::<Result<_, _>>()?)
     }
