@@ -6,7 +6,8 @@
 #   bash bench/setup_rate.sh [RATE] [SECONDS] [HOLD_MS]     (defaults 500 10 2000)
 #
 # Reports: calls placed, completed and failed, SIP retransmissions (a sign of a server that fell
-# behind), the set-up rate SIPp achieved, INVITE -> 180 (screenpop's part of a set-up: the
+# behind), the set-up rate SIPp achieved (over its whole run; and from the first INVITE to the
+# last 180, beside the rate its INVITEs were sent at), INVITE -> 180 (screenpop's part of a set-up: the
 # trunk's INVITE in, the agent phone's INVITE out, its 180 relayed back) as p50/p99/max,
 # screenpop's CPU over the run, peak RSS, and the recordings: one finished WAV per call whose
 # length is the call's answered length within 40 ms.
@@ -60,11 +61,18 @@ st = last_stats(glob.glob('uac_call_*_.csv')[0])
 def num(k):
     return int(float(st.get(k, '0') or 0))
 rtt = []
+sent, got = [], []   # ms since SIPp started: each INVITE sent, each 180 received
 for p in glob.glob('uac_call_*_rtt.csv'):
     for row in csv.reader(open(p), delimiter=';'):
         if len(row) >= 2 and row[0][:1].isdigit():
             rtt.append(float(row[1]))
+            got.append(float(row[0]))
+            sent.append(float(row[0]) - float(row[1]))
 rtt.sort()
+# The rate SIPp offered (its INVITEs' span) and the rate screenpop completed its part of the
+# set-ups at (first INVITE to last 180): equal when it keeps up, lower when a backlog grows.
+offered = (len(sent) - 1) * 1000 / max(max(sent) - min(sent), 1) if len(sent) > 1 else None
+completed = len(got) * 1000 / max(max(got) - min(sent), 1) if got else None
 def pct(q):
     return round(rtt[min(len(rtt) - 1, int(q * len(rtt)))], 2) if rtt else None
 
@@ -88,6 +96,8 @@ print(json.dumps({
     "calls_completed": num('SuccessfulCall(C)'), "calls_failed": num('FailedCall(C)'),
     "retransmissions": num('Retransmissions(C)'),
     "setups_per_s": round(n / max(elapsed - hold_ms / 1000 - 0.3, 0.001), 1),
+    "invites_per_s_offered": round(offered, 1) if offered else None,
+    "setups_per_s_to_180": round(completed, 1) if completed else None,
     "invite_to_180_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": rtt[-1] if rtt else None,
                          "samples": len(rtt)},
     "server_cpu_pct": round(100 * (s1 - s0) / tck / elapsed, 1),

@@ -623,7 +623,9 @@ async fn sqlite_reserved_ids_are_not_taken_by_another_process() {
         std::process::id()
     ));
     let url = format!("sqlite://{}", dir.join("screenpop.db").display());
-    let tool = Store::connect(&url).await.expect("a second store on the file");
+    let tool = Store::connect(&url)
+        .await
+        .expect("a second store on the file");
     let offered = |i: usize| OfferedCall {
         sip_call_id: format!("ids-{i}@gw"),
         caller_raw: "+14155552671".into(),

@@ -88,10 +88,10 @@ pub async fn match_or_create_with_history(
         e164: n.e164.clone(),
         ..Caller::default()
     };
-    let extra = match store.caller_card(&n, recent).await {
-        Ok((m, extra)) => {
+    let history = match store.caller_card(&n, recent).await {
+        Ok((m, history)) => {
             out.matched = m;
-            extra
+            history
         }
         Err(e) => {
             warn!(error = %e, "caller not matched");
@@ -99,7 +99,7 @@ pub async fn match_or_create_with_history(
         }
     };
     if !out.matched.candidates.is_empty() || !create {
-        return (out, extra);
+        return (out, history);
     }
     let number = caller.number.clone().unwrap_or_default();
     let new = NewCustomer {
@@ -133,5 +133,5 @@ pub async fn match_or_create_with_history(
         Err(e) => warn!(error = %e, "customer not created"),
     }
     // A customer made just now has no history.
-    (out, extra)
+    (out, history)
 }
