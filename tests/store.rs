@@ -662,20 +662,16 @@ async fn sqlite_reserved_ids_are_not_taken_by_another_process() {
     assert_eq!(n as usize, reserved.len() + inserted.len());
 }
 
-/// The calls' writes on SQLite go in batches, one transaction for all the writes waiting: a
-/// write that fails (here an agent that does not exist) fails alone, and the writes beside it
-/// land.
-#[tokio::test]
-async fn sqlite_batched_writes_fail_alone() {
+// The calls' writes go in batches, one transaction for all the writes waiting: a write that
+// fails (here an agent that does not exist) fails alone, and the writes beside it land. On
+// SQLite only the failing statement is undone; PostgreSQL aborts the batch's transaction, and
+// its writes are made again one by one.
+on_both!(batched_writes_fail_alone, |store: Store| async move {
     use screenpop::store::calls::OfferedCall;
-    let store = sqlite_store("batched_writes").await;
-    let ids: Vec<i64> = {
-        let mut v = Vec::new();
-        for _ in 0..200 {
-            v.push(store.reserve_call_id().await.unwrap().expect("reserved"));
-        }
-        v
-    };
+    let mut ids = Vec::new();
+    for _ in 0..200 {
+        ids.push(store.reserve_call_id().await.unwrap().expect("reserved"));
+    }
     let writes = ids.iter().enumerate().map(|(i, id)| {
         let store = store.clone();
         let id = *id;
@@ -712,7 +708,7 @@ async fn sqlite_batched_writes_fail_alone() {
         "n",
     );
     assert_eq!(n, 199);
-}
+});
 
 /// SQLite's WAL is copied back into the database file by screenpop's checkpointer, not by the
 /// commit that crosses 1,000 pages (that commit was a caller's contact log, and the pop waited

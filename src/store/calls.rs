@@ -188,6 +188,7 @@ impl Store {
         let direction = if outbound { "outbound" } else { "inbound" };
         let c = c.clone();
         self.write(Box::new(move |conn| {
+            let c = c.clone();
             Box::pin(async move {
                 bind_offered(
                     sqlx::query(
@@ -238,15 +239,19 @@ impl Store {
     /// is a turn of the one writer.
     pub async fn finish_call(&self, id: i64, e: &EndedCall) -> Result<(), StoreError> {
         let e = e.clone();
-        self.write(Box::new(move |conn| Box::pin(finish_call_on(conn, id, e))))
-            .await
+        self.write(Box::new(move |conn| {
+            Box::pin(finish_call_on(conn, id, e.clone()))
+        }))
+        .await
     }
 
     /// Records a finished recording; the same path twice returns the first row's id.
     pub async fn insert_recording(&self, r: &NewRecording) -> Result<i64, StoreError> {
         let r = r.clone();
-        self.write(Box::new(move |conn| Box::pin(insert_recording_on(conn, r))))
-            .await
+        self.write(Box::new(move |conn| {
+            Box::pin(insert_recording_on(conn, r.clone()))
+        }))
+        .await
     }
 
     /// The contact log row of a SIP call, for crash recovery and tests.
@@ -527,22 +532,39 @@ impl Store {
         if agents.is_empty() {
             return Ok(());
         }
+        // One statement for all the rows, so that the write stands or fails whole inside the
+        // writer's batch (SQLite undoes only a failing statement, not the write's earlier ones).
+        let values = (0..agents.len())
+            .map(|i| {
+                let p = i * 5;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${})",
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO call_agents (call_id, seq, agent_id, start_ms, end_ms) VALUES {values} \
+             ON CONFLICT (call_id, seq) DO NOTHING"
+        );
         let agents = agents.to_vec();
         self.write(Box::new(move |conn| {
-            Box::pin(async move {
-                for (seq, (agent, start, end)) in agents.into_iter().enumerate() {
-                    sqlx::query(
-                        "INSERT INTO call_agents (call_id, seq, agent_id, start_ms, end_ms) \
-                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (call_id, seq) DO NOTHING",
-                    )
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+            for (seq, (agent, start, end)) in agents.iter().enumerate() {
+                q = q
                     .bind(id)
                     .bind(seq as i32)
-                    .bind(agent)
-                    .bind(start)
-                    .bind(end)
-                    .execute(&mut *conn)
-                    .await?;
-                }
+                    .bind(*agent)
+                    .bind(*start)
+                    .bind(*end);
+            }
+            Box::pin(async move {
+                q.execute(&mut *conn).await?;
                 Ok(())
             })
         }))

@@ -122,6 +122,7 @@ impl Store {
         let (e164, national) = (n.e164.clone(), n.national.clone());
         let rows = self
             .read_card(Box::new(move |conn| {
+                let (e164, national) = (e164.clone(), national.clone());
                 Box::pin(async move {
                     Ok(sqlx::query(AssertSqlSafe(sql))
                         .bind(e164)

@@ -63,10 +63,13 @@ pub struct Store {
     /// instead of contending with the writer); WAL lets them read while the writer writes. On
     /// PostgreSQL the same pool as `pool`.
     readers: AnyPool,
-    /// SQLite: connections kept by tasks of their own for the screen-pop's read ([`reading`]).
+    /// SQLite: connections kept by tasks of their own for the screen-pop's read ([`reading`]);
+    /// none for an in-memory database (another connection would open another database). Kept
+    /// connections did not help on PostgreSQL (the same set-up rate within the noise), where
+    /// the card reads from the pool.
     card_readers: Option<reading::Readers>,
-    /// SQLite: the task that commits the calls' writes in batches ([`writer`]).
-    writer: Option<writer::Writer>,
+    /// The task that commits the calls' writes in batches ([`writer`]).
+    writer: writer::Writer,
     backend: Backend,
     /// Contact log ids taken ahead ([`Store::reserve_call_id`]).
     reserved: std::sync::Arc<calls::ReservedIds>,
@@ -107,7 +110,7 @@ impl Store {
             return Ok(Store {
                 readers: pool.clone(),
                 card_readers: None,
-                writer: None,
+                writer: writer::Writer::spawn(pool.clone(), true),
                 pool,
                 backend,
                 reserved: Default::default(),
@@ -126,14 +129,21 @@ impl Store {
             let readers = sqlite_pool(SQLITE_READERS, true)
                 .connect_with(options.clone())
                 .await?;
-            (
-                readers,
-                Some(reading::Readers::open(&options, SQLITE_CARD_READERS).await?),
+            let card_readers = reading::Readers::open(
+                &options,
+                SQLITE_CARD_READERS,
+                &[
+                    "PRAGMA busy_timeout = 5000",
+                    "PRAGMA wal_autocheckpoint = 0",
+                    "PRAGMA query_only = ON",
+                ],
             )
+            .await?;
+            (readers, Some(card_readers))
         };
         Ok(Store {
             card_readers,
-            writer: Some(writer::Writer::spawn(pool.clone())),
+            writer: writer::Writer::spawn(pool.clone(), false),
             pool,
             readers,
             backend,
@@ -163,16 +173,9 @@ impl Store {
         &self.pool
     }
 
-    /// Runs a write: on SQLite in the writer's next batch, on PostgreSQL on a connection of
-    /// its own.
+    /// Runs a write in the writer's next batch ([`writer`]).
     async fn write<T: Send + 'static>(&self, work: writer::Work<T>) -> Result<T, StoreError> {
-        match &self.writer {
-            Some(w) => w.write(work).await,
-            None => {
-                let mut conn = self.pool.acquire().await?;
-                work(&mut conn).await
-            }
-        }
+        self.writer.write(work).await
     }
 
     /// Runs a read on a connection kept for the screen-pop ([`reading`]) where there are such,
