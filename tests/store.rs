@@ -157,6 +157,52 @@ on_both!(
     }
 );
 
+// Eight calls at once from one new number make one customer, and each pops it: the check for
+// the number and the insert are one step (an advisory lock on PostgreSQL, for several nodes).
+on_both!(
+    calls_at_once_from_a_new_number_make_one_customer,
+    |store: Store| async move {
+        use screenpop::crm::caller::match_or_create;
+        use screenpop::sip::caller_id::CallerId;
+        let us = screenpop::phone::NumberPlan::from(region("US").unwrap());
+        let lookups = (0..8).map(|i| {
+            let store = store.clone();
+            // The same number written two ways: the national form is matched too.
+            let number = if i % 2 == 0 {
+                "+14155550177"
+            } else {
+                "(415) 555-0177"
+            };
+            async move {
+                let caller = CallerId {
+                    raw: format!("<sip:{number}@gw>"),
+                    number: Some(number.to_string()),
+                    name: None,
+                    withheld: false,
+                };
+                match_or_create(&store, &caller, us, true).await
+            }
+        });
+        let found = futures_util::future::join_all(lookups).await;
+        let ids: Vec<Option<i64>> = found
+            .iter()
+            .map(|f| f.matched.customer.as_ref().map(|c| c.id))
+            .collect();
+        let first = ids[0].expect("a customer");
+        assert!(ids.iter().all(|id| *id == Some(first)), "{ids:?}");
+        assert_eq!(found.iter().filter(|f| f.created).count(), 1);
+        assert!(found.iter().all(|f| f.matched.candidates.len() == 1));
+        let n: i64 = sqlx::Row::get(
+            &sqlx::query("SELECT COUNT(*) AS n FROM customers")
+                .fetch_one(store.pool())
+                .await
+                .unwrap(),
+            "n",
+        );
+        assert_eq!(n, 1);
+    }
+);
+
 on_both!(caller_matching, |store: Store| async move {
     let us = region("US").unwrap();
     let ann = store

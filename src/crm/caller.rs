@@ -8,7 +8,7 @@ use tracing::{debug, info, warn};
 use crate::phone::{normalize, NumberPlan};
 use crate::sip::caller_id::CallerId;
 use crate::store::card::CustomerHistory;
-use crate::store::customers::{CallerMatch, CreatedVia, NewCustomer, NewPhone, Tier};
+use crate::store::customers::{CallerMatch, NewCustomer, NewPhone, Tier};
 use crate::store::Store;
 
 /// What the call knows about its caller after matching.
@@ -121,8 +121,8 @@ pub async fn match_or_create_with_history(
         birthday_calendar: Default::default(),
         tags: Vec::new(),
     };
-    match store.create_customer(&new, CreatedVia::Call, plan).await {
-        Ok(c) => {
+    match store.create_customer_for_caller(&new, &n, plan).await {
+        Ok((c, true)) => {
             info!(customer = c.id, "new customer from an unknown caller");
             out.matched = CallerMatch {
                 customer: Some(c.clone()),
@@ -130,6 +130,11 @@ pub async fn match_or_create_with_history(
             };
             out.created = true;
         }
+        // Another call from the number made the customer meanwhile: its card, as if found.
+        Ok((_, false)) => match store.caller_card(&n, recent).await {
+            Ok((m, again)) => return (Caller { matched: m, ..out }, again),
+            Err(e) => warn!(error = %e, "caller not matched"),
+        },
         Err(e) => warn!(error = %e, "customer not created"),
     }
     // A customer made just now has no history.

@@ -6,7 +6,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::columns::Columns;
-use super::{now_ms, Store, StoreError};
+use super::{now_ms, Backend, Store, StoreError};
 use crate::phone::{normalize, NormalizedPhone, NumberPlan};
 
 /// Customer tier; VIP callers go first in queues.
@@ -283,6 +283,51 @@ impl Store {
         self.customer(id)
             .await?
             .ok_or(StoreError::NotFound("customer"))
+    }
+
+    /// Creates the customer of an unknown caller unless one with the caller's number exists by
+    /// now: `(customer, true)` when made here, `(existing, false)` when another call from the
+    /// same number made it first. Two calls from one new number at once (a redial, two lines
+    /// of one PBX, several screenpop nodes on one database) would otherwise each create a
+    /// customer, and every later call would pop two candidates. On PostgreSQL the check and
+    /// the insert hold a transaction-scoped advisory lock on the number, so they are one step
+    /// for every node; on SQLite the one writing connection makes them one.
+    pub async fn create_customer_for_caller(
+        &self,
+        c: &NewCustomer,
+        n: &NormalizedPhone,
+        plan: impl Into<NumberPlan>,
+    ) -> Result<(Customer, bool), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            // 'sPcc' (screenpop caller customer) keeps the key apart from other advisory locks.
+            sqlx::query("SELECT pg_advisory_xact_lock(1934648163, hashtext($1))")
+                .bind(n.e164.clone().unwrap_or_else(|| n.national.clone()))
+                .execute(&mut *tx)
+                .await?;
+        }
+        // The same candidates as the card's match: by E.164, or by national digits.
+        let existing: Option<i64> = sqlx::query_scalar(
+            "SELECT customer_id FROM customer_phones \
+             WHERE e164 = $1 OR (national = $2 AND $2 <> '') ORDER BY customer_id LIMIT 1",
+        )
+        .bind(n.e164.clone())
+        .bind(n.national.clone())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (id, created) = match existing {
+            Some(id) => (id, false),
+            None => (
+                insert_customer(&mut tx, c, CreatedVia::Call, plan.into()).await?,
+                true,
+            ),
+        };
+        tx.commit().await?;
+        let customer = self
+            .customer(id)
+            .await?
+            .ok_or(StoreError::NotFound("customer"))?;
+        Ok((customer, created))
     }
 
     pub async fn customer(&self, id: i64) -> Result<Option<Customer>, StoreError> {
