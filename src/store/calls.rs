@@ -440,7 +440,8 @@ pub(super) const LOG_COLUMNS: &str =
      disposition, agent_disposition, recording_id, notes, created_by, campaign_id, channel, \
      result, survey_score, survey_offered_at, recording_status";
 
-/// The order of a customer's contacts on the pop: newest first.
+/// The order of a customer's contacts on the pop: newest first; the order of the `calls_customer`
+/// index, so that reading the last few stops after them.
 pub(super) const RECENT_ORDER: &str = "offered_at DESC, id DESC";
 
 /// A customer's latest contacts; `customer` and `limit` are SQL expressions (the screen-pop's

@@ -1,0 +1,5 @@
+-- Nothing to change on SQLite, kept so that both schemas count their versions alike. PostgreSQL's
+-- 0013 puts id at the end of calls_customer, so that a customer's contacts newest first
+-- (offered_at DESC, id DESC) are read in the index's own order; a SQLite index ends with the
+-- rowid (calls.id) already, and the same read stops after the rows it shows (EXPLAIN QUERY PLAN:
+-- SEARCH calls USING INDEX calls_customer, no temporary B-tree for the ORDER BY).
