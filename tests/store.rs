@@ -2335,3 +2335,31 @@ on_both!(retention_on_a_fake_clock, |store: Store| async move {
     let l = store.contact_log(id).await.unwrap().unwrap();
     assert_eq!(l.recording_status.as_deref(), Some("failed"));
 });
+
+/// A customer's contacts newest first (the pop's last contacts: `offered_at DESC, id DESC`) are
+/// read in `calls_customer`'s own order on PostgreSQL, even by a plan made on a new database
+/// that knows nothing of the table: the read stops after the rows it shows. With the index on
+/// `(customer_id, offered_at)` alone that plan sorted all of the customer's calls on every pop.
+#[tokio::test]
+async fn postgres_reads_a_customers_last_contacts_without_sorting_them() {
+    let (store, schema) = postgres_store("last_contacts_plan").await;
+    let mut conn = store.pool().acquire().await.unwrap();
+    for statement in [
+        "SET plan_cache_mode = force_generic_plan",
+        "PREPARE last_contacts (BIGINT) AS SELECT id FROM calls WHERE customer_id = $1 \
+         ORDER BY offered_at DESC, id DESC LIMIT 5",
+    ] {
+        sqlx::query(statement).execute(&mut *conn).await.unwrap();
+    }
+    let plan: Vec<String> = sqlx::query_scalar("EXPLAIN EXECUTE last_contacts(1)")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("calls_customer"), "{plan}");
+    assert!(!plan.contains("Sort"), "{plan}");
+    drop(conn);
+    pg_schema::drop(&pg_schema::base_url(), &schema)
+        .await
+        .expect("drop schema");
+}
