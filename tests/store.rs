@@ -27,6 +27,14 @@ async fn postgres_store(tag: &str) -> (Store, String) {
     (store, schema)
 }
 
+/// How many rows `table` holds.
+async fn count_rows(store: &Store, table: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+}
+
 /// Runs a test body against both databases.
 macro_rules! on_both {
     ($name:ident, $body:expr) => {
@@ -192,13 +200,7 @@ on_both!(
         assert!(ids.iter().all(|id| *id == Some(first)), "{ids:?}");
         assert_eq!(found.iter().filter(|f| f.created).count(), 1);
         assert!(found.iter().all(|f| f.matched.candidates.len() == 1));
-        let n: i64 = sqlx::Row::get(
-            &sqlx::query("SELECT COUNT(*) AS n FROM customers")
-                .fetch_one(store.pool())
-                .await
-                .unwrap(),
-            "n",
-        );
+        let n = count_rows(&store, "customers").await;
         assert_eq!(n, 1);
     }
 );
@@ -523,13 +525,7 @@ on_both!(invalid_input_names_the_field, |store: Store| async move {
         "code"
     );
     // Nothing half-created: one customer with code DUP, and no stray phones.
-    let n: i64 = sqlx::Row::get(
-        &sqlx::query("SELECT COUNT(*) AS n FROM customers")
-            .fetch_one(store.pool())
-            .await
-            .unwrap(),
-        "n",
-    );
+    let n = count_rows(&store, "customers").await;
     assert_eq!(n, 1);
 });
 
@@ -567,13 +563,7 @@ on_both!(one_callback_per_call, |store: Store| async move {
             .unwrap(),
         None
     );
-    let n: i64 = sqlx::Row::get(
-        &sqlx::query("SELECT COUNT(*) AS n FROM work_order_history")
-            .fetch_one(store.pool())
-            .await
-            .unwrap(),
-        "n",
-    );
+    let n = count_rows(&store, "work_order_history").await;
     assert_eq!(n, 1, "one history row: open");
 });
 
@@ -698,13 +688,7 @@ async fn sqlite_reserved_ids_are_not_taken_by_another_process() {
             .await
             .unwrap();
     }
-    let n: i64 = sqlx::Row::get(
-        &sqlx::query("SELECT COUNT(*) AS n FROM calls")
-            .fetch_one(service.pool())
-            .await
-            .unwrap(),
-        "n",
-    );
+    let n = count_rows(&service, "calls").await;
     assert_eq!(n as usize, reserved.len() + inserted.len());
 }
 
@@ -746,13 +730,7 @@ on_both!(batched_writes_fail_alone, |store: Store| async move {
             assert!(r.is_none(), "write {i} failed: {r:?}");
         }
     }
-    let n: i64 = sqlx::Row::get(
-        &sqlx::query("SELECT COUNT(*) AS n FROM calls")
-            .fetch_one(store.pool())
-            .await
-            .unwrap(),
-        "n",
-    );
+    let n = count_rows(&store, "calls").await;
     assert_eq!(n, 199);
 });
 

@@ -926,10 +926,7 @@ pub struct ExpiringRecording {
     pub days: i64,
 }
 
-/// Binds what a contact log row starts with as `$1` to `$7`: the SIP Call-ID, the caller as
-/// sent and in E.164, the number dialed, the customer, when it was offered, the direction.
-/// [`Store::finish_call`]'s statement: one (the wait is counted from the row's own offer
-/// time), as on SQLite every statement is a turn of the one writer.
+/// [`Store::finish_call`]'s statement.
 async fn finish_call_on(
     conn: &mut sqlx::AnyConnection,
     id: i64,
@@ -998,6 +995,8 @@ async fn insert_recording_on(
     Ok(row.try_get("id")?)
 }
 
+/// Binds what a contact log row starts with as `$1` to `$7`: the SIP Call-ID, the caller as
+/// sent and in E.164, the number dialed, the customer, when it was offered, the direction.
 fn bind_offered<'q>(
     q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
     c: &OfferedCall,

@@ -41,7 +41,7 @@ pub enum StoreError {
     Invalid { field: &'static str, why: String },
     #[error("{0} not found")]
     NotFound(&'static str),
-    /// A batch of writes (SQLite, [`writer`]) ran but its COMMIT failed: none of it is stored.
+    /// A batch of writes ([`writer`]) ran but its COMMIT failed: none of it is stored.
     #[error("not committed: {0}")]
     Commit(String),
     /// The batching writer could not take the write (the store is shutting down) or could not
@@ -129,16 +129,7 @@ impl Store {
             let readers = sqlite_pool(SQLITE_READERS, true)
                 .connect_with(options.clone())
                 .await?;
-            let card_readers = reading::Readers::open(
-                &options,
-                SQLITE_CARD_READERS,
-                &[
-                    "PRAGMA busy_timeout = 5000",
-                    "PRAGMA wal_autocheckpoint = 0",
-                    "PRAGMA query_only = ON",
-                ],
-            )
-            .await?;
+            let card_readers = reading::Readers::open(&options, SQLITE_CARD_READERS).await?;
             (readers, Some(card_readers))
         };
         Ok(Store {

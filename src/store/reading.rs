@@ -1,12 +1,11 @@
-//! Connections kept by tasks of their own for the screen-pop's read.
+//! SQLite connections kept by tasks of their own for the screen-pop's read.
 //!
 //! A read through sqlx's pool is more than its statement: the connection is taken from the
 //! pool, and given back by a task spawned for it that first pings the connection, another
 //! hand-over to its worker thread and back. At 400 set-ups a second on two busy cores those
 //! turns, not the 0.3 ms statement, set how many cards a connection could read: the lookups
-//! queued for a second and more behind them (issue 13 point 4); on PostgreSQL the ping is a
-//! round trip to the server's backend process as well. Here each connection stays with one
-//! task, which takes the next read as soon as it is done with the last.
+//! queued for a second and more behind them (issue 13 point 4). Here each connection stays with
+//! one task, which takes the next read as soon as it is done with the last.
 
 use std::sync::Arc;
 
@@ -28,18 +27,18 @@ pub(super) struct Readers {
 }
 
 impl Readers {
-    /// Opens `n` connections, each set up with `setup` and kept by a task of its own.
-    pub(super) async fn open(
-        options: &AnyConnectOptions,
-        n: usize,
-        setup: &[&'static str],
-    ) -> Result<Readers, StoreError> {
+    /// Opens `n` read-only connections, each kept by a task of its own.
+    pub(super) async fn open(options: &AnyConnectOptions, n: usize) -> Result<Readers, StoreError> {
         let (jobs, rx) = mpsc::unbounded_channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..n {
             let mut conn = options.connect().await?;
-            for statement in setup {
-                conn.execute(*statement).await?;
+            for pragma in [
+                "PRAGMA busy_timeout = 5000",
+                "PRAGMA wal_autocheckpoint = 0",
+                "PRAGMA query_only = ON",
+            ] {
+                conn.execute(pragma).await?;
             }
             let rx = rx.clone();
             tokio::spawn(async move {
